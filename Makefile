@@ -1,0 +1,49 @@
+# The one place the project's commands live; CI calls `make test` through .ci/run.
+SHELL := /bin/bash
+UV := python3 -m uv
+VENV := .venv
+NODE_DIR := tests/node
+
+.PHONY: install system-deps python-deps node-deps run test lint format typecheck bench demo clean
+
+install: system-deps python-deps node-deps
+
+# Debian packages the embedded engine needs (we are root on these machines).
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@systemctl disable --now redis-server >/dev/null 2>&1 || true
+
+python-deps:
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) sync --frozen --quiet
+
+node-deps:
+	@if [ -f $(NODE_DIR)/package.json ]; then \
+	  [ -d $(NODE_DIR)/node_modules ] || npm ci --prefix $(NODE_DIR) --silent --no-audit --no-fund; fi
+
+run: install
+	$(VENV)/bin/orderflow run
+
+test: install
+	$(VENV)/bin/pytest -q
+
+lint: python-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: python-deps
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+typecheck: python-deps
+	$(VENV)/bin/mypy
+
+demo: python-deps
+	$(VENV)/bin/orderflow demo
+
+bench: install
+	$(VENV)/bin/python bench/orders.py
+
+clean:
+	rm -rf data .pytest_cache

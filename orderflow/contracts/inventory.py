@@ -1,0 +1,44 @@
+"""The inventory domain: releasing an order's reservation, exactly once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+INVENTORY_TASK_QUEUE = "inventory"
+
+
+def inventory_release_workflow_id(order_id: str) -> str:
+    """One release per order: a second start is rejected by the server."""
+    return f"inventory-release-{order_id}"
+
+
+@dataclass
+class ReleaseInput:
+    """Release everything an order still holds."""
+
+    order_id: str
+    reason: str
+
+
+@dataclass
+class ReleaseResult:
+    """How many reservation lines this call released (0 when already released)."""
+
+    order_id: str
+    released_lines: int
+    released_units: int
+
+
+@dataclass
+class ShipInput:
+    """The reserved stock left the warehouse."""
+
+    order_id: str
+
+
+@dataclass
+class StockSyncResult:
+    """What the hourly stock sync changed."""
+
+    skus_checked: int
+    skus_changed: int

@@ -1,0 +1,207 @@
+"""The order domain's wire types and task queue, shared by workflow, activities, client and tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+ORDERS_TASK_QUEUE = "orders"
+
+
+def order_workflow_id(order_id: str) -> str:
+    """One workflow per order: starting it twice finds the same run."""
+    return f"order-{order_id}"
+
+
+class OrderStatus(StrEnum):
+    """Where an order is; also the `OrderStatus` search attribute."""
+
+    PENDING_PAYMENT = "PENDING_PAYMENT"
+    REJECTED = "REJECTED"
+    PAYMENT_RETRYING = "PAYMENT_RETRYING"
+    PAID = "PAID"
+    IN_REVIEW = "IN_REVIEW"
+    CONFIRMED = "CONFIRMED"
+    SHIPPED = "SHIPPED"
+    CANCELLED = "CANCELLED"
+    RETURNED = "RETURNED"
+
+
+FINAL_STATUSES = frozenset({OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.SHIPPED})
+
+
+@dataclass
+class OrderLine:
+    """A SKU and how many; the price comes from the catalogue."""
+
+    sku: str
+    quantity: int
+
+
+@dataclass
+class OrderPolicy:
+    """The rules an order runs under; the client fills them from the settings (seed defaults)."""
+
+    payment_timeout_seconds: float = 3600.0  # auto-cancel an unpaid order after 1 hour
+    high_value_threshold: float = 50_000.0  # manual review above ₹50,000
+    suspicious_failed_attempts: int = 2  # failed payments before a success that flag it
+    payment_retry_attempts: int = 3
+    payment_retry_interval_seconds: float = 3600.0
+    erp_attempts: int = 2
+
+
+@dataclass
+class OrderInput:
+    """What the order service starts an order with."""
+
+    order_id: str
+    customer_id: str
+    email: str
+    items: list[OrderLine]
+    policy: OrderPolicy = field(default_factory=OrderPolicy)
+
+
+@dataclass
+class PaymentReceived:
+    """The gateway took the customer's money (signal or update `payment_received`)."""
+
+    payment_id: str
+    amount: float
+    provider: str = "simulated"
+    flagged: bool = False  # the gateway's or a rule's fraud flag: forces manual review
+
+
+@dataclass
+class PaymentFailed:
+    """A capture attempt failed at the gateway; the order starts payment retries."""
+
+    payment_id: str
+    reason: str
+    provider: str = "simulated"
+
+
+@dataclass
+class PaymentAck:
+    """The answer to the payment update: accepted or refused, and why."""
+
+    accepted: bool
+    status: str
+    reason: str = ""
+
+
+@dataclass
+class CancelRequest:
+    """A customer or operator cancels the order."""
+
+    reason: str = "cancelled by customer"
+
+
+@dataclass
+class Shipment:
+    """The warehouse shipped the order."""
+
+    carrier: str = ""
+    tracking_number: str = ""
+
+
+@dataclass
+class StatusChange:
+    """One entry of an order's history."""
+
+    status: str
+    at: datetime
+    note: str = ""
+
+
+@dataclass
+class OrderState:
+    """The status query's answer."""
+
+    order_id: str
+    status: str
+    total: float
+    currency: str
+    history: list[StatusChange] = field(default_factory=list)
+    payment_id: str = ""
+    failed_payments: int = 0
+    review_id: str = ""
+
+
+@dataclass
+class OrderResult:
+    """How an order ended."""
+
+    order_id: str
+    status: str
+    total: float
+
+
+# --- activity payloads ---
+
+
+@dataclass
+class PlaceOrderResult:
+    """The order row and its reservation, or why stock could not be reserved."""
+
+    reserved: bool
+    total: float
+    currency: str
+    reason: str = ""
+
+
+@dataclass
+class ConfirmInput:
+    """Record the payment, render the invoice and mark the order confirmed, in one transaction."""
+
+    order_id: str
+    payment: PaymentReceived
+
+
+@dataclass
+class ConfirmResult:
+    """The invoice generated for a confirmed order."""
+
+    invoice_number: str
+
+
+@dataclass
+class StatusInput:
+    """Mirror a status into the database."""
+
+    order_id: str
+    status: str
+    note: str = ""
+
+
+@dataclass
+class ErpSyncResult:
+    """Where the order went: the ERP's answer or the local stand-in's record."""
+
+    order_id: str
+    target: str
+
+
+class NotificationKind(StrEnum):
+    """Mails an order sends; each becomes one email job."""
+
+    CONFIRMATION = "order-confirmation"
+    CANCELLATION = "order-cancelled"
+    SHIPPING = "shipping-notification"
+
+
+@dataclass
+class NotifyInput:
+    """One customer notification about an order."""
+
+    order_id: str
+    kind: NotificationKind
+    note: str = ""
+
+
+@dataclass
+class NotifyResult:
+    """The job that carries the notification (deterministic id: a retry never mails twice)."""
+
+    job_id: str
+    channel: str

@@ -1,0 +1,73 @@
+"""The payment domain: retries of captures and refunds, and the gateway's payloads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+PAYMENTS_TASK_QUEUE = "payments"
+
+
+class PaymentKind(StrEnum):
+    """What the gateway is asked to do."""
+
+    CAPTURE = "capture"
+    REFUND = "refund"
+
+
+def payment_retry_workflow_id(order_id: str, kind: PaymentKind) -> str:
+    """One retry run per order and kind."""
+    return f"payment-{kind.value}-{order_id}"
+
+
+@dataclass
+class PaymentRetryInput:
+    """Try a capture or refund up to `attempts` times, `interval_seconds` apart."""
+
+    order_id: str
+    kind: PaymentKind
+    amount: float
+    attempts: int = 3
+    interval_seconds: float = 3600.0
+    reason: str = ""
+
+
+@dataclass
+class PaymentAttempt:
+    """One try at the gateway."""
+
+    attempt: int
+    succeeded: bool
+    payment_id: str = ""
+    detail: str = ""
+
+
+@dataclass
+class PaymentRetryResult:
+    """How the retries ended."""
+
+    order_id: str
+    kind: PaymentKind
+    succeeded: bool
+    payment_id: str = ""
+    attempts: list[PaymentAttempt] = field(default_factory=list)
+
+
+@dataclass
+class GatewayRequest:
+    """One capture or refund call; the idempotency key makes a repeated call one charge."""
+
+    order_id: str
+    kind: PaymentKind
+    amount: float
+    attempt: int
+    idempotency_key: str
+
+
+@dataclass
+class GatewayResponse:
+    """The gateway's answer; declined is a business outcome, not an error."""
+
+    succeeded: bool
+    payment_id: str = ""
+    detail: str = ""

@@ -1,0 +1,35 @@
+"""Scheduled jobs: the daily report and the hourly stock sync (Temporal Schedules)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DAILY_REPORT_SCHEDULE_ID = "daily-report"
+STOCK_SYNC_SCHEDULE_ID = "stock-sync"
+
+
+@dataclass
+class DailyReportInput:
+    """The day to report (YYYY-MM-DD in `timezone`); empty means today there."""
+
+    timezone: str
+    day: str = ""
+
+
+@dataclass
+class StatusFigures:
+    """Orders and revenue for one status."""
+
+    orders: int
+    revenue: float
+
+
+@dataclass
+class DailyReportResult:
+    """A day's orders and revenue by status."""
+
+    day: str
+    timezone: str
+    by_status: dict[str, StatusFigures] = field(default_factory=dict)
+    orders: int = 0
+    revenue: float = 0.0

@@ -1,0 +1,159 @@
+"""Database models (sqlmodel) and the engine: SQLite file by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Text, UniqueConstraint, event
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, SQLModel, create_engine
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, for row timestamps (never used inside workflow code)."""
+    return datetime.now(UTC)
+
+
+class Product(SQLModel, table=True):
+    """A stock-keeping unit: on_hand is sellable, reserved is held for open orders."""
+
+    sku: str = Field(primary_key=True)
+    name: str
+    price: float
+    on_hand: int = Field(ge=0)
+    reserved: int = Field(default=0, ge=0)
+
+
+class Order(SQLModel, table=True):
+    """An order as the order service placed it; status mirrors the workflow's."""
+
+    id: str = Field(primary_key=True)
+    customer_id: str = Field(index=True)
+    email: str
+    status: str = Field(index=True)
+    total: float
+    currency: str
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class OrderItem(SQLModel, table=True):
+    """One line of an order, priced from the catalogue when reserved."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: str = Field(foreign_key="order.id", index=True)
+    sku: str = Field(foreign_key="product.sku")
+    quantity: int
+    unit_price: float
+
+
+class Reservation(SQLModel, table=True):
+    """Stock held for an order; RESERVED → RELEASED or SHIPPED, each exactly once."""
+
+    __table_args__ = (UniqueConstraint("order_id", "sku"),)
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: str = Field(index=True)
+    sku: str = Field(foreign_key="product.sku")
+    quantity: int
+    status: str = "RESERVED"
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Payment(SQLModel, table=True):
+    """A capture or refund seen or made for an order; payment_id is unique per provider."""
+
+    __table_args__ = (UniqueConstraint("provider", "payment_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: str = Field(index=True)
+    provider: str
+    payment_id: str
+    kind: str  # capture | refund
+    amount: float
+    status: str  # succeeded | failed
+    detail: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Invoice(SQLModel, table=True):
+    """The invoice generated when an order is confirmed, as rendered HTML."""
+
+    order_id: str = Field(primary_key=True)
+    number: str = Field(unique=True)
+    html: str = Field(sa_column=Column(Text, nullable=False))
+    total: float
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Review(SQLModel, table=True):
+    """A manual review and, once decided, the admin's decision."""
+
+    id: str = Field(primary_key=True)
+    order_id: str = Field(index=True)
+    kind: str  # HIGH_VALUE | SUSPICIOUS_PAYMENT | RETURN
+    reason: str
+    status: str = Field(default="PENDING", index=True)
+    reviewer: str = ""
+    note: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    decided_at: datetime | None = None
+
+
+class DailyReport(SQLModel, table=True):
+    """Orders and revenue by status for one day, computed by the scheduled report."""
+
+    day: str = Field(primary_key=True)
+    timezone: str
+    figures: str = Field(sa_column=Column(Text, nullable=False))  # JSON
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ErpRecord(SQLModel, table=True):
+    """What the local ERP stand-in received (used when no ERP URL is configured)."""
+
+    order_id: str = Field(primary_key=True)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine and the tables; SQLite gets WAL and writer-first transactions."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        _sqlite_writer_first(engine)
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+def _sqlite_writer_first(engine: Engine) -> None:
+    # pysqlite's deferred BEGIN lets two readers deadlock on upgrade; take the write lock first.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class SimulatedGatewayAccount(SQLModel, table=True):
+    """The simulated gateway's own book: per-order failure rule and the calls it has seen."""
+
+    order_id: str = Field(primary_key=True)
+    fail_captures: int = 0  # decline this many capture calls before accepting
+    decline_all: bool = False
+    captures_seen: int = 0
+    refunds_seen: int = 0
