@@ -157,3 +157,22 @@ class SimulatedGatewayAccount(SQLModel, table=True):
     decline_all: bool = False
     captures_seen: int = 0
     refunds_seen: int = 0
+
+
+class WebhookEvent(SQLModel, table=True):
+    """A gateway's webhook event, recorded once per (provider, event_id), and its outcome."""
+
+    __table_args__ = (UniqueConstraint("provider", "event_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str  # stripe | razorpay
+    event_id: str
+    type: str
+    order_id: str = Field(default="", index=True)
+    payment_id: str = Field(default="", index=True)
+    amount: float = 0.0
+    currency: str = ""
+    # RECEIVED | APPLIED | UNAPPLIED (order closed) | REJECTED (malformed, unknown order)
+    status: str = "RECEIVED"
+    detail: str = ""
+    received_at: datetime = Field(default_factory=utcnow)
+    processed_at: datetime | None = None

@@ -42,6 +42,19 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     embedded_redis: bool = True  # start a local redis-server (AOF on, noeviction)
     queue_prefix: str = "bull"  # BullMQ's default key prefix, shared with Node producers/consumers
+    # Bridge queues: the seed's numbers (bridge/specs.py); override per queue by environment
+    email_concurrency: int = 5  # seed: email worker concurrency 5 (I/O bound)
+    email_attempts: int = 3  # seed: 3 attempts ...
+    email_backoff_ms: int = 2000  # ... exponential from 2 s: 2 s, 4 s
+    email_rate_max: int = 100  # seed limiter: at most 100 emails ...
+    email_rate_duration_ms: int = 1000  # ... per second (the SMTP relay's budget)
+    email_timeout_seconds: float = 30.0  # an SMTP hand-off takes well under a second; 30 s means hung
+    webhook_concurrency: int = 20  # seed: payment webhook concurrency 20 (fast processing)
+    webhook_attempts: int = 5  # seed: 5 attempts, with idempotency
+    webhook_backoff_ms: int = 1000  # exponential from 1 s: 1, 2, 4, 8 s
+    webhook_timeout_seconds: float = 60.0  # a signal to a workflow is sub-second; a minute means stuck
+    job_max_payload_bytes: int = 64 * 1024  # seed: small payloads; store large data in the DB
+    bridge_grace_seconds: float = 20.0  # finish active jobs on SIGTERM before handing them back
     # SMTP
     smtp_host: str = "localhost"
     smtp_port: int = 8025
@@ -50,6 +63,11 @@ class Settings(BaseSettings):
     # HTTP app (webhooks, metrics, dashboard)
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # Payment webhooks: local dev secrets only; set the gateways' real ones in production
+    stripe_webhook_secret: str = "whsec_orderflow_local_dev"
+    razorpay_webhook_secret: str = "orderflow_local_dev_razorpay"
+    webhook_tolerance_seconds: int = 300  # Stripe's default window against replayed signatures
+    webhook_max_body_bytes: int = 512 * 1024  # events are a few KiB; refuse far larger
     # Schedules
     report_cron: str = "0 9 * * *"  # seed: daily report at 09:00
     report_timezone: str = "Asia/Kolkata"

@@ -1,0 +1,201 @@
+"""Stripe and Razorpay webhook events, reduced to the few fields an order needs (the job's data)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+from orderflow.errors import OrderflowError
+
+
+class EventKind(StrEnum):
+    """What a gateway event means for an order; IGNORED events are answered 2xx and not enqueued."""
+
+    PAYMENT_RECEIVED = "payment_received"
+    PAYMENT_FAILED = "payment_failed"
+    REFUND = "refund"
+    IGNORED = "ignored"
+
+
+# Stripe sends charge.failed beside payment_intent.payment_failed for one failure: only one counts.
+STRIPE_KINDS = {
+    "payment_intent.succeeded": EventKind.PAYMENT_RECEIVED,
+    "charge.succeeded": EventKind.PAYMENT_RECEIVED,
+    "payment_intent.payment_failed": EventKind.PAYMENT_FAILED,
+    "charge.refunded": EventKind.REFUND,
+}
+RAZORPAY_KINDS = {
+    "payment.captured": EventKind.PAYMENT_RECEIVED,
+    "payment.failed": EventKind.PAYMENT_FAILED,
+    "refund.processed": EventKind.REFUND,
+}
+# ISO 4217 currencies Stripe treats as zero-decimal: their amounts are not in hundredths
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
+)
+
+
+class MalformedEventError(OrderflowError):
+    """A webhook body (with a valid signature) is not an event we can read."""
+
+    def __init__(self, provider: str, event_id: str, reason: str) -> None:
+        super().__init__(f"malformed {provider} event {event_id or '(no id)'}: {reason}")
+        self.provider = provider
+        self.event_id = event_id
+        self.reason = reason
+
+
+@dataclass
+class GatewayEvent:
+    """One webhook event as the webhook worker sees it; the amount stays in minor units as sent."""
+
+    provider: str
+    event_id: str
+    type: str
+    kind: str
+    order_id: str = ""
+    payment_id: str = ""
+    amount_minor: Any = (
+        None  # validated by the worker, so a bad amount lands in the DLQ with its event
+    )
+    currency: str = ""
+    reason: str = ""
+    refund_id: str = ""
+
+    @property
+    def job_id(self) -> str:
+        """The queue's job id: a redelivered event gets the same one, so BullMQ keeps one job."""
+        return f"{self.provider}-{self.event_id}"
+
+    @property
+    def job_name(self) -> str:
+        """The job name on payment-webhook-queue (`stripe-webhook`, `razorpay-webhook`)."""
+        return f"{self.provider}-webhook"
+
+    def to_job(self) -> dict[str, Any]:
+        """The job's data."""
+        return asdict(self)
+
+    @classmethod
+    def from_job(cls, data: dict[str, Any]) -> GatewayEvent:
+        """Read a job's data back, ignoring fields a newer producer may have added."""
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as err:
+            raise MalformedEventError(
+                str(data.get("provider", "?")), str(data.get("event_id", "")), f"job data: {err}"
+            ) from err
+
+
+def to_major_units(amount_minor: int, currency: str) -> float:
+    """Paise or cents to rupees or dollars (÷ 100), leaving zero-decimal currencies as they are."""
+    return (
+        float(amount_minor) if currency.lower() in ZERO_DECIMAL_CURRENCIES else amount_minor / 100
+    )
+
+
+def _load(provider: str, body: bytes, event_id: str = "") -> dict[str, Any]:
+    try:
+        event = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MalformedEventError(provider, event_id, f"body is not JSON ({err})") from None
+    if not isinstance(event, dict):
+        raise MalformedEventError(provider, event_id, "body is not a JSON object")
+    return event
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def parse_stripe(body: bytes) -> GatewayEvent:
+    """A Stripe event (`id`, `type`, `data.object`) reduced; order id from the object's metadata."""
+    event = _load("stripe", body)
+    event_id, etype = _str(event.get("id")), _str(event.get("type"))
+    if not event_id:
+        raise MalformedEventError("stripe", "", "no event id")
+    if not etype:
+        raise MalformedEventError("stripe", event_id, "no event type")
+    kind = STRIPE_KINDS.get(etype, EventKind.IGNORED)
+    obj = _obj(_obj(event.get("data")).get("object"))
+    parsed = GatewayEvent(
+        provider="stripe",
+        event_id=event_id,
+        type=etype,
+        kind=kind.value,
+        order_id=_str(_obj(obj.get("metadata")).get("order_id")),
+        currency=_str(obj.get("currency")).upper(),
+    )
+    if etype.startswith("payment_intent."):
+        parsed.payment_id = _str(obj.get("id"))
+        parsed.amount_minor = obj.get("amount_received", obj.get("amount"))
+        parsed.reason = _str(_obj(obj.get("last_payment_error")).get("message"))
+    elif etype.startswith("charge."):
+        # a charge belongs to a PaymentIntent: one payment id for charge.* and payment_intent.*
+        parsed.payment_id = _str(obj.get("payment_intent")) or _str(obj.get("id"))
+        parsed.amount_minor = obj.get("amount_captured", obj.get("amount"))
+        parsed.reason = _str(obj.get("failure_message"))
+    if kind is EventKind.REFUND:
+        refunds = _obj(obj.get("refunds")).get("data")
+        latest = _obj(refunds[0]) if isinstance(refunds, list) and refunds else {}
+        refunded = obj.get("amount_refunded")
+        parsed.refund_id = _str(latest.get("id")) or f"{_str(obj.get('id'))}-refunded-{refunded}"
+        parsed.amount_minor = latest.get("amount", refunded)
+    return parsed
+
+
+def razorpay_event_id(body: bytes, header: str | None) -> str:
+    """The `X-Razorpay-Event-Id` header, or a hash of the body when a sender leaves it out."""
+    return (
+        header.strip()
+        if header and header.strip()
+        else f"body-{hashlib.sha256(body).hexdigest()[:40]}"
+    )
+
+
+def parse_razorpay(body: bytes, event_id_header: str | None = None) -> GatewayEvent:
+    """A Razorpay event (`event`, `payload.payment.entity` / `payload.refund.entity`) reduced."""
+    event_id = razorpay_event_id(body, event_id_header)
+    event = _load("razorpay", body, event_id)
+    etype = _str(event.get("event"))
+    if not etype:
+        raise MalformedEventError("razorpay", event_id, "no event name (`event`)")
+    kind = RAZORPAY_KINDS.get(etype, EventKind.IGNORED)
+    payload = _obj(event.get("payload"))
+    payment = _obj(_obj(payload.get("payment")).get("entity"))
+    refund = _obj(_obj(payload.get("refund")).get("entity"))
+    entity = refund if kind is EventKind.REFUND else payment
+    order_id = _str(_obj(entity.get("notes")).get("order_id")) or _str(
+        _obj(payment.get("notes")).get("order_id")
+    )
+    return GatewayEvent(
+        provider="razorpay",
+        event_id=event_id,
+        type=etype,
+        kind=kind.value,
+        order_id=order_id,
+        payment_id=_str(refund.get("payment_id")) if refund else _str(payment.get("id")),
+        amount_minor=entity.get("amount"),
+        currency=_str(entity.get("currency")).upper(),
+        reason=_str(payment.get("error_description")),
+        refund_id=_str(refund.get("id")),
+    )
+
+
+def parse_event(
+    provider: str, body: bytes, *, razorpay_event_id_header: str | None = None
+) -> GatewayEvent:
+    """Read a verified webhook body of either gateway."""
+    if provider == "stripe":
+        return parse_stripe(body)
+    if provider == "razorpay":
+        return parse_razorpay(body, razorpay_event_id_header)
+    raise MalformedEventError(provider, "", "unknown provider")
