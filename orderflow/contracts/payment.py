@@ -40,6 +40,7 @@ class PaymentAttempt:
     succeeded: bool
     payment_id: str = ""
     detail: str = ""
+    provider: str = ""
 
 
 @dataclass
@@ -50,6 +51,7 @@ class PaymentRetryResult:
     kind: PaymentKind
     succeeded: bool
     payment_id: str = ""
+    provider: str = ""
     attempts: list[PaymentAttempt] = field(default_factory=list)
 
 
@@ -71,3 +73,4 @@ class GatewayResponse:
     succeeded: bool
     payment_id: str = ""
     detail: str = ""
+    provider: str = ""

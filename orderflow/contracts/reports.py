@@ -10,7 +10,7 @@ STOCK_SYNC_SCHEDULE_ID = "stock-sync"
 
 @dataclass
 class DailyReportInput:
-    """The day to report (YYYY-MM-DD in `timezone`); empty means today there."""
+    """The day to report (YYYY-MM-DD in `timezone`); empty: the last full day (yesterday there)."""
 
     timezone: str
     day: str = ""

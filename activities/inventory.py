@@ -1,0 +1,83 @@
+"""Inventory side effects: release or ship a reservation exactly once; hourly stock sync."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+from temporalio import activity
+
+from activities.erp import Erp
+from orderflow.contracts.inventory import ReleaseInput, ReleaseResult, ShipInput, StockSyncResult
+from orderflow.db import Product, Reservation
+
+
+class InventoryActivities:
+    """Moves stock between on-hand and reserved; each reservation row changes state once."""
+
+    def __init__(self, engine: Engine, erp: Erp) -> None:
+        self.engine = engine
+        self.erp = erp
+
+    @activity.defn
+    def release_reservation(self, data: ReleaseInput) -> ReleaseResult:
+        """Return an order's reserved units to on-hand; already released lines are skipped."""
+        return self._close(data.order_id, "RELEASED", back_on_hand=True)
+
+    @activity.defn
+    def ship_reservation(self, data: ShipInput) -> ReleaseResult:
+        """The reserved units left the warehouse: drop them from reserved."""
+        return self._close(data.order_id, "SHIPPED", back_on_hand=False)
+
+    @activity.defn
+    def sync_stock(self) -> StockSyncResult:
+        """Align on-hand with the ERP's physical counts (physical = on-hand + reserved)."""
+        counts = self.erp.stock_counts()
+        with Session(self.engine) as session:
+            products = session.exec(select(Product)).all()
+            if counts is None:
+                return StockSyncResult(skus_checked=len(products), skus_changed=0)
+            changed = 0
+            for product in products:
+                physical = counts.get(product.sku)
+                if physical is None:
+                    continue
+                on_hand = max(physical - product.reserved, 0)
+                if on_hand != product.on_hand:
+                    product.on_hand = on_hand
+                    session.add(product)
+                    changed += 1
+            session.commit()
+        return StockSyncResult(skus_checked=len(products), skus_changed=changed)
+
+    def _close(self, order_id: str, to_status: str, *, back_on_hand: bool) -> ReleaseResult:
+        lines = units = 0
+        with Session(self.engine) as session:
+            held = session.exec(
+                select(Reservation).where(
+                    Reservation.order_id == order_id, Reservation.status == "RESERVED"
+                )
+            ).all()
+            for reservation in held:
+                # the status guard makes a concurrent or repeated call a no-op for this row
+                moved = session.execute(
+                    update(Reservation)
+                    .where(
+                        col(Reservation.id) == reservation.id, col(Reservation.status) == "RESERVED"
+                    )
+                    .values(status=to_status, updated_at=datetime.now(UTC))
+                )
+                if moved.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                values = {"reserved": Product.reserved - reservation.quantity}
+                if back_on_hand:
+                    values["on_hand"] = Product.on_hand + reservation.quantity
+                session.execute(
+                    update(Product).where(col(Product.sku) == reservation.sku).values(**values)
+                )
+                lines += 1
+                units += reservation.quantity
+            session.commit()
+        return ReleaseResult(order_id=order_id, released_lines=lines, released_units=units)

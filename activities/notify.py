@@ -1,0 +1,72 @@
+"""The one notification activity: every customer mail about an order goes through here."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from orderflow.contracts.order import NotificationKind, NotifyInput, NotifyResult
+from orderflow.db import Invoice, Order, OrderItem
+
+# email-queue job name and subject per notification (job names as in the seed)
+JOBS: dict[NotificationKind, tuple[str, str]] = {
+    NotificationKind.CONFIRMATION: ("send-order-confirmation", "Order Confirmed"),
+    NotificationKind.CANCELLATION: ("send-order-cancelled", "Order Cancelled"),
+    NotificationKind.SHIPPING: ("send-shipping-notification", "Your Order Has Shipped"),
+}
+
+
+class JobQueue(Protocol):
+    """What the activity needs of a queue producer (BullMQ's `add`)."""
+
+    async def add(self, name: str, data: dict[str, Any], opts: dict[str, Any] | None = None) -> str:
+        """Add a job; a repeated jobId adds nothing."""
+        ...
+
+
+class NotificationActivities:
+    """Builds the mail job from the database and enqueues it on the email queue."""
+
+    def __init__(self, engine: Engine, email_queue: JobQueue) -> None:
+        self.engine = engine
+        self.email_queue = email_queue
+
+    @activity.defn
+    async def notify(self, data: NotifyInput) -> NotifyResult:
+        """Enqueue one mail with a deterministic job id, so a retried activity never mails twice."""
+        job_name, subject = JOBS[data.kind]
+        job_data = self._job_data(data, subject)
+        job_id = f"{data.kind.value}:{data.order_id}"
+        await self.email_queue.add(job_name, job_data, {"jobId": job_id})
+        return NotifyResult(job_id=job_id, channel="email-queue")
+
+    def _job_data(self, data: NotifyInput, subject: str) -> dict[str, Any]:
+        with Session(self.engine) as session:
+            order = session.get(Order, data.order_id)
+            if order is None:
+                raise ApplicationError(
+                    f"cannot notify: order {data.order_id!r} is not in the database",
+                    non_retryable=True,
+                )
+            items = session.exec(select(OrderItem).where(OrderItem.order_id == order.id)).all()
+            invoice = session.get(Invoice, order.id)
+            return {
+                "to": order.email,
+                "subject": f"{subject} — {order.id}",
+                "template": JOBS[data.kind][0],
+                "data": {
+                    "orderNumber": order.id,
+                    "items": [
+                        {"sku": i.sku, "quantity": i.quantity, "unitPrice": i.unit_price}
+                        for i in items
+                    ],
+                    "total": order.total,
+                    "currency": order.currency,
+                    "invoiceNumber": invoice.number if invoice else None,
+                    "note": data.note,
+                },
+            }

@@ -1,0 +1,259 @@
+"""The order service's one entry point into the workflows: start, signal, query, decide."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from orderflow.contracts.order import (
+    ORDERS_TASK_QUEUE,
+    CancelRequest,
+    OrderInput,
+    OrderLine,
+    OrderPolicy,
+    OrderResult,
+    OrderState,
+    PaymentAck,
+    PaymentFailed,
+    PaymentReceived,
+    Shipment,
+    order_workflow_id,
+)
+from orderflow.contracts.review import (
+    REVIEWS_TASK_QUEUE,
+    PendingReview,
+    ReviewDecision,
+    ReviewInput,
+    ReviewKind,
+    ReviewOutcome,
+    review_workflow_id,
+)
+from orderflow.db import Order, Review
+from orderflow.errors import (
+    InvalidOrderError,
+    OrderClosedError,
+    UnknownOrderError,
+    UnknownReviewError,
+)
+from orderflow.settings import Settings
+from orderflow.temporal import CUSTOMER_ID
+from workflows.order import OrderWorkflow
+from workflows.review import ManualReviewWorkflow
+
+
+def policy_from_settings(settings: Settings) -> OrderPolicy:
+    """The order rules as configured."""
+    return OrderPolicy(
+        payment_timeout_seconds=settings.payment_timeout_seconds,
+        high_value_threshold=settings.high_value_threshold,
+        suspicious_failed_attempts=settings.suspicious_failed_attempts,
+        payment_retry_attempts=settings.payment_retry_attempts,
+        payment_retry_interval_seconds=settings.payment_retry_interval_seconds,
+        erp_attempts=settings.erp_attempts,
+    )
+
+
+class OrderClient:
+    """Start orders, tell them about payments, cancellations and shipments, and read their state."""
+
+    def __init__(
+        self,
+        client: Client,
+        settings: Settings,
+        engine: Engine | None = None,
+        *,
+        task_queue: str = ORDERS_TASK_QUEUE,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.engine = engine
+        self.task_queue = task_queue
+
+    def _handle(self, order_id: str) -> WorkflowHandle[OrderWorkflow, OrderResult]:
+        return self.client.get_workflow_handle_for(OrderWorkflow.run, order_workflow_id(order_id))
+
+    async def start_order(
+        self,
+        order_id: str,
+        customer_id: str,
+        email: str,
+        items: list[OrderLine] | list[tuple[str, int]],
+        *,
+        payment_timeout_seconds: float | None = None,
+    ) -> WorkflowHandle[OrderWorkflow, OrderResult]:
+        """Start the order's workflow; starting the same order again returns the same run."""
+        lines = [
+            i if isinstance(i, OrderLine) else OrderLine(sku=i[0], quantity=i[1]) for i in items
+        ]
+        if not order_id or not lines or any(line.quantity <= 0 or not line.sku for line in lines):
+            raise InvalidOrderError(
+                f"order {order_id!r}: needs an id and at least one line with a SKU and quantity > 0"
+            )
+        policy = policy_from_settings(self.settings)
+        if payment_timeout_seconds is not None:
+            policy.payment_timeout_seconds = payment_timeout_seconds
+        order = OrderInput(
+            order_id=order_id, customer_id=customer_id, email=email, items=lines, policy=policy
+        )
+        try:
+            return await self.client.start_workflow(
+                OrderWorkflow.run,
+                order,
+                id=order_workflow_id(order_id),
+                task_queue=self.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=TypedSearchAttributes([SearchAttributePair(CUSTOMER_ID, customer_id)]),
+            )
+        except WorkflowAlreadyStartedError:
+            return self._handle(order_id)
+
+    async def payment_received(self, order_id: str, payment: PaymentReceived) -> PaymentAck:
+        """Report a payment and learn at once whether the order accepted it."""
+        try:
+            return await self._handle(order_id).execute_update(OrderWorkflow.pay, payment)
+        except WorkflowUpdateFailedError as err:
+            return PaymentAck(accepted=False, status="", reason=str(err.cause or err))
+        except RPCError as err:
+            await self._raise_for(order_id, err)
+            raise
+
+    async def signal_payment_received(self, order_id: str, payment: PaymentReceived) -> None:
+        """Report a payment without waiting for the workflow (fire-and-forget signal)."""
+        await self._signal(order_id, OrderWorkflow.payment_received, payment)
+
+    async def payment_failed(self, order_id: str, failure: PaymentFailed) -> None:
+        """Report a failed capture: the order starts its payment retries."""
+        await self._signal(order_id, OrderWorkflow.payment_failed, failure)
+
+    async def cancel(self, order_id: str, reason: str = "cancelled by customer") -> None:
+        """Cancel the order (a paid one is refunded)."""
+        await self._signal(order_id, OrderWorkflow.cancel, CancelRequest(reason=reason))
+
+    async def shipped(self, order_id: str, shipment: Shipment | None = None) -> None:
+        """The warehouse shipped a confirmed order."""
+        await self._signal(order_id, OrderWorkflow.shipped, shipment or Shipment())
+
+    async def status(self, order_id: str) -> OrderState:
+        """The order's status and its history (works after the workflow ended too)."""
+        try:
+            return await self._handle(order_id).query(OrderWorkflow.status)
+        except RPCError as err:
+            await self._raise_for(order_id, err)
+            raise
+
+    async def result(self, order_id: str) -> OrderResult:
+        """Wait for the order's workflow to end and return how it ended."""
+        return await self._handle(order_id).result()
+
+    async def request_return(self, order_id: str, reason: str) -> str:
+        """Open a manual review for a return request; approval refunds the order."""
+        total = await self._order_total(order_id)
+        review_id = review_workflow_id(order_id, ReviewKind.RETURN)
+        try:
+            await self.client.start_workflow(
+                ManualReviewWorkflow.run,
+                ReviewInput(
+                    review_id=review_id,
+                    order_id=order_id,
+                    kind=ReviewKind.RETURN,
+                    reason=reason,
+                    amount=total,
+                ),
+                id=review_id,
+                task_queue=REVIEWS_TASK_QUEUE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            )
+        except WorkflowAlreadyStartedError:
+            pass
+        return review_id
+
+    async def pending_reviews(self) -> list[PendingReview]:
+        """Reviews waiting for an admin, oldest first."""
+        if self.engine is None:
+            return await self._pending_reviews_from_visibility()
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(Review).where(Review.status == "PENDING").order_by(col(Review.created_at))
+            ).all()
+        return [
+            PendingReview(
+                review_id=r.id,
+                order_id=r.order_id,
+                kind=r.kind,
+                reason=r.reason,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+    async def decide_review(self, review_id: str, decision: ReviewDecision) -> ReviewOutcome:
+        """Approve or reject a pending review."""
+        handle = self.client.get_workflow_handle_for(ManualReviewWorkflow.run, review_id)
+        try:
+            return await handle.execute_update(ManualReviewWorkflow.decide, decision)
+        except WorkflowUpdateFailedError as err:
+            raise UnknownReviewError(review_id) from err
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise UnknownReviewError(review_id) from err
+            raise
+
+    async def _pending_reviews_from_visibility(self) -> list[PendingReview]:
+        found: list[PendingReview] = []
+        query = "WorkflowType='ManualReviewWorkflow' AND ExecutionStatus='Running'"
+        async for wf in self.client.list_workflows(query):
+            info = await self.client.get_workflow_handle(wf.id).query(ManualReviewWorkflow.pending)
+            if info is not None:
+                found.append(info)
+        return found
+
+    async def _order_total(self, order_id: str) -> float:
+        if self.engine is not None:
+            with Session(self.engine) as session:
+                order = session.get(Order, order_id)
+                if order is None:
+                    raise UnknownOrderError(order_id)
+                return order.total
+        return (await self.status(order_id)).total
+
+    async def _signal(self, order_id: str, signal: Any, arg: Any) -> None:
+        try:
+            await self._handle(order_id).signal(signal, arg)
+        except RPCError as err:
+            await self._raise_for(order_id, err)
+            raise
+
+    async def _raise_for(self, order_id: str, err: RPCError) -> None:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            return
+        try:
+            desc = await self._handle(order_id).describe()
+        except RPCError:
+            raise UnknownOrderError(order_id) from err
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            raise OrderClosedError(
+                order_id, f"its workflow is {desc.status.name if desc.status else '?'}"
+            ) from err
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A contract dataclass as plain JSON-able data (for the CLI's --json)."""
+    return asdict(obj)

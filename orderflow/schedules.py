@@ -1,0 +1,68 @@
+"""Temporal Schedules for the seed's cron jobs, created idempotently (an existing one is updated)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+
+from orderflow.contracts.inventory import INVENTORY_TASK_QUEUE
+from orderflow.contracts.order import ORDERS_TASK_QUEUE
+from orderflow.contracts.reports import (
+    DAILY_REPORT_SCHEDULE_ID,
+    STOCK_SYNC_SCHEDULE_ID,
+    DailyReportInput,
+)
+from orderflow.settings import Settings
+from workflows.inventory import StockSyncWorkflow
+from workflows.reports import DailyReportWorkflow
+
+
+def schedules(settings: Settings) -> dict[str, Schedule]:
+    """The daily report (cron, in the configured time zone) and the hourly stock sync."""
+    return {
+        DAILY_REPORT_SCHEDULE_ID: Schedule(
+            action=ScheduleActionStartWorkflow(
+                DailyReportWorkflow.run,
+                DailyReportInput(timezone=settings.report_timezone),
+                id="daily-report",
+                task_queue=ORDERS_TASK_QUEUE,
+            ),
+            spec=ScheduleSpec(
+                cron_expressions=[settings.report_cron], time_zone_name=settings.report_timezone
+            ),
+        ),
+        STOCK_SYNC_SCHEDULE_ID: Schedule(
+            action=ScheduleActionStartWorkflow(
+                StockSyncWorkflow.run, id="stock-sync", task_queue=INVENTORY_TASK_QUEUE
+            ),
+            spec=ScheduleSpec(
+                intervals=[
+                    ScheduleIntervalSpec(every=timedelta(seconds=settings.stock_sync_every_seconds))
+                ]
+            ),
+        ),
+    }
+
+
+async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
+    """Create the schedules, or bring existing ones up to the current settings."""
+    for schedule_id, schedule in schedules(settings).items():
+        try:
+            await client.create_schedule(schedule_id, schedule)
+        except ScheduleAlreadyRunningError:
+
+            def replace(_: ScheduleUpdateInput, new: Schedule = schedule) -> ScheduleUpdate:
+                return ScheduleUpdate(schedule=new)
+
+            await client.get_schedule_handle(schedule_id).update(replace)
+    return list(schedules(settings))

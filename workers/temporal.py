@@ -1,0 +1,122 @@
+"""The Temporal workers: one per task queue, with the seed's concurrency, built from their dependencies."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.erp import Erp, make_erp
+from activities.gateway import PaymentGateway, SimulatedGateway
+from activities.inventory import InventoryActivities
+from activities.notify import JobQueue, NotificationActivities
+from activities.order import OrderActivities
+from activities.payment import PaymentActivities
+from activities.reports import ReportActivities
+from activities.review import ReviewActivities
+from orderflow.contracts.inventory import INVENTORY_TASK_QUEUE
+from orderflow.contracts.order import ORDERS_TASK_QUEUE
+from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE
+from orderflow.contracts.review import REVIEWS_TASK_QUEUE
+from orderflow.settings import Settings
+from workflows.inventory import InventoryReleaseWorkflow, StockSyncWorkflow
+from workflows.order import OrderWorkflow
+from workflows.payment import PaymentRetryWorkflow
+from workflows.reports import DailyReportWorkflow
+from workflows.review import ManualReviewWorkflow
+
+
+@dataclass
+class Dependencies:
+    """What the activities need; the outside systems (gateway, ERP) can be swapped here."""
+
+    engine: Engine
+    email_queue: JobQueue
+    gateway: PaymentGateway
+    erp: Erp
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, engine: Engine, email_queue: JobQueue
+    ) -> Dependencies:
+        """The configured gateway (simulated by default) and ERP (local stand-in unless a URL is set)."""
+        gateway = SimulatedGateway(
+            engine,
+            fail_captures=settings.gateway_fail_captures,
+            decline_all=settings.gateway_decline_all,
+        )
+        return cls(
+            engine=engine,
+            email_queue=email_queue,
+            gateway=gateway,
+            erp=make_erp(settings.erp_url, engine),
+        )
+
+
+def build_workers(
+    client: Client,
+    settings: Settings,
+    deps: Dependencies,
+    *,
+    task_queue_suffix: str = "",
+) -> list[Worker]:
+    """The orders, payments, inventory and reviews workers (suffix: per-test task queues)."""
+    orders = OrderActivities(deps.engine, deps.erp, currency=settings.currency)
+    notify = NotificationActivities(deps.engine, deps.email_queue)
+    reports = ReportActivities(deps.engine)
+    payments = PaymentActivities(deps.engine, deps.gateway)
+    inventory = InventoryActivities(deps.engine, deps.erp)
+    reviews = ReviewActivities(deps.engine)
+    grace = timedelta(seconds=settings.graceful_shutdown_seconds)
+
+    def worker(queue: str, concurrency: int, workflows: list[type], activities: list) -> Worker:  # type: ignore[type-arg]
+        return Worker(
+            client,
+            task_queue=queue + task_queue_suffix,
+            workflows=workflows,
+            activities=activities,
+            max_concurrent_activities=concurrency,
+            activity_executor=ThreadPoolExecutor(
+                max_workers=concurrency, thread_name_prefix=f"{queue}-activity"
+            ),
+            graceful_shutdown_timeout=grace,
+        )
+
+    return [
+        worker(
+            ORDERS_TASK_QUEUE,
+            settings.orders_concurrency,
+            [OrderWorkflow, DailyReportWorkflow],
+            [
+                orders.place_order,
+                orders.record_payment,
+                orders.confirm_order,
+                orders.set_status,
+                orders.sync_erp,
+                notify.notify,
+                reports.daily_report,
+            ],
+        ),
+        worker(
+            PAYMENTS_TASK_QUEUE,
+            settings.payments_concurrency,
+            [PaymentRetryWorkflow],
+            [payments.call_gateway],
+        ),
+        worker(
+            INVENTORY_TASK_QUEUE,
+            settings.inventory_concurrency,
+            [InventoryReleaseWorkflow, StockSyncWorkflow],
+            [inventory.release_reservation, inventory.ship_reservation, inventory.sync_stock],
+        ),
+        worker(
+            REVIEWS_TASK_QUEUE,
+            settings.reviews_concurrency,
+            [ManualReviewWorkflow],
+            [reviews.open_review, reviews.close_review],
+        ),
+    ]

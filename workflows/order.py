@@ -1,0 +1,412 @@
+"""OrderWorkflow: reserve, wait for payment under the auto-cancel timer, review, confirm, ship."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.inventory import InventoryActivities
+    from activities.notify import NotificationActivities
+    from activities.order import OrderActivities
+    from orderflow.contracts.inventory import (
+        INVENTORY_TASK_QUEUE,
+        ReleaseInput,
+        ShipInput,
+        inventory_release_workflow_id,
+    )
+    from orderflow.contracts.order import (
+        CancelRequest,
+        ConfirmInput,
+        NotificationKind,
+        NotifyInput,
+        OrderInput,
+        OrderResult,
+        OrderState,
+        OrderStatus,
+        PaymentAck,
+        PaymentFailed,
+        PaymentReceived,
+        Shipment,
+        StatusChange,
+        StatusInput,
+    )
+    from orderflow.contracts.payment import (
+        PAYMENTS_TASK_QUEUE,
+        PaymentKind,
+        PaymentRetryInput,
+        PaymentRetryResult,
+        payment_retry_workflow_id,
+    )
+    from orderflow.contracts.review import (
+        REVIEWS_TASK_QUEUE,
+        ReviewInput,
+        ReviewKind,
+        review_workflow_id,
+    )
+    from orderflow.temporal import ORDER_STATUS, ORDER_TOTAL
+    from workflows.inventory import InventoryReleaseWorkflow
+    from workflows.payment import PaymentRetryWorkflow
+    from workflows.review import ManualReviewWorkflow
+
+DB_TIMEOUT = timedelta(seconds=30)
+PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING)
+
+
+@workflow.defn
+class OrderWorkflow:
+    """One order, from reservation to shipment or cancellation."""
+
+    @workflow.init
+    def __init__(self, order: OrderInput) -> None:
+        self._order = order
+        self._status = "NEW"
+        self._history: list[StatusChange] = []
+        self._total = 0.0
+        self._currency = ""
+        self._payment: PaymentReceived | None = None
+        self._failures: list[PaymentFailed] = []
+        self._retry_wanted = False
+        self._cancel: CancelRequest | None = None
+        self._shipment: Shipment | None = None
+        self._review_id = ""
+
+    # --- the run ---
+
+    @workflow.run
+    async def run(self, order: OrderInput) -> OrderResult:
+        """Drive the order to SHIPPED, CANCELLED or REJECTED."""
+        placed = await workflow.execute_activity_method(
+            OrderActivities.place_order, order, start_to_close_timeout=DB_TIMEOUT
+        )
+        self._total, self._currency = placed.total, placed.currency
+        workflow.upsert_search_attributes([ORDER_TOTAL.value_set(placed.total)])
+        if not placed.reserved:
+            self._set(OrderStatus.REJECTED, placed.reason)
+            return await self._end()
+        self._set(OrderStatus.PENDING_PAYMENT, f"{placed.total:.2f} {placed.currency} reserved")
+
+        if not await self._await_payment():
+            return await self._cancel_order(refund=False)
+        assert self._payment is not None
+
+        review = self._review_kind()
+        if review is not None:
+            await self._act(
+                OrderActivities.record_payment, ConfirmInput(order.order_id, self._payment)
+            )
+            approved, note = await self._review(review)
+            if not approved:
+                self._cancel = self._cancel or CancelRequest(reason=note)
+                return await self._cancel_order(refund=True)
+            if self._cancel is not None:  # cancelled while under review
+                return await self._cancel_order(refund=True)
+
+        confirmed = await self._act(
+            OrderActivities.confirm_order, ConfirmInput(order.order_id, self._payment)
+        )
+        self._set(OrderStatus.CONFIRMED, f"invoice {confirmed.invoice_number}")
+        await self._sync_erp()
+        await self._notify(NotificationKind.CONFIRMATION)
+
+        await workflow.wait_condition(
+            lambda: self._shipment is not None or self._cancel is not None
+        )
+        if self._shipment is None:
+            return await self._cancel_order(refund=True)
+        await self._act(
+            OrderActivities.set_status, StatusInput(order.order_id, OrderStatus.SHIPPED)
+        )
+        await workflow.execute_activity_method(
+            InventoryActivities.ship_reservation,
+            ShipInput(order.order_id),
+            start_to_close_timeout=DB_TIMEOUT,
+            task_queue=INVENTORY_TASK_QUEUE,
+        )
+        self._set(
+            OrderStatus.SHIPPED,
+            f"{self._shipment.carrier} {self._shipment.tracking_number}".strip(),
+        )
+        await self._notify(NotificationKind.SHIPPING, self._history[-1].note)
+        return await self._end()
+
+    async def _await_payment(self) -> bool:
+        """Wait for payment under the auto-cancel timer; a failed payment runs the retries instead."""
+        policy = self._order.policy
+        deadline = workflow.now() + timedelta(seconds=policy.payment_timeout_seconds)
+        while True:
+            if self._payment is not None:
+                return True
+            if self._cancel is not None:
+                return False
+            if self._retry_wanted:
+                self._retry_wanted = False
+                result = await self._retry_capture()
+                if result is not None and result.succeeded:
+                    self._payment = PaymentReceived(
+                        payment_id=result.payment_id,
+                        amount=self._total,
+                        provider=result.provider or "gateway",
+                    )
+                    return True
+                if self._payment is None and self._cancel is None:
+                    tried = len(result.attempts) if result else 0
+                    self._cancel = CancelRequest(
+                        reason=f"payment failed: {tried} capture attempts declined"
+                    )
+                continue
+            remaining = (deadline - workflow.now()).total_seconds()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await workflow.wait_condition(
+                    lambda: (
+                        self._payment is not None or self._cancel is not None or self._retry_wanted
+                    ),
+                    timeout=timedelta(seconds=remaining),
+                    timeout_summary="auto-cancel unpaid order",
+                )
+            except TimeoutError:
+                minutes = policy.payment_timeout_seconds / 60
+                self._cancel = CancelRequest(reason=f"not paid within {minutes:g} minutes")
+                return False
+
+    async def _retry_capture(self) -> PaymentRetryResult | None:
+        """Run the capture retries; a payment or cancel arriving meanwhile stops them."""
+        self._set(OrderStatus.PAYMENT_RETRYING, self._failures[-1].reason if self._failures else "")
+        await self._act(
+            OrderActivities.set_status,
+            StatusInput(self._order.order_id, OrderStatus.PAYMENT_RETRYING),
+        )
+        policy = self._order.policy
+        child = await workflow.start_child_workflow(
+            PaymentRetryWorkflow.run,
+            PaymentRetryInput(
+                order_id=self._order.order_id,
+                kind=PaymentKind.CAPTURE,
+                amount=self._total,
+                attempts=policy.payment_retry_attempts,
+                interval_seconds=policy.payment_retry_interval_seconds,
+                reason=self._failures[-1].reason if self._failures else "",
+            ),
+            id=payment_retry_workflow_id(self._order.order_id, PaymentKind.CAPTURE),
+            task_queue=PAYMENTS_TASK_QUEUE,
+        )
+        await workflow.wait_condition(
+            lambda: child.done() or self._payment is not None or self._cancel is not None
+        )
+        if not child.done():
+            child.cancel()
+            try:
+                await child
+            except (ChildWorkflowError, asyncio.CancelledError):
+                pass
+            return None
+        return child.result()
+
+    def _review_kind(self) -> ReviewKind | None:
+        assert self._payment is not None
+        policy = self._order.policy
+        if self._payment.flagged or len(self._failures) >= policy.suspicious_failed_attempts:
+            return ReviewKind.SUSPICIOUS_PAYMENT
+        if self._total > policy.high_value_threshold:
+            return ReviewKind.HIGH_VALUE
+        return None
+
+    async def _review(self, kind: ReviewKind) -> tuple[bool, str]:
+        order_id = self._order.order_id
+        self._review_id = review_workflow_id(order_id, kind)
+        reason = (
+            f"{len(self._failures)} failed payments before success"
+            if kind is ReviewKind.SUSPICIOUS_PAYMENT
+            else f"total {self._total:.2f} {self._currency} above {self._order.policy.high_value_threshold:.2f}"
+        )
+        self._set(OrderStatus.IN_REVIEW, f"{kind.value}: {reason}")
+        await self._act(OrderActivities.set_status, StatusInput(order_id, OrderStatus.IN_REVIEW))
+        outcome = await workflow.execute_child_workflow(
+            ManualReviewWorkflow.run,
+            ReviewInput(
+                review_id=self._review_id,
+                order_id=order_id,
+                kind=kind,
+                reason=reason,
+                amount=self._total,
+            ),
+            id=self._review_id,
+            task_queue=REVIEWS_TASK_QUEUE,
+        )
+        verdict = "approved" if outcome.approved else "rejected"
+        note = f"review {verdict} by {outcome.reviewer}" + (
+            f": {outcome.note}" if outcome.note else ""
+        )
+        if outcome.approved:
+            self._set(OrderStatus.PAID, note)
+        return outcome.approved, note
+
+    async def _cancel_order(self, *, refund: bool) -> OrderResult:
+        """Refund if paid, release the stock exactly once, mark cancelled, tell the customer."""
+        order_id = self._order.order_id
+        reason = self._cancel.reason if self._cancel else "cancelled"
+        if refund and self._payment is not None:
+            result = await workflow.execute_child_workflow(
+                PaymentRetryWorkflow.run,
+                PaymentRetryInput(
+                    order_id=order_id,
+                    kind=PaymentKind.REFUND,
+                    amount=self._payment.amount,
+                    attempts=self._order.policy.payment_retry_attempts,
+                    interval_seconds=self._order.policy.payment_retry_interval_seconds,
+                    reason=reason,
+                ),
+                id=payment_retry_workflow_id(order_id, PaymentKind.REFUND),
+                task_queue=PAYMENTS_TASK_QUEUE,
+            )
+            refund_note = (
+                f"refunded {result.payment_id}"
+                if result.succeeded
+                else "REFUND FAILED: needs an operator"
+            )
+            reason = f"{reason}; {refund_note}"
+        await self._release(reason)
+        await self._act(
+            OrderActivities.set_status, StatusInput(order_id, OrderStatus.CANCELLED, reason)
+        )
+        self._set(OrderStatus.CANCELLED, reason)
+        await self._notify(NotificationKind.CANCELLATION, reason)
+        return await self._end()
+
+    async def _release(self, reason: str) -> None:
+        try:
+            await workflow.execute_child_workflow(
+                InventoryReleaseWorkflow.run,
+                ReleaseInput(order_id=self._order.order_id, reason=reason),
+                id=inventory_release_workflow_id(self._order.order_id),
+                task_queue=INVENTORY_TASK_QUEUE,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+            )
+        except WorkflowAlreadyStartedError:
+            workflow.logger.info("inventory of order %s already released", self._order.order_id)
+
+    async def _sync_erp(self) -> None:
+        try:
+            await workflow.execute_activity_method(
+                OrderActivities.sync_erp,
+                self._order.order_id,
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_attempts=self._order.policy.erp_attempts),
+            )
+        except ActivityError as err:
+            # the order stands; the failed sync is visible in the history for an operator
+            self._note(
+                f"ERP sync failed after {self._order.policy.erp_attempts} attempts: {err.cause}"
+            )
+
+    async def _notify(self, kind: NotificationKind, note: str = "") -> None:
+        await workflow.execute_activity_method(
+            NotificationActivities.notify,
+            NotifyInput(order_id=self._order.order_id, kind=kind, note=note),
+            start_to_close_timeout=DB_TIMEOUT,
+        )
+
+    async def _act(self, method, arg):  # type: ignore[no-untyped-def]
+        return await workflow.execute_activity_method(
+            method, arg, start_to_close_timeout=DB_TIMEOUT
+        )
+
+    async def _end(self) -> OrderResult:
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return OrderResult(order_id=self._order.order_id, status=self._status, total=self._total)
+
+    def _set(self, status: OrderStatus, note: str = "") -> None:
+        self._status = status.value
+        self._history.append(StatusChange(status=status.value, at=workflow.now(), note=note))
+        workflow.upsert_search_attributes([ORDER_STATUS.value_set(status.value)])
+
+    def _note(self, note: str) -> None:
+        self._history.append(StatusChange(status=self._status, at=workflow.now(), note=note))
+
+    # --- signals, update, query ---
+
+    @workflow.update
+    async def pay(self, payment: PaymentReceived) -> PaymentAck:
+        """Report a payment and learn at once whether it was accepted."""
+        return self._accept(payment)
+
+    @workflow.signal
+    def payment_received(self, payment: PaymentReceived) -> None:
+        """Report a payment (fire-and-forget)."""
+        self._accept(payment)
+
+    @workflow.signal
+    def payment_failed(self, failure: PaymentFailed) -> None:
+        """A capture failed at the gateway: retry it (once per order)."""
+        if self._payment is not None or self._cancel is not None:
+            return
+        if any(f.payment_id == failure.payment_id for f in self._failures):
+            return  # a redelivered failure is one failure
+        self._failures.append(failure)
+        self._note(f"payment {failure.payment_id} failed: {failure.reason}")
+        if self._status != OrderStatus.PAYMENT_RETRYING:
+            self._retry_wanted = True
+
+    @workflow.signal
+    def cancel(self, request: CancelRequest) -> None:
+        """Cancel the order; ignored once it shipped or ended."""
+        if self._cancel is None and self._status not in (
+            OrderStatus.SHIPPED,
+            OrderStatus.CANCELLED,
+        ):
+            self._cancel = request
+
+    @workflow.signal
+    def shipped(self, shipment: Shipment) -> None:
+        """The warehouse shipped the order."""
+        if self._shipment is None:
+            self._shipment = shipment
+
+    @workflow.query
+    def status(self) -> OrderState:
+        """The current status and its history."""
+        return OrderState(
+            order_id=self._order.order_id,
+            status=self._status,
+            total=self._total,
+            currency=self._currency,
+            history=self._history,
+            payment_id=self._payment.payment_id if self._payment else "",
+            failed_payments=len(self._failures),
+            review_id=self._review_id,
+        )
+
+    def _accept(self, payment: PaymentReceived) -> PaymentAck:
+        order_id = self._order.order_id
+        if self._payment is not None:
+            if self._payment.payment_id == payment.payment_id:
+                return PaymentAck(
+                    accepted=True, status=self._status, reason="duplicate: payment already accepted"
+                )
+            self._note(
+                f"refused second payment {payment.payment_id}: already paid by {self._payment.payment_id}"
+            )
+            return PaymentAck(
+                accepted=False,
+                status=self._status,
+                reason=f"order {order_id} is already paid by {self._payment.payment_id}",
+            )
+        if self._cancel is not None or self._status not in ("NEW", *PAYABLE):
+            self._note(f"refused payment {payment.payment_id}: order is {self._status}")
+            return PaymentAck(
+                accepted=False,
+                status=self._status,
+                reason=f"order {order_id} is {self._status}: payment refused",
+            )
+        self._payment = payment
+        self._note(
+            f"payment {payment.payment_id} received ({payment.amount:.2f}, {payment.provider})"
+        )
+        return PaymentAck(accepted=True, status=self._status)

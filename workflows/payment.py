@@ -1,0 +1,85 @@
+"""PaymentRetryWorkflow: a capture or refund tried up to N times, an interval apart."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.payment import PaymentActivities
+    from orderflow.contracts.payment import (
+        GatewayRequest,
+        PaymentAttempt,
+        PaymentRetryInput,
+        PaymentRetryResult,
+    )
+
+# transport failures (gateway unreachable) are retried inside one attempt; declines are not
+GATEWAY_CALL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    maximum_interval=timedelta(minutes=1),
+    maximum_attempts=10,
+)
+
+
+@workflow.defn
+class PaymentRetryWorkflow:
+    """Each attempt is one gateway call; the timer between attempts survives restarts."""
+
+    def __init__(self) -> None:
+        self._attempts: list[PaymentAttempt] = []
+
+    @workflow.run
+    async def run(self, data: PaymentRetryInput) -> PaymentRetryResult:
+        """Try until one attempt succeeds or all are used."""
+        info = workflow.info()
+        for n in range(1, data.attempts + 1):
+            if n > 1:
+                await workflow.sleep(timedelta(seconds=data.interval_seconds))
+            request = GatewayRequest(
+                order_id=data.order_id,
+                kind=data.kind,
+                amount=data.amount,
+                attempt=n,
+                idempotency_key=f"{info.workflow_id}-{info.run_id[:8]}-{n}",
+            )
+            try:
+                response = await workflow.execute_activity_method(
+                    PaymentActivities.call_gateway,
+                    request,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=GATEWAY_CALL_RETRY,
+                )
+            except ActivityError as err:
+                self._attempts.append(
+                    PaymentAttempt(attempt=n, succeeded=False, detail=f"gateway error: {err.cause}")
+                )
+                continue
+            self._attempts.append(
+                PaymentAttempt(
+                    attempt=n,
+                    succeeded=response.succeeded,
+                    payment_id=response.payment_id,
+                    detail=response.detail,
+                )
+            )
+            if response.succeeded:
+                return PaymentRetryResult(
+                    order_id=data.order_id,
+                    kind=data.kind,
+                    succeeded=True,
+                    payment_id=response.payment_id,
+                    provider=response.provider,
+                    attempts=self._attempts,
+                )
+        return PaymentRetryResult(
+            order_id=data.order_id, kind=data.kind, succeeded=False, attempts=self._attempts
+        )
+
+    @workflow.query
+    def attempts(self) -> list[PaymentAttempt]:
+        """The attempts made so far."""
+        return self._attempts
