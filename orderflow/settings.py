@@ -48,11 +48,11 @@ class Settings(BaseSettings):
     email_backoff_ms: int = 2000  # ... exponential from 2 s: 2 s, 4 s
     email_rate_max: int = 100  # seed limiter: at most 100 emails ...
     email_rate_duration_ms: int = 1000  # ... per second (the SMTP relay's budget)
-    email_timeout_seconds: float = 30.0  # an SMTP hand-off takes well under a second; 30 s means hung
+    email_timeout_seconds: float = 30.0  # an SMTP hand-off takes under a second; 30 s is hung
     webhook_concurrency: int = 20  # seed: payment webhook concurrency 20 (fast processing)
     webhook_attempts: int = 5  # seed: 5 attempts, with idempotency
     webhook_backoff_ms: int = 1000  # exponential from 1 s: 1, 2, 4, 8 s
-    webhook_timeout_seconds: float = 60.0  # a signal to a workflow is sub-second; a minute means stuck
+    webhook_timeout_seconds: float = 60.0  # a workflow signal is sub-second; a minute is stuck
     job_max_payload_bytes: int = 64 * 1024  # seed: small payloads; store large data in the DB
     bridge_grace_seconds: float = 20.0  # finish active jobs on SIGTERM before handing them back
     # SMTP

@@ -1,0 +1,44 @@
+"""Errors the bridge raises; each names the queue, job name and job id involved."""
+
+from __future__ import annotations
+
+from bullmq import UnrecoverableError
+
+from orderflow.errors import OrderflowError
+
+
+class PayloadRejectedError(OrderflowError):
+    """A job's data was refused before it reached Redis (sensitive field or too large)."""
+
+    def __init__(self, queue: str, name: str, job_id: str | None, reason: str) -> None:
+        where = f"job {job_id!r} ({name})" if job_id else f"job {name}"
+        super().__init__(f"{queue}: {where} refused: {reason}")
+        self.queue, self.name, self.job_id, self.reason = queue, name, job_id, reason
+
+
+class InvalidJobOptionsError(OrderflowError):
+    """`add` was called with options BullMQ would refuse."""
+
+
+class JobTimeoutError(OrderflowError):
+    """A job ran longer than its queue's timeout; the attempt fails and may be retried."""
+
+    def __init__(self, queue: str, name: str, job_id: str, seconds: float) -> None:
+        super().__init__(f"{queue}: job {job_id!r} ({name}) timed out after {seconds:g}s")
+        self.job_id = job_id
+
+
+class MalformedJobError(UnrecoverableError, OrderflowError):
+    """A job whose data cannot be processed at all; it is not retried and goes to the DLQ."""
+
+    def __init__(self, queue: str, name: str, job_id: str, reason: str) -> None:
+        super().__init__(f"{queue}: malformed job {job_id!r} ({name}): {reason}")
+        self.job_id = job_id
+
+
+class UnknownDeadLetterError(OrderflowError):
+    """No entry with this job id is in the dead-letter queue."""
+
+    def __init__(self, dlq: str, job_id: str) -> None:
+        super().__init__(f"{dlq}: no dead-lettered job {job_id!r}")
+        self.job_id = job_id

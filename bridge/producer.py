@@ -1,0 +1,143 @@
+"""QueueProducer: BullMQ's `Queue.add(name, data, opts)` and `addBulk`, with the spec's defaults."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from bridge.errors import InvalidJobOptionsError
+from bridge.guard import PayloadGuard
+from bridge.redis_client import Arg, RedisClient, RedisReplyError
+from bridge.scripts import Keys, bullmq_script
+from bridge.specs import QueueSpec
+
+PRIORITY_LIMIT = 2**21  # BullMQ's highest priority value (it packs priority into a zset score)
+BACKOFF_TYPES = ("fixed", "exponential")  # built in; any other type needs a worker strategy
+
+
+@dataclass(frozen=True)
+class BulkJob:
+    """One entry of `add_bulk`, as in BullMQ's `addBulk([{name, data, opts}])`."""
+
+    name: str
+    data: Any
+    opts: Mapping[str, Any] = field(default_factory=dict)
+
+
+def normalize_opts(spec: QueueSpec, opts: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Spec defaults overlaid with `opts`, checked the way BullMQ's Job constructor checks them."""
+    merged = spec.job_defaults()
+    merged.update({k: v for k, v in (opts or {}).items() if v is not None})
+    job_id = merged.get("jobId")
+    if job_id is not None:
+        job_id = merged["jobId"] = str(job_id)
+        if not job_id or job_id.isdigit():
+            raise InvalidJobOptionsError(f"custom jobId {job_id!r} must be a non-numeric string")
+    backoff = merged.get("backoff")
+    if isinstance(backoff, int | float) and not isinstance(backoff, bool):
+        merged["backoff"] = {"type": "fixed", "delay": int(backoff)}
+    elif backoff is not None and not (isinstance(backoff, Mapping) and backoff.get("type")):
+        raise InvalidJobOptionsError(f"backoff {backoff!r} needs a type (fixed, exponential, ...)")
+    for name in ("delay", "priority", "attempts"):
+        value = merged.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidJobOptionsError(f"{name} must be a non-negative integer, not {value!r}")
+    if merged.get("priority", 0) > PRIORITY_LIMIT:
+        raise InvalidJobOptionsError(f"priority must be between 0 and {PRIORITY_LIMIT}")
+    return merged
+
+
+class QueueProducer:
+    """Adds jobs to one bridge queue, exactly as a Node BullMQ `Queue` would."""
+
+    def __init__(self, spec: QueueSpec, client: RedisClient) -> None:
+        self.spec = spec
+        self.client = client
+        self.keys = Keys(spec.prefix, spec.name)
+        self.guard = PayloadGuard(spec.name, spec.max_payload_bytes)
+        k = self.keys
+        self._standard = (
+            bullmq_script("addStandardJob-9.lua"),
+            [k[n] for n in ("wait", "paused", "meta", "id", "completed", "delayed", "active",
+                            "events", "marker")],
+        )  # fmt: skip
+        self._delayed = (
+            bullmq_script("addDelayedJob-6.lua"),
+            [k[n] for n in ("marker", "meta", "id", "delayed", "completed", "events")],
+        )
+        self._prioritized = (
+            bullmq_script("addPrioritizedJob-9.lua"),
+            [k[n] for n in ("marker", "meta", "id", "prioritized", "delayed", "completed",
+                            "active", "events", "pc")],
+        )  # fmt: skip
+
+    @classmethod
+    def connect(cls, spec: QueueSpec, redis_url: str) -> QueueProducer:
+        """A producer with its own connection (opened on first use)."""
+        return cls(spec, RedisClient(redis_url, name=f"orderflow:producer:{spec.name}"))
+
+    def _command(self, name: str, data: Any, opts: Mapping[str, Any] | None) -> list[Arg]:
+        final = normalize_opts(self.spec, opts)
+        job_id = final.get("jobId")
+        encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        self.guard.check(name, job_id, data, encoded)
+        timestamp = int(time.time() * 1000)
+        packed_args = msgpack.packb(
+            [self.keys.base, job_id or "", name, timestamp, None, None, None, None, None],
+            use_bin_type=True,
+        )
+        packed_opts = msgpack.packb(final, use_bin_type=True)
+        if final.get("delay"):
+            script, keys = self._delayed
+        elif final.get("priority"):
+            script, keys = self._prioritized
+        else:
+            script, keys = self._standard
+        return self.client.evalsha_args(script, keys, [packed_args, encoded, packed_opts])
+
+    def _scripts(self) -> None:
+        for script, _ in (self._standard, self._delayed, self._prioritized):
+            self.client.register(script)
+
+    async def add(self, name: str, data: Any, opts: Mapping[str, Any] | None = None) -> str:
+        """Add one job and return its id; with an existing jobId nothing new is added."""
+        command = self._command(name, data, opts)
+        self._scripts()
+        try:
+            result = await self.client.execute(*command)
+        except RedisReplyError as err:
+            if not str(err).startswith("NOSCRIPT"):
+                raise
+            await self.client.load_scripts()
+            result = await self.client.execute(*command)
+        return _job_id(result, name)
+
+    async def add_bulk(self, jobs: Sequence[BulkJob | Mapping[str, Any]]) -> list[str]:
+        """Add many jobs atomically in one round trip (BullMQ `addBulk`); returns their ids."""
+        commands = []
+        for job in jobs:
+            if isinstance(job, BulkJob):
+                commands.append(self._command(job.name, job.data, job.opts))
+            else:
+                commands.append(self._command(job["name"], job["data"], job.get("opts")))
+        self._scripts()
+        await self.client.load_scripts()
+        replies = await self.client.transaction(commands)
+        return [_job_id(reply, "addBulk") for reply in replies]
+
+    async def close(self) -> None:
+        """Close the producer's connection."""
+        await self.client.close()
+
+
+def _job_id(result: Any, name: str) -> str:
+    if isinstance(result, BaseException):
+        raise result
+    if isinstance(result, int) and result < 0:
+        raise InvalidJobOptionsError(f"adding {name} failed with BullMQ code {result}")
+    return str(result)

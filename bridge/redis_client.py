@@ -1,0 +1,205 @@
+"""A small pipelining Redis client (hiredis parser): every caller's command shares one connection.
+
+Like ioredis in Node, commands from all tasks are written back to back and answered in order, so
+a worker with many jobs in flight pays for round trips once, not once per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import hiredis
+
+Arg = str | bytes | int | float
+
+
+class RedisReplyError(Exception):
+    """Redis answered a command with an error."""
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script, run by SHA1 and loaded on demand."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+def encode_command(args: Sequence[Arg]) -> bytes:
+    """One command in RESP."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            b = arg
+        elif isinstance(arg, str):
+            b = arg.encode()
+        elif isinstance(arg, bool):
+            b = b"1" if arg else b"0"
+        elif isinstance(arg, int):
+            b = b"%d" % arg
+        else:
+            b = repr(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = hiredis.Reader(encoding="utf-8", replyError=RedisReplyError)
+        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.buffer: list[bytes] = []
+        self.flush_scheduled = False
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        waiters = self.waiters
+        while (reply := self.reader.gets()) is not False:
+            fut = waiters.popleft()
+            if fut.done():
+                continue
+            if isinstance(reply, RedisReplyError):
+                fut.set_exception(reply)
+            else:
+                fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = ConnectionError(f"redis connection lost: {exc or 'closed'}")
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(self.lost)
+
+    def send(self, payload: bytes, futures: Sequence[asyncio.Future[Any]]) -> None:
+        if self.lost is not None or self.transport is None:
+            raise ConnectionError("redis connection is closed")
+        self.waiters.extend(futures)
+        self.buffer.append(payload)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.buffer and self.transport is not None and self.lost is None:
+            data = b"".join(self.buffer)
+            self.buffer.clear()
+            self.transport.write(data)
+
+
+class RedisClient:
+    """One pipelined connection to Redis, reconnecting on the next call after a loss."""
+
+    def __init__(self, url: str, name: str = "") -> None:
+        parsed = urlparse(url)
+        self.host = parsed.hostname or "localhost"
+        self.port = parsed.port or 6379
+        self.password = unquote(parsed.password) if parsed.password else None
+        self.username = unquote(parsed.username) if parsed.username else None
+        self.db = int(parsed.path.strip("/") or 0)
+        self.name = name
+        self._proto: _Protocol | None = None
+        self._lock = asyncio.Lock()
+        self._scripts: dict[str, Script] = {}
+        self.closed = False
+
+    async def _ensure(self) -> _Protocol:
+        proto = self._proto
+        if proto is not None and proto.lost is None:
+            return proto
+        async with self._lock:
+            if self._proto is not None and self._proto.lost is None:
+                return self._proto
+            if self.closed:
+                raise ConnectionError("redis client is closed")
+            loop = asyncio.get_running_loop()
+            _, proto = await loop.create_connection(_Protocol, self.host, self.port)
+            setup: list[list[Arg]] = []
+            if self.password:
+                auth: list[Arg] = ["AUTH", self.password]
+                setup.append(auth if not self.username else ["AUTH", self.username, self.password])
+            if self.db:
+                setup.append(["SELECT", self.db])
+            if self.name:
+                setup.append(["CLIENT", "SETNAME", self.name])
+            setup += [["SCRIPT", "LOAD", s.source] for s in self._scripts.values()]
+            if setup:
+                await self._send(proto, setup)
+            self._proto = proto
+            return proto
+
+    @staticmethod
+    async def _send(proto: _Protocol, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        proto.send(b"".join(encode_command(c) for c in commands), futures)
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    async def execute(self, *args: Arg) -> Any:
+        """Run one command and return its reply (raises RedisReplyError on an error reply)."""
+        proto = await self._ensure()
+        fut = asyncio.get_running_loop().create_future()
+        proto.send(encode_command(args), (fut,))
+        return await fut
+
+    async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Run many commands in one write; error replies come back as RedisReplyError values."""
+        if not commands:
+            return []
+        return await self._send(await self._ensure(), commands)
+
+    async def transaction(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Run commands atomically (MULTI/EXEC) and return EXEC's replies."""
+        replies = await self.pipeline([["MULTI"], *commands, ["EXEC"]])
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, RedisReplyError):
+                raise reply
+        if isinstance(replies[-1], BaseException):
+            raise replies[-1]
+        return list(replies[-1])
+
+    def register(self, script: Script) -> Script:
+        """Remember a script so that it is (re)loaded on every new connection."""
+        self._scripts[script.sha] = script
+        return script
+
+    def evalsha_args(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> list[Arg]:
+        """The EVALSHA command for a script, for pipelines and transactions."""
+        return ["EVALSHA", script.sha, len(keys), *keys, *args]
+
+    async def run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """Run a script by SHA, loading it first if Redis does not know it (after a restart)."""
+        self._scripts.setdefault(script.sha, script)
+        try:
+            return await self.execute(*self.evalsha_args(script, keys, args))
+        except RedisReplyError as err:
+            if not str(err).startswith("NOSCRIPT"):
+                raise
+        await self.execute("SCRIPT", "LOAD", script.source)
+        return await self.execute(*self.evalsha_args(script, keys, args))
+
+    async def load_scripts(self) -> None:
+        """Load every registered script now (before they are used inside MULTI)."""
+        await self.pipeline([["SCRIPT", "LOAD", s.source] for s in self._scripts.values()])
+
+    async def close(self) -> None:
+        """Close the connection; pending calls fail with ConnectionError."""
+        self.closed = True
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.close()
+        self._proto = None

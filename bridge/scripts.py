@@ -1,0 +1,84 @@
+"""BullMQ's own Lua scripts (shipped with the `bullmq` package) and the bridge's few additions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import bullmq
+from bullmq.queue_keys import QueueKeys
+
+from bridge.redis_client import Script
+
+COMMANDS = Path(bullmq.__file__).parent / "commands"
+
+
+@cache
+def bullmq_script(filename: str) -> Script:
+    """One of BullMQ's Lua scripts by file name, e.g. 'moveToFinished-14.lua'."""
+    return Script(filename.split("-")[0], (COMMANDS / filename).read_text())
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The Redis keys of one queue, exactly as BullMQ names them."""
+
+    prefix: str
+    queue: str
+
+    @property
+    def base(self) -> str:
+        """`<prefix>:<queue>:`, the prefix of every job key."""
+        return f"{self.prefix}:{self.queue}:"
+
+    def __getitem__(self, name: str) -> str:
+        return QueueKeys(self.prefix).toKey(self.queue, name)
+
+    def job(self, job_id: str) -> str:
+        """The hash of one job."""
+        return self.base + job_id
+
+
+# A sliding-window log: KEYS[1] zset of start times; ARGV max, window ms, member.
+# Returns 0 when granted, else the ms to wait until the oldest start leaves the window.
+RATE_LIMIT_LUA = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], ms, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - ms)
+"""
+
+
+@cache
+def rate_limit_script() -> Script:
+    """Grant one job start if fewer than max started in the last window (Redis clock)."""
+    return Script("orderflowRateLimit", RATE_LIMIT_LUA)
+
+
+@cache
+def dead_letter_script() -> Script:
+    """BullMQ's moveToFinished that also writes the DLQ entry, in one atomic call.
+
+    KEYS[15] DLQ hash (job id -> entry JSON), KEYS[16] DLQ index (zset by failure time);
+    ARGV[10] the entry. The entry is written only if the job really moved to failed.
+    """
+    body = bullmq_script("moveToFinished-14.lua").source
+    source = (
+        "local function orderflow_move_to_finished()\n"
+        f"{body}\nend\n"
+        "local result = orderflow_move_to_finished()\n"
+        "if result == 0 or type(result) == 'table' then\n"
+        "  redis.call('HSET', KEYS[15], ARGV[1], ARGV[10])\n"
+        "  redis.call('ZADD', KEYS[16], ARGV[2], ARGV[1])\n"
+        "end\n"
+        "return result\n"
+    )
+    return Script("orderflowDeadLetter", source)

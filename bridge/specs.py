@@ -1,0 +1,131 @@
+"""The bridge's queues in one table: names, job names, the seed's numbers, and the DLQ of each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from orderflow.settings import Settings
+
+EMAIL_QUEUE = "email-queue"  # the seed's queue name, shared with Node producers
+WEBHOOK_QUEUE = "payment-webhook-queue"  # the seed's queue name, shared with Node producers
+DLQ_SUFFIX = "-dlq"  # a sibling namespace under the prefix, so obliterating a queue keeps its DLQ
+
+# seed "Auto-Delete Completed Jobs": keep a day or the last 1000 completed jobs for inspection
+KEEP_COMPLETED: dict[str, int] = {"age": 86400, "count": 1000}
+KEEP_FAILED: bool | dict[str, int] = False  # seed: failed jobs stay until someone looks at them
+LOCK_DURATION_MS = 30_000  # BullMQ's default: a job whose lock is not renewed for 30 s has stalled
+STALLED_INTERVAL_MS = 30_000  # BullMQ's default stalled-job check period
+MAX_STALLED_COUNT = 1  # BullMQ's default: a job that stalls twice (e.g. it crashes workers) fails
+DRAIN_BLOCK_SECONDS = 5.0  # BullMQ's drainDelay: how long an idle worker blocks on the marker
+
+
+class EmailJob(StrEnum):
+    """Job names of the email queue (as Node producers name them)."""
+
+    ORDER_CONFIRMATION = "send-order-confirmation"
+    SHIPPING_NOTIFICATION = "send-shipping-notification"
+    PASSWORD_RESET = "send-password-reset"
+    WELCOME = "send-welcome"
+    ORDER_CANCELLED = "send-order-cancelled"
+
+
+class WebhookJob(StrEnum):
+    """Job names of the payment webhook queue."""
+
+    STRIPE = "stripe-webhook"
+    RAZORPAY = "razorpay-webhook"
+    RECONCILIATION = "payment-reconciliation"
+
+
+# Template per email job; Node producers send these names in data.template (seed: 'order_confirmation')
+EMAIL_TEMPLATES: dict[str, str] = {
+    EmailJob.ORDER_CONFIRMATION: "order_confirmation",
+    EmailJob.SHIPPING_NOTIFICATION: "shipping_notification",
+    EmailJob.PASSWORD_RESET: "password_reset",
+    EmailJob.WELCOME: "welcome",
+    EmailJob.ORDER_CANCELLED: "order_cancelled",
+}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `max` job starts in any window of `duration_ms` (a sliding window)."""
+
+    max: int
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """Everything a producer and a worker of one queue agree on."""
+
+    name: str
+    job_names: tuple[str, ...]
+    concurrency: int
+    attempts: int
+    backoff: dict[str, Any]
+    rate_limit: RateLimit | None
+    timeout_seconds: float | None
+    prefix: str = "bull"
+    remove_on_complete: bool | int | dict[str, int] = field(default_factory=lambda: KEEP_COMPLETED)
+    remove_on_fail: bool | int | dict[str, int] = KEEP_FAILED
+    max_payload_bytes: int = 64 * 1024
+    lock_duration_ms: int = LOCK_DURATION_MS
+    stalled_interval_ms: int = STALLED_INTERVAL_MS
+    max_stalled_count: int = MAX_STALLED_COUNT
+    drain_block_seconds: float = DRAIN_BLOCK_SECONDS
+
+    @property
+    def dlq(self) -> str:
+        """The dead-letter queue's name."""
+        return self.name + DLQ_SUFFIX
+
+    def job_defaults(self) -> dict[str, Any]:
+        """BullMQ job options every job of this queue gets unless `add` overrides them."""
+        return {
+            "attempts": self.attempts,
+            "backoff": dict(self.backoff),
+            "removeOnComplete": self.remove_on_complete,
+            "removeOnFail": self.remove_on_fail,
+        }
+
+    def with_(self, **changes: Any) -> QueueSpec:
+        """A copy with some fields changed (tests use their own queue names and short timings)."""
+        return replace(self, **changes)
+
+
+def email_spec(settings: Settings) -> QueueSpec:
+    """The email queue: concurrency 5, 3 attempts, exponential from 2 s, 100 jobs/s (seed)."""
+    return QueueSpec(
+        name=EMAIL_QUEUE,
+        job_names=tuple(EmailJob),
+        concurrency=settings.email_concurrency,
+        attempts=settings.email_attempts,
+        backoff={"type": "exponential", "delay": settings.email_backoff_ms},
+        rate_limit=RateLimit(settings.email_rate_max, settings.email_rate_duration_ms),
+        timeout_seconds=settings.email_timeout_seconds,
+        prefix=settings.queue_prefix,
+        max_payload_bytes=settings.job_max_payload_bytes,
+    )
+
+
+def webhook_spec(settings: Settings) -> QueueSpec:
+    """The payment webhook queue: concurrency 20, 5 attempts (seed), exponential from 1 s."""
+    return QueueSpec(
+        name=WEBHOOK_QUEUE,
+        job_names=tuple(WebhookJob),
+        concurrency=settings.webhook_concurrency,
+        attempts=settings.webhook_attempts,
+        backoff={"type": "exponential", "delay": settings.webhook_backoff_ms},
+        rate_limit=None,
+        timeout_seconds=settings.webhook_timeout_seconds,
+        prefix=settings.queue_prefix,
+        max_payload_bytes=settings.job_max_payload_bytes,
+    )
+
+
+def queue_specs(settings: Settings) -> dict[str, QueueSpec]:
+    """Every bridge queue by name."""
+    return {spec.name: spec for spec in (email_spec(settings), webhook_spec(settings))}
