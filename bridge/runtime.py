@@ -1,0 +1,496 @@
+"""BridgeWorker: the worker runtime of every bridge queue, on BullMQ's own Lua scripts.
+
+Each of `concurrency` slots completes a job and fetches the next one in the same
+moveToFinished call (as Node BullMQ does), over one pipelined connection. On top of the
+scripts: a sliding-window rate limiter, a per-job timeout, custom backoff, a dead-letter
+queue, lock renewal and stalled-job recovery, and a graceful shutdown that hands
+unfinished jobs back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import json
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+from bullmq import UnrecoverableError
+
+from bridge.errors import JobTimeoutError, MalformedJobError
+from bridge.job import Job, Processor, job_from_hash
+from bridge.redis_client import Arg, RedisClient, RedisReplyError
+from bridge.scripts import Keys, bullmq_script, dead_letter_script, rate_limit_script
+from bridge.specs import QueueSpec
+
+log = logging.getLogger("orderflow.bridge")
+
+BackoffStrategy = Callable[[int, str | None, BaseException, Job], int | Awaitable[int]]
+
+STACKTRACE_KEEP = (
+    10  # stack traces kept per job (one per failed attempt), as Node's stackTraceLimit
+)
+LIMIT_MARGIN_MS = (
+    25  # a permit is granted one round trip before the job starts: keep starts in limit
+)
+RECONNECT_DELAY = 1.0  # seconds between attempts while Redis is unreachable (workers retry forever)
+
+
+def keep_jobs(remove: Any) -> dict[str, Any]:
+    """BullMQ's removeOnComplete/removeOnFail as the keepJobs option of moveToFinished."""
+    if isinstance(remove, bool) or remove is None:
+        return {"count": 0} if remove else {"count": -1}
+    if isinstance(remove, int):
+        return {"count": remove}
+    return dict(remove)
+
+
+class BridgeWorker:
+    """Consumes one queue with a processor until stopped; see the module docstring."""
+
+    def __init__(
+        self,
+        spec: QueueSpec,
+        processor: Processor,
+        redis_url: str,
+        *,
+        backoff_strategy: BackoffStrategy | None = None,
+        name: str = "",
+    ) -> None:
+        self.spec = spec
+        self.processor = processor
+        self.backoff_strategy = backoff_strategy
+        self.id = uuid.uuid4().hex
+        self.name = name or f"orderflow:{spec.name}:{self.id[:8]}"
+        self.keys = Keys(spec.prefix, spec.name)
+        self.client = RedisClient(redis_url, name=self.name)
+        self.blocking = RedisClient(redis_url, name=self.name + ":blocking")
+        self.processed = 0
+        self.failed = 0
+        self._tokens = itertools.count(1)
+        self._active: dict[str, Job] = {}
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._stopping = False
+        self._abandoning = False
+        self._wakeup: asyncio.Future[None] | None = None
+        self._idle = 0
+        self._idle_event = asyncio.Event()
+        self._block_until = 0
+        self._prepare_scripts()
+
+    def _prepare_scripts(self) -> None:
+        k = self.keys
+        self._finish_script = self.client.register(bullmq_script("moveToFinished-14.lua"))
+        self._dlq_script = self.client.register(dead_letter_script())
+        self._active_script = self.client.register(bullmq_script("moveToActive-11.lua"))
+        self._delay_script = self.client.register(bullmq_script("moveToDelayed-11.lua"))
+        self._retry_script = self.client.register(bullmq_script("retryJob-11.lua"))
+        self._locks_script = self.client.register(bullmq_script("extendLocks-1.lua"))
+        self._stalled_script = self.client.register(bullmq_script("moveStalledJobsToWait-9.lua"))
+        self._handback_script = self.client.register(bullmq_script("moveJobFromActiveToWait-9.lua"))
+        self._progress_script = self.client.register(bullmq_script("updateProgress-3.lua"))
+        self._log_script = self.client.register(bullmq_script("addLog-2.lua"))
+        self._limit_script = self.client.register(rate_limit_script())
+        self._active_keys = [
+            k[n] for n in ("wait", "active", "prioritized", "events", "stalled", "limiter",
+                           "delayed", "paused", "meta", "pc", "marker")
+        ]  # fmt: skip
+        head = [k[n] for n in ("wait", "active", "prioritized", "events", "stalled", "limiter",
+                               "delayed", "paused", "meta", "pc")]  # fmt: skip
+        self._finish_keys = {
+            target: ([*head, k[target]], k["metrics:" + target], k["marker"])
+            for target in ("completed", "failed")
+        }
+        self._dlq_keys = [f"{self.spec.prefix}:{self.spec.dlq}:jobs",
+                          f"{self.spec.prefix}:{self.spec.dlq}:index"]  # fmt: skip
+        self._limit_key = k["orderflow-rate"]
+
+    # ---- running -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, grace_seconds: float = 30.0) -> None:
+        """Process jobs until `stop` is set, then shut down gracefully within `grace_seconds`."""
+        self._wakeup = asyncio.get_running_loop().create_future()
+        await self._connect()
+        slots = [asyncio.create_task(self._slot()) for _ in range(self.spec.concurrency)]
+        helpers = [
+            asyncio.create_task(self._marker_loop()),
+            asyncio.create_task(self._lock_loop()),
+            asyncio.create_task(self._stalled_loop()),
+        ]
+        await stop.wait()
+        self._stopping = True
+        self._wake()
+        self._idle_event.set()
+        _done, pending = await asyncio.wait(slots, timeout=grace_seconds)
+        if pending:
+            self._abandoning = True
+            for task in list(self._tasks.values()):
+                task.cancel()
+            await asyncio.wait(pending, timeout=max(5.0, self.spec.lock_duration_ms / 1000))
+        for task in helpers + [t for t in slots if not t.done()]:
+            task.cancel()
+        await asyncio.gather(*helpers, *slots, return_exceptions=True)
+        await self.blocking.close()
+        await self.client.close()
+
+    async def _connect(self) -> None:
+        while True:
+            try:
+                await self.client.execute("PING")
+                return
+            except (ConnectionError, OSError) as err:
+                log.warning("%s: redis unreachable (%s); retrying", self.name, err)
+                await asyncio.sleep(RECONNECT_DELAY)
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        self._wakeup = asyncio.get_running_loop().create_future()
+
+    async def _slot(self) -> None:
+        fetched: list[Any] | None = None
+        while not self._stopping:
+            try:
+                if fetched is None:
+                    wakeup = self._wakeup
+                    fetched = await self._fetch()
+                    if fetched is None:
+                        await self._wait_idle(wakeup)
+                        continue
+                job = job_from_hash(fetched[0], fetched[1], fetched[2], self.spec.name, self)
+                fetched = await self._handle(job)
+            except (ConnectionError, OSError) as err:
+                fetched = None
+                log.warning("%s: redis error %s; retrying", self.name, err)
+                await asyncio.sleep(RECONNECT_DELAY)
+            except Exception:
+                fetched = None
+                log.exception("%s: unexpected error in a worker slot", self.name)
+                await asyncio.sleep(RECONNECT_DELAY)
+
+    async def _wait_idle(self, wakeup: asyncio.Future[None] | None) -> None:
+        if wakeup is None or wakeup.done():
+            return
+        self._idle += 1
+        self._idle_event.set()
+        try:
+            await asyncio.shield(wakeup)
+        finally:
+            self._idle -= 1
+            if not self._idle:
+                self._idle_event.clear()
+
+    # ---- fetching ------------------------------------------------------------------------
+
+    def _token(self) -> str:
+        return f"{self.id}:{next(self._tokens)}"
+
+    async def _permit(self, token: str, wait: bool) -> bool:
+        """Take one start from the rate limit; with wait=False only if one is free now."""
+        limit = self.spec.rate_limit
+        if limit is None:
+            return True
+        while True:
+            delay = await self.client.run(
+                self._limit_script,
+                [self._limit_key],
+                [limit.max, limit.duration_ms + LIMIT_MARGIN_MS, token],
+            )
+            if delay == 0:
+                return True
+            if not wait or self._stopping:
+                return False
+            await asyncio.sleep(int(delay) / 1000)
+
+    async def _release(self, token: str) -> None:
+        if self.spec.rate_limit is not None:
+            await self.client.execute("ZREM", self._limit_key, token)
+
+    async def _fetch(self) -> list[Any] | None:
+        token = self._token()
+        if not await self._permit(token, wait=True):
+            return None
+        opts = msgpack.packb(
+            {"token": token, "lockDuration": self.spec.lock_duration_ms, "limiter": None,
+             "name": self.name},
+            use_bin_type=True,
+        )  # fmt: skip
+        now = int(time.time() * 1000)
+        raw = await self.client.run(
+            self._active_script, self._active_keys, [self.keys.base, now, opts]
+        )
+        return await self._next_from(raw, token, token)
+
+    async def _next_from(self, raw: Any, token: str, permit: str) -> list[Any] | None:
+        """The [fields, id, token] of a fetched job, or None (noting delays and rate limits)."""
+        if isinstance(raw, list) and raw and raw[0]:
+            return [raw[0], raw[1], token]
+        await self._release(permit)
+        if isinstance(raw, list) and len(raw) >= 4:
+            limit_until, delay_until = int(raw[2] or 0), int(raw[3] or 0)
+            if limit_until > 0:  # a global rate limit set on the queue by Queue.setGlobalRateLimit
+                await asyncio.sleep(limit_until / 1000)
+            if delay_until > 0:
+                self._block_until = (
+                    min(self._block_until, delay_until) if self._block_until else delay_until
+                )
+        return None
+
+    async def _marker_loop(self) -> None:
+        """Block on BullMQ's marker key while some slot is idle, and wake the idle slots."""
+        marker = self.keys["marker"]
+        while not self._stopping:
+            try:
+                await self._idle_event.wait()
+                if self._stopping:
+                    return
+                timeout = self.spec.drain_block_seconds
+                if self._block_until:
+                    timeout = min(
+                        timeout, max(0.001, (self._block_until - time.time() * 1000) / 1000)
+                    )
+                result = await self.blocking.execute("BZPOPMIN", marker, f"{timeout:.3f}")
+                now = time.time() * 1000
+                if result and float(result[2]) > now:
+                    self._block_until = int(float(result[2]))
+                    continue
+                if not result and self._block_until and self._block_until > now:
+                    continue
+                self._block_until = 0
+                self._wake()
+            except (ConnectionError, OSError) as err:
+                log.warning("%s: blocking connection error %s; retrying", self.name, err)
+                await asyncio.sleep(RECONNECT_DELAY)
+
+    # ---- processing ----------------------------------------------------------------------
+
+    async def _handle(self, job: Job) -> list[Any] | None:
+        """Run one attempt and finish it; returns the next job when the finish fetched one."""
+        self._active[job.id] = job
+        try:
+            if job.malformed:
+                raise MalformedJobError(self.spec.name, job.name, job.id, job.malformed)
+            if job.deferred_failure:
+                raise UnrecoverableError(f"job {job.id!r} ({job.name}): {job.deferred_failure}")
+            task = asyncio.ensure_future(self.processor(job))
+            self._tasks[job.id] = task
+            timeout = self.spec.timeout_seconds
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+            if not done:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                if self._abandoning:
+                    raise asyncio.CancelledError
+                raise JobTimeoutError(self.spec.name, job.name, job.id, timeout or 0)
+            result = task.result()
+        except asyncio.CancelledError:
+            if not self._abandoning:
+                raise
+            await self._hand_back(job)
+            return None
+        except Exception as err:  # a failed attempt, whatever the processor raised
+            return await self._fail(job, err)
+        finally:
+            self._tasks.pop(job.id, None)
+            self._active.pop(job.id, None)
+        return await self._complete(job, result)
+
+    def _finish_args(
+        self, job: Job, target: str, value: str, fetch_next: bool, fields: dict[str, str] | None
+    ) -> tuple[list[Arg], list[Arg]]:
+        remove = job.opts.get(
+            "removeOnComplete" if target == "completed" else "removeOnFail",
+            self.spec.remove_on_complete if target == "completed" else self.spec.remove_on_fail,
+        )
+        # As in Node BullMQ, the job fetched next is locked with the finished job's token.
+        opts = msgpack.packb(
+            {"token": job.token, "keepJobs": keep_jobs(remove), "limiter": None,
+             "lockDuration": self.spec.lock_duration_ms, "attempts": job.attempts,
+             "attemptsMade": job.attempts_made, "maxMetricsSize": "", "fpof": False,
+             "cpof": False, "idof": False, "rdof": False, "name": self.name},
+            use_bin_type=True,
+        )  # fmt: skip
+        head, metrics, marker = self._finish_keys[target]
+        keys: list[Arg] = [*head, self.keys.job(job.id), metrics, marker]
+        prop = "returnvalue" if target == "completed" else "failedReason"
+        args: list[Arg] = [job.id, int(time.time() * 1000), prop, value, target,
+                           "1" if fetch_next else "", self.keys.base, opts]  # fmt: skip
+        if fields is not None:
+            args.append(msgpack.packb([x for kv in fields.items() for x in kv], use_bin_type=True))
+        return keys, args
+
+    async def _complete(self, job: Job, result: Any) -> list[Any] | None:
+        fetch_next = not self._stopping
+        permit = self._token()
+        if fetch_next and self.spec.rate_limit is not None:
+            fetch_next = await self._permit(permit, wait=False)
+        value = json.dumps(result, separators=(",", ":"), default=str)
+        keys, args = self._finish_args(job, "completed", value, fetch_next, None)
+        raw = await self._run_finish(self._finish_script, keys, args, job)
+        self.processed += 1
+        if not fetch_next:
+            return None
+        return await self._next_from(raw, job.token, permit)
+
+    async def _run_finish(self, script: Any, keys: list[Arg], args: list[Arg], job: Job) -> Any:
+        raw = await self.client.run(script, keys, args)
+        if isinstance(raw, int) and raw < 0:
+            log.warning(
+                "%s: job %r (%s) could not be finished (BullMQ code %s); its lock was lost,"
+                " so another worker owns it now", self.name, job.id, job.name, raw,
+            )  # fmt: skip
+            return None
+        return raw
+
+    async def _fail(self, job: Job, err: BaseException) -> list[Any] | None:
+        self.failed += 1
+        failed_reason = str(err) or type(err).__name__
+        stack = [*job.previous_stacktrace(), "".join(traceback.format_exception(err))]
+        fields = {"failedReason": failed_reason,
+                  "stacktrace": json.dumps(stack[-STACKTRACE_KEEP:])}  # fmt: skip
+        final = isinstance(err, UnrecoverableError) or job.attempts_made + 1 >= job.attempts
+        delay = 0
+        if not final:
+            delay, why = await self._backoff(job, err)
+            if delay < 0:
+                final = True
+                if why:
+                    fields["failedReason"] = failed_reason = f"{failed_reason} ({why})"
+        log.info("%s: job %r (%s) attempt %d failed: %s",
+                 self.name, job.id, job.name, job.attempts_made + 1, failed_reason)  # fmt: skip
+        if final:
+            return await self._dead_letter(job, err, failed_reason, stack, fields)
+        if delay > 0:
+            k = self.keys
+            keys: list[Arg] = [k["marker"], k["active"], k["prioritized"], k["delayed"],
+                               k.job(job.id), k["events"], k["meta"], k["stalled"], k["wait"],
+                               k["limiter"], k["pc"]]  # fmt: skip
+            packed = msgpack.packb([x for kv in fields.items() for x in kv], use_bin_type=True)
+            args: list[Arg] = [k.base, int(time.time() * 1000), job.id, job.token, delay, "0",
+                               packed, "0"]  # fmt: skip
+            await self._run_finish(self._delay_script, keys, args, job)
+        else:
+            k = self.keys
+            keys = [k["active"], k["wait"], k["paused"], k.job(job.id), k["meta"], k["events"],
+                    k["delayed"], k["prioritized"], k["pc"], k["marker"], k["stalled"]]  # fmt: skip
+            packed = msgpack.packb([x for kv in fields.items() for x in kv], use_bin_type=True)
+            args = [k.base, int(time.time() * 1000), "LPUSH", job.id, job.token, packed]
+            await self._run_finish(self._retry_script, keys, args, job)
+        return None
+
+    async def _backoff(self, job: Job, err: BaseException) -> tuple[int, str]:
+        """Delay in ms before the next attempt; negative means do not retry."""
+        backoff = job.opts.get("backoff")
+        if isinstance(backoff, int | float):
+            backoff = {"type": "fixed", "delay": backoff}
+        if not backoff:
+            return 0, ""
+        kind, base = backoff.get("type"), int(backoff.get("delay") or 0)
+        made = job.attempts_made + 1
+        if kind == "fixed":
+            return base, ""
+        if kind == "exponential":
+            return round(2 ** (made - 1) * base), ""
+        if self.backoff_strategy is None:
+            return -1, f"no backoff strategy for type {kind!r}"
+        value = self.backoff_strategy(made, kind, err, job)
+        if inspect.isawaitable(value):
+            value = await value
+        return int(value), ""
+
+    async def _dead_letter(
+        self,
+        job: Job,
+        err: BaseException,
+        reason: str,
+        stack: list[str],
+        fields: dict[str, str],
+    ) -> list[Any] | None:
+        entry = json.dumps(
+            {"id": job.id, "name": job.name, "queue": self.spec.name, "data": job.data,
+             "opts": job.opts, "failedReason": reason, "attemptsMade": job.attempts_made + 1,
+             "stacktrace": stack[-STACKTRACE_KEEP:], "failedAt": int(time.time() * 1000),
+             "unrecoverable": isinstance(err, UnrecoverableError)},
+            default=str,
+        )  # fmt: skip
+        keys, args = self._finish_args(job, "failed", reason, False, fields)
+        await self._run_finish(self._dlq_script, [*keys, *self._dlq_keys], [*args, entry], job)
+        log.warning("%s: job %r (%s) dead-lettered to %s: %s",
+                    self.name, job.id, job.name, self.spec.dlq, reason)  # fmt: skip
+        return None
+
+    async def _hand_back(self, job: Job) -> None:
+        """Shutdown ran out of grace: put the job back in wait, no attempt counted."""
+        k = self.keys
+        keys: list[Arg] = [k["active"], k["wait"], k["stalled"], k["paused"], k["meta"],
+                           k["limiter"], k["prioritized"], k["marker"], k["events"]]  # fmt: skip
+        await self.client.run(self._handback_script, keys, [job.id, job.token, k.job(job.id)])
+        log.warning("%s: job %r (%s) handed back to the queue at shutdown",
+                    self.name, job.id, job.name)  # fmt: skip
+
+    # ---- progress, logs, locks, stalled jobs ----------------------------------------------
+
+    async def update_progress(self, job: Job, progress: Any) -> None:
+        """Store a job's progress (BullMQ `job.updateProgress`)."""
+        k = self.keys
+        await self.client.run(
+            self._progress_script,
+            [k.job(job.id), k["events"], k["meta"]],
+            [job.id, json.dumps(progress, separators=(",", ":"))],
+        )
+
+    async def add_log(self, job: Job, row: str) -> None:
+        """Append to a job's log (BullMQ `job.log`)."""
+        keep = job.opts.get("keepLogs", "")
+        await self.client.run(
+            self._log_script, [self.keys.job(job.id), self.keys.job(job.id) + ":logs"],
+            [job.id, row, keep if keep is not None else ""],
+        )  # fmt: skip
+
+    async def _lock_loop(self) -> None:
+        """Renew the locks of active jobs every half lock duration (BullMQ's lockRenewTime)."""
+        interval = self.spec.lock_duration_ms / 2000
+        while not self._stopping or self._active:
+            await asyncio.sleep(interval)
+            jobs = list(self._active.values())
+            if not jobs:
+                continue
+            try:
+                lost = await self.client.run(
+                    self._locks_script,
+                    [self.keys["stalled"]],
+                    [self.keys.base, msgpack.packb([j.token for j in jobs]),
+                     msgpack.packb([j.id for j in jobs]), self.spec.lock_duration_ms],
+                )  # fmt: skip
+                for job_id in lost or []:
+                    log.warning("%s: lost the lock of job %r", self.name, job_id)
+            except (ConnectionError, OSError, RedisReplyError) as err:
+                log.warning("%s: could not renew locks: %s", self.name, err)
+
+    async def _stalled_loop(self) -> None:
+        """Move jobs whose worker died back to wait (BullMQ's stalled-job check)."""
+        k = self.keys
+        keys: list[Arg] = [k["stalled"], k["wait"], k["active"], k["stalled-check"], k["meta"],
+                           k["paused"], k["marker"], k["events"], k["repeat"]]  # fmt: skip
+        while not self._stopping:
+            try:
+                stalled = await self.client.run(
+                    self._stalled_script,
+                    keys,
+                    [self.spec.max_stalled_count, k.base, int(time.time() * 1000),
+                     self.spec.stalled_interval_ms],
+                )  # fmt: skip
+                for job_id in stalled or []:
+                    log.warning("%s: job %r stalled (its worker stopped); back to wait",
+                                self.name, job_id)  # fmt: skip
+                if stalled:
+                    self._wake()
+            except (ConnectionError, OSError, RedisReplyError) as err:
+                log.warning("%s: stalled-job check failed: %s", self.name, err)
+            await asyncio.sleep(self.spec.stalled_interval_ms / 1000)
