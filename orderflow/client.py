@@ -132,7 +132,15 @@ class OrderClient:
         except WorkflowUpdateFailedError as err:
             return PaymentAck(accepted=False, status="", reason=str(err.cause or err))
         except RPCError as err:
-            await self._raise_for(order_id, err)
+            try:
+                await self._raise_for(order_id, err)
+            except OrderClosedError:
+                final = (await self.status(order_id)).status
+                return PaymentAck(
+                    accepted=False,
+                    status=final,
+                    reason=f"order {order_id} is {final} and closed: payment {payment.payment_id} refused",
+                )
             raise
 
     async def signal_payment_received(self, order_id: str, payment: PaymentReceived) -> None:

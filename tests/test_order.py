@@ -14,14 +14,7 @@ from orderflow.client import OrderClient
 from orderflow.contracts.order import PaymentReceived
 from orderflow.db import ErpRecord, Invoice, Order, Payment, Product
 from tests.conftest import new_order_id
-
-
-def stock(engine: Engine, sku: str) -> tuple[int, int]:
-    """(on_hand, reserved) of a SKU."""
-    with Session(engine) as session:
-        product = session.get(Product, sku)
-        assert product is not None
-        return product.on_hand, product.reserved
+from tests.helpers import payments, stock, wait_job, wait_status
 
 
 async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
@@ -30,13 +23,13 @@ async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
     skus = catalogue(shirt=(799.0, 10))
     order_id = new_order_id()
     handle = await orders.start_order(order_id, "cust-1", "a@example.com", [(skus["shirt"], 2)])
-    await _wait_status(orders, order_id, "PENDING_PAYMENT")
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
     assert stock(engine, skus["shirt"]) == (8, 2)
 
     ack = await orders.payment_received(order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=1598.0))
     assert ack.accepted, ack.reason
 
-    state = await _wait_status(orders, order_id, "CONFIRMED")
+    state = await wait_status(orders, order_id, "CONFIRMED")
     assert [h.status for h in state.history] == ["PENDING_PAYMENT", "PENDING_PAYMENT", "CONFIRMED"]
     with Session(engine) as session:
         order = session.get(Order, order_id)
@@ -47,23 +40,10 @@ async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
     assert invoice is not None and "1598.00" in invoice.html and skus["shirt"] in invoice.html
     assert erp is not None and f'"order_id": "{order_id}"' in erp.payload
     assert [(p.payment_id, p.amount) for p in payments] == [(f"pay-{order_id}", 1598.0)]
-    job = await email_queue.getJob(f"order-confirmation:{order_id}")
-    assert job is not None and job.name == "send-order-confirmation"
+    job = await wait_job(email_queue, f"order-confirmation:{order_id}")
+    assert job.name == "send-order-confirmation"
     assert job.data["to"] == "a@example.com" and job.data["data"]["total"] == 1598.0
     assert handle.id == f"order-{order_id}"
-
-
-async def _wait_status(orders: OrderClient, order_id: str, status: str, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    import asyncio
-
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        state = await orders.status(order_id)
-        if state.status == status:
-            return state
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"order {order_id} is {state.status}, not {status}: {state.history}")
-        await asyncio.sleep(0.1)
 
 
 async def test_unpaid_order_is_cancelled_after_one_hour_and_stock_restored(
@@ -72,7 +52,7 @@ async def test_unpaid_order_is_cancelled_after_one_hour_and_stock_restored(
     skus = catalogue(mug=(250.0, 5))
     order_id = new_order_id()
     handle = await orders.start_order(order_id, "cust-2", "b@example.com", [(skus["mug"], 3)])
-    await _wait_status(orders, order_id, "PENDING_PAYMENT")
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
     assert stock(engine, skus["mug"]) == (2, 3)
     await env.fast_forward(handle, timedelta(minutes=59))
     assert (await orders.status(order_id)).status == "PENDING_PAYMENT"
@@ -80,3 +60,114 @@ async def test_unpaid_order_is_cancelled_after_one_hour_and_stock_restored(
     result = await handle.result()
     assert result.status == "CANCELLED"
     assert stock(engine, skus["mug"]) == (5, 0)
+
+
+async def test_paid_at_59_minutes_is_paid(
+    env: WorkflowEnvironment, orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    skus = catalogue(lamp=(1200.0, 4))
+    order_id = new_order_id()
+    handle = await orders.start_order(order_id, "cust-3", "c@example.com", [(skus["lamp"], 1)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    assert await env.fast_forward(handle, timedelta(minutes=59))
+    ack = await orders.payment_received(order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=1200.0))
+    assert ack.accepted, ack.reason
+    await wait_status(orders, order_id, "CONFIRMED")
+    await env.fast_forward(handle, timedelta(hours=2))  # the cancelled timer must not fire later
+    assert (await orders.status(order_id)).status == "CONFIRMED"
+    assert stock(engine, skus["lamp"]) == (3, 1)
+
+
+async def test_not_enough_stock_is_rejected_and_nothing_reserved(
+    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    skus = catalogue(pen=(20.0, 10), ink=(50.0, 1))
+    order_id = new_order_id()
+    handle = await orders.start_order(order_id, "cust-4", "d@example.com", [(skus["pen"], 3), (skus["ink"], 2)])
+    result = await handle.result()
+    assert result.status == "REJECTED"
+    state = await orders.status(order_id)
+    assert "not enough stock" in state.history[-1].note and skus["ink"] in state.history[-1].note
+    assert stock(engine, skus["pen"]) == (10, 0) and stock(engine, skus["ink"]) == (1, 0)
+
+
+async def test_duplicate_payment_signals_have_one_effect(
+    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]], email_queue: BullQueue
+) -> None:
+    skus = catalogue(book=(300.0, 5))
+    order_id = new_order_id()
+    await orders.start_order(order_id, "cust-5", "e@example.com", [(skus["book"], 1)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    payment = PaymentReceived(payment_id=f"pay-{order_id}", amount=300.0)
+    for _ in range(3):
+        await orders.signal_payment_received(order_id, payment)
+    again = await orders.payment_received(order_id, payment)
+    assert again.accepted and "duplicate" in again.reason
+    other = await orders.payment_received(order_id, PaymentReceived(payment_id="someone-else", amount=300.0))
+    assert not other.accepted and f"already paid by pay-{order_id}" in other.reason
+    await wait_status(orders, order_id, "CONFIRMED")
+    assert payments(engine, order_id) == [("capture", "succeeded", 300.0)]
+    job = await wait_job(email_queue, f"order-confirmation:{order_id}")
+    assert job.data["data"]["orderNumber"] == order_id
+
+
+async def test_start_twice_is_one_order(orders: OrderClient, catalogue: Callable[..., dict[str, str]]) -> None:
+    skus = catalogue(cap=(150.0, 5))
+    order_id = new_order_id()
+    first = await orders.start_order(order_id, "cust-6", "f@example.com", [(skus["cap"], 1)])
+    second = await orders.start_order(order_id, "cust-6", "f@example.com", [(skus["cap"], 1)])
+    assert first.id == second.id
+    assert (await first.describe()).run_id == (await second.describe()).run_id
+
+
+async def test_payment_for_cancelled_order_is_refused(
+    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    skus = catalogue(sock=(99.0, 6))
+    order_id = new_order_id()
+    handle = await orders.start_order(order_id, "cust-7", "g@example.com", [(skus["sock"], 2)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    await orders.cancel(order_id, "changed my mind")
+    assert (await handle.result()).status == "CANCELLED"
+    ack = await orders.payment_received(order_id, PaymentReceived(payment_id="late", amount=198.0))
+    assert not ack.accepted and order_id in ack.reason
+    assert stock(engine, skus["sock"]) == (6, 0)
+
+
+async def test_cancel_after_payment_refunds_and_releases(
+    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]], email_queue: BullQueue
+) -> None:
+    skus = catalogue(chair=(4500.0, 3))
+    order_id = new_order_id()
+    handle = await orders.start_order(order_id, "cust-8", "h@example.com", [(skus["chair"], 1)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    await orders.payment_received(order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=4500.0))
+    await wait_status(orders, order_id, "CONFIRMED")
+    await orders.cancel(order_id, "customer cancelled before shipping")
+    result = await handle.result()
+    assert result.status == "CANCELLED"
+    assert payments(engine, order_id) == [("capture", "succeeded", 4500.0), ("refund", "succeeded", 4500.0)]
+    assert stock(engine, skus["chair"]) == (3, 0)
+    assert "refunded" in (await orders.status(order_id)).history[-1].note
+    assert (await wait_job(email_queue, f"order-cancelled:{order_id}")).name == "send-order-cancelled"
+
+
+async def test_shipped_order_releases_reserved_stock_and_mails(
+    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]], email_queue: BullQueue
+) -> None:
+    from orderflow.contracts.order import Shipment
+
+    skus = catalogue(desk=(9000.0, 2))
+    order_id = new_order_id()
+    handle = await orders.start_order(order_id, "cust-9", "i@example.com", [(skus["desk"], 1)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    await orders.payment_received(order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=9000.0))
+    await wait_status(orders, order_id, "CONFIRMED")
+    await orders.shipped(order_id, Shipment(carrier="BlueDart", tracking_number="BD123"))
+    assert (await handle.result()).status == "SHIPPED"
+    assert stock(engine, skus["desk"]) == (1, 0)
+    with Session(engine) as session:
+        order = session.get(Order, order_id)
+        assert order is not None and order.status == "SHIPPED"
+    job = await wait_job(email_queue, f"shipping-notification:{order_id}")
+    assert "BD123" in job.data["data"]["note"]

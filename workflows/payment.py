@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.payment import PaymentActivities
@@ -54,6 +54,8 @@ class PaymentRetryWorkflow:
                     retry_policy=GATEWAY_CALL_RETRY,
                 )
             except ActivityError as err:
+                if is_cancelled_exception(err):
+                    raise  # the order stopped the retries (paid or cancelled meanwhile)
                 self._attempts.append(
                     PaymentAttempt(attempt=n, succeeded=False, detail=f"gateway error: {err.cause}")
                 )

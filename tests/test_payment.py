@@ -1,0 +1,115 @@
+"""PaymentRetryWorkflow through the order: captures an hour apart, exhaustion cancels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+from temporalio.testing import WorkflowEnvironment
+
+from orderflow.client import OrderClient
+from orderflow.contracts.order import PaymentFailed, PaymentReceived
+from orderflow.contracts.payment import PaymentKind, payment_retry_workflow_id
+from tests.conftest import new_order_id
+from tests.helpers import payments, stock, wait_review, wait_status
+from workers.temporal import Dependencies
+from workflows.payment import PaymentRetryWorkflow
+
+
+async def test_capture_fails_twice_then_succeeds_an_hour_later(
+    env: WorkflowEnvironment,
+    orders: OrderClient,
+    deps: Dependencies,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
+) -> None:
+    skus = catalogue(bag=(2000.0, 5))
+    order_id = new_order_id()
+    deps.gateway.set_rule(order_id, fail_captures=2)  # type: ignore[attr-defined]
+    handle = await orders.start_order(order_id, "cust-p1", "p1@example.com", [(skus["bag"], 1)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    await orders.payment_failed(order_id, PaymentFailed(payment_id="pf-1", reason="insufficient funds"))
+    await wait_status(orders, order_id, "PAYMENT_RETRYING")
+    retry = env.client.get_workflow_handle_for(
+        PaymentRetryWorkflow.run, payment_retry_workflow_id(order_id, PaymentKind.CAPTURE)
+    )
+    await _wait_attempts(retry, 1)
+    started = await env.get_current_time(retry)
+    for attempt in (2, 3):
+        await _wait_attempts(retry, attempt - 1)
+        assert (await orders.status(order_id)).status == "PAYMENT_RETRYING"
+        await env.fast_forward(retry, timedelta(minutes=61))
+    result = await retry.result()
+    assert result.succeeded and [a.succeeded for a in result.attempts] == [False, False, True]
+    assert (await env.get_current_time(retry)) - started >= timedelta(hours=2)
+    await wait_status(orders, order_id, "CONFIRMED")
+    assert payments(engine, order_id) == [
+        ("capture", "failed", 2000.0),
+        ("capture", "failed", 2000.0),
+        ("capture", "succeeded", 2000.0),
+    ]
+    assert (await orders.status(order_id)).payment_id == result.payment_id
+    assert stock(engine, skus["bag"]) == (4, 1)
+    assert (await handle.describe()).status is not None
+
+
+async def test_all_three_captures_fail_cancels_and_releases(
+    env: WorkflowEnvironment,
+    orders: OrderClient,
+    deps: Dependencies,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
+) -> None:
+    skus = catalogue(kettle=(1500.0, 4))
+    order_id = new_order_id()
+    deps.gateway.set_rule(order_id, decline_all=True)  # type: ignore[attr-defined]
+    handle = await orders.start_order(order_id, "cust-p2", "p2@example.com", [(skus["kettle"], 2)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    assert stock(engine, skus["kettle"]) == (2, 2)
+    await orders.payment_failed(order_id, PaymentFailed(payment_id="pf-2", reason="card expired"))
+    retry = env.client.get_workflow_handle_for(
+        PaymentRetryWorkflow.run, payment_retry_workflow_id(order_id, PaymentKind.CAPTURE)
+    )
+    await _wait_attempts(retry, 1)
+    await env.fast_forward(retry)  # to completion: two more hours of retries
+    assert not (await retry.result()).succeeded
+    result = await handle.result()
+    assert result.status == "CANCELLED"
+    assert "3 capture attempts declined" in (await orders.status(order_id)).history[-1].note
+    assert [p[:2] for p in payments(engine, order_id)] == [("capture", "failed")] * 3
+    assert stock(engine, skus["kettle"]) == (4, 0)
+
+
+async def test_failed_payments_then_success_go_to_suspicious_review(
+    orders: OrderClient, deps: Dependencies, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    skus = catalogue(watch=(3000.0, 3))
+    order_id = new_order_id()
+    deps.gateway.set_rule(order_id, decline_all=True)  # type: ignore[attr-defined]
+    await orders.start_order(order_id, "cust-p3", "p3@example.com", [(skus["watch"], 1)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    await orders.payment_failed(order_id, PaymentFailed(payment_id="pf-3a", reason="declined"))
+    await orders.payment_failed(order_id, PaymentFailed(payment_id="pf-3b", reason="declined"))
+    await orders.payment_failed(order_id, PaymentFailed(payment_id="pf-3b", reason="declined"))  # redelivery
+    ack = await orders.payment_received(order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=3000.0))
+    assert ack.accepted, ack.reason
+    state = await wait_status(orders, order_id, "IN_REVIEW")
+    assert state.failed_payments == 2
+    review = await wait_review(orders, order_id)
+    assert review.kind == "SUSPICIOUS_PAYMENT" and "2 failed payments" in review.reason
+
+
+async def _wait_attempts(retry, count: int) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from temporalio.service import RPCError
+
+    for _ in range(200):
+        try:
+            if len(await retry.query(PaymentRetryWorkflow.attempts)) >= count:
+                return
+        except RPCError:  # the child is not started yet
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"payment retry made fewer than {count} attempts")

@@ -1,0 +1,243 @@
+"""POST /webhooks/*: signatures checked over the raw body, one job per event, nothing on a bad one."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from bullmq import Queue
+
+from bridge.signatures import sign_razorpay, sign_stripe, signed_headers
+from orderflow.settings import Settings
+from orderflow.web.app import create_app
+
+STRIPE_SECRET = "whsec_ingress_test"
+RAZORPAY_SECRET = "rzp_ingress_test"
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        stripe_webhook_secret=STRIPE_SECRET,
+        razorpay_webhook_secret=RAZORPAY_SECRET,
+        webhook_max_body_bytes=4096,
+    )
+
+
+@pytest.fixture
+async def queue(redis_url: str) -> AsyncIterator[Queue]:
+    """A queue of its own per test, on the real Redis."""
+    q = Queue(f"webhook-ingress-{uuid.uuid4().hex[:8]}", {"connection": redis_url})
+    yield q
+    await q.obliterate(force=True)
+    await q.close()
+
+
+@pytest.fixture
+async def http(settings: Settings, queue: Queue) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(settings, queue))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+def stripe_event(event_id: str = "evt_in_1", order_id: str = "o-1", **over: Any) -> bytes:
+    event = {
+        "id": event_id,
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "data": {
+            "object": {
+                "id": "pi_1",
+                "object": "payment_intent",
+                "amount": 129900,
+                "amount_received": 129900,
+                "currency": "inr",
+                "metadata": {"order_id": order_id},
+                "client_secret": "pi_1_secret_x",
+            }
+        },
+        **over,
+    }
+    return json.dumps(event).encode()
+
+
+def razorpay_event(payment_id: str = "pay_1", order_id: str = "o-1") -> bytes:
+    entity = {"id": payment_id, "amount": 50000, "currency": "INR", "notes": {"order_id": order_id}}
+    return json.dumps(
+        {"entity": "event", "event": "payment.captured", "payload": {"payment": {"entity": entity}}}
+    ).encode()
+
+
+async def total_jobs(queue: Queue) -> int:
+    counts = await queue.getJobCounts()
+    return sum(counts.values())
+
+
+async def test_valid_stripe_webhook_is_one_job(http: httpx.AsyncClient, queue: Queue) -> None:
+    body = stripe_event()
+    response = await http.post(
+        "/webhooks/stripe",
+        content=body,
+        headers={"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["job_id"] == "stripe-evt_in_1"
+    assert await queue.getJobCounts("waiting") == {"waiting": 1}
+    job = await queue.getJob("stripe-evt_in_1")
+    assert job is not None and job.name == "stripe-webhook"
+    assert job.data["order_id"] == "o-1" and job.data["amount_minor"] == 129900
+    assert job.data["payment_id"] == "pi_1" and job.data["kind"] == "payment_received"
+    assert "client_secret" not in json.dumps(job.data)  # only what the order needs is queued
+
+
+async def test_same_stripe_webhook_five_times_is_one_job(
+    http: httpx.AsyncClient, queue: Queue
+) -> None:
+    body = stripe_event("evt_in_dup")
+    for _ in range(5):
+        # each redelivery is signed afresh, as Stripe does
+        headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
+        assert (
+            await http.post("/webhooks/stripe", content=body, headers=headers)
+        ).status_code == 200
+    assert await total_jobs(queue) == 1
+
+
+@pytest.mark.parametrize(
+    "case", ["tampered", "wrong_secret", "stale", "future", "missing", "garbage"]
+)
+async def test_bad_stripe_signature_is_400_and_nothing_queued(
+    http: httpx.AsyncClient, queue: Queue, case: str
+) -> None:
+    body = stripe_event("evt_in_bad")
+    now = int(time.time())
+    header = {
+        "tampered": sign_stripe(stripe_event("evt_in_other"), STRIPE_SECRET),
+        "wrong_secret": sign_stripe(body, "whsec_wrong"),
+        "stale": sign_stripe(body, STRIPE_SECRET, now - 301),
+        "future": sign_stripe(body, STRIPE_SECRET, now + 301),
+        "missing": None,
+        "garbage": "not a signature",
+    }[case]
+    headers = {"Stripe-Signature": header} if header else {}
+    response = await http.post("/webhooks/stripe", content=body, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_signature"
+    assert "stripe webhook signature rejected" in response.json()["detail"]
+    assert await total_jobs(queue) == 0
+
+
+async def test_bad_razorpay_signature_is_400_and_nothing_queued(
+    http: httpx.AsyncClient, queue: Queue
+) -> None:
+    body = razorpay_event()
+    for headers in (
+        {"X-Razorpay-Signature": sign_razorpay(body, "wrong")},
+        {"X-Razorpay-Signature": sign_razorpay(body + b" ", RAZORPAY_SECRET)},
+        {},
+    ):
+        response = await http.post("/webhooks/razorpay", content=body, headers=headers)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid_signature"
+    assert await total_jobs(queue) == 0
+
+
+async def test_razorpay_event_id_header_dedupes(
+    http: httpx.AsyncClient, queue: Queue, settings: Settings
+) -> None:
+    body = razorpay_event()
+    for _ in range(5):
+        headers = signed_headers("razorpay", body, settings, event_id="evt_rzp_7")
+        response = await http.post("/webhooks/razorpay", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+    assert await total_jobs(queue) == 1
+    job = await queue.getJob("razorpay-evt_rzp_7")
+    assert job is not None and job.data["amount_minor"] == 50000 and job.data["order_id"] == "o-1"
+
+
+async def test_razorpay_without_event_id_dedupes_by_body_hash(
+    http: httpx.AsyncClient, queue: Queue
+) -> None:
+    body = razorpay_event("pay_nohdr")
+    headers = {"X-Razorpay-Signature": sign_razorpay(body, RAZORPAY_SECRET)}
+    ids = set()
+    for _ in range(3):
+        response = await http.post("/webhooks/razorpay", content=body, headers=headers)
+        ids.add(response.json()["job_id"])
+    other = razorpay_event("pay_other")
+    await http.post(
+        "/webhooks/razorpay",
+        content=other,
+        headers={"X-Razorpay-Signature": sign_razorpay(other, RAZORPAY_SECRET)},
+    )
+    assert len(ids) == 1 and next(iter(ids)).startswith("razorpay-body-")
+    assert await total_jobs(queue) == 2
+
+
+async def test_oversized_body_is_413(http: httpx.AsyncClient, queue: Queue) -> None:
+    body = stripe_event(padding="x" * 5000)
+    headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
+    response = await http.post("/webhooks/stripe", content=body, headers=headers)
+    assert response.status_code == 413
+    assert response.json()["error"] == "payload_too_large"
+    assert "limit is 4096" in response.json()["detail"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        # no Content-Length: the limit must hold while streaming too
+        for _ in range(10):
+            yield b"x" * 1000
+
+    response = await http.post("/webhooks/stripe", content=chunks(), headers=headers)
+    assert response.status_code == 413
+    assert await total_jobs(queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"{not json", "body is not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (json.dumps({"object": "event", "type": "charge.succeeded"}).encode(), "no event id"),
+        (json.dumps({"id": "evt_x", "object": "event"}).encode(), "no event type"),
+    ],
+)
+async def test_malformed_body_with_valid_signature_is_400(
+    http: httpx.AsyncClient, queue: Queue, body: bytes, detail: str
+) -> None:
+    headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
+    response = await http.post("/webhooks/stripe", content=body, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"] == "malformed_event"
+    assert detail in response.json()["detail"]
+    assert await total_jobs(queue) == 0
+
+
+async def test_unhandled_event_type_is_acknowledged_not_queued(
+    http: httpx.AsyncClient, queue: Queue
+) -> None:
+    body = stripe_event("evt_cust", type="customer.created")
+    headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
+    response = await http.post("/webhooks/stripe", content=body, headers=headers)
+    assert response.status_code == 200 and response.json()["status"] == "ignored"
+    assert await total_jobs(queue) == 0
+
+
+async def test_queue_down_is_503_so_the_gateway_redelivers(settings: Settings) -> None:
+    dead = Queue("webhook-ingress-dead", {"connection": "redis://127.0.0.1:1/0"})
+    transport = httpx.ASGITransport(app=create_app(settings, dead))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        body = stripe_event("evt_down")
+        headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
+        response = await client.post("/webhooks/stripe", content=body, headers=headers)
+    assert response.status_code == 503
+    assert "evt_down not queued" in response.json()["detail"]
+
+
+async def test_healthz(http: httpx.AsyncClient) -> None:
+    response = await http.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
