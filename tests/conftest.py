@@ -55,7 +55,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def settings(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Settings:
     """Settings for the test session: its own data folder, the test Redis, the seed's numbers."""
     data = tmp_path_factory.mktemp("data")
-    return Settings(data_dir=data, redis_url=redis_url, queue_prefix="bull", graceful_shutdown_seconds=5)
+    return Settings(
+        data_dir=data, redis_url=redis_url, queue_prefix="bull", graceful_shutdown_seconds=5
+    )
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +69,9 @@ def engine(settings: Settings) -> Engine:
 @pytest.fixture(scope="session")
 async def email_queue(settings: Settings) -> AsyncIterator[BullQueue]:
     """The real email-queue producer on the test Redis."""
-    queue = BullQueue("email-queue", {"connection": settings.redis_url, "prefix": settings.queue_prefix})
+    queue = BullQueue(
+        "email-queue", {"connection": settings.redis_url, "prefix": settings.queue_prefix}
+    )
     yield queue
     await queue.close()
 
@@ -79,7 +83,9 @@ def deps(settings: Settings, engine: Engine, email_queue: Any) -> Dependencies:
 
 
 @pytest.fixture(scope="session")
-async def workers(env: WorkflowEnvironment, settings: Settings, deps: Dependencies) -> AsyncIterator[list[Worker]]:
+async def workers(
+    env: WorkflowEnvironment, settings: Settings, deps: Dependencies
+) -> AsyncIterator[list[Worker]]:
     """The four Temporal workers on the real task queues, running for the whole session."""
     running = build_workers(env.client, settings, deps)
     tasks = [asyncio.create_task(w.run()) for w in running]
@@ -89,7 +95,9 @@ async def workers(env: WorkflowEnvironment, settings: Settings, deps: Dependenci
 
 
 @pytest.fixture
-def orders(env: WorkflowEnvironment, settings: Settings, engine: Engine, workers: list[Worker]) -> OrderClient:
+def orders(
+    env: WorkflowEnvironment, settings: Settings, engine: Engine, workers: list[Worker]
+) -> OrderClient:
     """The order service's client, with the workers running."""
     return OrderClient(env.client, settings, engine)
 

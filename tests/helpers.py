@@ -14,7 +14,9 @@ from orderflow.contracts.review import PendingReview
 from orderflow.db import Payment, Product
 
 
-async def wait_status(orders: OrderClient, order_id: str, status: str, timeout: float = 20.0) -> OrderState:
+async def wait_status(
+    orders: OrderClient, order_id: str, status: str, timeout: float = 20.0
+) -> OrderState:
     """Poll the status query until the order reaches `status`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -23,7 +25,9 @@ async def wait_status(orders: OrderClient, order_id: str, status: str, timeout: 
         if state.status == status:
             return state
         if loop.time() > deadline:
-            raise AssertionError(f"order {order_id} is {state.status}, not {status}: {state.history}")
+            raise AssertionError(
+                f"order {order_id} is {state.status}, not {status}: {state.history}"
+            )
         await asyncio.sleep(0.1)
 
 
@@ -50,7 +54,9 @@ def stock(engine: Engine, sku: str) -> tuple[int, int]:
 def payments(engine: Engine, order_id: str) -> list[tuple[str, str, float]]:
     """(kind, status, amount) of every payment row of an order, in order."""
     with Session(engine) as session:
-        rows = session.exec(select(Payment).where(Payment.order_id == order_id).order_by(Payment.id)).all()
+        rows = session.exec(
+            select(Payment).where(Payment.order_id == order_id).order_by(Payment.id)
+        ).all()
     return [(p.kind, p.status, p.amount) for p in rows]
 
 

@@ -12,13 +12,16 @@ from temporalio.testing import WorkflowEnvironment
 
 from orderflow.client import OrderClient
 from orderflow.contracts.order import PaymentReceived
-from orderflow.db import ErpRecord, Invoice, Order, Payment, Product
+from orderflow.db import ErpRecord, Invoice, Order, Payment
 from tests.conftest import new_order_id
 from tests.helpers import payments, stock, wait_job, wait_status
 
 
 async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
-    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]], email_queue: BullQueue
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
+    email_queue: BullQueue,
 ) -> None:
     skus = catalogue(shirt=(799.0, 10))
     order_id = new_order_id()
@@ -26,7 +29,9 @@ async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
     await wait_status(orders, order_id, "PENDING_PAYMENT")
     assert stock(engine, skus["shirt"]) == (8, 2)
 
-    ack = await orders.payment_received(order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=1598.0))
+    ack = await orders.payment_received(
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=1598.0)
+    )
     assert ack.accepted, ack.reason
 
     state = await wait_status(orders, order_id, "CONFIRMED")
@@ -47,7 +52,10 @@ async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
 
 
 async def test_unpaid_order_is_cancelled_after_one_hour_and_stock_restored(
-    env: WorkflowEnvironment, orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
+    env: WorkflowEnvironment,
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
 ) -> None:
     skus = catalogue(mug=(250.0, 5))
     order_id = new_order_id()
@@ -63,14 +71,19 @@ async def test_unpaid_order_is_cancelled_after_one_hour_and_stock_restored(
 
 
 async def test_paid_at_59_minutes_is_paid(
-    env: WorkflowEnvironment, orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
+    env: WorkflowEnvironment,
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
 ) -> None:
     skus = catalogue(lamp=(1200.0, 4))
     order_id = new_order_id()
     handle = await orders.start_order(order_id, "cust-3", "c@example.com", [(skus["lamp"], 1)])
     await wait_status(orders, order_id, "PENDING_PAYMENT")
     assert await env.fast_forward(handle, timedelta(minutes=59))
-    ack = await orders.payment_received(order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=1200.0))
+    ack = await orders.payment_received(
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=1200.0)
+    )
     assert ack.accepted, ack.reason
     await wait_status(orders, order_id, "CONFIRMED")
     await env.fast_forward(handle, timedelta(hours=2))  # the cancelled timer must not fire later
@@ -83,7 +96,9 @@ async def test_not_enough_stock_is_rejected_and_nothing_reserved(
 ) -> None:
     skus = catalogue(pen=(20.0, 10), ink=(50.0, 1))
     order_id = new_order_id()
-    handle = await orders.start_order(order_id, "cust-4", "d@example.com", [(skus["pen"], 3), (skus["ink"], 2)])
+    handle = await orders.start_order(
+        order_id, "cust-4", "d@example.com", [(skus["pen"], 3), (skus["ink"], 2)]
+    )
     result = await handle.result()
     assert result.status == "REJECTED"
     state = await orders.status(order_id)
@@ -92,7 +107,10 @@ async def test_not_enough_stock_is_rejected_and_nothing_reserved(
 
 
 async def test_duplicate_payment_signals_have_one_effect(
-    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]], email_queue: BullQueue
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
+    email_queue: BullQueue,
 ) -> None:
     skus = catalogue(book=(300.0, 5))
     order_id = new_order_id()
@@ -103,7 +121,9 @@ async def test_duplicate_payment_signals_have_one_effect(
         await orders.signal_payment_received(order_id, payment)
     again = await orders.payment_received(order_id, payment)
     assert again.accepted and "duplicate" in again.reason
-    other = await orders.payment_received(order_id, PaymentReceived(payment_id="someone-else", amount=300.0))
+    other = await orders.payment_received(
+        order_id, PaymentReceived(payment_id="someone-else", amount=300.0)
+    )
     assert not other.accepted and f"already paid by pay-{order_id}" in other.reason
     await wait_status(orders, order_id, "CONFIRMED")
     assert payments(engine, order_id) == [("capture", "succeeded", 300.0)]
@@ -111,7 +131,9 @@ async def test_duplicate_payment_signals_have_one_effect(
     assert job.data["data"]["orderNumber"] == order_id
 
 
-async def test_start_twice_is_one_order(orders: OrderClient, catalogue: Callable[..., dict[str, str]]) -> None:
+async def test_start_twice_is_one_order(
+    orders: OrderClient, catalogue: Callable[..., dict[str, str]]
+) -> None:
     skus = catalogue(cap=(150.0, 5))
     order_id = new_order_id()
     first = await orders.start_order(order_id, "cust-6", "f@example.com", [(skus["cap"], 1)])
@@ -135,25 +157,38 @@ async def test_payment_for_cancelled_order_is_refused(
 
 
 async def test_cancel_after_payment_refunds_and_releases(
-    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]], email_queue: BullQueue
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
+    email_queue: BullQueue,
 ) -> None:
     skus = catalogue(chair=(4500.0, 3))
     order_id = new_order_id()
     handle = await orders.start_order(order_id, "cust-8", "h@example.com", [(skus["chair"], 1)])
     await wait_status(orders, order_id, "PENDING_PAYMENT")
-    await orders.payment_received(order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=4500.0))
+    await orders.payment_received(
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=4500.0)
+    )
     await wait_status(orders, order_id, "CONFIRMED")
     await orders.cancel(order_id, "customer cancelled before shipping")
     result = await handle.result()
     assert result.status == "CANCELLED"
-    assert payments(engine, order_id) == [("capture", "succeeded", 4500.0), ("refund", "succeeded", 4500.0)]
+    assert payments(engine, order_id) == [
+        ("capture", "succeeded", 4500.0),
+        ("refund", "succeeded", 4500.0),
+    ]
     assert stock(engine, skus["chair"]) == (3, 0)
     assert "refunded" in (await orders.status(order_id)).history[-1].note
-    assert (await wait_job(email_queue, f"order-cancelled:{order_id}")).name == "send-order-cancelled"
+    assert (
+        await wait_job(email_queue, f"order-cancelled:{order_id}")
+    ).name == "send-order-cancelled"
 
 
 async def test_shipped_order_releases_reserved_stock_and_mails(
-    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]], email_queue: BullQueue
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
+    email_queue: BullQueue,
 ) -> None:
     from orderflow.contracts.order import Shipment
 
@@ -161,7 +196,9 @@ async def test_shipped_order_releases_reserved_stock_and_mails(
     order_id = new_order_id()
     handle = await orders.start_order(order_id, "cust-9", "i@example.com", [(skus["desk"], 1)])
     await wait_status(orders, order_id, "PENDING_PAYMENT")
-    await orders.payment_received(order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=9000.0))
+    await orders.payment_received(
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=9000.0)
+    )
     await wait_status(orders, order_id, "CONFIRMED")
     await orders.shipped(order_id, Shipment(carrier="BlueDart", tracking_number="BD123"))
     assert (await handle.result()).status == "SHIPPED"

@@ -29,7 +29,9 @@ async def test_capture_fails_twice_then_succeeds_an_hour_later(
     deps.gateway.set_rule(order_id, fail_captures=2)  # type: ignore[attr-defined]
     handle = await orders.start_order(order_id, "cust-p1", "p1@example.com", [(skus["bag"], 1)])
     await wait_status(orders, order_id, "PENDING_PAYMENT")
-    await orders.payment_failed(order_id, PaymentFailed(payment_id="pf-1", reason="insufficient funds"))
+    await orders.payment_failed(
+        order_id, PaymentFailed(payment_id="pf-1", reason="insufficient funds")
+    )
     await wait_status(orders, order_id, "PAYMENT_RETRYING")
     retry = env.client.get_workflow_handle_for(
         PaymentRetryWorkflow.run, payment_retry_workflow_id(order_id, PaymentKind.CAPTURE)
@@ -91,8 +93,12 @@ async def test_failed_payments_then_success_go_to_suspicious_review(
     await wait_status(orders, order_id, "PENDING_PAYMENT")
     await orders.payment_failed(order_id, PaymentFailed(payment_id="pf-3a", reason="declined"))
     await orders.payment_failed(order_id, PaymentFailed(payment_id="pf-3b", reason="declined"))
-    await orders.payment_failed(order_id, PaymentFailed(payment_id="pf-3b", reason="declined"))  # redelivery
-    ack = await orders.payment_received(order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=3000.0))
+    await orders.payment_failed(
+        order_id, PaymentFailed(payment_id="pf-3b", reason="declined")
+    )  # redelivery
+    ack = await orders.payment_received(
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=3000.0)
+    )
     assert ack.accepted, ack.reason
     state = await wait_status(orders, order_id, "IN_REVIEW")
     assert state.failed_payments == 2

@@ -17,12 +17,16 @@ from tests.conftest import new_order_id
 from tests.helpers import payments, stock, wait_review, wait_status
 
 
-async def _paid_high_value_order(orders: OrderClient, catalogue: Callable[..., dict[str, str]]) -> tuple[str, str]:
+async def _paid_high_value_order(
+    orders: OrderClient, catalogue: Callable[..., dict[str, str]]
+) -> tuple[str, str]:
     skus = catalogue(tv=(65_000.0, 2))
     order_id = new_order_id()
     await orders.start_order(order_id, "cust-r", "r@example.com", [(skus["tv"], 1)])
     await wait_status(orders, order_id, "PENDING_PAYMENT")
-    ack = await orders.payment_received(order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=65_000.0))
+    ack = await orders.payment_received(
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=65_000.0)
+    )
     assert ack.accepted
     await wait_status(orders, order_id, "IN_REVIEW")
     return order_id, skus["tv"]
@@ -34,7 +38,9 @@ async def test_high_value_order_approved_is_confirmed(
     order_id, _ = await _paid_high_value_order(orders, catalogue)
     review = await wait_review(orders, order_id)
     assert review.kind == "HIGH_VALUE" and "65000.00" in review.reason
-    outcome = await orders.decide_review(review.review_id, ReviewDecision(approve=True, reviewer="asha", note="ok"))
+    outcome = await orders.decide_review(
+        review.review_id, ReviewDecision(approve=True, reviewer="asha", note="ok")
+    )
     assert outcome.approved and outcome.reviewer == "asha"
     await wait_status(orders, order_id, "CONFIRMED")
     with Session(engine) as session:
@@ -51,10 +57,15 @@ async def test_high_value_order_rejected_is_refunded_released_cancelled(
     order_id, sku = await _paid_high_value_order(orders, catalogue)
     assert stock(engine, sku) == (1, 1)
     review = await wait_review(orders, order_id)
-    await orders.decide_review(review.review_id, ReviewDecision(approve=False, reviewer="ravi", note="fraud risk"))
+    await orders.decide_review(
+        review.review_id, ReviewDecision(approve=False, reviewer="ravi", note="fraud risk")
+    )
     result = await orders.result(order_id)
     assert result.status == "CANCELLED"
-    assert payments(engine, order_id) == [("capture", "succeeded", 65_000.0), ("refund", "succeeded", 65_000.0)]
+    assert payments(engine, order_id) == [
+        ("capture", "succeeded", 65_000.0),
+        ("refund", "succeeded", 65_000.0),
+    ]
     assert stock(engine, sku) == (2, 0)
     note = (await orders.status(order_id)).history[-1].note
     assert "rejected by ravi: fraud risk" in note and "refunded" in note
@@ -67,7 +78,9 @@ async def test_return_request_approved_refunds(
     order_id = new_order_id()
     await orders.start_order(order_id, "cust-ret", "ret@example.com", [(skus["shoe"], 1)])
     await wait_status(orders, order_id, "PENDING_PAYMENT")
-    await orders.payment_received(order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=2500.0))
+    await orders.payment_received(
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=2500.0)
+    )
     await wait_status(orders, order_id, "CONFIRMED")
     await orders.shipped(order_id, Shipment(carrier="DTDC", tracking_number="X1"))
     assert (await orders.result(order_id)).status == "SHIPPED"
@@ -83,7 +96,9 @@ async def test_return_request_approved_refunds(
         assert order is not None and order.status == "RETURNED"
 
 
-async def test_decision_needs_a_reviewer(orders: OrderClient, catalogue: Callable[..., dict[str, str]]) -> None:
+async def test_decision_needs_a_reviewer(
+    orders: OrderClient, catalogue: Callable[..., dict[str, str]]
+) -> None:
     order_id, _ = await _paid_high_value_order(orders, catalogue)
     review = await wait_review(orders, order_id)
     with pytest.raises(UnknownReviewError):

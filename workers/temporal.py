@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -63,8 +64,9 @@ def build_workers(
     deps: Dependencies,
     *,
     task_queue_suffix: str = "",
+    queues: Collection[str] | None = None,
 ) -> list[Worker]:
-    """The orders, payments, inventory and reviews workers (suffix: per-test task queues)."""
+    """The orders, payments, inventory and reviews workers (or just `queues`; suffix for tests)."""
     orders = OrderActivities(deps.engine, deps.erp, currency=settings.currency)
     notify = NotificationActivities(deps.engine, deps.email_queue)
     reports = ReportActivities(deps.engine)
@@ -73,7 +75,11 @@ def build_workers(
     reviews = ReviewActivities(deps.engine)
     grace = timedelta(seconds=settings.graceful_shutdown_seconds)
 
-    def worker(queue: str, concurrency: int, workflows: list[type], activities: list) -> Worker:  # type: ignore[type-arg]
+    def worker(
+        queue: str, concurrency: int, workflows: list[type], activities: list
+    ) -> Worker | None:  # type: ignore[type-arg]
+        if queues is not None and queue not in queues:
+            return None
         return Worker(
             client,
             task_queue=queue + task_queue_suffix,
@@ -86,7 +92,7 @@ def build_workers(
             graceful_shutdown_timeout=grace,
         )
 
-    return [
+    built = [
         worker(
             ORDERS_TASK_QUEUE,
             settings.orders_concurrency,
@@ -120,3 +126,4 @@ def build_workers(
             [reviews.open_review, reviews.close_review],
         ),
     ]
+    return [w for w in built if w is not None]

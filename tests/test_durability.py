@@ -1,0 +1,215 @@
+"""Durability: a worker restart mid-order, replay of recorded histories, the inventory invariant."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from orderflow.client import OrderClient
+from orderflow.contracts.order import ORDERS_TASK_QUEUE, PaymentFailed, PaymentReceived
+from orderflow.contracts.review import ReviewDecision
+from orderflow.db import Product, Reservation
+from orderflow.settings import Settings
+from tests.conftest import new_order_id
+from tests.helpers import stock, wait_review, wait_status
+from workers.temporal import Dependencies, build_workers
+from workflows.inventory import InventoryReleaseWorkflow, StockSyncWorkflow
+from workflows.order import OrderWorkflow
+from workflows.payment import PaymentRetryWorkflow
+from workflows.reports import DailyReportWorkflow
+from workflows.review import ManualReviewWorkflow
+
+
+async def test_order_survives_a_worker_restart(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    engine: Engine,
+    deps: Dependencies,
+    catalogue: Callable[..., dict[str, str]],
+    workers: object,
+) -> None:
+    suffix = f"-restart-{uuid.uuid4().hex[:6]}"
+    orders = OrderClient(env.client, settings, engine, task_queue=f"orders{suffix}")
+    skus = catalogue(vase=(700.0, 3))
+    order_id = new_order_id()
+
+    first = build_workers(
+        env.client, settings, deps, task_queue_suffix=suffix, queues=[ORDERS_TASK_QUEUE]
+    )[0]
+    running = asyncio.create_task(first.run())
+    handle = await orders.start_order(order_id, "cust-d1", "d1@example.com", [(skus["vase"], 1)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    await first.shutdown()
+    await running
+
+    second = build_workers(
+        env.client, settings, deps, task_queue_suffix=suffix, queues=[ORDERS_TASK_QUEUE]
+    )[0]
+    running = asyncio.create_task(second.run())
+    try:
+        ack = await orders.payment_received(
+            order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=700.0)
+        )
+        assert ack.accepted, ack.reason
+        await wait_status(orders, order_id, "CONFIRMED")
+        assert stock(engine, skus["vase"]) == (2, 1)
+        assert (
+            await handle.describe()
+        ).run_id == handle.run_id  # the same run, finished by the new worker
+    finally:
+        await second.shutdown()
+        await running
+
+
+async def test_recorded_histories_replay_against_current_code(
+    env: WorkflowEnvironment,
+    orders: OrderClient,
+    deps: Dependencies,
+    catalogue: Callable[..., dict[str, str]],
+) -> None:
+    skus = catalogue(fan=(60_000.0, 5), bulb=(40.0, 50))
+    paid, expired, reviewed, retried = (new_order_id() for _ in range(4))
+    deps.gateway.set_rule(retried, fail_captures=1)  # type: ignore[attr-defined]
+    handles: list[WorkflowHandle] = []
+    handles.append(await orders.start_order(paid, "c", "x@example.com", [(skus["bulb"], 2)]))
+    handles.append(
+        await orders.start_order(
+            expired, "c", "x@example.com", [(skus["bulb"], 1)], payment_timeout_seconds=1
+        )
+    )
+    handles.append(await orders.start_order(reviewed, "c", "x@example.com", [(skus["fan"], 1)]))
+    handles.append(await orders.start_order(retried, "c", "x@example.com", [(skus["bulb"], 3)]))
+    for order_id in (paid, reviewed, retried):
+        await wait_status(orders, order_id, "PENDING_PAYMENT")
+    await orders.payment_received(paid, PaymentReceived(payment_id=f"pay-{paid}", amount=80.0))
+    await orders.payment_received(
+        reviewed, PaymentReceived(payment_id=f"pay-{reviewed}", amount=60_000.0)
+    )
+    review = await wait_review(orders, reviewed)
+    await orders.decide_review(review.review_id, ReviewDecision(approve=False, reviewer="qa"))
+    await orders.payment_failed(retried, PaymentFailed(payment_id="pf", reason="declined"))
+    retry = env.client.get_workflow_handle(f"payment-capture-{retried}")
+    await asyncio.sleep(0.5)
+    await env.fast_forward(retry)
+    for order_id in (paid, retried):
+        await wait_status(orders, order_id, "CONFIRMED")
+        await orders.cancel(order_id, "replay test")
+    results = [await h.result() for h in handles]
+    assert [r.status for r in results] == ["CANCELLED"] * 4
+
+    histories = [await h.fetch_history() for h in handles]
+    for child in (
+        f"review-order-{reviewed}",
+        f"payment-capture-{retried}",
+        f"payment-refund-{reviewed}",
+        f"inventory-release-{expired}",
+    ):
+        histories.append(await env.client.get_workflow_handle(child).fetch_history())
+    replayer = Replayer(
+        workflows=[
+            OrderWorkflow,
+            PaymentRetryWorkflow,
+            InventoryReleaseWorkflow,
+            ManualReviewWorkflow,
+            DailyReportWorkflow,
+            StockSyncWorkflow,
+        ]
+    )
+    for history in histories:
+        outcome = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        assert outcome.replay_failure is None, f"{history.workflow_id}: {outcome.replay_failure}"
+    assert len(histories) == 8
+
+
+async def test_inventory_invariant_after_a_mixed_batch(
+    env: WorkflowEnvironment,
+    orders: OrderClient,
+    engine: Engine,
+    deps: Dependencies,
+    catalogue: Callable[..., dict[str, str]],
+) -> None:
+    start = {"a": 12, "b": 7, "c": 4}
+    skus = catalogue(a=(100.0, start["a"]), b=(250.0, start["b"]), c=(900.0, start["c"]))
+    plan = [
+        "pay",
+        "cancel",
+        "expire",
+        "pay",
+        "pay-cancel",
+        "fail",
+        "pay",
+        "cancel",
+        "expire",
+        "pay",
+    ] * 2
+    ids: list[tuple[str, str]] = []
+    for i, action in enumerate(plan):
+        order_id = new_order_id()
+        if action == "fail":
+            deps.gateway.set_rule(order_id, decline_all=True)  # type: ignore[attr-defined]
+        lines = (
+            [(skus["a"], 1 + i % 2), (skus["b"], 1)] if i % 3 else [(skus["c"], 1), (skus["a"], 1)]
+        )
+        timeout = 1.0 if action == "expire" else None
+        await orders.start_order(
+            order_id, "c-batch", "batch@example.com", lines, payment_timeout_seconds=timeout
+        )
+        ids.append((order_id, action))
+
+    async def drive(order_id: str, action: str) -> str:
+        state = await orders.status(order_id)
+        for _ in range(100):
+            if state.status != "NEW":
+                break
+            await asyncio.sleep(0.05)
+            state = await orders.status(order_id)
+        if state.status != "PENDING_PAYMENT":
+            return state.status  # REJECTED for lack of stock, or already expired
+        if action in ("pay", "pay-cancel"):
+            await orders.payment_received(
+                order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=state.total)
+            )
+            if action == "pay-cancel":
+                await wait_status(orders, order_id, "CONFIRMED")
+                await orders.cancel(order_id, "batch")
+        elif action == "cancel":
+            await orders.cancel(order_id, "batch")
+        elif action == "fail":
+            await orders.payment_failed(
+                order_id, PaymentFailed(payment_id=f"pf-{order_id}", reason="declined")
+            )
+            retry = env.client.get_workflow_handle(f"payment-capture-{order_id}")
+            await asyncio.sleep(0.5)
+            await env.fast_forward(retry)
+        return "driven"
+
+    await asyncio.gather(*(drive(o, a) for o, a in ids))
+    finals = {}
+    for order_id, action in ids:
+        state = await orders.status(order_id)
+        if action in ("pay",) and state.status != "REJECTED":
+            state = await wait_status(orders, order_id, "CONFIRMED")
+        elif state.status != "REJECTED":
+            state = await wait_status(orders, order_id, "CANCELLED")
+        finals[order_id] = state.status
+    assert {"CONFIRMED", "CANCELLED"} <= set(finals.values())
+
+    with Session(engine) as session:
+        for name, sku in skus.items():
+            product = session.get(Product, sku)
+            assert product is not None
+            held = session.exec(
+                select(func.coalesce(func.sum(Reservation.quantity), 0)).where(
+                    col(Reservation.sku) == sku, col(Reservation.status) == "RESERVED"
+                )
+            ).one()
+            assert product.on_hand >= 0 and product.reserved >= 0
+            assert product.on_hand + product.reserved == start[name], (name, product)
+            assert product.reserved == held
