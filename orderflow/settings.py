@@ -17,7 +17,9 @@ class Settings(BaseSettings):
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
     temporal_ui_port: int = 8233
-    embedded_temporal: bool = True  # start `temporal server start-dev`; false on the distributed engine
+    embedded_temporal: bool = (
+        True  # start `temporal server start-dev`; false on the distributed engine
+    )
     # Database: SQLite file by default, any SQLAlchemy URL (postgresql+psycopg://...) otherwise
     database_url: str = ""
     # Seed: order worker concurrency 10, payment retry 3, inventory release 8, manual review 1
@@ -68,6 +70,7 @@ class Settings(BaseSettings):
     razorpay_webhook_secret: str = "orderflow_local_dev_razorpay"
     webhook_tolerance_seconds: int = 300  # Stripe's default window against replayed signatures
     webhook_max_body_bytes: int = 512 * 1024  # events are a few KiB; refuse far larger
+    webhook_enqueue_timeout_seconds: float = 5.0  # answer 503 (gateway redelivers) if Redis stalls
     # Schedules
     report_cron: str = "0 9 * * *"  # seed: daily report at 09:00
     report_timezone: str = "Asia/Kolkata"

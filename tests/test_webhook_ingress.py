@@ -228,6 +228,7 @@ async def test_unhandled_event_type_is_acknowledged_not_queued(
 
 
 async def test_queue_down_is_503_so_the_gateway_redelivers(settings: Settings) -> None:
+    settings.webhook_enqueue_timeout_seconds = 0.5
     dead = Queue("webhook-ingress-dead", {"connection": "redis://127.0.0.1:1/0"})
     transport = httpx.ASGITransport(app=create_app(settings, dead))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -235,7 +236,7 @@ async def test_queue_down_is_503_so_the_gateway_redelivers(settings: Settings) -
         headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
         response = await client.post("/webhooks/stripe", content=body, headers=headers)
     assert response.status_code == 503
-    assert "evt_down not queued" in response.json()["detail"]
+    assert "evt_down not queued (TimeoutError: no answer within 0.5s)" in response.json()["detail"]
 
 
 async def test_healthz(http: httpx.AsyncClient) -> None:

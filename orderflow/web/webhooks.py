@@ -1,0 +1,133 @@
+"""Webhook ingress: verify the signature over the raw body, enqueue once, answer at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from bridge.payment_events import EventKind, GatewayEvent, MalformedEventError, parse_event
+from bridge.signatures import (
+    RAZORPAY_EVENT_ID_HEADER,
+    RAZORPAY_SIGNATURE_HEADER,
+    STRIPE_SIGNATURE_HEADER,
+    SignatureError,
+    verify_razorpay,
+    verify_stripe,
+)
+from orderflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class JobQueue(Protocol):
+    """Where accepted events go: BullMQ's `add(name, data, opts)` (a producer or a Queue)."""
+
+    async def add(self, name: str, data: Any, opts: Any = ...) -> Any:
+        """Add one job; an existing jobId makes it a no-op."""
+        ...
+
+
+class PayloadTooLarge(Exception):
+    """The body is larger than `webhook_max_body_bytes`."""
+
+
+def _error(status: int, error: str, detail: str, **extra: str) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than `limit` bytes without reading them all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over {limit} bytes, the limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
+    """`POST /webhooks/stripe` and `POST /webhooks/razorpay`."""
+    router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+    async def accept(provider: str, request: Request) -> JSONResponse:
+        try:
+            body = await read_body(request, settings.webhook_max_body_bytes)
+        except PayloadTooLarge as err:
+            return _error(413, "payload_too_large", f"{provider} webhook refused: {err}")
+        try:
+            if provider == "stripe":
+                verify_stripe(
+                    body,
+                    request.headers.get(STRIPE_SIGNATURE_HEADER),
+                    settings.stripe_webhook_secret,
+                    tolerance=settings.webhook_tolerance_seconds,
+                )
+            else:
+                verify_razorpay(
+                    body,
+                    request.headers.get(RAZORPAY_SIGNATURE_HEADER),
+                    settings.razorpay_webhook_secret,
+                )
+        except SignatureError as err:
+            log.warning("%s", err)
+            return _error(400, "invalid_signature", str(err), provider=provider)
+        try:
+            event = parse_event(
+                provider,
+                body,
+                razorpay_event_id_header=request.headers.get(RAZORPAY_EVENT_ID_HEADER),
+            )
+        except MalformedEventError as err:
+            log.warning("%s", err)
+            return _error(400, "malformed_event", str(err), provider=provider)
+        if event.kind == EventKind.IGNORED:
+            return JSONResponse(
+                {"status": "ignored", "event_id": event.event_id, "type": event.type}
+            )
+        return await enqueue(event)
+
+    async def enqueue(event: GatewayEvent) -> JSONResponse:
+        try:
+            await asyncio.wait_for(
+                queue.add(event.job_name, event.to_job(), {"jobId": event.job_id}),
+                settings.webhook_enqueue_timeout_seconds,
+            )
+        except Exception as err:
+            # the gateway redelivers on any non-2xx: a 503 loses nothing
+            log.exception("could not enqueue %s event %s", event.provider, event.event_id)
+            if isinstance(err, TimeoutError):
+                err = TimeoutError(f"no answer within {settings.webhook_enqueue_timeout_seconds}s")
+            return _error(
+                503,
+                "enqueue_failed",
+                f"{event.provider} event {event.event_id} not queued "
+                f"({type(err).__name__}: {err}); retry later",
+            )
+        return JSONResponse(
+            {
+                "status": "accepted",
+                "event_id": event.event_id,
+                "job_id": event.job_id,
+                "type": event.type,
+            }
+        )
+
+    @router.post("/stripe")
+    async def stripe_webhook(request: Request) -> JSONResponse:
+        """A Stripe event, signed in `Stripe-Signature`."""
+        return await accept("stripe", request)
+
+    @router.post("/razorpay")
+    async def razorpay_webhook(request: Request) -> JSONResponse:
+        """A Razorpay event, signed in `X-Razorpay-Signature`."""
+        return await accept("razorpay", request)
+
+    return router
