@@ -39,13 +39,13 @@ class WebhookJob(StrEnum):
     RECONCILIATION = "payment-reconciliation"
 
 
-# Template per email job; Node producers send these names in data.template (seed: 'order_confirmation')
-EMAIL_TEMPLATES: dict[str, str] = {
-    EmailJob.ORDER_CONFIRMATION: "order_confirmation",
-    EmailJob.SHIPPING_NOTIFICATION: "shipping_notification",
-    EmailJob.PASSWORD_RESET: "password_reset",
-    EmailJob.WELCOME: "welcome",
-    EmailJob.ORDER_CANCELLED: "order_cancelled",
+# The seed's template name of each email job; data.template may give either name
+TEMPLATE_ALIASES: dict[str, str] = {
+    "order_confirmation": EmailJob.ORDER_CONFIRMATION,
+    "shipping_notification": EmailJob.SHIPPING_NOTIFICATION,
+    "password_reset": EmailJob.PASSWORD_RESET,
+    "welcome": EmailJob.WELCOME,
+    "order_cancelled": EmailJob.ORDER_CANCELLED,
 }
 
 

@@ -1,0 +1,65 @@
+"""Helpers shared by the bridge tests: unique specs, a running worker, job starts, BullMQ reads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from bullmq import Queue
+
+from bridge.job import Job
+from bridge.runtime import BackoffStrategy, BridgeWorker
+from bridge.specs import QueueSpec, email_spec
+from orderflow.settings import Settings
+
+
+def unique_spec(settings: Settings, **changes: Any) -> QueueSpec:
+    """The email spec under a prefix and queue name of this test's own."""
+    tag = uuid.uuid4().hex[:10]
+    return email_spec(settings).with_(prefix=f"t{tag}", name=f"email-{tag}", **changes)
+
+
+@asynccontextmanager
+async def running(
+    spec: QueueSpec,
+    processor: Callable[[Job], Awaitable[Any]],
+    redis_url: str,
+    grace: float = 5.0,
+    backoff_strategy: BackoffStrategy | None = None,
+) -> AsyncIterator[BridgeWorker]:
+    """A BridgeWorker running in the background for the block, stopped gracefully after."""
+    stop = asyncio.Event()
+    worker = BridgeWorker(spec, processor, redis_url, backoff_strategy=backoff_strategy)
+    task = asyncio.create_task(worker.run(stop, grace))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, grace + 15)
+
+
+def bull_queue(spec: QueueSpec, redis_url: str) -> Queue:
+    """The Python port's Queue on the same keys, to read jobs as any BullMQ client would."""
+    return Queue(spec.name, {"connection": redis_url, "prefix": spec.prefix})
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Poll `check` until it holds, failing after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.05)
+
+
+async def counts(spec: QueueSpec, redis_url: str) -> dict[str, int]:
+    """BullMQ's job counts of the queue."""
+    queue = bull_queue(spec, redis_url)
+    try:
+        return dict(await queue.getJobCounts())
+    finally:
+        await queue.close()
