@@ -12,7 +12,7 @@ from typing import Any
 
 import aiosmtplib
 from bullmq import UnrecoverableError
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, TemplateError, select_autoescape
 
 from bridge.errors import MalformedJobError
 from bridge.job import Job
@@ -95,11 +95,18 @@ class EmailProcessor:
             "subject": job.data["subject"],
             "data": job.data.get("data") or {},
         }
+        try:
+            text = self.env.get_template(f"{name}.txt.j2").render(context)
+            html = self.env.get_template(f"{name}.html.j2").render(context)
+        except (TemplateError, TypeError, ValueError, AttributeError) as err:
+            # the same data fails the same way on every attempt: do not retry it
+            reason = f"template {name} cannot render this data: {err}"
+            raise MalformedJobError(job.queue, job.name, job.id, reason) from err
         return RenderedEmail(
             to=job.data["to"],
             subject=job.data["subject"],
-            text=self.env.get_template(f"{name}.txt.j2").render(context),
-            html=self.env.get_template(f"{name}.html.j2").render(context),
+            text=text,
+            html=html,
             message_id=message_id_for(job.queue, job.id),
         )
 

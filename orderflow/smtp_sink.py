@@ -66,7 +66,7 @@ class StoredMail:
 
     def header(self, name: str) -> str:
         """One header's value ('' if absent)."""
-        return str(self.message().get(name, ""))
+        return str(self.message().get(name, "")).strip()
 
 
 class MailStore:

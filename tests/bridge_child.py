@@ -1,0 +1,53 @@
+"""An email worker in a process of its own, for the kill -9 test (`python bridge_child.py CONFIG`).
+
+CONFIG is JSON: redis_url, smtp_port, prefix, queue, lock_ms, stalled_ms, mode, marker.
+mode "before-send" stalls before the mail is handed to SMTP, "after-send" right after it,
+each after writing the marker file, so the test knows when to kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bridge.email import EmailProcessor
+from bridge.job import Job
+from bridge.redis_client import RedisClient
+from bridge.runtime import BridgeWorker
+from bridge.specs import email_spec
+from orderflow.settings import Settings
+
+
+def _mark(marker: Path, job_id: str) -> None:
+    marker.write_text(job_id)
+
+
+async def main(config: dict[str, Any]) -> None:
+    settings = Settings(redis_url=config["redis_url"], smtp_port=config["smtp_port"])
+    spec = email_spec(settings).with_(
+        prefix=config["prefix"], name=config["queue"], lock_duration_ms=config["lock_ms"],
+        stalled_interval_ms=config["stalled_ms"],
+    )  # fmt: skip
+    email = EmailProcessor(settings, spec, RedisClient(settings.redis_url))
+    marker = Path(config["marker"])
+
+    async def stalling(job: Job) -> Any:
+        if config["mode"] == "before-send":
+            _mark(marker, job.id)
+            await asyncio.sleep(600)
+        result = await email(job)
+        if config["mode"] == "after-send":
+            _mark(marker, job.id)
+            await asyncio.sleep(600)
+        return result
+
+    await BridgeWorker(spec, stalling, settings.redis_url).run(asyncio.Event())
+
+
+if __name__ == "__main__":
+    asyncio.run(main(json.loads(sys.argv[1])))

@@ -1,0 +1,145 @@
+"""The email worker end to end: templates, SMTP delivery into the sink, exactly-once under kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.dlq import DeadLetterQueue
+from bridge.email import EmailProcessor, message_id_for
+from bridge.producer import QueueProducer
+from bridge.redis_client import RedisClient
+from orderflow import embedded
+from orderflow.settings import Settings
+from orderflow.smtp_sink import SmtpSink
+from tests.bridge_helpers import bull_queue, counts, eventually, running, unique_spec
+
+CHILD = Path(__file__).with_name("bridge_child.py")
+ORDER_MAIL = {
+    "to": "asha@example.com",
+    "subject": "Order Confirmed — o-1001",
+    "template": "send-order-confirmation",
+    "data": {
+        "orderNumber": "o-1001",
+        "items": [{"sku": "MUG-1", "quantity": 2, "unitPrice": 499.75}],
+        "total": 999.5,
+        "currency": "INR",
+        "note": "<script>alert(1)</script>",
+    },
+}
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[SmtpSink]:
+    server = SmtpSink(tmp_path / "mail", "127.0.0.1", embedded.free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(redis_url: str, sink: SmtpSink) -> Settings:
+    return Settings(redis_url=redis_url, smtp_host=sink.host, smtp_port=sink.port)
+
+
+async def test_order_confirmation_is_rendered_and_delivered(
+    settings: Settings, sink: SmtpSink, redis_url: str
+) -> None:
+    spec = unique_spec(settings)
+    producer = QueueProducer.connect(spec, redis_url)
+    job_id = await producer.add(
+        "send-order-confirmation", ORDER_MAIL, {"jobId": "order-confirmation:o-1001"}
+    )
+    seed_style = {**ORDER_MAIL, "to": "ravi@example.com", "template": "order_confirmation"}
+    await producer.add("send-order-confirmation", seed_style)
+    client = RedisClient(redis_url)
+    async with running(spec, EmailProcessor(settings, spec, client), redis_url):
+        await eventually(lambda: _completed(spec, redis_url, 2))
+    [mail] = sink.store.messages(to="asha@example.com")
+    assert mail.subject == "Order Confirmed — o-1001"
+    assert mail.message_id == message_id_for(spec.name, job_id)
+    assert mail.header("X-Orderflow-Job") == f"{spec.name}/send-order-confirmation/{job_id}"
+    assert "o-1001" in mail.text and "999.50 INR" in mail.text and "MUG-1 x 2" in mail.text
+    assert "<script>alert(1)</script>" in mail.text  # plain text is not escaped ...
+    assert "&lt;script&gt;" in mail.html and "<script>" not in mail.html  # ... HTML is
+    assert "999.50 INR" in sink.store.messages(to="ravi@example.com")[0].html
+    queue = bull_queue(spec, redis_url)
+    job = await queue.getJob(job_id)
+    await queue.close()
+    assert job.returnvalue == {"sent": True, "messageId": mail.message_id}
+    await producer.close()
+    await client.close()
+
+
+async def test_malformed_email_job_goes_to_the_dlq(
+    settings: Settings, sink: SmtpSink, redis_url: str
+) -> None:
+    spec = unique_spec(settings)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-welcome", {"subject": "Hi", "data": {}}, {"jobId": "no-to"})
+    await producer.add("send-welcome", {**ORDER_MAIL, "template": "nope"}, {"jobId": "no-tpl"})
+    client = RedisClient(redis_url)
+    dlq = DeadLetterQueue(spec, client)
+    async with running(spec, EmailProcessor(settings, spec, client), redis_url):
+        await eventually(lambda: _dlq_count(dlq, 2))
+    reasons = {e.id: e.failed_reason for e in await dlq.list()}
+    assert reasons == {
+        "no-to": f"{spec.name}: malformed job 'no-to' (send-welcome): bad recipient None",
+        "no-tpl": f"{spec.name}: malformed job 'no-tpl' (send-welcome): unknown template 'nope'",
+    }
+    assert all(e.attempts_made == 1 for e in await dlq.list())
+    assert sink.store.deliveries() == []
+    await producer.close()
+    await client.close()
+
+
+@pytest.mark.parametrize("mode", ["before-send", "after-send"])
+async def test_kill_9_mid_job_delivers_exactly_one_email(
+    settings: Settings, sink: SmtpSink, redis_url: str, tmp_path: Path, mode: str
+) -> None:
+    spec = unique_spec(settings, lock_duration_ms=1000, stalled_interval_ms=500)
+    producer = QueueProducer.connect(spec, redis_url)
+    job_id = await producer.add("send-order-confirmation", ORDER_MAIL, {"jobId": "oc:kill"})
+    marker = tmp_path / "marker"
+    config = {
+        "redis_url": redis_url, "smtp_port": sink.port, "prefix": spec.prefix,
+        "queue": spec.name, "lock_ms": 1000, "stalled_ms": 500, "mode": mode,
+        "marker": str(marker),
+    }  # fmt: skip
+    child = await asyncio.create_subprocess_exec(sys.executable, str(CHILD), json.dumps(config))
+    try:
+        deadline = time.monotonic() + 20
+        while not marker.exists():
+            assert child.returncode is None and time.monotonic() < deadline, "child never started"
+            await asyncio.sleep(0.05)
+        assert (await counts(spec, redis_url))["active"] == 1
+    finally:
+        child.kill()  # SIGKILL: no shutdown, the lock is left to expire
+        await child.wait()
+    client = RedisClient(redis_url)
+    async with running(spec, EmailProcessor(settings, spec, client), redis_url):
+        await eventually(lambda: _completed(spec, redis_url, 1), within=15)
+    deliveries = [m for m in sink.store.deliveries() if m.message_id == message_id_for(
+        spec.name, job_id)]  # fmt: skip
+    assert len(deliveries) == 1
+    queue = bull_queue(spec, redis_url)
+    job = await queue.getJob(job_id)
+    await queue.close()
+    assert job.returnvalue["sent"] is True
+    assert job.returnvalue.get("duplicate", False) is (mode == "after-send")
+    assert (await counts(spec, redis_url))["failed"] == 0
+    await producer.close()
+    await client.close()
+
+
+async def _completed(spec: object, redis_url: str, n: int) -> bool:
+    return (await counts(spec, redis_url))["completed"] >= n  # type: ignore[arg-type]
+
+
+async def _dlq_count(dlq: DeadLetterQueue, n: int) -> bool:
+    return await dlq.count() >= n
