@@ -1,0 +1,37 @@
+// node bench.js REDIS_URL PREFIX QUEUE N CONCURRENCY -> {"enqueue": jobs/s, "process": jobs/s}
+const { Queue, Worker } = require("bullmq");
+const { connect } = require("./common");
+
+async function main() {
+  const [url, prefix, queueName, n, concurrency] = process.argv.slice(2);
+  const total = Number(n);
+  const connection = connect(url);
+  const queue = new Queue(queueName, { connection, prefix });
+  const batch = 1000;
+  let t0 = process.hrtime.bigint();
+  for (let i = 0; i < total; i += batch) {
+    const jobs = [];
+    for (let j = i; j < Math.min(total, i + batch); j++) {
+      jobs.push({ name: "noop", data: { i: j }, opts: { removeOnComplete: true } });
+    }
+    await queue.addBulk(jobs);
+  }
+  const enqueue = total / (Number(process.hrtime.bigint() - t0) / 1e9);
+  let processed = 0;
+  let worker;
+  t0 = process.hrtime.bigint();
+  await new Promise((resolve) => {
+    worker = new Worker(queueName, async () => {
+      processed += 1;
+      if (processed === total) resolve();
+    }, { connection: connect(url), prefix, concurrency: Number(concurrency) });
+  });
+  const proc = total / (Number(process.hrtime.bigint() - t0) / 1e9);
+  await worker.close();
+  await queue.obliterate({ force: true });
+  await queue.close();
+  await connection.quit();
+  console.log(JSON.stringify({ enqueue, process: proc }));
+}
+
+main().catch((err) => { console.error(err); process.exit(1); });

@@ -1,0 +1,137 @@
+"""Interop with Node BullMQ 6.7 (tests/node): the same queues, in both directions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bullmq import UnrecoverableError
+
+from bridge.email import EmailProcessor, message_id_for
+from bridge.job import Job
+from bridge.producer import QueueProducer
+from bridge.redis_client import RedisClient
+from bridge.specs import QueueSpec
+from orderflow import embedded
+from orderflow.settings import Settings
+from orderflow.smtp_sink import SmtpSink
+from tests.bridge_helpers import counts, eventually, running, unique_spec
+
+NODE_DIR = Path(__file__).with_name("node")
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    """The node binary, with tests/node's packages installed (npm ci) if they are not yet."""
+    binary = shutil.which("node")
+    if binary is None:
+        pytest.fail("node is not installed (Node 20 is needed for the interop tests)")
+    if not (NODE_DIR / "node_modules" / "bullmq").exists():
+        import subprocess
+
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
+    return binary
+
+
+async def run_node(node: str, script: str, *args: str) -> Any:
+    """Run a tests/node script and parse the JSON it prints."""
+    proc = await asyncio.create_subprocess_exec(
+        node, str(NODE_DIR / script), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[SmtpSink]:
+    server = SmtpSink(tmp_path / "mail", "127.0.0.1", embedded.free_port()).start()
+    yield server
+    server.stop()
+
+
+def where(spec: QueueSpec, redis_url: str) -> list[str]:
+    return [redis_url, spec.prefix, spec.name]
+
+
+async def test_node_producer_job_is_processed_by_our_email_worker(
+    node: str, redis_url: str, sink: SmtpSink
+) -> None:
+    settings = Settings(redis_url=redis_url, smtp_port=sink.port)
+    spec = unique_spec(settings)
+    data = {"to": "neha@example.com", "subject": "Welcome aboard", "template": "welcome",
+            "data": {"name": "Neha"}}  # fmt: skip
+    opts = {"jobId": "welcome-neha", "attempts": 3,
+            "backoff": {"type": "exponential", "delay": 2000}}  # fmt: skip
+    added = await run_node(node, "produce.js", *where(spec, redis_url), "send-welcome",
+                           json.dumps(data), json.dumps(opts))  # fmt: skip
+    assert added == {"id": "welcome-neha"}
+    client = RedisClient(redis_url)
+    async with running(spec, EmailProcessor(settings, spec, client), redis_url):
+        await eventually(lambda: _has(spec, redis_url, "completed", 1))
+    [mail] = sink.store.messages(to="neha@example.com")
+    assert mail.subject == "Welcome aboard" and "Welcome, Neha" in mail.text
+    seen = await run_node(node, "inspect.js", *where(spec, redis_url), "welcome-neha")
+    job = seen["jobs"]["welcome-neha"]
+    assert job["state"] == "completed" and job["attemptsMade"] == 1
+    assert job["returnvalue"] == {
+        "sent": True,
+        "messageId": message_id_for(spec.name, "welcome-neha"),
+    }
+    await client.close()
+
+
+async def test_our_producer_job_is_processed_by_a_node_worker(node: str, redis_url: str) -> None:
+    spec = unique_spec(Settings(redis_url=redis_url))
+    producer = QueueProducer.connect(spec, redis_url)
+    mail = {"to": "a@example.com", "subject": "Shipped", "template": "shipping_notification",
+            "data": {"orderNumber": "o-7", "trackingNumber": "TRK1"}}  # fmt: skip
+    await producer.add("send-shipping-notification", mail, {"jobId": "shipping-o-7"})
+    await producer.add("send-welcome", {**mail, "subject": "Hi"}, {"priority": 5})
+    await producer.add("send-welcome", {**mail, "subject": "Later"}, {"delay": 200})
+    seen = await run_node(node, "worker.js", *where(spec, redis_url), "3")
+    by_id = {job["id"]: job for job in seen}
+    assert by_id["shipping-o-7"]["data"] == mail
+    assert by_id["shipping-o-7"]["name"] == "send-shipping-notification"
+    assert by_id["shipping-o-7"]["opts"]["attempts"] == 3
+    assert by_id["shipping-o-7"]["opts"]["backoff"] == {"type": "exponential", "delay": 2000}
+    assert sorted(job["data"]["subject"] for job in seen) == ["Hi", "Later", "Shipped"]
+    assert (await counts(spec, redis_url))["completed"] == 3
+    await producer.close()
+
+
+async def test_node_queue_reads_our_counts_failures_progress_and_results(
+    node: str, redis_url: str
+) -> None:
+    spec = unique_spec(Settings(redis_url=redis_url), rate_limit=None)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-welcome", {"to": "ok@example.com"}, {"jobId": "good"})
+    await producer.add("send-welcome", {"to": "bad@example.com"}, {"jobId": "bad"})
+
+    async def work(job: Job) -> dict[str, str]:
+        await job.update_progress({"step": "rendered", "percent": 60})
+        if job.id == "bad":
+            raise UnrecoverableError(f"recipient of {job.id} bounced")
+        return {"delivered": job.data["to"]}
+
+    async with running(spec, work, redis_url):
+        await eventually(lambda: _has(spec, redis_url, "failed", 1))
+        await eventually(lambda: _has(spec, redis_url, "completed", 1))
+    seen = await run_node(node, "inspect.js", *where(spec, redis_url), "good", "bad")
+    assert seen["counts"] == {"waiting": 0, "active": 0, "completed": 1, "failed": 1, "delayed": 0}
+    good, bad = seen["jobs"]["good"], seen["jobs"]["bad"]
+    assert good["returnvalue"] == {"delivered": "ok@example.com"}
+    assert good["progress"] == {"step": "rendered", "percent": 60}
+    assert bad["state"] == "failed" and bad["failedReason"] == "recipient of bad bounced"
+    assert bad["attemptsMade"] == 1 and "UnrecoverableError" in bad["stacktrace"][0]
+    await producer.close()
+
+
+async def _has(spec: QueueSpec, redis_url: str, state: str, n: int) -> bool:
+    return (await counts(spec, redis_url))[state] >= n
