@@ -97,6 +97,7 @@ class OrderClient:
         items: list[OrderLine] | list[tuple[str, int]],
         *,
         payment_timeout_seconds: float | None = None,
+        policy: OrderPolicy | None = None,
     ) -> WorkflowHandle[OrderWorkflow, OrderResult]:
         """Start the order's workflow; starting the same order again returns the same run."""
         lines = [
@@ -106,7 +107,7 @@ class OrderClient:
             raise InvalidOrderError(
                 f"order {order_id!r}: needs an id and at least one line with a SKU and quantity > 0"
             )
-        policy = policy_from_settings(self.settings)
+        policy = policy or policy_from_settings(self.settings)
         if payment_timeout_seconds is not None:
             policy.payment_timeout_seconds = payment_timeout_seconds
         order = OrderInput(

@@ -1,0 +1,292 @@
+"""The `orderflow` command: run the system, and drive orders and reviews from a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import datetime
+from functools import wraps
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from orderflow.client import OrderClient
+from orderflow.contracts.order import OrderLine, PaymentFailed, PaymentReceived, Shipment
+from orderflow.contracts.review import ReviewDecision
+from orderflow.db import make_engine
+from orderflow.errors import OrderflowError
+from orderflow.settings import Settings
+from orderflow.temporal import connect
+
+app = typer.Typer(
+    help="orderflow: durable order workflows and BullMQ-compatible job queues.",
+    no_args_is_help=True,
+)
+orders_app = typer.Typer(
+    help="Start orders and tell them about payments, cancellations, shipments.",
+    no_args_is_help=True,
+)
+reviews_app = typer.Typer(help="List and decide manual reviews.", no_args_is_help=True)
+products_app = typer.Typer(help="The catalogue.", no_args_is_help=True)
+gateway_app = typer.Typer(help="Script the simulated payment gateway.", no_args_is_help=True)
+app.add_typer(orders_app, name="orders")
+app.add_typer(reviews_app, name="reviews")
+app.add_typer(products_app, name="products")
+app.add_typer(gateway_app, name="gateway")
+
+T = TypeVar("T")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _run(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+    """Run an async command; an OrderflowError becomes a one-line message and exit code 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return asyncio.run(fn(*args, **kwargs))
+        except OrderflowError as err:
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from err
+
+    return wrapper
+
+
+async def _client() -> OrderClient:
+    settings = Settings.from_env()
+    return OrderClient(await connect(settings), settings, make_engine(settings.db_url))
+
+
+def _print(obj: Any, as_json: bool) -> None:
+    data = asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj
+    if as_json:
+        typer.echo(json.dumps(data, default=_json_default, indent=2))
+    else:
+        typer.echo(_text(data))
+
+
+def _json_default(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _text(data: Any, indent: str = "") -> str:
+    if isinstance(data, dict):
+        return "\n".join(
+            f"{indent}{k}:\n{_text(v, indent + '  ')}"
+            if isinstance(v, list | dict) and v
+            else f"{indent}{k}: {_json_default(v)}"
+            for k, v in data.items()
+        )
+    if isinstance(data, list):
+        return "\n".join(f"{indent}- " + _text(v, indent + "  ").lstrip() for v in data)
+    return f"{indent}{_json_default(data)}"
+
+
+@app.command()
+def run() -> None:
+    """Run the whole system on the embedded engine (or external servers, per settings)."""
+    from orderflow.runner import run as run_system
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(run_system(Settings.from_env()))
+
+
+@app.command()
+def demo() -> None:
+    """Against a running system: a paid, an expired, an approved high-value and a retried order."""
+    from orderflow.demo import run_demo
+
+    _run(run_demo)()
+
+
+@orders_app.command("start")
+@_run
+async def orders_start(
+    order_id: str,
+    item: Annotated[list[str], typer.Option("--item", "-i", help="SKU:QUANTITY, repeatable")],
+    customer: Annotated[str, typer.Option(help="Customer id")] = "guest",
+    email: Annotated[str, typer.Option(help="Where mails go")] = "customer@example.com",
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds before an unpaid order is cancelled")
+    ] = None,
+) -> None:
+    """Start an order (starting the same id again is a no-op)."""
+    lines = []
+    for spec in item:
+        sku, _, qty = spec.partition(":")
+        if not qty.isdigit():
+            raise OrderflowError(f"order {order_id}: item {spec!r} is not SKU:QUANTITY")
+        lines.append(OrderLine(sku=sku, quantity=int(qty)))
+    handle = await (await _client()).start_order(
+        order_id, customer, email, lines, payment_timeout_seconds=timeout
+    )
+    typer.echo(f"started {handle.id}")
+
+
+@orders_app.command("pay")
+@_run
+async def orders_pay(
+    order_id: str,
+    payment_id: Annotated[str, typer.Option(help="The gateway's payment id")] = "",
+    amount: Annotated[
+        float | None, typer.Option(help="Amount paid (default: the order total)")
+    ] = None,
+    provider: Annotated[str, typer.Option(help="Who took the money")] = "manual",
+    flagged: Annotated[bool, typer.Option(help="Force a suspicious-payment review")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Report a payment; prints whether the order accepted it."""
+    client = await _client()
+    total = amount if amount is not None else (await client.status(order_id)).total
+    payment = PaymentReceived(
+        payment_id=payment_id or f"pay-{order_id}", amount=total, provider=provider, flagged=flagged
+    )
+    ack = await client.payment_received(order_id, payment)
+    _print(ack, as_json)
+    if not ack.accepted:
+        raise typer.Exit(2)
+
+
+@orders_app.command("fail")
+@_run
+async def orders_fail(
+    order_id: str,
+    payment_id: Annotated[str, typer.Option(help="The failed payment's id")] = "",
+    reason: Annotated[str, typer.Option(help="The gateway's reason")] = "declined",
+) -> None:
+    """Report a failed capture: the order retries it (3 attempts, an hour apart by default)."""
+    await (await _client()).payment_failed(
+        order_id, PaymentFailed(payment_id=payment_id or f"failed-{order_id}", reason=reason)
+    )
+    typer.echo(f"order {order_id}: payment failure reported")
+
+
+@orders_app.command("cancel")
+@_run
+async def orders_cancel(
+    order_id: str, reason: Annotated[str, typer.Option()] = "cancelled by customer"
+) -> None:
+    """Cancel an order; a paid one is refunded."""
+    await (await _client()).cancel(order_id, reason)
+    typer.echo(f"order {order_id}: cancel requested")
+
+
+@orders_app.command("ship")
+@_run
+async def orders_ship(
+    order_id: str,
+    carrier: Annotated[str, typer.Option()] = "",
+    tracking: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Mark a confirmed order shipped."""
+    await (await _client()).shipped(order_id, Shipment(carrier=carrier, tracking_number=tracking))
+    typer.echo(f"order {order_id}: shipment reported")
+
+
+@orders_app.command("status")
+@_run
+async def orders_status(order_id: str, as_json: JsonOpt = False) -> None:
+    """Show an order's status and history."""
+    _print(await (await _client()).status(order_id), as_json)
+
+
+@orders_app.command("return")
+@_run
+async def orders_return(
+    order_id: str, reason: Annotated[str, typer.Option()] = "return requested"
+) -> None:
+    """Request a return: opens a manual review; approval refunds."""
+    review_id = await (await _client()).request_return(order_id, reason)
+    typer.echo(f"review {review_id} opened")
+
+
+@reviews_app.command("list")
+@_run
+async def reviews_list(as_json: JsonOpt = False) -> None:
+    """Pending reviews, oldest first."""
+    pending = await (await _client()).pending_reviews()
+    if as_json:
+        _print([asdict(r) for r in pending], True)
+    elif not pending:
+        typer.echo("no pending reviews")
+    else:
+        for r in pending:
+            typer.echo(
+                f"{r.review_id}  order {r.order_id}  {r.kind}  {r.reason}  since {r.created_at:%Y-%m-%d %H:%M}"
+            )
+
+
+def _decide(review_id: str, approve: bool, by: str, note: str) -> None:
+    async def go() -> None:
+        outcome = await (await _client()).decide_review(
+            review_id, ReviewDecision(approve=approve, reviewer=by, note=note)
+        )
+        typer.echo(
+            f"review {outcome.review_id}: {'approved' if outcome.approved else 'rejected'} by {outcome.reviewer}"
+        )
+
+    _run(go)()
+
+
+@reviews_app.command("approve")
+def reviews_approve(
+    review_id: str, by: Annotated[str, typer.Option(help="Reviewer")], note: str = ""
+) -> None:
+    """Approve a review."""
+    _decide(review_id, True, by, note)
+
+
+@reviews_app.command("reject")
+def reviews_reject(
+    review_id: str, by: Annotated[str, typer.Option(help="Reviewer")], note: str = ""
+) -> None:
+    """Reject a review (a paid order is refunded, released and cancelled)."""
+    _decide(review_id, False, by, note)
+
+
+@products_app.command("list")
+def products_list(as_json: JsonOpt = False) -> None:
+    """Products with stock on hand and reserved."""
+    from sqlmodel import Session, select
+
+    from orderflow.db import Product
+
+    with Session(make_engine(Settings.from_env().db_url)) as session:
+        rows = [p.model_dump() for p in session.exec(select(Product).order_by(Product.sku)).all()]
+    if as_json:
+        _print(rows, True)
+    for p in [] if as_json else rows:
+        typer.echo(
+            f"{p['sku']:<14} {p['price']:>10.2f}  on hand {p['on_hand']:>5}  reserved {p['reserved']:>4}  {p['name']}"
+        )
+
+
+@products_app.command("seed")
+def products_seed() -> None:
+    """Add the starter catalogue's missing products."""
+    from orderflow.catalogue import seed
+
+    typer.echo(f"added {seed(make_engine(Settings.from_env().db_url))} products")
+
+
+@gateway_app.command("script")
+def gateway_script(
+    order_id: str,
+    fail_captures: Annotated[int, typer.Option(help="Decline this many captures first")] = 0,
+    decline_all: Annotated[bool, typer.Option(help="Decline every capture")] = False,
+) -> None:
+    """Tell the simulated gateway how to answer one order's captures."""
+    from activities.gateway import SimulatedGateway
+
+    SimulatedGateway(make_engine(Settings.from_env().db_url)).set_rule(
+        order_id, fail_captures=fail_captures, decline_all=decline_all
+    )
+    typer.echo(
+        f"order {order_id}: first {fail_captures} captures declined"
+        + (" (all declined)" if decline_all else "")
+    )

@@ -1,0 +1,132 @@
+"""`orderflow run`: the whole system on one machine, in the foreground, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+from contextlib import AsyncExitStack
+from urllib.parse import urlparse
+
+import uvicorn
+
+from bridge.producer import producer_for
+from bridge.specs import EMAIL_QUEUE, WEBHOOK_QUEUE
+from orderflow import catalogue, embedded
+from orderflow.client import OrderClient
+from orderflow.db import make_engine
+from orderflow.schedules import ensure_schedules
+from orderflow.settings import Settings
+from orderflow.smtp_sink import start_smtp_sink, stop_smtp_sink
+from orderflow.temporal import connect
+from orderflow.web.app import create_app
+from workers.bridge import run_bridge_workers
+from workers.temporal import Dependencies, build_workers
+
+log = logging.getLogger("orderflow")
+
+
+def start_servers(settings: Settings, stack: AsyncExitStack) -> None:
+    """Start the embedded Temporal dev server and Redis (each unless configured as external)."""
+    logs = settings.data_dir / "logs"
+    procs: list[subprocess.Popen] = []
+    if settings.embedded_temporal:
+        port = int(settings.temporal_address.rsplit(":", 1)[1])
+        procs.append(
+            embedded.start_temporal(
+                port=port,
+                ui_port=settings.temporal_ui_port,
+                db_file=settings.data_dir / "temporal.db",
+                log=logs / "temporal.log",
+            )
+        )
+        log.info(
+            "Temporal dev server on %s, Web UI http://localhost:%d",
+            settings.temporal_address,
+            settings.temporal_ui_port,
+        )
+    if settings.embedded_redis:
+        procs.append(
+            embedded.start_redis(
+                url=settings.redis_url, data_dir=settings.data_dir / "redis", log=logs / "redis.log"
+            )
+        )
+        log.info("redis-server on port %s (AOF on, noeviction)", urlparse(settings.redis_url).port)
+    for proc in reversed(procs):
+        stack.callback(embedded.stop, proc)
+
+
+async def run(settings: Settings) -> None:
+    """Bring every part up, wait for a stop signal, shut down gracefully in reverse order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        start_servers(settings, stack)
+        if settings.embedded_smtp:
+            sink = start_smtp_sink(settings)
+            stack.callback(stop_smtp_sink, sink)
+            log.info(
+                "SMTP sink on %s:%d, mail kept in %s",
+                settings.smtp_host,
+                settings.smtp_port,
+                sink.folder,
+            )
+        engine = make_engine(settings.db_url)
+        stack.callback(engine.dispose)
+        if added := catalogue.seed(engine):
+            log.info("seeded %d starter products", added)
+        client = await connect(settings)
+        log.info("schedules: %s", ", ".join(await ensure_schedules(client, settings)))
+
+        email_queue = producer_for(settings, EMAIL_QUEUE)
+        webhook_queue = producer_for(settings, WEBHOOK_QUEUE)
+        stack.push_async_callback(email_queue.close)
+        stack.push_async_callback(webhook_queue.close)
+        workers = build_workers(
+            client, settings, Dependencies.from_settings(settings, engine, email_queue)
+        )
+        order_client = OrderClient(client, settings, engine)
+        processors = bridge_processors(settings, order_client, engine)
+
+        http = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings, webhook_queue),
+                host=settings.http_host,
+                port=settings.http_port,
+                log_level="warning",
+            )
+        )
+        http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        tasks = [asyncio.create_task(w.run(), name=f"worker-{w.task_queue}") for w in workers]
+        tasks.append(
+            asyncio.create_task(run_bridge_workers(settings, stop, processors), name="bridge")
+        )
+        tasks.append(asyncio.create_task(http.serve(), name="http"))
+        log.info(
+            "HTTP app on http://%s:%d (webhooks, health)", settings.http_host, settings.http_port
+        )
+        log.info("orderflow is up; Ctrl-C to stop")
+
+        done, _ = await asyncio.wait(
+            [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task in tasks and task.exception() is not None:
+                log.error("%s failed: %s", task.get_name(), task.exception())
+        log.info(
+            "stopping: no new tasks, in-flight work gets %.0fs", settings.graceful_shutdown_seconds
+        )
+        stop.set()
+        http.should_exit = True
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("stopped")
+
+
+def bridge_processors(settings: Settings, orders: OrderClient, engine: object) -> dict:  # type: ignore[type-arg]
+    """The bridge's processors beyond the email worker's default (the webhook worker)."""
+    return {}
