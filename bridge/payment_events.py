@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
 
+from bridge.specs import WebhookJob
 from orderflow.errors import OrderflowError
 
 
@@ -32,6 +33,10 @@ RAZORPAY_KINDS = {
     "payment.failed": EventKind.PAYMENT_FAILED,
     "refund.processed": EventKind.REFUND,
 }
+RISKY_STRIPE_LEVELS = (
+    "elevated",
+    "highest",
+)  # Radar's charge.outcome.risk_level values worth a look
 # ISO 4217 currencies Stripe treats as zero-decimal: their amounts are not in hundredths
 ZERO_DECIMAL_CURRENCIES = frozenset(
     "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
@@ -64,6 +69,7 @@ class GatewayEvent:
     currency: str = ""
     reason: str = ""
     refund_id: str = ""
+    flagged: bool = False  # the gateway's own fraud signal: the order goes to manual review
 
     @property
     def job_id(self) -> str:
@@ -73,7 +79,7 @@ class GatewayEvent:
     @property
     def job_name(self) -> str:
         """The job name on payment-webhook-queue (`stripe-webhook`, `razorpay-webhook`)."""
-        return f"{self.provider}-webhook"
+        return WebhookJob.STRIPE if self.provider == "stripe" else WebhookJob.RAZORPAY
 
     def to_job(self) -> dict[str, Any]:
         """The job's data."""
@@ -143,6 +149,7 @@ def parse_stripe(body: bytes) -> GatewayEvent:
         parsed.payment_id = _str(obj.get("payment_intent")) or _str(obj.get("id"))
         parsed.amount_minor = obj.get("amount_captured", obj.get("amount"))
         parsed.reason = _str(obj.get("failure_message"))
+        parsed.flagged = _obj(obj.get("outcome")).get("risk_level") in RISKY_STRIPE_LEVELS
     if kind is EventKind.REFUND:
         refunds = _obj(obj.get("refunds")).get("data")
         latest = _obj(refunds[0]) if isinstance(refunds, list) and refunds else {}

@@ -1,0 +1,173 @@
+"""Payment reconciliation: what the gateways told us and what we recorded, against the orders."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from bridge.payment_events import RAZORPAY_KINDS, STRIPE_KINDS, EventKind
+from bridge.specs import WebhookJob
+from orderflow.db import Order, Payment, WebhookEvent
+
+log = logging.getLogger("orderflow.reconciliation")
+
+CENT = 0.005  # amounts are floats in major units: closer than half a cent is equal
+RECORD_GRACE = timedelta(minutes=10)  # an accepted payment is in the payments table well before
+PAID_STATUSES = frozenset({"PAID", "CONFIRMED", "SHIPPED"})
+ENDED_UNPAID_STATUSES = frozenset({"CANCELLED", "REJECTED"})
+
+
+def _types(kind: EventKind) -> set[str]:
+    return {t for t, k in (*STRIPE_KINDS.items(), *RAZORPAY_KINDS.items()) if k is kind}
+
+
+@dataclass
+class Mismatch:
+    """One disagreement an operator should look at."""
+
+    kind: str
+    order_id: str
+    detail: str
+    payment_id: str = ""
+
+
+def reconcile(
+    engine: Engine, *, window_hours: float = 24.0, now: datetime | None = None
+) -> dict[str, Any]:
+    """Compare captures, refunds and gateway events with the orders touched in the window.
+
+    Reports: money kept on a cancelled order, a paid order without a capture, a capture that
+    differs from the total, refunds above captures, gateway payments that no order took, and
+    accepted gateway payments never recorded. Returns the report (the job's return value).
+    """
+    now = now or datetime.now(UTC)
+    since = now - timedelta(hours=window_hours)
+    found: list[Mismatch] = []
+    with Session(engine) as session:
+        orders = session.exec(select(Order).where(col(Order.updated_at) >= since)).all()
+        ids = [o.id for o in orders]
+        payments = session.exec(
+            select(Payment).where(col(Payment.order_id).in_(ids), Payment.status == "succeeded")
+        ).all()
+        events = session.exec(
+            select(WebhookEvent).where(col(WebhookEvent.received_at) >= since)
+        ).all()
+        recorded = {
+            (p.provider, p.payment_id)
+            for p in session.exec(
+                select(Payment).where(
+                    col(Payment.payment_id).in_([e.payment_id for e in events if e.payment_id])
+                )
+            ).all()
+        }
+    captured: dict[str, float] = defaultdict(float)
+    refunded: dict[str, float] = defaultdict(float)
+    for p in payments:
+        (captured if p.kind == "capture" else refunded)[p.order_id] += p.amount
+    unapplied = _unapplied_by_order(events, recorded)
+    for order in orders:
+        found += _order_mismatches(
+            order, captured[order.id], refunded[order.id], unapplied[order.id]
+        )
+    found += _event_mismatches(events, recorded, now)
+    for m in found:
+        log.warning("reconciliation: %s order %s: %s", m.kind, m.order_id or "-", m.detail)
+    return {
+        "checked_orders": len(orders),
+        "checked_events": len(events),
+        "since": since.isoformat(),
+        "mismatches": [asdict(m) for m in found],
+    }
+
+
+def _unapplied_by_order(
+    events: list[WebhookEvent] | Any, recorded: set[tuple[str, str]]
+) -> dict[str, float]:
+    """Money the gateways took that no order accepted (refunding it is right), per order."""
+    received_types = _types(EventKind.PAYMENT_RECEIVED)
+    amounts: dict[tuple[str, str], tuple[str, float]] = {}
+    for e in events:
+        key = (e.provider, e.payment_id)
+        if e.type in received_types and e.status == "UNAPPLIED" and key not in recorded:
+            amounts[key] = (e.order_id, e.amount)
+    totals: dict[str, float] = defaultdict(float)
+    for order_id, amount in amounts.values():
+        totals[order_id] += amount
+    return totals
+
+
+def _order_mismatches(
+    order: Order, captured: float, refunded: float, unapplied: float
+) -> list[Mismatch]:
+    money = f"captured {captured:.2f}, refunded {refunded:.2f} {order.currency}"
+    found = []
+    if order.status in ENDED_UNPAID_STATUSES and captured - refunded > CENT:
+        found.append(
+            Mismatch("paid_order_cancelled", order.id, f"order is {order.status} but {money}")
+        )
+    if order.status in PAID_STATUSES and captured <= CENT:
+        found.append(
+            Mismatch("paid_without_capture", order.id, f"order is {order.status}, no capture")
+        )
+    elif order.status in PAID_STATUSES and abs(captured - order.total) > CENT:
+        found.append(
+            Mismatch(
+                "amount_mismatch",
+                order.id,
+                f"order total {order.total:.2f} {order.currency}, {money}",
+            )
+        )
+    if refunded - captured - unapplied > CENT:
+        found.append(Mismatch("over_refunded", order.id, f"{money}, unapplied {unapplied:.2f}"))
+    return found
+
+
+def _event_mismatches(
+    events: list[WebhookEvent] | Any, recorded: set[tuple[str, str]], now: datetime
+) -> list[Mismatch]:
+    received_types, refund_types = _types(EventKind.PAYMENT_RECEIVED), _types(EventKind.REFUND)
+    refunded_payments = {
+        (e.provider, e.payment_id)
+        for e in events
+        if e.type in refund_types and e.status == "APPLIED"
+    }
+    found = []
+    seen: set[tuple[str, str]] = set()
+    for e in events:
+        key = (e.provider, e.payment_id or e.event_id)
+        if e.type not in received_types or key in seen:
+            continue
+        money = f"{e.provider} payment {e.payment_id} of {e.amount:.2f} {e.currency} (event {e.event_id})"
+        if e.status in ("UNAPPLIED", "REJECTED") and key not in refunded_payments:
+            seen.add(key)
+            found.append(
+                Mismatch("payment_not_applied", e.order_id, f"{money}: {e.detail}", e.payment_id)
+            )
+        elif e.status == "APPLIED" and key not in recorded:
+            received = e.received_at if e.received_at.tzinfo else e.received_at.replace(tzinfo=UTC)
+            if now - received > RECORD_GRACE:
+                seen.add(key)
+                found.append(
+                    Mismatch(
+                        "capture_not_recorded",
+                        e.order_id,
+                        f"{money} was accepted but is not in the payments table",
+                        e.payment_id,
+                    )
+                )
+    return found
+
+
+async def enqueue_reconciliation(
+    queue: Any, *, window_hours: float = 24.0, job_id: str = ""
+) -> str:
+    """Ask the webhook worker for a reconciliation (a producer's or Queue's `add`); returns the job id."""
+    opts = {"jobId": job_id} if job_id else {}
+    added = await queue.add(WebhookJob.RECONCILIATION, {"window_hours": window_hours}, opts)
+    return str(getattr(added, "id", added))

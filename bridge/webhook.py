@@ -1,0 +1,290 @@
+"""The payment webhook worker: record each gateway event once, then hand it to the order workflow."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from bullmq import UnrecoverableError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from bridge.errors import MalformedJobError
+from bridge.job import Job
+from bridge.payment_events import EventKind, GatewayEvent, MalformedEventError, to_major_units
+from bridge.reconciliation import reconcile
+from bridge.specs import WEBHOOK_QUEUE, WebhookJob
+from orderflow.contracts.order import PaymentAck, PaymentFailed, PaymentReceived
+from orderflow.db import Payment, WebhookEvent
+from orderflow.errors import OrderClosedError, OrderflowError, UnknownOrderError
+
+log = logging.getLogger("orderflow.webhooks")
+
+
+class EventStatus:
+    """Values of WebhookEvent.status."""
+
+    RECEIVED = "RECEIVED"  # recorded, not yet applied (or a transient error will retry it)
+    APPLIED = "APPLIED"
+    IGNORED = "IGNORED"  # nothing to do (a failure reported for an order that already ended)
+    UNAPPLIED = "UNAPPLIED"  # money the order refused (closed, already paid): an operator acts
+    REJECTED = "REJECTED"  # malformed, or for an order nobody knows
+
+
+class WebhookEventError(UnrecoverableError, OrderflowError):
+    """An event that retrying cannot fix; the job goes to the dead-letter queue for an operator."""
+
+    def __init__(
+        self, event: GatewayEvent, problem: str, status: str = EventStatus.REJECTED
+    ) -> None:
+        order = event.order_id or "(none)"
+        super().__init__(
+            f"{event.provider} event {event.event_id} ({event.type}) for order {order}: {problem}"
+        )
+        self.event_id = event.event_id
+        self.order_id = event.order_id
+        self.status = status  # how the event is recorded: REJECTED, or UNAPPLIED for money
+
+
+class Orders(Protocol):
+    """The part of OrderClient the worker uses."""
+
+    async def payment_received(self, order_id: str, payment: PaymentReceived) -> PaymentAck:
+        """Report a payment; the answer says whether the order took it."""
+        ...
+
+    async def payment_failed(self, order_id: str, failure: PaymentFailed) -> None:
+        """Report a failed capture."""
+        ...
+
+
+def _minor_amount(event: GatewayEvent) -> int:
+    amount = event.amount_minor
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+        raise WebhookEventError(event, f"amount {amount!r} is not a non-negative integer")
+    return amount
+
+
+def check_event(event: GatewayEvent) -> None:
+    """Raise WebhookEventError if the event lacks what its kind needs."""
+    if event.kind not in {k.value for k in EventKind} or event.kind == EventKind.IGNORED:
+        raise WebhookEventError(event, f"kind {event.kind!r} is not one the worker applies")
+    if event.kind in (EventKind.PAYMENT_RECEIVED, EventKind.PAYMENT_FAILED) and not event.order_id:
+        where = "data.object.metadata" if event.provider == "stripe" else "payload.payment.notes"
+        raise WebhookEventError(event, f"no order_id in {where}")
+    if not event.payment_id:
+        raise WebhookEventError(event, "no payment id")
+    if event.kind in (EventKind.PAYMENT_RECEIVED, EventKind.REFUND):
+        _minor_amount(event)
+
+
+class WebhookProcessor:
+    """Processor of payment-webhook-queue: gateway events and the reconciliation job."""
+
+    def __init__(self, orders: Orders, engine: Engine, *, queue: str = WEBHOOK_QUEUE) -> None:
+        self.orders = orders
+        self.engine = engine
+        self.queue = queue
+
+    async def __call__(self, job: Job) -> dict[str, Any]:
+        """Run one job by its name."""
+        if job.name == WebhookJob.RECONCILIATION:
+            data = job.data if isinstance(job.data, dict) else {}
+            return await asyncio.to_thread(reconcile, self.engine, **_reconcile_args(job, data))
+        if job.name not in (WebhookJob.STRIPE, WebhookJob.RAZORPAY):
+            raise MalformedJobError(self.queue, job.name, job.id, "unknown job name")
+        if not isinstance(job.data, dict):
+            raise MalformedJobError(self.queue, job.name, job.id, "data is not an object")
+        try:
+            event = GatewayEvent.from_job(job.data)
+        except MalformedEventError as err:
+            raise MalformedJobError(self.queue, job.name, job.id, str(err)) from err
+        return await self.apply(event)
+
+    async def apply(self, event: GatewayEvent) -> dict[str, Any]:
+        """Record the event once and apply it; an already applied event is a no-op."""
+        row = await asyncio.to_thread(self._record, event)
+        if row.status in (EventStatus.APPLIED, EventStatus.IGNORED):
+            return {"event_id": event.event_id, "status": "duplicate", "order_id": row.order_id}
+        try:
+            check_event(event)
+            handler = self._handlers()[event.kind]
+            status, detail = await handler(event)
+        except WebhookEventError as err:
+            await asyncio.to_thread(self._finish, event, err.status, str(err))
+            log.error("%s", err)
+            raise
+        await asyncio.to_thread(self._finish, event, status, detail)
+        log.info("%s event %s: %s %s", event.provider, event.event_id, status, detail)
+        return {
+            "event_id": event.event_id,
+            "status": status.lower(),
+            "order_id": event.order_id,
+            "detail": detail,
+        }
+
+    def _handlers(self) -> dict[str, Callable[[GatewayEvent], Awaitable[tuple[str, str]]]]:
+        return {
+            EventKind.PAYMENT_RECEIVED: self._payment_received,
+            EventKind.PAYMENT_FAILED: self._payment_failed,
+            EventKind.REFUND: self._refund,
+        }
+
+    async def _payment_received(self, event: GatewayEvent) -> tuple[str, str]:
+        amount = to_major_units(_minor_amount(event), event.currency)
+        payment = PaymentReceived(
+            payment_id=event.payment_id,
+            amount=amount,
+            provider=event.provider,
+            flagged=event.flagged,
+        )
+        money = f"payment {event.payment_id} of {amount:.2f} {event.currency}".rstrip()
+        try:
+            ack = await self.orders.payment_received(event.order_id, payment)
+        except UnknownOrderError as err:
+            raise WebhookEventError(event, f"{money} for an unknown order ({err})") from err
+        except OrderClosedError as err:
+            raise _unapplied(event, f"{money} not applied: {err}; refund it or reopen") from err
+        if not ack.accepted:
+            raise _unapplied(event, f"{money} not applied: {ack.reason}; refund it or reopen")
+        return EventStatus.APPLIED, f"{money} accepted, order {ack.status} {ack.reason}".strip()
+
+    async def _payment_failed(self, event: GatewayEvent) -> tuple[str, str]:
+        failure = PaymentFailed(
+            payment_id=event.payment_id,
+            reason=event.reason or f"{event.type} from {event.provider}",
+            provider=event.provider,
+        )
+        try:
+            await self.orders.payment_failed(event.order_id, failure)
+        except UnknownOrderError as err:
+            raise WebhookEventError(event, f"payment failure for an unknown order ({err})") from err
+        except OrderClosedError as err:
+            return EventStatus.IGNORED, f"order already ended, failure not needed: {err}"
+        return EventStatus.APPLIED, f"payment {event.payment_id} failed: {failure.reason}"
+
+    async def _refund(self, event: GatewayEvent) -> tuple[str, str]:
+        return await asyncio.to_thread(self._record_refund, event)
+
+    # ---- database (run in a thread: SQLAlchemy sessions block) ------------------------------
+
+    def _record(self, event: GatewayEvent) -> WebhookEvent:
+        amount = event.amount_minor
+        major = (
+            to_major_units(amount, event.currency)
+            if isinstance(amount, int) and not isinstance(amount, bool) and amount >= 0
+            else 0.0
+        )
+        with Session(self.engine) as session:
+            found = self._find(session, event)
+            if found is not None:
+                return found
+            row = WebhookEvent(
+                provider=event.provider,
+                event_id=event.event_id,
+                type=event.type,
+                order_id=event.order_id,
+                payment_id=event.payment_id,
+                amount=major,
+                currency=event.currency,
+            )
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:  # a concurrent delivery of the same event recorded it first
+                session.rollback()
+                found = self._find(session, event)
+                assert found is not None
+                return found
+            session.refresh(row)
+            return row
+
+    @staticmethod
+    def _find(session: Session, event: GatewayEvent) -> WebhookEvent | None:
+        return session.exec(
+            select(WebhookEvent).where(
+                WebhookEvent.provider == event.provider, WebhookEvent.event_id == event.event_id
+            )
+        ).first()
+
+    def _finish(self, event: GatewayEvent, status: str, detail: str) -> None:
+        with Session(self.engine) as session:
+            row = self._find(session, event)
+            if row is None:
+                return
+            row.status, row.detail = status, detail[:2000]
+            row.order_id = row.order_id or event.order_id
+            row.processed_at = datetime.now(UTC)
+            session.add(row)
+            session.commit()
+
+    def _record_refund(self, event: GatewayEvent) -> tuple[str, str]:
+        amount = to_major_units(_minor_amount(event), event.currency)
+        refund_id = event.refund_id or f"{event.payment_id}-refund-{event.event_id}"
+        with Session(self.engine) as session:
+            order_id = event.order_id or self._order_of_payment(session, event)
+            if not order_id:
+                raise WebhookEventError(
+                    event, f"refund {refund_id} of payment {event.payment_id}: no order known"
+                )
+            event.order_id = order_id
+            exists = session.exec(
+                select(Payment).where(
+                    Payment.provider == event.provider, Payment.payment_id == refund_id
+                )
+            ).first()
+            if exists is None:
+                session.add(
+                    Payment(
+                        order_id=order_id,
+                        provider=event.provider,
+                        payment_id=refund_id,
+                        kind="refund",
+                        amount=amount,
+                        status="succeeded",
+                        detail=f"{event.type} {event.event_id} for payment {event.payment_id}",
+                    )
+                )
+                try:
+                    session.commit()
+                except IntegrityError:
+                    session.rollback()
+        return EventStatus.APPLIED, f"refund {refund_id} of {amount:.2f} {event.currency} recorded"
+
+    @staticmethod
+    def _order_of_payment(session: Session, event: GatewayEvent) -> str:
+        """The order a gateway payment id belongs to, from the payments or earlier events."""
+        capture = session.exec(
+            select(Payment.order_id).where(
+                Payment.provider == event.provider, Payment.payment_id == event.payment_id
+            )
+        ).first()
+        if capture:
+            return capture
+        earlier = session.exec(
+            select(WebhookEvent.order_id)
+            .where(
+                WebhookEvent.provider == event.provider,
+                WebhookEvent.payment_id == event.payment_id,
+                WebhookEvent.order_id != "",
+            )
+            .order_by(col(WebhookEvent.id))
+        ).first()
+        return earlier or ""
+
+
+def _unapplied(event: GatewayEvent, problem: str) -> WebhookEventError:
+    return WebhookEventError(event, problem, EventStatus.UNAPPLIED)
+
+
+def _reconcile_args(job: Job, data: dict[str, Any]) -> dict[str, Any]:
+    hours = data.get("window_hours", 24.0)
+    if not isinstance(hours, int | float) or isinstance(hours, bool) or hours <= 0:
+        raise MalformedJobError(
+            job.queue, job.name, job.id, f"window_hours {hours!r} is not a positive number"
+        )
+    return {"window_hours": float(hours)}

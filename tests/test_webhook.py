@@ -1,0 +1,358 @@
+"""The payment webhook worker against the real workflows, database, Redis and SMTP sink."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from bullmq import UnrecoverableError
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+from temporalio.client import Client
+from temporalio.service import RetryConfig
+
+from bridge.dlq import DeadLetterQueue
+from bridge.payment_events import parse_razorpay, parse_stripe
+from bridge.producer import QueueProducer
+from bridge.reconciliation import enqueue_reconciliation, reconcile
+from bridge.redis_client import RedisClient
+from bridge.sample_events import (
+    razorpay_payment_captured,
+    razorpay_refund_processed,
+    stripe_charge_refunded,
+    stripe_event,
+    stripe_payment_failed,
+    stripe_payment_intent,
+    stripe_payment_succeeded,
+)
+from bridge.signatures import signed_headers
+from bridge.specs import EMAIL_QUEUE, QueueSpec, email_spec, webhook_spec
+from bridge.webhook import WebhookEventError, WebhookProcessor
+from orderflow import embedded
+from orderflow.client import OrderClient
+from orderflow.db import Payment, WebhookEvent
+from orderflow.settings import Settings
+from orderflow.smtp_sink import SmtpSink
+from orderflow.web.app import create_app
+from tests.bridge_helpers import bull_queue, counts, eventually, running
+from tests.conftest import new_order_id
+from tests.helpers import payments, wait_status
+from workers.bridge import run_bridge_workers
+from workers.webhooks import build_webhook_processor
+
+Catalogue = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def processor(orders: OrderClient, engine: Engine) -> WebhookProcessor:
+    return WebhookProcessor(orders, engine)
+
+
+def webhook_test_spec(settings: Settings, **changes: object) -> QueueSpec:
+    """The webhook spec under a queue name and prefix of this test's own."""
+    tag = uuid.uuid4().hex[:10]
+    return webhook_spec(settings).with_(prefix=f"t{tag}", name=f"webhook-{tag}", **changes)
+
+
+async def place(orders: OrderClient, catalogue: Catalogue, price: float = 1299.0) -> str:
+    """A fresh order of one item at `price`, waiting for payment."""
+    skus = catalogue(item=(price, 5))
+    order_id = new_order_id()
+    await orders.start_order(order_id, "cust-wh", f"{order_id}@example.com", [(skus["item"], 1)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    return order_id
+
+
+def event_row(engine: Engine, provider: str, event_id: str) -> WebhookEvent:
+    with Session(engine) as session:
+        row = session.exec(
+            select(WebhookEvent).where(
+                WebhookEvent.provider == provider, WebhookEvent.event_id == event_id
+            )
+        ).one()
+    return row
+
+
+async def test_stripe_payment_confirms_the_order_once(
+    processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue, engine: Engine
+) -> None:
+    order_id = await place(orders, catalogue)
+    body = stripe_payment_succeeded(order_id, 129900, event_id=f"evt_{order_id}")
+    event = parse_stripe(body)
+    result = await processor.apply(event)
+    assert result["status"] == "applied" and result["order_id"] == order_id
+    state = await wait_status(orders, order_id, "CONFIRMED")
+    assert state.payment_id == event.payment_id
+    assert payments(engine, order_id) == [("capture", "succeeded", 1299.0)]
+
+    assert (await processor.apply(event))["status"] == "duplicate"
+    # Stripe also sends charge.succeeded for the same PaymentIntent: the same payment, once
+    charge = {
+        "id": "ch_x",
+        "object": "charge",
+        "amount": 129900,
+        "amount_captured": 129900,
+        "currency": "inr",
+        "payment_intent": event.payment_id,
+        "metadata": {"order_id": order_id},
+    }
+    twin = parse_stripe(json.dumps(stripe_event("charge.succeeded", charge)).encode())
+    assert (await processor.apply(twin))["status"] == "applied"
+    assert payments(engine, order_id) == [("capture", "succeeded", 1299.0)]
+    row = event_row(engine, "stripe", event.event_id)
+    assert (row.status, row.order_id, row.amount, row.currency) == (
+        "APPLIED",
+        order_id,
+        1299.0,
+        "INR",
+    )
+
+
+async def test_razorpay_capture_then_refund_is_recorded(
+    processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue, engine: Engine
+) -> None:
+    order_id = await place(orders, catalogue, price=500.0)
+    pay_id = f"pay_{order_id}"
+    captured = parse_razorpay(razorpay_payment_captured(order_id, 50000, payment_id=pay_id), "e1")
+    await processor.apply(captured)
+    await wait_status(orders, order_id, "CONFIRMED")
+    # Razorpay's refund notes need not carry the order id: it is found by the payment id
+    refund = parse_razorpay(razorpay_refund_processed(pay_id, 20000), f"rf-{order_id}")
+    result = await processor.apply(refund)
+    assert result["status"] == "applied" and result["order_id"] == order_id
+    assert payments(engine, order_id) == [
+        ("capture", "succeeded", 500.0),
+        ("refund", "succeeded", 200.0),
+    ]
+    assert (await processor.apply(refund))["status"] == "duplicate"
+    assert len(payments(engine, order_id)) == 2
+
+
+async def test_unknown_order_fails_unrecoverably_naming_event_and_order(
+    processor: WebhookProcessor, engine: Engine
+) -> None:
+    event = parse_stripe(stripe_payment_succeeded("no-such-order", 1000, event_id="evt_unknown_1"))
+    with pytest.raises(WebhookEventError) as info:
+        await processor.apply(event)
+    assert isinstance(info.value, UnrecoverableError)
+    assert "evt_unknown_1" in str(info.value) and "no-such-order" in str(info.value)
+    assert "unknown order" in str(info.value)
+    assert event_row(engine, "stripe", "evt_unknown_1").status == "REJECTED"
+
+
+@pytest.mark.parametrize(
+    ("obj_changes", "problem"),
+    [
+        ({"metadata": {}}, "no order_id in data.object.metadata"),
+        ({"amount_received": "12.50"}, "amount '12.50' is not a non-negative integer"),
+        ({"amount_received": -5}, "amount -5 is not a non-negative integer"),
+        ({"id": None}, "no payment id"),
+    ],
+)
+async def test_malformed_events_fail_unrecoverably(
+    processor: WebhookProcessor, engine: Engine, obj_changes: dict[str, object], problem: str
+) -> None:
+    event_id = f"evt_bad_{uuid.uuid4().hex[:8]}"
+    obj = {**stripe_payment_intent("o-bad", 1000), **obj_changes}
+    event = parse_stripe(
+        json.dumps(stripe_event("payment_intent.succeeded", obj, event_id=event_id)).encode()
+    )
+    with pytest.raises(WebhookEventError, match=problem) as info:
+        await processor.apply(event)
+    assert event_id in str(info.value)
+    assert event_row(engine, "stripe", event_id).status == "REJECTED"
+
+
+async def test_payment_for_a_cancelled_order_is_recorded_and_fails_loudly(
+    processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue, engine: Engine
+) -> None:
+    order_id = await place(orders, catalogue)
+    await orders.cancel(order_id, "changed my mind")
+    await wait_status(orders, order_id, "CANCELLED")
+    event = parse_stripe(stripe_payment_succeeded(order_id, 129900))
+    with pytest.raises(WebhookEventError) as info:
+        await processor.apply(event)
+    message = str(info.value)
+    assert event.event_id in message and order_id in message and "not applied" in message
+    assert "1299.00 INR" in message
+    row = event_row(engine, "stripe", event.event_id)
+    assert row.status == "UNAPPLIED" and row.payment_id == event.payment_id
+    report = reconcile(engine, window_hours=1)
+    [found] = [m for m in report["mismatches"] if m["order_id"] == order_id]
+    assert found["kind"] == "payment_not_applied" and found["payment_id"] == event.payment_id
+
+    # once the operator refunds it at the gateway, reconciliation is satisfied
+    refund = parse_stripe(stripe_charge_refunded(event.payment_id, 129900))
+    assert (await processor.apply(refund))["order_id"] == order_id
+    report = reconcile(engine, window_hours=1)
+    assert not [m for m in report["mismatches"] if m["order_id"] == order_id]
+
+
+async def test_payment_failed_starts_the_retries_once(
+    processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue
+) -> None:
+    order_id = await place(orders, catalogue)
+    first = parse_stripe(
+        stripe_payment_failed(order_id, 129900, payment_intent_id=f"pi_{order_id}")
+    )
+    again = parse_stripe(
+        stripe_payment_failed(order_id, 129900, payment_intent_id=f"pi_{order_id}")
+    )
+    assert (await processor.apply(first))["status"] == "applied"
+    assert (await processor.apply(again))["status"] == "applied"
+
+    async def one_failure() -> bool:
+        state = await orders.status(order_id)
+        return state.failed_payments == 1 and state.status != "PENDING_PAYMENT"
+
+    await eventually(one_failure)
+    state = await orders.status(order_id)
+    assert "Your card was declined." in " ".join(h.note for h in state.history)
+
+
+async def test_temporal_unreachable_is_a_retryable_failure(
+    settings: Settings, engine: Engine, orders: OrderClient, catalogue: Catalogue
+) -> None:
+    dead = await Client.connect(
+        f"127.0.0.1:{embedded.free_port()}", lazy=True, retry_config=RetryConfig(max_retries=0)
+    )
+    order_id = await place(orders, catalogue)
+    event = parse_stripe(stripe_payment_succeeded(order_id, 129900))
+    with pytest.raises(Exception) as info:
+        await WebhookProcessor(OrderClient(dead, settings, engine), engine).apply(event)
+    assert not isinstance(info.value, UnrecoverableError)
+    assert event_row(engine, "stripe", event.event_id).status == "RECEIVED"
+    # the retry, with Temporal back, applies it
+    assert (await WebhookProcessor(orders, engine).apply(event))["status"] == "applied"
+    await wait_status(orders, order_id, "CONFIRMED")
+
+
+async def test_worker_dead_letters_unrecoverable_and_retries_transient(
+    settings: Settings, engine: Engine, orders: OrderClient, redis_url: str
+) -> None:
+    spec = webhook_test_spec(settings, attempts=3, backoff={"type": "fixed", "delay": 10})
+    producer = QueueProducer.connect(spec, redis_url)
+    unknown = parse_stripe(stripe_payment_succeeded("nobody", 500, event_id="evt_dlq_unknown"))
+    await producer.add(unknown.job_name, unknown.to_job(), {"jobId": unknown.job_id})
+    await producer.add("stripe-webhook", {"provider": "stripe"}, {"jobId": "bad-shape"})
+    await producer.add("mystery-job", {}, {"jobId": "bad-name"})
+    client = RedisClient(redis_url)
+    dlq = DeadLetterQueue(spec, client)
+    async with running(spec, build_webhook_processor(settings, orders, engine), redis_url):
+        await eventually(lambda: _dlq_has(dlq, 3))
+    entries = {e.id: e for e in await dlq.list()}
+    assert entries["stripe-evt_dlq_unknown"].attempts_made == 1  # no retries for it
+    assert entries["stripe-evt_dlq_unknown"].unrecoverable
+    assert "evt_dlq_unknown" in entries["stripe-evt_dlq_unknown"].failed_reason
+    assert "nobody" in entries["stripe-evt_dlq_unknown"].failed_reason
+    assert "malformed job 'bad-shape'" in entries["bad-shape"].failed_reason
+    assert "unknown job name" in entries["bad-name"].failed_reason
+
+    dead = await Client.connect(
+        f"127.0.0.1:{embedded.free_port()}", lazy=True, retry_config=RetryConfig(max_retries=0)
+    )
+    transient = parse_stripe(stripe_payment_succeeded("whoever", 500, event_id="evt_transient"))
+    await producer.add(transient.job_name, transient.to_job(), {"jobId": transient.job_id})
+    unreachable = WebhookProcessor(OrderClient(dead, settings, engine), engine, queue=spec.name)
+    async with running(spec, unreachable, redis_url):
+        await eventually(lambda: _dlq_has(dlq, 4))
+    entry = next(e for e in await dlq.list() if e.id == "stripe-evt_transient")
+    assert entry.attempts_made == 3 and not entry.unrecoverable
+    await producer.close()
+    await client.close()
+
+
+async def test_reconciliation_job_returns_the_mismatches(
+    settings: Settings, engine: Engine, orders: OrderClient, redis_url: str
+) -> None:
+    processor = WebhookProcessor(orders, engine)
+    orphan = parse_stripe(stripe_payment_succeeded("ghost-order", 4200))
+    with pytest.raises(WebhookEventError):
+        await processor.apply(orphan)
+    spec = webhook_test_spec(settings)
+    producer = QueueProducer.connect(spec, redis_url)
+    job_id = await enqueue_reconciliation(producer, window_hours=1, job_id="recon-1")
+    async with running(spec, build_webhook_processor(settings, orders, engine), redis_url):
+        await eventually(lambda: _completed(spec, redis_url, 1))
+    queue = bull_queue(spec, redis_url)
+    job = await queue.getJob(job_id)
+    await queue.close()
+    await producer.close()
+    report = job.returnvalue
+    assert report["checked_events"] >= 1
+    [found] = [m for m in report["mismatches"] if m["payment_id"] == orphan.payment_id]
+    assert found["kind"] == "payment_not_applied" and "ghost-order" in found["detail"]
+
+
+# ---- end to end: HTTP → queue → worker → workflow → email-queue → SMTP ---------------------
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[SmtpSink]:
+    server = SmtpSink(tmp_path / "mail", "127.0.0.1", embedded.free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def system(
+    settings: Settings, sink: SmtpSink, orders: OrderClient, engine: Engine, redis_url: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, QueueSpec, Settings]]:
+    """The HTTP app and the bridge workers (email + webhooks), on the session's workflows."""
+    mail_settings = settings.model_copy(update={"smtp_host": sink.host, "smtp_port": sink.port})
+    spec = webhook_test_spec(mail_settings)
+    # the workflows' notification activity enqueues on the session's real email-queue
+    specs = {EMAIL_QUEUE: email_spec(mail_settings), spec.name: spec}
+    processors = {spec.name: build_webhook_processor(mail_settings, orders, engine)}
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_bridge_workers(mail_settings, stop, processors, specs=specs))
+    producer = QueueProducer.connect(spec, redis_url)
+    transport = httpx.ASGITransport(app=create_app(mail_settings, producer))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http, spec, mail_settings
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    await producer.close()
+
+
+async def test_signed_stripe_webhook_confirms_the_order_and_mails_once(
+    system: tuple[httpx.AsyncClient, QueueSpec, Settings],
+    sink: SmtpSink,
+    orders: OrderClient,
+    catalogue: Catalogue,
+    engine: Engine,
+    redis_url: str,
+) -> None:
+    http, spec, settings = system
+    order_id = await place(orders, catalogue, price=1299.0)
+    body = stripe_payment_succeeded(order_id, 129900, event_id=f"evt_e2e_{order_id}")
+    for _ in range(5):  # Stripe redelivers; each delivery is signed afresh
+        response = await http.post(
+            "/webhooks/stripe", content=body, headers=signed_headers("stripe", body, settings)
+        )
+        assert response.status_code == 200, response.text
+    await wait_status(orders, order_id, "CONFIRMED")
+    [mail] = await sink.store.wait_for(1, within=20, to=f"{order_id}@example.com")
+    assert order_id in mail.subject and "Order Confirmed" in mail.subject
+    assert order_id in mail.text and "1299.00" in mail.text
+    await asyncio.sleep(1.0)  # room for any duplicate to show up
+    delivered = [m for m in sink.store.deliveries() if f"{order_id}@example.com" in m.to]
+    assert len(delivered) == 1
+    assert payments(engine, order_id) == [("capture", "succeeded", 1299.0)]
+    assert (await counts(spec, redis_url))["completed"] == 1
+    with Session(engine) as session:
+        rows = session.exec(select(Payment).where(Payment.order_id == order_id)).all()
+    assert len(rows) == 1
+
+
+async def _dlq_has(dlq: DeadLetterQueue, n: int) -> bool:
+    return await dlq.count() >= n
+
+
+async def _completed(spec: QueueSpec, redis_url: str, n: int) -> bool:
+    return (await counts(spec, redis_url)).get("completed", 0) >= n
