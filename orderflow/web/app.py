@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import uvicorn
 from fastapi import FastAPI
 
 from orderflow.settings import Settings
@@ -20,3 +24,20 @@ def create_app(settings: Settings, webhook_queue: JobQueue) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn that leaves SIGINT/SIGTERM to the process it runs in (set `should_exit` to stop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn 0.29+ installs its own handlers here; the runner owns the signals instead."""
+        yield
+
+
+def http_server(settings: Settings, app: FastAPI) -> uvicorn.Server:
+    """A server for `app` on settings.http_host:http_port, to run with `await server.serve()`."""
+    config = uvicorn.Config(
+        app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False
+    )
+    return EmbeddedServer(config)
