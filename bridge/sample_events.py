@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 
@@ -150,3 +151,18 @@ def razorpay_refund_processed(payment_id: str, amount_minor: int, *, order_id: s
 
 def _dump(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
+
+
+def sample_event(provider: str, order_id: str, amount: float, *, outcome: str = "paid") -> bytes:
+    """A sample body for the CLI and README: `outcome` paid or failed, `amount` in rupees."""
+    minor = round(amount * 100)
+    makers: dict[tuple[str, str], Callable[[str, int], bytes]] = {
+        ("stripe", "paid"): stripe_payment_succeeded,
+        ("stripe", "failed"): stripe_payment_failed,
+        ("razorpay", "paid"): razorpay_payment_captured,
+        ("razorpay", "failed"): razorpay_payment_failed,
+    }
+    make = makers.get((provider, outcome))
+    if make is None:
+        raise ValueError(f"no sample for provider {provider!r} and outcome {outcome!r}")
+    return make(order_id, minor)

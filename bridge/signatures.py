@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import shlex
+import sys
 import time
+from pathlib import Path
 
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
@@ -142,3 +145,37 @@ def signed_headers(
     raise OrderflowError(
         f"unknown webhook provider {provider!r}: expected one of {', '.join(PROVIDERS)}"
     )
+
+
+def curl_command(
+    provider: str,
+    body_file: str | Path,
+    settings: Settings,
+    *,
+    url: str = "",
+    timestamp: int | None = None,
+    event_id: str | None = None,
+) -> str:
+    """A curl command that posts `body_file` to the app, signed now (Stripe allows 300 s)."""
+    payload = Path(body_file).read_bytes()
+    url = url or f"http://{settings.http_host}:{settings.http_port}/webhooks/{provider}"
+    headers = signed_headers(provider, payload, settings, timestamp=timestamp, event_id=event_id)
+    parts = ["curl", "-sS", "-X", "POST", shlex.quote(url)]
+    for name, value in headers.items():
+        parts += ["-H", shlex.quote(f"{name}: {value}")]
+    parts += ["--data-binary", shlex.quote(f"@{body_file}")]
+    return " ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bridge.signatures stripe|razorpay BODY_FILE [URL]`: print a signed curl command."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (2, 3) or args[0] not in PROVIDERS:
+        raise SystemExit("usage: python -m bridge.signatures stripe|razorpay BODY_FILE [URL]")
+    print(
+        curl_command(args[0], args[1], Settings.from_env(), url=args[2] if len(args) == 3 else "")
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from bullmq import Queue
 
-from bridge.signatures import sign_razorpay, sign_stripe, signed_headers
+from bridge.sample_events import sample_event
+from bridge.signatures import curl_command, sign_razorpay, sign_stripe, signed_headers
+from orderflow import embedded
 from orderflow.settings import Settings
-from orderflow.web.app import create_app
+from orderflow.web.app import create_app, http_server
 
 STRIPE_SECRET = "whsec_ingress_test"
 RAZORPAY_SECRET = "rzp_ingress_test"
@@ -242,3 +247,27 @@ async def test_queue_down_is_503_so_the_gateway_redelivers(settings: Settings) -
 async def test_healthz(http: httpx.AsyncClient) -> None:
     response = await http.get("/healthz")
     assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+async def test_curl_command_posts_a_signed_webhook_to_the_running_app(
+    settings: Settings, queue: Queue, tmp_path: Path
+) -> None:
+    settings.http_port = embedded.free_port()
+    server = http_server(settings, create_app(settings, queue))
+    task = asyncio.create_task(server.serve())
+    try:
+        await asyncio.to_thread(embedded.wait_for_port, "127.0.0.1", settings.http_port, 10)
+        for provider in ("stripe", "razorpay"):
+            body = tmp_path / f"{provider}.json"
+            body.write_bytes(sample_event(provider, "o-curl", 1299.0))
+            command = curl_command(provider, body, settings, event_id="evt_curl_rzp")
+            done = await asyncio.to_thread(
+                subprocess.run, command, shell=True, capture_output=True, text=True, check=True
+            )
+            assert json.loads(done.stdout)["status"] == "accepted", done.stdout
+        jobs = await queue.getJobs(["waiting"])
+        assert sorted(j.data["amount_minor"] for j in jobs) == [129900, 129900]
+        assert {j.data["provider"] for j in jobs} == {"stripe", "razorpay"}
+    finally:
+        server.should_exit = True
+        await task
