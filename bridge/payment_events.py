@@ -33,6 +33,7 @@ RAZORPAY_KINDS = {
     "payment.failed": EventKind.PAYMENT_FAILED,
     "refund.processed": EventKind.REFUND,
 }
+REASON_CHARS = 500  # a decline message is a sentence; keep job data small whatever is sent
 RISKY_STRIPE_LEVELS = (
     "elevated",
     "highest",
@@ -143,12 +144,12 @@ def parse_stripe(body: bytes) -> GatewayEvent:
     if etype.startswith("payment_intent."):
         parsed.payment_id = _str(obj.get("id"))
         parsed.amount_minor = obj.get("amount_received", obj.get("amount"))
-        parsed.reason = _str(_obj(obj.get("last_payment_error")).get("message"))
+        parsed.reason = _str(_obj(obj.get("last_payment_error")).get("message"))[:REASON_CHARS]
     elif etype.startswith("charge."):
         # a charge belongs to a PaymentIntent: one payment id for charge.* and payment_intent.*
         parsed.payment_id = _str(obj.get("payment_intent")) or _str(obj.get("id"))
         parsed.amount_minor = obj.get("amount_captured", obj.get("amount"))
-        parsed.reason = _str(obj.get("failure_message"))
+        parsed.reason = _str(obj.get("failure_message"))[:REASON_CHARS]
         parsed.flagged = _obj(obj.get("outcome")).get("risk_level") in RISKY_STRIPE_LEVELS
     if kind is EventKind.REFUND:
         refunds = _obj(obj.get("refunds")).get("data")
@@ -192,7 +193,7 @@ def parse_razorpay(body: bytes, event_id_header: str | None = None) -> GatewayEv
         payment_id=_str(refund.get("payment_id")) if refund else _str(payment.get("id")),
         amount_minor=entity.get("amount"),
         currency=_str(entity.get("currency")).upper(),
-        reason=_str(payment.get("error_description")),
+        reason=_str(payment.get("error_description"))[:REASON_CHARS],
         refund_id=_str(refund.get("id")),
     )
 

@@ -50,6 +50,17 @@ class WebhookEventError(UnrecoverableError, OrderflowError):
         self.status = status  # how the event is recorded: REJECTED, or UNAPPLIED for money
 
 
+class OrderNotYetKnownError(OrderflowError):
+    """A charge event came before any event that names its order; retried, then dead-lettered."""
+
+    def __init__(self, event: GatewayEvent) -> None:
+        super().__init__(
+            f"{event.provider} event {event.event_id} ({event.type}): payment {event.payment_id}"
+            " has no order_id and no earlier event names its order; retrying"
+        )
+        self.event_id = event.event_id
+
+
 class Orders(Protocol):
     """The part of OrderClient the worker uses."""
 
@@ -110,6 +121,11 @@ class WebhookProcessor:
         row = await asyncio.to_thread(self._record, event)
         if row.status in (EventStatus.APPLIED, EventStatus.IGNORED):
             return {"event_id": event.event_id, "status": "duplicate", "order_id": row.order_id}
+        if not event.order_id and event.payment_id:
+            event.order_id = await asyncio.to_thread(self._order_of, event)
+        if not event.order_id and event.type.startswith("charge."):
+            # Stripe's charge events may lack the PaymentIntent's metadata; its own event names it
+            raise OrderNotYetKnownError(event)
         try:
             check_event(event)
             handler = self._handlers()[event.kind]
@@ -226,12 +242,11 @@ class WebhookProcessor:
         amount = to_major_units(_minor_amount(event), event.currency)
         refund_id = event.refund_id or f"{event.payment_id}-refund-{event.event_id}"
         with Session(self.engine) as session:
-            order_id = event.order_id or self._order_of_payment(session, event)
+            order_id = event.order_id
             if not order_id:
                 raise WebhookEventError(
                     event, f"refund {refund_id} of payment {event.payment_id}: no order known"
                 )
-            event.order_id = order_id
             exists = session.exec(
                 select(Payment).where(
                     Payment.provider == event.provider, Payment.payment_id == refund_id
@@ -255,9 +270,13 @@ class WebhookProcessor:
                     session.rollback()
         return EventStatus.APPLIED, f"refund {refund_id} of {amount:.2f} {event.currency} recorded"
 
+    def _order_of(self, event: GatewayEvent) -> str:
+        """The order a gateway payment id belongs to, from the payments or earlier events."""
+        with Session(self.engine) as session:
+            return self._order_of_payment(session, event)
+
     @staticmethod
     def _order_of_payment(session: Session, event: GatewayEvent) -> str:
-        """The order a gateway payment id belongs to, from the payments or earlier events."""
         capture = session.exec(
             select(Payment.order_id).where(
                 Payment.provider == event.provider, Payment.payment_id == event.payment_id

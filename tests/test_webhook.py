@@ -32,7 +32,7 @@ from bridge.sample_events import (
 )
 from bridge.signatures import signed_headers
 from bridge.specs import EMAIL_QUEUE, QueueSpec, email_spec, webhook_spec
-from bridge.webhook import WebhookEventError, WebhookProcessor
+from bridge.webhook import OrderNotYetKnownError, WebhookEventError, WebhookProcessor
 from orderflow import embedded
 from orderflow.client import OrderClient
 from orderflow.db import Payment, WebhookEvent
@@ -356,3 +356,25 @@ async def _dlq_has(dlq: DeadLetterQueue, n: int) -> bool:
 
 async def _completed(spec: QueueSpec, redis_url: str, n: int) -> bool:
     return (await counts(spec, redis_url)).get("completed", 0) >= n
+
+
+async def test_charge_without_metadata_waits_for_its_payment_intent(
+    processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue, engine: Engine
+) -> None:
+    order_id = await place(orders, catalogue)
+    pi = f"pi_{order_id}"
+    charge = {"id": f"ch_{order_id}", "object": "charge", "amount": 129900, "currency": "inr"}
+    early = parse_stripe(
+        json.dumps(stripe_event("charge.succeeded", {**charge, "payment_intent": pi})).encode()
+    )
+    with pytest.raises(OrderNotYetKnownError, match=f"payment {pi} has no order_id") as info:
+        await processor.apply(early)
+    assert not isinstance(info.value, UnrecoverableError)  # retried: the PI event names the order
+    await processor.apply(
+        parse_stripe(stripe_payment_succeeded(order_id, 129900, payment_intent_id=pi))
+    )
+    await wait_status(orders, order_id, "CONFIRMED")
+    result = await processor.apply(early)
+    assert result["status"] == "applied" and result["order_id"] == order_id
+    assert event_row(engine, "stripe", early.event_id).order_id == order_id
+    assert payments(engine, order_id) == [("capture", "succeeded", 1299.0)]
