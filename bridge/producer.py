@@ -61,6 +61,7 @@ class QueueProducer:
         self.client = client
         self.keys = Keys(spec.prefix, spec.name)
         self.guard = PayloadGuard(spec.name, spec.max_payload_bytes)
+        self._loaded = False
         k = self.keys
         self._standard = (
             bullmq_script("addStandardJob-9.lua"),
@@ -127,13 +128,25 @@ class QueueProducer:
             else:
                 commands.append(self._command(job["name"], job["data"], job.get("opts")))
         self._scripts()
-        await self.client.load_scripts()
+        if not self._loaded:  # EVALSHA inside MULTI cannot fall back to loading the script
+            await self.client.load_scripts()
+            self._loaded = True
         replies = await self.client.transaction(commands)
+        missing = [i for i, r in enumerate(replies) if _noscript(r)]
+        if missing:  # Redis lost its script cache (SCRIPT FLUSH): those adds did not happen
+            await self.client.load_scripts()
+            retried = await self.client.transaction([commands[i] for i in missing])
+            for i, reply in zip(missing, retried, strict=True):
+                replies[i] = reply
         return [_job_id(reply, "addBulk") for reply in replies]
 
     async def close(self) -> None:
         """Close the producer's connection."""
         await self.client.close()
+
+
+def _noscript(reply: Any) -> bool:
+    return isinstance(reply, RedisReplyError) and str(reply).startswith("NOSCRIPT")
 
 
 def _job_id(result: Any, name: str) -> str:

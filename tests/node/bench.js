@@ -19,18 +19,20 @@ async function main() {
   const enqueue = total / (Number(process.hrtime.bigint() - t0) / 1e9);
   let processed = 0;
   let worker;
+  const workerConnection = connect(url);
   t0 = process.hrtime.bigint();
   await new Promise((resolve) => {
     worker = new Worker(queueName, async () => {
       processed += 1;
       if (processed === total) resolve();
-    }, { connection: connect(url), prefix, concurrency: Number(concurrency) });
+    }, { connection: workerConnection, prefix, concurrency: Number(concurrency) });
   });
   const proc = total / (Number(process.hrtime.bigint() - t0) / 1e9);
   await worker.close();
   await queue.obliterate({ force: true });
   await queue.close();
   await connection.quit();
+  await workerConnection.quit();
   console.log(JSON.stringify({ enqueue, process: proc }));
 }
 
