@@ -9,8 +9,6 @@ import subprocess
 from contextlib import AsyncExitStack
 from urllib.parse import urlparse
 
-import uvicorn
-
 from bridge.producer import producer_for
 from bridge.specs import EMAIL_QUEUE, WEBHOOK_QUEUE
 from orderflow import catalogue, embedded
@@ -20,9 +18,10 @@ from orderflow.schedules import ensure_schedules
 from orderflow.settings import Settings
 from orderflow.smtp_sink import start_smtp_sink, stop_smtp_sink
 from orderflow.temporal import connect
-from orderflow.web.app import create_app
+from orderflow.web.app import create_app, http_server
 from workers.bridge import run_bridge_workers
 from workers.temporal import Dependencies, build_workers
+from workers.webhooks import webhook_processors
 
 log = logging.getLogger("orderflow")
 
@@ -90,17 +89,9 @@ async def run(settings: Settings) -> None:
             client, settings, Dependencies.from_settings(settings, engine, email_queue)
         )
         order_client = OrderClient(client, settings, engine)
-        processors = bridge_processors(settings, order_client, engine)
+        processors = webhook_processors(settings, order_client, engine)
 
-        http = uvicorn.Server(
-            uvicorn.Config(
-                create_app(settings, webhook_queue),
-                host=settings.http_host,
-                port=settings.http_port,
-                log_level="warning",
-            )
-        )
-        http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        http = http_server(settings, create_app(settings, webhook_queue))
         tasks = [asyncio.create_task(w.run(), name=f"worker-{w.task_queue}") for w in workers]
         tasks.append(
             asyncio.create_task(run_bridge_workers(settings, stop, processors), name="bridge")
@@ -125,8 +116,3 @@ async def run(settings: Settings) -> None:
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
         await asyncio.gather(*tasks, return_exceptions=True)
     log.info("stopped")
-
-
-def bridge_processors(settings: Settings, orders: OrderClient, engine: object) -> dict:  # type: ignore[type-arg]
-    """The bridge's processors beyond the email worker's default (the webhook worker)."""
-    return {}

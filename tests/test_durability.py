@@ -62,7 +62,7 @@ async def test_order_survives_a_worker_restart(
         assert stock(engine, skus["vase"]) == (2, 1)
         assert (
             await handle.describe()
-        ).run_id == handle.run_id  # the same run, finished by the new worker
+        ).run_id == handle.first_execution_run_id  # one run, finished by the new worker
     finally:
         await second.shutdown()
         await running

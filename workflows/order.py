@@ -111,8 +111,8 @@ class OrderWorkflow:
             OrderActivities.confirm_order, ConfirmInput(order.order_id, self._payment)
         )
         self._set(OrderStatus.CONFIRMED, f"invoice {confirmed.invoice_number}")
-        await self._sync_erp()
-        await self._notify(NotificationKind.CONFIRMATION)
+        # independent of each other: one workflow task schedules both
+        await asyncio.gather(self._sync_erp(), self._notify(NotificationKind.CONFIRMATION))
 
         await workflow.wait_condition(
             lambda: self._shipment is not None or self._cancel is not None

@@ -1,0 +1,156 @@
+"""End-to-end orders/s (start → pay → CONFIRMED) against no-op workflows/s on the same server.
+
+Starts its own file-backed Temporal dev server (as `orderflow run` does), a redis-server and a
+SQLite database in a temporary folder, runs the real workers in this process, and prints both
+rates and their ratio. Usage: python bench/orders.py [--orders N] [--in-flight C] [--memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+from sqlmodel import Session, col, func, select
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.noop_workflow import NoopWorkflow
+from bridge.producer import producer_for
+from bridge.specs import EMAIL_QUEUE
+from orderflow import embedded
+from orderflow.client import OrderClient
+from orderflow.contracts.order import PaymentReceived
+from orderflow.db import Order, Product, make_engine
+from orderflow.settings import Settings
+from workers.temporal import Dependencies, build_workers
+
+NOOP_QUEUE = "bench-noop"
+
+
+async def bounded(n: int, in_flight: int, one: object) -> float:
+    """Run `one(i)` for i < n with at most `in_flight` at a time; returns the seconds taken."""
+    sem = asyncio.Semaphore(in_flight)
+
+    async def slot(i: int) -> None:
+        async with sem:
+            await one(i)  # type: ignore[operator]
+
+    started = time.perf_counter()
+    await asyncio.gather(*(slot(i) for i in range(n)))
+    return time.perf_counter() - started
+
+
+async def main() -> None:
+    """Run the no-op baseline and the orders on one server; print rates and the ratio."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--orders", type=int, default=300)
+    parser.add_argument("--in-flight", type=int, default=50)
+    parser.add_argument(
+        "--memory", action="store_true", help="in-memory dev server instead of file-backed"
+    )
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="orderflow-bench-"))
+    port = embedded.free_port()
+    temporal = embedded.start_temporal(
+        port=port,
+        ui_port=None,
+        db_file=None if args.memory else tmp / "temporal.db",
+        log=tmp / "temporal.log",
+    )
+    redis_url = f"redis://127.0.0.1:{embedded.free_port()}/0"
+    redis = embedded.start_redis(url=redis_url, data_dir=tmp / "redis", log=tmp / "redis.log")
+    try:
+        settings = Settings(data_dir=tmp, redis_url=redis_url, temporal_address=f"127.0.0.1:{port}")
+        engine = make_engine(settings.db_url)
+        sku = "BENCH-SKU"
+        with Session(engine) as session:
+            session.add(
+                Product(sku=sku, name="bench", price=100.0, on_hand=10 * args.orders + 1000)
+            )
+            session.commit()
+        client = await Client.connect(settings.temporal_address)
+        email_queue = producer_for(settings, EMAIL_QUEUE)
+        workers = build_workers(
+            client, settings, Dependencies.from_settings(settings, engine, email_queue)
+        )
+        workers.append(Worker(client, task_queue=NOOP_QUEUE, workflows=[NoopWorkflow]))
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        orders = OrderClient(client, settings, engine)
+
+        async def noop(i: int) -> None:
+            await client.execute_workflow(
+                NoopWorkflow.run, id=f"noop-{uuid.uuid4().hex}", task_queue=NOOP_QUEUE
+            )
+
+        latencies: list[float] = []
+        run_tag = uuid.uuid4().hex[:6]
+
+        counter = iter(range(10**9))
+
+        async def order(_: int) -> None:
+            oid = f"bench-{run_tag}-{next(counter)}"
+            t0 = time.perf_counter()
+            await orders.start_order(oid, "bench", "bench@example.com", [(sku, 1)])
+            ack = await orders.payment_received(
+                oid, PaymentReceived(payment_id=f"pay-{oid}", amount=100.0)
+            )
+            assert ack.accepted, ack.reason
+            while True:
+                with Session(engine) as session:
+                    row = session.get(Order, oid)
+                    if row is not None and row.status == "CONFIRMED":
+                        break
+                await asyncio.sleep(0.02)
+            latencies.append(time.perf_counter() - t0)
+
+        await bounded(20, 10, noop)  # warm up both paths
+        await bounded(10, 10, order)
+        latencies.clear()
+        noop_s = await bounded(args.orders, args.in_flight, noop)
+        order_s = await bounded(args.orders, args.in_flight, order)
+        with Session(engine) as session:
+            confirmed = session.exec(
+                select(func.count()).where(
+                    col(Order.id).like(f"bench-{run_tag}-%"), col(Order.status) == "CONFIRMED"
+                )
+            ).one()
+        assert confirmed == args.orders + 10, confirmed
+        serial = []
+        for i in range(10):  # latency at low concurrency: queueing excluded (Little's law)
+            latencies.clear()
+            await order(i)
+            serial.append(latencies[0])
+
+        noop_rate, order_rate = args.orders / noop_s, args.orders / order_s
+        server = "in-memory" if args.memory else "file-backed (SQLite, WAL)"
+        print(f"server: {server}; {args.orders} each, {args.in_flight} in flight")
+        print(f"no-op workflows/s:       {noop_rate:8.1f}")
+        print(f"orders/s (start→pay→CONFIRMED): {order_rate:8.1f}")
+        print(f"ratio orders/no-op:      {order_rate / noop_rate:8.2f}  (target ≥ 0.33)")
+        print(
+            f"order latency, one at a time: p50 {statistics.median(serial) * 1000:.0f} ms, max {max(serial) * 1000:.0f} ms"
+        )
+        for w in workers:
+            await w.shutdown()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await email_queue.close()
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        embedded.stop(temporal)
+        embedded.stop(redis)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
