@@ -34,18 +34,32 @@ def redis_binary() -> str:
     return found
 
 
-def wait_for_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None
+) -> None:
     """Block until something accepts TCP connections on host:port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise OrderflowError(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
+            raise OrderflowError(
+                f"{proc.args[0]} exited with {proc.returncode} before listening on {port}"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
     raise OrderflowError(f"nothing listened on {host}:{port} within {timeout:.0f}s")
+
+
+def ensure_port_free(port: int, what: str, setting: str) -> None:
+    """Refuse to start a server on a port something else already listens on."""
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            raise OrderflowError(
+                f"port {port} is already in use, so the embedded {what} cannot start there: "
+                f"stop that process, or set {setting}=false to use the server already running"
+            )
 
 
 def temporal_dev_server_args(
@@ -67,8 +81,11 @@ def temporal_dev_server_args(
     return [*args, *extra]
 
 
-def start_temporal(*, port: int, ui_port: int | None, db_file: Path | None, log: Path) -> subprocess.Popen:
+def start_temporal(
+    *, port: int, ui_port: int | None, db_file: Path | None, log: Path
+) -> subprocess.Popen:
     """Start the Temporal dev server and wait until its frontend listens."""
+    ensure_port_free(port, "Temporal dev server", "ORDERFLOW_EMBEDDED_TEMPORAL")
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         temporal_dev_server_args(port=port, ui_port=ui_port, db_file=db_file),
@@ -98,6 +115,7 @@ def redis_server_args(*, port: int, data_dir: Path) -> list[str]:
 def start_redis(*, url: str, data_dir: Path, log: Path) -> subprocess.Popen:
     """Start redis-server for the port in `url` and wait until it listens."""
     port = urlparse(url).port or 6379
+    ensure_port_free(port, "redis-server", "ORDERFLOW_EMBEDDED_REDIS")
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         redis_server_args(port=port, data_dir=data_dir),
