@@ -86,14 +86,23 @@ def _text(data: Any, indent: str = "") -> str:
 
 
 @app.command()
-def run() -> None:
-    """Run the whole system on the embedded engine (or external servers, per settings)."""
+def run(
+    part: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--part", "-p", help="Run only these parts: workflows, bridge, http (repeatable)"
+        ),
+    ] = None,
+) -> None:
+    """Run the system: embedded servers (unless switched off) plus workers and the HTTP app."""
+    from orderflow.runner import PARTS
     from orderflow.runner import run as run_system
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(run_system(Settings.from_env()))
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every connection
+    _run(run_system)(Settings.from_env(), part or PARTS)
 
 
 @app.command()

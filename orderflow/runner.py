@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import subprocess
+from collections.abc import Collection
 from contextlib import AsyncExitStack
 from urllib.parse import urlparse
 
@@ -14,6 +15,7 @@ from bridge.specs import EMAIL_QUEUE, WEBHOOK_QUEUE
 from orderflow import catalogue, embedded
 from orderflow.client import OrderClient
 from orderflow.db import make_engine
+from orderflow.errors import OrderflowError
 from orderflow.schedules import ensure_schedules
 from orderflow.settings import Settings
 from orderflow.smtp_sink import start_smtp_sink, stop_smtp_sink
@@ -56,8 +58,17 @@ def start_servers(settings: Settings, stack: AsyncExitStack) -> None:
         stack.callback(embedded.stop, proc)
 
 
-async def run(settings: Settings) -> None:
-    """Bring every part up, wait for a stop signal, shut down gracefully in reverse order."""
+PARTS = ("workflows", "bridge", "http")  # Temporal workers + schedules, bridge workers, HTTP app
+
+
+async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
+    """Bring the parts up, wait for a stop signal, shut down gracefully in reverse order.
+
+    On the distributed engine each host runs the parts it should (e.g. only "bridge"),
+    with the embedded servers switched off in the settings.
+    """
+    if unknown := set(parts) - set(PARTS):
+        raise OrderflowError(f"unknown part(s) {sorted(unknown)}: choose from {', '.join(PARTS)}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -79,7 +90,8 @@ async def run(settings: Settings) -> None:
         if added := catalogue.seed(engine):
             log.info("seeded %d starter products", added)
         client = await connect(settings)
-        log.info("schedules: %s", ", ".join(await ensure_schedules(client, settings)))
+        if "workflows" in parts:
+            log.info("schedules: %s", ", ".join(await ensure_schedules(client, settings)))
 
         email_queue = producer_for(settings, EMAIL_QUEUE)
         webhook_queue = producer_for(settings, WEBHOOK_QUEUE)
@@ -92,15 +104,21 @@ async def run(settings: Settings) -> None:
         processors = webhook_processors(settings, order_client, engine)
 
         http = http_server(settings, create_app(settings, webhook_queue))
+        if "workflows" not in parts:
+            workers = []
         tasks = [asyncio.create_task(w.run(), name=f"worker-{w.task_queue}") for w in workers]
-        tasks.append(
-            asyncio.create_task(run_bridge_workers(settings, stop, processors), name="bridge")
-        )
-        tasks.append(asyncio.create_task(http.serve(), name="http"))
-        log.info(
-            "HTTP app on http://%s:%d (webhooks, health)", settings.http_host, settings.http_port
-        )
-        log.info("orderflow is up; Ctrl-C to stop")
+        if "bridge" in parts:
+            tasks.append(
+                asyncio.create_task(run_bridge_workers(settings, stop, processors), name="bridge")
+            )
+        if "http" in parts:
+            tasks.append(asyncio.create_task(http.serve(), name="http"))
+            log.info(
+                "HTTP app on http://%s:%d (webhooks, health)",
+                settings.http_host,
+                settings.http_port,
+            )
+        log.info("orderflow is up (%s); Ctrl-C to stop", ", ".join(parts))
 
         done, _ = await asyncio.wait(
             [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
