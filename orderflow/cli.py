@@ -299,3 +299,46 @@ def gateway_script(
         f"order {order_id}: first {fail_captures} captures declined"
         + (" (all declined)" if decline_all else "")
     )
+
+
+webhooks_app = typer.Typer(
+    help="Make signed gateway webhooks for local testing.", no_args_is_help=True
+)
+app.add_typer(webhooks_app, name="webhooks")
+
+
+@webhooks_app.command("sample")
+@_run
+async def webhooks_sample(
+    provider: Annotated[str, typer.Argument(help="stripe or razorpay")],
+    order_id: str,
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Where to write the event body")
+    ] = "webhook.json",
+    amount: Annotated[float | None, typer.Option(help="Amount (default: the order total)")] = None,
+    failed: Annotated[
+        bool, typer.Option(help="A payment-failed event instead of a capture")
+    ] = False,
+) -> None:
+    """Write a gateway-shaped event for an order and print the signed curl command that posts it."""
+    from pathlib import Path
+
+    from bridge.sample_events import sample_event
+    from bridge.signatures import curl_command
+
+    total = amount if amount is not None else (await (await _client()).status(order_id)).total
+    body = sample_event(provider, order_id, total, outcome="failed" if failed else "paid")
+    await asyncio.to_thread(Path(out).write_bytes, body)
+    typer.echo(curl_command(provider, out, Settings.from_env()))
+
+
+@webhooks_app.command("sign")
+def webhooks_sign(
+    provider: Annotated[str, typer.Argument(help="stripe or razorpay")],
+    body_file: str,
+    url: Annotated[str, typer.Option(help="Post somewhere else than the local HTTP app")] = "",
+) -> None:
+    """Print a curl command that posts BODY_FILE signed with the configured webhook secret."""
+    from bridge.signatures import curl_command
+
+    typer.echo(curl_command(provider, body_file, Settings.from_env(), url=url))
