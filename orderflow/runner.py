@@ -97,15 +97,17 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
         webhook_queue = producer_for(settings, WEBHOOK_QUEUE)
         stack.push_async_callback(email_queue.close)
         stack.push_async_callback(webhook_queue.close)
-        workers = build_workers(
-            client, settings, Dependencies.from_settings(settings, engine, email_queue)
+        workers = (
+            build_workers(
+                client, settings, Dependencies.from_settings(settings, engine, email_queue)
+            )
+            if "workflows" in parts
+            else []
         )
         order_client = OrderClient(client, settings, engine)
         processors = webhook_processors(settings, order_client, engine)
 
         http = http_server(settings, create_app(settings, webhook_queue))
-        if "workflows" not in parts:
-            workers = []
         tasks = [asyncio.create_task(w.run(), name=f"worker-{w.task_queue}") for w in workers]
         if "bridge" in parts:
             tasks.append(

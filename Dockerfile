@@ -1,0 +1,18 @@
+# One image for every orderflow process; the command picks the part (see docker-compose.yml).
+FROM python:3.11-slim
+RUN pip install --no-cache-dir uv
+WORKDIR /app
+COPY pyproject.toml uv.lock README.md ./
+COPY orderflow orderflow
+COPY workflows workflows
+COPY activities activities
+COPY bridge bridge
+COPY workers workers
+RUN uv sync --frozen --no-dev
+ENV PATH="/app/.venv/bin:$PATH" \
+    ORDERFLOW_EMBEDDED_TEMPORAL=false \
+    ORDERFLOW_EMBEDDED_REDIS=false \
+    ORDERFLOW_EMBEDDED_SMTP=false \
+    ORDERFLOW_HTTP_HOST=0.0.0.0
+ENTRYPOINT ["orderflow"]
+CMD ["run"]
