@@ -44,6 +44,8 @@ demo: python-deps
 
 bench: install
 	$(VENV)/bin/python bench/orders.py
+	$(VENV)/bin/python bench/bridge.py
+	$(VENV)/bin/python bench/webhooks.py
 
 clean:
 	rm -rf data .pytest_cache
