@@ -18,6 +18,7 @@ from orderflow.contracts.order import OrderLine, PaymentFailed, PaymentReceived,
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
+from orderflow.queues_cli import queues_app
 from orderflow.settings import Settings
 from orderflow.temporal import connect
 
@@ -36,6 +37,7 @@ app.add_typer(orders_app, name="orders")
 app.add_typer(reviews_app, name="reviews")
 app.add_typer(products_app, name="products")
 app.add_typer(gateway_app, name="gateway")
+app.add_typer(queues_app, name="queues")
 
 T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]

@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     webhook_tolerance_seconds: int = 300  # Stripe's default window against replayed signatures
     webhook_max_body_bytes: int = 512 * 1024  # events are a few KiB; refuse far larger
     webhook_enqueue_timeout_seconds: float = 5.0  # answer 503 (gateway redelivers) if Redis stalls
+    # Operations: telemetry, dashboard, cleanup (orderflow/telemetry.py, orderflow/web/dashboard.py)
+    service_name: str = "orderflow"  # OTel resource service.name
+    admin_user: str = "admin"  # HTTP Basic for the ops dashboard; set a real one in production
+    admin_password: str = "orderflow-local-admin"
+    temporal_ui_url: str = "http://localhost:8233"  # dashboard links to runs here
+    failed_job_retention_days: float = 7.0  # seed: clean(7 days, 'failed'), run by a schedule
+    queue_cleanup_every_seconds: float = 3600.0  # how often the cleanup schedule runs
     # Schedules
     report_cron: str = "0 9 * * *"  # seed: daily report at 09:00
     report_timezone: str = "Asia/Kolkata"

@@ -1,0 +1,226 @@
+"""Queue operations (BullMQ's Queue API plus the DLQ): counts, failed jobs, retry, clean, pause.
+
+The CLI (`orderflow queues`), the dashboard and the metrics endpoint all read queues through here.
+Reads and state changes go through BullMQ's own Lua scripts (the Python port's Queue), so a Node
+BullMQ board or script sees exactly the same state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bullmq import Queue
+
+from bridge.dlq import DeadLetter, DeadLetterQueue
+from bridge.redis_client import RedisClient
+from bridge.scripts import Keys
+from bridge.specs import QueueSpec
+from orderflow.errors import OrderflowError
+
+# getJobCounts types, in the order people read them ("wait" is BullMQ's key for waiting)
+COUNT_TYPES = ("waiting", "active", "delayed", "prioritized", "paused", "completed", "failed")
+# Queue.clean's set names; "waiting" is accepted for "wait"
+CLEANABLE = ("completed", "failed", "wait", "delayed", "prioritized", "paused", "active")
+THROUGHPUT_WINDOW_SECONDS = 300  # "recent throughput": jobs finished in the last 5 minutes
+
+
+class UnknownQueueError(OrderflowError):
+    """No bridge queue has this name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown queue {name!r}; known queues: {', '.join(known)}")
+        self.queue = name
+
+
+class UnknownJobError(OrderflowError):
+    """The queue has no job with this id."""
+
+    def __init__(self, queue: str, job_id: str) -> None:
+        super().__init__(f"{queue}: no job {job_id!r}")
+        self.queue, self.job_id = queue, job_id
+
+
+class JobNotRetryableError(OrderflowError):
+    """Only failed jobs (or dead-lettered ones) can be retried."""
+
+    def __init__(self, queue: str, job_id: str, state: str) -> None:
+        super().__init__(f"{queue}: job {job_id!r} is {state}, not failed; nothing to retry")
+        self.queue, self.job_id, self.state = queue, job_id, state
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """getJobCounts of one queue plus its DLQ size, pause flag and recent throughput."""
+
+    queue: str
+    waiting: int
+    active: int
+    delayed: int
+    prioritized: int
+    paused: int
+    completed: int
+    failed: int
+    dlq: int
+    is_paused: bool
+    completed_recent: int  # finished in the last THROUGHPUT_WINDOW_SECONDS
+    failed_recent: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for --json and templates."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What an operator needs to know about one job."""
+
+    id: str
+    name: str
+    queue: str
+    state: str
+    data: Any
+    attempts_made: int
+    failed_reason: str
+    progress: Any
+    timestamp: int
+    processed_on: int
+    finished_on: int
+    logs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for --json and templates."""
+        return asdict(self)
+
+
+def clean_set(state: str) -> str:
+    """Queue.clean's name for a state ("waiting" → "wait")."""
+    name = "wait" if state == "waiting" else state
+    if name not in CLEANABLE:
+        raise OrderflowError(f"cannot clean state {state!r}; one of {', '.join(CLEANABLE)}")
+    return name
+
+
+class QueueAdmin:
+    """Operations on one bridge queue and its dead-letter queue."""
+
+    def __init__(self, spec: QueueSpec, redis_url: str) -> None:
+        self.spec = spec
+        self.queue = Queue(spec.name, {"connection": redis_url, "prefix": spec.prefix})
+        self.client = RedisClient(redis_url, name=f"orderflow:admin:{spec.name}")
+        self.dlq = DeadLetterQueue(spec, self.client)
+        self.keys = Keys(spec.prefix, spec.name)
+
+    async def close(self) -> None:
+        """Close both connections."""
+        await self.queue.close()
+        await self.client.close()
+
+    async def counts(self, window_seconds: float = THROUGHPUT_WINDOW_SECONDS) -> QueueCounts:
+        """Counts per state (BullMQ getJobCounts), the DLQ size and jobs finished recently."""
+        raw = await self.queue.getJobCounts(*COUNT_TYPES)
+        since = int((time.time() - window_seconds) * 1000)
+        done, failed = await self.client.pipeline(
+            [
+                ["ZCOUNT", self.keys["completed"], since, "+inf"],
+                ["ZCOUNT", self.keys["failed"], since, "+inf"],
+            ]
+        )
+        return QueueCounts(
+            queue=self.spec.name,
+            **{t: int(raw.get(t, 0)) for t in COUNT_TYPES},
+            dlq=await self.dlq.count(),
+            is_paused=bool(await self.queue.isPaused()),
+            completed_recent=int(done),
+            failed_recent=int(failed),
+        )
+
+    async def job(self, job_id: str, *, with_logs: bool = True) -> JobInfo:
+        """One job with its state, progress and (optionally) its log lines."""
+        job = await self.queue.getJob(job_id)
+        if job is None:
+            raise UnknownJobError(self.spec.name, job_id)
+        state = await self.queue.getJobState(job_id)
+        logs: list[str] = []
+        if with_logs:
+            found = await self.queue.getJobLogs(job_id)
+            logs = [str(line) for line in found.get("logs", [])]
+        return JobInfo(
+            id=str(job.id),
+            name=job.name,
+            queue=self.spec.name,
+            state=str(state),
+            data=job.data,
+            attempts_made=int(job.attemptsMade or 0),
+            failed_reason=job.failedReason or "",
+            progress=job.progress,
+            timestamp=int(job.timestamp or 0),
+            processed_on=int(job.processedOn or 0),
+            finished_on=int(job.finishedOn or 0),
+            logs=logs,
+        )
+
+    async def failed(self, limit: int = 50) -> list[JobInfo]:
+        """Failed jobs, most recent first, with reason, attempts and data (BullMQ getFailed)."""
+        jobs = await self.queue.getFailed(0, max(0, limit - 1))
+        return [
+            JobInfo(
+                id=str(j.id), name=j.name, queue=self.spec.name, state="failed", data=j.data,
+                attempts_made=int(j.attemptsMade or 0), failed_reason=j.failedReason or "",
+                progress=j.progress, timestamp=int(j.timestamp or 0),
+                processed_on=int(j.processedOn or 0), finished_on=int(j.finishedOn or 0),
+            )
+            for j in jobs
+            if j is not None
+        ]  # fmt: skip
+
+    async def retry(self, job_id: str) -> str:
+        """Move one failed job back to wait; a dead-lettered one leaves the DLQ as it goes."""
+        if await self.client.execute("ZSCORE", self.dlq.index_key, job_id) is not None:
+            return await self.dlq.redrive(job_id)
+        job = await self.queue.getJob(job_id)
+        if job is None:
+            raise UnknownJobError(self.spec.name, job_id)
+        state = str(await self.queue.getJobState(job_id))
+        if state != "failed":
+            raise JobNotRetryableError(self.spec.name, job_id, state)
+        await job.retry("failed", {"resetAttemptsMade": True, "resetAttemptsStarted": True})
+        return job_id
+
+    async def retry_all(self) -> list[str]:
+        """Retry every failed job; returns their ids."""
+        ids = await self.client.execute("ZRANGE", self.keys["failed"], 0, -1)
+        return [await self.retry(job_id) for job_id in ids]
+
+    async def clean(self, state: str, older_than_seconds: float, limit: int = 0) -> list[str]:
+        """Remove jobs in `state` finished longer ago than the grace (BullMQ Queue.clean)."""
+        grace_ms = int(older_than_seconds * 1000)
+        return [str(i) for i in await self.queue.clean(grace_ms, limit, clean_set(state))]
+
+    async def pause(self) -> None:
+        """Pause the queue for every worker (Node and Python); active jobs finish."""
+        await self.queue.pause()
+
+    async def resume(self) -> None:
+        """Resume a paused queue."""
+        await self.queue.resume()
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead-lettered jobs, oldest failure first."""
+        return await self.dlq.list(0, limit)
+
+
+def queue_admins(specs: dict[str, QueueSpec], redis_url: str) -> dict[str, QueueAdmin]:
+    """One admin per queue, by name."""
+    return {name: QueueAdmin(spec, redis_url) for name, spec in specs.items()}
+
+
+def find_spec(specs: dict[str, QueueSpec], name: str) -> QueueSpec:
+    """A queue by full name or unique prefix ("email" → email-queue)."""
+    if name in specs:
+        return specs[name]
+    matches = [n for n in specs if n.startswith(name)]
+    if len(matches) == 1:
+        return specs[matches[0]]
+    raise UnknownQueueError(name, sorted(specs))
