@@ -40,7 +40,8 @@ class NotificationActivities:
         """Enqueue one mail with a deterministic job id, so a retried activity never mails twice."""
         job_name, subject = JOBS[data.kind]
         job_data = self._job_data(data, subject)
-        job_id = f"{data.kind.value}:{data.order_id}"
+        # no ":" in the id: Node BullMQ refuses it in custom job ids
+        job_id = f"{data.kind.value}-{data.order_id}"
         await self.email_queue.add(job_name, job_data, {"jobId": job_id})
         return NotifyResult(job_id=job_id, channel="email-queue")
 

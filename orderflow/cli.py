@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from datetime import datetime
 from functools import wraps
@@ -43,7 +43,7 @@ T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-def _run(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+def _run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     """Run an async command; an OrderflowError becomes a one-line message and exit code 1."""
 
     @wraps(fn)

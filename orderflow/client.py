@@ -121,7 +121,9 @@ class OrderClient:
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                search_attributes=TypedSearchAttributes([SearchAttributePair(CUSTOMER_ID, customer_id)]),
+                search_attributes=TypedSearchAttributes(
+                    [SearchAttributePair(CUSTOMER_ID, customer_id)]
+                ),
             )
         except WorkflowAlreadyStartedError:
             return self._handle(order_id)
@@ -215,7 +217,7 @@ class OrderClient:
 
     async def decide_review(self, review_id: str, decision: ReviewDecision) -> ReviewOutcome:
         """Approve or reject a pending review."""
-        handle = self.client.get_workflow_handle_for(ManualReviewWorkflow.run, review_id)
+        handle = self.client.get_workflow_handle(review_id)
         try:
             return await handle.execute_update(ManualReviewWorkflow.decide, decision)
         except WorkflowUpdateFailedError as err:

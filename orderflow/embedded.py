@@ -42,7 +42,7 @@ def wait_for_port(
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise OrderflowError(
-                f"{proc.args[0]} exited with {proc.returncode} before listening on {port}"
+                f"server process {proc.pid} exited with {proc.returncode} before listening on {port}"
             )
         try:
             with socket.create_connection((host, port), timeout=0.5):

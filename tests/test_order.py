@@ -45,7 +45,7 @@ async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
     assert invoice is not None and "1598.00" in invoice.html and skus["shirt"] in invoice.html
     assert erp is not None and f'"order_id": "{order_id}"' in erp.payload
     assert [(p.payment_id, p.amount) for p in payments] == [(f"pay-{order_id}", 1598.0)]
-    job = await wait_job(email_queue, f"order-confirmation:{order_id}")
+    job = await wait_job(email_queue, f"order-confirmation-{order_id}")
     assert job.name == "send-order-confirmation"
     assert job.data["to"] == "a@example.com" and job.data["data"]["total"] == 1598.0
     assert handle.id == f"order-{order_id}"
@@ -127,7 +127,7 @@ async def test_duplicate_payment_signals_have_one_effect(
     assert not other.accepted and f"already paid by pay-{order_id}" in other.reason
     await wait_status(orders, order_id, "CONFIRMED")
     assert payments(engine, order_id) == [("capture", "succeeded", 300.0)]
-    job = await wait_job(email_queue, f"order-confirmation:{order_id}")
+    job = await wait_job(email_queue, f"order-confirmation-{order_id}")
     assert job.data["data"]["orderNumber"] == order_id
 
 
@@ -180,7 +180,7 @@ async def test_cancel_after_payment_refunds_and_releases(
     assert stock(engine, skus["chair"]) == (3, 0)
     assert "refunded" in (await orders.status(order_id)).history[-1].note
     assert (
-        await wait_job(email_queue, f"order-cancelled:{order_id}")
+        await wait_job(email_queue, f"order-cancelled-{order_id}")
     ).name == "send-order-cancelled"
 
 
@@ -206,5 +206,5 @@ async def test_shipped_order_releases_reserved_stock_and_mails(
     with Session(engine) as session:
         order = session.get(Order, order_id)
         assert order is not None and order.status == "SHIPPED"
-    job = await wait_job(email_queue, f"shipping-notification:{order_id}")
+    job = await wait_job(email_queue, f"shipping-notification-{order_id}")
     assert "BD123" in job.data["data"]["note"]
