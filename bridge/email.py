@@ -18,6 +18,7 @@ from bridge.errors import MalformedJobError
 from bridge.job import Job
 from bridge.redis_client import RedisClient
 from bridge.specs import TEMPLATE_ALIASES, EmailJob, QueueSpec
+from bridge.tracing import client_span
 from orderflow.settings import Settings
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -129,12 +130,13 @@ class EmailProcessor:
         message.set_content(mail.text)
         message.add_alternative(mail.html, subtype="html")
         try:
-            await aiosmtplib.send(
-                message,
-                hostname=self.settings.smtp_host,
-                port=self.settings.smtp_port,
-                timeout=SMTP_TIMEOUT_SECONDS,
-            )
+            with client_span("smtp send", **{"server.address": self.settings.smtp_host}):
+                await aiosmtplib.send(
+                    message,
+                    hostname=self.settings.smtp_host,
+                    port=self.settings.smtp_port,
+                    timeout=SMTP_TIMEOUT_SECONDS,
+                )
         except aiosmtplib.SMTPResponseException as err:
             if 500 <= err.code < 600:  # a permanent refusal: retrying cannot help
                 raise UnrecoverableError(

@@ -15,6 +15,7 @@ from bridge.guard import PayloadGuard
 from bridge.redis_client import Arg, RedisClient, RedisReplyError
 from bridge.scripts import Keys, bullmq_script
 from bridge.specs import QueueSpec, queue_specs
+from bridge.tracing import inject_trace, traced_add
 from orderflow.settings import Settings
 
 PRIORITY_LIMIT = 2**21  # BullMQ's highest priority value (it packs priority into a zset score)
@@ -85,6 +86,7 @@ class QueueProducer:
 
     def _command(self, name: str, data: Any, opts: Mapping[str, Any] | None) -> list[Arg]:
         final = normalize_opts(self.spec, opts)
+        inject_trace(final)
         job_id = final.get("jobId")
         encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
         self.guard.check(name, job_id, data, encoded)
@@ -106,6 +108,7 @@ class QueueProducer:
         for script, _ in (self._standard, self._delayed, self._prioritized):
             self.client.register(script)
 
+    @traced_add
     async def add(self, name: str, data: Any, opts: Mapping[str, Any] | None = None) -> str:
         """Add one job and return its id; with an existing jobId nothing new is added."""
         command = self._command(name, data, opts)

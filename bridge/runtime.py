@@ -28,6 +28,7 @@ from bridge.job import Job, Processor, job_from_hash
 from bridge.redis_client import Arg, RedisClient, RedisReplyError
 from bridge.scripts import Keys, bullmq_script, dead_letter_script, rate_limit_script
 from bridge.specs import QueueSpec
+from bridge.tracing import InstrumentedProcessor
 
 log = logging.getLogger("orderflow.bridge")
 
@@ -64,7 +65,7 @@ class BridgeWorker:
         name: str = "",
     ) -> None:
         self.spec = spec
-        self.processor = processor
+        self.processor = InstrumentedProcessor(processor)  # span + metrics per attempt
         self.backoff_strategy = backoff_strategy
         self.id = uuid.uuid4().hex
         self.name = name or f"orderflow:{spec.name}:{self.id[:8]}"

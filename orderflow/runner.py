@@ -19,6 +19,7 @@ from orderflow.errors import OrderflowError
 from orderflow.schedules import ensure_schedules
 from orderflow.settings import Settings
 from orderflow.smtp_sink import start_smtp_sink, stop_smtp_sink
+from orderflow.telemetry import setup_telemetry
 from orderflow.temporal import connect
 from orderflow.web.app import create_app, http_server
 from workers.bridge import run_bridge_workers
@@ -89,7 +90,10 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
         stack.callback(engine.dispose)
         if added := catalogue.seed(engine):
             log.info("seeded %d starter products", added)
-        client = await connect(settings)
+        telemetry = setup_telemetry(settings)
+        stack.callback(telemetry.shutdown)
+        client = await connect(settings, runtime=telemetry.temporal_runtime)
+        await stack.enter_async_context(telemetry.temporal_metrics())
         if "workflows" in parts:
             log.info("schedules: %s", ", ".join(await ensure_schedules(client, settings)))
 
@@ -107,7 +111,10 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
         order_client = OrderClient(client, settings, engine)
         processors = webhook_processors(settings, order_client, engine)
 
-        http = http_server(settings, create_app(settings, webhook_queue))
+        app = create_app(
+            settings, webhook_queue, orders=order_client, engine=engine, telemetry=telemetry
+        )
+        http = http_server(settings, app)
         tasks = [asyncio.create_task(w.run(), name=f"worker-{w.task_queue}") for w in workers]
         if "bridge" in parts:
             tasks.append(
@@ -116,7 +123,7 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
         if "http" in parts:
             tasks.append(asyncio.create_task(http.serve(), name="http"))
             log.info(
-                "HTTP app on http://%s:%d (webhooks, health)",
+                "HTTP app on http://%s:%d (webhooks, health, /metrics, /ops dashboard)",
                 settings.http_host,
                 settings.http_port,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
+from temporalio.runtime import Runtime
 
 from orderflow.settings import Settings
 
@@ -15,6 +16,14 @@ CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 SEARCH_ATTRIBUTE_ARGS = ["OrderStatus=Keyword", "OrderTotal=Double", "CustomerId=Keyword"]
 
 
-async def connect(settings: Settings) -> Client:
-    """A client for the configured server and namespace."""
-    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Client:
+    """A client for the configured server and namespace, traced (workers built from it too)."""
+    # imported here: workflow code imports this module (inside the sandbox) for the keys above
+    from orderflow.temporal_tracing import CausalTracingInterceptor
+
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        interceptors=[CausalTracingInterceptor()],
+        runtime=runtime,
+    )

@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.engine import Engine
 
+from bridge.specs import QueueSpec
+from orderflow.client import OrderClient
 from orderflow.settings import Settings
+from orderflow.telemetry import Telemetry
+from orderflow.web.ops import add_operations
 from orderflow.web.webhooks import JobQueue, webhook_router
 
 
-def create_app(settings: Settings, webhook_queue: JobQueue) -> FastAPI:
-    """The app: `POST /webhooks/{stripe,razorpay}` enqueue on `webhook_queue`; `GET /healthz`."""
+def create_app(
+    settings: Settings,
+    webhook_queue: JobQueue,
+    *,
+    orders: OrderClient | None = None,
+    engine: Engine | None = None,
+    telemetry: Telemetry | None = None,
+    queues: Mapping[str, QueueSpec] | None = None,
+) -> FastAPI:
+    """The app: `POST /webhooks/{stripe,razorpay}` enqueue on `webhook_queue`; `GET /healthz`.
+
+    With telemetry also `GET /metrics`; with an order client (and its engine) the `/ops`
+    dashboard; queues default to every bridge queue (orderflow.web.ops).
+    """
     app = FastAPI(title="orderflow", docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.include_router(webhook_router(settings, webhook_queue))
+    add_operations(app, settings, orders=orders, engine=engine, telemetry=telemetry, queues=queues)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

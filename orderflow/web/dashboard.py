@@ -1,0 +1,178 @@
+"""The ops dashboard (`/ops`): queues, failed and dead-lettered jobs, pending reviews, recent orders.
+
+Behind HTTP Basic (settings.admin_user / admin_password). GET only reads; every change is a POST
+form carrying a token of this app instance (Basic credentials are resent by the browser on any
+cross-site POST, so the token is what proves the form came from this page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from bridge.admin import QueueAdmin, find_spec
+from bridge.specs import QueueSpec
+from orderflow.client import OrderClient
+from orderflow.contracts.order import order_workflow_id
+from orderflow.contracts.review import ReviewDecision
+from orderflow.db import Order
+from orderflow.errors import OrderflowError
+from orderflow.settings import Settings
+
+TEMPLATES = Path(__file__).parent / "templates"
+RECENT_ORDERS = 50  # orders listed on the dashboard, newest first
+LISTED_JOBS = 20  # failed jobs and DLQ entries shown per queue
+
+
+def order_run_url(settings: Settings, order_id: str) -> str:
+    """The order's workflow in the Temporal Web UI."""
+    workflow_id = quote(order_workflow_id(order_id), safe="")
+    return f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id}"
+
+
+def recent_orders(engine: Engine, limit: int = RECENT_ORDERS) -> list[Order]:
+    """The newest orders."""
+    with Session(engine) as session:
+        return list(
+            session.exec(select(Order).order_by(col(Order.created_at).desc()).limit(limit)).all()
+        )
+
+
+def admin_guard(settings: Settings) -> Any:
+    """A dependency that answers 401 unless the request carries the admin's Basic credentials."""
+    basic = HTTPBasic(auto_error=False, realm="orderflow ops")
+
+    def check(credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> str:
+        ok = credentials is not None and (
+            secrets.compare_digest(credentials.username.encode(), settings.admin_user.encode())
+            & secrets.compare_digest(
+                credentials.password.encode(), settings.admin_password.encode()
+            )
+        )
+        if not ok or credentials is None:
+            raise HTTPException(
+                401,
+                "admin credentials required",
+                {"WWW-Authenticate": 'Basic realm="orderflow ops"'},
+            )
+        return credentials.username
+
+    return check
+
+
+def dashboard_router(
+    settings: Settings,
+    specs: Mapping[str, QueueSpec],
+    orders: OrderClient,
+    engine: Engine,
+) -> APIRouter:
+    """`GET /ops` and its POST actions (retry, re-drive, decide a review)."""
+    templates = Jinja2Templates(directory=TEMPLATES)
+    token = secrets.token_urlsafe(24)
+    router = APIRouter(prefix="/ops", include_in_schema=False)
+    Admin = Annotated[str, Depends(admin_guard(settings))]
+
+    def back(message: str, error: bool = False) -> RedirectResponse:
+        return RedirectResponse(
+            "/ops?" + urlencode({"error" if error else "msg": message}), status_code=303
+        )
+
+    def check_token(form_token: str) -> None:
+        if not secrets.compare_digest(form_token.encode(), token.encode()):
+            raise HTTPException(403, "stale or foreign form: reload the dashboard and try again")
+
+    @router.get("", response_class=HTMLResponse)
+    async def page(request: Request, user: Admin) -> HTMLResponse:
+        """The dashboard."""
+        queues = []
+        for spec in specs.values():
+            admin = QueueAdmin(spec, settings.redis_url)
+            try:
+                queues.append(
+                    {
+                        "counts": await admin.counts(),
+                        "failed": await admin.failed(LISTED_JOBS),
+                        "dlq": await admin.dead_letters(LISTED_JOBS),
+                    }
+                )
+            finally:
+                await admin.close()
+        reviews = await orders.pending_reviews()
+        latest = await asyncio.to_thread(recent_orders, engine)
+        by_status: dict[str, int] = {}
+        for order in latest:
+            by_status[order.status] = by_status.get(order.status, 0) + 1
+        context = {
+            "user": user,
+            "token": token,
+            "queues": queues,
+            "reviews": reviews,
+            "orders": [(o, order_run_url(settings, o.id)) for o in latest],
+            "by_status": sorted(by_status.items()),
+            "msg": request.query_params.get("msg", ""),
+            "error": request.query_params.get("error", ""),
+            "now": datetime.now().astimezone(),
+            "ms_time": lambda ms: (
+                datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else ""
+            ),
+        }
+        return templates.TemplateResponse(request, "dashboard.html.j2", context)
+
+    @router.post("/queues/{queue}/jobs/{job_id}/retry")
+    async def retry(queue: str, job_id: str, user: Admin, token: Annotated[str, Form()]) -> Any:
+        """Retry a failed job."""
+        check_token(token)
+        admin = QueueAdmin(find_spec(dict(specs), queue), settings.redis_url)
+        try:
+            await admin.retry(job_id)
+        except OrderflowError as err:
+            return back(str(err), error=True)
+        finally:
+            await admin.close()
+        return back(f"{queue}: job {job_id} retried by {user}")
+
+    @router.post("/queues/{queue}/dlq/{job_id}/redrive")
+    async def redrive(queue: str, job_id: str, user: Admin, token: Annotated[str, Form()]) -> Any:
+        """Re-drive a dead-lettered job."""
+        check_token(token)
+        admin = QueueAdmin(find_spec(dict(specs), queue), settings.redis_url)
+        try:
+            await admin.dlq.redrive(job_id)
+        except OrderflowError as err:
+            return back(str(err), error=True)
+        finally:
+            await admin.close()
+        return back(f"{queue}: job {job_id} re-driven by {user}")
+
+    @router.post("/reviews/{review_id}/decide")
+    async def decide(
+        review_id: str,
+        user: Admin,
+        token: Annotated[str, Form()],
+        approve: Annotated[bool, Form()],
+        note: Annotated[str, Form()] = "",
+    ) -> Any:
+        """Approve or reject a pending review."""
+        check_token(token)
+        try:
+            outcome = await orders.decide_review(
+                review_id, ReviewDecision(approve=approve, reviewer=user, note=note)
+            )
+        except OrderflowError as err:
+            return back(str(err), error=True)
+        verdict = "approved" if outcome.approved else "rejected"
+        return back(f"review {review_id} {verdict} by {user}")
+
+    return router

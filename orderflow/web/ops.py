@@ -1,0 +1,41 @@
+"""What create_app adds for operators: tracing, webhook counts, `/metrics` and the `/ops` dashboard."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from sqlalchemy.engine import Engine
+
+from bridge.specs import QueueSpec, queue_specs
+from orderflow.client import OrderClient
+from orderflow.settings import Settings
+from orderflow.telemetry import Telemetry
+from orderflow.web.dashboard import dashboard_router
+from orderflow.web.metrics import WebhookOutcomes, metrics_router
+
+
+def add_operations(
+    app: FastAPI,
+    settings: Settings,
+    *,
+    orders: OrderClient | None = None,
+    engine: Engine | None = None,
+    telemetry: Telemetry | None = None,
+    queues: Mapping[str, QueueSpec] | None = None,
+) -> None:
+    """Instrument `app`; add `/metrics` with telemetry and `/ops` with an order client."""
+    specs = dict(queues or queue_specs(settings))
+    engine = engine if engine is not None else (orders.engine if orders is not None else None)
+    app.add_middleware(WebhookOutcomes)
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=telemetry.tracer_provider if telemetry else None,
+        meter_provider=telemetry.meter_provider if telemetry else None,
+        excluded_urls="/metrics,/healthz",
+    )
+    if telemetry is not None:
+        app.include_router(metrics_router(telemetry, specs, settings.redis_url, engine))
+    if orders is not None and engine is not None:
+        app.include_router(dashboard_router(settings, specs, orders, engine))

@@ -1,0 +1,359 @@
+"""Traces and metrics: one paid order is one trace; /metrics counts a known mix of jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from bullmq import UnrecoverableError
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from bridge.email import EmailProcessor
+from bridge.job import Job
+from bridge.producer import QueueProducer
+from bridge.redis_client import RedisClient
+from bridge.sample_events import stripe_payment_succeeded
+from bridge.signatures import signed_headers
+from bridge.specs import QueueSpec, email_spec, webhook_spec
+from orderflow import embedded
+from orderflow.client import OrderClient
+from orderflow.contracts.order import ORDERS_TASK_QUEUE
+from orderflow.db import Order
+from orderflow.settings import Settings
+from orderflow.smtp_sink import SmtpSink
+from orderflow.telemetry import Telemetry, setup_telemetry
+from orderflow.temporal_tracing import CausalTracingInterceptor
+from orderflow.web.app import create_app
+from orderflow.web.metrics import order_counts
+from tests.bridge_helpers import eventually, running
+from tests.conftest import new_order_id
+from tests.helpers import wait_status
+from workers.temporal import Dependencies, build_workers
+from workers.webhooks import build_webhook_processor
+
+Catalogue = Callable[..., dict[str, str]]
+
+
+@pytest.fixture(scope="module")
+def spans() -> InMemorySpanExporter:
+    """Every span the process finishes from here on."""
+    return InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module")
+def telemetry(settings: Settings, spans: InMemorySpanExporter) -> Iterator[Telemetry]:
+    """The process's OTel globals, as `orderflow run` installs them, plus an in-memory exporter."""
+    installed = setup_telemetry(settings, span_exporter=spans)
+    yield installed
+    installed.shutdown()
+
+
+def unique(spec: QueueSpec, kind: str) -> QueueSpec:
+    """A spec on a prefix and queue name of this test's own."""
+    tag = uuid.uuid4().hex[:8]
+    return spec.with_(prefix=f"t{tag}", name=f"{kind}-{tag}")
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels` (0 if none)."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+# ---- metrics -------------------------------------------------------------------------------
+
+
+async def test_metrics_scrape_counts_a_known_mix_of_jobs(
+    telemetry: Telemetry, settings: Settings, redis_url: str, engine: Engine
+) -> None:
+    spec = unique(email_spec(settings), "mix").with_(
+        attempts=2, backoff={"type": "fixed", "delay": 10}, rate_limit=None
+    )
+    hooks = unique(webhook_spec(settings), "hooks")
+    producer = QueueProducer.connect(spec, redis_url)
+    for i in range(4):
+        await producer.add("ok", {"i": i}, {"jobId": f"ok-{i}"})
+    await producer.add("flaky", {}, {"jobId": "flaky-1"})  # fails once, then completes
+    await producer.add("bad", {}, {"jobId": "bad-1"})  # unrecoverable: DLQ at once
+    await producer.add("bad", {}, {"jobId": "bad-2", "attempts": 1})  # out of attempts: DLQ
+    await producer.add("later", {}, {"jobId": "later-1", "delay": 3_600_000})
+
+    async def process(job: Job) -> str:
+        if job.name == "flaky" and job.attempts_made == 0:
+            raise RuntimeError("transient")
+        if job.id == "bad-1":
+            raise UnrecoverableError("permanent")
+        if job.name == "bad":
+            raise RuntimeError("still broken")
+        return "done"
+
+    async with running(spec, process, redis_url):
+        await eventually(lambda: _finished(producer, spec, 5, 2))
+    await producer.add("ok", {}, {"jobId": "ok-waiting"})  # nobody consumes it now
+
+    webhook_producer = QueueProducer.connect(hooks, redis_url)
+    app = create_app(
+        settings,
+        webhook_producer,
+        engine=engine,
+        telemetry=telemetry,
+        queues={spec.name: spec, hooks.name: hooks},
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        before = (await http.get("/metrics")).text
+        add_orders(engine, CANCELLED=2, SHIPPED=1)
+        body = stripe_payment_succeeded("o-metrics", 1000, event_id=f"evt_m_{uuid.uuid4().hex[:6]}")
+        ok = await http.post(
+            "/webhooks/stripe", content=body, headers=signed_headers("stripe", body, settings)
+        )
+        assert ok.status_code == 200
+        for _ in range(2):
+            bad = await http.post(
+                "/webhooks/stripe", content=body, headers={"Stripe-Signature": "t=1,v1=00"}
+            )
+            assert bad.status_code == 400
+        response = await http.get("/metrics")
+    await webhook_producer.close()
+    await producer.close()
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+
+    q = {"bullmq_queue_name": spec.name}
+    assert sample(text, "bullmq_jobs_completed_total", **q) == 5
+    assert sample(text, "bullmq_jobs_completed_total", **q, bullmq_job_name="ok") == 4
+    assert sample(text, "bullmq_jobs_failed_total", **q) == 2
+    assert sample(text, "bullmq_jobs_retried_total", **q, bullmq_job_name="flaky") == 1
+    assert sample(text, "bullmq_job_duration_seconds_count", **q) == 8  # 4 + 2 + 1 + 1 attempts
+    assert sample(text, "bullmq_job_duration_seconds_bucket", **q, le="+Inf") == 8
+    depth = {
+        state: sample(text, "bullmq_queue_jobs", **q, state=state)
+        for state in ("waiting", "active", "delayed", "completed", "failed", "dlq")
+    }
+    assert depth == {
+        "waiting": 1,
+        "active": 0,
+        "delayed": 1,
+        "completed": 5,
+        "failed": 2,
+        "dlq": 2,
+    }
+    assert sample(text, "bullmq_queue_jobs", bullmq_queue_name=hooks.name, state="waiting") == 1
+
+    def webhooks(outcome: str, scrape: str) -> float:
+        return sample(scrape, "orderflow_webhooks_total", provider="stripe", outcome=outcome)
+
+    assert webhooks("accepted", text) - webhooks("accepted", before) == 1
+    assert webhooks("rejected", text) - webhooks("rejected", before) == 2
+
+    for status, n in order_counts(engine).items():
+        assert sample(text, "orderflow_orders", status=status) == n
+    assert (
+        sample(text, "orderflow_orders", status="CANCELLED")
+        - sample(before, "orderflow_orders", status="CANCELLED")
+        == 2
+    )
+    assert (
+        sample(text, "orderflow_orders", status="SHIPPED")
+        - sample(before, "orderflow_orders", status="SHIPPED")
+        == 1
+    )
+
+
+def add_orders(engine: Engine, **statuses: int) -> None:
+    """Order rows as the order activities write them, n per status."""
+    with Session(engine) as session:
+        for status, n in statuses.items():
+            for _ in range(n):
+                order_id = new_order_id()
+                session.add(
+                    Order(
+                        id=order_id, customer_id="c-metrics", email=f"{order_id}@example.com",
+                        status=status, total=10.0, currency="INR",
+                    )
+                )  # fmt: skip
+        session.commit()
+
+
+async def _finished(producer: QueueProducer, spec: QueueSpec, done: int, dead: int) -> bool:
+    client = producer.client
+    completed = await client.execute("ZCARD", f"{spec.prefix}:{spec.name}:completed")
+    dlq = await client.execute("ZCARD", f"{spec.prefix}:{spec.dlq}:index")
+    return int(completed) == done and int(dlq) == dead
+
+
+async def test_temporal_sdk_metrics_are_on_the_scrape(
+    telemetry: Telemetry, settings: Settings, env: WorkflowEnvironment, redis_url: str
+) -> None:
+    client = await Client.connect(
+        env.client.service_client.config.target_host,
+        namespace=env.client.namespace,
+        runtime=telemetry.temporal_runtime,
+    )
+    producer = QueueProducer.connect(unique(webhook_spec(settings), "unused"), redis_url)
+    app = create_app(settings, producer, telemetry=telemetry, queues={})
+    async with (
+        telemetry.temporal_metrics(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        [_ async for _ in client.list_workflows("WorkflowType='OrderWorkflow'", limit=1)]
+
+        async def requests_counted() -> bool:
+            text = (await http.get("/metrics")).text
+            return sample(text, "temporal_request_total", operation="ListWorkflowExecutions") >= 1
+
+        await eventually(requests_counted, within=10)
+    await producer.close()
+
+
+# ---- one trace from the webhook to the SMTP send --------------------------------------------
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[SmtpSink]:
+    server = SmtpSink(tmp_path / "mail", "127.0.0.1", embedded.free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def traced(
+    telemetry: Telemetry,
+    env: WorkflowEnvironment,
+    settings: Settings,
+    engine: Engine,
+    redis_url: str,
+    sink: SmtpSink,
+) -> AsyncIterator[tuple[OrderClient, httpx.AsyncClient, Settings]]:
+    """The whole path with tracing: HTTP app, webhook worker, Temporal workers, email worker."""
+    mail = settings.model_copy(update={"smtp_host": sink.host, "smtp_port": sink.port})
+    client = Client(
+        env.client.service_client,
+        namespace=env.client.namespace,
+        interceptors=[CausalTracingInterceptor()],
+    )
+    email = unique(email_spec(mail), "mail")
+    hooks = unique(webhook_spec(mail), "hooks")
+    email_producer = QueueProducer.connect(email, redis_url)
+    webhook_producer = QueueProducer.connect(hooks, redis_url)
+    suffix = f"-traced-{uuid.uuid4().hex[:6]}"
+    deps = Dependencies.from_settings(mail, engine, email_producer)
+    workers: list[Worker] = build_workers(
+        client, mail, deps, task_queue_suffix=suffix, queues=[ORDERS_TASK_QUEUE]
+    )
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    orders = OrderClient(client, mail, engine, task_queue=ORDERS_TASK_QUEUE + suffix)
+    delivered = RedisClient(redis_url)
+    app = create_app(mail, webhook_producer, telemetry=telemetry, queues={})
+    async with (
+        running(email, EmailProcessor(mail, email, delivered), redis_url),
+        running(hooks, build_webhook_processor(mail, orders, engine), redis_url),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        yield orders, http, mail
+    await asyncio.gather(*(w.shutdown() for w in workers))
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for closeable in (email_producer, webhook_producer, delivered):
+        await closeable.close()
+
+
+def chain(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> list[str]:
+    """Names from `span` up to its trace's root (stops where a parent was not exported)."""
+    names = [span.name]
+    while span.parent is not None and span.parent.span_id in by_id:
+        span = by_id[span.parent.span_id]
+        names.append(span.name)
+    return names
+
+
+async def test_paid_order_is_one_trace_from_webhook_to_smtp(
+    traced: tuple[OrderClient, httpx.AsyncClient, Settings],
+    spans: InMemorySpanExporter,
+    sink: SmtpSink,
+    catalogue: Catalogue,
+) -> None:
+    orders, http, settings = traced
+    skus = catalogue(lamp=(1299.0, 5))
+    order_id = new_order_id()
+    await orders.start_order(order_id, "cust-otel", f"{order_id}@example.com", [(skus["lamp"], 1)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+
+    body = stripe_payment_succeeded(order_id, 129900, event_id=f"evt_otel_{order_id}")
+    response = await http.post(
+        "/webhooks/stripe", content=body, headers=signed_headers("stripe", body, settings)
+    )
+    assert response.status_code == 200, response.text
+    await wait_status(orders, order_id, "CONFIRMED")
+    [mail] = await sink.store.wait_for(1, within=20, to=f"{order_id}@example.com")
+    assert order_id in mail.subject
+
+    def smtp_span() -> ReadableSpan | None:
+        found = [s for s in spans.get_finished_spans() if s.name == "smtp send"]
+        mine = [s for s in found if _attr(s, "server.address") == settings.smtp_host]
+        return mine[-1] if mine else None
+
+    await eventually(lambda: _true(smtp_span() is not None and _email_done(spans)))
+    smtp = smtp_span()
+    assert smtp is not None
+    trace_id = smtp.context.trace_id
+    in_trace = [s for s in spans.get_finished_spans() if s.context.trace_id == trace_id]
+    by_id = {s.context.span_id: s for s in in_trace}
+    path = chain(smtp, by_id)
+    root = by_id[_root_id(smtp, by_id)]
+    assert root.name == "POST /webhooks/stripe", path
+    hooks_queue = next(s.name for s in in_trace if s.name.startswith("process hooks-"))
+    email_queue = next(s.name for s in in_trace if s.name.startswith("process mail-"))
+    expected = [
+        "smtp send",
+        email_queue,
+        f"add {email_queue.removeprefix('process ')}.send-order-confirmation",
+        "RunActivity:notify",
+        "StartActivity:notify",
+        "HandleUpdate:pay",
+        "StartWorkflowUpdate:pay",
+        hooks_queue,
+        f"add {hooks_queue.removeprefix('process ')}.stripe-webhook",
+        "POST /webhooks/stripe",
+    ]
+    assert path == expected
+    names = {s.name for s in in_trace}
+    assert {"StartActivity:confirm_order", "RunActivity:confirm_order"} <= names
+    # the checkout that started the order is a trace of its own
+    start = [s for s in spans.get_finished_spans() if s.name == "StartWorkflow:OrderWorkflow"]
+    assert all(s.context.trace_id != trace_id for s in start)
+
+
+def _attr(span: ReadableSpan, key: str) -> Any:
+    return (span.attributes or {}).get(key)
+
+
+def _root_id(span: ReadableSpan, by_id: dict[int, ReadableSpan]) -> int:
+    while span.parent is not None and span.parent.span_id in by_id:
+        span = by_id[span.parent.span_id]
+    return span.context.span_id
+
+
+def _email_done(spans: InMemorySpanExporter) -> bool:
+    return any(
+        s.name.startswith("process mail-") and s.end_time for s in spans.get_finished_spans()
+    )
+
+
+async def _true(value: bool) -> bool:
+    return value
