@@ -8,11 +8,14 @@ NODE_DIR := tests/node
 
 install: system-deps python-deps node-deps
 
-# Debian packages the embedded engine needs (we are root on these machines).
+# Debian packages the embedded engine needs, and chromium for the dashboard's browser test
+# (we are root on these machines).
 system-deps:
 	@command -v redis-server >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@systemctl disable --now redis-server >/dev/null 2>&1 || true
+	@command -v chromium >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 python-deps:
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv

@@ -5,8 +5,7 @@ form carrying a token of this app instance (Basic credentials are resent by the 
 cross-site POST, so the token is what proves the form came from this page).
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI must see the local Admin dependency type
 import asyncio
 import secrets
 from collections.abc import Mapping

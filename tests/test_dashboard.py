@@ -1,0 +1,172 @@
+"""The ops dashboard in headless Chromium: approve a review and re-drive a DLQ job by clicking."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from bullmq import UnrecoverableError
+from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Error as PlaywrightError
+from sqlalchemy.engine import Engine
+
+from bridge.admin import QueueAdmin
+from bridge.job import Job
+from bridge.producer import QueueProducer
+from bridge.specs import QueueSpec, email_spec
+from orderflow import embedded
+from orderflow.client import OrderClient
+from orderflow.contracts.order import PaymentReceived
+from orderflow.settings import Settings
+from orderflow.web.app import create_app, http_server
+from tests.bridge_helpers import eventually, running
+from tests.conftest import new_order_id
+from tests.helpers import wait_review, wait_status
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+Catalogue = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+async def dashboard(
+    settings: Settings, orders: OrderClient, engine: Engine, redis_url: str
+) -> AsyncIterator[tuple[str, Settings, QueueSpec]]:
+    """The real HTTP app under uvicorn on a free port, watching a queue of this test's own."""
+    tag = uuid.uuid4().hex[:8]
+    spec = email_spec(settings).with_(prefix=f"t{tag}", name=f"ops-{tag}", rate_limit=None)
+    local = settings.model_copy(
+        update={"http_host": "127.0.0.1", "http_port": embedded.free_port()}
+    )
+    producer = QueueProducer.connect(spec, redis_url)
+    app = create_app(local, producer, orders=orders, engine=engine, queues={spec.name: spec})
+    server = http_server(local, app)
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: _started(server))
+    yield f"http://127.0.0.1:{local.http_port}", local, spec
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+    await producer.close()
+
+
+async def _started(server: object) -> bool:
+    return bool(getattr(server, "started", False))
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        await chromium.close()
+
+
+async def test_dashboard_needs_the_admin_credential(
+    dashboard: tuple[str, Settings, QueueSpec], browser: Browser
+) -> None:
+    base, settings, _ = dashboard
+    async with httpx.AsyncClient(base_url=base) as http:
+        anonymous = await http.get("/ops")
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"].startswith("Basic")
+        wrong = await http.get("/ops", auth=(settings.admin_user, "not-the-password"))
+        assert wrong.status_code == 401
+        action = await http.post("/ops/reviews/r-1/decide", data={"approve": "true", "token": "x"})
+        assert action.status_code == 401
+        auth = (settings.admin_user, settings.admin_password)
+        forged = await http.post(
+            "/ops/reviews/r-1/decide", data={"approve": "true", "token": "forged"}, auth=auth
+        )
+        assert forged.status_code == 403  # right credential, but not a form this app served
+    context = await browser.new_context()
+    # a browser without the credential gets the challenge and no page
+    with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
+        await (await context.new_page()).goto(base + "/ops")
+    assert (await context.request.get(base + "/ops")).status == 401
+    await context.close()
+
+
+async def test_approve_a_review_and_redrive_a_dlq_job_by_clicking(
+    dashboard: tuple[str, Settings, QueueSpec],
+    browser: Browser,
+    orders: OrderClient,
+    catalogue: Catalogue,
+    redis_url: str,
+) -> None:
+    base, settings, spec = dashboard
+    # a high-value paid order waits for an admin
+    skus = catalogue(tv=(60_000.0, 3))
+    order_id = new_order_id()
+    await orders.start_order(order_id, "cust-ops", f"{order_id}@example.com", [(skus["tv"], 1)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    ack = await orders.payment_received(
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=60_000.0, provider="stripe")
+    )
+    assert ack.accepted
+    review = await wait_review(orders, order_id)
+    # a job that failed for good sits in the DLQ
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-welcome", {"to": "gone@example.com"}, {"jobId": "dead-1"})
+    admin = QueueAdmin(spec, redis_url)
+
+    async def reject(job: Job) -> None:
+        raise UnrecoverableError("mailbox gone@example.com does not exist")
+
+    async with running(spec, reject, redis_url):
+        await eventually(lambda: _dlq_size(admin, 1))
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = await browser.new_context(
+        http_credentials={"username": settings.admin_user, "password": settings.admin_password},
+        viewport={"width": 1400, "height": 1000},
+    )
+    page = await context.new_page()
+    response = await page.goto(base + "/ops")
+    assert response is not None and response.status == 200
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-before.png"), full_page=True)
+    row = page.locator(f'#queues tr[data-queue="{spec.name}"]')
+    assert await row.locator("td.dlq").inner_text() == "1"
+    link = page.locator(f'#orders tr[data-order="{order_id}"] a')
+    assert await link.get_attribute("href") == (
+        f"http://localhost:8233/namespaces/default/workflows/order-{order_id}"
+    )
+    await page.reload()  # reading the page twice changes nothing
+    assert (await admin.counts()).dlq == 1
+
+    await page.locator(f'#reviews tr[data-review="{review.review_id}"] button.approve').click()
+    await page.wait_for_selector("#flash")
+    assert f"review {review.review_id} approved by {settings.admin_user}" in (
+        await page.locator("#flash").inner_text()
+    )
+    state = await wait_status(orders, order_id, "CONFIRMED")
+    assert state.review_id == review.review_id
+    assert all(r.review_id != review.review_id for r in await orders.pending_reviews())
+    assert await page.locator(f'#reviews tr[data-review="{review.review_id}"]').count() == 0
+
+    await page.locator(f'table.dlq[data-queue="{spec.name}"] tr[data-job="dead-1"] button').click()
+    await page.wait_for_selector("#flash")
+    assert "job dead-1 re-driven" in await page.locator("#flash").inner_text()
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-after.png"), full_page=True)
+    counts = await admin.counts()
+    assert (counts.dlq, counts.failed, counts.waiting) == (0, 0, 1)
+    info = await admin.job("dead-1", with_logs=False)
+    assert info.state == "waiting" and info.attempts_made == 0
+    await context.close()
+    await admin.close()
+    await producer.close()
+
+
+async def _dlq_size(admin: QueueAdmin, n: int) -> bool:
+    return (await admin.counts()).dlq == n
