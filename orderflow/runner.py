@@ -16,7 +16,7 @@ from orderflow import catalogue, embedded
 from orderflow.client import OrderClient
 from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
-from orderflow.schedules import ensure_schedules
+from orderflow.schedules import ensure_maintenance_schedules, ensure_schedules
 from orderflow.settings import Settings
 from orderflow.smtp_sink import start_smtp_sink, stop_smtp_sink
 from orderflow.telemetry import setup_telemetry
@@ -96,6 +96,9 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
         await stack.enter_async_context(telemetry.temporal_metrics())
         if "workflows" in parts:
             log.info("schedules: %s", ", ".join(await ensure_schedules(client, settings)))
+            log.info(
+                "maintenance: %s", ", ".join(await ensure_maintenance_schedules(client, settings))
+            )
 
         email_queue = producer_for(settings, EMAIL_QUEUE)
         webhook_queue = producer_for(settings, WEBHOOK_QUEUE)

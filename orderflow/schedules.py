@@ -16,6 +16,7 @@ from temporalio.client import (
 )
 
 from orderflow.contracts.inventory import INVENTORY_TASK_QUEUE
+from orderflow.contracts.maintenance import QUEUE_CLEANUP_SCHEDULE_ID, QueueCleanupInput
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.contracts.reports import (
     DAILY_REPORT_SCHEDULE_ID,
@@ -24,6 +25,7 @@ from orderflow.contracts.reports import (
 )
 from orderflow.settings import Settings
 from workflows.inventory import StockSyncWorkflow
+from workflows.maintenance import QueueCleanupWorkflow
 from workflows.reports import DailyReportWorkflow
 
 
@@ -66,3 +68,42 @@ async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
 
             await client.get_schedule_handle(schedule_id).update(replace)
     return list(schedules(settings))
+
+
+def maintenance_schedules(settings: Settings) -> dict[str, Schedule]:
+    """The bridge queues' cleanup: failed jobs older than the retention (seed: 7 days), hourly.
+
+    A Schedule rather than a timer in each bridge worker: it runs once however many bridge
+    workers there are, and it can be seen, paused and triggered in the Temporal UI.
+    """
+    return {
+        QUEUE_CLEANUP_SCHEDULE_ID: Schedule(
+            action=ScheduleActionStartWorkflow(
+                QueueCleanupWorkflow.run,
+                QueueCleanupInput(older_than_seconds=settings.failed_job_retention_days * 86400),
+                id="queue-cleanup",
+                task_queue=ORDERS_TASK_QUEUE,
+            ),
+            spec=ScheduleSpec(
+                intervals=[
+                    ScheduleIntervalSpec(
+                        every=timedelta(seconds=settings.queue_cleanup_every_seconds)
+                    )
+                ]
+            ),
+        )
+    }
+
+
+async def ensure_maintenance_schedules(client: Client, settings: Settings) -> list[str]:
+    """Create the maintenance schedules, or bring existing ones up to the current settings."""
+    for schedule_id, schedule in maintenance_schedules(settings).items():
+        try:
+            await client.create_schedule(schedule_id, schedule)
+        except ScheduleAlreadyRunningError:
+
+            def replace(_: ScheduleUpdateInput, new: Schedule = schedule) -> ScheduleUpdate:
+                return ScheduleUpdate(schedule=new)
+
+            await client.get_schedule_handle(schedule_id).update(replace)
+    return list(maintenance_schedules(settings))

@@ -14,17 +14,20 @@ from temporalio.worker import Worker
 from activities.erp import Erp, make_erp
 from activities.gateway import PaymentGateway, SimulatedGateway
 from activities.inventory import InventoryActivities
+from activities.maintenance import MaintenanceActivities
 from activities.notify import JobQueue, NotificationActivities
 from activities.order import OrderActivities
 from activities.payment import PaymentActivities
 from activities.reports import ReportActivities
 from activities.review import ReviewActivities
+from bridge.specs import queue_specs
 from orderflow.contracts.inventory import INVENTORY_TASK_QUEUE
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE
 from orderflow.contracts.review import REVIEWS_TASK_QUEUE
 from orderflow.settings import Settings
 from workflows.inventory import InventoryReleaseWorkflow, StockSyncWorkflow
+from workflows.maintenance import QueueCleanupWorkflow
 from workflows.order import OrderWorkflow
 from workflows.payment import PaymentRetryWorkflow
 from workflows.reports import DailyReportWorkflow
@@ -70,6 +73,7 @@ def build_workers(
     orders = OrderActivities(deps.engine, deps.erp, currency=settings.currency)
     notify = NotificationActivities(deps.engine, deps.email_queue)
     reports = ReportActivities(deps.engine)
+    maintenance = MaintenanceActivities(queue_specs(settings), settings.redis_url)
     payments = PaymentActivities(deps.engine, deps.gateway)
     inventory = InventoryActivities(deps.engine, deps.erp)
     reviews = ReviewActivities(deps.engine)
@@ -96,7 +100,7 @@ def build_workers(
         worker(
             ORDERS_TASK_QUEUE,
             settings.orders_concurrency,
-            [OrderWorkflow, DailyReportWorkflow],
+            [OrderWorkflow, DailyReportWorkflow, QueueCleanupWorkflow],
             [
                 orders.place_order,
                 orders.record_payment,
@@ -105,6 +109,7 @@ def build_workers(
                 orders.sync_erp,
                 notify.notify,
                 reports.daily_report,
+                maintenance.clean_queues,
             ],
         ),
         worker(
