@@ -1,0 +1,79 @@
+"""Temporal UI search: the order search attributes stay current, and the README's queries work."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from temporalio.client import Client
+
+from orderflow.client import OrderClient
+from orderflow.contracts.order import PaymentReceived, order_workflow_id
+from orderflow.temporal import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
+from tests.conftest import new_order_id
+from tests.helpers import wait_review, wait_status
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+CANCELLED_TODAY = (
+    "WorkflowType = 'OrderWorkflow' AND OrderStatus = 'CANCELLED' AND CloseTime >= '{today}'"
+)
+HIGH_VALUE_IN_REVIEW = (
+    "WorkflowType = 'OrderWorkflow' AND OrderStatus = 'IN_REVIEW' AND OrderTotal > 50000"
+)
+Catalogue = Callable[..., dict[str, str]]
+
+
+async def ids(client: Client, query: str, expect: set[str], within: float = 10.0) -> set[str]:
+    """Workflow ids the query finds, waiting out visibility's lag until `expect` shows up."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        found = {wf.id async for wf in client.list_workflows(query)}
+        if expect <= found or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.2)
+
+
+async def test_search_attributes_follow_the_order_and_the_readme_queries_find_it(
+    orders: OrderClient, catalogue: Catalogue
+) -> None:
+    skus = catalogue(tv=(60_000.0, 3), mug=(300.0, 10))
+    big, small = new_order_id(), new_order_id()
+    await orders.start_order(big, "cust-big", f"{big}@example.com", [(skus["tv"], 1)])
+    await orders.start_order(small, "cust-small", f"{small}@example.com", [(skus["mug"], 2)])
+    await wait_status(orders, big, "PENDING_PAYMENT")
+    await orders.payment_received(
+        big, PaymentReceived(payment_id=f"pay-{big}", amount=60_000.0, provider="stripe")
+    )
+    await wait_review(orders, big)
+    await wait_status(orders, small, "PENDING_PAYMENT")
+    await orders.cancel(small, "changed my mind")
+    await wait_status(orders, small, "CANCELLED")
+    await orders.result(small)
+
+    client = orders.client
+    big_id, small_id = order_workflow_id(big), order_workflow_id(small)
+    desc = await client.get_workflow_handle(small_id).describe()
+    attrs = desc.typed_search_attributes
+    assert attrs.get(ORDER_STATUS) == "CANCELLED"
+    assert attrs.get(ORDER_TOTAL) == 600.0 and attrs.get(CUSTOMER_ID) == "cust-small"
+    attrs = (await client.get_workflow_handle(big_id).describe()).typed_search_attributes
+    assert (attrs.get(ORDER_STATUS), attrs.get(ORDER_TOTAL)) == ("IN_REVIEW", 60_000.0)
+
+    today = datetime.now(UTC).strftime("%Y-%m-%dT00:00:00Z")
+    cancelled = await ids(client, CANCELLED_TODAY.format(today=today), {small_id})
+    assert small_id in cancelled and big_id not in cancelled
+    in_review = await ids(client, HIGH_VALUE_IN_REVIEW, {big_id})
+    assert big_id in in_review and small_id not in in_review
+    by_customer = await ids(client, "CustomerId = 'cust-big'", {big_id})
+    assert big_id in by_customer
+
+    readme = README.read_text()
+    assert HIGH_VALUE_IN_REVIEW in readme
+    assert CANCELLED_TODAY.split(" AND CloseTime")[0] in readme
+    block = readme.split("### Temporal UI searches", 1)[1].split("```")[1]
+    queries = [q for q in block.splitlines() if q.strip() and not q.startswith("#")]
+    assert len(queries) == 4
+    for query in queries:  # each one the server accepts
+        [_ async for _ in client.list_workflows(query, limit=1)]
