@@ -38,7 +38,8 @@ LISTED_JOBS = 20  # failed jobs and DLQ entries shown per queue
 def order_run_url(settings: Settings, order_id: str) -> str:
     """The order's workflow in the Temporal Web UI."""
     workflow_id = quote(order_workflow_id(order_id), safe="")
-    return f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id}"
+    ui = settings.temporal_ui_url or f"http://localhost:{settings.temporal_ui_port}"
+    return f"{ui}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id}"
 
 
 def recent_orders(engine: Engine, limit: int = RECENT_ORDERS) -> list[Order]:
