@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from bullmq import UnrecoverableError
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
@@ -40,6 +42,7 @@ from orderflow.web.metrics import order_counts
 from tests.bridge_helpers import eventually, running
 from tests.conftest import new_order_id
 from tests.helpers import wait_status
+from tests.test_bridge_node import node, run_node, where  # noqa: F401 (node is a fixture)
 from workers.temporal import Dependencies, build_workers
 from workers.webhooks import build_webhook_processor
 
@@ -357,3 +360,29 @@ def _email_done(spans: InMemorySpanExporter) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_node_bullmq_reads_our_trace_context_as_bullmq_otel_metadata(
+    telemetry: Telemetry,
+    spans: InMemorySpanExporter,
+    settings: Settings,
+    redis_url: str,
+    node: str,  # noqa: F811 (the fixture imported above)
+) -> None:
+    spec = unique(email_spec(settings), "node")
+    producer = QueueProducer.connect(spec, redis_url)
+    with trace.get_tracer("test").start_as_current_span("checkout") as parent:
+        await producer.add("send-welcome", {"to": "a@example.com"}, {"jobId": "traced"})
+    await producer.add("send-welcome", {"to": "b@example.com"}, {"jobId": "untraced"})
+    await producer.close()
+    seen = await run_node(node, "inspect.js", *where(spec, redis_url), "traced", "untraced")
+    metadata = json.loads(seen["jobs"]["traced"]["telemetry"]["metadata"])
+    _, trace_id, span_id, _ = metadata["traceparent"].split("-")
+    assert int(trace_id, 16) == parent.get_span_context().trace_id
+    # what a Node worker continues is our PRODUCER span, a child of the caller's span
+    [add] = [s for s in spans.get_finished_spans() if s.context.span_id == int(span_id, 16)]
+    assert add.name == f"add {spec.name}.send-welcome" and add.parent is not None
+    assert add.parent.span_id == parent.get_span_context().span_id
+    # outside any span the add span starts a trace of its own, as in Node BullMQ
+    other = json.loads(seen["jobs"]["untraced"]["telemetry"]["metadata"])["traceparent"]
+    assert other.split("-")[1] != trace_id

@@ -13,7 +13,7 @@ async function main() {
     jobs[id] = job && {
       name: job.name, data: job.data, progress: job.progress, returnvalue: job.returnvalue,
       failedReason: job.failedReason, attemptsMade: job.attemptsMade,
-      stacktrace: job.stacktrace, state: await job.getState(),
+      stacktrace: job.stacktrace, state: await job.getState(), telemetry: job.opts.telemetry,
     };
   }
   console.log(JSON.stringify({ counts, jobs }));
