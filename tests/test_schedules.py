@@ -1,0 +1,168 @@
+"""Schedules (daily report, stock sync) and the ERP: real figures, created idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from temporalio.client import ScheduleActionStartWorkflow
+from temporalio.testing import WorkflowEnvironment
+
+from orderflow.client import OrderClient
+from orderflow.contracts.order import ORDERS_TASK_QUEUE, PaymentReceived
+from orderflow.contracts.reports import (
+    DAILY_REPORT_SCHEDULE_ID,
+    STOCK_SYNC_SCHEDULE_ID,
+    DailyReportInput,
+)
+from orderflow.db import DailyReport, Order, Product
+from orderflow.schedules import ensure_schedules
+from orderflow.settings import Settings
+from tests.conftest import new_order_id
+from tests.fake_erp import FakeErp
+from tests.helpers import stock, wait_status
+from workflows.inventory import StockSyncWorkflow
+from workflows.reports import DailyReportWorkflow
+
+
+async def test_schedules_are_created_idempotently_with_the_seed_timing(
+    env: WorkflowEnvironment, settings: Settings, workers: object
+) -> None:
+    assert await ensure_schedules(env.client, settings) == [
+        DAILY_REPORT_SCHEDULE_ID,
+        STOCK_SYNC_SCHEDULE_ID,
+    ]
+    assert await ensure_schedules(env.client, settings) == [
+        DAILY_REPORT_SCHEDULE_ID,
+        STOCK_SYNC_SCHEDULE_ID,
+    ]
+    daily = await env.client.get_schedule_handle(DAILY_REPORT_SCHEDULE_ID).describe()
+    assert daily.schedule.spec.time_zone_name == "Asia/Kolkata"
+    calendar = daily.schedule.spec.calendars[0] if daily.schedule.spec.calendars else None
+    if calendar is not None:  # the server stores a cron string as a calendar spec
+        assert [r.start for r in calendar.hour] == [9] and [r.start for r in calendar.minute] == [0]
+    else:
+        assert daily.schedule.spec.cron_expressions == ["0 9 * * *"]
+    assert isinstance(daily.schedule.action, ScheduleActionStartWorkflow)
+    assert daily.schedule.action.workflow == "DailyReportWorkflow"
+    sync = await env.client.get_schedule_handle(STOCK_SYNC_SCHEDULE_ID).describe()
+    assert sync.schedule.spec.intervals[0].every.total_seconds() == 3600
+    schedules = [s.id async for s in await env.client.list_schedules()]
+    assert schedules.count(DAILY_REPORT_SCHEDULE_ID) == 1
+
+
+async def test_daily_report_counts_orders_and_revenue_by_status_for_the_day(
+    env: WorkflowEnvironment, engine: Engine, workers: object
+) -> None:
+    def at(utc: str) -> datetime:
+        return datetime.fromisoformat(utc).replace(tzinfo=UTC)
+
+    tag = uuid.uuid4().hex[:6]
+    rows = [  # 2020-01-15 in Asia/Kolkata is 2020-01-14T18:30Z .. 2020-01-15T18:30Z
+        ("CONFIRMED", 1000.0, at("2020-01-14T18:30:00")),
+        ("CONFIRMED", 500.0, at("2020-01-15T10:00:00")),
+        ("SHIPPED", 250.0, at("2020-01-15T18:29:59")),
+        ("CANCELLED", 700.0, at("2020-01-15T05:00:00")),
+        ("CONFIRMED", 9999.0, at("2020-01-15T18:30:00")),  # already the 16th in Kolkata
+        ("CONFIRMED", 8888.0, at("2020-01-14T18:29:59")),  # still the 14th in Kolkata
+    ]
+    with Session(engine) as session:
+        for i, (status, total, created) in enumerate(rows):
+            session.add(
+                Order(
+                    id=f"r-{tag}-{i}", customer_id="r", email="r@example.com", status=status,
+                    total=total, currency="INR", created_at=created,
+                )
+            )  # fmt: skip
+        session.commit()
+    result = await env.client.execute_workflow(
+        DailyReportWorkflow.run,
+        DailyReportInput(timezone="Asia/Kolkata", day="2020-01-15"),
+        id=f"report-{tag}",
+        task_queue=ORDERS_TASK_QUEUE,
+    )
+    assert result.orders == 4
+    assert (
+        result.by_status["CONFIRMED"].orders == 2
+        and result.by_status["CONFIRMED"].revenue == 1500.0
+    )
+    assert (
+        result.by_status["SHIPPED"].orders == 1 and result.by_status["CANCELLED"].revenue == 700.0
+    )
+    assert result.revenue == 1750.0  # cancelled money is not revenue
+    with Session(engine) as session:
+        stored = session.get(DailyReport, "2020-01-15")
+        assert stored is not None and '"revenue": 1750.0' in stored.figures
+
+
+async def test_triggered_schedules_run_their_workflows(
+    env: WorkflowEnvironment, settings: Settings, engine: Engine, workers: object
+) -> None:
+    await ensure_schedules(env.client, settings)
+    before = await _count_runs(env, "StockSyncWorkflow")
+    await env.client.get_schedule_handle(STOCK_SYNC_SCHEDULE_ID).trigger()
+    for _ in range(100):
+        if await _count_runs(env, "StockSyncWorkflow") > before:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the stock-sync schedule started no workflow")
+
+
+async def _count_runs(env: WorkflowEnvironment, workflow_type: str) -> int:
+    query = f"WorkflowType='{workflow_type}' AND ExecutionStatus='Completed'"
+    return (await env.client.count_workflows(query)).count
+
+
+async def test_stock_sync_takes_physical_counts_from_the_erp(
+    env: WorkflowEnvironment,
+    orders: OrderClient,
+    engine: Engine,
+    erp: FakeErp,
+    catalogue: Callable[..., dict[str, str]],
+) -> None:
+    skus = catalogue(rug=(3000.0, 10), lamp=(800.0, 4))
+    order_id = new_order_id()
+    await orders.start_order(order_id, "s", "s@example.com", [(skus["rug"], 3)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    erp.stock = {skus["rug"]: 8, skus["lamp"]: 4}  # two rugs were damaged in the warehouse
+    result = await env.client.execute_workflow(
+        StockSyncWorkflow.run, id=f"sync-{uuid.uuid4().hex[:6]}", task_queue="inventory"
+    )
+    assert result.skus_changed >= 1
+    assert stock(engine, skus["rug"]) == (5, 3)  # physical 8 = 5 sellable + 3 held for the order
+    assert stock(engine, skus["lamp"]) == (4, 0)
+    erp.stock = {}
+
+
+async def test_erp_sync_is_retried_once_then_noted(
+    orders: OrderClient, erp: FakeErp, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    skus = catalogue(pot=(450.0, 5))
+    flaky, down = new_order_id(), new_order_id()
+    for order_id in (flaky, down):
+        await orders.start_order(order_id, "e", "e@example.com", [(skus["pot"], 1)])
+        await wait_status(orders, order_id, "PENDING_PAYMENT")
+    erp.fail_next = 1  # the seed's 2 attempts: one failure is absorbed
+    await orders.payment_received(flaky, PaymentReceived(payment_id=f"pay-{flaky}", amount=450.0))
+    for _ in range(100):
+        if flaky in erp.orders:
+            break
+        await asyncio.sleep(0.1)
+    assert flaky in erp.orders
+    erp.fail_next = 2  # both attempts fail: the order stands, the failure is in its history
+    await orders.payment_received(down, PaymentReceived(payment_id=f"pay-{down}", amount=450.0))
+    for _ in range(100):
+        notes = [h.note for h in (await orders.status(down)).history]
+        if any("ERP sync failed after 2 attempts" in n for n in notes):
+            break
+        await asyncio.sleep(0.1)
+    state = await orders.status(down)
+    assert state.status == "CONFIRMED" and down not in erp.orders
+    assert any("ERP sync failed after 2 attempts" in h.note for h in state.history)
+    with Session(orders.engine) as session:  # type: ignore[arg-type]
+        product = session.get(Product, skus["pot"])
+        assert product is not None and product.reserved == 2
