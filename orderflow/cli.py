@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from datetime import datetime
-from functools import wraps
 from typing import Annotated, Any, TypeVar
 
 import typer
 
+from orderflow.cli_support import run_command as _run
 from orderflow.client import OrderClient
 from orderflow.contracts.order import OrderLine, PaymentFailed, PaymentReceived, Shipment
 from orderflow.contracts.review import ReviewDecision
@@ -41,20 +40,6 @@ app.add_typer(queues_app, name="queues")
 
 T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-
-
-def _run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
-    """Run an async command; an OrderflowError becomes a one-line message and exit code 1."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return asyncio.run(fn(*args, **kwargs))
-        except OrderflowError as err:
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from err
-
-    return wrapper
 
 
 async def _client() -> OrderClient:

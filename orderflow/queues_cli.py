@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from functools import wraps
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from bridge.admin import QueueAdmin, find_spec
 from bridge.specs import queue_specs
+from orderflow.cli_support import run_command as _run
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
 
@@ -30,18 +29,6 @@ queues_app = typer.Typer(
 )
 dlq_app = typer.Typer(help="Dead-letter queues: list, re-drive, purge.", no_args_is_help=True)
 queues_app.add_typer(dlq_app, name="dlq")
-
-
-def _run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return asyncio.run(fn(*args, **kwargs))
-        except OrderflowError as err:
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from err
-
-    return wrapper
 
 
 def parse_duration(text: str) -> float:

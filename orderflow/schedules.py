@@ -58,16 +58,7 @@ def schedules(settings: Settings) -> dict[str, Schedule]:
 
 async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
     """Create the schedules, or bring existing ones up to the current settings."""
-    for schedule_id, schedule in schedules(settings).items():
-        try:
-            await client.create_schedule(schedule_id, schedule)
-        except ScheduleAlreadyRunningError:
-
-            def replace(_: ScheduleUpdateInput, new: Schedule = schedule) -> ScheduleUpdate:
-                return ScheduleUpdate(schedule=new)
-
-            await client.get_schedule_handle(schedule_id).update(replace)
-    return list(schedules(settings))
+    return await _ensure(client, schedules(settings))
 
 
 def maintenance_schedules(settings: Settings) -> dict[str, Schedule]:
@@ -97,7 +88,11 @@ def maintenance_schedules(settings: Settings) -> dict[str, Schedule]:
 
 async def ensure_maintenance_schedules(client: Client, settings: Settings) -> list[str]:
     """Create the maintenance schedules, or bring existing ones up to the current settings."""
-    for schedule_id, schedule in maintenance_schedules(settings).items():
+    return await _ensure(client, maintenance_schedules(settings))
+
+
+async def _ensure(client: Client, wanted: dict[str, Schedule]) -> list[str]:
+    for schedule_id, schedule in wanted.items():
         try:
             await client.create_schedule(schedule_id, schedule)
         except ScheduleAlreadyRunningError:
@@ -106,4 +101,4 @@ async def ensure_maintenance_schedules(client: Client, settings: Settings) -> li
                 return ScheduleUpdate(schedule=new)
 
             await client.get_schedule_handle(schedule_id).update(replace)
-    return list(maintenance_schedules(settings))
+    return list(wanted)
