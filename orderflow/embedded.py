@@ -87,12 +87,13 @@ def start_temporal(
     """Start the Temporal dev server and wait until its frontend listens."""
     ensure_port_free(port, "Temporal dev server", "ORDERFLOW_EMBEDDED_TEMPORAL")
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        temporal_dev_server_args(port=port, ui_port=ui_port, db_file=db_file),
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            temporal_dev_server_args(port=port, ui_port=ui_port, db_file=db_file),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
     return proc
 
@@ -117,12 +118,13 @@ def start_redis(*, url: str, data_dir: Path, log: Path) -> subprocess.Popen:
     port = urlparse(url).port or 6379
     ensure_port_free(port, "redis-server", "ORDERFLOW_EMBEDDED_REDIS")
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        redis_server_args(port=port, data_dir=data_dir),
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            redis_server_args(port=port, data_dir=data_dir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     wait_for_port("127.0.0.1", port, timeout=30, proc=proc)
     return proc
 
