@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sys
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
@@ -329,3 +331,22 @@ def webhooks_sign(
     from bridge.signatures import curl_command
 
     typer.echo(curl_command(provider, body_file, Settings.from_env(), url=url))
+
+
+def main() -> None:
+    """Console entry point: run the CLI, then exit without interpreter teardown.
+
+    The Temporal client's runtime threads can abort CPython's finalization after a short-lived
+    command (temporalio/sdk-python#300), turning a good exit into SIGABRT; nothing is left to
+    flush once the command has returned, so skip the teardown.
+    """
+    try:
+        app()
+        code = 0
+    except SystemExit as done:
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+        code = done.code if isinstance(done.code, int) else int(done.code is not None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
