@@ -25,6 +25,7 @@ from temporalio.worker import (
     HandleUpdateInput,
     StartActivityInput,
     StartChildWorkflowInput,
+    StartLocalActivityInput,
     WorkflowInboundInterceptor,
     WorkflowInterceptorClassInput,
     WorkflowOutboundInterceptor,
@@ -98,6 +99,10 @@ class _CausalOutboundInterceptor(_TracingWorkflowOutboundInterceptor):
     def start_activity(self, input: StartActivityInput) -> ActivityHandle[Any]:
         with attached_context(self.root.causal_context):
             return super().start_activity(input)
+
+    def start_local_activity(self, input: StartLocalActivityInput) -> ActivityHandle[Any]:
+        with attached_context(self.root.causal_context):
+            return super().start_local_activity(input)
 
     async def start_child_workflow(
         self, input: StartChildWorkflowInput

@@ -7,7 +7,12 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlreadyStartedError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    WorkflowAlreadyStartedError,
+)
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -81,9 +86,7 @@ class OrderWorkflow:
     @workflow.run
     async def run(self, order: OrderInput) -> OrderResult:
         """Drive the order to SHIPPED, CANCELLED or REJECTED."""
-        placed = await workflow.execute_activity_method(
-            OrderActivities.place_order, order, start_to_close_timeout=DB_TIMEOUT
-        )
+        placed = await self._act(OrderActivities.place_order, order)
         self._total, self._currency = placed.total, placed.currency
         workflow.upsert_search_attributes([ORDER_TOTAL.value_set(placed.total)])
         if not placed.reserved:
@@ -294,27 +297,26 @@ class OrderWorkflow:
 
     async def _sync_erp(self) -> None:
         try:
-            await workflow.execute_activity_method(
+            await workflow.execute_local_activity_method(
                 OrderActivities.sync_erp,
                 self._order.order_id,
                 start_to_close_timeout=DB_TIMEOUT,
                 retry_policy=RetryPolicy(maximum_attempts=self._order.policy.erp_attempts),
             )
-        except ActivityError as err:
+        except (ActivityError, ApplicationError) as err:  # a local activity raises the latter
             # the order stands; the failed sync is visible in the history for an operator
-            self._note(
-                f"ERP sync failed after {self._order.policy.erp_attempts} attempts: {err.cause}"
-            )
+            cause = err.cause if isinstance(err, ActivityError) else err
+            self._note(f"ERP sync failed after {self._order.policy.erp_attempts} attempts: {cause}")
 
     async def _notify(self, kind: NotificationKind, note: str = "") -> None:
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(
             NotificationActivities.notify,
             NotifyInput(order_id=self._order.order_id, kind=kind, note=note),
             start_to_close_timeout=DB_TIMEOUT,
         )
 
     async def _act(self, method, arg):  # type: ignore[no-untyped-def]
-        return await workflow.execute_activity_method(
+        return await workflow.execute_local_activity_method(
             method, arg, start_to_close_timeout=DB_TIMEOUT
         )
 
