@@ -63,6 +63,9 @@ class QueueProducer:
         self.keys = Keys(spec.prefix, spec.name)
         self.guard = PayloadGuard(spec.name, spec.max_payload_bytes)
         self._loaded = False
+        # most adds use the spec's options as they are: check and pack them once
+        self._defaults = normalize_opts(spec, None)
+        self._packed_defaults = msgpack.packb(self._defaults, use_bin_type=True)
         k = self.keys
         self._standard = (
             bullmq_script("addStandardJob-9.lua"),
@@ -85,7 +88,7 @@ class QueueProducer:
         return cls(spec, RedisClient(redis_url, name=f"orderflow:producer:{spec.name}"))
 
     def _command(self, name: str, data: Any, opts: Mapping[str, Any] | None) -> list[Arg]:
-        final = normalize_opts(self.spec, opts)
+        final = normalize_opts(self.spec, opts) if opts else dict(self._defaults)
         inject_trace(final)
         job_id = final.get("jobId")
         encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
@@ -95,7 +98,11 @@ class QueueProducer:
             [self.keys.base, job_id or "", name, timestamp, None, None, None, None, None],
             use_bin_type=True,
         )
-        packed_opts = msgpack.packb(final, use_bin_type=True)
+        packed_opts = (
+            self._packed_defaults
+            if final == self._defaults
+            else msgpack.packb(final, use_bin_type=True)
+        )
         if final.get("delay"):
             script, keys = self._delayed
         elif final.get("priority"):

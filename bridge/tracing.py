@@ -37,9 +37,14 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 A = TypeVar("A", bound=Callable[..., Awaitable[str]])
 
 
+def tracing_enabled() -> bool:
+    """False until an SDK TracerProvider is installed: then every span is a no-op, so skip it."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def inject_trace(opts: MutableMapping[str, Any]) -> None:
     """Put the current trace context in job opts (kept if the job already carries one)."""
-    if opts.get(TRACE_OPT):
+    if opts.get(TRACE_OPT) or not trace.get_current_span().get_span_context().is_valid:
         return
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
@@ -75,6 +80,8 @@ def traced_add(add: A) -> A:
 
     @wraps(add)
     async def wrapper(self: Any, name: str, data: Any, opts: Any = None) -> str:
+        if not tracing_enabled():
+            return await add(self, name, data, opts)
         with producer_span(self.spec.name, name) as span:
             job_id = await add(self, name, data, opts)
             span.set_attribute(JOB_ID, job_id)
@@ -107,30 +114,35 @@ class InstrumentedProcessor:
 
     async def __call__(self, job: Job) -> Any:
         """Process one attempt of `job`."""
-        tracer = trace.get_tracer(SCOPE)
         labels = {QUEUE_NAME: job.queue, JOB_NAME: job.name}
+        if not tracing_enabled():
+            return await self._measured(job, labels)
+        tracer = trace.get_tracer(SCOPE)
         attributes: dict[str, str | int] = {
             **labels,
             JOB_ID: job.id,
             ATTEMPTS_MADE: job.attempts_made,
         }
-        started = time.perf_counter()
         with tracer.start_as_current_span(
             f"process {job.queue}",
             context=job_context(job.opts),
             kind=SpanKind.CONSUMER,
             attributes=attributes,
         ):
-            try:
-                result = await self.processor(job)
-            except asyncio.CancelledError:  # a timeout or a shutdown: the runtime decides
-                self.duration.record(time.perf_counter() - started, labels)
-                raise
-            except Exception as err:
-                self.duration.record(time.perf_counter() - started, labels)
-                final = isinstance(err, UnrecoverableError) or job.attempts_made + 1 >= job.attempts
-                (self.failed if final else self.retried).add(1, labels)
-                raise
+            return await self._measured(job, labels)
+
+    async def _measured(self, job: Job, labels: dict[str, str]) -> Any:
+        started = time.perf_counter()
+        try:
+            result = await self.processor(job)
+        except asyncio.CancelledError:  # a timeout or a shutdown: the runtime decides
+            self.duration.record(time.perf_counter() - started, labels)
+            raise
+        except Exception as err:
+            self.duration.record(time.perf_counter() - started, labels)
+            final = isinstance(err, UnrecoverableError) or job.attempts_made + 1 >= job.attempts
+            (self.failed if final else self.retried).add(1, labels)
+            raise
         self.duration.record(time.perf_counter() - started, labels)
         self.completed.add(1, labels)
         return result
