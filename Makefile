@@ -19,7 +19,7 @@ system-deps:
 
 python-deps:
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	@$(UV) sync --frozen --quiet
+	@$(UV) sync --frozen --quiet --compile-bytecode
 	@# bytecode for our packages: Temporal's sandbox re-imports workflow modules on every run
 	@$(VENV)/bin/python -m compileall -q orderflow workflows activities bridge workers
 

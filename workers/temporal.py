@@ -90,6 +90,7 @@ def build_workers(
             workflows=workflows,
             activities=activities,
             max_concurrent_activities=concurrency,
+            max_concurrent_local_activities=concurrency,  # the seed's number holds for both kinds
             activity_executor=ThreadPoolExecutor(
                 max_workers=concurrency, thread_name_prefix=f"{queue}-activity"
             ),
