@@ -216,3 +216,22 @@ async def test_shipped_order_releases_reserved_stock_and_mails(
         assert order is not None and order.status == "SHIPPED"
     job = await wait_job(email_queue, f"shipping-notification-{order_id}")
     assert "BD123" in job.data["data"]["note"]
+
+
+async def test_payment_that_does_not_match_the_total_is_refused(
+    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    skus = catalogue(hat=(350.0, 4))
+    order_id = new_order_id()
+    await orders.start_order(order_id, "cust-10", "j@example.com", [(skus["hat"], 2)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    short = await orders.payment_received(
+        order_id, PaymentReceived(payment_id="short", amount=350.0)
+    )
+    assert not short.accepted
+    assert order_id in short.reason and "350.00" in short.reason and "700.00" in short.reason
+    assert (await orders.status(order_id)).status == "PENDING_PAYMENT"
+    ack = await orders.payment_received(order_id, PaymentReceived(payment_id="full", amount=700.0))
+    assert ack.accepted, ack.reason
+    await wait_status(orders, order_id, "CONFIRMED")
+    assert payments(engine, order_id) == [("capture", "succeeded", 700.0)]

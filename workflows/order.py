@@ -60,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.review import ManualReviewWorkflow
 
 DB_TIMEOUT = timedelta(seconds=30)
+AMOUNT_TOLERANCE = 0.005  # half a paisa: totals are rounded to 2 decimals on both sides
 PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING)
 
 
@@ -406,6 +407,18 @@ class OrderWorkflow:
                 accepted=False,
                 status=self._status,
                 reason=f"order {order_id} is {self._status}: payment refused",
+            )
+        if self._status != "NEW" and abs(payment.amount - self._total) > AMOUNT_TOLERANCE:
+            self._note(
+                f"refused payment {payment.payment_id}: {payment.amount:.2f} is not the total"
+            )
+            return PaymentAck(
+                accepted=False,
+                status=self._status,
+                reason=(
+                    f"order {order_id}: payment {payment.payment_id} of {payment.amount:.2f} "
+                    f"does not match the order total {self._total:.2f} {self._currency}"
+                ),
             )
         self._payment = payment
         self._note(
