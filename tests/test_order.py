@@ -235,3 +235,36 @@ async def test_payment_that_does_not_match_the_total_is_refused(
     assert ack.accepted, ack.reason
     await wait_status(orders, order_id, "CONFIRMED")
     assert payments(engine, order_id) == [("capture", "succeeded", 700.0)]
+
+
+async def test_payment_arriving_with_the_start_of_a_rejected_order_is_refunded(
+    env: WorkflowEnvironment,
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
+) -> None:
+    from orderflow.client import policy_from_settings
+    from orderflow.contracts.order import OrderInput, OrderLine
+    from workflows.order import OrderWorkflow
+
+    skus = catalogue(clock=(999.0, 1))
+    order_id = new_order_id()
+    order = OrderInput(
+        order_id=order_id,
+        customer_id="cust-11",
+        email="k@example.com",
+        items=[OrderLine(sku=skus["clock"], quantity=2)],
+        policy=policy_from_settings(orders.settings),
+    )
+    handle = await env.client.start_workflow(  # signal-with-start: the payment is in the first task
+        OrderWorkflow.run,
+        order,
+        id=f"order-{order_id}",
+        task_queue="orders",
+        start_signal="payment_received",
+        start_signal_args=[PaymentReceived(payment_id=f"pay-{order_id}", amount=1998.0)],
+    )
+    assert (await handle.result()).status == "REJECTED"
+    assert payments(engine, order_id) == [("refund", "succeeded", 1998.0)]
+    assert "refunded" in (await orders.status(order_id)).history[-1].note
+    assert stock(engine, skus["clock"]) == (1, 0)

@@ -92,6 +92,8 @@ class OrderWorkflow:
         workflow.upsert_search_attributes([ORDER_TOTAL.value_set(placed.total)])
         if not placed.reserved:
             self._set(OrderStatus.REJECTED, placed.reason)
+            if self._payment is not None:  # paid before the stock check answered
+                self._note(await self._refund(placed.reason))
             return await self._end()
         self._set(OrderStatus.PENDING_PAYMENT, f"{placed.total:.2f} {placed.currency} reserved")
 
@@ -257,25 +259,7 @@ class OrderWorkflow:
         order_id = self._order.order_id
         reason = self._cancel.reason if self._cancel else "cancelled"
         if refund and self._payment is not None:
-            result = await workflow.execute_child_workflow(
-                PaymentRetryWorkflow.run,
-                PaymentRetryInput(
-                    order_id=order_id,
-                    kind=PaymentKind.REFUND,
-                    amount=self._payment.amount,
-                    attempts=self._order.policy.payment_retry_attempts,
-                    interval_seconds=self._order.policy.payment_retry_interval_seconds,
-                    reason=reason,
-                ),
-                id=payment_retry_workflow_id(order_id, PaymentKind.REFUND),
-                task_queue=PAYMENTS_TASK_QUEUE,
-            )
-            refund_note = (
-                f"refunded {result.payment_id}"
-                if result.succeeded
-                else "REFUND FAILED: needs an operator"
-            )
-            reason = f"{reason}; {refund_note}"
+            reason = f"{reason}; {await self._refund(reason)}"
         await self._release(reason)
         await self._act(
             OrderActivities.set_status, StatusInput(order_id, OrderStatus.CANCELLED, reason)
@@ -283,6 +267,29 @@ class OrderWorkflow:
         self._set(OrderStatus.CANCELLED, reason)
         await self._notify(NotificationKind.CANCELLATION, reason)
         return await self._end()
+
+    async def _refund(self, reason: str) -> str:
+        """Give the accepted payment back (retried like a capture); returns a note for the history."""
+        assert self._payment is not None
+        order_id = self._order.order_id
+        result = await workflow.execute_child_workflow(
+            PaymentRetryWorkflow.run,
+            PaymentRetryInput(
+                order_id=order_id,
+                kind=PaymentKind.REFUND,
+                amount=self._payment.amount,
+                attempts=self._order.policy.payment_retry_attempts,
+                interval_seconds=self._order.policy.payment_retry_interval_seconds,
+                reason=reason,
+            ),
+            id=payment_retry_workflow_id(order_id, PaymentKind.REFUND),
+            task_queue=PAYMENTS_TASK_QUEUE,
+        )
+        return (
+            f"refunded {result.payment_id}"
+            if result.succeeded
+            else "REFUND FAILED: needs an operator"
+        )
 
     async def _release(self, reason: str) -> None:
         try:
