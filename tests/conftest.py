@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -56,10 +57,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Settings:
-    """Settings for the test session: its own data folder, the test Redis, the seed's numbers."""
+    """Settings for the test session: its own data folder, the test Redis, the seed's numbers.
+
+    The database is a SQLite file there, or ORDERFLOW_TEST_DATABASE_URL (e.g. a PostgreSQL one).
+    """
     data = tmp_path_factory.mktemp("data")
     return Settings(
-        data_dir=data, redis_url=redis_url, queue_prefix="bull", graceful_shutdown_seconds=5
+        data_dir=data,
+        redis_url=redis_url,
+        queue_prefix="bull",
+        graceful_shutdown_seconds=5,
+        database_url=os.environ.get("ORDERFLOW_TEST_DATABASE_URL", ""),
     )
 
 
