@@ -30,6 +30,7 @@ from orderflow.contracts.order import (
     OrderPolicy,
     OrderResult,
     OrderState,
+    OrderStatus,
     PaymentAck,
     PaymentFailed,
     PaymentReceived,
@@ -175,8 +176,13 @@ class OrderClient:
         return await self._handle(order_id).result()
 
     async def request_return(self, order_id: str, reason: str) -> str:
-        """Open a manual review for a return request; approval refunds the order."""
-        total = await self._order_total(order_id)
+        """Open a manual review for a return request on a shipped order; approval refunds it."""
+        total, status = await self._order_total_and_status(order_id)
+        if status != OrderStatus.SHIPPED:
+            raise InvalidOrderError(
+                f"order {order_id!r} is {status}: only a shipped order can be returned"
+                + ("; cancel it instead" if status == OrderStatus.CONFIRMED else "")
+            )
         review_id = review_workflow_id(order_id, ReviewKind.RETURN)
         try:
             await self.client.start_workflow(
@@ -236,14 +242,15 @@ class OrderClient:
                 found.append(info)
         return found
 
-    async def _order_total(self, order_id: str) -> float:
+    async def _order_total_and_status(self, order_id: str) -> tuple[float, str]:
         if self.engine is not None:
             with Session(self.engine) as session:
                 order = session.get(Order, order_id)
                 if order is None:
                     raise UnknownOrderError(order_id)
-                return order.total
-        return (await self.status(order_id)).total
+                return order.total, order.status
+        state = await self.status(order_id)
+        return state.total, state.status
 
     async def _signal(self, order_id: str, signal: Any, arg: Any) -> None:
         try:

@@ -104,3 +104,24 @@ async def test_decision_needs_a_reviewer(
     with pytest.raises(UnknownReviewError):
         await orders.decide_review(review.review_id, ReviewDecision(approve=True, reviewer=" "))
     assert review.review_id in [r.review_id for r in await orders.pending_reviews()]
+
+
+async def test_only_a_shipped_order_can_be_returned(
+    orders: OrderClient, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    from orderflow.errors import InvalidOrderError, UnknownOrderError
+
+    skus = catalogue(belt=(900.0, 2))
+    order_id = new_order_id()
+    await orders.start_order(order_id, "cust-ret2", "r2@example.com", [(skus["belt"], 1)])
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    await orders.payment_received(
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=900.0)
+    )
+    await wait_status(orders, order_id, "CONFIRMED")
+    with pytest.raises(
+        InvalidOrderError, match=f"order '{order_id}' is CONFIRMED.*cancel it instead"
+    ):
+        await orders.request_return(order_id, "changed my mind")
+    with pytest.raises(UnknownOrderError, match="no-such-order"):
+        await orders.request_return("no-such-order", "?")
