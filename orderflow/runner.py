@@ -88,7 +88,7 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
             )
         engine = make_engine(settings.db_url)
         stack.callback(engine.dispose)
-        if added := catalogue.seed(engine):
+        if settings.seed_catalogue and (added := catalogue.seed(engine)):
             log.info("seeded %d starter products", added)
         telemetry = setup_telemetry(settings)
         stack.callback(telemetry.shutdown)

@@ -13,6 +13,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORDERFLOW_", env_file=".env", extra="ignore")
 
     data_dir: Path = Path("data")
+    seed_catalogue: bool = True  # add the starter products on start (switch off in production)
     # Temporal
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
