@@ -16,7 +16,12 @@ from temporalio.client import (
 )
 
 from orderflow.contracts.inventory import INVENTORY_TASK_QUEUE
-from orderflow.contracts.maintenance import QUEUE_CLEANUP_SCHEDULE_ID, QueueCleanupInput
+from orderflow.contracts.maintenance import (
+    PAYMENT_RECONCILIATION_SCHEDULE_ID,
+    QUEUE_CLEANUP_SCHEDULE_ID,
+    QueueCleanupInput,
+    ReconciliationRequest,
+)
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.contracts.reports import (
     DAILY_REPORT_SCHEDULE_ID,
@@ -25,7 +30,7 @@ from orderflow.contracts.reports import (
 )
 from orderflow.settings import Settings
 from workflows.inventory import StockSyncWorkflow
-from workflows.maintenance import QueueCleanupWorkflow
+from workflows.maintenance import PaymentReconciliationWorkflow, QueueCleanupWorkflow
 from workflows.reports import DailyReportWorkflow
 
 
@@ -62,7 +67,8 @@ async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
 
 
 def maintenance_schedules(settings: Settings) -> dict[str, Schedule]:
-    """The bridge queues' cleanup: failed jobs older than the retention (seed: 7 days), hourly.
+    """The bridge queues' cleanup (failed jobs older than 7 days, hourly) and the daily payment
+    reconciliation job.
 
     A Schedule rather than a timer in each bridge worker: it runs once however many bridge
     workers there are, and it can be seen, paused and triggered in the Temporal UI.
@@ -82,7 +88,19 @@ def maintenance_schedules(settings: Settings) -> dict[str, Schedule]:
                     )
                 ]
             ),
-        )
+        ),
+        PAYMENT_RECONCILIATION_SCHEDULE_ID: Schedule(
+            action=ScheduleActionStartWorkflow(
+                PaymentReconciliationWorkflow.run,
+                ReconciliationRequest(window_hours=24.0),
+                id="payment-reconciliation",
+                task_queue=ORDERS_TASK_QUEUE,
+            ),
+            spec=ScheduleSpec(
+                cron_expressions=[settings.reconciliation_cron],
+                time_zone_name=settings.report_timezone,
+            ),
+        ),
     }
 
 

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # Schedules
     report_cron: str = "0 9 * * *"  # seed: daily report at 09:00
     report_timezone: str = "Asia/Kolkata"
+    reconciliation_cron: str = (
+        "0 2 * * *"  # daily payment reconciliation, after the night's webhooks
+    )
     stock_sync_every_seconds: float = 3600.0  # seed: hourly stock sync
 
     @property

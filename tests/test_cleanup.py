@@ -13,7 +13,11 @@ from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.specs import KEEP_COMPLETED, WEBHOOK_QUEUE, email_spec, queue_specs
-from orderflow.contracts.maintenance import QUEUE_CLEANUP_SCHEDULE_ID, QueueCleanupInput
+from orderflow.contracts.maintenance import (
+    PAYMENT_RECONCILIATION_SCHEDULE_ID,
+    QUEUE_CLEANUP_SCHEDULE_ID,
+    QueueCleanupInput,
+)
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.schedules import ensure_maintenance_schedules
 from orderflow.settings import Settings
@@ -60,8 +64,9 @@ async def _processed(admin: QueueAdmin, n: int) -> bool:
 async def test_cleanup_schedule_removes_failed_jobs_older_than_seven_days(
     env: WorkflowEnvironment, settings: Settings, redis_url: str, workers: object
 ) -> None:
-    assert await ensure_maintenance_schedules(env.client, settings) == [QUEUE_CLEANUP_SCHEDULE_ID]
-    assert await ensure_maintenance_schedules(env.client, settings) == [QUEUE_CLEANUP_SCHEDULE_ID]
+    expected = [QUEUE_CLEANUP_SCHEDULE_ID, PAYMENT_RECONCILIATION_SCHEDULE_ID]
+    assert await ensure_maintenance_schedules(env.client, settings) == expected
+    assert await ensure_maintenance_schedules(env.client, settings) == expected
     described = await env.client.get_schedule_handle(QUEUE_CLEANUP_SCHEDULE_ID).describe()
     assert described.schedule.spec.intervals[0].every.total_seconds() == 3600
     action = described.schedule.action
@@ -104,3 +109,30 @@ async def test_cleanup_schedule_removes_failed_jobs_older_than_seven_days(
 async def _failed(admin: QueueAdmin, ids: set[str]) -> bool:
     failed = {j.id for j in await admin.failed(100)}
     return ids <= failed
+
+
+async def test_reconciliation_workflow_enqueues_one_job_per_run(
+    env: WorkflowEnvironment, settings: Settings, workers: object
+) -> None:
+    from bullmq import Queue as BullQueue
+
+    from orderflow.contracts.maintenance import ReconciliationRequest
+    from workflows.maintenance import PaymentReconciliationWorkflow
+
+    run_id = f"payment-reconciliation-{uuid.uuid4().hex[:8]}"
+    job_id = await env.client.execute_workflow(
+        PaymentReconciliationWorkflow.run,
+        ReconciliationRequest(window_hours=12),
+        id=run_id,
+        task_queue="orders",
+    )
+    assert job_id == f"reconciliation-{run_id}"
+    queue = BullQueue(
+        WEBHOOK_QUEUE, {"connection": settings.redis_url, "prefix": settings.queue_prefix}
+    )
+    try:
+        job = await queue.getJob(job_id)
+        assert job is not None and job.name == "payment-reconciliation"
+        assert job.data == {"window_hours": 12}
+    finally:
+        await queue.close()

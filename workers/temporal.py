@@ -27,7 +27,7 @@ from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE
 from orderflow.contracts.review import REVIEWS_TASK_QUEUE
 from orderflow.settings import Settings
 from workflows.inventory import InventoryReleaseWorkflow, StockSyncWorkflow
-from workflows.maintenance import QueueCleanupWorkflow
+from workflows.maintenance import PaymentReconciliationWorkflow, QueueCleanupWorkflow
 from workflows.order import OrderWorkflow
 from workflows.payment import PaymentRetryWorkflow
 from workflows.reports import DailyReportWorkflow
@@ -101,7 +101,12 @@ def build_workers(
         worker(
             ORDERS_TASK_QUEUE,
             settings.orders_concurrency,
-            [OrderWorkflow, DailyReportWorkflow, QueueCleanupWorkflow],
+            [
+                OrderWorkflow,
+                DailyReportWorkflow,
+                QueueCleanupWorkflow,
+                PaymentReconciliationWorkflow,
+            ],
             [
                 orders.place_order,
                 orders.record_payment,
@@ -111,6 +116,7 @@ def build_workers(
                 notify.notify,
                 reports.daily_report,
                 maintenance.clean_queues,
+                maintenance.request_reconciliation,
             ],
         ),
         worker(

@@ -1,4 +1,5 @@
-"""QueueCleanupWorkflow (Schedule: hourly, removes failed bridge jobs older than 7 days)."""
+"""QueueCleanupWorkflow (hourly: failed bridge jobs older than 7 days) and the daily
+PaymentReconciliationWorkflow (asks the webhook worker to reconcile payments with orders)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.maintenance import MaintenanceActivities
-    from orderflow.contracts.maintenance import QueueCleanupInput, QueueCleanupResult
+    from orderflow.contracts.maintenance import (
+        QueueCleanupInput,
+        QueueCleanupResult,
+        ReconciliationRequest,
+    )
 
 
 @workflow.defn
@@ -24,4 +29,18 @@ class QueueCleanupWorkflow:
             data,
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=RetryPolicy(maximum_attempts=3),
+        )
+
+
+@workflow.defn
+class PaymentReconciliationWorkflow:
+    """Enqueues the seed's payment-reconciliation job; the webhook worker reports mismatches."""
+
+    @workflow.run
+    async def run(self, data: ReconciliationRequest) -> str:
+        """Add the job; returns its id."""
+        return await workflow.execute_activity_method(
+            MaintenanceActivities.request_reconciliation,
+            data,
+            start_to_close_timeout=timedelta(minutes=1),
         )
