@@ -23,6 +23,7 @@ from orderflow import embedded
 from orderflow.client import OrderClient
 from orderflow.db import Product, make_engine
 from orderflow.settings import Settings
+from orderflow.smtp_sink import SmtpSink
 from orderflow.temporal import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
 from tests.fake_erp import FakeErp
 from workers.temporal import Dependencies, build_workers
@@ -142,3 +143,11 @@ def catalogue(engine: Engine) -> Callable[..., dict[str, str]]:
 def new_order_id() -> str:
     """A unique order id per test."""
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[SmtpSink]:
+    """A real SMTP sink on a free port, keeping this test's mail in its own folder."""
+    server = SmtpSink(tmp_path / "mail", "127.0.0.1", embedded.free_port()).start()
+    yield server
+    server.stop()

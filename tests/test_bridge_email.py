@@ -6,7 +6,6 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from bridge.dlq import DeadLetterQueue
 from bridge.email import EmailProcessor, message_id_for
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
-from orderflow import embedded
 from orderflow.settings import Settings
 from orderflow.smtp_sink import SmtpSink
 from tests.bridge_helpers import bull_queue, counts, eventually, running, unique_spec
@@ -33,13 +31,6 @@ ORDER_MAIL = {
         "note": "<script>alert(1)</script>",
     },
 }
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[SmtpSink]:
-    server = SmtpSink(tmp_path / "mail", "127.0.0.1", embedded.free_port()).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
 from bridge.specs import QueueSpec
-from orderflow import embedded
 from orderflow.settings import Settings
 from orderflow.smtp_sink import SmtpSink
 from tests.bridge_helpers import counts, eventually, running, unique_spec
@@ -47,13 +45,6 @@ async def run_node(node: str, script: str, *args: str) -> Any:
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     return json.loads(out.decode().strip().splitlines()[-1])
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[SmtpSink]:
-    server = SmtpSink(tmp_path / "mail", "127.0.0.1", embedded.free_port()).start()
-    yield server
-    server.stop()
 
 
 def where(spec: QueueSpec, redis_url: str) -> list[str]:

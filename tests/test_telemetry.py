@@ -6,7 +6,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +28,6 @@ from bridge.redis_client import RedisClient
 from bridge.sample_events import stripe_payment_succeeded
 from bridge.signatures import signed_headers
 from bridge.specs import QueueSpec, email_spec, webhook_spec
-from orderflow import embedded
 from orderflow.client import OrderClient
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.db import Order
@@ -226,13 +224,6 @@ async def test_temporal_sdk_metrics_are_on_the_scrape(
 
 
 # ---- one trace from the webhook to the SMTP send --------------------------------------------
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[SmtpSink]:
-    server = SmtpSink(tmp_path / "mail", "127.0.0.1", embedded.free_port()).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

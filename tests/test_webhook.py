@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -290,13 +289,6 @@ async def test_reconciliation_job_returns_the_mismatches(
 
 
 # ---- end to end: HTTP → queue → worker → workflow → email-queue → SMTP ---------------------
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[SmtpSink]:
-    server = SmtpSink(tmp_path / "mail", "127.0.0.1", embedded.free_port()).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
