@@ -174,6 +174,10 @@ class BridgeWorker:
                 fetched = None
                 log.exception("%s: unexpected error in a worker slot", self.name)
                 await asyncio.sleep(RECONNECT_DELAY)
+        if fetched is not None:  # fetched by a finish or fetch that overlapped the stop
+            await self._hand_back(
+                job_from_hash(fetched[0], fetched[1], fetched[2], self.spec.name, self)
+            )
 
     async def _wait_idle(self, wakeup: asyncio.Future[None] | None) -> None:
         if wakeup is None or wakeup.done():

@@ -17,6 +17,7 @@ from bridge.errors import PayloadRejectedError
 from bridge.job import Job
 from bridge.producer import BulkJob, QueueProducer
 from bridge.redis_client import RedisClient
+from bridge.runtime import BridgeWorker
 from bridge.specs import RateLimit
 from orderflow.settings import Settings
 from tests.bridge_helpers import bull_queue, counts, eventually, running, unique_spec
@@ -238,13 +239,16 @@ async def test_graceful_shutdown_finishes_active_jobs_and_leaves_the_rest(
     spec = unique_spec(settings, rate_limit=None)
     producer = QueueProducer.connect(spec, redis_url)
     await producer.add_bulk([BulkJob("send-welcome", {"i": i}) for i in range(20)])
+    started: list[str] = []
     finished: list[str] = []
 
     async def slow(job: Job) -> None:
-        await asyncio.sleep(0.4)
+        started.append(job.id)
+        await asyncio.sleep(0.4)  # the work itself, long enough to be active at the stop
         finished.append(job.id)
 
     async with running(spec, slow, redis_url, grace=5):
+        await eventually(lambda: _at_least(started, spec.concurrency))
         await eventually(lambda: _at_least(finished, 1))
     after = await counts(spec, redis_url)
     assert after["active"] == 0 and after["failed"] == 0
@@ -302,4 +306,37 @@ async def test_progress_and_return_value(settings: Settings, redis_url: str) -> 
     assert logs == ["half way"]
     raw = await producer.client.execute("HGET", f"{spec.prefix}:{spec.name}:p1", "returnvalue")
     assert json.loads(raw) == {"to": "a@example.com"}
+    await producer.close()
+
+
+async def test_a_job_fetched_while_stopping_goes_back_to_wait(
+    settings: Settings, redis_url: str
+) -> None:
+    """Stop arriving during a finish that also fetches the next job must not strand that job."""
+    spec = unique_spec(settings, rate_limit=None, concurrency=1)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add_bulk([BulkJob("send-welcome", {"i": i}) for i in range(3)])
+    stop = asyncio.Event()
+    seen: list[str] = []
+
+    async def record(job: Job) -> None:
+        seen.append(job.id)
+
+    worker = BridgeWorker(spec, record, redis_url)
+    real_run = worker.client.run
+
+    async def stopping() -> bool:
+        return worker._stopping
+
+    async def stop_during_finish(script: Any, keys: Any, args: Any) -> Any:
+        if script is worker._finish_script:
+            stop.set()
+            await eventually(stopping)  # the worker sees the stop while this finish is in flight
+        return await real_run(script, keys, args)
+
+    worker.client.run = stop_during_finish  # type: ignore[method-assign]
+    await asyncio.wait_for(worker.run(stop, grace_seconds=5), 20)
+    after = await counts(spec, redis_url)
+    assert seen == ["1"]
+    assert after == {**after, "active": 0, "completed": 1, "waiting": 2}
     await producer.close()
