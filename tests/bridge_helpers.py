@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +14,9 @@ from bridge.job import Job
 from bridge.runtime import BackoffStrategy, BridgeWorker
 from bridge.specs import QueueSpec, email_spec
 from orderflow.settings import Settings
+from tests.helpers import eventually
+
+__all__ = ["bull_queue", "counts", "eventually", "running", "unique_spec"]
 
 
 def unique_spec(settings: Settings, **changes: Any) -> QueueSpec:
@@ -45,15 +47,6 @@ async def running(
 def bull_queue(spec: QueueSpec, redis_url: str) -> Queue:
     """The Python port's Queue on the same keys, to read jobs as any BullMQ client would."""
     return Queue(spec.name, {"connection": redis_url, "prefix": spec.prefix})
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    """Poll `check` until it holds, failing after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.05)
 
 
 async def counts(spec: QueueSpec, redis_url: str) -> dict[str, int]:

@@ -3,15 +3,54 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 from orderflow.client import OrderClient
 from orderflow.contracts.order import OrderState
 from orderflow.contracts.review import PendingReview
 from orderflow.db import Payment, Product
+
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], within: float = 10.0, what: str = "condition"
+) -> T:
+    """Poll `check` until it returns a truthy value and return that value; fail after `within` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not met within {within}s")
+        await asyncio.sleep(0.05)
+
+
+async def started_workflow(
+    client: Client, workflow_id: str, within: float = 20.0
+) -> WorkflowHandle:
+    """The handle of a workflow another one starts (a child), once the server knows it."""
+    handle = client.get_workflow_handle(workflow_id)
+
+    async def exists() -> bool:
+        try:
+            await handle.describe()
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
+    await eventually(exists, within, f"workflow {workflow_id} started")
+    return handle
 
 
 async def wait_status(

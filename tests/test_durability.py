@@ -18,7 +18,7 @@ from orderflow.contracts.review import ReviewDecision
 from orderflow.db import Product, Reservation
 from orderflow.settings import Settings
 from tests.conftest import new_order_id
-from tests.helpers import stock, wait_review, wait_status
+from tests.helpers import started_workflow, stock, wait_review, wait_status
 from workers.temporal import Dependencies, build_workers
 from workflows.inventory import InventoryReleaseWorkflow, StockSyncWorkflow
 from workflows.order import OrderWorkflow
@@ -95,8 +95,7 @@ async def test_recorded_histories_replay_against_current_code(
     review = await wait_review(orders, reviewed)
     await orders.decide_review(review.review_id, ReviewDecision(approve=False, reviewer="qa"))
     await orders.payment_failed(retried, PaymentFailed(payment_id="pf", reason="declined"))
-    retry = env.client.get_workflow_handle(f"payment-capture-{retried}")
-    await asyncio.sleep(0.5)
+    retry = await started_workflow(env.client, f"payment-capture-{retried}")
     await env.fast_forward(retry)
     for order_id in (paid, retried):
         await wait_status(orders, order_id, "CONFIRMED")
@@ -185,8 +184,7 @@ async def test_inventory_invariant_after_a_mixed_batch(
             await orders.payment_failed(
                 order_id, PaymentFailed(payment_id=f"pf-{order_id}", reason="declined")
             )
-            retry = env.client.get_workflow_handle(f"payment-capture-{order_id}")
-            await asyncio.sleep(0.5)
+            retry = await started_workflow(env.client, f"payment-capture-{order_id}")
             await env.fast_forward(retry)
         return "driven"
 
