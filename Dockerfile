@@ -4,10 +4,13 @@ RUN pip install --no-cache-dir uv
 WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
 COPY orderflow orderflow
-COPY workflows workflows
-COPY activities activities
 COPY bridge bridge
+COPY payments payments
+COPY mail mail
+COPY activities activities
+COPY workflows workflows
 COPY workers workers
+COPY app app
 RUN uv sync --frozen --no-dev
 ENV PATH="/app/.venv/bin:$PATH" \
     ORDERFLOW_EMBEDDED_TEMPORAL=false \

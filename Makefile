@@ -21,7 +21,7 @@ python-deps:
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@$(UV) sync --frozen --quiet --compile-bytecode
 	@# bytecode for our packages: Temporal's sandbox re-imports workflow modules on every run
-	@$(VENV)/bin/python -m compileall -q orderflow workflows activities bridge workers
+	@$(VENV)/bin/python -m compileall -q orderflow bridge payments mail activities workflows workers app
 
 node-deps:
 	@if [ -f $(NODE_DIR)/package.json ]; then \

@@ -8,13 +8,14 @@ from temporalio import activity
 
 from bridge.admin import QueueAdmin
 from bridge.producer import QueueProducer
-from bridge.reconciliation import enqueue_reconciliation
-from bridge.specs import WEBHOOK_QUEUE, QueueSpec
+from bridge.specs import QueueSpec
 from orderflow.contracts.maintenance import (
     QueueCleanupInput,
     QueueCleanupResult,
     ReconciliationRequest,
 )
+from orderflow.contracts.payment import WEBHOOK_QUEUE
+from payments.reconciliation import enqueue_reconciliation
 
 
 class MaintenanceActivities:

@@ -9,14 +9,15 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from orderflow.contracts.mail import EMAIL_QUEUE, EmailJob
 from orderflow.contracts.order import NotificationKind, NotifyInput, NotifyResult
 from orderflow.db import Invoice, Order, OrderItem
 
 # email-queue job name and subject per notification (job names as in the seed)
-JOBS: dict[NotificationKind, tuple[str, str]] = {
-    NotificationKind.CONFIRMATION: ("send-order-confirmation", "Order Confirmed"),
-    NotificationKind.CANCELLATION: ("send-order-cancelled", "Order Cancelled"),
-    NotificationKind.SHIPPING: ("send-shipping-notification", "Your Order Has Shipped"),
+JOBS: dict[NotificationKind, tuple[EmailJob, str]] = {
+    NotificationKind.CONFIRMATION: (EmailJob.ORDER_CONFIRMATION, "Order Confirmed"),
+    NotificationKind.CANCELLATION: (EmailJob.ORDER_CANCELLED, "Order Cancelled"),
+    NotificationKind.SHIPPING: (EmailJob.SHIPPING_NOTIFICATION, "Your Order Has Shipped"),
 }
 
 
@@ -43,7 +44,7 @@ class NotificationActivities:
         # no ":" in the id: Node BullMQ refuses it in custom job ids
         job_id = f"{data.kind.value}-{data.order_id}"
         await self.email_queue.add(job_name, job_data, {"jobId": job_id})
-        return NotifyResult(job_id=job_id, channel="email-queue")
+        return NotifyResult(job_id=job_id, channel=EMAIL_QUEUE)
 
     def _job_data(self, data: NotifyInput, subject: str) -> dict[str, Any]:
         with Session(self.engine) as session:

@@ -7,9 +7,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
 
-from activities.gateway import PaymentGateway, call
 from orderflow.contracts.payment import GatewayRequest, GatewayResponse
 from orderflow.db import Payment
+from payments.gateway import PaymentGateway, call
 
 
 class PaymentActivities:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app import embedded
 from bridge.job import Job
 from bridge.producer import BulkJob, QueueProducer
 from bridge.runtime import BridgeWorker
 from bridge.specs import email_spec
-from orderflow import embedded
 from orderflow.settings import Settings
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "tests" / "node"

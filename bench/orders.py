@@ -24,11 +24,11 @@ from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app import embedded
+from app.client import OrderClient
 from bench.noop_workflow import NoopWorkflow
 from bridge.producer import producer_for
-from bridge.specs import EMAIL_QUEUE
-from orderflow import embedded
-from orderflow.client import OrderClient
+from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.order import PaymentReceived
 from orderflow.db import Order, Product, make_engine
 from orderflow.settings import Settings

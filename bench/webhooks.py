@@ -32,11 +32,11 @@ from sqlmodel import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.sample_events import stripe_payment_succeeded
-from bridge.signatures import signed_headers
-from orderflow import embedded
-from orderflow.client import OrderClient
+from app import embedded
+from app.client import OrderClient
 from orderflow.settings import Settings
+from payments.samples import stripe_payment_succeeded
+from payments.signatures import signed_headers
 
 STATUS_POLL_SECONDS = 0.005  # the CONFIRMED wait polls the status query this often
 SKU = "BENCH-WEBHOOK-SKU"
@@ -53,12 +53,13 @@ def pct(values: list[float], q: float) -> float:
 
 async def serve(mode: str) -> None:
     """Run the HTTP app (and in full mode every worker) until SIGTERM."""
+    from app.client import OrderClient
+    from app.temporal import connect
+    from app.web.app import create_app, http_server
     from bridge.producer import producer_for
-    from bridge.specs import EMAIL_QUEUE, WEBHOOK_QUEUE
-    from orderflow.client import OrderClient
+    from orderflow.contracts.mail import EMAIL_QUEUE
+    from orderflow.contracts.payment import WEBHOOK_QUEUE
     from orderflow.db import make_engine
-    from orderflow.temporal import connect
-    from orderflow.web.app import create_app, http_server
     from workers.bridge import run_bridge_workers
     from workers.temporal import Dependencies, build_workers
     from workers.webhooks import webhook_processors
@@ -187,8 +188,8 @@ async def ingest(settings: Settings, requests: int, concurrency: int) -> None:
 
 async def confirm(settings: Settings, orders_n: int) -> None:
     """Latency from webhook POST to CONFIRMED, one order at a time."""
+    from app.temporal import connect
     from orderflow.db import Product, make_engine
-    from orderflow.temporal import connect
 
     engine = make_engine(settings.db_url)
     with Session(engine) as session:
@@ -230,7 +231,7 @@ async def main() -> None:
     parser.add_argument("--orders", type=int, default=50)
     args = parser.parse_args()
 
-    from orderflow.smtp_sink import SmtpSink
+    from app.smtp_sink import SmtpSink
 
     tmp = Path(tempfile.mkdtemp(prefix="orderflow-bench-webhooks-"))
     redis_url = f"redis://127.0.0.1:{embedded.free_port()}/0"

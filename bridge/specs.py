@@ -1,15 +1,14 @@
-"""The bridge's queues in one table: names, job names, the seed's numbers, and the DLQ of each."""
+"""The bridge's queues in one table: the seed's numbers and the DLQ of each (names: contracts)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
+from orderflow.contracts.mail import EMAIL_QUEUE, EmailJob
+from orderflow.contracts.payment import WEBHOOK_QUEUE, WebhookJob
 from orderflow.settings import Settings
 
-EMAIL_QUEUE = "email-queue"  # the seed's queue name, shared with Node producers
-WEBHOOK_QUEUE = "payment-webhook-queue"  # the seed's queue name, shared with Node producers
 DLQ_SUFFIX = "-dlq"  # a sibling namespace under the prefix, so obliterating a queue keeps its DLQ
 
 # seed "Auto-Delete Completed Jobs": keep a day or the last 1000 completed jobs for inspection
@@ -19,34 +18,6 @@ LOCK_DURATION_MS = 30_000  # BullMQ's default: a job whose lock is not renewed f
 STALLED_INTERVAL_MS = 30_000  # BullMQ's default stalled-job check period
 MAX_STALLED_COUNT = 1  # BullMQ's default: a job that stalls twice (e.g. it crashes workers) fails
 DRAIN_BLOCK_SECONDS = 5.0  # BullMQ's drainDelay: how long an idle worker blocks on the marker
-
-
-class EmailJob(StrEnum):
-    """Job names of the email queue (as Node producers name them)."""
-
-    ORDER_CONFIRMATION = "send-order-confirmation"
-    SHIPPING_NOTIFICATION = "send-shipping-notification"
-    PASSWORD_RESET = "send-password-reset"
-    WELCOME = "send-welcome"
-    ORDER_CANCELLED = "send-order-cancelled"
-
-
-class WebhookJob(StrEnum):
-    """Job names of the payment webhook queue."""
-
-    STRIPE = "stripe-webhook"
-    RAZORPAY = "razorpay-webhook"
-    RECONCILIATION = "payment-reconciliation"
-
-
-# The seed's template name of each email job; data.template may give either name
-TEMPLATE_ALIASES: dict[str, str] = {
-    "order_confirmation": EmailJob.ORDER_CONFIRMATION,
-    "shipping_notification": EmailJob.SHIPPING_NOTIFICATION,
-    "password_reset": EmailJob.PASSWORD_RESET,
-    "welcome": EmailJob.WELCOME,
-    "order_cancelled": EmailJob.ORDER_CANCELLED,
-}
 
 
 @dataclass(frozen=True)

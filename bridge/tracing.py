@@ -5,7 +5,7 @@ string of the propagator's carrier (`{"traceparent": "00-…"}`), so traces cont
 and Python producers and workers. Span names and attributes follow BullMQ's own telemetry
 (`add <queue>.<name>` as PRODUCER, `process <queue>` as CONSUMER, `bullmq.*` attributes), and the
 metric names follow its MetricNames. Everything goes through the OTel global providers, which
-orderflow.telemetry.setup_telemetry installs; without it, spans and metrics are no-ops.
+app.telemetry.setup_telemetry installs; without it, spans and metrics are no-ops.
 """
 
 from __future__ import annotations

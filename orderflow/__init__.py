@@ -1,0 +1,1 @@
+"""The foundation every part shares: settings, errors, database models, per-domain contracts."""

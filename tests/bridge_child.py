@@ -15,11 +15,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.email import EmailProcessor
 from bridge.job import Job
 from bridge.redis_client import RedisClient
 from bridge.runtime import BridgeWorker
 from bridge.specs import email_spec
+from mail.processor import EmailProcessor
 from orderflow.settings import Settings
 
 

@@ -19,12 +19,12 @@ from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.erp import HttpErp
-from orderflow import embedded
-from orderflow.client import OrderClient
+from app import embedded
+from app.client import OrderClient
+from app.smtp_sink import SmtpSink
+from orderflow.contracts.order import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
 from orderflow.db import Product, make_engine
 from orderflow.settings import Settings
-from orderflow.smtp_sink import SmtpSink
-from orderflow.temporal import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
 from tests.fake_erp import FakeErp
 from workers.temporal import Dependencies, build_workers
 

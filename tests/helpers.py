@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from orderflow.client import OrderClient
+from app.client import OrderClient
 from orderflow.contracts.order import OrderState
 from orderflow.contracts.review import PendingReview
 from orderflow.db import Payment, Product

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from app.smtp_sink import SmtpSink
 from bridge.dlq import DeadLetterQueue
-from bridge.email import EmailProcessor, message_id_for
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
+from mail.processor import EmailProcessor, message_id_for
 from orderflow.settings import Settings
-from orderflow.smtp_sink import SmtpSink
 from tests.bridge_helpers import bull_queue, counts, eventually, running, unique_spec
 
 CHILD = Path(__file__).with_name("bridge_child.py")

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from bullmq import UnrecoverableError
 
-from bridge.email import EmailProcessor, message_id_for
+from app.smtp_sink import SmtpSink
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
 from bridge.specs import QueueSpec
+from mail.processor import EmailProcessor, message_id_for
 from orderflow.settings import Settings
-from orderflow.smtp_sink import SmtpSink
 from tests.bridge_helpers import counts, eventually, running, unique_spec
 
 NODE_DIR = Path(__file__).with_name("node")

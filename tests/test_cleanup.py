@@ -9,17 +9,18 @@ from bullmq import UnrecoverableError
 from temporalio.client import ScheduleActionStartWorkflow
 from temporalio.testing import WorkflowEnvironment
 
+from app.schedules import ensure_maintenance_schedules
 from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
-from bridge.specs import KEEP_COMPLETED, WEBHOOK_QUEUE, email_spec, queue_specs
+from bridge.specs import KEEP_COMPLETED, email_spec, queue_specs
 from orderflow.contracts.maintenance import (
     PAYMENT_RECONCILIATION_SCHEDULE_ID,
     QUEUE_CLEANUP_SCHEDULE_ID,
     QueueCleanupInput,
 )
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
-from orderflow.schedules import ensure_maintenance_schedules
+from orderflow.contracts.payment import WEBHOOK_QUEUE
 from orderflow.settings import Settings
 from tests.bridge_helpers import eventually, running
 from workflows.maintenance import QueueCleanupWorkflow

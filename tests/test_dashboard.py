@@ -14,15 +14,15 @@ from playwright.async_api import Browser, async_playwright
 from playwright.async_api import Error as PlaywrightError
 from sqlalchemy.engine import Engine
 
+from app import embedded
+from app.client import OrderClient
+from app.web.app import create_app, http_server
 from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.specs import QueueSpec, email_spec
-from orderflow import embedded
-from orderflow.client import OrderClient
 from orderflow.contracts.order import PaymentReceived
 from orderflow.settings import Settings
-from orderflow.web.app import create_app, http_server
 from tests.bridge_helpers import eventually, running
 from tests.conftest import new_order_id
 from tests.helpers import wait_review, wait_status

@@ -12,7 +12,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from orderflow.client import OrderClient
+from app.client import OrderClient
 from orderflow.contracts.order import ORDERS_TASK_QUEUE, PaymentFailed, PaymentReceived
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import Product, Reservation

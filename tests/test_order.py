@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from temporalio.testing import WorkflowEnvironment
 
-from orderflow.client import OrderClient
+from app.client import OrderClient
 from orderflow.contracts.order import PaymentReceived
 from orderflow.db import Invoice, Order, Payment
 from tests.conftest import new_order_id
@@ -243,7 +243,7 @@ async def test_payment_arriving_with_the_start_of_a_rejected_order_is_refunded(
     engine: Engine,
     catalogue: Callable[..., dict[str, str]],
 ) -> None:
-    from orderflow.client import policy_from_settings
+    from app.client import policy_from_settings
     from orderflow.contracts.order import OrderInput, OrderLine
     from workflows.order import OrderWorkflow
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from temporalio.testing import WorkflowEnvironment
 
-from orderflow.client import OrderClient
+from app.client import OrderClient
 from orderflow.contracts.order import PaymentFailed, PaymentReceived
 from orderflow.contracts.payment import PaymentKind, payment_retry_workflow_id
 from tests.conftest import new_order_id

@@ -11,11 +11,12 @@ import pytest
 from bullmq import UnrecoverableError
 from typer.testing import CliRunner
 
+from app.cli import app
 from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
-from bridge.specs import EMAIL_QUEUE, queue_specs
-from orderflow.cli import app
+from bridge.specs import queue_specs
+from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.settings import Settings
 from tests.bridge_helpers import eventually, running
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from orderflow.client import OrderClient
+from app.client import OrderClient
 from orderflow.contracts.order import PaymentReceived, Shipment
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import Order, Review

@@ -12,7 +12,8 @@ from sqlmodel import Session
 from temporalio.client import ScheduleActionStartWorkflow
 from temporalio.testing import WorkflowEnvironment
 
-from orderflow.client import OrderClient
+from app.client import OrderClient
+from app.schedules import ensure_schedules
 from orderflow.contracts.order import ORDERS_TASK_QUEUE, PaymentReceived
 from orderflow.contracts.reports import (
     DAILY_REPORT_SCHEDULE_ID,
@@ -20,7 +21,6 @@ from orderflow.contracts.reports import (
     DailyReportInput,
 )
 from orderflow.db import DailyReport, Order, Product
-from orderflow.schedules import ensure_schedules
 from orderflow.settings import Settings
 from tests.conftest import new_order_id
 from tests.fake_erp import FakeErp

@@ -9,9 +9,14 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from orderflow.client import OrderClient
-from orderflow.contracts.order import PaymentReceived, order_workflow_id
-from orderflow.temporal import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
+from app.client import OrderClient
+from orderflow.contracts.order import (
+    CUSTOMER_ID,
+    ORDER_STATUS,
+    ORDER_TOTAL,
+    PaymentReceived,
+    order_workflow_id,
+)
 from tests.conftest import new_order_id
 from tests.helpers import wait_review, wait_status
 

@@ -12,7 +12,9 @@ import pytest
 import razorpay
 import stripe
 
-from bridge.signatures import (
+from orderflow.errors import OrderflowError
+from orderflow.settings import Settings
+from payments.signatures import (
     SignatureError,
     parse_stripe_header,
     sign_razorpay,
@@ -21,8 +23,6 @@ from bridge.signatures import (
     verify_razorpay,
     verify_stripe,
 )
-from orderflow.errors import OrderflowError
-from orderflow.settings import Settings
 
 SECRET = "whsec_test_secret"
 BODY = json.dumps(

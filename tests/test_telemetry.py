@@ -21,22 +21,22 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from bridge.email import EmailProcessor
+from app.client import OrderClient
+from app.smtp_sink import SmtpSink
+from app.telemetry import Telemetry, setup_telemetry
+from app.temporal_tracing import CausalTracingInterceptor
+from app.web.app import create_app
+from app.web.metrics import order_counts
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
-from bridge.sample_events import stripe_payment_succeeded
-from bridge.signatures import signed_headers
 from bridge.specs import QueueSpec, email_spec, webhook_spec
-from orderflow.client import OrderClient
+from mail.processor import EmailProcessor
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.db import Order
 from orderflow.settings import Settings
-from orderflow.smtp_sink import SmtpSink
-from orderflow.telemetry import Telemetry, setup_telemetry
-from orderflow.temporal_tracing import CausalTracingInterceptor
-from orderflow.web.app import create_app
-from orderflow.web.metrics import order_counts
+from payments.samples import stripe_payment_succeeded
+from payments.signatures import signed_headers
 from tests.bridge_helpers import eventually, running
 from tests.conftest import new_order_id
 from tests.helpers import wait_status

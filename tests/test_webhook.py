@@ -15,12 +15,20 @@ from sqlmodel import Session, select
 from temporalio.client import Client
 from temporalio.service import RetryConfig
 
+from app import embedded
+from app.client import OrderClient
+from app.smtp_sink import SmtpSink
+from app.web.app import create_app
 from bridge.dlq import DeadLetterQueue
-from bridge.payment_events import parse_razorpay, parse_stripe
 from bridge.producer import QueueProducer
-from bridge.reconciliation import enqueue_reconciliation, reconcile
 from bridge.redis_client import RedisClient
-from bridge.sample_events import (
+from bridge.specs import QueueSpec, email_spec, webhook_spec
+from orderflow.contracts.mail import EMAIL_QUEUE
+from orderflow.db import Payment, WebhookEvent
+from orderflow.settings import Settings
+from payments.events import parse_razorpay, parse_stripe
+from payments.reconciliation import enqueue_reconciliation, reconcile
+from payments.samples import (
     razorpay_payment_captured,
     razorpay_refund_processed,
     stripe_charge_refunded,
@@ -29,15 +37,8 @@ from bridge.sample_events import (
     stripe_payment_intent,
     stripe_payment_succeeded,
 )
-from bridge.signatures import signed_headers
-from bridge.specs import EMAIL_QUEUE, QueueSpec, email_spec, webhook_spec
-from bridge.webhook import OrderNotYetKnownError, WebhookEventError, WebhookProcessor
-from orderflow import embedded
-from orderflow.client import OrderClient
-from orderflow.db import Payment, WebhookEvent
-from orderflow.settings import Settings
-from orderflow.smtp_sink import SmtpSink
-from orderflow.web.app import create_app
+from payments.signatures import signed_headers
+from payments.webhook import OrderNotYetKnownError, WebhookEventError, WebhookProcessor
 from tests.bridge_helpers import bull_queue, counts, eventually, running
 from tests.conftest import new_order_id
 from tests.helpers import payments, wait_status

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from bullmq import Queue
 
-from bridge.sample_events import sample_event
-from bridge.signatures import curl_command, sign_razorpay, sign_stripe, signed_headers
-from orderflow import embedded
+from app import embedded
+from app.web.app import create_app, http_server
 from orderflow.settings import Settings
-from orderflow.web.app import create_app, http_server
+from payments.samples import sample_event
+from payments.signatures import curl_command, sign_razorpay, sign_stripe, signed_headers
 
 STRIPE_SECRET = "whsec_ingress_test"
 RAZORPAY_SECRET = "rzp_ingress_test"

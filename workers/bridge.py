@@ -1,25 +1,22 @@
-"""Bridge worker process: the email worker (and the webhook worker when given its processor).
+"""Bridge workers: the email worker (and the webhook worker when given its processor).
 
-Run alone with `python -m workers.bridge` (SIGTERM/SIGINT shut it down gracefully), or from
-`orderflow run` through `run_bridge_workers` and `start_smtp_sink`/`stop_smtp_sink`.
+Run by `orderflow run` (or `orderflow run --part bridge` on a host of their own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Mapping
 
-from bridge.email import EmailProcessor
 from bridge.job import Processor
 from bridge.redis_client import RedisClient
 from bridge.runtime import BackoffStrategy, BridgeWorker
-from bridge.specs import EMAIL_QUEUE, QueueSpec, queue_specs
+from bridge.specs import QueueSpec, queue_specs
+from mail.processor import EmailProcessor
+from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.settings import Settings
-from orderflow.smtp_sink import SmtpSink, start_smtp_sink, stop_smtp_sink
 
-__all__ = ["install_signal_handlers", "run_bridge_workers", "start_smtp_sink", "stop_smtp_sink"]
 log = logging.getLogger("orderflow.bridge")
 
 
@@ -56,27 +53,3 @@ async def run_bridge_workers(
         await asyncio.gather(*(w.run(stop, settings.bridge_grace_seconds) for w in workers))
     finally:
         await email_client.close()
-
-
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    """Set `stop` on SIGTERM and SIGINT (call from inside the running event loop)."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-
-async def _main(settings: Settings) -> None:
-    stop = asyncio.Event()
-    install_signal_handlers(stop)
-    sink: SmtpSink | None = start_smtp_sink(settings) if settings.embedded_smtp else None
-    try:
-        await run_bridge_workers(settings, stop)
-    finally:
-        if sink is not None:
-            stop_smtp_sink(sink)
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command
-    asyncio.run(_main(Settings.from_env()))

@@ -12,7 +12,6 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.erp import Erp, make_erp
-from activities.gateway import PaymentGateway, SimulatedGateway
 from activities.inventory import InventoryActivities
 from activities.maintenance import MaintenanceActivities
 from activities.notify import JobQueue, NotificationActivities
@@ -26,6 +25,7 @@ from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE
 from orderflow.contracts.review import REVIEWS_TASK_QUEUE
 from orderflow.settings import Settings
+from payments.gateway import PaymentGateway, SimulatedGateway
 from workflows.inventory import InventoryReleaseWorkflow, StockSyncWorkflow
 from workflows.maintenance import PaymentReconciliationWorkflow, QueueCleanupWorkflow
 from workflows.order import OrderWorkflow

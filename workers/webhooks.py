@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 
 from bridge.job import Processor
-from bridge.specs import WEBHOOK_QUEUE
-from bridge.webhook import Orders, WebhookProcessor
+from orderflow.contracts.payment import WEBHOOK_QUEUE
 from orderflow.settings import Settings
+from payments.webhook import Orders, WebhookProcessor
 
 
 def build_webhook_processor(settings: Settings, order_client: Orders, engine: Engine) -> Processor:

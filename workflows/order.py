@@ -26,6 +26,8 @@ with workflow.unsafe.imports_passed_through():
         inventory_release_workflow_id,
     )
     from orderflow.contracts.order import (
+        ORDER_STATUS,
+        ORDER_TOTAL,
         CancelRequest,
         ConfirmInput,
         NotificationKind,
@@ -54,7 +56,6 @@ with workflow.unsafe.imports_passed_through():
         ReviewKind,
         review_workflow_id,
     )
-    from orderflow.temporal import ORDER_STATUS, ORDER_TOTAL
     from workflows.inventory import InventoryReleaseWorkflow
     from workflows.payment import PaymentRetryWorkflow
     from workflows.review import ManualReviewWorkflow

@@ -6,7 +6,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from temporalio.common import SearchAttributeKey
+
 ORDERS_TASK_QUEUE = "orders"
+
+# custom search attributes the order workflow keeps current (Temporal UI / list filters)
+ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
+ORDER_TOTAL = SearchAttributeKey.for_float("OrderTotal")
+CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
+
+# `temporal server start-dev --search-attribute NAME=TYPE` arguments for the keys above
+SEARCH_ATTRIBUTE_ARGS = ["OrderStatus=Keyword", "OrderTotal=Double", "CustomerId=Keyword"]
 
 
 def order_workflow_id(order_id: str) -> str:

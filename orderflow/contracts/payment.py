@@ -6,6 +6,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 PAYMENTS_TASK_QUEUE = "payments"
+WEBHOOK_QUEUE = "payment-webhook-queue"  # the seed's bridge queue name, shared with Node producers
+
+
+class WebhookJob(StrEnum):
+    """Job names of the payment webhook queue."""
+
+    STRIPE = "stripe-webhook"
+    RAZORPAY = "razorpay-webhook"
+    RECONCILIATION = "payment-reconciliation"
 
 
 class PaymentKind(StrEnum):

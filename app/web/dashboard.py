@@ -21,9 +21,9 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app.client import OrderClient
 from bridge.admin import QueueAdmin, find_spec
 from bridge.specs import QueueSpec
-from orderflow.client import OrderClient
 from orderflow.contracts.order import order_workflow_id
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import Order

@@ -10,18 +10,19 @@ from collections.abc import Collection
 from contextlib import AsyncExitStack
 from urllib.parse import urlparse
 
+from app import catalogue, embedded
+from app.client import OrderClient
+from app.schedules import ensure_maintenance_schedules, ensure_schedules
+from app.smtp_sink import start_smtp_sink, stop_smtp_sink
+from app.telemetry import setup_telemetry
+from app.temporal import connect
+from app.web.app import create_app, http_server
 from bridge.producer import producer_for
-from bridge.specs import EMAIL_QUEUE, WEBHOOK_QUEUE
-from orderflow import catalogue, embedded
-from orderflow.client import OrderClient
+from orderflow.contracts.mail import EMAIL_QUEUE
+from orderflow.contracts.payment import WEBHOOK_QUEUE
 from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
-from orderflow.schedules import ensure_maintenance_schedules, ensure_schedules
 from orderflow.settings import Settings
-from orderflow.smtp_sink import start_smtp_sink, stop_smtp_sink
-from orderflow.telemetry import setup_telemetry
-from orderflow.temporal import connect
-from orderflow.web.app import create_app, http_server
 from workers.bridge import run_bridge_workers
 from workers.temporal import Dependencies, build_workers
 from workers.webhooks import webhook_processors

@@ -14,10 +14,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.telemetry import GaugeReadings, Telemetry
 from bridge.admin import QueueAdmin
 from bridge.specs import QueueSpec
 from orderflow.db import Order
-from orderflow.telemetry import GaugeReadings, Telemetry
 
 # queue states reported by bullmq.queue.jobs (getJobCounts types plus the DLQ)
 KNOWN_PROVIDERS = ("stripe", "razorpay")  # label values; any other path counts as "other"

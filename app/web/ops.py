@@ -8,12 +8,12 @@ from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy.engine import Engine
 
+from app.client import OrderClient
+from app.telemetry import Telemetry
+from app.web.dashboard import dashboard_router
+from app.web.metrics import WebhookOutcomes, metrics_router
 from bridge.specs import QueueSpec, queue_specs
-from orderflow.client import OrderClient
 from orderflow.settings import Settings
-from orderflow.telemetry import Telemetry
-from orderflow.web.dashboard import dashboard_router
-from orderflow.web.metrics import WebhookOutcomes, metrics_router
 
 
 def add_operations(

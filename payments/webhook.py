@@ -15,12 +15,12 @@ from sqlmodel import Session, col, select
 
 from bridge.errors import MalformedJobError
 from bridge.job import Job
-from bridge.payment_events import EventKind, GatewayEvent, MalformedEventError, to_major_units
-from bridge.reconciliation import reconcile
-from bridge.specs import WEBHOOK_QUEUE, WebhookJob
 from orderflow.contracts.order import PaymentAck, PaymentFailed, PaymentReceived
+from orderflow.contracts.payment import WEBHOOK_QUEUE, WebhookJob
 from orderflow.db import Payment, WebhookEvent
 from orderflow.errors import OrderClosedError, OrderflowError, UnknownOrderError
+from payments.events import EventKind, GatewayEvent, MalformedEventError, to_major_units
+from payments.reconciliation import reconcile
 
 log = logging.getLogger("orderflow.webhooks")
 

@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from bridge.payment_events import RAZORPAY_KINDS, STRIPE_KINDS, EventKind
-from bridge.specs import WebhookJob
+from orderflow.contracts.payment import WebhookJob
 from orderflow.db import Order, Payment, WebhookEvent
+from payments.events import RAZORPAY_KINDS, STRIPE_KINDS, EventKind
 
 log = logging.getLogger("orderflow.reconciliation")
 

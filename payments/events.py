@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
 
-from bridge.specs import WebhookJob
+from orderflow.contracts.payment import WebhookJob
 from orderflow.errors import OrderflowError
 
 

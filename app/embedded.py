@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
+from orderflow.contracts.order import SEARCH_ATTRIBUTE_ARGS
 from orderflow.errors import OrderflowError
-from orderflow.temporal import SEARCH_ATTRIBUTE_ARGS
 
 
 def temporal_binary() -> str:

@@ -8,14 +8,14 @@ import uuid
 
 import typer
 
-from activities.gateway import SimulatedGateway
-from orderflow.client import OrderClient, policy_from_settings
+from app.client import OrderClient, policy_from_settings
+from app.temporal import connect
 from orderflow.contracts.order import OrderState, PaymentFailed, PaymentReceived
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
-from orderflow.temporal import connect
+from payments.gateway import SimulatedGateway
 
 EXPIRY_SECONDS = 5.0  # the expired order's own payment timeout, so the demo ends quickly
 RETRY_INTERVAL_SECONDS = 3.0  # the retried order's own capture interval, instead of an hour

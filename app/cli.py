@@ -13,15 +13,15 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from orderflow.cli_support import run_command as _run
-from orderflow.client import OrderClient
+from app.cli_support import run_command as _run
+from app.client import OrderClient
+from app.queues_cli import queues_app
+from app.temporal import connect
 from orderflow.contracts.order import OrderLine, PaymentFailed, PaymentReceived, Shipment
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
-from orderflow.queues_cli import queues_app
 from orderflow.settings import Settings
-from orderflow.temporal import connect
 
 app = typer.Typer(
     help="orderflow: durable order workflows and BullMQ-compatible job queues.",
@@ -84,8 +84,8 @@ def run(
     ] = None,
 ) -> None:
     """Run the system: embedded servers (unless switched off) plus workers and the HTTP app."""
-    from orderflow.runner import PARTS
-    from orderflow.runner import run as run_system
+    from app.runner import PARTS
+    from app.runner import run as run_system
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -97,7 +97,7 @@ def run(
 @app.command()
 def demo() -> None:
     """Against a running system: a paid, an expired, an approved high-value and a retried order."""
-    from orderflow.demo import run_demo
+    from app.demo import run_demo
 
     _run(run_demo)()
 
@@ -267,7 +267,7 @@ def products_list(as_json: JsonOpt = False) -> None:
 @products_app.command("seed")
 def products_seed() -> None:
     """Add the starter catalogue's missing products."""
-    from orderflow.catalogue import seed
+    from app.catalogue import seed
 
     typer.echo(f"added {seed(make_engine(Settings.from_env().db_url))} products")
 
@@ -279,7 +279,7 @@ def gateway_script(
     decline_all: Annotated[bool, typer.Option(help="Decline every capture")] = False,
 ) -> None:
     """Tell the simulated gateway how to answer one order's captures."""
-    from activities.gateway import SimulatedGateway
+    from payments.gateway import SimulatedGateway
 
     SimulatedGateway(make_engine(Settings.from_env().db_url)).set_rule(
         order_id, fail_captures=fail_captures, decline_all=decline_all
@@ -312,8 +312,8 @@ async def webhooks_sample(
     """Write a gateway-shaped event for an order and print the signed curl command that posts it."""
     from pathlib import Path
 
-    from bridge.sample_events import sample_event
-    from bridge.signatures import curl_command
+    from payments.samples import sample_event
+    from payments.signatures import curl_command
 
     total = amount if amount is not None else (await (await _client()).status(order_id)).total
     body = sample_event(provider, order_id, total, outcome="failed" if failed else "paid")
@@ -328,7 +328,7 @@ def webhooks_sign(
     url: Annotated[str, typer.Option(help="Post somewhere else than the local HTTP app")] = "",
 ) -> None:
     """Print a curl command that posts BODY_FILE signed with the configured webhook secret."""
-    from bridge.signatures import curl_command
+    from payments.signatures import curl_command
 
     typer.echo(curl_command(provider, body_file, Settings.from_env(), url=url))
 

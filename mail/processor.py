@@ -17,8 +17,9 @@ from jinja2 import Environment, FileSystemLoader, TemplateError, select_autoesca
 from bridge.errors import MalformedJobError
 from bridge.job import Job
 from bridge.redis_client import RedisClient
-from bridge.specs import TEMPLATE_ALIASES, EmailJob, QueueSpec
+from bridge.specs import QueueSpec
 from bridge.tracing import client_span
+from orderflow.contracts.mail import TEMPLATE_ALIASES, EmailJob
 from orderflow.settings import Settings
 
 TEMPLATES = Path(__file__).parent / "templates"

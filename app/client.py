@@ -23,6 +23,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from orderflow.contracts.order import (
+    CUSTOMER_ID,
     ORDERS_TASK_QUEUE,
     CancelRequest,
     OrderInput,
@@ -54,7 +55,6 @@ from orderflow.errors import (
     UnknownReviewError,
 )
 from orderflow.settings import Settings
-from orderflow.temporal import CUSTOMER_ID
 from workflows.order import OrderWorkflow
 from workflows.review import ManualReviewWorkflow
 

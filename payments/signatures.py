@@ -168,10 +168,10 @@ def curl_command(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m bridge.signatures stripe|razorpay BODY_FILE [URL]`: print a signed curl command."""
+    """`python -m payments.signatures stripe|razorpay BODY_FILE [URL]`: print a signed curl command."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (2, 3) or args[0] not in PROVIDERS:
-        raise SystemExit("usage: python -m bridge.signatures stripe|razorpay BODY_FILE [URL]")
+        raise SystemExit("usage: python -m payments.signatures stripe|razorpay BODY_FILE [URL]")
     print(
         curl_command(args[0], args[1], Settings.from_env(), url=args[2] if len(args) == 3 else "")
     )

@@ -11,9 +11,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from app.cli_support import run_command as _run
 from bridge.admin import QueueAdmin, find_spec
 from bridge.specs import queue_specs
-from orderflow.cli_support import run_command as _run
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
 

@@ -9,8 +9,9 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from bridge.payment_events import EventKind, GatewayEvent, MalformedEventError, parse_event
-from bridge.signatures import (
+from orderflow.settings import Settings
+from payments.events import EventKind, GatewayEvent, MalformedEventError, parse_event
+from payments.signatures import (
     RAZORPAY_EVENT_ID_HEADER,
     RAZORPAY_SIGNATURE_HEADER,
     STRIPE_SIGNATURE_HEADER,
@@ -18,7 +19,6 @@ from bridge.signatures import (
     verify_razorpay,
     verify_stripe,
 )
-from orderflow.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
+from app.client import OrderClient
+from app.telemetry import Telemetry
+from app.web.ops import add_operations
+from app.web.webhooks import JobQueue, webhook_router
 from bridge.specs import QueueSpec
-from orderflow.client import OrderClient
 from orderflow.settings import Settings
-from orderflow.telemetry import Telemetry
-from orderflow.web.ops import add_operations
-from orderflow.web.webhooks import JobQueue, webhook_router
 
 
 def create_app(
@@ -29,7 +29,7 @@ def create_app(
     """The app: `POST /webhooks/{stripe,razorpay}` enqueue on `webhook_queue`; `GET /healthz`.
 
     With telemetry also `GET /metrics`; with an order client (and its engine) the `/ops`
-    dashboard; queues default to every bridge queue (orderflow.web.ops).
+    dashboard; queues default to every bridge queue (app.web.ops).
     """
     app = FastAPI(title="orderflow", docs_url=None, redoc_url=None)
     app.state.settings = settings

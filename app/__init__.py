@@ -1,0 +1,1 @@
+"""The application shell: CLI, runner, HTTP app, order client, demo, embedded servers, telemetry."""

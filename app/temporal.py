@@ -1,0 +1,19 @@
+"""Connecting to Temporal, traced."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+from temporalio.runtime import Runtime
+
+from app.temporal_tracing import CausalTracingInterceptor
+from orderflow.settings import Settings
+
+
+async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Client:
+    """A client for the configured server and namespace, traced (workers built from it too)."""
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        interceptors=[CausalTracingInterceptor()],
+        runtime=runtime,
+    )

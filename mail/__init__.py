@@ -1,0 +1,1 @@
+"""Customer mail: the email queue's processor and its templates."""
