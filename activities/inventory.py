@@ -1,4 +1,4 @@
-"""Inventory side effects: release or ship a reservation exactly once; hourly stock sync."""
+"""Inventory side effects: release or ship a reservation exactly once."""
 
 from __future__ import annotations
 
@@ -9,17 +9,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
 
-from activities.erp import Erp
-from orderflow.contracts.inventory import ReleaseInput, ReleaseResult, ShipInput, StockSyncResult
+from orderflow.contracts.inventory import ReleaseInput, ReleaseResult, ShipInput
 from orderflow.db import Product, Reservation
 
 
 class InventoryActivities:
     """Moves stock between on-hand and reserved; each reservation row changes state once."""
 
-    def __init__(self, engine: Engine, erp: Erp) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.erp = erp
 
     @activity.defn
     def release_reservation(self, data: ReleaseInput) -> ReleaseResult:
@@ -30,27 +28,6 @@ class InventoryActivities:
     def ship_reservation(self, data: ShipInput) -> ReleaseResult:
         """The reserved units left the warehouse: drop them from reserved."""
         return self._close(data.order_id, "SHIPPED", back_on_hand=False)
-
-    @activity.defn
-    def sync_stock(self) -> StockSyncResult:
-        """Align on-hand with the ERP's physical counts (physical = on-hand + reserved)."""
-        counts = self.erp.stock_counts()
-        with Session(self.engine) as session:
-            products = session.exec(select(Product)).all()
-            if counts is None:
-                return StockSyncResult(skus_checked=len(products), skus_changed=0)
-            changed = 0
-            for product in products:
-                physical = counts.get(product.sku)
-                if physical is None:
-                    continue
-                on_hand = max(physical - product.reserved, 0)
-                if on_hand != product.on_hand:
-                    product.on_hand = on_hand
-                    session.add(product)
-                    changed += 1
-            session.commit()
-        return StockSyncResult(skus_checked=len(products), skus_changed=changed)
 
     def _close(self, order_id: str, to_status: str, *, back_on_hand: bool) -> ReleaseResult:
         lines = units = 0

@@ -15,23 +15,23 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
-from orderflow.contracts.inventory import INVENTORY_TASK_QUEUE
-from orderflow.contracts.maintenance import (
+from orderflow.contracts.cleanup import QUEUE_CLEANUP_SCHEDULE_ID, QueueCleanupInput
+from orderflow.contracts.order import ORDERS_TASK_QUEUE
+from orderflow.contracts.reconciliation import (
     PAYMENT_RECONCILIATION_SCHEDULE_ID,
-    QUEUE_CLEANUP_SCHEDULE_ID,
-    QueueCleanupInput,
     ReconciliationRequest,
 )
-from orderflow.contracts.order import ORDERS_TASK_QUEUE
-from orderflow.contracts.reports import (
-    DAILY_REPORT_SCHEDULE_ID,
+from orderflow.contracts.reports import DAILY_REPORT_SCHEDULE_ID, DailyReportInput
+from orderflow.contracts.stock_sync import (
     STOCK_SYNC_SCHEDULE_ID,
-    DailyReportInput,
+    STOCK_SYNC_TASK_QUEUE,
+    STOCK_SYNC_WORKFLOW_ID,
 )
 from orderflow.settings import Settings
-from workflows.inventory import StockSyncWorkflow
-from workflows.maintenance import PaymentReconciliationWorkflow, QueueCleanupWorkflow
+from workflows.cleanup import QueueCleanupWorkflow
+from workflows.reconciliation import PaymentReconciliationWorkflow
 from workflows.reports import DailyReportWorkflow
+from workflows.stock_sync import StockSyncWorkflow
 
 
 def schedules(settings: Settings) -> dict[str, Schedule]:
@@ -50,7 +50,7 @@ def schedules(settings: Settings) -> dict[str, Schedule]:
         ),
         STOCK_SYNC_SCHEDULE_ID: Schedule(
             action=ScheduleActionStartWorkflow(
-                StockSyncWorkflow.run, id="stock-sync", task_queue=INVENTORY_TASK_QUEUE
+                StockSyncWorkflow.run, id=STOCK_SYNC_WORKFLOW_ID, task_queue=STOCK_SYNC_TASK_QUEUE
             ),
             spec=ScheduleSpec(
                 intervals=[

@@ -14,16 +14,13 @@ from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.specs import KEEP_COMPLETED, email_spec, queue_specs
-from orderflow.contracts.maintenance import (
-    PAYMENT_RECONCILIATION_SCHEDULE_ID,
-    QUEUE_CLEANUP_SCHEDULE_ID,
-    QueueCleanupInput,
-)
+from orderflow.contracts.cleanup import QUEUE_CLEANUP_SCHEDULE_ID, QueueCleanupInput
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.contracts.payment import WEBHOOK_QUEUE
+from orderflow.contracts.reconciliation import PAYMENT_RECONCILIATION_SCHEDULE_ID
 from orderflow.settings import Settings
 from tests.bridge_helpers import eventually, running
-from workflows.maintenance import QueueCleanupWorkflow
+from workflows.cleanup import QueueCleanupWorkflow
 
 DAY_MS = 86_400_000
 
@@ -117,8 +114,8 @@ async def test_reconciliation_workflow_enqueues_one_job_per_run(
 ) -> None:
     from bullmq import Queue as BullQueue
 
-    from orderflow.contracts.maintenance import ReconciliationRequest
-    from workflows.maintenance import PaymentReconciliationWorkflow
+    from orderflow.contracts.reconciliation import ReconciliationRequest
+    from workflows.reconciliation import PaymentReconciliationWorkflow
 
     run_id = f"payment-reconciliation-{uuid.uuid4().hex[:8]}"
     job_id = await env.client.execute_workflow(

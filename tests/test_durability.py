@@ -20,11 +20,12 @@ from orderflow.settings import Settings
 from tests.conftest import new_order_id
 from tests.helpers import started_workflow, stock, wait_review, wait_status
 from workers.temporal import Dependencies, build_workers
-from workflows.inventory import InventoryReleaseWorkflow, StockSyncWorkflow
+from workflows.inventory import InventoryReleaseWorkflow
 from workflows.order import OrderWorkflow
 from workflows.payment import PaymentRetryWorkflow
 from workflows.reports import DailyReportWorkflow
 from workflows.review import ManualReviewWorkflow
+from workflows.stock_sync import StockSyncWorkflow
 
 
 async def test_order_survives_a_worker_restart(

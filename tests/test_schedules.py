@@ -15,18 +15,15 @@ from temporalio.testing import WorkflowEnvironment
 from app.client import OrderClient
 from app.schedules import ensure_schedules
 from orderflow.contracts.order import ORDERS_TASK_QUEUE, PaymentReceived
-from orderflow.contracts.reports import (
-    DAILY_REPORT_SCHEDULE_ID,
-    STOCK_SYNC_SCHEDULE_ID,
-    DailyReportInput,
-)
+from orderflow.contracts.reports import DAILY_REPORT_SCHEDULE_ID, DailyReportInput
+from orderflow.contracts.stock_sync import STOCK_SYNC_SCHEDULE_ID
 from orderflow.db import DailyReport, Order, Product
 from orderflow.settings import Settings
 from tests.conftest import new_order_id
 from tests.fake_erp import FakeErp
 from tests.helpers import stock, wait_status
-from workflows.inventory import StockSyncWorkflow
 from workflows.reports import DailyReportWorkflow
+from workflows.stock_sync import StockSyncWorkflow
 
 
 async def test_schedules_are_created_idempotently_with_the_seed_timing(

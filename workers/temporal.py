@@ -11,27 +11,31 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.cleanup import CleanupActivities
 from activities.erp import Erp, make_erp
 from activities.inventory import InventoryActivities
-from activities.maintenance import MaintenanceActivities
 from activities.notify import JobQueue, NotificationActivities
 from activities.order import OrderActivities
 from activities.payment import PaymentActivities
+from activities.reconciliation import ReconciliationActivities
 from activities.reports import ReportActivities
 from activities.review import ReviewActivities
-from bridge.specs import queue_specs
+from activities.stock_sync import StockSyncActivities
+from bridge.specs import queue_specs, webhook_spec
 from orderflow.contracts.inventory import INVENTORY_TASK_QUEUE
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE
 from orderflow.contracts.review import REVIEWS_TASK_QUEUE
 from orderflow.settings import Settings
 from payments.gateway import PaymentGateway, SimulatedGateway
-from workflows.inventory import InventoryReleaseWorkflow, StockSyncWorkflow
-from workflows.maintenance import PaymentReconciliationWorkflow, QueueCleanupWorkflow
+from workflows.cleanup import QueueCleanupWorkflow
+from workflows.inventory import InventoryReleaseWorkflow
 from workflows.order import OrderWorkflow
 from workflows.payment import PaymentRetryWorkflow
+from workflows.reconciliation import PaymentReconciliationWorkflow
 from workflows.reports import DailyReportWorkflow
 from workflows.review import ManualReviewWorkflow
+from workflows.stock_sync import StockSyncWorkflow
 
 
 @dataclass
@@ -73,9 +77,11 @@ def build_workers(
     orders = OrderActivities(deps.engine, deps.erp, currency=settings.currency)
     notify = NotificationActivities(deps.engine, deps.email_queue)
     reports = ReportActivities(deps.engine)
-    maintenance = MaintenanceActivities(queue_specs(settings), settings.redis_url)
+    cleanup = CleanupActivities(queue_specs(settings), settings.redis_url)
+    reconciliation = ReconciliationActivities(webhook_spec(settings), settings.redis_url)
     payments = PaymentActivities(deps.engine, deps.gateway)
-    inventory = InventoryActivities(deps.engine, deps.erp)
+    inventory = InventoryActivities(deps.engine)
+    stock_sync = StockSyncActivities(deps.engine, deps.erp)
     reviews = ReviewActivities(deps.engine)
     grace = timedelta(seconds=settings.graceful_shutdown_seconds)
 
@@ -115,8 +121,8 @@ def build_workers(
                 orders.sync_erp,
                 notify.notify,
                 reports.daily_report,
-                maintenance.clean_queues,
-                maintenance.request_reconciliation,
+                cleanup.clean_queues,
+                reconciliation.request_reconciliation,
             ],
         ),
         worker(
@@ -129,7 +135,7 @@ def build_workers(
             INVENTORY_TASK_QUEUE,
             settings.inventory_concurrency,
             [InventoryReleaseWorkflow, StockSyncWorkflow],
-            [inventory.release_reservation, inventory.ship_reservation, inventory.sync_stock],
+            [inventory.release_reservation, inventory.ship_reservation, stock_sync.sync_stock],
         ),
         worker(
             REVIEWS_TASK_QUEUE,

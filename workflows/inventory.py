@@ -1,4 +1,4 @@
-"""InventoryReleaseWorkflow and the hourly StockSyncWorkflow."""
+"""InventoryReleaseWorkflow: an order's reservation released exactly once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.inventory import InventoryActivities
-    from orderflow.contracts.inventory import ReleaseInput, ReleaseResult, StockSyncResult
+    from orderflow.contracts.inventory import ReleaseInput, ReleaseResult
 
 
 @workflow.defn
@@ -22,16 +22,4 @@ class InventoryReleaseWorkflow:
             InventoryActivities.release_reservation,
             data,
             start_to_close_timeout=timedelta(seconds=30),
-        )
-
-
-@workflow.defn
-class StockSyncWorkflow:
-    """Aligns on-hand stock with the ERP's physical counts (Schedule: every hour)."""
-
-    @workflow.run
-    async def run(self) -> StockSyncResult:
-        """Run the sync once."""
-        return await workflow.execute_activity_method(
-            InventoryActivities.sync_stock, start_to_close_timeout=timedelta(minutes=5)
         )

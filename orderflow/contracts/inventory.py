@@ -34,11 +34,3 @@ class ShipInput:
     """The reserved stock left the warehouse."""
 
     order_id: str
-
-
-@dataclass
-class StockSyncResult:
-    """What the hourly stock sync changed."""
-
-    skus_checked: int
-    skus_changed: int

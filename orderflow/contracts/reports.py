@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DAILY_REPORT_SCHEDULE_ID = "daily-report"
-STOCK_SYNC_SCHEDULE_ID = "stock-sync"
 
 
 @dataclass

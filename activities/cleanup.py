@@ -1,4 +1,4 @@
-"""Queue maintenance activities: clean old jobs off every bridge queue; request reconciliation."""
+"""Queue cleanup activity: clean old jobs off every bridge queue."""
 
 from __future__ import annotations
 
@@ -7,18 +7,11 @@ from collections.abc import Mapping
 from temporalio import activity
 
 from bridge.admin import QueueAdmin
-from bridge.producer import QueueProducer
 from bridge.specs import QueueSpec
-from orderflow.contracts.maintenance import (
-    QueueCleanupInput,
-    QueueCleanupResult,
-    ReconciliationRequest,
-)
-from orderflow.contracts.payment import WEBHOOK_QUEUE
-from payments.reconciliation import enqueue_reconciliation
+from orderflow.contracts.cleanup import QueueCleanupInput, QueueCleanupResult
 
 
-class MaintenanceActivities:
+class CleanupActivities:
     """Works on the bridge queues it is given (every queue, from the settings, in production)."""
 
     def __init__(self, specs: Mapping[str, QueueSpec], redis_url: str) -> None:
@@ -38,16 +31,3 @@ class MaintenanceActivities:
             if removed[name]:
                 activity.logger.info("%s: cleaned %d %s jobs", name, len(removed[name]), data.state)
         return QueueCleanupResult(removed=removed)
-
-    @activity.defn
-    async def request_reconciliation(self, data: ReconciliationRequest) -> str:
-        """Add a payment-reconciliation job; one per scheduled run (its id is the run's)."""
-        info = activity.info()
-        job_id = "reconciliation-" + (info.workflow_id or info.activity_id).replace(":", "-")
-        producer = QueueProducer.connect(self.specs[WEBHOOK_QUEUE], self.redis_url)
-        try:
-            return await enqueue_reconciliation(
-                producer, window_hours=data.window_hours, job_id=job_id
-            )
-        finally:
-            await producer.close()

@@ -1,11 +1,10 @@
-"""Queue maintenance: the scheduled clean of old failed bridge jobs (seed: clean(7 days, 'failed'))."""
+"""Queue cleanup: the scheduled clean of old failed bridge jobs (seed: clean(7 days, 'failed'))."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 QUEUE_CLEANUP_SCHEDULE_ID = "queue-cleanup"
-PAYMENT_RECONCILIATION_SCHEDULE_ID = "payment-reconciliation"
 
 
 @dataclass
@@ -21,10 +20,3 @@ class QueueCleanupResult:
     """Job ids removed, per queue."""
 
     removed: dict[str, list[str]] = field(default_factory=dict)
-
-
-@dataclass
-class ReconciliationRequest:
-    """Ask the webhook worker to compare the last `window_hours` of payments with the orders."""
-
-    window_hours: float = 24.0
