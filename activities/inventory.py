@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
 
-from orderflow.contracts.inventory import ReleaseInput, ReleaseResult, ShipInput
+from orderflow.contracts.inventory import ReleaseInput, ReleaseResult, ReservationStatus, ShipInput
 from orderflow.db import Product, Reservation
 
 
@@ -22,19 +22,22 @@ class InventoryActivities:
     @activity.defn
     def release_reservation(self, data: ReleaseInput) -> ReleaseResult:
         """Return an order's reserved units to on-hand; already released lines are skipped."""
-        return self._close(data.order_id, "RELEASED", back_on_hand=True)
+        return self._close(data.order_id, ReservationStatus.RELEASED, back_on_hand=True)
 
     @activity.defn
     def ship_reservation(self, data: ShipInput) -> ReleaseResult:
         """The reserved units left the warehouse: drop them from reserved."""
-        return self._close(data.order_id, "SHIPPED", back_on_hand=False)
+        return self._close(data.order_id, ReservationStatus.SHIPPED, back_on_hand=False)
 
-    def _close(self, order_id: str, to_status: str, *, back_on_hand: bool) -> ReleaseResult:
+    def _close(
+        self, order_id: str, to_status: ReservationStatus, *, back_on_hand: bool
+    ) -> ReleaseResult:
         lines = units = 0
         with Session(self.engine) as session:
             held = session.exec(
                 select(Reservation).where(
-                    Reservation.order_id == order_id, Reservation.status == "RESERVED"
+                    Reservation.order_id == order_id,
+                    Reservation.status == ReservationStatus.RESERVED,
                 )
             ).all()
             for reservation in held:
@@ -42,7 +45,8 @@ class InventoryActivities:
                 moved = session.execute(
                     update(Reservation)
                     .where(
-                        col(Reservation.id) == reservation.id, col(Reservation.status) == "RESERVED"
+                        col(Reservation.id) == reservation.id,
+                        col(Reservation.status) == ReservationStatus.RESERVED,
                     )
                     .values(status=to_status, updated_at=datetime.now(UTC))
                 )

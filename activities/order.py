@@ -23,6 +23,7 @@ from orderflow.contracts.order import (
     PlaceOrderResult,
     StatusInput,
 )
+from orderflow.contracts.payment import PaymentKind, PaymentStatus
 from orderflow.db import Invoice, Order, OrderItem, Payment, Product, Reservation
 
 
@@ -198,9 +199,9 @@ class OrderActivities:
                 order_id=data.order_id,
                 provider=p.provider,
                 payment_id=p.payment_id,
-                kind="capture",
+                kind=PaymentKind.CAPTURE,
                 amount=p.amount,
-                status="succeeded",
+                status=PaymentStatus.SUCCEEDED,
             )
         )
         try:

@@ -7,7 +7,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
 
-from orderflow.contracts.payment import GatewayRequest, GatewayResponse
+from orderflow.contracts.payment import GatewayRequest, GatewayResponse, PaymentStatus
 from orderflow.db import Payment
 from payments.gateway import PaymentGateway, call
 
@@ -34,7 +34,7 @@ class PaymentActivities:
                 )
             ).first()
             if done is not None:
-                ok = done.status == "succeeded"
+                ok = done.status == PaymentStatus.SUCCEEDED
                 return GatewayResponse(
                     succeeded=ok,
                     payment_id=done.payment_id if ok else "",
@@ -52,7 +52,7 @@ class PaymentActivities:
                     payment_id=response.payment_id if response.succeeded else key,
                     kind=request.kind.value,
                     amount=request.amount,
-                    status="succeeded" if response.succeeded else "failed",
+                    status=PaymentStatus.SUCCEEDED if response.succeeded else PaymentStatus.FAILED,
                     detail=key if response.succeeded else response.detail,
                 )
             )

@@ -12,11 +12,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
 
+from orderflow.contracts.order import REVENUE_STATUSES
 from orderflow.contracts.reports import DailyReportInput, DailyReportResult, StatusFigures
 from orderflow.db import DailyReport, Order
-
-# money the shop has kept: paid and not (yet) cancelled, refunded or returned
-REVENUE_STATUSES = frozenset({"PAID", "IN_REVIEW", "CONFIRMED", "SHIPPED"})
 
 
 class ReportActivities:

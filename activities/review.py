@@ -8,7 +8,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio import activity
 
-from orderflow.contracts.review import ReviewInput, ReviewOutcome
+from orderflow.contracts.review import ReviewInput, ReviewOutcome, ReviewStatus
 from orderflow.db import Review
 
 
@@ -40,7 +40,7 @@ class ReviewActivities:
             review = session.get(Review, outcome.review_id) or Review(
                 id=outcome.review_id, order_id=outcome.order_id, kind="", reason=""
             )
-            review.status = "APPROVED" if outcome.approved else "REJECTED"
+            review.status = ReviewStatus.APPROVED if outcome.approved else ReviewStatus.REJECTED
             review.reviewer = outcome.reviewer
             review.note = outcome.note
             review.decided_at = datetime.now(UTC)

@@ -45,6 +45,7 @@ from orderflow.contracts.review import (
     ReviewInput,
     ReviewKind,
     ReviewOutcome,
+    ReviewStatus,
     review_workflow_id,
 )
 from orderflow.db import Order, Review
@@ -134,7 +135,7 @@ class OrderClient:
         try:
             return await self._handle(order_id).execute_update(OrderWorkflow.pay, payment)
         except WorkflowUpdateFailedError as err:
-            return PaymentAck(accepted=False, status="", reason=str(err.cause or err))
+            return PaymentAck(accepted=False, status=None, reason=str(err.cause or err))
         except RPCError as err:
             try:
                 await self._raise_for(order_id, err)
@@ -208,13 +209,15 @@ class OrderClient:
             return await self._pending_reviews_from_visibility()
         with Session(self.engine) as session:
             rows = session.exec(
-                select(Review).where(Review.status == "PENDING").order_by(col(Review.created_at))
+                select(Review)
+                .where(Review.status == ReviewStatus.PENDING)
+                .order_by(col(Review.created_at))
             ).all()
         return [
             PendingReview(
                 review_id=r.id,
                 order_id=r.order_id,
-                kind=r.kind,
+                kind=ReviewKind(r.kind),
                 reason=r.reason,
                 created_at=r.created_at,
             )

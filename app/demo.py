@@ -10,7 +10,7 @@ import typer
 
 from app.client import OrderClient, policy_from_settings
 from app.temporal import connect
-from orderflow.contracts.order import OrderState, PaymentFailed, PaymentReceived
+from orderflow.contracts.order import OrderState, OrderStatus, PaymentFailed, PaymentReceived
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
@@ -22,7 +22,7 @@ RETRY_INTERVAL_SECONDS = 3.0  # the retried order's own capture interval, instea
 
 
 async def _until(
-    orders: OrderClient, order_id: str, statuses: set[str], timeout: float = 60.0
+    orders: OrderClient, order_id: str, statuses: set[OrderStatus], timeout: float = 60.0
 ) -> OrderState:
     deadline = time.monotonic() + timeout
     while True:
@@ -46,31 +46,31 @@ async def run_demo() -> None:
     async def paid() -> OrderState:
         oid = f"demo-paid-{tag}"
         await orders.start_order(oid, "demo", "demo@example.com", [("TSHIRT-M", 2), ("MUG-01", 1)])
-        state = await _until(orders, oid, {"PENDING_PAYMENT"})
+        state = await _until(orders, oid, {OrderStatus.PENDING_PAYMENT})
         await orders.payment_received(
             oid, PaymentReceived(payment_id=f"pay-{oid}", amount=state.total)
         )
-        return await _until(orders, oid, {"CONFIRMED"})
+        return await _until(orders, oid, {OrderStatus.CONFIRMED})
 
     async def expired() -> OrderState:
         oid = f"demo-expired-{tag}"
         await orders.start_order(
             oid, "demo", "demo@example.com", [("MUG-01", 1)], payment_timeout_seconds=EXPIRY_SECONDS
         )
-        return await _until(orders, oid, {"CANCELLED"}, timeout=EXPIRY_SECONDS + 30)
+        return await _until(orders, oid, {OrderStatus.CANCELLED}, timeout=EXPIRY_SECONDS + 30)
 
     async def high_value() -> OrderState:
         oid = f"demo-review-{tag}"
         await orders.start_order(oid, "demo", "demo@example.com", [("LAPTOP-PRO", 1)])
-        state = await _until(orders, oid, {"PENDING_PAYMENT"})
+        state = await _until(orders, oid, {OrderStatus.PENDING_PAYMENT})
         await orders.payment_received(
             oid, PaymentReceived(payment_id=f"pay-{oid}", amount=state.total)
         )
-        state = await _until(orders, oid, {"IN_REVIEW"})
+        state = await _until(orders, oid, {OrderStatus.IN_REVIEW})
         await orders.decide_review(
             state.review_id, ReviewDecision(approve=True, reviewer="demo-admin", note="looks fine")
         )
-        return await _until(orders, oid, {"CONFIRMED"})
+        return await _until(orders, oid, {OrderStatus.CONFIRMED})
 
     async def retried() -> OrderState:
         oid = f"demo-retry-{tag}"
@@ -80,11 +80,11 @@ async def run_demo() -> None:
         await orders.start_order(
             oid, "demo", "demo@example.com", [("HEADPHONES", 1)], policy=policy
         )
-        await _until(orders, oid, {"PENDING_PAYMENT"})
+        await _until(orders, oid, {OrderStatus.PENDING_PAYMENT})
         await orders.payment_failed(
             oid, PaymentFailed(payment_id=f"fail-{oid}", reason="card declined")
         )
-        return await _until(orders, oid, {"CONFIRMED"})
+        return await _until(orders, oid, {OrderStatus.CONFIRMED})
 
     scenarios = {
         "paid": paid,

@@ -52,7 +52,7 @@ class StoredMail:
 
     def _part(self, subtype: str) -> str:
         part = self.message().get_body(preferencelist=(subtype,))
-        return "" if part is None else str(part.get_content())  # type: ignore[attr-defined]
+        return "" if part is None else str(part.get_content())
 
     @property
     def text(self) -> str:

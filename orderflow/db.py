@@ -10,6 +10,10 @@ from sqlalchemy import Column, Text, UniqueConstraint, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel, create_engine
 
+from orderflow.contracts.inventory import ReservationStatus
+from orderflow.contracts.payment import WebhookEventStatus
+from orderflow.contracts.review import ReviewStatus
+
 
 def utcnow() -> datetime:
     """Timezone-aware now, for row timestamps (never used inside workflow code)."""
@@ -32,7 +36,7 @@ class Order(SQLModel, table=True):
     id: str = Field(primary_key=True)
     customer_id: str = Field(index=True)
     email: str
-    status: str = Field(index=True)
+    status: str = Field(index=True)  # OrderStatus
     total: float
     currency: str
     created_at: datetime = Field(default_factory=utcnow, index=True)
@@ -57,7 +61,7 @@ class Reservation(SQLModel, table=True):
     order_id: str = Field(index=True)
     sku: str = Field(foreign_key="product.sku")
     quantity: int
-    status: str = "RESERVED"
+    status: str = ReservationStatus.RESERVED.value  # ReservationStatus
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -69,9 +73,9 @@ class Payment(SQLModel, table=True):
     order_id: str = Field(index=True)
     provider: str
     payment_id: str
-    kind: str  # capture | refund
+    kind: str  # PaymentKind
     amount: float
-    status: str  # succeeded | failed
+    status: str  # PaymentStatus
     detail: str = ""
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -91,9 +95,9 @@ class Review(SQLModel, table=True):
 
     id: str = Field(primary_key=True)
     order_id: str = Field(index=True)
-    kind: str  # HIGH_VALUE | SUSPICIOUS_PAYMENT | RETURN
+    kind: str  # ReviewKind
     reason: str
-    status: str = Field(default="PENDING", index=True)
+    status: str = Field(default=ReviewStatus.PENDING.value, index=True)  # ReviewStatus
     reviewer: str = ""
     note: str = ""
     created_at: datetime = Field(default_factory=utcnow)
@@ -173,8 +177,7 @@ class WebhookEvent(SQLModel, table=True):
     payment_id: str = Field(default="", index=True)
     amount: float = 0.0
     currency: str = ""
-    # RECEIVED | APPLIED | UNAPPLIED (order closed) | REJECTED (malformed, unknown order)
-    status: str = "RECEIVED"
+    status: str = WebhookEventStatus.RECEIVED.value  # WebhookEventStatus
     detail: str = ""
     received_at: datetime = Field(default_factory=utcnow)
     processed_at: datetime | None = None

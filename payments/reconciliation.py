@@ -11,7 +11,13 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from orderflow.contracts.payment import WebhookJob
+from orderflow.contracts.order import ENDED_UNPAID_STATUSES, PAID_STATUSES
+from orderflow.contracts.payment import (
+    PaymentKind,
+    PaymentStatus,
+    WebhookEventStatus,
+    WebhookJob,
+)
 from orderflow.db import Order, Payment, WebhookEvent
 from payments.events import RAZORPAY_KINDS, STRIPE_KINDS, EventKind
 
@@ -19,8 +25,6 @@ log = logging.getLogger("orderflow.reconciliation")
 
 CENT = 0.005  # amounts are floats in major units: closer than half a cent is equal
 RECORD_GRACE = timedelta(minutes=10)  # an accepted payment is in the payments table well before
-PAID_STATUSES = frozenset({"PAID", "CONFIRMED", "SHIPPED"})
-ENDED_UNPAID_STATUSES = frozenset({"CANCELLED", "REJECTED"})
 
 
 def _types(kind: EventKind) -> set[str]:
@@ -53,7 +57,9 @@ def reconcile(
         orders = session.exec(select(Order).where(col(Order.updated_at) >= since)).all()
         ids = [o.id for o in orders]
         payments = session.exec(
-            select(Payment).where(col(Payment.order_id).in_(ids), Payment.status == "succeeded")
+            select(Payment).where(
+                col(Payment.order_id).in_(ids), Payment.status == PaymentStatus.SUCCEEDED
+            )
         ).all()
         events = session.exec(
             select(WebhookEvent).where(col(WebhookEvent.received_at) >= since)
@@ -69,7 +75,7 @@ def reconcile(
     captured: dict[str, float] = defaultdict(float)
     refunded: dict[str, float] = defaultdict(float)
     for p in payments:
-        (captured if p.kind == "capture" else refunded)[p.order_id] += p.amount
+        (captured if p.kind == PaymentKind.CAPTURE else refunded)[p.order_id] += p.amount
     unapplied = _unapplied_by_order(events, recorded)
     for order in orders:
         found += _order_mismatches(
@@ -94,7 +100,11 @@ def _unapplied_by_order(
     amounts: dict[tuple[str, str], tuple[str, float]] = {}
     for e in events:
         key = (e.provider, e.payment_id)
-        if e.type in received_types and e.status == "UNAPPLIED" and key not in recorded:
+        if (
+            e.type in received_types
+            and e.status == WebhookEventStatus.UNAPPLIED
+            and key not in recorded
+        ):
             amounts[key] = (e.order_id, e.amount)
     totals: dict[str, float] = defaultdict(float)
     for order_id, amount in amounts.values():
@@ -135,7 +145,7 @@ def _event_mismatches(
     refunded_payments = {
         (e.provider, e.payment_id)
         for e in events
-        if e.type in refund_types and e.status == "APPLIED"
+        if e.type in refund_types and e.status == WebhookEventStatus.APPLIED
     }
     found = []
     seen: set[tuple[str, str]] = set()
@@ -144,12 +154,15 @@ def _event_mismatches(
         if e.type not in received_types or key in seen:
             continue
         money = f"{e.provider} payment {e.payment_id} of {e.amount:.2f} {e.currency} (event {e.event_id})"
-        if e.status in ("UNAPPLIED", "REJECTED") and key not in refunded_payments:
+        if (
+            e.status in (WebhookEventStatus.UNAPPLIED, WebhookEventStatus.REJECTED)
+            and key not in refunded_payments
+        ):
             seen.add(key)
             found.append(
                 Mismatch("payment_not_applied", e.order_id, f"{money}: {e.detail}", e.payment_id)
             )
-        elif e.status == "APPLIED" and key not in recorded:
+        elif e.status == WebhookEventStatus.APPLIED and key not in recorded:
             received = e.received_at if e.received_at.tzinfo else e.received_at.replace(tzinfo=UTC)
             if now - received > RECORD_GRACE:
                 seen.add(key)

@@ -16,7 +16,13 @@ from sqlmodel import Session, col, select
 from bridge.errors import MalformedJobError
 from bridge.job import Job
 from orderflow.contracts.order import PaymentAck, PaymentFailed, PaymentReceived
-from orderflow.contracts.payment import WEBHOOK_QUEUE, WebhookJob
+from orderflow.contracts.payment import (
+    WEBHOOK_QUEUE,
+    PaymentKind,
+    PaymentStatus,
+    WebhookEventStatus,
+    WebhookJob,
+)
 from orderflow.db import Payment, WebhookEvent
 from orderflow.errors import OrderClosedError, OrderflowError, UnknownOrderError
 from payments.events import EventKind, GatewayEvent, MalformedEventError, to_major_units
@@ -25,21 +31,14 @@ from payments.reconciliation import reconcile
 log = logging.getLogger("orderflow.webhooks")
 
 
-class EventStatus:
-    """Values of WebhookEvent.status."""
-
-    RECEIVED = "RECEIVED"  # recorded, not yet applied (or a transient error will retry it)
-    APPLIED = "APPLIED"
-    IGNORED = "IGNORED"  # nothing to do (a failure reported for an order that already ended)
-    UNAPPLIED = "UNAPPLIED"  # money the order refused (closed, already paid): an operator acts
-    REJECTED = "REJECTED"  # malformed, or for an order nobody knows
-
-
 class WebhookEventError(UnrecoverableError, OrderflowError):
     """An event that retrying cannot fix; the job goes to the dead-letter queue for an operator."""
 
     def __init__(
-        self, event: GatewayEvent, problem: str, status: str = EventStatus.REJECTED
+        self,
+        event: GatewayEvent,
+        problem: str,
+        status: WebhookEventStatus = WebhookEventStatus.REJECTED,
     ) -> None:
         order = event.order_id or "(none)"
         super().__init__(
@@ -119,7 +118,7 @@ class WebhookProcessor:
     async def apply(self, event: GatewayEvent) -> dict[str, Any]:
         """Record the event once and apply it; an already applied event is a no-op."""
         row = await asyncio.to_thread(self._record, event)
-        if row.status in (EventStatus.APPLIED, EventStatus.IGNORED):
+        if row.status in (WebhookEventStatus.APPLIED, WebhookEventStatus.IGNORED):
             return {"event_id": event.event_id, "status": "duplicate", "order_id": row.order_id}
         if not event.order_id and event.payment_id:
             event.order_id = await asyncio.to_thread(self._order_of, event)
@@ -167,7 +166,10 @@ class WebhookProcessor:
             raise _unapplied(event, f"{money} not applied: {err}; refund it or reopen") from err
         if not ack.accepted:
             raise _unapplied(event, f"{money} not applied: {ack.reason}; refund it or reopen")
-        return EventStatus.APPLIED, f"{money} accepted, order {ack.status} {ack.reason}".strip()
+        return (
+            WebhookEventStatus.APPLIED,
+            f"{money} accepted, order {ack.status} {ack.reason}".strip(),
+        )
 
     async def _payment_failed(self, event: GatewayEvent) -> tuple[str, str]:
         failure = PaymentFailed(
@@ -180,8 +182,8 @@ class WebhookProcessor:
         except UnknownOrderError as err:
             raise WebhookEventError(event, f"payment failure for an unknown order ({err})") from err
         except OrderClosedError as err:
-            return EventStatus.IGNORED, f"order already ended, failure not needed: {err}"
-        return EventStatus.APPLIED, f"payment {event.payment_id} failed: {failure.reason}"
+            return WebhookEventStatus.IGNORED, f"order already ended, failure not needed: {err}"
+        return WebhookEventStatus.APPLIED, f"payment {event.payment_id} failed: {failure.reason}"
 
     async def _refund(self, event: GatewayEvent) -> tuple[str, str]:
         return await asyncio.to_thread(self._record_refund, event)
@@ -258,9 +260,9 @@ class WebhookProcessor:
                         order_id=order_id,
                         provider=event.provider,
                         payment_id=refund_id,
-                        kind="refund",
+                        kind=PaymentKind.REFUND,
                         amount=amount,
-                        status="succeeded",
+                        status=PaymentStatus.SUCCEEDED,
                         detail=f"{event.type} {event.event_id} for payment {event.payment_id}",
                     )
                 )
@@ -268,7 +270,10 @@ class WebhookProcessor:
                     session.commit()
                 except IntegrityError:
                     session.rollback()
-        return EventStatus.APPLIED, f"refund {refund_id} of {amount:.2f} {event.currency} recorded"
+        return (
+            WebhookEventStatus.APPLIED,
+            f"refund {refund_id} of {amount:.2f} {event.currency} recorded",
+        )
 
     def _order_of(self, event: GatewayEvent) -> str:
         """The order a gateway payment id belongs to, from the payments or earlier events."""
@@ -297,7 +302,7 @@ class WebhookProcessor:
 
 
 def _unapplied(event: GatewayEvent, problem: str) -> WebhookEventError:
-    return WebhookEventError(event, problem, EventStatus.UNAPPLIED)
+    return WebhookEventError(event, problem, WebhookEventStatus.UNAPPLIED)
 
 
 def _reconcile_args(job: Job, data: dict[str, Any]) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
@@ -86,8 +87,8 @@ def build_workers(
     grace = timedelta(seconds=settings.graceful_shutdown_seconds)
 
     def worker(
-        queue: str, concurrency: int, workflows: list[type], activities: list
-    ) -> Worker | None:  # type: ignore[type-arg]
+        queue: str, concurrency: int, workflows: list[type], activities: list[Callable[..., Any]]
+    ) -> Worker | None:
         if queues is not None and queue not in queues:
             return None
         return Worker(

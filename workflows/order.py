@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -60,6 +62,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.payment import PaymentRetryWorkflow
     from workflows.review import ManualReviewWorkflow
 
+_Arg = TypeVar("_Arg")
+_Ret = TypeVar("_Ret")
+
 DB_TIMEOUT = timedelta(seconds=30)
 AMOUNT_TOLERANCE = 0.005  # half a paisa: totals are rounded to 2 decimals on both sides
 PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING)
@@ -72,7 +77,7 @@ class OrderWorkflow:
     @workflow.init
     def __init__(self, order: OrderInput) -> None:
         self._order = order
-        self._status = "NEW"
+        self._status = OrderStatus.NEW
         self._history: list[StatusChange] = []
         self._total = 0.0
         self._currency = ""
@@ -324,7 +329,8 @@ class OrderWorkflow:
             start_to_close_timeout=DB_TIMEOUT,
         )
 
-    async def _act(self, method, arg):  # type: ignore[no-untyped-def]
+    async def _act(self, method: Callable[[Any, _Arg], _Ret], arg: _Arg) -> _Ret:
+        """One database step of the order, as a local activity."""
         return await workflow.execute_local_activity_method(
             method, arg, start_to_close_timeout=DB_TIMEOUT
         )
@@ -334,8 +340,8 @@ class OrderWorkflow:
         return OrderResult(order_id=self._order.order_id, status=self._status, total=self._total)
 
     def _set(self, status: OrderStatus, note: str = "") -> None:
-        self._status = status.value
-        self._history.append(StatusChange(status=status.value, at=workflow.now(), note=note))
+        self._status = status
+        self._history.append(StatusChange(status=status, at=workflow.now(), note=note))
         workflow.upsert_search_attributes([ORDER_STATUS.value_set(status.value)])
 
     def _note(self, note: str) -> None:
@@ -409,14 +415,14 @@ class OrderWorkflow:
                 status=self._status,
                 reason=f"order {order_id} is already paid by {self._payment.payment_id}",
             )
-        if self._cancel is not None or self._status not in ("NEW", *PAYABLE):
+        if self._cancel is not None or self._status not in (OrderStatus.NEW, *PAYABLE):
             self._note(f"refused payment {payment.payment_id}: order is {self._status}")
             return PaymentAck(
                 accepted=False,
                 status=self._status,
                 reason=f"order {order_id} is {self._status}: payment refused",
             )
-        if self._status != "NEW" and abs(payment.amount - self._total) > AMOUNT_TOLERANCE:
+        if self._status != OrderStatus.NEW and abs(payment.amount - self._total) > AMOUNT_TOLERANCE:
             self._note(
                 f"refused payment {payment.payment_id}: {payment.amount:.2f} is not the total"
             )

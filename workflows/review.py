@@ -96,7 +96,7 @@ class ManualReviewWorkflow:
         return PendingReview(
             review_id=d.review_id,
             order_id=d.order_id,
-            kind=d.kind.value,
+            kind=d.kind,
             reason=d.reason,
             created_at=self._created_at,
         )

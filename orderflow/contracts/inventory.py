@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 INVENTORY_TASK_QUEUE = "inventory"
+
+
+class ReservationStatus(StrEnum):
+    """A reservation row moves RESERVED → RELEASED or SHIPPED, exactly once."""
+
+    RESERVED = "RESERVED"
+    RELEASED = "RELEASED"
+    SHIPPED = "SHIPPED"
 
 
 def inventory_release_workflow_id(order_id: str) -> str:

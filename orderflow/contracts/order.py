@@ -27,6 +27,7 @@ def order_workflow_id(order_id: str) -> str:
 class OrderStatus(StrEnum):
     """Where an order is; also the `OrderStatus` search attribute."""
 
+    NEW = "NEW"  # started; the stock check has not answered yet
     PENDING_PAYMENT = "PENDING_PAYMENT"
     REJECTED = "REJECTED"
     PAYMENT_RETRYING = "PAYMENT_RETRYING"
@@ -39,6 +40,12 @@ class OrderStatus(StrEnum):
 
 
 FINAL_STATUSES = frozenset({OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.SHIPPED})
+# paid and settled: the order has exactly its total captured (reconciliation checks this)
+PAID_STATUSES = frozenset({OrderStatus.PAID, OrderStatus.CONFIRMED, OrderStatus.SHIPPED})
+# money the shop has kept: paid (a review may still be deciding), not cancelled or returned
+REVENUE_STATUSES = PAID_STATUSES | {OrderStatus.IN_REVIEW}
+# ended without keeping the customer's money
+ENDED_UNPAID_STATUSES = frozenset({OrderStatus.CANCELLED, OrderStatus.REJECTED})
 
 
 @dataclass
@@ -96,7 +103,7 @@ class PaymentAck:
     """The answer to the payment update: accepted or refused, and why."""
 
     accepted: bool
-    status: str
+    status: OrderStatus | None  # None when the order could not be asked
     reason: str = ""
 
 
@@ -119,7 +126,7 @@ class Shipment:
 class StatusChange:
     """One entry of an order's history."""
 
-    status: str
+    status: OrderStatus
     at: datetime
     note: str = ""
 
@@ -129,7 +136,7 @@ class OrderState:
     """The status query's answer."""
 
     order_id: str
-    status: str
+    status: OrderStatus
     total: float
     currency: str
     history: list[StatusChange] = field(default_factory=list)
@@ -143,7 +150,7 @@ class OrderResult:
     """How an order ended."""
 
     order_id: str
-    status: str
+    status: OrderStatus
     total: float
 
 
@@ -180,7 +187,7 @@ class StatusInput:
     """Mirror a status into the database."""
 
     order_id: str
-    status: str
+    status: OrderStatus
     note: str = ""
 
 

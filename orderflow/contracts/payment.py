@@ -24,6 +24,23 @@ class PaymentKind(StrEnum):
     REFUND = "refund"
 
 
+class PaymentStatus(StrEnum):
+    """How a capture or refund ended at the gateway (the payments table's status)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class WebhookEventStatus(StrEnum):
+    """What became of a recorded gateway event (the webhook events table's status)."""
+
+    RECEIVED = "RECEIVED"  # recorded, not yet applied (or a transient error will retry it)
+    APPLIED = "APPLIED"
+    IGNORED = "IGNORED"  # nothing to do (a failure reported for an order that already ended)
+    UNAPPLIED = "UNAPPLIED"  # money the order refused (closed, already paid): an operator acts
+    REJECTED = "REJECTED"  # malformed, or for an order nobody knows
+
+
 def payment_retry_workflow_id(order_id: str, kind: PaymentKind) -> str:
     """One retry run per order and kind."""
     return f"payment-{kind.value}-{order_id}"

@@ -17,6 +17,14 @@ class ReviewKind(StrEnum):
     RETURN = "RETURN"
 
 
+class ReviewStatus(StrEnum):
+    """A review row: pending until an admin decides."""
+
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+
+
 def review_workflow_id(order_id: str, kind: ReviewKind) -> str:
     """Returns are reviewed apart from the order's own review."""
     return f"review-{'return' if kind is ReviewKind.RETURN else 'order'}-{order_id}"
@@ -59,6 +67,6 @@ class PendingReview:
 
     review_id: str
     order_id: str
-    kind: str
+    kind: ReviewKind
     reason: str
     created_at: datetime
