@@ -30,12 +30,15 @@ node-deps:
 run: install
 	$(VENV)/bin/orderflow run
 
-test: install
+test: install lint
 	$(VENV)/bin/pytest -q
 
+# ruff, the layer contracts (import-linter, in pyproject.toml) and mypy; `make test` runs it first
 lint: python-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 format: python-deps
 	$(VENV)/bin/ruff format .
