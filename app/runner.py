@@ -23,9 +23,8 @@ from orderflow.contracts.payment import WEBHOOK_QUEUE
 from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
-from workers.bridge import run_bridge_workers
+from workers.bridge import run_bridge_workers, webhook_processors
 from workers.temporal import Dependencies, build_workers
-from workers.webhooks import webhook_processors
 
 log = logging.getLogger("orderflow")
 

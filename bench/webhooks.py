@@ -60,9 +60,8 @@ async def serve(mode: str) -> None:
     from orderflow.contracts.mail import EMAIL_QUEUE
     from orderflow.contracts.payment import WEBHOOK_QUEUE
     from orderflow.db import make_engine
-    from workers.bridge import run_bridge_workers
+    from workers.bridge import run_bridge_workers, webhook_processors
     from workers.temporal import Dependencies, build_workers
-    from workers.webhooks import webhook_processors
 
     settings = Settings.from_env()
     stop = asyncio.Event()

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     webhook_tolerance_seconds: int = 300  # Stripe's default window against replayed signatures
     webhook_max_body_bytes: int = 512 * 1024  # events are a few KiB; refuse far larger
     webhook_enqueue_timeout_seconds: float = 5.0  # answer 503 (gateway redelivers) if Redis stalls
-    # Operations: telemetry, dashboard, cleanup (orderflow/telemetry.py, orderflow/web/dashboard.py)
+    # Operations: telemetry, dashboard, cleanup (app/telemetry.py, app/web/dashboard.py)
     service_name: str = "orderflow"  # OTel resource service.name
     admin_user: str = "admin"  # HTTP Basic for the ops dashboard; set a real one in production
     admin_password: str = "orderflow-local-admin"

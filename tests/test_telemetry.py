@@ -41,8 +41,8 @@ from tests.bridge_helpers import eventually, running
 from tests.conftest import new_order_id
 from tests.helpers import wait_status
 from tests.test_bridge_node import node, run_node, where  # noqa: F401 (node is a fixture)
+from workers.bridge import build_webhook_processor
 from workers.temporal import Dependencies, build_workers
-from workers.webhooks import build_webhook_processor
 
 Catalogue = Callable[..., dict[str, str]]
 

@@ -27,6 +27,7 @@ from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.db import Payment, WebhookEvent
 from orderflow.settings import Settings
 from payments.events import parse_razorpay, parse_stripe
+from payments.processor import OrderNotYetKnownError, WebhookEventError, WebhookProcessor
 from payments.reconciliation import enqueue_reconciliation, reconcile
 from payments.samples import (
     razorpay_payment_captured,
@@ -38,12 +39,10 @@ from payments.samples import (
     stripe_payment_succeeded,
 )
 from payments.signatures import signed_headers
-from payments.webhook import OrderNotYetKnownError, WebhookEventError, WebhookProcessor
 from tests.bridge_helpers import bull_queue, counts, eventually, running
 from tests.conftest import new_order_id
 from tests.helpers import payments, wait_status
-from workers.bridge import run_bridge_workers
-from workers.webhooks import build_webhook_processor
+from workers.bridge import build_webhook_processor, run_bridge_workers
 
 Catalogue = Callable[..., dict[str, str]]
 

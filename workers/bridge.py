@@ -1,4 +1,4 @@
-"""Bridge workers: the email worker (and the webhook worker when given its processor).
+"""Bridge workers: the email worker, and the payment webhook worker when given its processor.
 
 Run by `orderflow run` (or `orderflow run --part bridge` on a host of their own).
 """
@@ -9,13 +9,17 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
+from sqlalchemy.engine import Engine
+
 from bridge.job import Processor
 from bridge.redis_client import RedisClient
 from bridge.runtime import BackoffStrategy, BridgeWorker
 from bridge.specs import QueueSpec, queue_specs
 from mail.processor import EmailProcessor
 from orderflow.contracts.mail import EMAIL_QUEUE
+from orderflow.contracts.payment import WEBHOOK_QUEUE
 from orderflow.settings import Settings
+from payments.processor import Orders, WebhookProcessor
 
 log = logging.getLogger("orderflow.bridge")
 
@@ -53,3 +57,15 @@ async def run_bridge_workers(
         await asyncio.gather(*(w.run(stop, settings.bridge_grace_seconds) for w in workers))
     finally:
         await email_client.close()
+
+
+def build_webhook_processor(settings: Settings, order_client: Orders, engine: Engine) -> Processor:
+    """The processor of payment-webhook-queue: `{WEBHOOK_QUEUE: build_webhook_processor(...)}`."""
+    return WebhookProcessor(order_client, engine, queue=WEBHOOK_QUEUE)
+
+
+def webhook_processors(
+    settings: Settings, order_client: Orders, engine: Engine
+) -> dict[str, Processor]:
+    """The mapping `run_bridge_workers(settings, stop, processors)` takes, for the webhook queue."""
+    return {WEBHOOK_QUEUE: build_webhook_processor(settings, order_client, engine)}

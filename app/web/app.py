@@ -11,8 +11,8 @@ from sqlalchemy.engine import Engine
 
 from app.client import OrderClient
 from app.telemetry import Telemetry
+from app.web.ingress import JobQueue, webhook_router
 from app.web.ops import add_operations
-from app.web.webhooks import JobQueue, webhook_router
 from bridge.specs import QueueSpec
 from orderflow.settings import Settings
 
