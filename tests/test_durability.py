@@ -13,12 +13,24 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from orderflow.client import OrderClient
-from orderflow.contracts.order import ORDERS_TASK_QUEUE, PaymentFailed, PaymentReceived
+from orderflow.contracts.order import (
+    ORDERS_TASK_QUEUE,
+    OrderState,
+    PaymentFailed,
+    PaymentReceived,
+)
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import Product, Reservation
 from orderflow.settings import Settings
-from tests.conftest import new_order_id
-from tests.helpers import started_workflow, stock, wait_review, wait_status
+from tests.helpers import (
+    eventually,
+    new_order_id,
+    pending_order,
+    started_workflow,
+    stock,
+    wait_review,
+    wait_status,
+)
 from workers.temporal import Dependencies, build_workers
 from workflows.inventory import InventoryReleaseWorkflow, StockSyncWorkflow
 from workflows.order import OrderWorkflow
@@ -44,8 +56,7 @@ async def test_order_survives_a_worker_restart(
         env.client, settings, deps, task_queue_suffix=suffix, queues=[ORDERS_TASK_QUEUE]
     )[0]
     running = asyncio.create_task(first.run())
-    handle = await orders.start_order(order_id, "cust-d1", "d1@example.com", [(skus["vase"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    handle = (await pending_order(orders, [(skus["vase"], 1)], order_id=order_id)).handle
     await first.shutdown()
     await running
 
@@ -163,12 +174,11 @@ async def test_inventory_invariant_after_a_mixed_batch(
         ids.append((order_id, action))
 
     async def drive(order_id: str, action: str) -> str:
-        state = await orders.status(order_id)
-        for _ in range(100):
-            if state.status != "NEW":
-                break
-            await asyncio.sleep(0.05)
+        async def placed() -> OrderState | None:
             state = await orders.status(order_id)
+            return state if state.status != "NEW" else None
+
+        state = await eventually(placed, 10, f"order {order_id} past its stock check")
         if state.status != "PENDING_PAYMENT":
             return state.status  # REJECTED for lack of stock, or already expired
         if action in ("pay", "pay-cancel"):
