@@ -27,11 +27,19 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from orderflow.client import OrderClient
-from orderflow.contracts.order import PaymentFailed, PaymentReceived, Shipment
+from orderflow.client import OrderClient, policy_from_settings
+from orderflow.contracts.order import (
+    OrderInput,
+    OrderLine,
+    PaymentFailed,
+    PaymentReceived,
+    Shipment,
+    order_workflow_id,
+)
 from orderflow.contracts.review import ReviewDecision
-from tests.helpers import pending_order, started_workflow, wait_review, wait_status
+from tests.helpers import new_order_id, pending_order, started_workflow, wait_review, wait_status
 from workers.temporal import Dependencies
+from workflows.order import OrderWorkflow
 
 HERE = Path(__file__).resolve().parent
 Catalogue = Callable[..., dict[str, str]]
@@ -130,3 +138,29 @@ async def test_returned(orders: OrderClient, catalogue: Catalogue) -> None:
     await wait_review(orders, order.id)
     await orders.decide_review(review_id, ReviewDecision(approve=True, reviewer="meena"))
     await save(orders.client, "returned", order.handle.id, review_id, f"payment-refund-{order.id}")
+
+
+async def test_early_short_payment(orders: OrderClient, catalogue: Catalogue) -> None:
+    """A ₹1.00 payment arriving with the start (signal-with-start), before the stock check."""
+    skus = catalogue(clock=(1998.0, 3))
+    order_id = new_order_id()
+    order = OrderInput(
+        order_id=order_id,
+        customer_id="cust",
+        email=f"{order_id}@example.com",
+        items=[OrderLine(sku=skus["clock"], quantity=1)],
+        policy=policy_from_settings(orders.settings),
+    )
+    handle = await orders.client.start_workflow(
+        OrderWorkflow.run,
+        order,
+        id=order_workflow_id(order_id),
+        task_queue=orders.task_queue,
+        start_signal="payment_received",
+        start_signal_args=[PaymentReceived(payment_id=f"pay-{order_id}", amount=1.0)],
+    )
+    state = await wait_status(orders, order_id, "CONFIRMED")  # the defect this path records
+    await orders.shipped(order_id, Shipment(carrier="DTDC", tracking_number="D2"))
+    assert (await handle.result()).status == "SHIPPED"
+    assert state.total == 1998.0
+    await save(orders.client, "early-short-payment", handle.id)
