@@ -39,11 +39,11 @@ async def main(config: dict[str, Any]) -> None:
     async def stalling(job: Job) -> Any:
         if config["mode"] == "before-send":
             _mark(marker, job.id)
-            await asyncio.sleep(600)
+            await asyncio.sleep(600)  # hang mid-job until the test kills this process
         result = await email(job)
         if config["mode"] == "after-send":
             _mark(marker, job.id)
-            await asyncio.sleep(600)
+            await asyncio.sleep(600)  # hang after the send until the test kills this process
         return result
 
     await BridgeWorker(spec, stalling, settings.redis_url).run(asyncio.Event())

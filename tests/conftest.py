@@ -140,11 +140,6 @@ def catalogue(engine: Engine) -> Callable[..., dict[str, str]]:
     return make
 
 
-def new_order_id() -> str:
-    """A unique order id per test."""
-    return f"t-{uuid.uuid4().hex[:10]}"
-
-
 @pytest.fixture
 def sink(tmp_path: Path) -> Iterator[SmtpSink]:
     """A real SMTP sink on a free port, keeping this test's mail in its own folder."""

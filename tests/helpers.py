@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
@@ -12,17 +14,29 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.client import OrderClient
-from orderflow.contracts.order import OrderState
+from orderflow.contracts.order import OrderResult, OrderState
 from orderflow.contracts.review import PendingReview
 from orderflow.db import Payment, Product
+from tests.fake_erp import FakeErp
+from workflows.order import OrderWorkflow
 
 T = TypeVar("T")
 
 
+def new_order_id() -> str:
+    """A unique order id per test."""
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
 async def eventually(
-    check: Callable[[], Awaitable[T]], within: float = 10.0, what: str = "condition"
+    check: Callable[[], Awaitable[T | None]],
+    within: float = 10.0,
+    what: str | Callable[[], str] = "condition",
 ) -> T:
-    """Poll `check` until it returns a truthy value and return that value; fail after `within` s."""
+    """Poll `check` until it returns a truthy value and return that value; fail after `within` s.
+
+    `what` names the condition in the failure; a callable is asked only then (for the last state).
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
@@ -30,8 +44,9 @@ async def eventually(
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"{what} not met within {within}s")
-        await asyncio.sleep(0.05)
+            described = what() if callable(what) else what
+            raise AssertionError(f"{described} not met within {within}s")
+        await asyncio.sleep(0.05)  # the poll interval, not a wait for anything
 
 
 async def started_workflow(
@@ -57,29 +72,54 @@ async def wait_status(
     orders: OrderClient, order_id: str, status: str, timeout: float = 20.0
 ) -> OrderState:
     """Poll the status query until the order reaches `status`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
+    last: list[OrderState] = []
+
+    async def reached() -> OrderState | None:
         state = await orders.status(order_id)
-        if state.status == status:
-            return state
-        if loop.time() > deadline:
-            raise AssertionError(
-                f"order {order_id} is {state.status}, not {status}: {state.history}"
-            )
-        await asyncio.sleep(0.1)
+        last[:] = [state]
+        return state if state.status == status else None
+
+    def describe() -> str:
+        seen = f"{last[0].status}: {last[0].history}" if last else "never answered"
+        return f"order {order_id} reaching {status} (it is {seen})"
+
+    return await eventually(reached, timeout, describe)
 
 
 async def wait_review(orders: OrderClient, order_id: str, timeout: float = 20.0) -> PendingReview:
     """Wait until the order's review is listed as pending."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        for review in await orders.pending_reviews():
-            if review.order_id == order_id:
-                return review
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no pending review for order {order_id}")
+
+    async def listed() -> PendingReview | None:
+        return next((r for r in await orders.pending_reviews() if r.order_id == order_id), None)
+
+    return await eventually(listed, timeout, f"a pending review for order {order_id}")
+
+
+@dataclass
+class PendingOrder:
+    """An order started and waiting for its payment."""
+
+    id: str
+    handle: WorkflowHandle[OrderWorkflow, OrderResult]
+    state: OrderState  # as it reached PENDING_PAYMENT: total, currency, history
+
+
+async def pending_order(
+    orders: OrderClient,
+    lines: list[tuple[str, int]],
+    *,
+    order_id: str | None = None,
+    customer_id: str = "cust",
+    email: str | None = None,
+    **start: Any,
+) -> PendingOrder:
+    """Start an order of these (sku, quantity) lines and wait until it is PENDING_PAYMENT."""
+    order_id = order_id or new_order_id()
+    handle = await orders.start_order(
+        order_id, customer_id, email or f"{order_id}@example.com", lines, **start
+    )
+    state = await wait_status(orders, order_id, "PENDING_PAYMENT")
+    return PendingOrder(order_id, handle, state)
 
 
 def stock(engine: Engine, sku: str) -> tuple[int, int]:
@@ -99,13 +139,19 @@ def payments(engine: Engine, order_id: str) -> list[tuple[str, str, float]]:
     return [(p.kind, p.status, p.amount) for p in rows]
 
 
+async def erp_received(erp: FakeErp, order_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Wait until the fake ERP has received the order; returns what it received."""
+
+    async def received() -> dict[str, Any] | None:
+        return erp.orders.get(order_id)
+
+    return await eventually(received, timeout, f"order {order_id} pushed to the ERP")
+
+
 async def wait_job(queue: Any, job_id: str, timeout: float = 10.0) -> Any:
     """Wait until a BullMQ job with this id exists and return it."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        job = await queue.getJob(job_id)
-        if job is not None:
-            return job
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no job {job_id!r} on queue {queue.name}")
+
+    async def fetched() -> Any:
+        return await queue.getJob(job_id)
+
+    return await eventually(fetched, timeout, f"job {job_id!r} on queue {queue.name}")

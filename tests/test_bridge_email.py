@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -104,10 +103,12 @@ async def test_kill_9_mid_job_delivers_exactly_one_email(
     }  # fmt: skip
     child = await asyncio.create_subprocess_exec(sys.executable, str(CHILD), json.dumps(config))
     try:
-        deadline = time.monotonic() + 20
-        while not marker.exists():
-            assert child.returncode is None and time.monotonic() < deadline, "child never started"
-            await asyncio.sleep(0.05)
+
+        async def job_taken() -> bool:
+            assert child.returncode is None, f"the worker child exited ({child.returncode})"
+            return marker.exists()
+
+        await eventually(job_taken, 20, "the worker child taking the job")
         assert (await counts(spec, redis_url))["active"] == 1
     finally:
         child.kill()  # SIGKILL: no shutdown, the lock is left to expire

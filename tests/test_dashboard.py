@@ -24,8 +24,7 @@ from bridge.specs import QueueSpec, email_spec
 from orderflow.contracts.order import PaymentReceived
 from orderflow.settings import Settings
 from tests.bridge_helpers import eventually, running
-from tests.conftest import new_order_id
-from tests.helpers import wait_review, wait_status
+from tests.helpers import pending_order, wait_review, wait_status
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -108,9 +107,7 @@ async def test_approve_a_review_and_redrive_a_dlq_job_by_clicking(
     base, settings, spec = dashboard
     # a high-value paid order waits for an admin
     skus = catalogue(tv=(60_000.0, 3))
-    order_id = new_order_id()
-    await orders.start_order(order_id, "cust-ops", f"{order_id}@example.com", [(skus["tv"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    order_id = (await pending_order(orders, [(skus["tv"], 1)], customer_id="cust-ops")).id
     ack = await orders.payment_received(
         order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=60_000.0, provider="stripe")
     )

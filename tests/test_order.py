@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -14,9 +13,16 @@ from temporalio.testing import WorkflowEnvironment
 from app.client import OrderClient
 from orderflow.contracts.order import PaymentReceived
 from orderflow.db import Invoice, Order, Payment
-from tests.conftest import new_order_id
 from tests.fake_erp import FakeErp
-from tests.helpers import payments, stock, wait_job, wait_status
+from tests.helpers import (
+    erp_received,
+    new_order_id,
+    payments,
+    pending_order,
+    stock,
+    wait_job,
+    wait_status,
+)
 
 
 async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
@@ -27,9 +33,8 @@ async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
     erp: FakeErp,
 ) -> None:
     skus = catalogue(shirt=(799.0, 10))
-    order_id = new_order_id()
-    handle = await orders.start_order(order_id, "cust-1", "a@example.com", [(skus["shirt"], 2)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    placed = await pending_order(orders, [(skus["shirt"], 2)], email="a@example.com")
+    order_id, handle = placed.id, placed.handle
     assert stock(engine, skus["shirt"]) == (8, 2)
 
     ack = await orders.payment_received(
@@ -46,11 +51,7 @@ async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
     assert order is not None and order.status == "CONFIRMED" and order.total == 1598.0
     assert invoice is not None and "1598.00" in invoice.html and skus["shirt"] in invoice.html
     job = await wait_job(email_queue, f"order-confirmation-{order_id}")  # sent beside the ERP sync
-    for _ in range(100):
-        if order_id in erp.orders:
-            break
-        await asyncio.sleep(0.05)
-    pushed = erp.orders[order_id]
+    pushed = await erp_received(erp, order_id)
     assert pushed["total"] == 1598.0 and pushed["invoice"] == f"INV-{order_id}"
     assert pushed["items"] == [{"sku": skus["shirt"], "quantity": 2, "unit_price": 799.0}]
     assert [(p.payment_id, p.amount) for p in payments] == [(f"pay-{order_id}", 1598.0)]
@@ -66,9 +67,8 @@ async def test_unpaid_order_is_cancelled_after_one_hour_and_stock_restored(
     catalogue: Callable[..., dict[str, str]],
 ) -> None:
     skus = catalogue(mug=(250.0, 5))
-    order_id = new_order_id()
-    handle = await orders.start_order(order_id, "cust-2", "b@example.com", [(skus["mug"], 3)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    placed = await pending_order(orders, [(skus["mug"], 3)])
+    order_id, handle = placed.id, placed.handle
     assert stock(engine, skus["mug"]) == (2, 3)
     await env.fast_forward(handle, timedelta(minutes=59))
     assert (await orders.status(order_id)).status == "PENDING_PAYMENT"
@@ -85,9 +85,8 @@ async def test_paid_at_59_minutes_is_paid(
     catalogue: Callable[..., dict[str, str]],
 ) -> None:
     skus = catalogue(lamp=(1200.0, 4))
-    order_id = new_order_id()
-    handle = await orders.start_order(order_id, "cust-3", "c@example.com", [(skus["lamp"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    placed = await pending_order(orders, [(skus["lamp"], 1)])
+    order_id, handle = placed.id, placed.handle
     assert await env.fast_forward(handle, timedelta(minutes=59))
     ack = await orders.payment_received(
         order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=1200.0)
@@ -121,9 +120,7 @@ async def test_duplicate_payment_signals_have_one_effect(
     email_queue: BullQueue,
 ) -> None:
     skus = catalogue(book=(300.0, 5))
-    order_id = new_order_id()
-    await orders.start_order(order_id, "cust-5", "e@example.com", [(skus["book"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    order_id = (await pending_order(orders, [(skus["book"], 1)])).id
     payment = PaymentReceived(payment_id=f"pay-{order_id}", amount=300.0)
     for _ in range(3):
         await orders.signal_payment_received(order_id, payment)
@@ -154,9 +151,8 @@ async def test_payment_for_cancelled_order_is_refused(
     orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:
     skus = catalogue(sock=(99.0, 6))
-    order_id = new_order_id()
-    handle = await orders.start_order(order_id, "cust-7", "g@example.com", [(skus["sock"], 2)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    placed = await pending_order(orders, [(skus["sock"], 2)])
+    order_id, handle = placed.id, placed.handle
     await orders.cancel(order_id, "changed my mind")
     assert (await handle.result()).status == "CANCELLED"
     ack = await orders.payment_received(order_id, PaymentReceived(payment_id="late", amount=198.0))
@@ -171,9 +167,8 @@ async def test_cancel_after_payment_refunds_and_releases(
     email_queue: BullQueue,
 ) -> None:
     skus = catalogue(chair=(4500.0, 3))
-    order_id = new_order_id()
-    handle = await orders.start_order(order_id, "cust-8", "h@example.com", [(skus["chair"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    placed = await pending_order(orders, [(skus["chair"], 1)])
+    order_id, handle = placed.id, placed.handle
     await orders.payment_received(
         order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=4500.0)
     )
@@ -201,9 +196,8 @@ async def test_shipped_order_releases_reserved_stock_and_mails(
     from orderflow.contracts.order import Shipment
 
     skus = catalogue(desk=(9000.0, 2))
-    order_id = new_order_id()
-    handle = await orders.start_order(order_id, "cust-9", "i@example.com", [(skus["desk"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    placed = await pending_order(orders, [(skus["desk"], 1)])
+    order_id, handle = placed.id, placed.handle
     await orders.payment_received(
         order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=9000.0)
     )
@@ -222,9 +216,7 @@ async def test_payment_that_does_not_match_the_total_is_refused(
     orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:
     skus = catalogue(hat=(350.0, 4))
-    order_id = new_order_id()
-    await orders.start_order(order_id, "cust-10", "j@example.com", [(skus["hat"], 2)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    order_id = (await pending_order(orders, [(skus["hat"], 2)])).id
     short = await orders.payment_received(
         order_id, PaymentReceived(payment_id="short", amount=350.0)
     )

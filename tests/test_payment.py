@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from app.client import OrderClient
 from orderflow.contracts.order import PaymentFailed, PaymentReceived
 from orderflow.contracts.payment import PaymentKind, payment_retry_workflow_id
-from tests.conftest import new_order_id
-from tests.helpers import payments, stock, wait_review, wait_status
+from tests.helpers import (
+    eventually,
+    new_order_id,
+    payments,
+    pending_order,
+    stock,
+    wait_review,
+    wait_status,
+)
 from workers.temporal import Dependencies
 from workflows.payment import PaymentRetryWorkflow
 
@@ -27,8 +37,7 @@ async def test_capture_fails_twice_then_succeeds_an_hour_later(
     skus = catalogue(bag=(2000.0, 5))
     order_id = new_order_id()
     deps.gateway.set_rule(order_id, fail_captures=2)  # type: ignore[attr-defined]
-    handle = await orders.start_order(order_id, "cust-p1", "p1@example.com", [(skus["bag"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    handle = (await pending_order(orders, [(skus["bag"], 1)], order_id=order_id)).handle
     await orders.payment_failed(
         order_id, PaymentFailed(payment_id="pf-1", reason="insufficient funds")
     )
@@ -53,7 +62,8 @@ async def test_capture_fails_twice_then_succeeds_an_hour_later(
     ]
     assert (await orders.status(order_id)).payment_id == result.payment_id
     assert stock(engine, skus["bag"]) == (4, 1)
-    assert (await handle.describe()).status is not None
+    # confirmed, the order waits for its shipment: still running, nothing else pending
+    assert (await handle.describe()).status is WorkflowExecutionStatus.RUNNING
 
 
 async def test_all_three_captures_fail_cancels_and_releases(
@@ -66,8 +76,7 @@ async def test_all_three_captures_fail_cancels_and_releases(
     skus = catalogue(kettle=(1500.0, 4))
     order_id = new_order_id()
     deps.gateway.set_rule(order_id, decline_all=True)  # type: ignore[attr-defined]
-    handle = await orders.start_order(order_id, "cust-p2", "p2@example.com", [(skus["kettle"], 2)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    handle = (await pending_order(orders, [(skus["kettle"], 2)], order_id=order_id)).handle
     assert stock(engine, skus["kettle"]) == (2, 2)
     await orders.payment_failed(order_id, PaymentFailed(payment_id="pf-2", reason="card expired"))
     retry = env.client.get_workflow_handle_for(
@@ -89,8 +98,7 @@ async def test_failed_payments_then_success_go_to_suspicious_review(
     skus = catalogue(watch=(3000.0, 3))
     order_id = new_order_id()
     deps.gateway.set_rule(order_id, decline_all=True)  # type: ignore[attr-defined]
-    await orders.start_order(order_id, "cust-p3", "p3@example.com", [(skus["watch"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    await pending_order(orders, [(skus["watch"], 1)], order_id=order_id)
     await orders.payment_failed(order_id, PaymentFailed(payment_id="pf-3a", reason="declined"))
     await orders.payment_failed(order_id, PaymentFailed(payment_id="pf-3b", reason="declined"))
     await orders.payment_failed(
@@ -106,16 +114,11 @@ async def test_failed_payments_then_success_go_to_suspicious_review(
     assert review.kind == "SUSPICIOUS_PAYMENT" and "2 failed payments" in review.reason
 
 
-async def _wait_attempts(retry, count: int) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
-
-    from temporalio.service import RPCError
-
-    for _ in range(200):
+async def _wait_attempts(retry: WorkflowHandle[PaymentRetryWorkflow, Any], count: int) -> None:
+    async def made() -> bool:
         try:
-            if len(await retry.query(PaymentRetryWorkflow.attempts)) >= count:
-                return
+            return len(await retry.query(PaymentRetryWorkflow.attempts)) >= count
         except RPCError:  # the child is not started yet
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"payment retry made fewer than {count} attempts")
+            return False
+
+    await eventually(made, 10, f"{retry.id} making {count} attempts")

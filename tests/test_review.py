@@ -13,17 +13,14 @@ from orderflow.contracts.order import PaymentReceived, Shipment
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import Order, Review
 from orderflow.errors import UnknownReviewError
-from tests.conftest import new_order_id
-from tests.helpers import payments, stock, wait_review, wait_status
+from tests.helpers import payments, pending_order, stock, wait_review, wait_status
 
 
 async def _paid_high_value_order(
     orders: OrderClient, catalogue: Callable[..., dict[str, str]]
 ) -> tuple[str, str]:
     skus = catalogue(tv=(65_000.0, 2))
-    order_id = new_order_id()
-    await orders.start_order(order_id, "cust-r", "r@example.com", [(skus["tv"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    order_id = (await pending_order(orders, [(skus["tv"], 1)])).id
     ack = await orders.payment_received(
         order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=65_000.0)
     )
@@ -75,9 +72,7 @@ async def test_return_request_approved_refunds(
     orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:
     skus = catalogue(shoe=(2500.0, 3))
-    order_id = new_order_id()
-    await orders.start_order(order_id, "cust-ret", "ret@example.com", [(skus["shoe"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    order_id = (await pending_order(orders, [(skus["shoe"], 1)])).id
     await orders.payment_received(
         order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=2500.0)
     )
@@ -112,9 +107,7 @@ async def test_only_a_shipped_order_can_be_returned(
     from orderflow.errors import InvalidOrderError, UnknownOrderError
 
     skus = catalogue(belt=(900.0, 2))
-    order_id = new_order_id()
-    await orders.start_order(order_id, "cust-ret2", "r2@example.com", [(skus["belt"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    order_id = (await pending_order(orders, [(skus["belt"], 1)])).id
     await orders.payment_received(
         order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=900.0)
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,14 +13,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from app.client import OrderClient
 from app.schedules import ensure_schedules
-from orderflow.contracts.order import ORDERS_TASK_QUEUE, PaymentReceived
+from orderflow.contracts.order import ORDERS_TASK_QUEUE, OrderState, PaymentReceived
 from orderflow.contracts.reports import DAILY_REPORT_SCHEDULE_ID, DailyReportInput
 from orderflow.contracts.stock_sync import STOCK_SYNC_SCHEDULE_ID
 from orderflow.db import DailyReport, Order, Product
 from orderflow.settings import Settings
-from tests.conftest import new_order_id
 from tests.fake_erp import FakeErp
-from tests.helpers import stock, wait_status
+from tests.helpers import erp_received, eventually, new_order_id, pending_order, stock
 from workflows.reports import DailyReportWorkflow
 from workflows.stock_sync import StockSyncWorkflow
 
@@ -102,11 +100,11 @@ async def test_triggered_schedules_run_their_workflows(
     await ensure_schedules(env.client, settings)
     before = await _count_runs(env, "StockSyncWorkflow")
     await env.client.get_schedule_handle(STOCK_SYNC_SCHEDULE_ID).trigger()
-    for _ in range(100):
-        if await _count_runs(env, "StockSyncWorkflow") > before:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("the stock-sync schedule started no workflow")
+
+    async def ran() -> bool:
+        return await _count_runs(env, "StockSyncWorkflow") > before
+
+    await eventually(ran, 10, "a stock-sync run completed by the triggered schedule")
 
 
 async def _count_runs(env: WorkflowEnvironment, workflow_type: str) -> int:
@@ -122,9 +120,7 @@ async def test_stock_sync_takes_physical_counts_from_the_erp(
     catalogue: Callable[..., dict[str, str]],
 ) -> None:
     skus = catalogue(rug=(3000.0, 10), lamp=(800.0, 4))
-    order_id = new_order_id()
-    await orders.start_order(order_id, "s", "s@example.com", [(skus["rug"], 3)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    await pending_order(orders, [(skus["rug"], 3)])
     erp.stock = {skus["rug"]: 8, skus["lamp"]: 4}  # two rugs were damaged in the warehouse
     result = await env.client.execute_workflow(
         StockSyncWorkflow.run, id=f"sync-{uuid.uuid4().hex[:6]}", task_queue="inventory"
@@ -141,23 +137,19 @@ async def test_erp_sync_is_retried_once_then_noted(
     skus = catalogue(pot=(450.0, 5))
     flaky, down = new_order_id(), new_order_id()
     for order_id in (flaky, down):
-        await orders.start_order(order_id, "e", "e@example.com", [(skus["pot"], 1)])
-        await wait_status(orders, order_id, "PENDING_PAYMENT")
+        await pending_order(orders, [(skus["pot"], 1)], order_id=order_id)
     erp.fail_next = 1  # the seed's 2 attempts: one failure is absorbed
     await orders.payment_received(flaky, PaymentReceived(payment_id=f"pay-{flaky}", amount=450.0))
-    for _ in range(100):
-        if flaky in erp.orders:
-            break
-        await asyncio.sleep(0.1)
-    assert flaky in erp.orders
+    await erp_received(erp, flaky)
     erp.fail_next = 2  # both attempts fail: the order stands, the failure is in its history
     await orders.payment_received(down, PaymentReceived(payment_id=f"pay-{down}", amount=450.0))
-    for _ in range(100):
-        notes = [h.note for h in (await orders.status(down)).history]
-        if any("ERP sync failed after 2 attempts" in n for n in notes):
-            break
-        await asyncio.sleep(0.1)
-    state = await orders.status(down)
+
+    async def noted() -> OrderState | None:
+        state = await orders.status(down)
+        failed = any("ERP sync failed after 2 attempts" in h.note for h in state.history)
+        return state if failed else None
+
+    state = await eventually(noted, 10, f"the failed ERP sync noted in order {down}'s history")
     assert state.status == "CONFIRMED" and down not in erp.orders
     assert any("ERP sync failed after 2 attempts" in h.note for h in state.history)
     with Session(orders.engine) as session:  # type: ignore[arg-type]

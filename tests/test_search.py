@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,8 +16,7 @@ from orderflow.contracts.order import (
     PaymentReceived,
     order_workflow_id,
 )
-from tests.conftest import new_order_id
-from tests.helpers import wait_review, wait_status
+from tests.helpers import eventually, new_order_id, pending_order, wait_review, wait_status
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 CANCELLED_TODAY = (
@@ -32,12 +30,12 @@ Catalogue = Callable[..., dict[str, str]]
 
 async def ids(client: Client, query: str, expect: set[str], within: float = 10.0) -> set[str]:
     """Workflow ids the query finds, waiting out visibility's lag until `expect` shows up."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        found = {wf.id async for wf in client.list_workflows(query)}
-        if expect <= found or asyncio.get_running_loop().time() > deadline:
-            return found
-        await asyncio.sleep(0.2)
+
+    async def found() -> set[str] | None:
+        seen = {wf.id async for wf in client.list_workflows(query)}
+        return seen if expect <= seen else None
+
+    return await eventually(found, within, f"{sorted(expect)} found by {query!r}")
 
 
 async def test_search_attributes_follow_the_order_and_the_readme_queries_find_it(
@@ -45,14 +43,12 @@ async def test_search_attributes_follow_the_order_and_the_readme_queries_find_it
 ) -> None:
     skus = catalogue(tv=(60_000.0, 3), mug=(300.0, 10))
     big, small = new_order_id(), new_order_id()
-    await orders.start_order(big, "cust-big", f"{big}@example.com", [(skus["tv"], 1)])
-    await orders.start_order(small, "cust-small", f"{small}@example.com", [(skus["mug"], 2)])
-    await wait_status(orders, big, "PENDING_PAYMENT")
+    await pending_order(orders, [(skus["tv"], 1)], order_id=big, customer_id="cust-big")
+    await pending_order(orders, [(skus["mug"], 2)], order_id=small, customer_id="cust-small")
     await orders.payment_received(
         big, PaymentReceived(payment_id=f"pay-{big}", amount=60_000.0, provider="stripe")
     )
     await wait_review(orders, big)
-    await wait_status(orders, small, "PENDING_PAYMENT")
     await orders.cancel(small, "changed my mind")
     await wait_status(orders, small, "CANCELLED")
     await orders.result(small)

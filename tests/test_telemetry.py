@@ -38,8 +38,7 @@ from orderflow.settings import Settings
 from payments.samples import stripe_payment_succeeded
 from payments.signatures import signed_headers
 from tests.bridge_helpers import eventually, running
-from tests.conftest import new_order_id
-from tests.helpers import wait_status
+from tests.helpers import new_order_id, pending_order, wait_status
 from tests.test_bridge_node import node, run_node, where  # noqa: F401 (node is a fixture)
 from workers.bridge import build_webhook_processor
 from workers.temporal import Dependencies, build_workers
@@ -284,9 +283,7 @@ async def test_paid_order_is_one_trace_from_webhook_to_smtp(
 ) -> None:
     orders, http, settings = traced
     skus = catalogue(lamp=(1299.0, 5))
-    order_id = new_order_id()
-    await orders.start_order(order_id, "cust-otel", f"{order_id}@example.com", [(skus["lamp"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    order_id = (await pending_order(orders, [(skus["lamp"], 1)], customer_id="cust-otel")).id
 
     body = stripe_payment_succeeded(order_id, 129900, event_id=f"evt_otel_{order_id}")
     response = await http.post(

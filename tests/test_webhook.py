@@ -40,8 +40,7 @@ from payments.samples import (
 )
 from payments.signatures import signed_headers
 from tests.bridge_helpers import bull_queue, counts, eventually, running
-from tests.conftest import new_order_id
-from tests.helpers import payments, wait_status
+from tests.helpers import payments, pending_order, wait_status
 from workers.bridge import build_webhook_processor, run_bridge_workers
 
 Catalogue = Callable[..., dict[str, str]]
@@ -61,10 +60,7 @@ def webhook_test_spec(settings: Settings, **changes: object) -> QueueSpec:
 async def place(orders: OrderClient, catalogue: Catalogue, price: float = 1299.0) -> str:
     """A fresh order of one item at `price`, waiting for payment."""
     skus = catalogue(item=(price, 5))
-    order_id = new_order_id()
-    await orders.start_order(order_id, "cust-wh", f"{order_id}@example.com", [(skus["item"], 1)])
-    await wait_status(orders, order_id, "PENDING_PAYMENT")
-    return order_id
+    return (await pending_order(orders, [(skus["item"], 1)], customer_id="cust-wh")).id
 
 
 def event_row(engine: Engine, provider: str, event_id: str) -> WebhookEvent:
@@ -332,7 +328,12 @@ async def test_signed_stripe_webhook_confirms_the_order_and_mails_once(
     [mail] = await sink.store.wait_for(1, within=20, to=f"{order_id}@example.com")
     assert order_id in mail.subject and "Order Confirmed" in mail.subject
     assert order_id in mail.text and "1299.00" in mail.text
-    await asyncio.sleep(1.0)  # room for any duplicate to show up
+
+    async def settled() -> bool:  # nothing left in flight that could send a second mail
+        queues = [await counts(email_spec(settings), redis_url), await counts(spec, redis_url)]
+        return all(q.get(k, 0) == 0 for q in queues for k in ("waiting", "active", "delayed"))
+
+    await eventually(settled, 20, "the email and webhook queues idle")
     delivered = [m for m in sink.store.deliveries() if f"{order_id}@example.com" in m.to]
     assert len(delivered) == 1
     assert payments(engine, order_id) == [("capture", "succeeded", 1299.0)]

@@ -1,0 +1,166 @@
+"""Record the golden histories: the main path of every workflow type, run once on real servers.
+
+Run by hand, never by `make test` (the file name is not test_*.py, so pytest skips it unless named):
+
+    .venv/bin/pytest -q -p no:cacheprovider tests/histories/record.py            # write missing files
+    .venv/bin/pytest -q -p no:cacheprovider tests/histories/record.py -k returned
+
+Each path drives orders through the session fixtures of tests/conftest.py (the time-skipping dev
+server, Redis, the database, the fake ERP, the real workers) and writes the history of every
+workflow it ran, children included, to tests/histories/<path>.<WorkflowType>.json.
+tests/test_replay.py replays each file against the current code on every run.
+
+A golden history stands for orders already running in production: an existing file is never
+overwritten (set ORDERFLOW_RECORD_OVERWRITE=1 only to re-record a file that no release ran).
+A changed workflow gets a new path name here and a new file, next to the old one.
+See docs/VERSIONING.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from app.client import OrderClient, policy_from_settings
+from orderflow.contracts.order import (
+    OrderInput,
+    OrderLine,
+    PaymentFailed,
+    PaymentReceived,
+    Shipment,
+    order_workflow_id,
+)
+from orderflow.contracts.review import ReviewDecision
+from tests.helpers import new_order_id, pending_order, started_workflow, wait_review, wait_status
+from workers.temporal import Dependencies
+from workflows.order import OrderWorkflow
+
+HERE = Path(__file__).resolve().parent
+Catalogue = Callable[..., dict[str, str]]
+
+
+async def save(client: Client, path: str, *workflow_ids: str) -> None:
+    """Write the history of each (finished) workflow as <path>.<WorkflowType>.json."""
+    for workflow_id in workflow_ids:
+        handle = client.get_workflow_handle(workflow_id)
+        await handle.result()
+        kind = (await handle.describe()).workflow_type
+        target = HERE / f"{path}.{kind}.json"
+        if target.exists() and not os.environ.get("ORDERFLOW_RECORD_OVERWRITE"):
+            print(f"kept {target.name} (a golden history is never overwritten)")
+            continue
+        history = await handle.fetch_history()
+        target.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+        print(f"wrote {target.name}: {len(history.events)} events")
+
+
+async def pay_and_ship(orders: OrderClient, order_id: str, amount: float) -> None:
+    """Pay in full, wait for the confirmation, ship."""
+    ack = await orders.payment_received(order_id, PaymentReceived(f"pay-{order_id}", amount))
+    assert ack.accepted, ack.reason
+    await wait_status(orders, order_id, "CONFIRMED")
+    await orders.shipped(order_id, Shipment(carrier="BlueDart", tracking_number="BD1"))
+
+
+async def test_paid(orders: OrderClient, catalogue: Catalogue) -> None:
+    skus = catalogue(shirt=(799.0, 10))
+    order = await pending_order(orders, [(skus["shirt"], 2)])
+    await pay_and_ship(orders, order.id, 1598.0)
+    assert (await order.handle.result()).status == "SHIPPED"
+    await save(orders.client, "paid", order.handle.id)
+
+
+async def test_expired(env: WorkflowEnvironment, orders: OrderClient, catalogue: Catalogue) -> None:
+    skus = catalogue(mug=(250.0, 5))
+    order = await pending_order(orders, [(skus["mug"], 3)])
+    await env.fast_forward(order.handle, timedelta(minutes=61))
+    assert (await order.handle.result()).status == "CANCELLED"
+    await save(orders.client, "expired", order.handle.id, f"inventory-release-{order.id}")
+
+
+async def test_declined_then_retried(
+    env: WorkflowEnvironment, orders: OrderClient, deps: Dependencies, catalogue: Catalogue
+) -> None:
+    skus = catalogue(bag=(2000.0, 5))
+    order = await pending_order(orders, [(skus["bag"], 1)])
+    deps.gateway.set_rule(order.id, fail_captures=1)  # type: ignore[attr-defined]
+    await orders.payment_failed(order.id, PaymentFailed(payment_id="pf-1", reason="declined"))
+    retry = await started_workflow(env.client, f"payment-capture-{order.id}")
+    await env.fast_forward(retry)
+    await wait_status(orders, order.id, "CONFIRMED")
+    await orders.shipped(order.id, Shipment(carrier="DTDC", tracking_number="D1"))
+    assert (await order.handle.result()).status == "SHIPPED"
+    await save(orders.client, "declined-then-retried", order.handle.id, retry.id)
+
+
+async def test_reviewed(orders: OrderClient, catalogue: Catalogue) -> None:
+    skus = catalogue(tv=(65_000.0, 2))
+    order = await pending_order(orders, [(skus["tv"], 1)])
+    ack = await orders.payment_received(order.id, PaymentReceived(f"pay-{order.id}", 65_000.0))
+    assert ack.accepted, ack.reason
+    review = await wait_review(orders, order.id)
+    await orders.decide_review(review.review_id, ReviewDecision(approve=True, reviewer="asha"))
+    await wait_status(orders, order.id, "CONFIRMED")
+    await orders.shipped(order.id, Shipment(carrier="BlueDart", tracking_number="BD2"))
+    assert (await order.handle.result()).status == "SHIPPED"
+    await save(orders.client, "reviewed", order.handle.id, review.review_id)
+
+
+async def test_cancelled_with_refund(orders: OrderClient, catalogue: Catalogue) -> None:
+    skus = catalogue(chair=(4500.0, 3))
+    order = await pending_order(orders, [(skus["chair"], 1)])
+    ack = await orders.payment_received(order.id, PaymentReceived(f"pay-{order.id}", 4500.0))
+    assert ack.accepted, ack.reason
+    await wait_status(orders, order.id, "CONFIRMED")
+    await orders.cancel(order.id, "customer cancelled before shipping")
+    assert (await order.handle.result()).status == "CANCELLED"
+    await save(
+        orders.client,
+        "cancelled-with-refund",
+        order.handle.id,
+        f"payment-refund-{order.id}",
+        f"inventory-release-{order.id}",
+    )
+
+
+async def test_returned(orders: OrderClient, catalogue: Catalogue) -> None:
+    skus = catalogue(shoe=(2500.0, 3))
+    order = await pending_order(orders, [(skus["shoe"], 1)])
+    await pay_and_ship(orders, order.id, 2500.0)
+    assert (await order.handle.result()).status == "SHIPPED"
+    review_id = await orders.request_return(order.id, "wrong size")
+    await wait_review(orders, order.id)
+    await orders.decide_review(review_id, ReviewDecision(approve=True, reviewer="meena"))
+    await save(orders.client, "returned", order.handle.id, review_id, f"payment-refund-{order.id}")
+
+
+async def test_early_short_payment(orders: OrderClient, catalogue: Catalogue) -> None:
+    """A ₹1.00 payment arriving with the start (signal-with-start), before the stock check."""
+    skus = catalogue(clock=(1998.0, 3))
+    order_id = new_order_id()
+    order = OrderInput(
+        order_id=order_id,
+        customer_id="cust",
+        email=f"{order_id}@example.com",
+        items=[OrderLine(sku=skus["clock"], quantity=1)],
+        policy=policy_from_settings(orders.settings),
+    )
+    handle = await orders.client.start_workflow(
+        OrderWorkflow.run,
+        order,
+        id=order_workflow_id(order_id),
+        task_queue=orders.task_queue,
+        start_signal="payment_received",
+        start_signal_args=[PaymentReceived(payment_id=f"pay-{order_id}", amount=1.0)],
+    )
+    state = await wait_status(orders, order_id, "CONFIRMED")  # the defect this path records
+    await orders.shipped(order_id, Shipment(carrier="DTDC", tracking_number="D2"))
+    assert (await handle.result()).status == "SHIPPED"
+    assert state.total == 1998.0
+    await save(orders.client, "early-short-payment", handle.id)

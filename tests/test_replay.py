@@ -1,0 +1,76 @@
+"""Golden histories: orders recorded by earlier code must replay against the current code.
+
+A change to a workflow that would break an order already running (a command added, removed or
+reordered without `workflow.patched`) fails here. tests/histories/record.py records the files;
+docs/VERSIONING.md says how to change a workflow safely.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from workflows.cleanup import QueueCleanupWorkflow
+from workflows.inventory import InventoryReleaseWorkflow
+from workflows.order import OrderWorkflow
+from workflows.payment import PaymentRetryWorkflow
+from workflows.reconciliation import PaymentReconciliationWorkflow
+from workflows.reports import DailyReportWorkflow
+from workflows.review import ManualReviewWorkflow
+from workflows.stock_sync import StockSyncWorkflow
+
+HISTORIES = Path(__file__).resolve().parent / "histories"
+GOLDEN = sorted(HISTORIES.glob("*.json"))
+ALL_WORKFLOWS = [
+    OrderWorkflow,
+    PaymentRetryWorkflow,
+    ManualReviewWorkflow,
+    InventoryReleaseWorkflow,
+    StockSyncWorkflow,
+    DailyReportWorkflow,
+    QueueCleanupWorkflow,
+    PaymentReconciliationWorkflow,
+]
+# the main path of every workflow type; a path's files are <path>.<WorkflowType>.json
+REQUIRED = {
+    "paid": ["OrderWorkflow"],
+    "expired": ["OrderWorkflow", "InventoryReleaseWorkflow"],
+    "declined-then-retried": ["OrderWorkflow", "PaymentRetryWorkflow"],
+    "reviewed": ["OrderWorkflow", "ManualReviewWorkflow"],
+    "cancelled-with-refund": [
+        "OrderWorkflow",
+        "PaymentRetryWorkflow",
+        "InventoryReleaseWorkflow",
+    ],
+    "returned": ["OrderWorkflow", "ManualReviewWorkflow", "PaymentRetryWorkflow"],
+    # recorded before the `early-payment-amount-check` patch: a running order of that release
+    "early-short-payment": ["OrderWorkflow"],
+}
+
+
+def test_every_main_path_has_its_golden_histories() -> None:
+    names = {path.name for path in GOLDEN}
+    missing = [
+        f"{path}.{kind}.json"
+        for path, kinds in REQUIRED.items()
+        for kind in kinds
+        if f"{path}.{kind}.json" not in names
+    ]
+    assert not missing, f"golden histories missing from {HISTORIES}: {missing}"
+
+
+def load(golden: Path) -> WorkflowHistory:
+    """A golden file as a history; its workflow id is the file's stem."""
+    return WorkflowHistory.from_json(golden.stem, golden.read_text())
+
+
+@pytest.mark.parametrize("golden", GOLDEN, ids=[path.stem for path in GOLDEN])
+async def test_golden_history_replays_against_current_code(golden: Path) -> None:
+    history = load(golden)
+    replayer = Replayer(workflows=ALL_WORKFLOWS)
+    outcome = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    failure = outcome.replay_failure
+    assert failure is None, f"{golden.name} no longer replays: {str(failure)[:400]}"

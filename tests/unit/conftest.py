@@ -1,0 +1,194 @@
+"""The unit tier: the workflows on the time-skipping dev server, every activity a stub.
+
+Nothing here needs Redis, a database, SMTP or the ERP: each test runs one worker of its own on
+a unique task queue, with stubs registered under the real activity names. The workflows send
+children and activities to the production task queues (payments, reviews, inventory, orders);
+`OwnTaskQueue` routes them to the test's queue instead, so one worker serves the whole tree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from temporalio import activity, workflow
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import (
+    Interceptor,
+    StartActivityInput,
+    StartChildWorkflowInput,
+    Worker,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+    WorkflowOutboundInterceptor,
+)
+
+from app.client import OrderClient
+from orderflow.contracts.inventory import ReleaseInput, ReleaseResult, ShipInput
+from orderflow.contracts.order import (
+    ConfirmInput,
+    ConfirmResult,
+    ErpSyncResult,
+    NotifyInput,
+    NotifyResult,
+    OrderInput,
+    PlaceOrderResult,
+    StatusInput,
+)
+from orderflow.contracts.payment import GatewayRequest, GatewayResponse, PaymentKind
+from orderflow.contracts.review import ReviewInput, ReviewOutcome
+from orderflow.settings import Settings
+from workflows.inventory import InventoryReleaseWorkflow
+from workflows.order import OrderWorkflow
+from workflows.payment import PaymentRetryWorkflow
+from workflows.review import ManualReviewWorkflow
+
+UNIT_WORKFLOWS = [
+    OrderWorkflow,
+    PaymentRetryWorkflow,
+    ManualReviewWorkflow,
+    InventoryReleaseWorkflow,
+]
+
+
+class OwnTaskQueue(Interceptor):
+    """Children and activities run on the starting workflow's own task queue."""
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor]:
+        return _Inbound
+
+
+class _Inbound(WorkflowInboundInterceptor):
+    def init(self, outbound: WorkflowOutboundInterceptor) -> None:
+        super().init(_Outbound(outbound))
+
+
+class _Outbound(WorkflowOutboundInterceptor):
+    def start_activity(self, input: StartActivityInput) -> workflow.ActivityHandle[Any]:
+        input.task_queue = None  # None: the workflow's own task queue
+        return super().start_activity(input)
+
+    async def start_child_workflow(
+        self, input: StartChildWorkflowInput
+    ) -> workflow.ChildWorkflowHandle[Any, Any]:
+        input.task_queue = None
+        return await super().start_child_workflow(input)
+
+
+@dataclass
+class Stubs:
+    """Every activity the four workflows call, under its real name; each call is recorded."""
+
+    prices: dict[str, float] = field(default_factory=dict)  # unit price by SKU (default 100)
+    in_stock: bool = True
+    declines: int = 0  # captures declined before one succeeds
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+
+    def called(self, name: str) -> list[Any]:
+        """The arguments of every call of one activity, in order."""
+        return [arg for called, arg in self.calls if called == name]
+
+    def activities(self) -> list[Any]:
+        """The stubs to register on a worker."""
+        return [
+            self.place_order,
+            self.record_payment,
+            self.confirm_order,
+            self.set_status,
+            self.sync_erp,
+            self.notify,
+            self.call_gateway,
+            self.open_review,
+            self.close_review,
+            self.release_reservation,
+            self.ship_reservation,
+        ]
+
+    @activity.defn(name="place_order")
+    async def place_order(self, order: OrderInput) -> PlaceOrderResult:
+        self.calls.append(("place_order", order))
+        total = sum(self.prices.get(line.sku, 100.0) * line.quantity for line in order.items)
+        if not self.in_stock:
+            return PlaceOrderResult(
+                False, total, "INR", f"not enough stock of {order.items[0].sku}"
+            )
+        return PlaceOrderResult(True, total, "INR")
+
+    @activity.defn(name="record_payment")
+    async def record_payment(self, data: ConfirmInput) -> None:
+        self.calls.append(("record_payment", data))
+
+    @activity.defn(name="confirm_order")
+    async def confirm_order(self, data: ConfirmInput) -> ConfirmResult:
+        self.calls.append(("confirm_order", data))
+        return ConfirmResult(invoice_number=f"INV-{data.order_id}")
+
+    @activity.defn(name="set_status")
+    async def set_status(self, data: StatusInput) -> None:
+        self.calls.append(("set_status", data))
+
+    @activity.defn(name="sync_erp")
+    async def sync_erp(self, order_id: str) -> ErpSyncResult:
+        self.calls.append(("sync_erp", order_id))
+        return ErpSyncResult(order_id=order_id, target="stub")
+
+    @activity.defn(name="notify")
+    async def notify(self, data: NotifyInput) -> NotifyResult:
+        self.calls.append(("notify", data))
+        return NotifyResult(job_id=f"{data.kind.value}-{data.order_id}", channel="stub")
+
+    @activity.defn(name="call_gateway")
+    async def call_gateway(self, request: GatewayRequest) -> GatewayResponse:
+        self.calls.append(("call_gateway", request))
+        captures = len([r for r in self.called("call_gateway") if r.kind is PaymentKind.CAPTURE])
+        if request.kind is PaymentKind.CAPTURE and captures <= self.declines:
+            return GatewayResponse(succeeded=False, detail="declined", provider="stub")
+        return GatewayResponse(
+            succeeded=True,
+            payment_id=f"{request.kind.value}-{request.order_id}-{request.attempt}",
+            provider="stub",
+        )
+
+    @activity.defn(name="open_review")
+    async def open_review(self, data: ReviewInput) -> None:
+        self.calls.append(("open_review", data))
+
+    @activity.defn(name="close_review")
+    async def close_review(self, outcome: ReviewOutcome) -> None:
+        self.calls.append(("close_review", outcome))
+
+    @activity.defn(name="release_reservation")
+    async def release_reservation(self, data: ReleaseInput) -> ReleaseResult:
+        self.calls.append(("release_reservation", data))
+        return ReleaseResult(order_id=data.order_id, released_lines=1, released_units=1)
+
+    @activity.defn(name="ship_reservation")
+    async def ship_reservation(self, data: ShipInput) -> ReleaseResult:
+        self.calls.append(("ship_reservation", data))
+        return ReleaseResult(order_id=data.order_id, released_lines=1, released_units=1)
+
+
+@pytest.fixture
+def stubs() -> Stubs:
+    """This test's activity stubs."""
+    return Stubs()
+
+
+@pytest.fixture
+async def unit_orders(env: WorkflowEnvironment, stubs: Stubs) -> AsyncIterator[OrderClient]:
+    """An OrderClient on a task queue of this test's own, served by one worker of stubs."""
+    task_queue = f"unit-{uuid.uuid4().hex[:10]}"
+    async with Worker(
+        env.client,
+        task_queue=task_queue,
+        workflows=UNIT_WORKFLOWS,
+        activities=stubs.activities(),
+        interceptors=[OwnTaskQueue()],
+    ):
+        settings = Settings(_env_file=None)  # type: ignore[call-arg]  # the seed's policy, no .env
+        yield OrderClient(env.client, settings, task_queue=task_queue)

@@ -1,0 +1,134 @@
+"""OrderWorkflow with every activity stubbed: its decisions alone, in seconds of wall time."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.testing import WorkflowEnvironment
+
+from app.client import OrderClient
+from orderflow.contracts.order import (
+    NotificationKind,
+    PaymentFailed,
+    PaymentReceived,
+    Shipment,
+)
+from orderflow.contracts.payment import PaymentKind, payment_retry_workflow_id
+from orderflow.contracts.review import ReviewDecision, ReviewKind, review_workflow_id
+from tests.helpers import new_order_id, pending_order, started_workflow, wait_status
+from tests.unit.conftest import Stubs
+
+
+async def test_paid_order_is_confirmed_then_shipped(unit_orders: OrderClient, stubs: Stubs) -> None:
+    stubs.prices["shirt"] = 799.0
+    order = await pending_order(unit_orders, [("shirt", 2)])
+    assert order.state.total == 1598.0
+    ack = await unit_orders.payment_received(
+        order.id, PaymentReceived(payment_id="pay-1", amount=1598.0)
+    )
+    assert ack.accepted, ack.reason
+    state = await wait_status(unit_orders, order.id, "CONFIRMED")
+    assert state.history[-1].note == f"invoice INV-{order.id}"
+    [confirmed] = stubs.called("confirm_order")
+    assert confirmed.payment.payment_id == "pay-1" and stubs.called("sync_erp") == [order.id]
+    await unit_orders.shipped(order.id, Shipment(carrier="DTDC", tracking_number="X1"))
+    assert (await order.handle.result()).status == "SHIPPED"
+    assert [n.kind for n in stubs.called("notify")] == [
+        NotificationKind.CONFIRMATION,
+        NotificationKind.SHIPPING,
+    ]
+    assert len(stubs.called("ship_reservation")) == 1 and not stubs.called("release_reservation")
+
+
+async def test_unpaid_order_is_cancelled_after_the_hour(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    order = await pending_order(unit_orders, [("mug", 3)])
+    assert await env.fast_forward(order.handle, timedelta(minutes=59))
+    assert (await unit_orders.status(order.id)).status == "PENDING_PAYMENT"
+    await env.fast_forward(order.handle, timedelta(minutes=2))
+    result = await order.handle.result()
+    assert result.status == "CANCELLED"
+    assert "not paid within 60 minutes" in (await unit_orders.status(order.id)).history[-1].note
+    [release] = stubs.called("release_reservation")
+    assert release.order_id == order.id
+    assert [n.kind for n in stubs.called("notify")] == [NotificationKind.CANCELLATION]
+    assert not stubs.called("call_gateway")  # nothing was paid, nothing refunded
+
+
+async def test_declined_capture_succeeds_on_the_retry_an_hour_later(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    stubs.declines = 1
+    order = await pending_order(unit_orders, [("bag", 1)])
+    await unit_orders.payment_failed(order.id, PaymentFailed(payment_id="pf-1", reason="declined"))
+    await wait_status(unit_orders, order.id, "PAYMENT_RETRYING")
+    retry = await started_workflow(
+        env.client, payment_retry_workflow_id(order.id, PaymentKind.CAPTURE)
+    )
+    await env.fast_forward(retry)  # to completion: the second attempt is an hour after the first
+    assert (await retry.result())["succeeded"]
+    state = await wait_status(unit_orders, order.id, "CONFIRMED")
+    assert state.payment_id == f"capture-{order.id}-2" and state.failed_payments == 1
+    assert [r.attempt for r in stubs.called("call_gateway")] == [1, 2]
+
+
+async def test_high_value_order_waits_for_review_and_approval_confirms(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    stubs.prices["tv"] = 65_000.0
+    order = await pending_order(unit_orders, [("tv", 1)])
+    await unit_orders.payment_received(
+        order.id, PaymentReceived(payment_id="pay-tv", amount=65_000.0)
+    )
+    await wait_status(unit_orders, order.id, "IN_REVIEW")
+    review_id = review_workflow_id(order.id, ReviewKind.HIGH_VALUE)
+    await started_workflow(unit_orders.client, review_id)
+    [opened] = stubs.called("record_payment")
+    assert opened.payment.payment_id == "pay-tv"
+    outcome = await unit_orders.decide_review(
+        review_id, ReviewDecision(approve=True, reviewer="asha")
+    )
+    assert outcome.approved
+    state = await wait_status(unit_orders, order.id, "CONFIRMED")
+    assert [h.status for h in state.history][-3:] == ["IN_REVIEW", "PAID", "CONFIRMED"]
+    [review] = stubs.called("open_review")
+    assert review.kind is ReviewKind.HIGH_VALUE and "65000.00" in review.reason
+
+
+async def test_rejected_review_refunds_and_releases(unit_orders: OrderClient, stubs: Stubs) -> None:
+    stubs.prices["tv"] = 65_000.0
+    order = await pending_order(unit_orders, [("tv", 1)])
+    await unit_orders.payment_received(
+        order.id, PaymentReceived(payment_id="pay-tv", amount=65_000.0)
+    )
+    review_id = review_workflow_id(order.id, ReviewKind.HIGH_VALUE)
+    await started_workflow(unit_orders.client, review_id)
+    await unit_orders.decide_review(
+        review_id, ReviewDecision(approve=False, reviewer="ravi", note="fraud risk")
+    )
+    assert (await order.handle.result()).status == "CANCELLED"
+    [refund] = [r for r in stubs.called("call_gateway") if r.kind is PaymentKind.REFUND]
+    assert refund.amount == 65_000.0
+    assert len(stubs.called("release_reservation")) == 1
+    note = (await unit_orders.status(order.id)).history[-1].note
+    assert "rejected by ravi: fraud risk" in note and f"refunded refund-{order.id}-1" in note
+
+
+async def test_cancel_after_confirmation_refunds(unit_orders: OrderClient, stubs: Stubs) -> None:
+    order = await pending_order(unit_orders, [("chair", 1)])
+    await unit_orders.payment_received(order.id, PaymentReceived(payment_id="p", amount=100.0))
+    await wait_status(unit_orders, order.id, "CONFIRMED")
+    await unit_orders.cancel(order.id, "changed my mind")
+    assert (await order.handle.result()).status == "CANCELLED"
+    assert [(r.kind, r.amount) for r in stubs.called("call_gateway")] == [
+        (PaymentKind.REFUND, 100.0)
+    ]
+    assert len(stubs.called("release_reservation")) == 1
+
+
+async def test_out_of_stock_is_rejected(unit_orders: OrderClient, stubs: Stubs) -> None:
+    stubs.in_stock = False
+    handle = await unit_orders.start_order(new_order_id(), "c", "c@example.com", [("pen", 3)])
+    assert (await handle.result()).status == "REJECTED"
+    assert not stubs.called("release_reservation") and not stubs.called("notify")

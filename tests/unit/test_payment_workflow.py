@@ -1,0 +1,49 @@
+"""PaymentRetryWorkflow with the gateway stubbed: attempts an hour apart, then give up."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.testing import WorkflowEnvironment
+
+from app.client import OrderClient
+from orderflow.contracts.payment import PaymentKind, PaymentRetryInput
+from tests.helpers import new_order_id
+from tests.unit.conftest import Stubs
+from workflows.payment import PaymentRetryWorkflow
+
+
+async def test_three_declines_end_unsucceeded_two_hours_later(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    stubs.declines = 3
+    order_id = new_order_id()
+    handle = await env.client.start_workflow(
+        PaymentRetryWorkflow.run,
+        PaymentRetryInput(order_id=order_id, kind=PaymentKind.CAPTURE, amount=250.0),
+        id=f"unit-retry-{order_id}",
+        task_queue=unit_orders.task_queue,
+    )
+    started = await env.get_current_time(handle)
+    await env.fast_forward(handle)
+    result = await handle.result()
+    assert not result.succeeded and [a.succeeded for a in result.attempts] == [False] * 3
+    assert (await env.get_current_time(handle)) - started >= timedelta(hours=2)
+    keys = [r.idempotency_key for r in stubs.called("call_gateway")]
+    assert len(set(keys)) == 3  # one key per attempt: a repeated call is not a second charge
+
+
+async def test_a_refund_succeeds_at_the_first_attempt(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    order_id = new_order_id()
+    result = await env.client.execute_workflow(
+        PaymentRetryWorkflow.run,
+        PaymentRetryInput(order_id=order_id, kind=PaymentKind.REFUND, amount=99.0),
+        id=f"unit-refund-{order_id}",
+        task_queue=unit_orders.task_queue,
+    )
+    assert result.succeeded and result.payment_id == f"refund-{order_id}-1"
+    assert [(r.kind, r.amount) for r in stubs.called("call_gateway")] == [
+        (PaymentKind.REFUND, 99.0)
+    ]
