@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 from orderflow.contracts.mail import EMAIL_QUEUE, EmailJob
 from orderflow.contracts.order import NotificationKind, NotifyInput, NotifyResult
 from orderflow.db import Invoice, Order, OrderItem
+from orderflow.money import to_major
 
 # email-queue job name and subject per notification (job names as in the seed)
 JOBS: dict[NotificationKind, tuple[EmailJob, str]] = {
@@ -62,11 +63,19 @@ class NotificationActivities:
                 "template": JOBS[data.kind][0],
                 "data": {
                     "orderNumber": order.id,
+                    # exact decimal strings in major units for Node consumers (the seed's
+                    # shape), and the integer minor units beside them
                     "items": [
-                        {"sku": i.sku, "quantity": i.quantity, "unitPrice": i.unit_price}
+                        {
+                            "sku": i.sku,
+                            "quantity": i.quantity,
+                            "unitPrice": str(to_major(i.unit_price, order.currency)),
+                            "unitPriceMinor": i.unit_price,
+                        }
                         for i in items
                     ],
-                    "total": order.total,
+                    "total": str(to_major(order.total, order.currency)),
+                    "totalMinor": order.total,
                     "currency": order.currency,
                     "invoiceNumber": invoice.number if invoice else None,
                     "note": data.note,

@@ -25,13 +25,16 @@ from orderflow.contracts.order import (
 )
 from orderflow.contracts.payment import PaymentKind, PaymentStatus
 from orderflow.db import Invoice, Order, OrderItem, Payment, Product, Reservation
+from orderflow.money import format_money
 
 
 def invoice_templates() -> Environment:
     """The Jinja2 environment for invoices (autoescaped HTML)."""
-    return Environment(
+    env = Environment(
         loader=PackageLoader("activities", "templates"), autoescape=select_autoescape()
     )
+    env.filters["money"] = format_money
+    return env
 
 
 class OrderActivities:
@@ -57,8 +60,8 @@ class OrderActivities:
                     currency=existing.currency,
                     reason="" if existing.status != OrderStatus.REJECTED else "not enough stock",
                 )
-            total, shortages = 0.0, []
-            prices: dict[str, float] = {}
+            total, shortages = 0, []
+            prices: dict[str, int] = {}
             for line in order.items:
                 product = session.get(Product, line.sku)
                 if product is None:
@@ -86,13 +89,13 @@ class OrderActivities:
                     customer_id=order.customer_id,
                     email=order.email,
                     status=OrderStatus.REJECTED,
-                    total=round(total, 2),
+                    total=total,
                     currency=self.currency,
                 )
                 session.add(rejected)
                 session.commit()
                 return PlaceOrderResult(
-                    reserved=False, total=round(total, 2), currency=self.currency, reason=reason
+                    reserved=False, total=total, currency=self.currency, reason=reason
                 )
             session.add(
                 Order(
@@ -100,7 +103,7 @@ class OrderActivities:
                     customer_id=order.customer_id,
                     email=order.email,
                     status=OrderStatus.PENDING_PAYMENT,
-                    total=round(total, 2),
+                    total=total,
                     currency=self.currency,
                 )
             )
@@ -117,7 +120,7 @@ class OrderActivities:
                     Reservation(order_id=order.order_id, sku=line.sku, quantity=line.quantity)
                 )
             session.commit()
-        return PlaceOrderResult(reserved=True, total=round(total, 2), currency=self.currency)
+        return PlaceOrderResult(reserved=True, total=total, currency=self.currency)
 
     @activity.defn
     def record_payment(self, data: ConfirmInput) -> None:
@@ -201,6 +204,7 @@ class OrderActivities:
                 payment_id=p.payment_id,
                 kind=PaymentKind.CAPTURE,
                 amount=p.amount,
+                currency=p.currency,
                 status=PaymentStatus.SUCCEEDED,
             )
         )

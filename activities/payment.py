@@ -52,6 +52,7 @@ class PaymentActivities:
                     payment_id=response.payment_id if response.succeeded else key,
                     kind=request.kind.value,
                     amount=request.amount,
+                    currency=request.currency,
                     status=PaymentStatus.SUCCEEDED if response.succeeded else PaymentStatus.FAILED,
                     detail=key if response.succeeded else response.detail,
                 )

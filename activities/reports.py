@@ -20,8 +20,9 @@ from orderflow.db import DailyReport, Order
 class ReportActivities:
     """Computes and stores reports."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, currency: str = "INR") -> None:
         self.engine = engine
+        self.currency = currency  # the shop's one currency: every order is priced in it
 
     @activity.defn
     def daily_report(self, data: DailyReportInput) -> DailyReportResult:
@@ -33,19 +34,16 @@ class ReportActivities:
         lo, hi = (t.astimezone(UTC) for t in (start, end))
         with Session(self.engine) as session:
             rows = session.exec(
-                select(Order.status, func.count(), func.coalesce(func.sum(Order.total), 0.0))
+                select(Order.status, func.count(), func.coalesce(func.sum(Order.total), 0))
                 .where(col(Order.created_at) >= lo, col(Order.created_at) < hi)
                 .group_by(Order.status)
             ).all()
-            result = DailyReportResult(day=day, timezone=data.timezone)
+            result = DailyReportResult(day=day, timezone=data.timezone, currency=self.currency)
             for status, count, revenue in rows:
-                result.by_status[status] = StatusFigures(
-                    orders=int(count), revenue=round(float(revenue), 2)
-                )
+                result.by_status[status] = StatusFigures(orders=int(count), revenue=int(revenue))
                 result.orders += int(count)
                 if status in REVENUE_STATUSES:
-                    result.revenue += float(revenue)
-            result.revenue = round(result.revenue, 2)
+                    result.revenue += int(revenue)
             report = session.get(DailyReport, day) or DailyReport(
                 day=day, timezone=data.timezone, figures=""
             )

@@ -7,12 +7,12 @@ from sqlmodel import Session, select
 
 from orderflow.db import Product
 
-# sku: (name, price in INR, units on hand); the laptop is above the ₹50,000 review threshold
+# sku: (name, price in paise (INR minor units), units on hand); the laptop is above the ₹50,000 review threshold
 STARTER = {
-    "TSHIRT-M": ("Cotton T-shirt (M)", 799.0, 500),
-    "MUG-01": ("Ceramic mug", 299.0, 500),
-    "HEADPHONES": ("Wireless headphones", 2499.0, 200),
-    "LAPTOP-PRO": ("Laptop Pro 14", 64999.0, 50),
+    "TSHIRT-M": ("Cotton T-shirt (M)", 79_900, 500),
+    "MUG-01": ("Ceramic mug", 29_900, 500),
+    "HEADPHONES": ("Wireless headphones", 249_900, 200),
+    "LAPTOP-PRO": ("Laptop Pro 14", 6_499_900, 50),
 }
 
 

@@ -21,6 +21,7 @@ from orderflow.contracts.order import OrderLine, PaymentFailed, PaymentReceived,
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
+from orderflow.money import format_money, to_minor
 from orderflow.settings import Settings
 
 app = typer.Typer(
@@ -132,7 +133,7 @@ async def orders_pay(
     order_id: str,
     payment_id: Annotated[str, typer.Option(help="The gateway's payment id")] = "",
     amount: Annotated[
-        float | None, typer.Option(help="Amount paid (default: the order total)")
+        str | None, typer.Option(help="Amount paid, e.g. 2499.00 (default: the order total)")
     ] = None,
     provider: Annotated[str, typer.Option(help="Who took the money")] = "manual",
     flagged: Annotated[bool, typer.Option(help="Force a suspicious-payment review")] = False,
@@ -140,9 +141,13 @@ async def orders_pay(
 ) -> None:
     """Report a payment; prints whether the order accepted it."""
     client = await _client()
-    total = amount if amount is not None else (await client.status(order_id)).total
+    state = await client.status(order_id)
     payment = PaymentReceived(
-        payment_id=payment_id or f"pay-{order_id}", amount=total, provider=provider, flagged=flagged
+        payment_id=payment_id or f"pay-{order_id}",
+        amount=state.total if amount is None else to_minor(amount, state.currency),
+        provider=provider,
+        flagged=flagged,
+        currency=state.currency,
     )
     ack = await client.payment_received(order_id, payment)
     _print(ack, as_json)
@@ -254,13 +259,14 @@ def products_list(as_json: JsonOpt = False) -> None:
 
     from orderflow.db import Product
 
-    with Session(make_engine(Settings.from_env().db_url)) as session:
+    settings = Settings.from_env()
+    with Session(make_engine(settings.db_url)) as session:
         rows = [p.model_dump() for p in session.exec(select(Product).order_by(Product.sku)).all()]
     if as_json:
         _print(rows, True)
     for p in [] if as_json else rows:
         typer.echo(
-            f"{p['sku']:<14} {p['price']:>10.2f}  on hand {p['on_hand']:>5}  reserved {p['reserved']:>4}  {p['name']}"
+            f"{p['sku']:<14} {format_money(p['price'], settings.currency):>14}  on hand {p['on_hand']:>5}  reserved {p['reserved']:>4}  {p['name']}"
         )
 
 
@@ -304,7 +310,9 @@ async def webhooks_sample(
     out: Annotated[
         str, typer.Option("--out", "-o", help="Where to write the event body")
     ] = "webhook.json",
-    amount: Annotated[float | None, typer.Option(help="Amount (default: the order total)")] = None,
+    amount: Annotated[
+        str | None, typer.Option(help="Amount, e.g. 2499.00 (default: the order total)")
+    ] = None,
     failed: Annotated[
         bool, typer.Option(help="A payment-failed event instead of a capture")
     ] = False,
@@ -315,8 +323,11 @@ async def webhooks_sample(
     from payments.samples import sample_event
     from payments.signatures import curl_command
 
-    total = amount if amount is not None else (await (await _client()).status(order_id)).total
-    body = sample_event(provider, order_id, total, outcome="failed" if failed else "paid")
+    state = await (await _client()).status(order_id)
+    total = state.total if amount is None else to_minor(amount, state.currency)
+    body = sample_event(
+        provider, order_id, total, state.currency, outcome="failed" if failed else "paid"
+    )
     await asyncio.to_thread(Path(out).write_bytes, body)
     typer.echo(curl_command(provider, out, Settings.from_env()))
 

@@ -55,6 +55,7 @@ from orderflow.errors import (
     UnknownOrderError,
     UnknownReviewError,
 )
+from orderflow.money import to_minor
 from orderflow.settings import Settings
 from workflows.order import OrderWorkflow
 from workflows.review import ManualReviewWorkflow
@@ -64,7 +65,7 @@ def policy_from_settings(settings: Settings) -> OrderPolicy:
     """The order rules as configured."""
     return OrderPolicy(
         payment_timeout_seconds=settings.payment_timeout_seconds,
-        high_value_threshold=settings.high_value_threshold,
+        high_value_threshold=to_minor(settings.high_value_threshold, settings.currency),
         suspicious_failed_attempts=settings.suspicious_failed_attempts,
         payment_retry_attempts=settings.payment_retry_attempts,
         payment_retry_interval_seconds=settings.payment_retry_interval_seconds,
@@ -178,7 +179,7 @@ class OrderClient:
 
     async def request_return(self, order_id: str, reason: str) -> str:
         """Open a manual review for a return request on a shipped order; approval refunds it."""
-        total, status = await self._order_total_and_status(order_id)
+        total, currency, status = await self._order_total_and_status(order_id)
         if status != OrderStatus.SHIPPED:
             raise InvalidOrderError(
                 f"order {order_id!r} is {status}: only a shipped order can be returned"
@@ -194,6 +195,7 @@ class OrderClient:
                     kind=ReviewKind.RETURN,
                     reason=reason,
                     amount=total,
+                    currency=currency,
                 ),
                 id=review_id,
                 task_queue=REVIEWS_TASK_QUEUE,
@@ -245,15 +247,16 @@ class OrderClient:
                 found.append(info)
         return found
 
-    async def _order_total_and_status(self, order_id: str) -> tuple[float, str]:
+    async def _order_total_and_status(self, order_id: str) -> tuple[int, str, str]:
+        """(total in minor units, currency, status) of an order."""
         if self.engine is not None:
             with Session(self.engine) as session:
                 order = session.get(Order, order_id)
                 if order is None:
                     raise UnknownOrderError(order_id)
-                return order.total, order.status
+                return order.total, order.currency, order.status
         state = await self.status(order_id)
-        return state.total, state.status
+        return state.total, state.currency, state.status
 
     async def _signal(self, order_id: str, signal: Any, arg: Any) -> None:
         try:

@@ -14,6 +14,7 @@ from orderflow.contracts.order import OrderState, OrderStatus, PaymentFailed, Pa
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
+from orderflow.money import format_money
 from orderflow.settings import Settings
 from payments.gateway import SimulatedGateway
 
@@ -48,7 +49,8 @@ async def run_demo() -> None:
         await orders.start_order(oid, "demo", "demo@example.com", [("TSHIRT-M", 2), ("MUG-01", 1)])
         state = await _until(orders, oid, {OrderStatus.PENDING_PAYMENT})
         await orders.payment_received(
-            oid, PaymentReceived(payment_id=f"pay-{oid}", amount=state.total)
+            oid,
+            PaymentReceived(payment_id=f"pay-{oid}", amount=state.total, currency=state.currency),
         )
         return await _until(orders, oid, {OrderStatus.CONFIRMED})
 
@@ -64,7 +66,8 @@ async def run_demo() -> None:
         await orders.start_order(oid, "demo", "demo@example.com", [("LAPTOP-PRO", 1)])
         state = await _until(orders, oid, {OrderStatus.PENDING_PAYMENT})
         await orders.payment_received(
-            oid, PaymentReceived(payment_id=f"pay-{oid}", amount=state.total)
+            oid,
+            PaymentReceived(payment_id=f"pay-{oid}", amount=state.total, currency=state.currency),
         )
         state = await _until(orders, oid, {OrderStatus.IN_REVIEW})
         await orders.decide_review(
@@ -100,7 +103,7 @@ async def run_demo() -> None:
             typer.echo(f"{name:<20} FAILED: {result}")
         else:
             typer.echo(
-                f"{name:<20} {result.order_id:<24} {result.status:<10} {result.total:>10.2f} {result.currency}"
+                f"{name:<20} {result.order_id:<24} {result.status:<10} {format_money(result.total, result.currency):>14}"
             )
             typer.echo(f"{'':<20} history: " + " → ".join(h.status for h in result.history))
     if failed:

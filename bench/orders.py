@@ -84,7 +84,7 @@ async def main() -> None:
         sku = "BENCH-SKU"
         with Session(engine) as session:
             session.add(
-                Product(sku=sku, name="bench", price=100.0, on_hand=10 * args.orders + 1000)
+                Product(sku=sku, name="bench", price=10_000, on_hand=10 * args.orders + 1000)
             )
             session.commit()
         client = await Client.connect(settings.temporal_address)
@@ -128,7 +128,7 @@ async def main() -> None:
             confirmed = waiting[oid] = asyncio.get_running_loop().create_future()
             await orders.start_order(oid, "bench", "bench@example.com", [(sku, 1)])
             ack = await orders.payment_received(
-                oid, PaymentReceived(payment_id=f"pay-{oid}", amount=100.0)
+                oid, PaymentReceived(payment_id=f"pay-{oid}", amount=10_000, currency="INR")
             )
             assert ack.accepted, ack.reason
             await confirmed

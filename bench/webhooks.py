@@ -193,7 +193,7 @@ async def confirm(settings: Settings, orders_n: int) -> None:
     engine = make_engine(settings.db_url)
     with Session(engine) as session:
         if session.get(Product, SKU) is None:
-            session.add(Product(sku=SKU, name="bench", price=1299.0, on_hand=orders_n + 100))
+            session.add(Product(sku=SKU, name="bench", price=129_900, on_hand=orders_n + 100))
             session.commit()
     orders = OrderClient(await connect(settings), settings, engine)
     url = f"http://{settings.http_host}:{settings.http_port}/webhooks/stripe"

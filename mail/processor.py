@@ -20,6 +20,7 @@ from bridge.redis_client import RedisClient
 from bridge.specs import QueueSpec
 from bridge.tracing import client_span
 from orderflow.contracts.mail import TEMPLATE_ALIASES, EmailJob
+from orderflow.money import format_major
 from orderflow.settings import Settings
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -41,11 +42,13 @@ class RenderedEmail:
 
 def template_environment() -> Environment:
     """Jinja2 environment for the mail templates; HTML templates are autoescaped."""
-    return Environment(
+    env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
         keep_trailing_newline=True,
     )
+    env.globals["format_major"] = format_major
+    return env
 
 
 def message_id_for(queue: str, job_id: str) -> str:
@@ -96,6 +99,7 @@ class EmailProcessor:
             "to": job.data["to"],
             "subject": job.data["subject"],
             "data": job.data.get("data") or {},
+            "default_currency": self.settings.currency,  # a seed job's data names none
         }
         try:
             text = self.env.get_template(f"{name}.txt.j2").render(context)

@@ -25,7 +25,7 @@ class Product(SQLModel, table=True):
 
     sku: str = Field(primary_key=True)
     name: str
-    price: float
+    price: int  # minor units of the shop currency
     on_hand: int = Field(ge=0)
     reserved: int = Field(default=0, ge=0)
 
@@ -37,7 +37,7 @@ class Order(SQLModel, table=True):
     customer_id: str = Field(index=True)
     email: str
     status: str = Field(index=True)  # OrderStatus
-    total: float
+    total: int  # minor units of `currency`
     currency: str
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -50,7 +50,7 @@ class OrderItem(SQLModel, table=True):
     order_id: str = Field(foreign_key="order.id", index=True)
     sku: str = Field(foreign_key="product.sku")
     quantity: int
-    unit_price: float
+    unit_price: int  # minor units
 
 
 class Reservation(SQLModel, table=True):
@@ -74,7 +74,8 @@ class Payment(SQLModel, table=True):
     provider: str
     payment_id: str
     kind: str  # PaymentKind
-    amount: float
+    amount: int  # minor units of `currency`
+    currency: str = ""
     status: str  # PaymentStatus
     detail: str = ""
     created_at: datetime = Field(default_factory=utcnow)
@@ -86,7 +87,7 @@ class Invoice(SQLModel, table=True):
     order_id: str = Field(primary_key=True)
     number: str = Field(unique=True)
     html: str = Field(sa_column=Column(Text, nullable=False))
-    total: float
+    total: int  # minor units
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -175,7 +176,7 @@ class WebhookEvent(SQLModel, table=True):
     type: str
     order_id: str = Field(default="", index=True)
     payment_id: str = Field(default="", index=True)
-    amount: float = 0.0
+    amount: int = 0  # minor units of `currency`, as the gateway sent it
     currency: str = ""
     status: str = WebhookEventStatus.RECEIVED.value  # WebhookEventStatus
     detail: str = ""

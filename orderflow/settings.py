@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,7 +34,7 @@ class Settings(BaseSettings):
     payment_timeout_seconds: float = 3600.0  # seed: auto-cancel pending orders after 1 hour
     payment_retry_attempts: int = 3  # seed: payment retry 3 attempts ...
     payment_retry_interval_seconds: float = 3600.0  # ... 1 hour apart
-    high_value_threshold: float = 50_000.0  # seed: manual review above ₹50,000
+    high_value_threshold: Decimal = Decimal(50_000)  # seed: above ₹50,000 (major units of currency)
     suspicious_failed_attempts: int = 2  # failed attempts before a success that flag a payment
     currency: str = "INR"
     # Outside systems

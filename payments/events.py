@@ -38,10 +38,6 @@ RISKY_STRIPE_LEVELS = (
     "elevated",
     "highest",
 )  # Radar's charge.outcome.risk_level values worth a look
-# ISO 4217 currencies Stripe treats as zero-decimal: their amounts are not in hundredths
-ZERO_DECIMAL_CURRENCIES = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
-)
 
 
 class MalformedEventError(OrderflowError):
@@ -96,13 +92,6 @@ class GatewayEvent:
             raise MalformedEventError(
                 str(data.get("provider", "?")), str(data.get("event_id", "")), f"job data: {err}"
             ) from err
-
-
-def to_major_units(amount_minor: int, currency: str) -> float:
-    """Paise or cents to rupees or dollars (÷ 100), leaving zero-decimal currencies as they are."""
-    return (
-        float(amount_minor) if currency.lower() in ZERO_DECIMAL_CURRENCIES else amount_minor / 100
-    )
 
 
 def _load(provider: str, body: bytes, event_id: str = "") -> dict[str, Any]:

@@ -25,7 +25,8 @@ from orderflow.contracts.payment import (
 )
 from orderflow.db import Payment, WebhookEvent
 from orderflow.errors import OrderClosedError, OrderflowError, UnknownOrderError
-from payments.events import EventKind, GatewayEvent, MalformedEventError, to_major_units
+from orderflow.money import format_money
+from payments.events import EventKind, GatewayEvent, MalformedEventError
 from payments.reconciliation import reconcile
 
 log = logging.getLogger("orderflow.webhooks")
@@ -150,14 +151,15 @@ class WebhookProcessor:
         }
 
     async def _payment_received(self, event: GatewayEvent) -> tuple[str, str]:
-        amount = to_major_units(_minor_amount(event), event.currency)
+        amount = _minor_amount(event)
         payment = PaymentReceived(
             payment_id=event.payment_id,
             amount=amount,
             provider=event.provider,
             flagged=event.flagged,
+            currency=event.currency,
         )
-        money = f"payment {event.payment_id} of {amount:.2f} {event.currency}".rstrip()
+        money = f"payment {event.payment_id} of {format_money(amount, event.currency)}"
         try:
             ack = await self.orders.payment_received(event.order_id, payment)
         except UnknownOrderError as err:
@@ -192,11 +194,8 @@ class WebhookProcessor:
 
     def _record(self, event: GatewayEvent) -> WebhookEvent:
         amount = event.amount_minor
-        major = (
-            to_major_units(amount, event.currency)
-            if isinstance(amount, int) and not isinstance(amount, bool) and amount >= 0
-            else 0.0
-        )
+        valid = isinstance(amount, int) and not isinstance(amount, bool) and amount >= 0
+        minor = amount if valid else 0
         with Session(self.engine) as session:
             found = self._find(session, event)
             if found is not None:
@@ -207,7 +206,7 @@ class WebhookProcessor:
                 type=event.type,
                 order_id=event.order_id,
                 payment_id=event.payment_id,
-                amount=major,
+                amount=minor,
                 currency=event.currency,
             )
             session.add(row)
@@ -241,7 +240,7 @@ class WebhookProcessor:
             session.commit()
 
     def _record_refund(self, event: GatewayEvent) -> tuple[str, str]:
-        amount = to_major_units(_minor_amount(event), event.currency)
+        amount = _minor_amount(event)
         refund_id = event.refund_id or f"{event.payment_id}-refund-{event.event_id}"
         with Session(self.engine) as session:
             order_id = event.order_id
@@ -262,6 +261,7 @@ class WebhookProcessor:
                         payment_id=refund_id,
                         kind=PaymentKind.REFUND,
                         amount=amount,
+                        currency=event.currency,
                         status=PaymentStatus.SUCCEEDED,
                         detail=f"{event.type} {event.event_id} for payment {event.payment_id}",
                     )
@@ -272,7 +272,7 @@ class WebhookProcessor:
                     session.rollback()
         return (
             WebhookEventStatus.APPLIED,
-            f"refund {refund_id} of {amount:.2f} {event.currency} recorded",
+            f"refund {refund_id} of {format_money(amount, event.currency)} recorded",
         )
 
     def _order_of(self, event: GatewayEvent) -> str:

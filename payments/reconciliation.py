@@ -19,11 +19,11 @@ from orderflow.contracts.payment import (
     WebhookJob,
 )
 from orderflow.db import Order, Payment, WebhookEvent
+from orderflow.money import format_money
 from payments.events import RAZORPAY_KINDS, STRIPE_KINDS, EventKind
 
 log = logging.getLogger("orderflow.reconciliation")
 
-CENT = 0.005  # amounts are floats in major units: closer than half a cent is equal
 RECORD_GRACE = timedelta(minutes=10)  # an accepted payment is in the payments table well before
 
 
@@ -72,8 +72,8 @@ def reconcile(
                 )
             ).all()
         }
-    captured: dict[str, float] = defaultdict(float)
-    refunded: dict[str, float] = defaultdict(float)
+    captured: dict[str, int] = defaultdict(int)  # minor units, per order
+    refunded: dict[str, int] = defaultdict(int)
     for p in payments:
         (captured if p.kind == PaymentKind.CAPTURE else refunded)[p.order_id] += p.amount
     unapplied = _unapplied_by_order(events, recorded)
@@ -94,10 +94,10 @@ def reconcile(
 
 def _unapplied_by_order(
     events: list[WebhookEvent] | Any, recorded: set[tuple[str, str]]
-) -> dict[str, float]:
+) -> dict[str, int]:
     """Money the gateways took that no order accepted (refunding it is right), per order."""
     received_types = _types(EventKind.PAYMENT_RECEIVED)
-    amounts: dict[tuple[str, str], tuple[str, float]] = {}
+    amounts: dict[tuple[str, str], tuple[str, int]] = {}
     for e in events:
         key = (e.provider, e.payment_id)
         if (
@@ -106,35 +106,42 @@ def _unapplied_by_order(
             and key not in recorded
         ):
             amounts[key] = (e.order_id, e.amount)
-    totals: dict[str, float] = defaultdict(float)
+    totals: dict[str, int] = defaultdict(int)
     for order_id, amount in amounts.values():
         totals[order_id] += amount
     return totals
 
 
-def _order_mismatches(
-    order: Order, captured: float, refunded: float, unapplied: float
-) -> list[Mismatch]:
-    money = f"captured {captured:.2f}, refunded {refunded:.2f} {order.currency}"
+def _order_mismatches(order: Order, captured: int, refunded: int, unapplied: int) -> list[Mismatch]:
+    money = (
+        f"captured {format_money(captured, order.currency)},"
+        f" refunded {format_money(refunded, order.currency)}"
+    )
     found = []
-    if order.status in ENDED_UNPAID_STATUSES and captured - refunded > CENT:
+    if order.status in ENDED_UNPAID_STATUSES and captured - refunded > 0:
         found.append(
             Mismatch("paid_order_cancelled", order.id, f"order is {order.status} but {money}")
         )
-    if order.status in PAID_STATUSES and captured <= CENT:
+    if order.status in PAID_STATUSES and captured == 0:
         found.append(
             Mismatch("paid_without_capture", order.id, f"order is {order.status}, no capture")
         )
-    elif order.status in PAID_STATUSES and abs(captured - order.total) > CENT:
+    elif order.status in PAID_STATUSES and captured != order.total:
         found.append(
             Mismatch(
                 "amount_mismatch",
                 order.id,
-                f"order total {order.total:.2f} {order.currency}, {money}",
+                f"order total {format_money(order.total, order.currency)}, {money}",
             )
         )
-    if refunded - captured - unapplied > CENT:
-        found.append(Mismatch("over_refunded", order.id, f"{money}, unapplied {unapplied:.2f}"))
+    if refunded - captured - unapplied > 0:
+        found.append(
+            Mismatch(
+                "over_refunded",
+                order.id,
+                f"{money}, unapplied {format_money(unapplied, order.currency)}",
+            )
+        )
     return found
 
 
@@ -153,7 +160,7 @@ def _event_mismatches(
         key = (e.provider, e.payment_id or e.event_id)
         if e.type not in received_types or key in seen:
             continue
-        money = f"{e.provider} payment {e.payment_id} of {e.amount:.2f} {e.currency} (event {e.event_id})"
+        money = f"{e.provider} payment {e.payment_id} of {format_money(e.amount, e.currency)} (event {e.event_id})"
         if (
             e.status in (WebhookEventStatus.UNAPPLIED, WebhookEventStatus.REJECTED)
             and key not in refunded_payments

@@ -54,10 +54,10 @@ async def test_order_confirmation_is_rendered_and_delivered(
     assert mail.subject == "Order Confirmed — o-1001"
     assert mail.message_id == message_id_for(spec.name, job_id)
     assert mail.header("X-Orderflow-Job") == f"{spec.name}/send-order-confirmation/{job_id}"
-    assert "o-1001" in mail.text and "999.50 INR" in mail.text and "MUG-1 x 2" in mail.text
+    assert "o-1001" in mail.text and "₹999.50" in mail.text and "MUG-1 x 2" in mail.text
     assert "<script>alert(1)</script>" in mail.text  # plain text is not escaped ...
     assert "&lt;script&gt;" in mail.html and "<script>" not in mail.html  # ... HTML is
-    assert "999.50 INR" in sink.store.messages(to="ravi@example.com")[0].html
+    assert "₹999.50" in sink.store.messages(to="ravi@example.com")[0].html
     queue = bull_queue(spec, redis_url)
     job = await queue.getJob(job_id)
     await queue.close()

@@ -106,10 +106,10 @@ async def test_approve_a_review_and_redrive_a_dlq_job_by_clicking(
 ) -> None:
     base, settings, spec = dashboard
     # a high-value paid order waits for an admin
-    skus = catalogue(tv=(60_000.0, 3))
+    skus = catalogue(tv=(6_000_000, 3))
     order_id = (await pending_order(orders, [(skus["tv"], 1)], customer_id="cust-ops")).id
     ack = await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=60_000.0, provider="stripe")
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=6_000_000, provider="stripe")
     )
     assert ack.accepted
     review = await wait_review(orders, order_id)

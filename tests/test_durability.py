@@ -40,7 +40,7 @@ async def test_order_survives_a_worker_restart(
 ) -> None:
     suffix = f"-restart-{uuid.uuid4().hex[:6]}"
     orders = OrderClient(env.client, settings, engine, task_queue=f"orders{suffix}")
-    skus = catalogue(vase=(700.0, 3))
+    skus = catalogue(vase=(70_000, 3))
     order_id = new_order_id()
 
     first = build_workers(
@@ -57,7 +57,7 @@ async def test_order_survives_a_worker_restart(
     running = asyncio.create_task(second.run())
     try:
         ack = await orders.payment_received(
-            order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=700.0)
+            order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=70_000)
         )
         assert ack.accepted, ack.reason
         await wait_status(orders, order_id, "CONFIRMED")
@@ -78,7 +78,7 @@ async def test_inventory_invariant_after_a_mixed_batch(
     catalogue: Callable[..., dict[str, str]],
 ) -> None:
     start = {"a": 12, "b": 7, "c": 4}
-    skus = catalogue(a=(100.0, start["a"]), b=(250.0, start["b"]), c=(900.0, start["c"]))
+    skus = catalogue(a=(10_000, start["a"]), b=(25_000, start["b"]), c=(90_000, start["c"]))
     plan = [
         "pay",
         "cancel",

@@ -32,13 +32,13 @@ async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
     email_queue: BullQueue,
     erp: FakeErp,
 ) -> None:
-    skus = catalogue(shirt=(799.0, 10))
+    skus = catalogue(shirt=(79_900, 10))
     placed = await pending_order(orders, [(skus["shirt"], 2)], email="a@example.com")
     order_id, handle = placed.id, placed.handle
     assert stock(engine, skus["shirt"]) == (8, 2)
 
     ack = await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=1598.0)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=159_800)
     )
     assert ack.accepted, ack.reason
 
@@ -48,15 +48,15 @@ async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
         order = session.get(Order, order_id)
         invoice = session.get(Invoice, order_id)
         payments = session.exec(select(Payment).where(Payment.order_id == order_id)).all()
-    assert order is not None and order.status == "CONFIRMED" and order.total == 1598.0
-    assert invoice is not None and "1598.00" in invoice.html and skus["shirt"] in invoice.html
+    assert order is not None and order.status == "CONFIRMED" and order.total == 159_800
+    assert invoice is not None and "₹1,598.00" in invoice.html and skus["shirt"] in invoice.html
     job = await wait_job(email_queue, f"order-confirmation-{order_id}")  # sent beside the ERP sync
     pushed = await erp_received(erp, order_id)
-    assert pushed["total"] == 1598.0 and pushed["invoice"] == f"INV-{order_id}"
-    assert pushed["items"] == [{"sku": skus["shirt"], "quantity": 2, "unit_price": 799.0}]
-    assert [(p.payment_id, p.amount) for p in payments] == [(f"pay-{order_id}", 1598.0)]
+    assert pushed["total"] == 159_800 and pushed["invoice"] == f"INV-{order_id}"
+    assert pushed["items"] == [{"sku": skus["shirt"], "quantity": 2, "unit_price": 79_900}]
+    assert [(p.payment_id, p.amount) for p in payments] == [(f"pay-{order_id}", 159_800)]
     assert job.name == "send-order-confirmation"
-    assert job.data["to"] == "a@example.com" and job.data["data"]["total"] == 1598.0
+    assert job.data["to"] == "a@example.com" and job.data["data"]["total"] == "1598.00"
     assert handle.id == f"order-{order_id}"
 
 
@@ -66,7 +66,7 @@ async def test_unpaid_order_is_cancelled_after_one_hour_and_stock_restored(
     engine: Engine,
     catalogue: Callable[..., dict[str, str]],
 ) -> None:
-    skus = catalogue(mug=(250.0, 5))
+    skus = catalogue(mug=(25_000, 5))
     placed = await pending_order(orders, [(skus["mug"], 3)])
     order_id, handle = placed.id, placed.handle
     assert stock(engine, skus["mug"]) == (2, 3)
@@ -84,12 +84,12 @@ async def test_paid_at_59_minutes_is_paid(
     engine: Engine,
     catalogue: Callable[..., dict[str, str]],
 ) -> None:
-    skus = catalogue(lamp=(1200.0, 4))
+    skus = catalogue(lamp=(120_000, 4))
     placed = await pending_order(orders, [(skus["lamp"], 1)])
     order_id, handle = placed.id, placed.handle
     assert await env.fast_forward(handle, timedelta(minutes=59))
     ack = await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=1200.0)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=120_000)
     )
     assert ack.accepted, ack.reason
     await wait_status(orders, order_id, "CONFIRMED")
@@ -101,7 +101,7 @@ async def test_paid_at_59_minutes_is_paid(
 async def test_not_enough_stock_is_rejected_and_nothing_reserved(
     orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:
-    skus = catalogue(pen=(20.0, 10), ink=(50.0, 1))
+    skus = catalogue(pen=(2000, 10), ink=(5000, 1))
     order_id = new_order_id()
     handle = await orders.start_order(
         order_id, "cust-4", "d@example.com", [(skus["pen"], 3), (skus["ink"], 2)]
@@ -119,19 +119,19 @@ async def test_duplicate_payment_signals_have_one_effect(
     catalogue: Callable[..., dict[str, str]],
     email_queue: BullQueue,
 ) -> None:
-    skus = catalogue(book=(300.0, 5))
+    skus = catalogue(book=(30_000, 5))
     order_id = (await pending_order(orders, [(skus["book"], 1)])).id
-    payment = PaymentReceived(payment_id=f"pay-{order_id}", amount=300.0)
+    payment = PaymentReceived(payment_id=f"pay-{order_id}", amount=30_000)
     for _ in range(3):
         await orders.signal_payment_received(order_id, payment)
     again = await orders.payment_received(order_id, payment)
     assert again.accepted and "duplicate" in again.reason
     other = await orders.payment_received(
-        order_id, PaymentReceived(payment_id="someone-else", amount=300.0)
+        order_id, PaymentReceived(payment_id="someone-else", amount=30_000)
     )
     assert not other.accepted and f"already paid by pay-{order_id}" in other.reason
     await wait_status(orders, order_id, "CONFIRMED")
-    assert payments(engine, order_id) == [("capture", "succeeded", 300.0)]
+    assert payments(engine, order_id) == [("capture", "succeeded", 30_000)]
     job = await wait_job(email_queue, f"order-confirmation-{order_id}")
     assert job.data["data"]["orderNumber"] == order_id
 
@@ -139,7 +139,7 @@ async def test_duplicate_payment_signals_have_one_effect(
 async def test_start_twice_is_one_order(
     orders: OrderClient, catalogue: Callable[..., dict[str, str]]
 ) -> None:
-    skus = catalogue(cap=(150.0, 5))
+    skus = catalogue(cap=(15_000, 5))
     order_id = new_order_id()
     first = await orders.start_order(order_id, "cust-6", "f@example.com", [(skus["cap"], 1)])
     second = await orders.start_order(order_id, "cust-6", "f@example.com", [(skus["cap"], 1)])
@@ -150,12 +150,12 @@ async def test_start_twice_is_one_order(
 async def test_payment_for_cancelled_order_is_refused(
     orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:
-    skus = catalogue(sock=(99.0, 6))
+    skus = catalogue(sock=(9900, 6))
     placed = await pending_order(orders, [(skus["sock"], 2)])
     order_id, handle = placed.id, placed.handle
     await orders.cancel(order_id, "changed my mind")
     assert (await handle.result()).status == "CANCELLED"
-    ack = await orders.payment_received(order_id, PaymentReceived(payment_id="late", amount=198.0))
+    ack = await orders.payment_received(order_id, PaymentReceived(payment_id="late", amount=19_800))
     assert not ack.accepted and order_id in ack.reason
     assert stock(engine, skus["sock"]) == (6, 0)
 
@@ -166,19 +166,19 @@ async def test_cancel_after_payment_refunds_and_releases(
     catalogue: Callable[..., dict[str, str]],
     email_queue: BullQueue,
 ) -> None:
-    skus = catalogue(chair=(4500.0, 3))
+    skus = catalogue(chair=(450_000, 3))
     placed = await pending_order(orders, [(skus["chair"], 1)])
     order_id, handle = placed.id, placed.handle
     await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=4500.0)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=450_000)
     )
     await wait_status(orders, order_id, "CONFIRMED")
     await orders.cancel(order_id, "customer cancelled before shipping")
     result = await handle.result()
     assert result.status == "CANCELLED"
     assert payments(engine, order_id) == [
-        ("capture", "succeeded", 4500.0),
-        ("refund", "succeeded", 4500.0),
+        ("capture", "succeeded", 450_000),
+        ("refund", "succeeded", 450_000),
     ]
     assert stock(engine, skus["chair"]) == (3, 0)
     assert "refunded" in (await orders.status(order_id)).history[-1].note
@@ -195,11 +195,11 @@ async def test_shipped_order_releases_reserved_stock_and_mails(
 ) -> None:
     from orderflow.contracts.order import Shipment
 
-    skus = catalogue(desk=(9000.0, 2))
+    skus = catalogue(desk=(900_000, 2))
     placed = await pending_order(orders, [(skus["desk"], 1)])
     order_id, handle = placed.id, placed.handle
     await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=9000.0)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=900_000)
     )
     await wait_status(orders, order_id, "CONFIRMED")
     await orders.shipped(order_id, Shipment(carrier="BlueDart", tracking_number="BD123"))
@@ -215,18 +215,18 @@ async def test_shipped_order_releases_reserved_stock_and_mails(
 async def test_payment_that_does_not_match_the_total_is_refused(
     orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:
-    skus = catalogue(hat=(350.0, 4))
+    skus = catalogue(hat=(35_000, 4))
     order_id = (await pending_order(orders, [(skus["hat"], 2)])).id
     short = await orders.payment_received(
-        order_id, PaymentReceived(payment_id="short", amount=350.0)
+        order_id, PaymentReceived(payment_id="short", amount=35_000)
     )
     assert not short.accepted
-    assert order_id in short.reason and "350.00" in short.reason and "700.00" in short.reason
+    assert order_id in short.reason and "₹350.00" in short.reason and "₹700.00" in short.reason
     assert (await orders.status(order_id)).status == "PENDING_PAYMENT"
-    ack = await orders.payment_received(order_id, PaymentReceived(payment_id="full", amount=700.0))
+    ack = await orders.payment_received(order_id, PaymentReceived(payment_id="full", amount=70_000))
     assert ack.accepted, ack.reason
     await wait_status(orders, order_id, "CONFIRMED")
-    assert payments(engine, order_id) == [("capture", "succeeded", 700.0)]
+    assert payments(engine, order_id) == [("capture", "succeeded", 70_000)]
 
 
 async def test_payment_arriving_with_the_start_of_a_rejected_order_is_refunded(
@@ -239,7 +239,7 @@ async def test_payment_arriving_with_the_start_of_a_rejected_order_is_refunded(
     from orderflow.contracts.order import OrderInput, OrderLine
     from workflows.order import OrderWorkflow
 
-    skus = catalogue(clock=(999.0, 1))
+    skus = catalogue(clock=(99_900, 1))
     order_id = new_order_id()
     order = OrderInput(
         order_id=order_id,
@@ -254,9 +254,9 @@ async def test_payment_arriving_with_the_start_of_a_rejected_order_is_refunded(
         id=f"order-{order_id}",
         task_queue="orders",
         start_signal="payment_received",
-        start_signal_args=[PaymentReceived(payment_id=f"pay-{order_id}", amount=1998.0)],
+        start_signal_args=[PaymentReceived(payment_id=f"pay-{order_id}", amount=199_800)],
     )
     assert (await handle.result()).status == "REJECTED"
-    assert payments(engine, order_id) == [("refund", "succeeded", 1998.0)]
+    assert payments(engine, order_id) == [("refund", "succeeded", 199_800)]
     assert "refunded" in (await orders.status(order_id)).history[-1].note
     assert stock(engine, skus["clock"]) == (1, 0)

@@ -34,7 +34,7 @@ async def test_capture_fails_twice_then_succeeds_an_hour_later(
     engine: Engine,
     catalogue: Callable[..., dict[str, str]],
 ) -> None:
-    skus = catalogue(bag=(2000.0, 5))
+    skus = catalogue(bag=(200_000, 5))
     order_id = new_order_id()
     deps.gateway.set_rule(order_id, fail_captures=2)  # type: ignore[attr-defined]
     handle = (await pending_order(orders, [(skus["bag"], 1)], order_id=order_id)).handle
@@ -56,9 +56,9 @@ async def test_capture_fails_twice_then_succeeds_an_hour_later(
     assert (await env.get_current_time(retry)) - started >= timedelta(hours=2)
     await wait_status(orders, order_id, "CONFIRMED")
     assert payments(engine, order_id) == [
-        ("capture", "failed", 2000.0),
-        ("capture", "failed", 2000.0),
-        ("capture", "succeeded", 2000.0),
+        ("capture", "failed", 200_000),
+        ("capture", "failed", 200_000),
+        ("capture", "succeeded", 200_000),
     ]
     assert (await orders.status(order_id)).payment_id == result.payment_id
     assert stock(engine, skus["bag"]) == (4, 1)
@@ -73,7 +73,7 @@ async def test_all_three_captures_fail_cancels_and_releases(
     engine: Engine,
     catalogue: Callable[..., dict[str, str]],
 ) -> None:
-    skus = catalogue(kettle=(1500.0, 4))
+    skus = catalogue(kettle=(150_000, 4))
     order_id = new_order_id()
     deps.gateway.set_rule(order_id, decline_all=True)  # type: ignore[attr-defined]
     handle = (await pending_order(orders, [(skus["kettle"], 2)], order_id=order_id)).handle
@@ -95,7 +95,7 @@ async def test_all_three_captures_fail_cancels_and_releases(
 async def test_failed_payments_then_success_go_to_suspicious_review(
     orders: OrderClient, deps: Dependencies, catalogue: Callable[..., dict[str, str]]
 ) -> None:
-    skus = catalogue(watch=(3000.0, 3))
+    skus = catalogue(watch=(300_000, 3))
     order_id = new_order_id()
     deps.gateway.set_rule(order_id, decline_all=True)  # type: ignore[attr-defined]
     await pending_order(orders, [(skus["watch"], 1)], order_id=order_id)
@@ -105,7 +105,7 @@ async def test_failed_payments_then_success_go_to_suspicious_review(
         order_id, PaymentFailed(payment_id="pf-3b", reason="declined")
     )  # redelivery
     ack = await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=3000.0)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=300_000)
     )
     assert ack.accepted, ack.reason
     state = await wait_status(orders, order_id, "IN_REVIEW")

@@ -19,10 +19,10 @@ from tests.helpers import payments, pending_order, stock, wait_review, wait_stat
 async def _paid_high_value_order(
     orders: OrderClient, catalogue: Callable[..., dict[str, str]]
 ) -> tuple[str, str]:
-    skus = catalogue(tv=(65_000.0, 2))
+    skus = catalogue(tv=(6_500_000, 2))
     order_id = (await pending_order(orders, [(skus["tv"], 1)])).id
     ack = await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=65_000.0)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=6_500_000)
     )
     assert ack.accepted
     await wait_status(orders, order_id, "IN_REVIEW")
@@ -34,7 +34,7 @@ async def test_high_value_order_approved_is_confirmed(
 ) -> None:
     order_id, _ = await _paid_high_value_order(orders, catalogue)
     review = await wait_review(orders, order_id)
-    assert review.kind == "HIGH_VALUE" and "65000.00" in review.reason
+    assert review.kind == "HIGH_VALUE" and "₹65,000.00" in review.reason
     outcome = await orders.decide_review(
         review.review_id, ReviewDecision(approve=True, reviewer="asha", note="ok")
     )
@@ -60,8 +60,8 @@ async def test_high_value_order_rejected_is_refunded_released_cancelled(
     result = await orders.result(order_id)
     assert result.status == "CANCELLED"
     assert payments(engine, order_id) == [
-        ("capture", "succeeded", 65_000.0),
-        ("refund", "succeeded", 65_000.0),
+        ("capture", "succeeded", 6_500_000),
+        ("refund", "succeeded", 6_500_000),
     ]
     assert stock(engine, sku) == (2, 0)
     note = (await orders.status(order_id)).history[-1].note
@@ -71,10 +71,10 @@ async def test_high_value_order_rejected_is_refunded_released_cancelled(
 async def test_return_request_approved_refunds(
     orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:
-    skus = catalogue(shoe=(2500.0, 3))
+    skus = catalogue(shoe=(250_000, 3))
     order_id = (await pending_order(orders, [(skus["shoe"], 1)])).id
     await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=2500.0)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=250_000)
     )
     await wait_status(orders, order_id, "CONFIRMED")
     await orders.shipped(order_id, Shipment(carrier="DTDC", tracking_number="X1"))
@@ -85,7 +85,7 @@ async def test_return_request_approved_refunds(
     await orders.decide_review(review_id, ReviewDecision(approve=True, reviewer="meena"))
     handle = orders.client.get_workflow_handle(review_id)
     await handle.result()
-    assert payments(engine, order_id)[-1] == ("refund", "succeeded", 2500.0)
+    assert payments(engine, order_id)[-1] == ("refund", "succeeded", 250_000)
     with Session(engine) as session:
         order = session.get(Order, order_id)
         assert order is not None and order.status == "RETURNED"
@@ -106,10 +106,10 @@ async def test_only_a_shipped_order_can_be_returned(
 ) -> None:
     from orderflow.errors import InvalidOrderError, UnknownOrderError
 
-    skus = catalogue(belt=(900.0, 2))
+    skus = catalogue(belt=(90_000, 2))
     order_id = (await pending_order(orders, [(skus["belt"], 1)])).id
     await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=900.0)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=90_000)
     )
     await wait_status(orders, order_id, "CONFIRMED")
     with pytest.raises(

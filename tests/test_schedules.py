@@ -58,12 +58,12 @@ async def test_daily_report_counts_orders_and_revenue_by_status_for_the_day(
 
     tag = uuid.uuid4().hex[:6]
     rows = [  # 2020-01-15 in Asia/Kolkata is 2020-01-14T18:30Z .. 2020-01-15T18:30Z
-        ("CONFIRMED", 1000.0, at("2020-01-14T18:30:00")),
-        ("CONFIRMED", 500.0, at("2020-01-15T10:00:00")),
-        ("SHIPPED", 250.0, at("2020-01-15T18:29:59")),
-        ("CANCELLED", 700.0, at("2020-01-15T05:00:00")),
-        ("CONFIRMED", 9999.0, at("2020-01-15T18:30:00")),  # already the 16th in Kolkata
-        ("CONFIRMED", 8888.0, at("2020-01-14T18:29:59")),  # still the 14th in Kolkata
+        ("CONFIRMED", 100_000, at("2020-01-14T18:30:00")),
+        ("CONFIRMED", 50_000, at("2020-01-15T10:00:00")),
+        ("SHIPPED", 25_000, at("2020-01-15T18:29:59")),
+        ("CANCELLED", 70_000, at("2020-01-15T05:00:00")),
+        ("CONFIRMED", 999_900, at("2020-01-15T18:30:00")),  # already the 16th in Kolkata
+        ("CONFIRMED", 888_800, at("2020-01-14T18:29:59")),  # still the 14th in Kolkata
     ]
     with Session(engine) as session:
         for i, (status, total, created) in enumerate(rows):
@@ -83,15 +83,15 @@ async def test_daily_report_counts_orders_and_revenue_by_status_for_the_day(
     assert result.orders == 4
     assert (
         result.by_status["CONFIRMED"].orders == 2
-        and result.by_status["CONFIRMED"].revenue == 1500.0
+        and result.by_status["CONFIRMED"].revenue == 150_000
     )
     assert (
-        result.by_status["SHIPPED"].orders == 1 and result.by_status["CANCELLED"].revenue == 700.0
+        result.by_status["SHIPPED"].orders == 1 and result.by_status["CANCELLED"].revenue == 70_000
     )
-    assert result.revenue == 1750.0  # cancelled money is not revenue
+    assert result.revenue == 175_000  # cancelled money is not revenue
     with Session(engine) as session:
         stored = session.get(DailyReport, "2020-01-15")
-        assert stored is not None and '"revenue": 1750.0' in stored.figures
+        assert stored is not None and '"revenue": 175000' in stored.figures
 
 
 async def test_triggered_schedules_run_their_workflows(
@@ -119,7 +119,7 @@ async def test_stock_sync_takes_physical_counts_from_the_erp(
     erp: FakeErp,
     catalogue: Callable[..., dict[str, str]],
 ) -> None:
-    skus = catalogue(rug=(3000.0, 10), lamp=(800.0, 4))
+    skus = catalogue(rug=(300_000, 10), lamp=(80_000, 4))
     await pending_order(orders, [(skus["rug"], 3)])
     erp.stock = {skus["rug"]: 8, skus["lamp"]: 4}  # two rugs were damaged in the warehouse
     result = await env.client.execute_workflow(
@@ -134,15 +134,15 @@ async def test_stock_sync_takes_physical_counts_from_the_erp(
 async def test_erp_sync_is_retried_once_then_noted(
     orders: OrderClient, erp: FakeErp, catalogue: Callable[..., dict[str, str]]
 ) -> None:
-    skus = catalogue(pot=(450.0, 5))
+    skus = catalogue(pot=(45_000, 5))
     flaky, down = new_order_id(), new_order_id()
     for order_id in (flaky, down):
         await pending_order(orders, [(skus["pot"], 1)], order_id=order_id)
     erp.fail_next = 1  # the seed's 2 attempts: one failure is absorbed
-    await orders.payment_received(flaky, PaymentReceived(payment_id=f"pay-{flaky}", amount=450.0))
+    await orders.payment_received(flaky, PaymentReceived(payment_id=f"pay-{flaky}", amount=45_000))
     await erp_received(erp, flaky)
     erp.fail_next = 2  # both attempts fail: the order stands, the failure is in its history
-    await orders.payment_received(down, PaymentReceived(payment_id=f"pay-{down}", amount=450.0))
+    await orders.payment_received(down, PaymentReceived(payment_id=f"pay-{down}", amount=45_000))
 
     async def noted() -> OrderState | None:
         state = await orders.status(down)

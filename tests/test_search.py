@@ -41,12 +41,12 @@ async def ids(client: Client, query: str, expect: set[str], within: float = 10.0
 async def test_search_attributes_follow_the_order_and_the_readme_queries_find_it(
     orders: OrderClient, catalogue: Catalogue
 ) -> None:
-    skus = catalogue(tv=(60_000.0, 3), mug=(300.0, 10))
+    skus = catalogue(tv=(6_000_000, 3), mug=(30_000, 10))
     big, small = new_order_id(), new_order_id()
     await pending_order(orders, [(skus["tv"], 1)], order_id=big, customer_id="cust-big")
     await pending_order(orders, [(skus["mug"], 2)], order_id=small, customer_id="cust-small")
     await orders.payment_received(
-        big, PaymentReceived(payment_id=f"pay-{big}", amount=60_000.0, provider="stripe")
+        big, PaymentReceived(payment_id=f"pay-{big}", amount=6_000_000, provider="stripe")
     )
     await wait_review(orders, big)
     await orders.cancel(small, "changed my mind")
@@ -58,9 +58,9 @@ async def test_search_attributes_follow_the_order_and_the_readme_queries_find_it
     desc = await client.get_workflow_handle(small_id).describe()
     attrs = desc.typed_search_attributes
     assert attrs.get(ORDER_STATUS) == "CANCELLED"
-    assert attrs.get(ORDER_TOTAL) == 600.0 and attrs.get(CUSTOMER_ID) == "cust-small"
+    assert attrs.get(ORDER_TOTAL) == 60_000 and attrs.get(CUSTOMER_ID) == "cust-small"
     attrs = (await client.get_workflow_handle(big_id).describe()).typed_search_attributes
-    assert (attrs.get(ORDER_STATUS), attrs.get(ORDER_TOTAL)) == ("IN_REVIEW", 60_000.0)
+    assert (attrs.get(ORDER_STATUS), attrs.get(ORDER_TOTAL)) == ("IN_REVIEW", 6_000_000)
 
     today = datetime.now(UTC).strftime("%Y-%m-%dT00:00:00Z")
     cancelled = await ids(client, CANCELLED_TODAY.format(today=today), {small_id})

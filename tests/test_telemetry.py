@@ -185,7 +185,7 @@ def add_orders(engine: Engine, **statuses: int) -> None:
                 session.add(
                     Order(
                         id=order_id, customer_id="c-metrics", email=f"{order_id}@example.com",
-                        status=status, total=10.0, currency="INR",
+                        status=status, total=1000, currency="INR",
                     )
                 )  # fmt: skip
         session.commit()
@@ -282,7 +282,7 @@ async def test_paid_order_is_one_trace_from_webhook_to_smtp(
     catalogue: Catalogue,
 ) -> None:
     orders, http, settings = traced
-    skus = catalogue(lamp=(1299.0, 5))
+    skus = catalogue(lamp=(129_900, 5))
     order_id = (await pending_order(orders, [(skus["lamp"], 1)], customer_id="cust-otel")).id
 
     body = stripe_payment_succeeded(order_id, 129900, event_id=f"evt_otel_{order_id}")

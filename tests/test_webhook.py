@@ -57,7 +57,7 @@ def webhook_test_spec(settings: Settings, **changes: object) -> QueueSpec:
     return webhook_spec(settings).with_(prefix=f"t{tag}", name=f"webhook-{tag}", **changes)
 
 
-async def place(orders: OrderClient, catalogue: Catalogue, price: float = 1299.0) -> str:
+async def place(orders: OrderClient, catalogue: Catalogue, price: int = 129_900) -> str:
     """A fresh order of one item at `price`, waiting for payment."""
     skus = catalogue(item=(price, 5))
     return (await pending_order(orders, [(skus["item"], 1)], customer_id="cust-wh")).id
@@ -83,7 +83,7 @@ async def test_stripe_payment_confirms_the_order_once(
     assert result["status"] == "applied" and result["order_id"] == order_id
     state = await wait_status(orders, order_id, "CONFIRMED")
     assert state.payment_id == event.payment_id
-    assert payments(engine, order_id) == [("capture", "succeeded", 1299.0)]
+    assert payments(engine, order_id) == [("capture", "succeeded", 129_900)]
 
     assert (await processor.apply(event))["status"] == "duplicate"
     # Stripe also sends charge.succeeded for the same PaymentIntent: the same payment, once
@@ -98,12 +98,12 @@ async def test_stripe_payment_confirms_the_order_once(
     }
     twin = parse_stripe(json.dumps(stripe_event("charge.succeeded", charge)).encode())
     assert (await processor.apply(twin))["status"] == "applied"
-    assert payments(engine, order_id) == [("capture", "succeeded", 1299.0)]
+    assert payments(engine, order_id) == [("capture", "succeeded", 129_900)]
     row = event_row(engine, "stripe", event.event_id)
     assert (row.status, row.order_id, row.amount, row.currency) == (
         "APPLIED",
         order_id,
-        1299.0,
+        129_900,
         "INR",
     )
 
@@ -111,7 +111,7 @@ async def test_stripe_payment_confirms_the_order_once(
 async def test_razorpay_capture_then_refund_is_recorded(
     processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue, engine: Engine
 ) -> None:
-    order_id = await place(orders, catalogue, price=500.0)
+    order_id = await place(orders, catalogue, price=50_000)
     pay_id = f"pay_{order_id}"
     captured = parse_razorpay(razorpay_payment_captured(order_id, 50000, payment_id=pay_id), "e1")
     await processor.apply(captured)
@@ -121,8 +121,8 @@ async def test_razorpay_capture_then_refund_is_recorded(
     result = await processor.apply(refund)
     assert result["status"] == "applied" and result["order_id"] == order_id
     assert payments(engine, order_id) == [
-        ("capture", "succeeded", 500.0),
-        ("refund", "succeeded", 200.0),
+        ("capture", "succeeded", 50_000),
+        ("refund", "succeeded", 20_000),
     ]
     assert (await processor.apply(refund))["status"] == "duplicate"
     assert len(payments(engine, order_id)) == 2
@@ -174,7 +174,7 @@ async def test_payment_for_a_cancelled_order_is_recorded_and_fails_loudly(
         await processor.apply(event)
     message = str(info.value)
     assert event.event_id in message and order_id in message and "not applied" in message
-    assert "1299.00 INR" in message
+    assert "₹1,299.00" in message
     row = event_row(engine, "stripe", event.event_id)
     assert row.status == "UNAPPLIED" and row.payment_id == event.payment_id
     report = reconcile(engine, window_hours=1)
@@ -317,7 +317,7 @@ async def test_signed_stripe_webhook_confirms_the_order_and_mails_once(
     redis_url: str,
 ) -> None:
     http, spec, settings = system
-    order_id = await place(orders, catalogue, price=1299.0)
+    order_id = await place(orders, catalogue, price=129_900)
     body = stripe_payment_succeeded(order_id, 129900, event_id=f"evt_e2e_{order_id}")
     for _ in range(5):  # Stripe redelivers; each delivery is signed afresh
         response = await http.post(
@@ -327,7 +327,7 @@ async def test_signed_stripe_webhook_confirms_the_order_and_mails_once(
     await wait_status(orders, order_id, "CONFIRMED")
     [mail] = await sink.store.wait_for(1, within=20, to=f"{order_id}@example.com")
     assert order_id in mail.subject and "Order Confirmed" in mail.subject
-    assert order_id in mail.text and "1299.00" in mail.text
+    assert order_id in mail.text and "₹1,299.00" in mail.text
 
     async def settled() -> bool:  # nothing left in flight that could send a second mail
         queues = [await counts(email_spec(settings), redis_url), await counts(spec, redis_url)]
@@ -336,7 +336,7 @@ async def test_signed_stripe_webhook_confirms_the_order_and_mails_once(
     await eventually(settled, 20, "the email and webhook queues idle")
     delivered = [m for m in sink.store.deliveries() if f"{order_id}@example.com" in m.to]
     assert len(delivered) == 1
-    assert payments(engine, order_id) == [("capture", "succeeded", 1299.0)]
+    assert payments(engine, order_id) == [("capture", "succeeded", 129_900)]
     assert (await counts(spec, redis_url))["completed"] == 1
     with Session(engine) as session:
         rows = session.exec(select(Payment).where(Payment.order_id == order_id)).all()
@@ -370,4 +370,4 @@ async def test_charge_without_metadata_waits_for_its_payment_intent(
     result = await processor.apply(early)
     assert result["status"] == "applied" and result["order_id"] == order_id
     assert event_row(engine, "stripe", early.event_id).order_id == order_id
-    assert payments(engine, order_id) == [("capture", "succeeded", 1299.0)]
+    assert payments(engine, order_id) == [("capture", "succeeded", 129_900)]

@@ -259,7 +259,7 @@ async def test_curl_command_posts_a_signed_webhook_to_the_running_app(
         await asyncio.to_thread(embedded.wait_for_port, "127.0.0.1", settings.http_port, 10)
         for provider in ("stripe", "razorpay"):
             body = tmp_path / f"{provider}.json"
-            body.write_bytes(sample_event(provider, "o-curl", 1299.0))
+            body.write_bytes(sample_event(provider, "o-curl", 129_900))
             command = curl_command(provider, body, settings, event_id="evt_curl_rzp")
             done = await asyncio.to_thread(
                 subprocess.run, command, shell=True, capture_output=True, text=True, check=True

@@ -77,7 +77,7 @@ def build_workers(
     """The orders, payments, inventory and reviews workers (or just `queues`; suffix for tests)."""
     orders = OrderActivities(deps.engine, deps.erp, currency=settings.currency)
     notify = NotificationActivities(deps.engine, deps.email_queue)
-    reports = ReportActivities(deps.engine)
+    reports = ReportActivities(deps.engine, currency=settings.currency)
     cleanup = CleanupActivities(queue_specs(settings), settings.redis_url)
     reconciliation = ReconciliationActivities(webhook_spec(settings), settings.redis_url)
     payments = PaymentActivities(deps.engine, deps.gateway)

@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         ReviewKind,
         review_workflow_id,
     )
+    from orderflow.money import format_money
     from workflows.inventory import InventoryReleaseWorkflow
     from workflows.payment import PaymentRetryWorkflow
     from workflows.review import ManualReviewWorkflow
@@ -66,7 +67,6 @@ _Arg = TypeVar("_Arg")
 _Ret = TypeVar("_Ret")
 
 DB_TIMEOUT = timedelta(seconds=30)
-AMOUNT_TOLERANCE = 0.005  # half a paisa: totals are rounded to 2 decimals on both sides
 PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING)
 
 
@@ -79,7 +79,7 @@ class OrderWorkflow:
         self._order = order
         self._status = OrderStatus.NEW
         self._history: list[StatusChange] = []
-        self._total = 0.0
+        self._total = 0  # minor units of self._currency
         self._currency = ""
         self._payment: PaymentReceived | None = None
         self._failures: list[PaymentFailed] = []
@@ -101,7 +101,9 @@ class OrderWorkflow:
             if self._payment is not None:  # paid before the stock check answered
                 self._note(await self._refund(placed.reason))
             return await self._end()
-        self._set(OrderStatus.PENDING_PAYMENT, f"{placed.total:.2f} {placed.currency} reserved")
+        self._set(
+            OrderStatus.PENDING_PAYMENT, f"{format_money(placed.total, placed.currency)} reserved"
+        )
 
         if not await self._await_payment():
             return await self._cancel_order(refund=False)
@@ -164,6 +166,7 @@ class OrderWorkflow:
                         payment_id=result.payment_id,
                         amount=self._total,
                         provider=result.provider or "gateway",
+                        currency=self._currency,
                     )
                     return True
                 if self._payment is None and self._cancel is None:
@@ -205,6 +208,7 @@ class OrderWorkflow:
                 attempts=policy.payment_retry_attempts,
                 interval_seconds=policy.payment_retry_interval_seconds,
                 reason=self._failures[-1].reason if self._failures else "",
+                currency=self._currency,
             ),
             id=payment_retry_workflow_id(self._order.order_id, PaymentKind.CAPTURE),
             task_queue=PAYMENTS_TASK_QUEUE,
@@ -236,7 +240,7 @@ class OrderWorkflow:
         reason = (
             f"{len(self._failures)} failed payments before success"
             if kind is ReviewKind.SUSPICIOUS_PAYMENT
-            else f"total {self._total:.2f} {self._currency} above {self._order.policy.high_value_threshold:.2f}"
+            else f"total {format_money(self._total, self._currency)} above {format_money(self._order.policy.high_value_threshold, self._currency)}"
         )
         self._set(OrderStatus.IN_REVIEW, f"{kind.value}: {reason}")
         await self._act(OrderActivities.set_status, StatusInput(order_id, OrderStatus.IN_REVIEW))
@@ -248,6 +252,7 @@ class OrderWorkflow:
                 kind=kind,
                 reason=reason,
                 amount=self._total,
+                currency=self._currency,
             ),
             id=self._review_id,
             task_queue=REVIEWS_TASK_QUEUE,
@@ -287,6 +292,7 @@ class OrderWorkflow:
                 attempts=self._order.policy.payment_retry_attempts,
                 interval_seconds=self._order.policy.payment_retry_interval_seconds,
                 reason=reason,
+                currency=self._payment.currency or self._currency,
             ),
             id=payment_retry_workflow_id(order_id, PaymentKind.REFUND),
             task_queue=PAYMENTS_TASK_QUEUE,
@@ -337,7 +343,12 @@ class OrderWorkflow:
 
     async def _end(self) -> OrderResult:
         await workflow.wait_condition(workflow.all_handlers_finished)
-        return OrderResult(order_id=self._order.order_id, status=self._status, total=self._total)
+        return OrderResult(
+            order_id=self._order.order_id,
+            status=self._status,
+            total=self._total,
+            currency=self._currency,
+        )
 
     def _set(self, status: OrderStatus, note: str = "") -> None:
         self._status = status
@@ -400,6 +411,10 @@ class OrderWorkflow:
             review_id=self._review_id,
         )
 
+    def _matches_total(self, payment: PaymentReceived) -> bool:
+        """Exactly the total, in the order's currency (empty: sent from inside, in that currency)."""
+        return payment.amount == self._total and payment.currency in ("", self._currency)
+
     def _accept(self, payment: PaymentReceived) -> PaymentAck:
         order_id = self._order.order_id
         if self._payment is not None:
@@ -422,20 +437,20 @@ class OrderWorkflow:
                 status=self._status,
                 reason=f"order {order_id} is {self._status}: payment refused",
             )
-        if self._status != OrderStatus.NEW and abs(payment.amount - self._total) > AMOUNT_TOLERANCE:
-            self._note(
-                f"refused payment {payment.payment_id}: {payment.amount:.2f} is not the total"
-            )
+        if self._status != OrderStatus.NEW and not self._matches_total(payment):
+            paid = format_money(payment.amount, payment.currency or self._currency)
+            self._note(f"refused payment {payment.payment_id}: {paid} is not the total")
             return PaymentAck(
                 accepted=False,
                 status=self._status,
                 reason=(
-                    f"order {order_id}: payment {payment.payment_id} of {payment.amount:.2f} "
-                    f"does not match the order total {self._total:.2f} {self._currency}"
+                    f"order {order_id}: payment {payment.payment_id} of {paid} "
+                    f"does not match the order total {format_money(self._total, self._currency)}"
                 ),
             )
         self._payment = payment
         self._note(
-            f"payment {payment.payment_id} received ({payment.amount:.2f}, {payment.provider})"
+            f"payment {payment.payment_id} received"
+            f" ({format_money(payment.amount, payment.currency or self._currency)}, {payment.provider})"
         )
         return PaymentAck(accepted=True, status=self._status)

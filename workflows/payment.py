@@ -44,6 +44,7 @@ class PaymentRetryWorkflow:
                 kind=data.kind,
                 amount=data.amount,
                 attempt=n,
+                currency=data.currency,
                 idempotency_key=f"{info.workflow_id}-{info.run_id[:8]}-{n}",
             )
             try:

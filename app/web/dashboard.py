@@ -28,6 +28,7 @@ from orderflow.contracts.order import order_workflow_id
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import Order
 from orderflow.errors import OrderflowError
+from orderflow.money import format_money
 from orderflow.settings import Settings
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -80,6 +81,7 @@ def dashboard_router(
 ) -> APIRouter:
     """`GET /ops` and its POST actions (retry, re-drive, decide a review)."""
     templates = Jinja2Templates(directory=TEMPLATES)
+    templates.env.filters["money"] = format_money
     token = secrets.token_urlsafe(24)
     router = APIRouter(prefix="/ops", include_in_schema=False)
     Admin = Annotated[str, Depends(admin_guard(settings))]

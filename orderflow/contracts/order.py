@@ -12,11 +12,11 @@ ORDERS_TASK_QUEUE = "orders"
 
 # custom search attributes the order workflow keeps current (Temporal UI / list filters)
 ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
-ORDER_TOTAL = SearchAttributeKey.for_float("OrderTotal")
+ORDER_TOTAL = SearchAttributeKey.for_int("OrderTotal")  # minor units (paise)
 CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 
 # `temporal server start-dev --search-attribute NAME=TYPE` arguments for the keys above
-SEARCH_ATTRIBUTE_ARGS = ["OrderStatus=Keyword", "OrderTotal=Double", "CustomerId=Keyword"]
+SEARCH_ATTRIBUTE_ARGS = ["OrderStatus=Keyword", "OrderTotal=Int", "CustomerId=Keyword"]
 
 
 def order_workflow_id(order_id: str) -> str:
@@ -61,7 +61,7 @@ class OrderPolicy:
     """The rules an order runs under; the client fills them from the settings (seed defaults)."""
 
     payment_timeout_seconds: float = 3600.0  # auto-cancel an unpaid order after 1 hour
-    high_value_threshold: float = 50_000.0  # manual review above ₹50,000
+    high_value_threshold: int = 5_000_000  # minor units: manual review above ₹50,000
     suspicious_failed_attempts: int = 2  # failed payments before a success that flag it
     payment_retry_attempts: int = 3
     payment_retry_interval_seconds: float = 3600.0
@@ -84,9 +84,10 @@ class PaymentReceived:
     """The gateway took the customer's money (signal or update `payment_received`)."""
 
     payment_id: str
-    amount: float
+    amount: int  # minor units of `currency`
     provider: str = "simulated"
     flagged: bool = False  # the gateway's or a rule's fraud flag: forces manual review
+    currency: str = ""  # ISO 4217; must be the order's
 
 
 @dataclass
@@ -137,7 +138,7 @@ class OrderState:
 
     order_id: str
     status: OrderStatus
-    total: float
+    total: int  # minor units of the order's currency
     currency: str
     history: list[StatusChange] = field(default_factory=list)
     payment_id: str = ""
@@ -151,7 +152,8 @@ class OrderResult:
 
     order_id: str
     status: OrderStatus
-    total: float
+    total: int  # minor units of the order's currency
+    currency: str = ""
 
 
 # --- activity payloads ---
@@ -162,7 +164,7 @@ class PlaceOrderResult:
     """The order row and its reservation, or why stock could not be reserved."""
 
     reserved: bool
-    total: float
+    total: int  # minor units of the order's currency
     currency: str
     reason: str = ""
 

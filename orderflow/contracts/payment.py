@@ -52,10 +52,11 @@ class PaymentRetryInput:
 
     order_id: str
     kind: PaymentKind
-    amount: float
+    amount: int  # minor units of `currency`
     attempts: int = 3
     interval_seconds: float = 3600.0
     reason: str = ""
+    currency: str = ""
 
 
 @dataclass
@@ -87,9 +88,10 @@ class GatewayRequest:
 
     order_id: str
     kind: PaymentKind
-    amount: float
+    amount: int  # minor units of `currency`
     attempt: int
     idempotency_key: str
+    currency: str = ""
 
 
 @dataclass

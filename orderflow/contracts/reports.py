@@ -20,7 +20,7 @@ class StatusFigures:
     """Orders and revenue for one status."""
 
     orders: int
-    revenue: float
+    revenue: int  # minor units of the report's currency
 
 
 @dataclass
@@ -31,4 +31,5 @@ class DailyReportResult:
     timezone: str
     by_status: dict[str, StatusFigures] = field(default_factory=dict)
     orders: int = 0
-    revenue: float = 0.0
+    revenue: int = 0  # minor units of `currency`
+    currency: str = ""

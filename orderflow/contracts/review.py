@@ -38,7 +38,8 @@ class ReviewInput:
     order_id: str
     kind: ReviewKind
     reason: str
-    amount: float
+    amount: int  # minor units of `currency`
+    currency: str = ""
 
 
 @dataclass

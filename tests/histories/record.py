@@ -60,7 +60,7 @@ async def save(client: Client, path: str, *workflow_ids: str) -> None:
         print(f"wrote {target.name}: {len(history.events)} events")
 
 
-async def pay_and_ship(orders: OrderClient, order_id: str, amount: float) -> None:
+async def pay_and_ship(orders: OrderClient, order_id: str, amount: int) -> None:
     """Pay in full, wait for the confirmation, ship."""
     ack = await orders.payment_received(order_id, PaymentReceived(f"pay-{order_id}", amount))
     assert ack.accepted, ack.reason
@@ -69,15 +69,15 @@ async def pay_and_ship(orders: OrderClient, order_id: str, amount: float) -> Non
 
 
 async def test_paid(orders: OrderClient, catalogue: Catalogue) -> None:
-    skus = catalogue(shirt=(799.0, 10))
+    skus = catalogue(shirt=(79_900, 10))
     order = await pending_order(orders, [(skus["shirt"], 2)])
-    await pay_and_ship(orders, order.id, 1598.0)
+    await pay_and_ship(orders, order.id, 159_800)
     assert (await order.handle.result()).status == "SHIPPED"
     await save(orders.client, "paid", order.handle.id)
 
 
 async def test_expired(env: WorkflowEnvironment, orders: OrderClient, catalogue: Catalogue) -> None:
-    skus = catalogue(mug=(250.0, 5))
+    skus = catalogue(mug=(25_000, 5))
     order = await pending_order(orders, [(skus["mug"], 3)])
     await env.fast_forward(order.handle, timedelta(minutes=61))
     assert (await order.handle.result()).status == "CANCELLED"
@@ -87,7 +87,7 @@ async def test_expired(env: WorkflowEnvironment, orders: OrderClient, catalogue:
 async def test_declined_then_retried(
     env: WorkflowEnvironment, orders: OrderClient, deps: Dependencies, catalogue: Catalogue
 ) -> None:
-    skus = catalogue(bag=(2000.0, 5))
+    skus = catalogue(bag=(200_000, 5))
     order = await pending_order(orders, [(skus["bag"], 1)])
     deps.gateway.set_rule(order.id, fail_captures=1)  # type: ignore[attr-defined]
     await orders.payment_failed(order.id, PaymentFailed(payment_id="pf-1", reason="declined"))
@@ -100,9 +100,9 @@ async def test_declined_then_retried(
 
 
 async def test_reviewed(orders: OrderClient, catalogue: Catalogue) -> None:
-    skus = catalogue(tv=(65_000.0, 2))
+    skus = catalogue(tv=(6_500_000, 2))
     order = await pending_order(orders, [(skus["tv"], 1)])
-    ack = await orders.payment_received(order.id, PaymentReceived(f"pay-{order.id}", 65_000.0))
+    ack = await orders.payment_received(order.id, PaymentReceived(f"pay-{order.id}", 6_500_000))
     assert ack.accepted, ack.reason
     review = await wait_review(orders, order.id)
     await orders.decide_review(review.review_id, ReviewDecision(approve=True, reviewer="asha"))
@@ -113,9 +113,9 @@ async def test_reviewed(orders: OrderClient, catalogue: Catalogue) -> None:
 
 
 async def test_cancelled_with_refund(orders: OrderClient, catalogue: Catalogue) -> None:
-    skus = catalogue(chair=(4500.0, 3))
+    skus = catalogue(chair=(450_000, 3))
     order = await pending_order(orders, [(skus["chair"], 1)])
-    ack = await orders.payment_received(order.id, PaymentReceived(f"pay-{order.id}", 4500.0))
+    ack = await orders.payment_received(order.id, PaymentReceived(f"pay-{order.id}", 450_000))
     assert ack.accepted, ack.reason
     await wait_status(orders, order.id, "CONFIRMED")
     await orders.cancel(order.id, "customer cancelled before shipping")
@@ -130,9 +130,9 @@ async def test_cancelled_with_refund(orders: OrderClient, catalogue: Catalogue) 
 
 
 async def test_returned(orders: OrderClient, catalogue: Catalogue) -> None:
-    skus = catalogue(shoe=(2500.0, 3))
+    skus = catalogue(shoe=(250_000, 3))
     order = await pending_order(orders, [(skus["shoe"], 1)])
-    await pay_and_ship(orders, order.id, 2500.0)
+    await pay_and_ship(orders, order.id, 250_000)
     assert (await order.handle.result()).status == "SHIPPED"
     review_id = await orders.request_return(order.id, "wrong size")
     await wait_review(orders, order.id)
@@ -142,7 +142,7 @@ async def test_returned(orders: OrderClient, catalogue: Catalogue) -> None:
 
 async def test_early_short_payment(orders: OrderClient, catalogue: Catalogue) -> None:
     """A ₹1.00 payment arriving with the start (signal-with-start), before the stock check."""
-    skus = catalogue(clock=(1998.0, 3))
+    skus = catalogue(clock=(199_800, 3))
     order_id = new_order_id()
     order = OrderInput(
         order_id=order_id,
@@ -157,10 +157,10 @@ async def test_early_short_payment(orders: OrderClient, catalogue: Catalogue) ->
         id=order_workflow_id(order_id),
         task_queue=orders.task_queue,
         start_signal="payment_received",
-        start_signal_args=[PaymentReceived(payment_id=f"pay-{order_id}", amount=1.0)],
+        start_signal_args=[PaymentReceived(payment_id=f"pay-{order_id}", amount=100)],
     )
     state = await wait_status(orders, order_id, "CONFIRMED")  # the defect this path records
     await orders.shipped(order_id, Shipment(carrier="DTDC", tracking_number="D2"))
     assert (await handle.result()).status == "SHIPPED"
-    assert state.total == 1998.0
+    assert state.total == 199_800
     await save(orders.client, "early-short-payment", handle.id)

@@ -112,7 +112,7 @@ class Stubs:
     @activity.defn(name="place_order")
     async def place_order(self, order: OrderInput) -> PlaceOrderResult:
         self.calls.append(("place_order", order))
-        total = sum(self.prices.get(line.sku, 100.0) * line.quantity for line in order.items)
+        total = sum(self.prices.get(line.sku, 10_000) * line.quantity for line in order.items)
         if not self.in_stock:
             return PlaceOrderResult(
                 False, total, "INR", f"not enough stock of {order.items[0].sku}"

@@ -20,11 +20,11 @@ from tests.unit.conftest import Stubs
 
 
 async def test_paid_order_is_confirmed_then_shipped(unit_orders: OrderClient, stubs: Stubs) -> None:
-    stubs.prices["shirt"] = 799.0
+    stubs.prices["shirt"] = 79_900
     order = await pending_order(unit_orders, [("shirt", 2)])
-    assert order.state.total == 1598.0
+    assert order.state.total == 159_800
     ack = await unit_orders.payment_received(
-        order.id, PaymentReceived(payment_id="pay-1", amount=1598.0)
+        order.id, PaymentReceived(payment_id="pay-1", amount=159_800)
     )
     assert ack.accepted, ack.reason
     state = await wait_status(unit_orders, order.id, "CONFIRMED")
@@ -76,10 +76,10 @@ async def test_declined_capture_succeeds_on_the_retry_an_hour_later(
 async def test_high_value_order_waits_for_review_and_approval_confirms(
     unit_orders: OrderClient, stubs: Stubs
 ) -> None:
-    stubs.prices["tv"] = 65_000.0
+    stubs.prices["tv"] = 6_500_000
     order = await pending_order(unit_orders, [("tv", 1)])
     await unit_orders.payment_received(
-        order.id, PaymentReceived(payment_id="pay-tv", amount=65_000.0)
+        order.id, PaymentReceived(payment_id="pay-tv", amount=6_500_000)
     )
     await wait_status(unit_orders, order.id, "IN_REVIEW")
     review_id = review_workflow_id(order.id, ReviewKind.HIGH_VALUE)
@@ -93,14 +93,14 @@ async def test_high_value_order_waits_for_review_and_approval_confirms(
     state = await wait_status(unit_orders, order.id, "CONFIRMED")
     assert [h.status for h in state.history][-3:] == ["IN_REVIEW", "PAID", "CONFIRMED"]
     [review] = stubs.called("open_review")
-    assert review.kind is ReviewKind.HIGH_VALUE and "65000.00" in review.reason
+    assert review.kind is ReviewKind.HIGH_VALUE and "₹65,000.00" in review.reason
 
 
 async def test_rejected_review_refunds_and_releases(unit_orders: OrderClient, stubs: Stubs) -> None:
-    stubs.prices["tv"] = 65_000.0
+    stubs.prices["tv"] = 6_500_000
     order = await pending_order(unit_orders, [("tv", 1)])
     await unit_orders.payment_received(
-        order.id, PaymentReceived(payment_id="pay-tv", amount=65_000.0)
+        order.id, PaymentReceived(payment_id="pay-tv", amount=6_500_000)
     )
     review_id = review_workflow_id(order.id, ReviewKind.HIGH_VALUE)
     await started_workflow(unit_orders.client, review_id)
@@ -109,7 +109,7 @@ async def test_rejected_review_refunds_and_releases(unit_orders: OrderClient, st
     )
     assert (await order.handle.result()).status == "CANCELLED"
     [refund] = [r for r in stubs.called("call_gateway") if r.kind is PaymentKind.REFUND]
-    assert refund.amount == 65_000.0
+    assert refund.amount == 6_500_000
     assert len(stubs.called("release_reservation")) == 1
     note = (await unit_orders.status(order.id)).history[-1].note
     assert "rejected by ravi: fraud risk" in note and f"refunded refund-{order.id}-1" in note
@@ -117,12 +117,12 @@ async def test_rejected_review_refunds_and_releases(unit_orders: OrderClient, st
 
 async def test_cancel_after_confirmation_refunds(unit_orders: OrderClient, stubs: Stubs) -> None:
     order = await pending_order(unit_orders, [("chair", 1)])
-    await unit_orders.payment_received(order.id, PaymentReceived(payment_id="p", amount=100.0))
+    await unit_orders.payment_received(order.id, PaymentReceived(payment_id="p", amount=10_000))
     await wait_status(unit_orders, order.id, "CONFIRMED")
     await unit_orders.cancel(order.id, "changed my mind")
     assert (await order.handle.result()).status == "CANCELLED"
     assert [(r.kind, r.amount) for r in stubs.called("call_gateway")] == [
-        (PaymentKind.REFUND, 100.0)
+        (PaymentKind.REFUND, 10_000)
     ]
     assert len(stubs.called("release_reservation")) == 1
 

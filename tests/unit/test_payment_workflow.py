@@ -20,7 +20,7 @@ async def test_three_declines_end_unsucceeded_two_hours_later(
     order_id = new_order_id()
     handle = await env.client.start_workflow(
         PaymentRetryWorkflow.run,
-        PaymentRetryInput(order_id=order_id, kind=PaymentKind.CAPTURE, amount=250.0),
+        PaymentRetryInput(order_id=order_id, kind=PaymentKind.CAPTURE, amount=25_000),
         id=f"unit-retry-{order_id}",
         task_queue=unit_orders.task_queue,
     )
@@ -39,11 +39,11 @@ async def test_a_refund_succeeds_at_the_first_attempt(
     order_id = new_order_id()
     result = await env.client.execute_workflow(
         PaymentRetryWorkflow.run,
-        PaymentRetryInput(order_id=order_id, kind=PaymentKind.REFUND, amount=99.0),
+        PaymentRetryInput(order_id=order_id, kind=PaymentKind.REFUND, amount=9900),
         id=f"unit-refund-{order_id}",
         task_queue=unit_orders.task_queue,
     )
     assert result.succeeded and result.payment_id == f"refund-{order_id}-1"
     assert [(r.kind, r.amount) for r in stubs.called("call_gateway")] == [
-        (PaymentKind.REFUND, 99.0)
+        (PaymentKind.REFUND, 9900)
     ]

@@ -21,7 +21,7 @@ async def test_approved_return_is_refunded_and_marked_returned(
     review_id = f"review-return-{order_id}"
     handle = await unit_orders.client.start_workflow(
         ManualReviewWorkflow.run,
-        ReviewInput(review_id, order_id, ReviewKind.RETURN, reason="wrong size", amount=2500.0),
+        ReviewInput(review_id, order_id, ReviewKind.RETURN, reason="wrong size", amount=250_000),
         id=review_id,
         task_queue=unit_orders.task_queue,
     )
@@ -32,7 +32,7 @@ async def test_approved_return_is_refunded_and_marked_returned(
     )
     assert outcome.approved and (await handle.result()).reviewer == "meena"
     assert [(r.kind, r.amount) for r in stubs.called("call_gateway")] == [
-        (PaymentKind.REFUND, 2500.0)
+        (PaymentKind.REFUND, 250_000)
     ]
     [status] = stubs.called("set_status")
     assert (status.order_id, status.status) == (order_id, OrderStatus.RETURNED)
@@ -44,7 +44,7 @@ async def test_rejected_return_refunds_nothing(unit_orders: OrderClient, stubs: 
     review_id = f"review-return-{order_id}"
     handle = await unit_orders.client.start_workflow(
         ManualReviewWorkflow.run,
-        ReviewInput(review_id, order_id, ReviewKind.RETURN, reason="worn", amount=900.0),
+        ReviewInput(review_id, order_id, ReviewKind.RETURN, reason="worn", amount=90_000),
         id=review_id,
         task_queue=unit_orders.task_queue,
     )
