@@ -4,7 +4,7 @@ UV := python3 -m uv
 VENV := .venv
 NODE_DIR := tests/node
 
-.PHONY: install system-deps python-deps node-deps run test lint format typecheck bench demo clean
+.PHONY: install system-deps python-deps node-deps run test test-unit test-stress lint format typecheck bench demo clean
 
 install: system-deps python-deps node-deps
 
@@ -32,6 +32,22 @@ run: install
 
 test: install lint
 	$(VENV)/bin/pytest -q
+
+# the fast tier alone: workflows with stubbed activities on the time-skipping dev server (no Redis)
+test-unit: python-deps
+	$(VENV)/bin/pytest -q tests/unit
+
+# the whole suite N times in a row, stopping at the first failure; LOAD=1 keeps one core busy
+N ?= 5
+LOAD ?= 0
+test-stress: install
+	@load=""; \
+	if [ "$(LOAD)" != 0 ]; then yes > /dev/null & load=$$!; echo "busy loop on one core (pid $$load)"; fi; \
+	trap 'if [ -n "$$load" ]; then kill $$load; fi' EXIT; \
+	for i in $$(seq 1 $(N)); do \
+	  echo "== run $$i of $(N)"; \
+	  $(VENV)/bin/pytest -q -p no:cacheprovider || exit 1; \
+	done
 
 # ruff, the layer contracts (import-linter, in pyproject.toml) and mypy; `make test` runs it first
 lint: python-deps

@@ -11,11 +11,12 @@ from sqlmodel import Session, select
 from temporalio.testing import WorkflowEnvironment
 
 from app.client import OrderClient
-from orderflow.contracts.order import PaymentReceived
+from orderflow.contracts.order import OrderState, PaymentReceived
 from orderflow.db import Invoice, Order, Payment
 from tests.fake_erp import FakeErp
 from tests.helpers import (
     erp_received,
+    eventually,
     new_order_id,
     payments,
     pending_order,
@@ -260,3 +261,49 @@ async def test_payment_arriving_with_the_start_of_a_rejected_order_is_refunded(
     assert payments(engine, order_id) == [("refund", "succeeded", 199_800)]
     assert "refunded" in (await orders.status(order_id)).history[-1].note
     assert stock(engine, skus["clock"]) == (1, 0)
+
+
+async def test_a_short_payment_sent_with_the_start_is_refunded_and_a_full_one_confirms(
+    env: WorkflowEnvironment,
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
+) -> None:
+    from app.client import policy_from_settings
+    from orderflow.contracts.order import OrderInput, OrderLine
+    from workflows.order import OrderWorkflow
+
+    skus = catalogue(radio=(199_800, 2))
+    order_id = new_order_id()
+    order = OrderInput(
+        order_id=order_id,
+        customer_id="cust-12",
+        email="l@example.com",
+        items=[OrderLine(sku=skus["radio"], quantity=1)],
+        policy=policy_from_settings(orders.settings),
+    )
+    await env.client.start_workflow(  # signal-with-start: paid before the total is known
+        OrderWorkflow.run,
+        order,
+        id=f"order-{order_id}",
+        task_queue="orders",
+        start_signal="payment_received",
+        start_signal_args=[PaymentReceived(payment_id=f"early-{order_id}", amount=100)],
+    )
+
+    async def refunded() -> OrderState | None:
+        state = await orders.status(order_id)
+        return state if state.history[-1].note.startswith("refunded") else None
+
+    state = await eventually(refunded, 20, f"the early ₹1.00 of order {order_id} refunded")
+    assert state.status == "PENDING_PAYMENT" and state.payment_id == ""
+    assert "₹1.00 is not the total ₹1,998.00" in state.history[-2].note
+    assert payments(engine, order_id) == [("refund", "succeeded", 100)]
+    ack = await orders.payment_received(order_id, PaymentReceived(f"pay-{order_id}", 199_800))
+    assert ack.accepted, ack.reason
+    await wait_status(orders, order_id, "CONFIRMED")
+    assert payments(engine, order_id) == [
+        ("refund", "succeeded", 100),
+        ("capture", "succeeded", 199_800),
+    ]
+    assert stock(engine, skus["radio"]) == (1, 1)

@@ -7,6 +7,7 @@ docs/VERSIONING.md says how to change a workflow safely.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from temporalio.worker import Replayer
 
 from workflows.cleanup import QueueCleanupWorkflow
 from workflows.inventory import InventoryReleaseWorkflow
-from workflows.order import OrderWorkflow
+from workflows.order import EARLY_PAYMENT_AMOUNT_CHECK, OrderWorkflow
 from workflows.payment import PaymentRetryWorkflow
 from workflows.reconciliation import PaymentReconciliationWorkflow
 from workflows.reports import DailyReportWorkflow
@@ -48,6 +49,7 @@ REQUIRED = {
     "returned": ["OrderWorkflow", "ManualReviewWorkflow", "PaymentRetryWorkflow"],
     # recorded before the `early-payment-amount-check` patch: a running order of that release
     "early-short-payment": ["OrderWorkflow"],
+    "early-short-payment-refused": ["OrderWorkflow", "PaymentRetryWorkflow"],
 }
 
 
@@ -74,3 +76,30 @@ async def test_golden_history_replays_against_current_code(golden: Path) -> None
     outcome = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     failure = outcome.replay_failure
     assert failure is None, f"{golden.name} no longer replays: {str(failure)[:400]}"
+
+
+def patch_ids(history: WorkflowHistory) -> set[str]:
+    """The `workflow.patched` ids a history recorded (its core_patch markers)."""
+    found = set()
+    for event in history.events:
+        marker = event.marker_recorded_event_attributes
+        if (
+            event.HasField("marker_recorded_event_attributes")
+            and marker.marker_name == "core_patch"
+        ):
+            found.add(json.loads(marker.details["patch-data"].payloads[0].data)["id"])
+    return found
+
+
+async def test_an_order_started_before_the_early_payment_check_replays_on_the_patched_code() -> (
+    None
+):
+    """The example of docs/VERSIONING.md: the old path replays, the new one carries the marker."""
+    old = load(HISTORIES / "early-short-payment.OrderWorkflow.json")
+    new = load(HISTORIES / "early-short-payment-refused.OrderWorkflow.json")
+    assert patch_ids(old) == set() and patch_ids(new) == {EARLY_PAYMENT_AMOUNT_CHECK}
+    replayer = Replayer(workflows=ALL_WORKFLOWS)
+    for history in (old, new):
+        outcome = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        failure = outcome.replay_failure
+        assert failure is None, f"{history.workflow_id}: {str(failure)[:400]}"

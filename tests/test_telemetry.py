@@ -295,9 +295,15 @@ async def test_paid_order_is_one_trace_from_webhook_to_smtp(
     assert order_id in mail.subject
 
     def smtp_span() -> ReadableSpan | None:
-        found = [s for s in spans.get_finished_spans() if s.name == "smtp send"]
-        mine = [s for s in found if _attr(s, "server.address") == settings.smtp_host]
-        return mine[-1] if mine else None
+        """The SMTP send of this order's confirmation (other tests' mails may be traced too)."""
+        finished = spans.get_finished_spans()
+        by_id = {s.context.span_id: s for s in finished}
+        job_id = f"order-confirmation-{order_id}"
+        for s in finished:
+            parent = by_id.get(s.parent.span_id) if s.name == "smtp send" and s.parent else None
+            if parent is not None and _attr(parent, "bullmq.job.id") == job_id:
+                return s
+        return None
 
     await eventually(lambda: _true(smtp_span() is not None and _email_done(spans)))
     smtp = smtp_span()

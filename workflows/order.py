@@ -68,6 +68,8 @@ _Ret = TypeVar("_Ret")
 
 DB_TIMEOUT = timedelta(seconds=30)
 PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING)
+# workflow.patched ids: each guards a change that adds commands (docs/VERSIONING.md)
+EARLY_PAYMENT_AMOUNT_CHECK = "early-payment-amount-check"
 
 
 @workflow.defn
@@ -104,6 +106,9 @@ class OrderWorkflow:
         self._set(
             OrderStatus.PENDING_PAYMENT, f"{format_money(placed.total, placed.currency)} reserved"
         )
+        # orders started before this check have no marker and replay without it
+        if self._payment is not None and workflow.patched(EARLY_PAYMENT_AMOUNT_CHECK):
+            await self._check_early_payment()
 
         if not await self._await_payment():
             return await self._cancel_order(refund=False)
@@ -148,6 +153,21 @@ class OrderWorkflow:
         )
         await self._notify(NotificationKind.SHIPPING, self._history[-1].note)
         return await self._end()
+
+    async def _check_early_payment(self) -> None:
+        """A payment accepted before the total was known must match it; a wrong one goes back."""
+        early = self._payment
+        assert early is not None
+        if self._matches_total(early):
+            return
+        self._payment = None  # the order takes a correct payment while this one is refunded
+        paid = format_money(early.amount, early.currency or self._currency)
+        reason = (
+            f"refused payment {early.payment_id}: {paid} is not the total "
+            f"{format_money(self._total, self._currency)}"
+        )
+        self._note(reason)
+        self._note(await self._refund(reason, early))
 
     async def _await_payment(self) -> bool:
         """Wait for payment under the auto-cancel timer; a failed payment runs the retries instead."""
@@ -279,20 +299,24 @@ class OrderWorkflow:
         await self._notify(NotificationKind.CANCELLATION, reason)
         return await self._end()
 
-    async def _refund(self, reason: str) -> str:
-        """Give the accepted payment back (retried like a capture); returns a note for the history."""
-        assert self._payment is not None
+    async def _refund(self, reason: str, payment: PaymentReceived | None = None) -> str:
+        """Give a payment back, the accepted one by default (retried like a capture).
+
+        Returns a note for the history.
+        """
+        payment = payment or self._payment
+        assert payment is not None
         order_id = self._order.order_id
         result = await workflow.execute_child_workflow(
             PaymentRetryWorkflow.run,
             PaymentRetryInput(
                 order_id=order_id,
                 kind=PaymentKind.REFUND,
-                amount=self._payment.amount,
+                amount=payment.amount,
                 attempts=self._order.policy.payment_retry_attempts,
                 interval_seconds=self._order.policy.payment_retry_interval_seconds,
                 reason=reason,
-                currency=self._payment.currency or self._currency,
+                currency=payment.currency or self._currency,
             ),
             id=payment_retry_workflow_id(order_id, PaymentKind.REFUND),
             task_queue=PAYMENTS_TASK_QUEUE,

@@ -24,20 +24,29 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from temporalio.client import Client
+import pytest
+from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from app.client import OrderClient, policy_from_settings
 from orderflow.contracts.order import (
     OrderInput,
     OrderLine,
+    OrderResult,
     PaymentFailed,
     PaymentReceived,
     Shipment,
     order_workflow_id,
 )
 from orderflow.contracts.review import ReviewDecision
-from tests.helpers import new_order_id, pending_order, started_workflow, wait_review, wait_status
+from tests.helpers import (
+    eventually,
+    new_order_id,
+    pending_order,
+    started_workflow,
+    wait_review,
+    wait_status,
+)
 from workers.temporal import Dependencies
 from workflows.order import OrderWorkflow
 
@@ -140,9 +149,11 @@ async def test_returned(orders: OrderClient, catalogue: Catalogue) -> None:
     await save(orders.client, "returned", order.handle.id, review_id, f"payment-refund-{order.id}")
 
 
-async def test_early_short_payment(orders: OrderClient, catalogue: Catalogue) -> None:
-    """A ₹1.00 payment arriving with the start (signal-with-start), before the stock check."""
-    skus = catalogue(clock=(199_800, 3))
+async def start_with_payment(
+    orders: OrderClient, catalogue: Catalogue, price: int, paid: int
+) -> WorkflowHandle[OrderWorkflow, OrderResult]:
+    """Signal-with-start: an order of one item at `price`, `paid` arriving before the stock check."""
+    skus = catalogue(clock=(price, 3))
     order_id = new_order_id()
     order = OrderInput(
         order_id=order_id,
@@ -151,16 +162,38 @@ async def test_early_short_payment(orders: OrderClient, catalogue: Catalogue) ->
         items=[OrderLine(sku=skus["clock"], quantity=1)],
         policy=policy_from_settings(orders.settings),
     )
-    handle = await orders.client.start_workflow(
+    return await orders.client.start_workflow(
         OrderWorkflow.run,
         order,
         id=order_workflow_id(order_id),
         task_queue=orders.task_queue,
         start_signal="payment_received",
-        start_signal_args=[PaymentReceived(payment_id=f"pay-{order_id}", amount=100)],
+        start_signal_args=[PaymentReceived(payment_id=f"early-{order_id}", amount=paid)],
     )
-    state = await wait_status(orders, order_id, "CONFIRMED")  # the defect this path records
+
+
+@pytest.mark.skip(reason="recorded at 359b01b, before the early-payment-amount-check patch")
+async def test_early_short_payment(orders: OrderClient, catalogue: Catalogue) -> None:
+    """The old behaviour, kept as a running order of that release: ₹1.00 confirms ₹1,998."""
+    handle = await start_with_payment(orders, catalogue, price=199_800, paid=100)
+    order_id = handle.id.removeprefix("order-")
+    await wait_status(orders, order_id, "CONFIRMED")  # the defect this path records
     await orders.shipped(order_id, Shipment(carrier="DTDC", tracking_number="D2"))
     assert (await handle.result()).status == "SHIPPED"
-    assert state.total == 199_800
     await save(orders.client, "early-short-payment", handle.id)
+
+
+async def test_early_short_payment_refused(orders: OrderClient, catalogue: Catalogue) -> None:
+    """The patched behaviour: the ₹1.00 is refunded, the full payment confirms, the order ships."""
+    handle = await start_with_payment(orders, catalogue, price=199_800, paid=100)
+    order_id = handle.id.removeprefix("order-")
+
+    async def refunded() -> bool:
+        return (await orders.status(order_id)).history[-1].note.startswith("refunded")
+
+    await eventually(refunded, 20, f"the early payment of order {order_id} refunded")
+    await pay_and_ship(orders, order_id, 1998.0)
+    assert (await handle.result()).status == "SHIPPED"
+    await save(
+        orders.client, "early-short-payment-refused", handle.id, f"payment-refund-{order_id}"
+    )

@@ -9,14 +9,20 @@ from temporalio.testing import WorkflowEnvironment
 from app.client import OrderClient
 from orderflow.contracts.order import (
     NotificationKind,
+    OrderInput,
+    OrderLine,
+    OrderPolicy,
+    OrderState,
     PaymentFailed,
     PaymentReceived,
     Shipment,
+    order_workflow_id,
 )
 from orderflow.contracts.payment import PaymentKind, payment_retry_workflow_id
 from orderflow.contracts.review import ReviewDecision, ReviewKind, review_workflow_id
-from tests.helpers import new_order_id, pending_order, started_workflow, wait_status
+from tests.helpers import eventually, new_order_id, pending_order, started_workflow, wait_status
 from tests.unit.conftest import Stubs
+from workflows.order import OrderWorkflow
 
 
 async def test_paid_order_is_confirmed_then_shipped(unit_orders: OrderClient, stubs: Stubs) -> None:
@@ -132,3 +138,35 @@ async def test_out_of_stock_is_rejected(unit_orders: OrderClient, stubs: Stubs) 
     handle = await unit_orders.start_order(new_order_id(), "c", "c@example.com", [("pen", 3)])
     assert (await handle.result()).status == "REJECTED"
     assert not stubs.called("release_reservation") and not stubs.called("notify")
+
+
+async def test_a_short_payment_sent_with_the_start_is_refunded_not_accepted(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    """₹1.00 sent with the start of a ₹79,999 order arrives before the total is known."""
+    stubs.prices["laptop"] = 7_999_900
+    order_id = new_order_id()
+    await unit_orders.client.start_workflow(
+        OrderWorkflow.run,
+        OrderInput(order_id, "c", "c@example.com", [OrderLine("laptop", 1)], OrderPolicy()),
+        id=order_workflow_id(order_id),
+        task_queue=unit_orders.task_queue,
+        start_signal="payment_received",
+        start_signal_args=[PaymentReceived(payment_id="pay-early", amount=100)],
+    )
+
+    async def refunded() -> OrderState | None:
+        state = await unit_orders.status(order_id)
+        return state if state.history[-1].note.startswith("refunded") else None
+
+    state = await eventually(refunded, 10, "the early ₹1.00 refunded")
+    assert state.status == "PENDING_PAYMENT" and state.payment_id == ""
+    assert state.history[-2].note == "refused payment pay-early: ₹1.00 is not the total ₹79,999.00"
+    [refund] = stubs.called("call_gateway")
+    assert (refund.kind, refund.amount) == (PaymentKind.REFUND, 100)
+    assert not stubs.called("record_payment")
+    ack = await unit_orders.payment_received(order_id, PaymentReceived("pay-full", 7_999_900))
+    assert ack.accepted, ack.reason
+    await wait_status(unit_orders, order_id, "IN_REVIEW")  # the full amount goes on as usual
+    [recorded] = stubs.called("record_payment")
+    assert recorded.payment.payment_id == "pay-full"
