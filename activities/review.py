@@ -40,7 +40,13 @@ class ReviewActivities:
             review = session.get(Review, outcome.review_id) or Review(
                 id=outcome.review_id, order_id=outcome.order_id, kind="", reason=""
             )
-            review.status = ReviewStatus.APPROVED if outcome.approved else ReviewStatus.REJECTED
+            review.status = (
+                ReviewStatus.WITHDRAWN
+                if outcome.withdrawn
+                else ReviewStatus.APPROVED
+                if outcome.approved
+                else ReviewStatus.REJECTED
+            )
             review.reviewer = outcome.reviewer
             review.note = outcome.note
             review.decided_at = datetime.now(UTC)

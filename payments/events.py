@@ -67,6 +67,7 @@ class GatewayEvent:
     reason: str = ""
     refund_id: str = ""
     flagged: bool = False  # the gateway's own fraud signal: the order goes to manual review
+    attempt_id: str = ""  # one try at the card (a Stripe charge); failures count per attempt
 
     @property
     def job_id(self) -> str:
@@ -133,12 +134,16 @@ def parse_stripe(body: bytes) -> GatewayEvent:
     if etype.startswith("payment_intent."):
         parsed.payment_id = _str(obj.get("id"))
         parsed.amount_minor = obj.get("amount_received", obj.get("amount"))
-        parsed.reason = _str(_obj(obj.get("last_payment_error")).get("message"))[:REASON_CHARS]
+        error = _obj(obj.get("last_payment_error"))
+        parsed.reason = _str(error.get("message"))[:REASON_CHARS]
+        charge = error.get("charge") or obj.get("latest_charge")
+        parsed.attempt_id = _str(_obj(charge).get("id") if isinstance(charge, dict) else charge)
     elif etype.startswith("charge."):
         # a charge belongs to a PaymentIntent: one payment id for charge.* and payment_intent.*
         parsed.payment_id = _str(obj.get("payment_intent")) or _str(obj.get("id"))
         parsed.amount_minor = obj.get("amount_captured", obj.get("amount"))
         parsed.reason = _str(obj.get("failure_message"))[:REASON_CHARS]
+        parsed.attempt_id = _str(obj.get("id"))
         parsed.flagged = _obj(obj.get("outcome")).get("risk_level") in RISKY_STRIPE_LEVELS
     if kind is EventKind.REFUND:
         refunds = _obj(obj.get("refunds")).get("data")
@@ -184,6 +189,7 @@ def parse_razorpay(body: bytes, event_id_header: str | None = None) -> GatewayEv
         currency=_str(entity.get("currency")).upper(),
         reason=_str(payment.get("error_description"))[:REASON_CHARS],
         refund_id=_str(refund.get("id")),
+        attempt_id=_str(payment.get("id")),  # Razorpay makes a new payment per attempt
     )
 
 

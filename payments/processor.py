@@ -178,6 +178,7 @@ class WebhookProcessor:
             payment_id=event.payment_id,
             reason=event.reason or f"{event.type} from {event.provider}",
             provider=event.provider,
+            attempt_id=event.attempt_id,
         )
         try:
             await self.orders.payment_failed(event.order_id, failure)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -70,6 +70,8 @@ DB_TIMEOUT = timedelta(seconds=30)
 PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING)
 # workflow.patched ids: each guards a change that adds commands (docs/VERSIONING.md)
 EARLY_PAYMENT_AMOUNT_CHECK = "early-payment-amount-check"
+RETRY_FINISHES_CAPTURE = "retry-finishes-capture"
+REVIEW_ENDS_ON_CANCEL = "review-ends-on-cancel"
 
 
 @workflow.defn
@@ -89,6 +91,7 @@ class OrderWorkflow:
         self._cancel: CancelRequest | None = None
         self._shipment: Shipment | None = None
         self._review_id = ""
+        self._refund_failed = False
 
     # --- the run ---
 
@@ -111,7 +114,7 @@ class OrderWorkflow:
             await self._check_early_payment()
 
         if not await self._await_payment():
-            return await self._cancel_order(refund=False)
+            return await self._cancel_order(refund=True)  # refunds only what was captured
         assert self._payment is not None
 
         review = self._review_kind()
@@ -188,7 +191,7 @@ class OrderWorkflow:
                         provider=result.provider or "gateway",
                         currency=self._currency,
                     )
-                    return True
+                    return self._cancel is None  # cancelled while capturing: refund it
                 if self._payment is None and self._cancel is None:
                     tried = len(result.attempts) if result else 0
                     self._cancel = CancelRequest(
@@ -237,13 +240,42 @@ class OrderWorkflow:
             lambda: child.done() or self._payment is not None or self._cancel is not None
         )
         if not child.done():
-            child.cancel()
-            try:
-                await child
-            except (ChildWorkflowError, asyncio.CancelledError):
-                pass
-            return None
+            if not workflow.patched(RETRY_FINISHES_CAPTURE):
+                child.cancel()  # orders started before this fix: the capture's result is lost
+                try:
+                    await child
+                except (ChildWorkflowError, asyncio.CancelledError):
+                    pass
+                return None
+            # an attempt may be at the gateway: stop further ones and hear how it ended
+            why = "order paid" if self._payment is not None else "order cancelled"
+            await self._tell(child.signal(PaymentRetryWorkflow.stop, why))
+            result = await child
+            if result.succeeded and self._payment is not None:
+                await self._refund_duplicate(result)
+                return None
+            return result
         return child.result()
+
+    @staticmethod
+    async def _tell(signal: Awaitable[None]) -> None:
+        """Signal a child that may have just finished on its own (then there is nothing to say)."""
+        try:
+            await signal
+        except ApplicationError as err:
+            workflow.logger.info("child already finished: %s", err)
+
+    async def _refund_duplicate(self, capture: PaymentRetryResult) -> None:
+        """A retry captured while another payment was accepted: give the retry's capture back."""
+        duplicate = PaymentReceived(
+            payment_id=capture.payment_id,
+            amount=self._total,
+            provider=capture.provider or "gateway",
+            currency=self._currency,
+        )
+        reason = f"duplicate capture {capture.payment_id}: order paid by another payment"
+        self._note(reason)
+        self._note(await self._refund(reason, duplicate))
 
     def _review_kind(self) -> ReviewKind | None:
         assert self._payment is not None
@@ -264,7 +296,7 @@ class OrderWorkflow:
         )
         self._set(OrderStatus.IN_REVIEW, f"{kind.value}: {reason}")
         await self._act(OrderActivities.set_status, StatusInput(order_id, OrderStatus.IN_REVIEW))
-        outcome = await workflow.execute_child_workflow(
+        review = await workflow.start_child_workflow(
             ManualReviewWorkflow.run,
             ReviewInput(
                 review_id=self._review_id,
@@ -277,6 +309,12 @@ class OrderWorkflow:
             id=self._review_id,
             task_queue=REVIEWS_TASK_QUEUE,
         )
+        await workflow.wait_condition(lambda: review.done() or self._cancel is not None)
+        if not review.done() and workflow.patched(REVIEW_ENDS_ON_CANCEL):
+            assert self._cancel is not None  # nobody needs to decide a cancelled order
+            why = f"order cancelled: {self._cancel.reason}"
+            await self._tell(review.signal(ManualReviewWorkflow.withdraw, why))
+        outcome = await review
         verdict = "approved" if outcome.approved else "rejected"
         note = f"review {verdict} by {outcome.reviewer}" + (
             f": {outcome.note}" if outcome.note else ""
@@ -292,10 +330,10 @@ class OrderWorkflow:
         if refund and self._payment is not None:
             reason = f"{reason}; {await self._refund(reason)}"
         await self._release(reason)
-        await self._act(
-            OrderActivities.set_status, StatusInput(order_id, OrderStatus.CANCELLED, reason)
-        )
-        self._set(OrderStatus.CANCELLED, reason)
+        # a refund declined every time keeps the order visible until an operator repays it
+        final = OrderStatus.REFUND_FAILED if self._refund_failed else OrderStatus.CANCELLED
+        await self._act(OrderActivities.set_status, StatusInput(order_id, final, reason))
+        self._set(final, reason)
         await self._notify(NotificationKind.CANCELLATION, reason)
         return await self._end()
 
@@ -321,11 +359,16 @@ class OrderWorkflow:
             id=payment_retry_workflow_id(order_id, PaymentKind.REFUND),
             task_queue=PAYMENTS_TASK_QUEUE,
         )
-        return (
-            f"refunded {result.payment_id}"
-            if result.succeeded
-            else "REFUND FAILED: needs an operator"
+        if result.succeeded:
+            return f"refunded {result.payment_id}"
+        self._refund_failed = True
+        workflow.logger.error(
+            "order %s: refund of %s declined %d times; repay it by hand",
+            order_id,
+            format_money(payment.amount, payment.currency or self._currency),
+            len(result.attempts),
         )
+        return "REFUND FAILED: needs an operator"
 
     async def _release(self, reason: str) -> None:
         try:
@@ -399,7 +442,8 @@ class OrderWorkflow:
         """A capture failed at the gateway: retry it (once per order)."""
         if self._payment is not None or self._cancel is not None:
             return
-        if any(f.payment_id == failure.payment_id for f in self._failures):
+        attempt = (failure.payment_id, failure.attempt_id)
+        if any((f.payment_id, f.attempt_id) == attempt for f in self._failures):
             return  # a redelivered failure is one failure
         self._failures.append(failure)
         self._note(f"payment {failure.payment_id} failed: {failure.reason}")
@@ -433,7 +477,25 @@ class OrderWorkflow:
             payment_id=self._payment.payment_id if self._payment else "",
             failed_payments=len(self._failures),
             review_id=self._review_id,
+            flagged=self._payment.flagged if self._payment else False,
         )
+
+    def _flag_late(self, payment: PaymentReceived) -> None:
+        """The gateway's fraud flag came after the payment (Stripe: charge after payment_intent).
+
+        Before the review decision the order goes to review as flagged; after it, the order
+        (paid, confirmed or shipped) is marked flagged for an operator.
+        """
+        assert self._payment is not None
+        self._payment.flagged = True
+        self._note(f"payment {payment.payment_id} flagged as risky by {payment.provider}")
+        if self._status not in (OrderStatus.NEW, *PAYABLE):
+            workflow.logger.warning(
+                "order %s is %s and its payment %s was flagged as risky afterwards",
+                self._order.order_id,
+                self._status,
+                payment.payment_id,
+            )
 
     def _matches_total(self, payment: PaymentReceived) -> bool:
         """Exactly the total, in the order's currency (empty: sent from inside, in that currency)."""
@@ -443,6 +505,8 @@ class OrderWorkflow:
         order_id = self._order.order_id
         if self._payment is not None:
             if self._payment.payment_id == payment.payment_id:
+                if payment.flagged and not self._payment.flagged:
+                    self._flag_late(payment)
                 return PaymentAck(
                     accepted=True, status=self._status, reason="duplicate: payment already accepted"
                 )

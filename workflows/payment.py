@@ -31,6 +31,7 @@ class PaymentRetryWorkflow:
 
     def __init__(self) -> None:
         self._attempts: list[PaymentAttempt] = []
+        self._stop_reason = ""
 
     @workflow.run
     async def run(self, data: PaymentRetryInput) -> PaymentRetryResult:
@@ -38,7 +39,17 @@ class PaymentRetryWorkflow:
         info = workflow.info()
         for n in range(1, data.attempts + 1):
             if n > 1:
-                await workflow.sleep(timedelta(seconds=data.interval_seconds))
+                # the timer between attempts; a stop ends the retries at once
+                try:
+                    await workflow.wait_condition(
+                        lambda: bool(self._stop_reason),
+                        timeout=timedelta(seconds=data.interval_seconds),
+                        timeout_summary="next attempt",
+                    )
+                except TimeoutError:
+                    pass
+            if self._stop_reason:
+                break
             request = GatewayRequest(
                 order_id=data.order_id,
                 kind=data.kind,
@@ -79,8 +90,17 @@ class PaymentRetryWorkflow:
                     attempts=self._attempts,
                 )
         return PaymentRetryResult(
-            order_id=data.order_id, kind=data.kind, succeeded=False, attempts=self._attempts
+            order_id=data.order_id,
+            kind=data.kind,
+            succeeded=False,
+            attempts=self._attempts,
+            stopped=self._stop_reason,
         )
+
+    @workflow.signal
+    def stop(self, reason: str) -> None:
+        """No further attempts; an attempt already at the gateway finishes and is reported."""
+        self._stop_reason = self._stop_reason or reason or "stopped"
 
     @workflow.query
     def attempts(self) -> list[PaymentAttempt]:

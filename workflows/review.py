@@ -14,6 +14,7 @@ with workflow.unsafe.imports_passed_through():
         PAYMENTS_TASK_QUEUE,
         PaymentKind,
         PaymentRetryInput,
+        PaymentRetryResult,
         payment_retry_workflow_id,
     )
     from orderflow.contracts.review import (
@@ -37,6 +38,7 @@ class ManualReviewWorkflow:
         self._input = data
         self._created_at = workflow.now()
         self._decision: ReviewDecision | None = None
+        self._withdrawn = False
 
     @workflow.run
     async def run(self, data: ReviewInput) -> ReviewOutcome:
@@ -50,25 +52,47 @@ class ManualReviewWorkflow:
             ReviewActivities.close_review, outcome, start_to_close_timeout=DB_TIMEOUT
         )
         if data.kind is ReviewKind.RETURN and outcome.approved:
-            await workflow.execute_child_workflow(
+            refund = await workflow.execute_child_workflow(
                 PaymentRetryWorkflow.run,
                 PaymentRetryInput(
                     order_id=data.order_id,
                     kind=PaymentKind.REFUND,
                     amount=data.amount,
                     reason="return approved",
+                    currency=data.currency,
                 ),
                 id=payment_retry_workflow_id(data.order_id, PaymentKind.REFUND),
                 task_queue=PAYMENTS_TASK_QUEUE,
             )
             await workflow.execute_activity_method(
                 OrderActivities.set_status,
-                StatusInput(order_id=data.order_id, status=OrderStatus.RETURNED, note=outcome.note),
+                self._return_status(refund),
                 start_to_close_timeout=DB_TIMEOUT,
                 task_queue=ORDERS_TASK_QUEUE,
             )
         await workflow.wait_condition(workflow.all_handlers_finished)
         return outcome
+
+    def _return_status(self, refund: PaymentRetryResult) -> StatusInput:
+        """RETURNED once the money is back; a refund declined every time stays visible."""
+        order_id = self._input.order_id
+        if refund.succeeded:
+            return StatusInput(order_id, OrderStatus.RETURNED, f"refunded {refund.payment_id}")
+        tried = len(refund.attempts)
+        workflow.logger.error(
+            "order %s: return approved but the refund was declined %d times; refund it by hand",
+            order_id,
+            tried,
+        )
+        note = f"return approved, refund declined {tried} times: needs an operator"
+        return StatusInput(order_id, OrderStatus.REFUND_FAILED, note)
+
+    @workflow.signal
+    def withdraw(self, reason: str) -> None:
+        """The order was cancelled: end the review without a reviewer (ignored once decided)."""
+        if self._decision is None:
+            self._withdrawn = True
+            self._decision = ReviewDecision(approve=False, reviewer="orderflow", note=reason)
 
     @workflow.update
     async def decide(self, decision: ReviewDecision) -> ReviewOutcome:
@@ -109,4 +133,5 @@ class ManualReviewWorkflow:
             approved=self._decision.approve,
             reviewer=self._decision.reviewer,
             note=self._decision.note,
+            withdrawn=self._withdrawn,
         )

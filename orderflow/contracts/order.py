@@ -37,9 +37,12 @@ class OrderStatus(StrEnum):
     SHIPPED = "SHIPPED"
     CANCELLED = "CANCELLED"
     RETURNED = "RETURNED"
+    REFUND_FAILED = "REFUND_FAILED"  # money is owed to the customer: an operator must act
 
 
-FINAL_STATUSES = frozenset({OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.SHIPPED})
+FINAL_STATUSES = frozenset(
+    {OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.SHIPPED, OrderStatus.REFUND_FAILED}
+)
 # paid and settled: the order has exactly its total captured (reconciliation checks this)
 PAID_STATUSES = frozenset({OrderStatus.PAID, OrderStatus.CONFIRMED, OrderStatus.SHIPPED})
 # money the shop has kept: paid (a review may still be deciding), not cancelled or returned
@@ -97,6 +100,8 @@ class PaymentFailed:
     payment_id: str
     reason: str
     provider: str = "simulated"
+    # the failed attempt itself (Stripe: the charge; one PaymentIntent id spans many attempts)
+    attempt_id: str = ""
 
 
 @dataclass
@@ -144,6 +149,7 @@ class OrderState:
     payment_id: str = ""
     failed_payments: int = 0
     review_id: str = ""
+    flagged: bool = False  # the gateway flagged the payment as risky (possibly after confirming)
 
 
 @dataclass

@@ -80,6 +80,7 @@ class PaymentRetryResult:
     payment_id: str = ""
     provider: str = ""
     attempts: list[PaymentAttempt] = field(default_factory=list)
+    stopped: str = ""  # why the retries were stopped early (the order was paid or cancelled)
 
 
 @dataclass

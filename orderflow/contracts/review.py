@@ -23,6 +23,7 @@ class ReviewStatus(StrEnum):
     PENDING = "PENDING"
     APPROVED = "APPROVED"
     REJECTED = "REJECTED"
+    WITHDRAWN = "WITHDRAWN"  # the order was cancelled before anyone decided
 
 
 def review_workflow_id(order_id: str, kind: ReviewKind) -> str:
@@ -60,6 +61,7 @@ class ReviewOutcome:
     approved: bool
     reviewer: str
     note: str
+    withdrawn: bool = False  # ended by the order (cancelled), not by a reviewer
 
 
 @dataclass

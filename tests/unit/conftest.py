@@ -8,6 +8,7 @@ children and activities to the production task queues (payments, reviews, invent
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -87,6 +88,11 @@ class Stubs:
     prices: dict[str, float] = field(default_factory=dict)  # unit price by SKU (default 100)
     in_stock: bool = True
     declines: int = 0  # captures declined before one succeeds
+    refund_declines: int = 0  # refunds declined before one succeeds
+    # set: every capture waits for it, so a test can act while one is at the gateway
+    capture_gate: asyncio.Event | None = None
+    capturing: asyncio.Event = field(default_factory=asyncio.Event)  # a capture is in flight
+    place_gate: asyncio.Event | None = None  # set: place_order waits for it (the order stays NEW)
     calls: list[tuple[str, Any]] = field(default_factory=list)
 
     def called(self, name: str) -> list[Any]:
@@ -112,6 +118,8 @@ class Stubs:
     @activity.defn(name="place_order")
     async def place_order(self, order: OrderInput) -> PlaceOrderResult:
         self.calls.append(("place_order", order))
+        if self.place_gate is not None:
+            await self.place_gate.wait()
         total = sum(self.prices.get(line.sku, 10_000) * line.quantity for line in order.items)
         if not self.in_stock:
             return PlaceOrderResult(
@@ -146,8 +154,14 @@ class Stubs:
     async def call_gateway(self, request: GatewayRequest) -> GatewayResponse:
         self.calls.append(("call_gateway", request))
         captures = len([r for r in self.called("call_gateway") if r.kind is PaymentKind.CAPTURE])
+        refunds = len([r for r in self.called("call_gateway") if r.kind is PaymentKind.REFUND])
+        if request.kind is PaymentKind.CAPTURE and self.capture_gate is not None:
+            self.capturing.set()
+            await self.capture_gate.wait()
         if request.kind is PaymentKind.CAPTURE and captures <= self.declines:
             return GatewayResponse(succeeded=False, detail="declined", provider="stub")
+        if request.kind is PaymentKind.REFUND and refunds <= self.refund_declines:
+            return GatewayResponse(succeeded=False, detail="refund declined", provider="stub")
         return GatewayResponse(
             succeeded=True,
             payment_id=f"{request.kind.value}-{request.order_id}-{request.attempt}",

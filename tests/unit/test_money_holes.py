@@ -1,0 +1,185 @@
+"""The payment path's holes (issue 8), each as the scenario that used to lose or double money."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio.testing import WorkflowEnvironment
+
+from app.client import OrderClient
+from orderflow.contracts.order import (
+    OrderInput,
+    OrderLine,
+    OrderPolicy,
+    OrderStatus,
+    PaymentFailed,
+    PaymentReceived,
+    order_workflow_id,
+)
+from orderflow.contracts.payment import PaymentKind, payment_retry_workflow_id
+from orderflow.contracts.review import ReviewKind, review_workflow_id
+from tests.helpers import (
+    eventually,
+    new_order_id,
+    pending_order,
+    started_workflow,
+    wait_status,
+)
+from tests.unit.conftest import Stubs
+from workflows.order import OrderWorkflow
+
+
+def _calls(stubs: Stubs, kind: PaymentKind) -> list[int]:
+    return [r.amount for r in stubs.called("call_gateway") if r.kind is kind]
+
+
+async def _retry_capturing(env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs) -> str:
+    """An order whose first capture retry is at the gateway right now; returns its id."""
+    stubs.capture_gate = asyncio.Event()
+    order = await pending_order(unit_orders, [("bag", 1)])
+    await unit_orders.payment_failed(order.id, PaymentFailed(payment_id="pf", reason="declined"))
+    await started_workflow(env.client, payment_retry_workflow_id(order.id, PaymentKind.CAPTURE))
+    await asyncio.wait_for(stubs.capturing.wait(), 20)
+    return order.id
+
+
+async def test_a_payment_during_a_succeeding_capture_retry_is_not_charged_twice(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    order_id = await _retry_capturing(env, unit_orders, stubs)
+    ack = await unit_orders.payment_received(order_id, PaymentReceived("pay-card", 10_000))
+    assert ack.accepted, ack.reason
+    assert stubs.capture_gate is not None
+    stubs.capture_gate.set()  # the retry's capture succeeds at the gateway as well
+    state = await wait_status(unit_orders, order_id, "CONFIRMED")
+
+    async def refunded() -> list[int]:
+        return _calls(stubs, PaymentKind.REFUND)
+
+    assert await eventually(refunded, 20, "the duplicate capture refunded") == [10_000]
+    assert state.payment_id == "pay-card"
+    notes = " ".join(h.note for h in (await unit_orders.status(order_id)).history)
+    assert f"capture-{order_id}-1" in notes and "duplicate" in notes
+
+
+async def test_a_cancel_during_a_succeeding_capture_retry_refunds_the_capture(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    order_id = await _retry_capturing(env, unit_orders, stubs)
+    await unit_orders.cancel(order_id, "changed my mind")
+    assert stubs.capture_gate is not None
+    stubs.capture_gate.set()
+    result = await unit_orders.client.get_workflow_handle(f"order-{order_id}").result()
+    assert result["status"] == OrderStatus.CANCELLED
+    assert _calls(stubs, PaymentKind.CAPTURE) == [10_000]
+    assert _calls(stubs, PaymentKind.REFUND) == [10_000]
+
+
+async def test_a_cancel_during_manual_review_ends_the_review_and_refunds(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    stubs.prices["tv"] = 6_500_000
+    order = await pending_order(unit_orders, [("tv", 1)])
+    await unit_orders.payment_received(order.id, PaymentReceived("pay-tv", 6_500_000))
+    await wait_status(unit_orders, order.id, "IN_REVIEW")
+    review = await started_workflow(
+        unit_orders.client, review_workflow_id(order.id, ReviewKind.HIGH_VALUE)
+    )
+    await unit_orders.cancel(order.id, "customer cancelled")
+    assert (await order.handle.result()).status == OrderStatus.CANCELLED  # no admin needed
+    outcome = await review.result()
+    assert not outcome["approved"] and "cancelled" in outcome["note"]
+    assert _calls(stubs, PaymentKind.REFUND) == [6_500_000]
+    assert len(stubs.called("release_reservation")) == 1
+    [closed] = stubs.called("close_review")
+    assert not closed.approved
+
+
+async def test_repeated_declines_of_one_payment_intent_count_per_attempt(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    """Stripe keeps one PaymentIntent id across attempts; each failed charge is a failure."""
+    stubs.declines = 10
+    order = await pending_order(unit_orders, [("watch", 1)])
+    for charge in ("ch_1", "ch_2", "ch_2"):  # the last one is a redelivery
+        await unit_orders.payment_failed(
+            order.id, PaymentFailed("pi_1", "card declined", "stripe", attempt_id=charge)
+        )
+
+    async def counted() -> int:
+        return (await unit_orders.status(order.id)).failed_payments
+
+    assert await eventually(counted, 10, "two failures counted") == 2
+    ack = await unit_orders.payment_received(order.id, PaymentReceived("pi_1", 10_000))
+    assert ack.accepted, ack.reason
+    await wait_status(unit_orders, order.id, "IN_REVIEW")  # 2 failures: suspicious
+
+
+async def test_a_late_fraud_flag_sends_an_unconfirmed_order_to_review(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    """payment_intent.succeeded, then the flagged charge.succeeded, before the stock check ends."""
+    stubs.place_gate = asyncio.Event()
+    order_id = new_order_id()
+    await unit_orders.client.start_workflow(
+        OrderWorkflow.run,
+        OrderInput(order_id, "c", "c@example.com", [OrderLine("tv", 1)], OrderPolicy()),
+        id=order_workflow_id(order_id),
+        task_queue=unit_orders.task_queue,
+        start_signal="payment_received",
+        start_signal_args=[PaymentReceived("pi_9", 10_000, "stripe")],
+    )
+    await unit_orders.client.get_workflow_handle(order_workflow_id(order_id)).signal(
+        OrderWorkflow.payment_received, PaymentReceived("pi_9", 10_000, "stripe", flagged=True)
+    )
+    stubs.place_gate.set()
+    state = await wait_status(unit_orders, order_id, "IN_REVIEW")
+    assert "SUSPICIOUS_PAYMENT" in state.history[-1].note
+    assert any("flagged" in h.note for h in state.history)
+
+
+async def test_a_late_fraud_flag_on_a_confirmed_order_flags_it(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    order = await pending_order(unit_orders, [("lamp", 1)])
+    await unit_orders.payment_received(order.id, PaymentReceived("pi_7", 10_000, "stripe"))
+    await wait_status(unit_orders, order.id, "CONFIRMED")
+    ack = await unit_orders.payment_received(
+        order.id, PaymentReceived("pi_7", 10_000, "stripe", flagged=True)
+    )
+    assert ack.accepted
+    state = await unit_orders.status(order.id)
+    assert state.flagged and "flagged" in state.history[-1].note
+
+
+async def test_a_return_whose_refund_is_declined_every_time_is_not_marked_returned(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    from orderflow.contracts.order import Shipment
+    from orderflow.contracts.review import ReviewDecision, ReviewInput
+    from workflows.review import ManualReviewWorkflow
+
+    stubs.refund_declines = 99
+    order = await pending_order(unit_orders, [("lamp", 1)])
+    await unit_orders.payment_received(order.id, PaymentReceived("pay-l", 10_000))
+    await wait_status(unit_orders, order.id, "CONFIRMED")
+    await unit_orders.shipped(order.id, Shipment("DTDC", "X9"))
+    await order.handle.result()
+    review_id = review_workflow_id(order.id, ReviewKind.RETURN)
+    handle = await unit_orders.client.start_workflow(
+        ManualReviewWorkflow.run,
+        ReviewInput(review_id, order.id, ReviewKind.RETURN, "broken", 10_000, "INR"),
+        id=review_id,
+        task_queue=unit_orders.task_queue,
+    )
+    await handle.execute_update(
+        ManualReviewWorkflow.decide, ReviewDecision(approve=True, reviewer="asha")
+    )
+    refund = await started_workflow(
+        env.client, payment_retry_workflow_id(order.id, PaymentKind.REFUND)
+    )
+    await env.fast_forward(refund)
+    await handle.result()
+    statuses = [s.status for s in stubs.called("set_status")]
+    assert OrderStatus.RETURNED not in statuses
+    assert statuses[-1] == OrderStatus.REFUND_FAILED
