@@ -170,3 +170,31 @@ async def test_a_short_payment_sent_with_the_start_is_refunded_not_accepted(
     await wait_status(unit_orders, order_id, "IN_REVIEW")  # the full amount goes on as usual
     [recorded] = stubs.called("record_payment")
     assert recorded.payment.payment_id == "pay-full"
+
+
+async def test_an_order_whose_early_payment_was_refunded_can_refund_again_on_cancel(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    """The refund child's id is per order: a second refund starts once the first one ended."""
+    order_id = new_order_id()
+    handle = await unit_orders.client.start_workflow(
+        OrderWorkflow.run,
+        OrderInput(order_id, "c", "c@example.com", [OrderLine("lamp", 2)], OrderPolicy()),
+        id=order_workflow_id(order_id),
+        task_queue=unit_orders.task_queue,
+        start_signal="payment_received",
+        start_signal_args=[PaymentReceived(payment_id="pay-early", amount=100.0)],
+    )
+
+    async def refunded() -> bool:
+        return (await unit_orders.status(order_id)).history[-1].note.startswith("refunded")
+
+    await eventually(refunded, 10, "the early ₹100.00 refunded")
+    await unit_orders.payment_received(order_id, PaymentReceived("pay-full", 200.0))
+    await wait_status(unit_orders, order_id, "CONFIRMED")
+    await unit_orders.cancel(order_id, "changed my mind")
+    assert (await handle.result()).status == "CANCELLED"
+    assert [(r.kind, r.amount) for r in stubs.called("call_gateway")] == [
+        (PaymentKind.REFUND, 100.0),
+        (PaymentKind.REFUND, 200.0),
+    ]
