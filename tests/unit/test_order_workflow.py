@@ -183,18 +183,18 @@ async def test_an_order_whose_early_payment_was_refunded_can_refund_again_on_can
         id=order_workflow_id(order_id),
         task_queue=unit_orders.task_queue,
         start_signal="payment_received",
-        start_signal_args=[PaymentReceived(payment_id="pay-early", amount=100.0)],
+        start_signal_args=[PaymentReceived(payment_id="pay-early", amount=10_000)],
     )
 
     async def refunded() -> bool:
         return (await unit_orders.status(order_id)).history[-1].note.startswith("refunded")
 
     await eventually(refunded, 10, "the early ₹100.00 refunded")
-    await unit_orders.payment_received(order_id, PaymentReceived("pay-full", 200.0))
+    await unit_orders.payment_received(order_id, PaymentReceived("pay-full", 20_000))
     await wait_status(unit_orders, order_id, "CONFIRMED")
     await unit_orders.cancel(order_id, "changed my mind")
     assert (await handle.result()).status == "CANCELLED"
     assert [(r.kind, r.amount) for r in stubs.called("call_gateway")] == [
-        (PaymentKind.REFUND, 100.0),
-        (PaymentKind.REFUND, 200.0),
+        (PaymentKind.REFUND, 10_000),
+        (PaymentKind.REFUND, 20_000),
     ]
