@@ -19,6 +19,7 @@ from orderflow.contracts.order import (
     ConfirmResult,
     ErpSyncResult,
     OrderInput,
+    OrderLine,
     OrderStatus,
     PlaceOrderResult,
     StatusInput,
@@ -50,7 +51,24 @@ class OrderActivities:
 
     @activity.defn
     def place_order(self, order: OrderInput) -> PlaceOrderResult:
-        """Create the order and reserve its stock in one transaction; no stock → nothing reserved."""
+        """Create the order and reserve its stock in one transaction; no stock → nothing reserved.
+
+        Lines of one SKU are merged into one; a bad line rejects the order with the reason.
+        """
+        try:
+            return self._place(order)
+        except IntegrityError as err:  # the same input fails the same way: do not retry it
+            raise ApplicationError(
+                f"order {order.order_id!r} cannot be placed: {err.orig}",
+                type="OrderRejected",
+                non_retryable=True,
+            ) from err
+
+    def _place(self, order: OrderInput) -> PlaceOrderResult:
+        wanted: dict[str, int] = {}
+        for line in order.items:
+            wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
+        lines = [OrderLine(sku, quantity) for sku, quantity in wanted.items()]
         with Session(self.engine) as session:
             existing = session.get(Order, order.order_id)
             if existing is not None:
@@ -60,9 +78,14 @@ class OrderActivities:
                     currency=existing.currency,
                     reason="" if existing.status != OrderStatus.REJECTED else "not enough stock",
                 )
-            total, shortages = 0, []
+            total, shortages, invalid = 0, [], []
             prices: dict[str, int] = {}
-            for line in order.items:
+            for line in lines:
+                if line.quantity <= 0:
+                    invalid.append(
+                        f"quantity {line.quantity} of {line.sku} is not a positive number"
+                    )
+                    continue
                 product = session.get(Product, line.sku)
                 if product is None:
                     shortages.append(f"unknown SKU {line.sku!r}")
@@ -81,9 +104,13 @@ class OrderActivities:
                     shortages.append(
                         f"{line.sku}: {line.quantity} wanted, {product.on_hand} on hand"
                     )
-            if shortages:
+            if shortages or invalid:
                 session.rollback()
-                reason = "not enough stock: " + "; ".join(shortages)
+                reason = (
+                    "invalid order: " + "; ".join(invalid)
+                    if invalid
+                    else "not enough stock: " + "; ".join(shortages)
+                )
                 rejected = Order(
                     id=order.order_id,
                     customer_id=order.customer_id,
@@ -107,7 +134,7 @@ class OrderActivities:
                     currency=self.currency,
                 )
             )
-            for line in order.items:
+            for line in lines:
                 session.add(
                     OrderItem(
                         order_id=order.order_id,

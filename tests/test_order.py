@@ -5,14 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
+import pytest
 from bullmq import Queue as BullQueue
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from temporalio.testing import WorkflowEnvironment
 
 from app.client import OrderClient
-from orderflow.contracts.order import OrderState, PaymentReceived
+from orderflow.contracts.order import (
+    ORDERS_TASK_QUEUE,
+    OrderInput,
+    OrderLine,
+    OrderPolicy,
+    OrderState,
+    PaymentReceived,
+    order_workflow_id,
+)
 from orderflow.db import Invoice, Order, Payment
+from orderflow.errors import InvalidOrderError
 from tests.fake_erp import FakeErp
 from tests.helpers import (
     erp_received,
@@ -24,6 +34,7 @@ from tests.helpers import (
     wait_job,
     wait_status,
 )
+from workflows.order import OrderWorkflow
 
 
 async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
@@ -238,7 +249,6 @@ async def test_payment_arriving_with_the_start_of_a_rejected_order_is_refunded(
 ) -> None:
     from app.client import policy_from_settings
     from orderflow.contracts.order import OrderInput, OrderLine
-    from workflows.order import OrderWorkflow
 
     skus = catalogue(clock=(99_900, 1))
     order_id = new_order_id()
@@ -271,7 +281,6 @@ async def test_a_short_payment_sent_with_the_start_is_refunded_and_a_full_one_co
 ) -> None:
     from app.client import policy_from_settings
     from orderflow.contracts.order import OrderInput, OrderLine
-    from workflows.order import OrderWorkflow
 
     skus = catalogue(radio=(199_800, 2))
     order_id = new_order_id()
@@ -307,3 +316,35 @@ async def test_a_short_payment_sent_with_the_start_is_refunded_and_a_full_one_co
         ("capture", "succeeded", 199_800),
     ]
     assert stock(engine, skus["radio"]) == (1, 1)
+
+
+async def test_duplicate_sku_lines_are_merged_into_one_reservation(
+    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    """`--item A:1 --item A:2` used to break the reservation's unique key and stick at NEW."""
+    skus = catalogue(cup=(15_000, 10))
+    order = await pending_order(orders, [(skus["cup"], 1), (skus["cup"], 2)])
+    assert order.state.total == 45_000
+    assert stock(engine, skus["cup"]) == (7, 3)
+
+
+async def test_an_order_with_a_bad_quantity_is_rejected_with_the_reason(
+    env: WorkflowEnvironment,
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
+) -> None:
+    skus = catalogue(fork=(5_000, 10))
+    order_id = new_order_id()
+    with pytest.raises(InvalidOrderError, match=order_id):  # the client refuses it up front
+        await orders.start_order(order_id, "c", "c@example.com", [(skus["fork"], 0)])
+    handle = await env.client.start_workflow(  # a starter that skips the client's check
+        OrderWorkflow.run,
+        OrderInput(order_id, "c", "c@example.com", [OrderLine(skus["fork"], 0)], OrderPolicy()),
+        id=order_workflow_id(order_id),
+        task_queue=ORDERS_TASK_QUEUE,
+    )
+    assert (await handle.result()).status == "REJECTED"
+    state = await orders.status(order_id)
+    assert f"quantity 0 of {skus['fork']} is not a positive number" in state.history[-1].note
+    assert stock(engine, skus["fork"]) == (10, 0)

@@ -98,7 +98,14 @@ class OrderWorkflow:
     @workflow.run
     async def run(self, order: OrderInput) -> OrderResult:
         """Drive the order to SHIPPED, CANCELLED or REJECTED."""
-        placed = await self._act(OrderActivities.place_order, order)
+        try:
+            placed = await self._act(OrderActivities.place_order, order)
+        except (ActivityError, ApplicationError) as err:  # only non-retryable errors get here
+            cause = err.cause if isinstance(err, ActivityError) and err.cause else err
+            self._set(OrderStatus.REJECTED, f"order could not be placed: {cause}")
+            if self._payment is not None:
+                self._note(await self._refund(str(cause)))
+            return await self._end()
         self._total, self._currency = placed.total, placed.currency
         workflow.upsert_search_attributes([ORDER_TOTAL.value_set(placed.total)])
         if not placed.reserved:
