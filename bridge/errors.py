@@ -42,3 +42,15 @@ class UnknownDeadLetterError(OrderflowError):
     def __init__(self, dlq: str, job_id: str) -> None:
         super().__init__(f"{dlq}: no dead-lettered job {job_id!r}")
         self.job_id = job_id
+
+
+class RetryLater(Exception):
+    """Run this job again after `delay_ms`, without counting an attempt.
+
+    For an outage of something the job needs (BullMQ's `moveToDelayed` + `DelayedError`): the
+    job waits it out in the delayed set instead of using up its attempts.
+    """
+
+    def __init__(self, delay_ms: int, reason: str) -> None:
+        super().__init__(reason)
+        self.delay_ms = max(1, int(delay_ms))

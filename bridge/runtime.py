@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 from bullmq import UnrecoverableError
 
-from bridge.errors import JobTimeoutError, MalformedJobError
+from bridge.errors import JobTimeoutError, MalformedJobError, RetryLater
 from bridge.job import Job, Processor, job_from_hash
 from bridge.redis_client import Arg, RedisClient, RedisReplyError
 from bridge.scripts import Keys, bullmq_script, dead_letter_script, rate_limit_script
@@ -299,6 +299,9 @@ class BridgeWorker:
                 raise
             await self._hand_back(job)
             return None
+        except RetryLater as err:
+            await self._retry_later(job, err)
+            return None
         except Exception as err:  # a failed attempt, whatever the processor raised
             return await self._fail(job, err)
         finally:
@@ -388,6 +391,18 @@ class BridgeWorker:
             args = [k.base, int(time.time() * 1000), "LPUSH", job.id, job.token, packed]
             await self._run_finish(self._retry_script, keys, args, job)
         return None
+
+    async def _retry_later(self, job: Job, err: RetryLater) -> None:
+        """Back to the delayed set for `err.delay_ms`, attempts untouched (skip-attempt flag)."""
+        log.info("%s: job %r (%s) delayed %d ms, no attempt counted: %s",
+                 self.name, job.id, job.name, err.delay_ms, err)  # fmt: skip
+        k = self.keys
+        keys: list[Arg] = [k["marker"], k["active"], k["prioritized"], k["delayed"],
+                           k.job(job.id), k["events"], k["meta"], k["stalled"], k["wait"],
+                           k["limiter"], k["pc"]]  # fmt: skip
+        args: list[Arg] = [k.base, int(time.time() * 1000), job.id, job.token, err.delay_ms,
+                           "1", "", "0"]  # fmt: skip
+        await self._run_finish(self._delay_script, keys, args, job)
 
     async def _backoff(self, job: Job, err: BaseException) -> tuple[int, str]:
         """Delay in ms before the next attempt; negative means do not retry."""

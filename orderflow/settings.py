@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     webhook_attempts: int = 5  # seed: 5 attempts, with idempotency
     webhook_backoff_ms: int = 1000  # exponential from 1 s: 1, 2, 4, 8 s
     webhook_timeout_seconds: float = 60.0  # a workflow signal is sub-second; a minute is stuck
+    # an outage (Temporal, the database) is waited out this long before attempts are counted
+    webhook_outage_window_seconds: float = 7200.0
+    # an event for an order nobody started yet is retried this long, then dead-lettered
+    webhook_unknown_order_window_seconds: float = 600.0
     job_max_payload_bytes: int = 64 * 1024  # seed: small payloads; store large data in the DB
     bridge_grace_seconds: float = 20.0  # finish active jobs on SIGTERM before handing them back
     # SMTP

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from bullmq import UnrecoverableError
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session, col, select
+from temporalio.client import (
+    RPCTimeoutOrCancelledError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.service import RPCError, RPCStatusCode
 
-from bridge.errors import MalformedJobError
+from bridge.errors import MalformedJobError, RetryLater
 from bridge.job import Job
 from orderflow.contracts.order import PaymentAck, PaymentFailed, PaymentReceived
 from orderflow.contracts.payment import (
@@ -30,6 +36,38 @@ from payments.events import EventKind, GatewayEvent, MalformedEventError
 from payments.reconciliation import reconcile
 
 log = logging.getLogger("orderflow.webhooks")
+
+OUTAGE_WINDOW_SECONDS = 2 * 3600.0  # an event rides out a Temporal/database outage this long
+UNKNOWN_ORDER_WINDOW_SECONDS = 600.0  # an order the workflow does not know yet may still start
+MAX_RETRY_DELAY_MS = 60_000  # the cap of the backoff while waiting
+# gRPC codes of a server that is away or overloaded, not of a request that is wrong
+OUTAGE_CODES = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.ABORTED,
+        RPCStatusCode.CANCELLED,
+        RPCStatusCode.UNKNOWN,
+        RPCStatusCode.INTERNAL,
+    }
+)
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether `err` says a server we need is away (retry) rather than the event being wrong."""
+    if isinstance(err, RPCError):
+        return err.status in OUTAGE_CODES
+    if isinstance(err, RPCTimeoutOrCancelledError | WorkflowUpdateRPCTimeoutOrCancelledError):
+        return True
+    if isinstance(err, OperationalError | InterfaceError):  # database away or locked
+        return True
+    return isinstance(err, ConnectionError | TimeoutError | OSError)
+
+
+def _backoff_ms(age_seconds: float) -> int:
+    """Grows with how long the job has waited (a quarter of it), from 1 s up to a minute."""
+    return int(min(MAX_RETRY_DELAY_MS, max(1000.0, age_seconds * 250)))
 
 
 class WebhookEventError(UnrecoverableError, OrderflowError):
@@ -96,10 +134,20 @@ def check_event(event: GatewayEvent) -> None:
 class WebhookProcessor:
     """Processor of payment-webhook-queue: gateway events and the reconciliation job."""
 
-    def __init__(self, orders: Orders, engine: Engine, *, queue: str = WEBHOOK_QUEUE) -> None:
+    def __init__(
+        self,
+        orders: Orders,
+        engine: Engine,
+        *,
+        queue: str = WEBHOOK_QUEUE,
+        outage_window_seconds: float = OUTAGE_WINDOW_SECONDS,
+        unknown_order_window_seconds: float = UNKNOWN_ORDER_WINDOW_SECONDS,
+    ) -> None:
         self.orders = orders
         self.engine = engine
         self.queue = queue
+        self.outage_window_seconds = outage_window_seconds
+        self.unknown_order_window_seconds = unknown_order_window_seconds
 
     async def __call__(self, job: Job) -> dict[str, Any]:
         """Run one job by its name."""
@@ -114,10 +162,25 @@ class WebhookProcessor:
             event = GatewayEvent.from_job(job.data)
         except MalformedEventError as err:
             raise MalformedJobError(self.queue, job.name, job.id, str(err)) from err
-        return await self.apply(event)
+        age = max(0.0, time.time() - job.timestamp / 1000) if job.timestamp else 0.0
+        try:
+            return await self.apply(event, final=age >= self.unknown_order_window_seconds)
+        except (UnknownOrderError, OrderNotYetKnownError) as err:
+            # the order service may start the workflow a moment after the gateway calls
+            raise RetryLater(_backoff_ms(age), f"{err}; retrying for a while") from err
+        except Exception as err:
+            if not is_outage(err) or age >= self.outage_window_seconds:
+                raise  # counted: after the job's attempts it goes to the dead-letter queue
+            raise RetryLater(
+                _backoff_ms(age), f"{event.provider} event {event.event_id}: outage: {err!r}"
+            ) from err
 
-    async def apply(self, event: GatewayEvent) -> dict[str, Any]:
-        """Record the event once and apply it; an already applied event is a no-op."""
+    async def apply(self, event: GatewayEvent, *, final: bool = True) -> dict[str, Any]:
+        """Record the event once and apply it; an already applied event is a no-op.
+
+        With final=False an unknown order raises UnknownOrderError or OrderNotYetKnownError
+        (the caller retries); with final=True it is rejected for good.
+        """
         row = await asyncio.to_thread(self._record, event)
         if row.status in (WebhookEventStatus.APPLIED, WebhookEventStatus.IGNORED):
             return {"event_id": event.event_id, "status": "duplicate", "order_id": row.order_id}
@@ -125,11 +188,17 @@ class WebhookProcessor:
             event.order_id = await asyncio.to_thread(self._order_of, event)
         if not event.order_id and event.type.startswith("charge."):
             # Stripe's charge events may lack the PaymentIntent's metadata; its own event names it
-            raise OrderNotYetKnownError(event)
+            if not final:
+                raise OrderNotYetKnownError(event)
+            err = WebhookEventError(
+                event, f"payment {event.payment_id} names no order and no other event does"
+            )
+            await asyncio.to_thread(self._finish, event, err.status, str(err))
+            raise err
         try:
             check_event(event)
             handler = self._handlers()[event.kind]
-            status, detail = await handler(event)
+            status, detail = await handler(event, final)
         except WebhookEventError as err:
             await asyncio.to_thread(self._finish, event, err.status, str(err))
             log.error("%s", err)
@@ -143,14 +212,18 @@ class WebhookProcessor:
             "detail": detail,
         }
 
-    def _handlers(self) -> dict[str, Callable[[GatewayEvent], Awaitable[tuple[str, str]]]]:
+    def _handlers(
+        self,
+    ) -> dict[str, Callable[[GatewayEvent, bool], Awaitable[tuple[WebhookEventStatus, str]]]]:
         return {
             EventKind.PAYMENT_RECEIVED: self._payment_received,
             EventKind.PAYMENT_FAILED: self._payment_failed,
             EventKind.REFUND: self._refund,
         }
 
-    async def _payment_received(self, event: GatewayEvent) -> tuple[str, str]:
+    async def _payment_received(
+        self, event: GatewayEvent, final: bool
+    ) -> tuple[WebhookEventStatus, str]:
         amount = _minor_amount(event)
         payment = PaymentReceived(
             payment_id=event.payment_id,
@@ -163,6 +236,8 @@ class WebhookProcessor:
         try:
             ack = await self.orders.payment_received(event.order_id, payment)
         except UnknownOrderError as err:
+            if not final:
+                raise
             raise WebhookEventError(event, f"{money} for an unknown order ({err})") from err
         except OrderClosedError as err:
             raise _unapplied(event, f"{money} not applied: {err}; refund it or reopen") from err
@@ -173,7 +248,9 @@ class WebhookProcessor:
             f"{money} accepted, order {ack.status} {ack.reason}".strip(),
         )
 
-    async def _payment_failed(self, event: GatewayEvent) -> tuple[str, str]:
+    async def _payment_failed(
+        self, event: GatewayEvent, final: bool
+    ) -> tuple[WebhookEventStatus, str]:
         failure = PaymentFailed(
             payment_id=event.payment_id,
             reason=event.reason or f"{event.type} from {event.provider}",
@@ -183,12 +260,14 @@ class WebhookProcessor:
         try:
             await self.orders.payment_failed(event.order_id, failure)
         except UnknownOrderError as err:
+            if not final:
+                raise
             raise WebhookEventError(event, f"payment failure for an unknown order ({err})") from err
         except OrderClosedError as err:
             return WebhookEventStatus.IGNORED, f"order already ended, failure not needed: {err}"
         return WebhookEventStatus.APPLIED, f"payment {event.payment_id} failed: {failure.reason}"
 
-    async def _refund(self, event: GatewayEvent) -> tuple[str, str]:
+    async def _refund(self, event: GatewayEvent, final: bool) -> tuple[WebhookEventStatus, str]:
         return await asyncio.to_thread(self._record_refund, event)
 
     # ---- database (run in a thread: SQLAlchemy sessions block) ------------------------------
@@ -240,7 +319,7 @@ class WebhookProcessor:
             session.add(row)
             session.commit()
 
-    def _record_refund(self, event: GatewayEvent) -> tuple[str, str]:
+    def _record_refund(self, event: GatewayEvent) -> tuple[WebhookEventStatus, str]:
         amount = _minor_amount(event)
         refund_id = event.refund_id or f"{event.payment_id}-refund-{event.event_id}"
         with Session(self.engine) as session:

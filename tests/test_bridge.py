@@ -13,7 +13,7 @@ import pytest
 from bullmq import UnrecoverableError
 
 from bridge.dlq import DeadLetterQueue
-from bridge.errors import PayloadRejectedError
+from bridge.errors import PayloadRejectedError, RetryLater
 from bridge.job import Job
 from bridge.producer import BulkJob, QueueProducer
 from bridge.redis_client import RedisClient
@@ -340,4 +340,30 @@ async def test_a_job_fetched_while_stopping_goes_back_to_wait(
     after = await counts(spec, redis_url)
     assert seen == ["1"]
     assert after == {**after, "active": 0, "completed": 1, "waiting": 2}
+    await producer.close()
+
+
+async def test_retry_later_delays_a_job_without_counting_an_attempt(
+    settings: Settings, redis_url: str
+) -> None:
+    """BullMQ's DelayedError: an outage is waited out, not charged against the job's attempts."""
+    spec = unique_spec(settings, rate_limit=None, attempts=2)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-welcome", MAIL, {"jobId": "outage-1"})
+    starts: list[float] = []
+
+    async def outage_then_ok(job: Job) -> str:
+        starts.append(time.monotonic())
+        if len(starts) <= 4:  # more tries than the job's 2 attempts allow
+            raise RetryLater(100, f"dependency down for {job.id}")
+        return "sent"
+
+    async with running(spec, outage_then_ok, redis_url):
+        await eventually(lambda: _completed(spec, redis_url, 1))
+    queue = bull_queue(spec, redis_url)
+    job = await queue.getJob("outage-1")
+    await queue.close()
+    assert len(starts) == 5 and job.returnvalue == "sent"
+    assert job.attemptsMade == 1  # only the attempt that finished counts
+    assert all(b - a >= 0.1 for a, b in itertools.pairwise(starts))
     await producer.close()

@@ -238,7 +238,8 @@ async def test_worker_dead_letters_unrecoverable_and_retries_transient(
     await producer.add("mystery-job", {}, {"jobId": "bad-name"})
     client = RedisClient(redis_url)
     dlq = DeadLetterQueue(spec, client)
-    async with running(spec, build_webhook_processor(settings, orders, engine), redis_url):
+    at_once = settings.model_copy(update={"webhook_unknown_order_window_seconds": 0})
+    async with running(spec, build_webhook_processor(at_once, orders, engine), redis_url):
         await eventually(lambda: _dlq_has(dlq, 3))
     entries = {e.id: e for e in await dlq.list()}
     assert entries["stripe-evt_dlq_unknown"].attempts_made == 1  # no retries for it
@@ -361,7 +362,7 @@ async def test_charge_without_metadata_waits_for_its_payment_intent(
         json.dumps(stripe_event("charge.succeeded", {**charge, "payment_intent": pi})).encode()
     )
     with pytest.raises(OrderNotYetKnownError, match=f"payment {pi} has no order_id") as info:
-        await processor.apply(early)
+        await processor.apply(early, final=False)
     assert not isinstance(info.value, UnrecoverableError)  # retried: the PI event names the order
     await processor.apply(
         parse_stripe(stripe_payment_succeeded(order_id, 129900, payment_intent_id=pi))

@@ -61,7 +61,13 @@ async def run_bridge_workers(
 
 def build_webhook_processor(settings: Settings, order_client: Orders, engine: Engine) -> Processor:
     """The processor of payment-webhook-queue: `{WEBHOOK_QUEUE: build_webhook_processor(...)}`."""
-    return WebhookProcessor(order_client, engine, queue=WEBHOOK_QUEUE)
+    return WebhookProcessor(
+        order_client,
+        engine,
+        queue=WEBHOOK_QUEUE,
+        outage_window_seconds=settings.webhook_outage_window_seconds,
+        unknown_order_window_seconds=settings.webhook_unknown_order_window_seconds,
+    )
 
 
 def webhook_processors(
