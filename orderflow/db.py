@@ -77,6 +77,7 @@ class Payment(SQLModel, table=True):
     amount: int  # minor units of `currency`
     currency: str = ""
     status: str  # PaymentStatus
+    refund_of: str = Field(default="", index=True)  # a refund: the captured payment it gives back
     detail: str = ""
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -68,6 +68,8 @@ class GatewayEvent:
     refund_id: str = ""
     flagged: bool = False  # the gateway's own fraud signal: the order goes to manual review
     attempt_id: str = ""  # one try at the card (a Stripe charge); failures count per attempt
+    # a refund given as the payment's running total (Stripe's amount_refunded, list not expanded)
+    refund_cumulative: bool = False
 
     @property
     def job_id(self) -> str:
@@ -151,6 +153,7 @@ def parse_stripe(body: bytes) -> GatewayEvent:
         refunded = obj.get("amount_refunded")
         parsed.refund_id = _str(latest.get("id")) or f"{_str(obj.get('id'))}-refunded-{refunded}"
         parsed.amount_minor = latest.get("amount", refunded)
+        parsed.refund_cumulative = not latest
     return parsed
 
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from bullmq import UnrecoverableError
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 from temporalio.client import (
     RPCTimeoutOrCancelledError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
@@ -333,7 +333,17 @@ class WebhookProcessor:
                     Payment.provider == event.provider, Payment.payment_id == refund_id
                 )
             ).first()
-            if exists is None:
+            if exists is None and event.refund_cumulative:
+                # the running total: only what it adds to the refunds already recorded is new
+                before = session.exec(
+                    select(func.coalesce(func.sum(Payment.amount), 0)).where(
+                        Payment.provider == event.provider,
+                        Payment.kind == PaymentKind.REFUND,
+                        Payment.refund_of == event.payment_id,
+                    )
+                ).one()
+                amount -= int(before)
+            if exists is None and amount > 0:
                 session.add(
                     Payment(
                         order_id=order_id,
@@ -344,6 +354,7 @@ class WebhookProcessor:
                         currency=event.currency,
                         status=PaymentStatus.SUCCEEDED,
                         detail=f"{event.type} {event.event_id} for payment {event.payment_id}",
+                        refund_of=event.payment_id,
                     )
                 )
                 try:

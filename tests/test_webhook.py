@@ -372,3 +372,23 @@ async def test_charge_without_metadata_waits_for_its_payment_intent(
     assert result["status"] == "applied" and result["order_id"] == order_id
     assert event_row(engine, "stripe", early.event_id).order_id == order_id
     assert payments(engine, order_id) == [("capture", "succeeded", 129_900)]
+
+
+async def test_stripe_partial_refunds_without_the_refunds_list_are_counted_once_each(
+    processor: WebhookProcessor, orders: OrderClient, engine: Engine, catalogue: Catalogue
+) -> None:
+    """`charge.refunded` carries the cumulative `amount_refunded` when refunds are not expanded."""
+    order_id = await place(orders, catalogue, price=100_000)
+    paid = parse_stripe(stripe_payment_succeeded(order_id, 100_000))
+    await processor.apply(paid)
+    await wait_status(orders, order_id, "CONFIRMED")
+    charge = {"id": f"ch_{uuid.uuid4().hex[:12]}", "object": "charge", "amount": 100_000,
+              "amount_captured": 100_000, "currency": "inr", "payment_intent": paid.payment_id,
+              "metadata": {"order_id": order_id}}  # fmt: skip
+    for cumulative in (30_000, 50_000, 50_000):  # two partial refunds, the second redelivered
+        body = {**charge, "amount_refunded": cumulative}
+        await processor.apply(
+            parse_stripe(json.dumps(stripe_event("charge.refunded", body)).encode())
+        )
+    refunds = [p for p in payments(engine, order_id) if p[0] == "refund"]
+    assert sum(amount for _, _, amount in refunds) == 50_000, refunds

@@ -271,3 +271,31 @@ async def test_curl_command_posts_a_signed_webhook_to_the_running_app(
     finally:
         server.should_exit = True
         await task
+
+
+async def test_a_signed_event_too_large_to_queue_is_refused_for_good_not_503(
+    settings: Settings, redis_url: str
+) -> None:
+    """503 makes the gateway redeliver for days; a payload the guard refuses never fits."""
+    from bridge.producer import QueueProducer
+    from bridge.specs import webhook_spec
+
+    tag = uuid.uuid4().hex[:8]
+    spec = webhook_spec(settings).with_(
+        prefix=f"t{tag}", name=f"hooks-{tag}", max_payload_bytes=1024
+    )
+    producer = QueueProducer.connect(spec, redis_url)
+    transport = httpx.ASGITransport(app=create_app(settings, producer))
+    body = stripe_event("evt_huge", order_id="o-" + "9" * 2000)  # under the 4096-byte body cap
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.post(
+            "/webhooks/stripe",
+            content=body,
+            headers={"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)},
+        )
+    assert response.status_code == 422, response.text
+    assert "evt_huge" in response.json()["detail"] and "1024" in response.json()["detail"]
+    queue = Queue(spec.name, {"connection": redis_url, "prefix": spec.prefix})
+    assert sum((await queue.getJobCounts()).values()) == 0
+    await queue.close()
+    await producer.close()

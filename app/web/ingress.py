@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from bridge.errors import PayloadRejectedError
 from orderflow.settings import Settings
 from payments.events import EventKind, GatewayEvent, MalformedEventError, parse_event
 from payments.signatures import (
@@ -99,6 +100,14 @@ def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
             await asyncio.wait_for(
                 queue.add(event.job_name, event.to_job(), {"jobId": event.job_id}),
                 settings.webhook_enqueue_timeout_seconds,
+            )
+        except PayloadRejectedError as err:
+            # the same event is refused the same way every time: not a 5xx to redeliver for days
+            log.error("refused %s event %s for good: %s", event.provider, event.event_id, err)
+            return _error(
+                422,
+                "event_refused",
+                f"{event.provider} event {event.event_id} cannot be queued: {err.reason}",
             )
         except Exception as err:
             # the gateway redelivers on any non-2xx: a 503 loses nothing
