@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from orderflow.contracts.order import ENDED_UNPAID_STATUSES, PAID_STATUSES
+from orderflow.contracts.order import ENDED_UNPAID_STATUSES, PAID_STATUSES, OrderStatus
 from orderflow.contracts.payment import (
     PaymentKind,
     PaymentStatus,
@@ -25,6 +25,8 @@ from payments.events import RAZORPAY_KINDS, STRIPE_KINDS, EventKind
 log = logging.getLogger("orderflow.reconciliation")
 
 RECORD_GRACE = timedelta(minutes=10)  # an accepted payment is in the payments table well before
+# an event still RECEIVED this long after it arrived is stuck (webhook retries run far faster)
+APPLY_GRACE = timedelta(minutes=30)
 
 
 def _types(kind: EventKind) -> set[str]:
@@ -134,6 +136,16 @@ def _order_mismatches(order: Order, captured: int, refunded: int, unapplied: int
                 f"order total {format_money(order.total, order.currency)}, {money}",
             )
         )
+    if order.status == OrderStatus.RETURNED and captured - refunded > 0:
+        found.append(Mismatch("returned_not_refunded", order.id, f"order is RETURNED but {money}"))
+    if order.status == OrderStatus.REFUND_FAILED:
+        found.append(
+            Mismatch(
+                "refund_failed",
+                order.id,
+                f"the refund was declined every time, {money}: repay the customer by hand",
+            )
+        )
     if refunded - captured - unapplied > 0:
         found.append(
             Mismatch(
@@ -158,6 +170,17 @@ def _event_mismatches(
     seen: set[tuple[str, str]] = set()
     for e in events:
         key = (e.provider, e.payment_id or e.event_id)
+        if e.status == WebhookEventStatus.RECEIVED and now - _aware(e.received_at) > APPLY_GRACE:
+            found.append(
+                Mismatch(
+                    "event_not_applied",
+                    e.order_id,
+                    f"{e.provider} event {e.event_id} ({e.type}) still RECEIVED since"
+                    f" {_aware(e.received_at).isoformat()}: {e.detail or 'never applied'}",
+                    e.payment_id,
+                )
+            )
+            continue
         if e.type not in received_types or key in seen:
             continue
         money = f"{e.provider} payment {e.payment_id} of {format_money(e.amount, e.currency)} (event {e.event_id})"
@@ -170,8 +193,7 @@ def _event_mismatches(
                 Mismatch("payment_not_applied", e.order_id, f"{money}: {e.detail}", e.payment_id)
             )
         elif e.status == WebhookEventStatus.APPLIED and key not in recorded:
-            received = e.received_at if e.received_at.tzinfo else e.received_at.replace(tzinfo=UTC)
-            if now - received > RECORD_GRACE:
+            if now - _aware(e.received_at) > RECORD_GRACE:
                 seen.add(key)
                 found.append(
                     Mismatch(
@@ -182,6 +204,10 @@ def _event_mismatches(
                     )
                 )
     return found
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 async def enqueue_reconciliation(
