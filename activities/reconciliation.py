@@ -25,7 +25,10 @@ class ReconciliationActivities:
         producer = QueueProducer.connect(self.webhook_spec, self.redis_url)
         try:
             return await enqueue_reconciliation(
-                producer, window_hours=data.window_hours, job_id=job_id
+                producer,
+                window_hours=data.window_hours,
+                job_id=job_id,
+                stale_minutes=data.stale_minutes,
             )
         finally:
             await producer.close()

@@ -33,7 +33,7 @@ from orderflow.db import Payment, WebhookEvent
 from orderflow.errors import OrderClosedError, OrderflowError, UnknownOrderError
 from orderflow.money import format_money
 from payments.events import EventKind, GatewayEvent, MalformedEventError
-from payments.reconciliation import reconcile
+from payments.reconciliation import APPLY_GRACE_MINUTES, reconcile
 
 log = logging.getLogger("orderflow.webhooks")
 
@@ -402,4 +402,9 @@ def _reconcile_args(job: Job, data: dict[str, Any]) -> dict[str, Any]:
         raise MalformedJobError(
             job.queue, job.name, job.id, f"window_hours {hours!r} is not a positive number"
         )
-    return {"window_hours": float(hours)}
+    stale = data.get("stale_minutes", APPLY_GRACE_MINUTES)
+    if not isinstance(stale, int | float) or isinstance(stale, bool) or stale < 0:
+        raise MalformedJobError(
+            job.queue, job.name, job.id, f"stale_minutes {stale!r} is not a number of minutes"
+        )
+    return {"window_hours": float(hours), "stale_minutes": float(stale)}

@@ -26,7 +26,7 @@ log = logging.getLogger("orderflow.reconciliation")
 
 RECORD_GRACE = timedelta(minutes=10)  # an accepted payment is in the payments table well before
 # an event still RECEIVED this long after it arrived is stuck (webhook retries run far faster)
-APPLY_GRACE = timedelta(minutes=30)
+APPLY_GRACE_MINUTES = 30.0
 
 
 def _types(kind: EventKind) -> set[str]:
@@ -44,7 +44,11 @@ class Mismatch:
 
 
 def reconcile(
-    engine: Engine, *, window_hours: float = 24.0, now: datetime | None = None
+    engine: Engine,
+    *,
+    window_hours: float = 24.0,
+    now: datetime | None = None,
+    stale_minutes: float = APPLY_GRACE_MINUTES,
 ) -> dict[str, Any]:
     """Compare captures, refunds and gateway events with the orders touched in the window.
 
@@ -83,7 +87,7 @@ def reconcile(
         found += _order_mismatches(
             order, captured[order.id], refunded[order.id], unapplied[order.id]
         )
-    found += _event_mismatches(events, recorded, now)
+    found += _event_mismatches(events, recorded, now, timedelta(minutes=stale_minutes))
     for m in found:
         log.warning("reconciliation: %s order %s: %s", m.kind, m.order_id or "-", m.detail)
     return {
@@ -158,7 +162,10 @@ def _order_mismatches(order: Order, captured: int, refunded: int, unapplied: int
 
 
 def _event_mismatches(
-    events: list[WebhookEvent] | Any, recorded: set[tuple[str, str]], now: datetime
+    events: list[WebhookEvent] | Any,
+    recorded: set[tuple[str, str]],
+    now: datetime,
+    stale: timedelta,
 ) -> list[Mismatch]:
     received_types, refund_types = _types(EventKind.PAYMENT_RECEIVED), _types(EventKind.REFUND)
     refunded_payments = {
@@ -170,7 +177,7 @@ def _event_mismatches(
     seen: set[tuple[str, str]] = set()
     for e in events:
         key = (e.provider, e.payment_id or e.event_id)
-        if e.status == WebhookEventStatus.RECEIVED and now - _aware(e.received_at) > APPLY_GRACE:
+        if e.status == WebhookEventStatus.RECEIVED and now - _aware(e.received_at) > stale:
             found.append(
                 Mismatch(
                     "event_not_applied",
@@ -211,9 +218,17 @@ def _aware(at: datetime) -> datetime:
 
 
 async def enqueue_reconciliation(
-    queue: Any, *, window_hours: float = 24.0, job_id: str = ""
+    queue: Any,
+    *,
+    window_hours: float = 24.0,
+    job_id: str = "",
+    stale_minutes: float = APPLY_GRACE_MINUTES,
 ) -> str:
     """Ask the webhook worker for a reconciliation (a producer's or Queue's `add`); returns the job id."""
     opts = {"jobId": job_id} if job_id else {}
-    added = await queue.add(WebhookJob.RECONCILIATION, {"window_hours": window_hours}, opts)
+    added = await queue.add(
+        WebhookJob.RECONCILIATION,
+        {"window_hours": window_hours, "stale_minutes": stale_minutes},
+        opts,
+    )
     return str(getattr(added, "id", added))

@@ -131,6 +131,6 @@ async def test_reconciliation_workflow_enqueues_one_job_per_run(
     try:
         job = await queue.getJob(job_id)
         assert job is not None and job.name == "payment-reconciliation"
-        assert job.data == {"window_hours": 12}
+        assert job.data == {"window_hours": 12, "stale_minutes": 30.0}
     finally:
         await queue.close()

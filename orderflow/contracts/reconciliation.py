@@ -12,3 +12,4 @@ class ReconciliationRequest:
     """Ask the webhook worker to compare the last `window_hours` of payments with the orders."""
 
     window_hours: float = 24.0
+    stale_minutes: float = 30.0  # an event not applied this long after it arrived is reported
