@@ -51,6 +51,13 @@ from workers.temporal import Dependencies
 from workflows.order import OrderWorkflow
 
 HERE = Path(__file__).resolve().parent
+# a release whose payloads changed records its own set beside the older ones, e.g.
+# ORDERFLOW_RECORD_RELEASE=minor-units writes minor-units.paid.OrderWorkflow.json
+RELEASE = (
+    f"{os.environ['ORDERFLOW_RECORD_RELEASE']}."
+    if os.environ.get("ORDERFLOW_RECORD_RELEASE")
+    else ""
+)
 Catalogue = Callable[..., dict[str, str]]
 
 
@@ -60,7 +67,7 @@ async def save(client: Client, path: str, *workflow_ids: str) -> None:
         handle = client.get_workflow_handle(workflow_id)
         await handle.result()
         kind = (await handle.describe()).workflow_type
-        target = HERE / f"{path}.{kind}.json"
+        target = HERE / f"{RELEASE}{path}.{kind}.json"
         if target.exists() and not os.environ.get("ORDERFLOW_RECORD_OVERWRITE"):
             print(f"kept {target.name} (a golden history is never overwritten)")
             continue
