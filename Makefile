@@ -8,9 +8,12 @@ NODE_DIR := tests/node
 
 install: system-deps python-deps node-deps
 
-# Debian packages the embedded engine needs, and chromium for the dashboard's browser test
-# (we are root on these machines).
+# Debian packages the embedded engine needs, PostgreSQL for the tests' throwaway clusters, and
+# chromium for the dashboard's browser test (we are root on these machines).
 system-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@systemctl disable --now postgresql >/dev/null 2>&1 || true
 	@command -v redis-server >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@systemctl disable --now redis-server >/dev/null 2>&1 || true

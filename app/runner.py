@@ -10,6 +10,8 @@ from collections.abc import Collection
 from contextlib import AsyncExitStack
 from urllib.parse import urlparse
 
+from sqlalchemy.engine import Engine
+
 from app import catalogue, embedded
 from app.client import OrderClient
 from app.schedules import ensure_maintenance_schedules, ensure_schedules
@@ -18,6 +20,7 @@ from app.telemetry import setup_telemetry
 from app.temporal import connect
 from app.web.app import create_app, http_server
 from bridge.producer import producer_for
+from orderflow import schema
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.payment import WEBHOOK_QUEUE
 from orderflow.db import make_engine
@@ -59,6 +62,14 @@ def start_servers(settings: Settings, stack: AsyncExitStack) -> None:
         stack.callback(embedded.stop, proc)
 
 
+def prepare_schema(settings: Settings, engine: Engine) -> None:
+    """Migrate (embedded default) or wait for the migration job (distributed engine)."""
+    if settings.migrate_on_start:
+        log.info("database schema at %s", ", ".join(sorted(schema.upgrade(engine))))
+    else:
+        schema.wait_for_schema(engine, settings.schema_wait_seconds)
+
+
 PARTS = ("workflows", "bridge", "http")  # Temporal workers + schedules, bridge workers, HTTP app
 
 
@@ -88,6 +99,7 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
             )
         engine = make_engine(settings.db_url)
         stack.callback(engine.dispose)
+        await asyncio.to_thread(prepare_schema, settings, engine)
         if settings.seed_catalogue and (added := catalogue.seed(engine)):
             log.info("seeded %d starter products", added)
         telemetry = setup_telemetry(settings)

@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     )
     # Database: SQLite file by default, any SQLAlchemy URL (postgresql+psycopg://...) otherwise
     database_url: str = ""
+    # Schema: the embedded default migrates on start; where a migration job runs (compose), the
+    # serving processes set this false and wait up to schema_wait_seconds for that job instead
+    migrate_on_start: bool = True
+    schema_wait_seconds: float = 300.0
     # Seed: order worker concurrency 10, payment retry 3, inventory release 8, manual review 1
     orders_concurrency: int = 10
     payments_concurrency: int = 3

