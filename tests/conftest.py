@@ -70,24 +70,35 @@ def postgres() -> Iterator[PostgresCluster]:
 def settings(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Settings:
     """Settings for the test session: its own data folder, the test Redis, the seed's numbers.
 
-    The database is a SQLite file there, or ORDERFLOW_TEST_DATABASE_URL (e.g. a PostgreSQL one).
+    The database is not chosen here: the `engine` fixture runs each test that touches it once
+    on SQLite and once on PostgreSQL.
     """
     data = tmp_path_factory.mktemp("data")
     return Settings(
-        data_dir=data,
-        redis_url=redis_url,
-        queue_prefix="bull",
-        graceful_shutdown_seconds=5,
-        database_url=os.environ.get("ORDERFLOW_TEST_DATABASE_URL", ""),
+        data_dir=data, redis_url=redis_url, queue_prefix="bull", graceful_shutdown_seconds=5
     )
 
 
+DATABASES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Each database-touching test runs on both: a SQLite file, and a fresh PostgreSQL database
+    on the session's cluster (or on ORDERFLOW_TEST_DATABASE_URL's server, when set)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'orderflow.db'}"
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return os.environ.get("ORDERFLOW_TEST_DATABASE_URL") or cluster.create_database()
+
+
 @pytest.fixture(scope="session")
-def engine(settings: Settings) -> Engine:
-    """The session's database, migrated like `orderflow db upgrade` migrates it."""
-    engine = make_engine(settings.db_url)
+def engine(database_url: str) -> Iterator[Engine]:
+    """The session's database for one backend, migrated like `orderflow db upgrade` does."""
+    engine = make_engine(database_url)
     upgrade(engine)
-    return engine
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -47,13 +47,15 @@ from workers.temporal import Dependencies, build_workers
 Catalogue = Callable[..., dict[str, str]]
 
 
-@pytest.fixture(scope="module")
+# session-wide: OTel installs its global providers once per process, and the tests that take
+# `engine` run twice (SQLite, PostgreSQL), which would otherwise set this module up again
+@pytest.fixture(scope="session")
 def spans() -> InMemorySpanExporter:
     """Every span the process finishes from here on."""
     return InMemorySpanExporter()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def telemetry(settings: Settings, spans: InMemorySpanExporter) -> Iterator[Telemetry]:
     """The process's OTel globals, as `orderflow run` installs them, plus an in-memory exporter."""
     installed = setup_telemetry(settings, span_exporter=spans)
