@@ -59,7 +59,8 @@ class OrderActivities:
                 )
             total, shortages = 0.0, []
             prices: dict[str, float] = {}
-            for line in order.items:
+            # rows locked in key order, as stock sync does, so concurrent orders never deadlock
+            for line in sorted(order.items, key=lambda line: line.sku):
                 product = session.get(Product, line.sku)
                 if product is None:
                     shortages.append(f"unknown SKU {line.sku!r}")
