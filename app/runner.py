@@ -19,6 +19,7 @@ from app.smtp_sink import start_smtp_sink, stop_smtp_sink
 from app.telemetry import setup_telemetry
 from app.temporal import connect
 from app.web.app import create_app, http_server
+from app.web.probe import probe_app, probe_server
 from bridge.producer import producer_for
 from orderflow import schema
 from orderflow.contracts.mail import EMAIL_QUEUE
@@ -142,6 +143,15 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
                 settings.http_host,
                 settings.http_port,
             )
+        probe = None
+        if settings.metrics_port:
+            probe = probe_server(settings, probe_app(telemetry, parts))
+            tasks.append(asyncio.create_task(probe.serve(), name="probe"))
+            log.info(
+                "metrics and health on http://%s:%d/metrics, /healthz",
+                settings.http_host,
+                settings.metrics_port,
+            )
         log.info("orderflow is up (%s); Ctrl-C to stop", ", ".join(parts))
 
         done, _ = await asyncio.wait(
@@ -156,5 +166,7 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
         stop.set()
         http.should_exit = True
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        if probe is not None:  # healthy until the workers have handed their work back
+            probe.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
     log.info("stopped")

@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     webhook_enqueue_timeout_seconds: float = 5.0  # answer 503 (gateway redelivers) if Redis stalls
     # Operations: telemetry, dashboard, cleanup (app/telemetry.py, app/web/dashboard.py)
     service_name: str = "orderflow"  # OTel resource service.name
+    # this process's /metrics and /healthz on its own port (0: off; the http part's app has both)
+    metrics_port: int = 0
     admin_user: str = "admin"  # HTTP Basic for the ops dashboard; set a real one in production
     admin_password: str = "orderflow-local-admin"
     temporal_ui_url: str = ""  # dashboard links to runs here; default http://localhost:<ui port>
