@@ -4,7 +4,7 @@ UV := python3 -m uv
 VENV := .venv
 NODE_DIR := tests/node
 
-.PHONY: install system-deps python-deps node-deps run test lint format typecheck bench demo clean
+.PHONY: install system-deps python-deps node-deps run test test-distributed lint format typecheck bench demo clean
 
 install: system-deps python-deps node-deps
 
@@ -35,6 +35,10 @@ run: install
 
 test: install lint
 	$(VENV)/bin/pytest -q
+
+# only the many-process tests (also part of `make test`), printing the multi-process run's figures
+test-distributed: install
+	$(VENV)/bin/pytest -q -s tests/test_distributed.py tests/test_migrations.py
 
 # ruff, the layer contracts (import-linter, in pyproject.toml) and mypy; `make test` runs it first
 lint: python-deps

@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +18,23 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+from temporalio.client import Client
 
 from app import embedded
+from app.client import OrderClient
 from app.smtp_sink import SmtpSink
+from bridge.admin import QueueAdmin
 from bridge.producer import QueueProducer
 from bridge.specs import email_spec
-from orderflow.db import make_engine
+from orderflow.contracts.inventory import ReservationStatus
+from orderflow.contracts.order import OrderStatus
+from orderflow.db import Order, Product, Reservation, make_engine
 from orderflow.schema import upgrade
 from orderflow.settings import Settings
+from payments.samples import sample_event
+from payments.signatures import signed_headers
 from tests.helpers import eventually
 from tests.postgres import PostgresCluster
 from tests.test_bridge_email import ORDER_MAIL
@@ -194,3 +204,169 @@ async def test_every_process_kind_serves_its_own_metrics_and_health(
     finally:
         codes = await stop(workflows, bridge, web)
     assert codes == [0, 0, 0], "\n".join(p.tail() for p in (workflows, bridge, web))
+
+
+# ---- many processes, SIGKILL mid-run ---------------------------------------------------------
+
+ORDERS = 200
+STOCK = 1000  # units of the one SKU; every order takes 1 to 3
+KILL_AFTER = ORDERS // 2  # webhooks posted before one process of each kind is killed
+
+
+async def post_until_accepted(
+    http: httpx.AsyncClient, web: Process, body: bytes, settings: Settings
+) -> None:
+    """POST a signed webhook the way a gateway redelivers: until it answers 200."""
+    headers = signed_headers("stripe", body, settings)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while True:
+        try:
+            response = await http.post(
+                f"http://127.0.0.1:{web.port}/webhooks/stripe", content=body, headers=headers
+            )
+            if response.status_code == 200:
+                return
+            assert response.status_code >= 500, response.text
+        except httpx.TransportError:
+            pass
+        assert loop.time() < deadline, "the HTTP part took no webhook for 120 s"
+        await asyncio.sleep(0.2)
+
+
+async def respawn(stack: Stack, dead: Process, part: str) -> Process:
+    """SIGKILL a process, wait for it to die, start the same kind again on the same port."""
+    dead.proc.send_signal(signal.SIGKILL)
+    await dead.proc.wait()
+    port_var = "ORDERFLOW_HTTP_PORT" if part == "http" else "ORDERFLOW_METRICS_PORT"
+    again = await spawn(stack, f"{dead.name}-again", part, **{port_var: str(dead.port)})
+    again.port = dead.port
+    return again
+
+
+@pytest.mark.timeout(900)  # its waits add up to more than the default 300 s under load
+async def test_two_hundred_webhook_paid_orders_survive_a_sigkill_of_each_process_kind(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    engine = make_engine(stack.database_url)
+    sku = f"MP-{uuid.uuid4().hex[:6]}"
+    with Session(engine) as session:
+        session.add(Product(sku=sku, name="multi-process", price=499.0, on_hand=STOCK))
+        session.commit()
+    procs = {
+        "wf1": await spawn(stack, "wf1", "workflows"),
+        "wf2": await spawn(stack, "wf2", "workflows"),
+        "br1": await spawn(stack, "br1", "bridge"),
+        "br2": await spawn(stack, "br2", "bridge"),
+        "web": await spawn(stack, "web", "http"),
+    }
+    client = await Client.connect(stack.settings.temporal_address)
+    orders = OrderClient(client, stack.settings, engine)
+    tag = uuid.uuid4().hex[:6]
+    ids = [f"mp-{tag}-{i:03d}" for i in range(ORDERS)]
+    quantity = {order_id: 1 + i % 3 for i, order_id in enumerate(ids)}
+    started = asyncio.get_running_loop().time()
+    try:
+        await healthy(http, *procs.values())
+        for chunk in range(0, ORDERS, 25):
+            await asyncio.gather(
+                *(
+                    orders.start_order(o, "mp", f"{o}@example.com", [(sku, quantity[o])])
+                    for o in ids[chunk : chunk + 25]
+                )
+            )
+
+        def pending() -> set[str]:
+            with Session(engine) as session:
+                rows = session.exec(
+                    select(Order.id).where(
+                        col(Order.id).in_(ids), Order.status == OrderStatus.PENDING_PAYMENT
+                    )
+                ).all()
+            return set(rows)
+
+        async def all_pending() -> bool:
+            return len(pending()) == ORDERS
+
+        await eventually(all_pending, within=120, what="200 orders waiting for payment")
+        with Session(engine) as session:
+            totals = {
+                o.id: o.total for o in session.exec(select(Order).where(col(Order.id).in_(ids)))
+            }
+        bodies = [sample_event("stripe", o, totals[o]) for o in ids]
+        for i, body in enumerate(bodies):
+            if i == KILL_AFTER:  # one of each kind dies without a chance to clean up
+                procs["wf1"] = await respawn(stack, procs["wf1"], "workflows")
+                procs["br1"] = await respawn(stack, procs["br1"], "bridge")
+                procs["web"] = await respawn(stack, procs["web"], "http")
+            copies = 1 + (i % 4 == 0) + (i % 10 == 0)  # every 4th twice, every 10th thrice
+            await asyncio.gather(
+                *(
+                    post_until_accepted(http, procs["web"], body, stack.settings)
+                    for _ in range(copies)
+                )
+            )
+        posted = asyncio.get_running_loop().time()
+
+        def statuses() -> dict[str, int]:
+            with Session(engine) as session:
+                rows = session.exec(
+                    select(Order.status, func.count())
+                    .where(col(Order.id).in_(ids))
+                    .group_by(Order.status)
+                ).all()
+            return {status: int(n) for status, n in rows}
+
+        async def all_confirmed() -> bool:
+            for p in procs.values():
+                assert p.proc.returncode is None, f"{p.name} exited:\n{p.tail()}"
+            return statuses() == {OrderStatus.CONFIRMED: ORDERS}
+
+        await eventually(all_confirmed, within=240, what="every order confirmed")
+        confirmed = asyncio.get_running_loop().time()
+        mine = {f"{o}@example.com" for o in ids}
+
+        def deliveries() -> list[str]:
+            return [to for m in stack.sink.store.deliveries() for to in m.to if to in mine]
+
+        async def every_order_mailed() -> bool:
+            return set(deliveries()) == mine
+
+        await eventually(every_order_mailed, within=120, what="a confirmation mail per order")
+        admin = QueueAdmin(email_spec(stack.settings), stack.settings.redis_url)
+
+        async def email_queue_drained() -> bool:
+            counts = await admin.counts()
+            return counts.waiting + counts.active + counts.delayed + counts.failed == 0
+
+        await eventually(email_queue_drained, within=120, what="email-queue drained")
+        await admin.close()
+    finally:
+        codes = await stop(*procs.values())
+        await engine_dispose(engine)
+    sent = deliveries()
+    assert len(sent) == ORDERS, f"{len(sent) - ORDERS} extra confirmation mails"
+    with Session(engine) as session:
+        product = session.get(Product, sku)
+        held = session.exec(
+            select(func.sum(Reservation.quantity)).where(
+                Reservation.sku == sku, Reservation.status == ReservationStatus.RESERVED
+            )
+        ).one()
+    assert product is not None
+    assert (product.on_hand + product.reserved, product.reserved, held) == (
+        STOCK,
+        sum(quantity.values()),
+        sum(quantity.values()),
+    )
+    assert codes == [0] * 5, "\n".join(p.tail() for p in procs.values())
+    print(
+        f"\n{ORDERS} orders, {sum(1 + (i % 4 == 0) + (i % 10 == 0) for i in range(ORDERS))} "
+        f"webhooks posted in {posted - started:.1f} s; all confirmed "
+        f"{confirmed - posted:.1f} s later; wf1, br1, web SIGKILLed after {KILL_AFTER}"
+    )
+
+
+async def engine_dispose(engine: Engine) -> None:
+    """Close the test's pool (the assertions after it open a fresh connection)."""
+    engine.dispose()
