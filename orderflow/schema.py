@@ -73,6 +73,7 @@ def upgrade(engine: Engine, revision: str = "head") -> set[str]:
             conn.commit()
         finally:
             if postgres:
+                conn.rollback()  # after a failed migration the transaction refuses the unlock
                 conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
                 conn.commit()
     return current_revisions(engine)
