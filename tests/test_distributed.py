@@ -7,16 +7,22 @@ so their workers never take the in-process test workers' tasks or jobs.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import signal
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
@@ -166,6 +172,50 @@ def completed_jobs(text: str, queue: str) -> float:
     )
 
 
+class OtlpSink:
+    """Stands in for the OTel collector's OTLP/HTTP receiver: records who pushed metrics."""
+
+    def __init__(self) -> None:
+        self.pushed: set[str] = set()  # service.name of every metrics export received
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                if self.path == "/v1/metrics":
+                    request = ExportMetricsServiceRequest.FromString(body)
+                    for rm in request.resource_metrics:
+                        for attr in rm.resource.attributes:
+                            if attr.key == "service.name":
+                                sink.pushed.add(attr.value.string_value)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def otlp() -> Iterator[OtlpSink]:
+    """An OTLP/HTTP endpoint the processes push to, as they push to the collector in compose."""
+    sink = OtlpSink()
+    yield sink
+    sink.close()
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
     """A plain HTTP client for the processes' ports."""
@@ -173,12 +223,13 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def test_every_process_kind_serves_its_own_metrics_and_health(
-    stack: Stack, http: httpx.AsyncClient
+async def test_every_process_kind_serves_its_own_metrics_and_pushes_them_over_otlp_http(
+    stack: Stack, http: httpx.AsyncClient, otlp: OtlpSink
 ) -> None:
-    workflows = await spawn(stack, "probe-workflows", "workflows")
-    bridge = await spawn(stack, "probe-bridge", "bridge")
-    web = await spawn(stack, "probe-http", "http")
+    push = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
+    workflows = await spawn(stack, "probe-workflows", "workflows", **push)
+    bridge = await spawn(stack, "probe-bridge", "bridge", **push)
+    web = await spawn(stack, "probe-http", "http", **push)
     try:
         await healthy(http, workflows, bridge, web)
         spec = email_spec(stack.settings)
@@ -201,6 +252,11 @@ async def test_every_process_kind_serves_its_own_metrics_and_health(
         await eventually(bridge_counted, within=30, what="bridge's /metrics counts the mail")
         await eventually(workflows_report_temporal, within=30, what="Temporal SDK metrics")
         assert "bullmq_queue_jobs" in metric_names(await scrape(web))  # queue depths at scrape
+
+        async def all_pushed() -> bool:
+            return otlp.pushed >= {workflows.name, bridge.name, web.name}
+
+        await eventually(all_pushed, within=30, what="every process pushed metrics over OTLP")
     finally:
         codes = await stop(workflows, bridge, web)
     assert codes == [0, 0, 0], "\n".join(p.tail() for p in (workflows, bridge, web))
