@@ -4,13 +4,16 @@ UV := python3 -m uv
 VENV := .venv
 NODE_DIR := tests/node
 
-.PHONY: install system-deps python-deps node-deps run test test-unit test-stress lint format typecheck bench demo clean
+.PHONY: install system-deps python-deps node-deps run test test-unit test-stress test-distributed lint format typecheck bench demo clean
 
 install: system-deps python-deps node-deps
 
-# Debian packages the embedded engine needs, and chromium for the dashboard's browser test
-# (we are root on these machines).
+# Debian packages the embedded engine needs, PostgreSQL for the tests' throwaway clusters, and
+# chromium for the dashboard's browser test (we are root on these machines).
 system-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@systemctl disable --now postgresql >/dev/null 2>&1 || true
 	@command -v redis-server >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@systemctl disable --now redis-server >/dev/null 2>&1 || true
@@ -48,6 +51,10 @@ test-stress: install
 	  echo "== run $$i of $(N)"; \
 	  $(VENV)/bin/pytest -q -p no:cacheprovider || exit 1; \
 	done
+
+# only the many-process tests (also part of `make test`), printing the multi-process run's figures
+test-distributed: install
+	$(VENV)/bin/pytest -q -s tests/test_distributed.py tests/test_migrations.py
 
 # ruff, the layer contracts (import-linter, in pyproject.toml) and mypy; `make test` runs it first
 lint: python-deps

@@ -35,10 +35,12 @@ class InventoryActivities:
         lines = units = 0
         with Session(self.engine) as session:
             held = session.exec(
-                select(Reservation).where(
+                select(Reservation)
+                .where(
                     Reservation.order_id == order_id,
                     Reservation.status == ReservationStatus.RESERVED,
                 )
+                .order_by(col(Reservation.sku))  # the key order place_order locks products in
             ).all()
             for reservation in held:
                 # the status guard makes a concurrent or repeated call a no-op for this row

@@ -80,7 +80,8 @@ class OrderActivities:
                 )
             total, shortages, invalid = 0, [], []
             prices: dict[str, int] = {}
-            for line in lines:
+            # rows locked in key order, as stock sync does, so concurrent orders never deadlock
+            for line in sorted(lines, key=lambda line: line.sku):
                 if line.quantity <= 0:
                     invalid.append(
                         f"quantity {line.quantity} of {line.sku} is not a positive number"

@@ -296,6 +296,36 @@ def gateway_script(
     )
 
 
+db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
+) -> None:
+    """Apply the missing migrations: the one command that changes the schema."""
+    from orderflow.schema import upgrade
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    engine = make_engine(Settings.from_env().db_url)
+    typer.echo(f"database at revision {', '.join(sorted(upgrade(engine, revision)))}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's revision and this code's head; exit 1 unless they match."""
+    from orderflow.schema import current_revisions, head_revisions
+
+    current = current_revisions(make_engine(Settings.from_env().db_url))
+    heads = head_revisions()
+    typer.echo(
+        f"database {', '.join(sorted(current)) or '(empty)'}; code {', '.join(sorted(heads))}"
+    )
+    if current != heads:
+        raise typer.Exit(1)
+
+
 webhooks_app = typer.Typer(
     help="Make signed gateway webhooks for local testing.", no_args_is_help=True
 )

@@ -10,6 +10,8 @@ from collections.abc import Collection
 from contextlib import AsyncExitStack
 from urllib.parse import urlparse
 
+from sqlalchemy.engine import Engine
+
 from app import catalogue, embedded
 from app.client import OrderClient
 from app.schedules import ensure_maintenance_schedules, ensure_schedules
@@ -17,7 +19,9 @@ from app.smtp_sink import start_smtp_sink, stop_smtp_sink
 from app.telemetry import setup_telemetry
 from app.temporal import connect
 from app.web.app import create_app, http_server
+from app.web.probe import probe_app, probe_server
 from bridge.producer import producer_for
+from orderflow import schema
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.payment import WEBHOOK_QUEUE
 from orderflow.db import make_engine
@@ -59,6 +63,14 @@ def start_servers(settings: Settings, stack: AsyncExitStack) -> None:
         stack.callback(embedded.stop, proc)
 
 
+def prepare_schema(settings: Settings, engine: Engine) -> None:
+    """Migrate (embedded default) or wait for the migration job (distributed engine)."""
+    if settings.migrate_on_start:
+        log.info("database schema at %s", ", ".join(sorted(schema.upgrade(engine))))
+    else:
+        schema.wait_for_schema(engine, settings.schema_wait_seconds)
+
+
 PARTS = ("workflows", "bridge", "http")  # Temporal workers + schedules, bridge workers, HTTP app
 
 
@@ -88,6 +100,7 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
             )
         engine = make_engine(settings.db_url)
         stack.callback(engine.dispose)
+        await asyncio.to_thread(prepare_schema, settings, engine)
         if settings.seed_catalogue and (added := catalogue.seed(engine)):
             log.info("seeded %d starter products", added)
         telemetry = setup_telemetry(settings)
@@ -130,6 +143,15 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
                 settings.http_host,
                 settings.http_port,
             )
+        probe = None
+        if settings.metrics_port:
+            probe = probe_server(settings, probe_app(telemetry, parts))
+            tasks.append(asyncio.create_task(probe.serve(), name="probe"))
+            log.info(
+                "metrics and health on http://%s:%d/metrics, /healthz",
+                settings.http_host,
+                settings.metrics_port,
+            )
         log.info("orderflow is up (%s); Ctrl-C to stop", ", ".join(parts))
 
         done, _ = await asyncio.wait(
@@ -144,5 +166,7 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
         stop.set()
         http.should_exit = True
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        if probe is not None:  # healthy until the workers have handed their work back
+            probe.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
     log.info("stopped")

@@ -31,6 +31,7 @@ from bridge.producer import producer_for
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.order import PaymentReceived
 from orderflow.db import Order, Product, make_engine
+from orderflow.schema import upgrade
 from orderflow.settings import Settings
 from workers.temporal import Dependencies, build_workers
 
@@ -81,6 +82,7 @@ async def main() -> None:
     try:
         settings = Settings(data_dir=tmp, redis_url=redis_url, temporal_address=f"127.0.0.1:{port}")
         engine = make_engine(settings.db_url)
+        upgrade(engine)
         sku = "BENCH-SKU"
         with Session(engine) as session:
             session.add(

@@ -60,6 +60,7 @@ async def serve(mode: str) -> None:
     from orderflow.contracts.mail import EMAIL_QUEUE
     from orderflow.contracts.payment import WEBHOOK_QUEUE
     from orderflow.db import make_engine
+    from orderflow.schema import upgrade
     from workers.bridge import run_bridge_workers, webhook_processors
     from workers.temporal import Dependencies, build_workers
 
@@ -71,6 +72,7 @@ async def serve(mode: str) -> None:
     workers = []
     if mode == "full":
         engine = make_engine(settings.db_url)
+        upgrade(engine)
         client = await connect(settings)
         email_queue = producer_for(settings, EMAIL_QUEUE)
         deps = Dependencies.from_settings(settings, engine, email_queue)
@@ -189,8 +191,10 @@ async def confirm(settings: Settings, orders_n: int) -> None:
     """Latency from webhook POST to CONFIRMED, one order at a time."""
     from app.temporal import connect
     from orderflow.db import Product, make_engine
+    from orderflow.schema import upgrade
 
     engine = make_engine(settings.db_url)
+    upgrade(engine)
     with Session(engine) as session:
         if session.get(Product, SKU) is None:
             session.add(Product(sku=SKU, name="bench", price=129_900, on_hand=orders_n + 100))

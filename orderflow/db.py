@@ -124,7 +124,10 @@ class ErpRecord(SQLModel, table=True):
 
 
 def make_engine(url: str) -> Engine:
-    """Create the engine and the tables; SQLite gets WAL and writer-first transactions."""
+    """Create the engine (no tables: `orderflow.schema.upgrade` owns the schema).
+
+    SQLite gets WAL and writer-first transactions; PostgreSQL checks pooled connections.
+    """
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
@@ -136,7 +139,6 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         _sqlite_writer_first(engine)
-    SQLModel.metadata.create_all(engine)
     return engine
 
 

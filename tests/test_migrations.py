@@ -1,0 +1,161 @@
+"""The schema belongs to the migrations: `orderflow db upgrade` makes it, serving processes wait."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+from sqlmodel import Session, SQLModel
+from temporalio.testing import WorkflowEnvironment
+
+from app import embedded
+from app.runner import prepare_schema
+from orderflow.db import Product, make_engine
+from orderflow.schema import BASELINE, current_revisions, head_revisions, upgrade
+from orderflow.settings import Settings
+from tests.helpers import eventually
+from tests.postgres import PostgresCluster
+
+ORDERFLOW = str(Path(sys.executable).parent / "orderflow")
+
+
+def test_migrations_make_exactly_the_models_tables_on_postgresql(postgres: PostgresCluster) -> None:
+    engine = make_engine(postgres.create_database())
+    assert upgrade(engine) == head_revisions()
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    engine.dispose()
+    assert diff == [], f"models and migrations differ; add a migration: {diff}"
+
+
+def test_migrations_make_exactly_the_models_tables_on_sqlite(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert upgrade(engine) == head_revisions()
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == [], f"models and migrations differ; add a migration: {diff}"
+
+
+def test_a_database_made_by_create_all_is_adopted_not_recreated(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(engine, BASELINE)  # the tables create_all made before migrations (floats in rupees)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+        conn.execute(text("INSERT INTO product (sku, name, price, on_hand, reserved)"
+                          " VALUES ('KEPT', 'kept', 799.5, 3, 0)"))  # fmt: skip
+    assert current_revisions(engine) == set()
+    assert upgrade(engine) == head_revisions()
+    with Session(engine) as session:
+        kept = session.get(Product, "KEPT")
+    assert kept is not None and kept.on_hand == 3
+    assert kept.price == 79_950  # the money migration: rupees became paise, an integer
+
+
+def test_ten_starts_at_the_same_instant_on_an_empty_postgresql_all_get_the_schema(
+    postgres: PostgresCluster,
+) -> None:
+    """The start step of ten processes, released together by a barrier: five migrate on start
+    (the embedded default), five wait for the schema (the distributed engine). With create_all
+    at start, 7 to 9 of 10 such starts failed here on a duplicate key in pg_type."""
+    url = postgres.create_database()
+    engines = [make_engine(url) for _ in range(10)]
+    barrier = threading.Barrier(len(engines))
+    errors: list[BaseException] = []
+
+    def start(i: int) -> None:
+        settings = Settings(migrate_on_start=i % 2 == 0, schema_wait_seconds=60)
+        barrier.wait()
+        try:
+            prepare_schema(settings, engines[i])
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(len(engines))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for engine in engines:
+        engine.dispose()
+    assert errors == []
+    assert current_revisions(make_engine(url)) == head_revisions()
+
+
+async def test_ten_processes_starting_at_once_on_empty_postgresql_none_crashes(
+    postgres: PostgresCluster, env: WorkflowEnvironment, redis_url: str, tmp_path: Path
+) -> None:
+    """One migration job and nine HTTP processes, all started together on an empty database.
+
+    Four wait for the job (the distributed engine); five also try to migrate on start (the
+    embedded default), and the advisory lock makes all but one find nothing to do.
+    """
+    url = postgres.create_database()
+    base = {
+        **os.environ,
+        "ORDERFLOW_DATABASE_URL": url,
+        "ORDERFLOW_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+        "ORDERFLOW_REDIS_URL": redis_url,
+        "ORDERFLOW_EMBEDDED_TEMPORAL": "false",
+        "ORDERFLOW_EMBEDDED_REDIS": "false",
+        "ORDERFLOW_EMBEDDED_SMTP": "false",
+        "ORDERFLOW_SEED_CATALOGUE": "false",
+        "ORDERFLOW_DATA_DIR": str(tmp_path),
+    }
+    base.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    ports = [embedded.free_port() for _ in range(9)]
+    logs = [(tmp_path / f"proc{i}.log").open("wb") for i in range(10)]
+    job = await asyncio.create_subprocess_exec(
+        ORDERFLOW, "db", "upgrade", env=base, stdout=logs[0], stderr=logs[0]
+    )
+    servers = [
+        await asyncio.create_subprocess_exec(
+            ORDERFLOW,
+            "run",
+            "--part",
+            "http",
+            env={
+                **base,
+                "ORDERFLOW_HTTP_PORT": str(port),
+                "ORDERFLOW_MIGRATE_ON_START": "true" if i % 2 else "false",
+            },
+            stdout=logs[i + 1],
+            stderr=logs[i + 1],
+        )
+        for i, port in enumerate(ports)
+    ]
+
+    def log_of(i: int) -> str:
+        return (tmp_path / f"proc{i}.log").read_text(errors="replace")[-2000:]
+
+    try:
+        assert await asyncio.wait_for(job.wait(), 120) == 0, log_of(0)
+        async with httpx.AsyncClient() as http:
+
+            async def all_healthy() -> bool:
+                for i, (port, proc) in enumerate(zip(ports, servers, strict=True)):
+                    assert proc.returncode is None, f"process {i + 1} died:\n{log_of(i + 1)}"
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code != 200:
+                            return False
+                    except httpx.TransportError:
+                        return False
+                return True
+
+            await eventually(all_healthy, within=180, what="nine HTTP processes healthy")
+        assert current_revisions(make_engine(url)) == head_revisions()
+    finally:
+        for proc in servers:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = [await asyncio.wait_for(proc.wait(), 60) for proc in servers]
+        for log in logs:
+            log.close()
+    assert codes == [0] * 9, [log_of(i + 1) for i, c in enumerate(codes) if c]
