@@ -12,7 +12,7 @@ from typing import Any
 
 import aiosmtplib
 from bullmq import UnrecoverableError
-from jinja2 import Environment, FileSystemLoader, TemplateError, select_autoescape
+from jinja2 import Environment, FileSystemLoader, TemplateError
 
 from bridge.errors import MalformedJobError
 from bridge.job import Job
@@ -21,6 +21,7 @@ from bridge.specs import QueueSpec
 from bridge.tracing import client_span
 from orderflow.contracts.mail import TEMPLATE_ALIASES, EmailJob
 from orderflow.settings import Settings
+from orderflow.templating import is_html_template
 
 TEMPLATES = Path(__file__).parent / "templates"
 DELIVERED_TTL_SECONDS = 7 * 86400  # longer than any retry or stalled-job recovery of a mail job
@@ -39,13 +40,20 @@ class RenderedEmail:
     message_id: str
 
 
+def money(amount: Any, currency: Any = "") -> str:
+    """An amount as mails show it: `999.50 INR` (a filter, so the calling template escapes it)."""
+    return f"{float(amount):.2f} {currency or ''}"
+
+
 def template_environment() -> Environment:
     """Jinja2 environment for the mail templates; HTML templates are autoescaped."""
-    return Environment(
+    env = Environment(
         loader=FileSystemLoader(TEMPLATES),
-        autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
+        autoescape=is_html_template,
         keep_trailing_newline=True,
     )
+    env.filters["money"] = money
+    return env
 
 
 def message_id_for(queue: str, job_id: str) -> str:

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -29,6 +30,7 @@ from orderflow.contracts.review import ReviewDecision
 from orderflow.db import Order
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
+from orderflow.templating import is_html_template
 
 TEMPLATES = Path(__file__).parent / "templates"
 RECENT_ORDERS = 50  # orders listed on the dashboard, newest first
@@ -79,7 +81,9 @@ def dashboard_router(
     engine: Engine,
 ) -> APIRouter:
     """`GET /ops` and its POST actions (retry, re-drive, decide a review)."""
-    templates = Jinja2Templates(directory=TEMPLATES)
+    templates = Jinja2Templates(
+        env=Environment(loader=FileSystemLoader(TEMPLATES), autoescape=is_html_template)
+    )
     token = secrets.token_urlsafe(24)
     router = APIRouter(prefix="/ops", include_in_schema=False)
     Admin = Annotated[str, Depends(admin_guard(settings))]
