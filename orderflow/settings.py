@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     service_name: str = "orderflow"  # OTel resource service.name
     admin_user: str = "admin"  # HTTP Basic for the ops dashboard; set a real one in production
     admin_password: str = "orderflow-local-admin"
+    # signs the dashboard's form tokens, so any replica (and a restarted one) accepts them
+    dashboard_secret: str = "orderflow-local-dashboard-secret"
     temporal_ui_url: str = ""  # dashboard links to runs here; default http://localhost:<ui port>
     failed_job_retention_days: float = 7.0  # seed: clean(7 days, 'failed'), run by a schedule
     queue_cleanup_every_seconds: float = 3600.0  # how often the cleanup schedule runs
