@@ -70,6 +70,7 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
     """
     if unknown := set(parts) - set(PARTS):
         raise OrderflowError(f"unknown part(s) {sorted(unknown)}: choose from {', '.join(PARTS)}")
+    settings.check_production_secrets()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orderflow.errors import InsecureSettingsError
+
+ENV_PREFIX = "ORDERFLOW_"
+# Secrets a production-shaped start must not run with: their defaults are in this public repo
+GUARDED_SECRETS = (
+    "admin_password",
+    "dashboard_secret",
+    "stripe_webhook_secret",
+    "razorpay_webhook_secret",
+)
+# Placeholders seen in compose files and docs; a secret containing one is not a secret
+PLACEHOLDERS = ("change-me", "change_me", "changeme", "orderflow-local", "local_dev", "local-dev")
+WEAK_SECRETS = frozenset({"admin", "password", "secret", "orderflow", "redis", "test", "whsec_"})
 
 
 class Settings(BaseSettings):
     """Everything configurable, with local defaults for the embedded engine."""
 
-    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
 
     data_dir: Path = Path("data")
     seed_catalogue: bool = True  # add the starter products on start (switch off in production)
@@ -94,7 +109,44 @@ class Settings(BaseSettings):
         """The database URL, defaulting to a SQLite file in the data folder."""
         return self.database_url or f"sqlite:///{self.data_dir / 'orderflow.db'}"
 
+    @property
+    def production_shaped(self) -> bool:
+        """True unless every server is the embedded local one (`orderflow run` on a laptop)."""
+        return not (self.embedded_temporal and self.embedded_redis and self.embedded_smtp)
+
+    def insecure_secrets(self) -> list[str]:
+        """Each secret that is empty, a public default or a placeholder, by its variable name."""
+        problems = []
+        for name in GUARDED_SECRETS:
+            value = getattr(self, name)
+            default = type(self).model_fields[name].default
+            if why := _weak(value, default):
+                problems.append(f"{ENV_PREFIX}{name.upper()} is {why}")
+        if not self.embedded_redis:
+            password = urlparse(self.redis_url).password
+            why = _weak(unquote(password or ""), None) if password else "missing"
+            if why:
+                problems.append(f"the password in {ENV_PREFIX}REDIS_URL is {why}")
+        return problems
+
+    def check_production_secrets(self) -> None:
+        """Raise InsecureSettingsError when a production-shaped start has a public secret."""
+        if self.production_shaped and (problems := self.insecure_secrets()):
+            raise InsecureSettingsError(problems)
+
     @classmethod
     def from_env(cls) -> Settings:
         """Read the settings from the environment (and a .env file if present)."""
         return cls()
+
+
+def _weak(value: str, default: object) -> str:
+    """Why `value` is no secret ("empty", "the local default", ...), or "" if it may be one."""
+    if not value.strip():
+        return "empty"
+    if value == default:
+        return "the local default"
+    lowered = value.lower()
+    if lowered in WEAK_SECRETS or any(p in lowered for p in PLACEHOLDERS):
+        return "a placeholder"
+    return ""
