@@ -44,7 +44,7 @@ async def test_order_confirmation_is_rendered_and_delivered(
     spec = unique_spec(settings)
     producer = QueueProducer.connect(spec, redis_url)
     job_id = await producer.add(
-        "send-order-confirmation", ORDER_MAIL, {"jobId": "order-confirmation:o-1001"}
+        "send-order-confirmation", ORDER_MAIL, {"jobId": "order-confirmation-o-1001"}
     )
     seed_style = {**ORDER_MAIL, "to": "ravi@example.com", "template": "order_confirmation"}
     await producer.add("send-order-confirmation", seed_style)
@@ -95,7 +95,7 @@ async def test_kill_9_mid_job_delivers_exactly_one_email(
 ) -> None:
     spec = unique_spec(settings, lock_duration_ms=1000, stalled_interval_ms=500)
     producer = QueueProducer.connect(spec, redis_url)
-    job_id = await producer.add("send-order-confirmation", ORDER_MAIL, {"jobId": "oc:kill"})
+    job_id = await producer.add("send-order-confirmation", ORDER_MAIL, {"jobId": "oc-kill"})
     marker = tmp_path / "marker"
     config = {
         "redis_url": redis_url, "smtp_port": sink.port, "prefix": spec.prefix,

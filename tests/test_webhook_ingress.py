@@ -17,9 +17,12 @@ from bullmq import Queue
 
 from app import embedded
 from app.web.app import create_app, http_server
+from bridge.producer import QueueProducer
+from bridge.specs import webhook_spec
 from orderflow.settings import Settings
 from payments.samples import sample_event
 from payments.signatures import curl_command, sign_razorpay, sign_stripe, signed_headers
+from tests.bridge_helpers import counts
 
 STRIPE_SECRET = "whsec_ingress_test"
 RAZORPAY_SECRET = "rzp_ingress_test"
@@ -271,3 +274,38 @@ async def test_curl_command_posts_a_signed_webhook_to_the_running_app(
     finally:
         server.should_exit = True
         await task
+
+
+async def test_signed_event_whose_id_cannot_be_a_job_id_is_400_and_nothing_queued(
+    http: httpx.AsyncClient, queue: Queue
+) -> None:
+    for event_id in ("evt_1:2", "evt\n2", "evt\x00x"):
+        body = stripe_event(event_id)
+        headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
+        response = await http.post("/webhooks/stripe", content=body, headers=headers)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "malformed_event"
+        assert "\n" not in response.json()["detail"]
+    assert await total_jobs(queue) == 0
+
+
+async def test_signed_event_carrying_a_card_number_is_400_and_nothing_queued(
+    settings: Settings, redis_url: str
+) -> None:
+    spec = webhook_spec(settings).with_(name=f"webhook-guard-{uuid.uuid4().hex[:8]}")
+    producer = QueueProducer.connect(spec, redis_url)
+    transport = httpx.ASGITransport(app=create_app(settings, producer))
+    card = "4000 0000 0000 0002"
+    event = json.loads(stripe_event("evt_card"))
+    event["type"] = "payment_intent.payment_failed"
+    event["data"]["object"]["last_payment_error"] = {"message": f"card {card} was declined"}
+    body = json.dumps(event).encode()
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
+        response = await client.post("/webhooks/stripe", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "unacceptable_event"
+    assert "data.reason" in response.json()["detail"] and card not in response.text
+    assert "evt_card" in response.json()["detail"]
+    assert sum((await counts(spec, redis_url)).values()) == 0
+    await producer.close()

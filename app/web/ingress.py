@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from bridge.errors import InvalidJobOptionsError, PayloadRejectedError
 from orderflow.settings import Settings
 from payments.events import EventKind, GatewayEvent, MalformedEventError, parse_event
 from payments.signatures import (
@@ -99,6 +100,15 @@ def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
             await asyncio.wait_for(
                 queue.add(event.job_name, event.to_job(), {"jobId": event.job_id}),
                 settings.webhook_enqueue_timeout_seconds,
+            )
+        except (InvalidJobOptionsError, PayloadRejectedError) as err:
+            # the queue refuses this event for good (a secret in it, an impossible id): say so
+            log.warning("%s event %s refused by the queue: %s", event.provider, event.event_id, err)
+            return _error(
+                400,
+                "unacceptable_event",
+                f"{event.provider} event {event.event_id} cannot be queued: {err}",
+                provider=event.provider,
             )
         except Exception as err:
             # the gateway redelivers on any non-2xx: a 503 loses nothing
