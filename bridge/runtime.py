@@ -40,7 +40,63 @@ STACKTRACE_KEEP = (
 LIMIT_MARGIN_MS = (
     25  # a permit is granted one round trip before the job starts: keep starts in limit
 )
-RECONNECT_DELAY = 1.0  # seconds between attempts while Redis is unreachable (workers retry forever)
+RETRY_FIRST_DELAY = 0.1  # first wait after a Redis failure; doubles up to RETRY_MAX_DELAY ...
+RETRY_MAX_DELAY = (
+    5.0  # ... so a restarted Redis is used again within seconds (workers retry forever)
+)
+# Failures a worker rides out: the connection, and error replies of a Redis that is restarting,
+# failing over or busy (LOADING, READONLY, NOAUTH after a restart without the password yet,
+# BUSY running a script, MASTERDOWN, TRYAGAIN, OOM ...)
+REDIS_FAILURES = (ConnectionError, OSError, RedisReplyError)
+
+
+class Backoff:
+    """Exponential waits between retries of one loop, reset by a success."""
+
+    def __init__(self) -> None:
+        self.delay = RETRY_FIRST_DELAY
+
+    async def wait(self) -> None:
+        """Sleep the current delay, then double it (up to RETRY_MAX_DELAY)."""
+        await asyncio.sleep(self.delay)
+        self.delay = min(RETRY_MAX_DELAY, self.delay * 2)
+
+    def reset(self) -> None:
+        """Back to the first delay."""
+        self.delay = RETRY_FIRST_DELAY
+
+
+class RedisState:
+    """Redis as one worker sees it; logs one line per change (failing, failing otherwise, back)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.problem: str | None = None
+        self.since = 0.0
+
+    def failed(self, err: BaseException, where: str) -> None:
+        """Note a failure; logs only when the kind of failure changes."""
+        kind = _failure_kind(err)
+        if kind == self.problem:
+            return
+        if self.problem is None:
+            self.since = time.monotonic()
+        self.problem = kind
+        log.warning("%s: redis failing in %s: %s; retrying with backoff (up to %.0fs)",
+                    self.name, where, err, RETRY_MAX_DELAY)  # fmt: skip
+
+    def ok(self) -> None:
+        """Note a success; logs once when Redis answers again after failures."""
+        if self.problem is not None:
+            log.warning("%s: redis is back after %.1fs (%s)",
+                        self.name, time.monotonic() - self.since, self.problem)  # fmt: skip
+            self.problem = None
+
+
+def _failure_kind(err: BaseException) -> str:
+    if isinstance(err, RedisReplyError):
+        return str(err).split(" ", 1)[0] or "error reply"  # LOADING, READONLY, NOAUTH ...
+    return "connection"
 
 
 def keep_jobs(remove: Any) -> dict[str, Any]:
@@ -83,6 +139,9 @@ class BridgeWorker:
         self._idle = 0
         self._idle_event = asyncio.Event()
         self._block_until = 0
+        self.redis = RedisState(self.name)
+        # tokens of fetches whose reply was lost: the job may sit in active, locked with one
+        self._lost_tokens: set[str] = set()
         self._prepare_scripts()
 
     def _prepare_scripts(self) -> None:
@@ -117,7 +176,7 @@ class BridgeWorker:
     async def run(self, stop: asyncio.Event, grace_seconds: float = 30.0) -> None:
         """Process jobs until `stop` is set, then shut down gracefully within `grace_seconds`."""
         self._wakeup = asyncio.get_running_loop().create_future()
-        await self._connect()
+        await self._connect(stop)
         slots = [asyncio.create_task(self._slot()) for _ in range(self.spec.concurrency)]
         helpers = [
             asyncio.create_task(self._marker_loop()),
@@ -140,14 +199,20 @@ class BridgeWorker:
         await self.blocking.close()
         await self.client.close()
 
-    async def _connect(self) -> None:
-        while True:
+    async def _connect(self, stop: asyncio.Event) -> None:
+        """Wait until Redis answers and has loaded its dataset (a restart replays the AOF)."""
+        backoff = Backoff()
+        while not stop.is_set():
             try:
                 await self.client.execute("PING")
+                info = await self.client.execute("INFO", "persistence")
+                if "loading:1" in str(info):
+                    raise RedisReplyError("LOADING Redis is loading the dataset in memory")
+                self.redis.ok()
                 return
-            except (ConnectionError, OSError) as err:
-                log.warning("%s: redis unreachable (%s); retrying", self.name, err)
-                await asyncio.sleep(RECONNECT_DELAY)
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "start-up")
+                await backoff.wait()
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -156,24 +221,29 @@ class BridgeWorker:
 
     async def _slot(self) -> None:
         fetched: list[Any] | None = None
+        backoff = Backoff()
         while not self._stopping:
             try:
                 if fetched is None:
                     wakeup = self._wakeup
+                    if self._lost_tokens:
+                        await self._recover_lost()
                     fetched = await self._fetch()
+                    self.redis.ok()
+                    backoff.reset()
                     if fetched is None:
                         await self._wait_idle(wakeup)
                         continue
                 job = job_from_hash(fetched[0], fetched[1], fetched[2], self.spec.name, self)
                 fetched = await self._handle(job)
-            except (ConnectionError, OSError) as err:
+            except REDIS_FAILURES as err:
                 fetched = None
-                log.warning("%s: redis error %s; retrying", self.name, err)
-                await asyncio.sleep(RECONNECT_DELAY)
+                self.redis.failed(err, "fetching a job")
+                await backoff.wait()
             except Exception:
                 fetched = None
                 log.exception("%s: unexpected error in a worker slot", self.name)
-                await asyncio.sleep(RECONNECT_DELAY)
+                await backoff.wait()
         if fetched is not None:  # fetched by a finish or fetch that overlapped the stop
             await self._hand_back(
                 job_from_hash(fetched[0], fetched[1], fetched[2], self.spec.name, self)
@@ -227,9 +297,13 @@ class BridgeWorker:
             use_bin_type=True,
         )  # fmt: skip
         now = int(time.time() * 1000)
-        raw = await self.client.run(
-            self._active_script, self._active_keys, [self.keys.base, now, opts]
-        )
+        try:
+            raw = await self.client.run(
+                self._active_script, self._active_keys, [self.keys.base, now, opts]
+            )
+        except (ConnectionError, OSError):
+            self._lost_tokens.add(token)  # Redis may have run it: a job may be locked with it
+            raise
         return await self._next_from(raw, token, token)
 
     async def _next_from(self, raw: Any, token: str, permit: str) -> list[Any] | None:
@@ -250,6 +324,7 @@ class BridgeWorker:
     async def _marker_loop(self) -> None:
         """Block on BullMQ's marker key while some slot is idle, and wake the idle slots."""
         marker = self.keys["marker"]
+        backoff = Backoff()
         while not self._stopping:
             try:
                 await self._idle_event.wait()
@@ -261,6 +336,8 @@ class BridgeWorker:
                         timeout, max(0.001, (self._block_until - time.time() * 1000) / 1000)
                     )
                 result = await self.blocking.execute("BZPOPMIN", marker, f"{timeout:.3f}")
+                self.redis.ok()
+                backoff.reset()
                 now = time.time() * 1000
                 if result and float(result[2]) > now:
                     self._block_until = int(float(result[2]))
@@ -269,9 +346,14 @@ class BridgeWorker:
                     continue
                 self._block_until = 0
                 self._wake()
-            except (ConnectionError, OSError) as err:
-                log.warning("%s: blocking connection error %s; retrying", self.name, err)
-                await asyncio.sleep(RECONNECT_DELAY)
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "waiting for jobs")
+                await backoff.wait()
+                self._wake()  # idle slots look for themselves: jobs may have come meanwhile
+            except Exception:
+                log.exception("%s: unexpected error waiting for jobs", self.name)
+                await backoff.wait()
+                self._wake()
 
     # ---- processing ----------------------------------------------------------------------
 
@@ -344,7 +426,22 @@ class BridgeWorker:
         return await self._next_from(raw, job.token, permit)
 
     async def _run_finish(self, script: Any, keys: list[Arg], args: list[Arg], job: Job) -> Any:
-        raw = await self.client.run(script, keys, args)
+        # The attempt's outcome is known: keep trying to record it while the job's lock can
+        # still be ours, so a Redis blip does not make the job run again.
+        deadline = time.monotonic() + self.spec.lock_duration_ms / 1000
+        backoff = Backoff()
+        while True:
+            try:
+                raw = await self.client.run(script, keys, args)
+                self.redis.ok()
+                break
+            except REDIS_FAILURES as err:
+                if not isinstance(err, RedisReplyError):  # it may have run, fetching a job
+                    self._lost_tokens.add(job.token)
+                self.redis.failed(err, f"finishing job {job.id!r}")
+                if self._abandoning or time.monotonic() + backoff.delay > deadline:
+                    raise
+                await backoff.wait()
         if isinstance(raw, int) and raw < 0:
             log.warning(
                 "%s: job %r (%s) could not be finished (BullMQ code %s); its lock was lost,"
@@ -430,14 +527,39 @@ class BridgeWorker:
                     self.name, job.id, job.name, self.spec.dlq, reason)  # fmt: skip
         return None
 
+    async def _recover_lost(self) -> None:
+        """Hand back jobs fetched by calls whose reply was lost (Redis restarted meanwhile).
+
+        Without this they would sit in active, locked by this worker, until the lock expires
+        and a stalled-job check moves them: a minute late.
+        """
+        lost, self._lost_tokens = self._lost_tokens, set()
+        try:
+            active = await self.client.execute("LRANGE", self.keys["active"], 0, -1)
+            ids = [i for i in active or [] if i not in self._active]
+            locks = await self.client.pipeline([["GET", self.keys.job(i) + ":lock"] for i in ids])
+        except BaseException:
+            self._lost_tokens |= lost
+            raise
+        for job_id, token in zip(ids, locks, strict=True):
+            if isinstance(token, str) and token in lost:
+                await self._hand_back_id(job_id, token)
+
     async def _hand_back(self, job: Job) -> None:
         """Shutdown ran out of grace: put the job back in wait, no attempt counted."""
+        await self._hand_back_id(job.id, job.token)
+        log.warning("%s: job %r (%s) handed back to the queue at shutdown",
+                    self.name, job.id, job.name)  # fmt: skip
+
+    async def _hand_back_id(self, job_id: str, token: str) -> None:
         k = self.keys
         keys: list[Arg] = [k["active"], k["wait"], k["stalled"], k["paused"], k["meta"],
                            k["limiter"], k["prioritized"], k["marker"], k["events"]]  # fmt: skip
-        await self.client.run(self._handback_script, keys, [job.id, job.token, k.job(job.id)])
-        log.warning("%s: job %r (%s) handed back to the queue at shutdown",
-                    self.name, job.id, job.name)  # fmt: skip
+        result = await self.client.run(self._handback_script, keys, [job_id, token, k.job(job_id)])
+        if not (isinstance(result, int) and result < 0) and not self._stopping:
+            log.warning("%s: job %r handed back to wait (its fetch reply was lost)",
+                        self.name, job_id)  # fmt: skip
+        self._wake()
 
     # ---- progress, logs, locks, stalled jobs ----------------------------------------------
 
@@ -475,8 +597,10 @@ class BridgeWorker:
                 )  # fmt: skip
                 for job_id in lost or []:
                     log.warning("%s: lost the lock of job %r", self.name, job_id)
-            except (ConnectionError, OSError, RedisReplyError) as err:
-                log.warning("%s: could not renew locks: %s", self.name, err)
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "renewing locks")
+            except Exception:
+                log.exception("%s: unexpected error renewing locks", self.name)
 
     async def _stalled_loop(self) -> None:
         """Move jobs whose worker died back to wait (BullMQ's stalled-job check)."""
@@ -496,6 +620,8 @@ class BridgeWorker:
                                 self.name, job_id)  # fmt: skip
                 if stalled:
                     self._wake()
-            except (ConnectionError, OSError, RedisReplyError) as err:
-                log.warning("%s: stalled-job check failed: %s", self.name, err)
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "the stalled-job check")
+            except Exception:
+                log.exception("%s: unexpected error in the stalled-job check", self.name)
             await asyncio.sleep(self.spec.stalled_interval_ms / 1000)
