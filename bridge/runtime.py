@@ -10,10 +10,12 @@ unfinished jobs back to the queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import json
 import logging
+import re
 import time
 import traceback
 import uuid
@@ -26,7 +28,13 @@ from bullmq import UnrecoverableError
 from bridge.errors import JobTimeoutError, MalformedJobError
 from bridge.job import Job, Processor, job_from_hash
 from bridge.redis_client import Arg, RedisClient, RedisReplyError
-from bridge.scripts import Keys, bullmq_script, dead_letter_script, rate_limit_script
+from bridge.scripts import (
+    Keys,
+    bullmq_script,
+    dead_letter_script,
+    rate_limit_script,
+    release_dead_locks_script,
+)
 from bridge.specs import QueueSpec
 from bridge.tracing import InstrumentedProcessor
 
@@ -48,6 +56,13 @@ RETRY_MAX_DELAY = (
 # failing over or busy (LOADING, READONLY, NOAUTH after a restart without the password yet,
 # BUSY running a script, MASTERDOWN, TRYAGAIN, OOM ...)
 REDIS_FAILURES = (ConnectionError, OSError, RedisReplyError)
+# Liveness of a worker, so a restarted one takes its dead predecessor's jobs back in seconds
+# rather than after lock expiry plus two stalled-job checks (about a minute with the defaults):
+HEARTBEAT_SECONDS = 1.0  # each worker refreshes its heartbeat key this often ...
+HEARTBEAT_TTL_MS = 5000  # ... and a worker silent this long, with no connection open, is dead
+RECLAIM_EVERY_SECONDS = 1.0  # how often a starting worker looks for a dead worker's jobs ...
+# ... during its first lock duration (after that, lock expiry and the stalled check take over)
+_OUR_TOKEN = re.compile(r"([0-9a-f]{32}):\d+")  # BridgeWorker lock tokens: worker id, counter
 
 
 class Backoff:
@@ -93,6 +108,14 @@ class RedisState:
             self.problem = None
 
 
+def _connected(worker_id: str, client_list: str) -> bool:
+    """True if CLIENT LIST shows a connection of this worker (named with its id)."""
+    short = worker_id[:8]  # names before the full id was added ended in it
+    return worker_id in client_list or any(
+        f":{short}{end}" in client_list for end in (" ", ":blocking ")
+    )
+
+
 def _failure_kind(err: BaseException) -> str:
     if isinstance(err, RedisReplyError):
         return str(err).split(" ", 1)[0] or "error reply"  # LOADING, READONLY, NOAUTH ...
@@ -126,8 +149,9 @@ class BridgeWorker:
         self.id = uuid.uuid4().hex
         self.name = name or f"orderflow:{spec.name}:{self.id[:8]}"
         self.keys = Keys(spec.prefix, spec.name)
-        self.client = RedisClient(redis_url, name=self.name)
-        self.blocking = RedisClient(redis_url, name=self.name + ":blocking")
+        # the full id in the connection names lets other workers see this one is alive
+        self.client = RedisClient(redis_url, name=f"{self.name}:{self.id}")
+        self.blocking = RedisClient(redis_url, name=f"{self.name}:{self.id}:blocking")
         self.processed = 0
         self.failed = 0
         self._tokens = itertools.count(1)
@@ -142,6 +166,7 @@ class BridgeWorker:
         self.redis = RedisState(self.name)
         # tokens of fetches whose reply was lost: the job may sit in active, locked with one
         self._lost_tokens: set[str] = set()
+        self.reclaim_checks = 0  # looks for dead workers' jobs so far (tests wait on it)
         self._prepare_scripts()
 
     def _prepare_scripts(self) -> None:
@@ -157,6 +182,12 @@ class BridgeWorker:
         self._progress_script = self.client.register(bullmq_script("updateProgress-3.lua"))
         self._log_script = self.client.register(bullmq_script("addLog-2.lua"))
         self._limit_script = self.client.register(rate_limit_script())
+        self._release_script = self.client.register(release_dead_locks_script())
+        self._stalled_keys: list[Arg] = [
+            k[n] for n in ("stalled", "wait", "active", "stalled-check", "meta", "paused",
+                           "marker", "events", "repeat")
+        ]  # fmt: skip
+        self._heartbeat_key = k[f"orderflow-alive:{self.id}"]
         self._active_keys = [
             k[n] for n in ("wait", "active", "prioritized", "events", "stalled", "limiter",
                            "delayed", "paused", "meta", "pc", "marker")
@@ -181,6 +212,8 @@ class BridgeWorker:
         helpers = [
             asyncio.create_task(self._marker_loop()),
             asyncio.create_task(self._lock_loop()),
+            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._reclaim_loop()),
             asyncio.create_task(self._stalled_loop()),
         ]
         await stop.wait()
@@ -196,6 +229,8 @@ class BridgeWorker:
         for task in helpers + [t for t in slots if not t.done()]:
             task.cancel()
         await asyncio.gather(*helpers, *slots, return_exceptions=True)
+        with contextlib.suppress(*REDIS_FAILURES):
+            await self.client.execute("DEL", self._heartbeat_key)
         await self.blocking.close()
         await self.client.close()
 
@@ -602,24 +637,99 @@ class BridgeWorker:
             except Exception:
                 log.exception("%s: unexpected error renewing locks", self.name)
 
-    async def _stalled_loop(self) -> None:
-        """Move jobs whose worker died back to wait (BullMQ's stalled-job check)."""
-        k = self.keys
-        keys: list[Arg] = [k["stalled"], k["wait"], k["active"], k["stalled-check"], k["meta"],
-                           k["paused"], k["marker"], k["events"], k["repeat"]]  # fmt: skip
+    async def _check_stalled(self) -> None:
+        stalled = await self.client.run(
+            self._stalled_script,
+            self._stalled_keys,
+            [self.spec.max_stalled_count, self.keys.base, int(time.time() * 1000),
+             self.spec.stalled_interval_ms],
+        )  # fmt: skip
+        for job_id in stalled or []:
+            log.warning("%s: job %r stalled (its worker stopped); back to wait",
+                        self.name, job_id)  # fmt: skip
+        if stalled:
+            self._wake()
+
+    async def _heartbeat_loop(self) -> None:
+        """Keep this worker's heartbeat key alive (see HEARTBEAT_TTL_MS)."""
         while not self._stopping:
             try:
-                stalled = await self.client.run(
-                    self._stalled_script,
-                    keys,
-                    [self.spec.max_stalled_count, k.base, int(time.time() * 1000),
-                     self.spec.stalled_interval_ms],
-                )  # fmt: skip
-                for job_id in stalled or []:
-                    log.warning("%s: job %r stalled (its worker stopped); back to wait",
-                                self.name, job_id)  # fmt: skip
-                if stalled:
-                    self._wake()
+                await self.client.execute(
+                    "SET", self._heartbeat_key, self.name, "PX", HEARTBEAT_TTL_MS
+                )
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "the heartbeat")
+            except Exception:
+                log.exception("%s: unexpected error in the heartbeat", self.name)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _reclaim_loop(self) -> None:
+        """For one lock duration after start, take back the active jobs of dead workers."""
+        deadline = time.monotonic() + self.spec.lock_duration_ms / 1000
+        while not self._stopping and time.monotonic() < deadline:
+            try:
+                if not await self._reclaim_dead():
+                    return
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "reclaiming a dead worker's jobs")
+            except Exception:
+                log.exception("%s: unexpected error reclaiming jobs", self.name)
+            await asyncio.sleep(RECLAIM_EVERY_SECONDS)
+
+    async def _reclaim_dead(self) -> bool:
+        """Release the locks of active jobs whose worker is dead; True while some may yet be.
+
+        Dead: its heartbeat expired and no Redis connection carries its id (a worker that is
+        alive but slow still holds its connections; one reconnecting refreshes its heartbeat
+        within a second). Locks of other kinds of worker (Node BullMQ) are left to expire.
+        """
+        self.reclaim_checks += 1
+        active = await self.client.execute("LRANGE", self.keys["active"], 0, -1)
+        ids = [job_id for job_id in active or [] if job_id not in self._active]
+        if not ids:
+            return False
+        locks = await self.client.pipeline([["GET", self.keys.job(i) + ":lock"] for i in ids])
+        owned: dict[str, list[tuple[str, str]]] = {}
+        for job_id, token in zip(ids, locks, strict=True):
+            if token is None:  # its lock expired: stalled for sure, nobody renews it
+                owned.setdefault("", []).append((job_id, ""))
+                continue
+            match = _OUR_TOKEN.fullmatch(token) if isinstance(token, str) else None
+            if match and match[1] != self.id:
+                owned.setdefault(match[1], []).append((job_id, token))
+        if not owned:
+            return False
+        lockless = owned.pop("", [])
+        owners = list(owned)
+        beats = await self.client.pipeline(
+            [["EXISTS", self.keys[f"orderflow-alive:{owner}"]] for owner in owners]
+        )
+        silent = [owner for owner, beat in zip(owners, beats, strict=True) if beat == 0]
+        dead: list[str] = []
+        if silent:
+            try:
+                connected = str(await self.client.execute("CLIENT", "LIST"))
+            except RedisReplyError:  # CLIENT may be forbidden (ACL, managed Redis)
+                connected = ""
+            dead = [owner for owner in silent if not _connected(owner, connected)]
+        pairs: list[Arg] = [x for owner in dead for pair in owned[owner] for x in pair]
+        pairs += [x for pair in lockless for x in pair]
+        if pairs:
+            released = await self.client.run(
+                self._release_script,
+                [self.keys["stalled"], self.keys["stalled-check"]],
+                [self.keys.base, *pairs],
+            )
+            log.warning("%s: took back %s active job(s) of dead worker(s) %s",
+                        self.name, released, ", ".join(o[:8] for o in dead) or "(lock expired)")  # fmt: skip
+            await self._check_stalled()
+        return len(dead) < len(owners)
+
+    async def _stalled_loop(self) -> None:
+        """Move jobs whose worker died back to wait (BullMQ's stalled-job check)."""
+        while not self._stopping:
+            try:
+                await self._check_stalled()
             except REDIS_FAILURES as err:
                 self.redis.failed(err, "the stalled-job check")
             except Exception:
