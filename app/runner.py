@@ -122,7 +122,9 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
         tasks = [asyncio.create_task(w.run(), name=f"worker-{w.task_queue}") for w in workers]
         if "bridge" in parts:
             tasks.append(
-                asyncio.create_task(run_bridge_workers(settings, stop, processors), name="bridge")
+                asyncio.create_task(
+                    run_bridge_workers(settings, stop, processors, engine=engine), name="bridge"
+                )
             )
         if "http" in parts:
             tasks.append(asyncio.create_task(http.serve(), name="http"))

@@ -38,6 +38,7 @@ async def test_worker_killed_mid_burst_has_every_active_job_finished_within_15s_
         "redis_url": redis_url, "smtp_port": 1, "prefix": spec.prefix, "queue": spec.name,
         "lock_ms": LOCK_DURATION_MS, "stalled_ms": STALLED_INTERVAL_MS, "mode": "hang",
         "marker": str(marker), "concurrency": CONCURRENCY,
+        "db_url": f"sqlite:///{tmp_path / 'child.db'}",
     }  # fmt: skip
     child = await asyncio.create_subprocess_exec(sys.executable, str(CHILD), json.dumps(config))
     try:

@@ -75,9 +75,11 @@ def test_invoice_escapes_product_names_customer_ids_and_payment_ids(engine: Engi
     assert "&lt;img src=x onerror=&#34;window.pwned=&#39;img&#39;&#34;&gt;" in invoice.html
 
 
-def test_mail_escapes_the_recipient_address_and_every_data_field(settings: Settings) -> None:
+def test_mail_escapes_the_recipient_address_and_every_data_field(
+    settings: Settings, engine: Engine
+) -> None:
     spec = email_spec(settings)
-    processor = EmailProcessor(settings, spec, client=None)  # type: ignore[arg-type]
+    processor = EmailProcessor(settings, spec, engine)
     job = Job(
         id="order-confirmation-xss",
         name="send-order-confirmation",

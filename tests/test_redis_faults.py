@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from app import embedded
 from bridge.job import Job
 from bridge.producer import BulkJob, QueueProducer
 from orderflow.settings import Settings
-from tests.bridge_helpers import counts, eventually, running, unique_spec
+from tests.bridge_helpers import OwnRedis, counts, eventually, running, unique_spec
 from tests.fake_redis import BUSY, LOADING, READONLY, FakeRedis
 
 
@@ -70,37 +68,6 @@ async def test_worker_rides_out_loading_then_readonly_then_recovers_and_keeps_pr
     assert any("BUSY" in line for line in failing)
     assert 3 <= len(failing) <= 4 and 2 <= len(back) <= 3, (failing, back)
     await producer.close()
-
-
-class OwnRedis:
-    """A redis-server of one test's own, AOF on as in production, that can be restarted."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.url = f"redis://127.0.0.1:{embedded.free_port()}/0"
-        self.proc = self._start()
-
-    def _start(self) -> subprocess.Popen:
-        return embedded.start_redis(
-            url=self.url, data_dir=self.folder / "redis", log=self.folder / "redis.log"
-        )
-
-    def restart(self) -> None:
-        """SIGTERM (redis-server writes its AOF and exits), then start it on the same files."""
-        embedded.stop(self.proc)
-        self.proc = self._start()
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to write anything."""
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def start(self) -> None:
-        """Start again on the same files (after kill)."""
-        self.proc = self._start()
-
-    def stop(self) -> None:
-        embedded.stop(self.proc)
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from app.web.app import create_app
 from app.web.metrics import order_counts
 from bridge.job import Job
 from bridge.producer import QueueProducer
-from bridge.redis_client import RedisClient
 from bridge.specs import QueueSpec, email_spec, webhook_spec
 from mail.processor import EmailProcessor
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
@@ -253,17 +252,16 @@ async def traced(
     )
     tasks = [asyncio.create_task(w.run()) for w in workers]
     orders = OrderClient(client, mail, engine, task_queue=ORDERS_TASK_QUEUE + suffix)
-    delivered = RedisClient(redis_url)
     app = create_app(mail, webhook_producer, telemetry=telemetry, queues={})
     async with (
-        running(email, EmailProcessor(mail, email, delivered), redis_url),
+        running(email, EmailProcessor(mail, email, engine), redis_url),
         running(hooks, build_webhook_processor(mail, orders, engine), redis_url),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
     ):
         yield orders, http, mail
     await asyncio.gather(*(w.shutdown() for w in workers))
     await asyncio.gather(*tasks, return_exceptions=True)
-    for closeable in (email_producer, webhook_producer, delivered):
+    for closeable in (email_producer, webhook_producer):
         await closeable.close()
 
 
