@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orderflow.errors import InsecureSettingsError
@@ -84,7 +85,15 @@ class Settings(BaseSettings):
     # Payment webhooks: local dev secrets only; set the gateways' real ones in production
     stripe_webhook_secret: str = "whsec_orderflow_local_dev"
     razorpay_webhook_secret: str = "orderflow_local_dev_razorpay"
-    webhook_tolerance_seconds: int = 300  # Stripe's default window against replayed signatures
+    # Stripe's default window against replayed signatures; never 0 (that would accept any age)
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
+    # per-client request budget of the webhook endpoints, counted in Redis so every replica
+    # shares it; over it the answer is 429 + Retry-After (gateways retry). 0 switches it off
+    webhook_rate_limit: int = Field(default=3000, ge=0)
+    webhook_rate_window_seconds: int = Field(default=60, ge=1)
+    # behind a trusted proxy: the header it appends the client address to (its last entry is
+    # used), e.g. X-Forwarded-For; empty: the TCP peer is the client
+    webhook_client_ip_header: str = ""
     webhook_max_body_bytes: int = 512 * 1024  # events are a few KiB; refuse far larger
     webhook_enqueue_timeout_seconds: float = 5.0  # answer 503 (gateway redelivers) if Redis stalls
     # Operations: telemetry, dashboard, cleanup (app/telemetry.py, app/web/dashboard.py)

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from bullmq import Queue
+from pydantic import ValidationError
 
 from app import embedded
 from app.web.app import create_app, http_server
@@ -21,7 +22,13 @@ from bridge.producer import QueueProducer
 from bridge.specs import webhook_spec
 from orderflow.settings import Settings
 from payments.samples import sample_event
-from payments.signatures import curl_command, sign_razorpay, sign_stripe, signed_headers
+from payments.signatures import (
+    curl_command,
+    sign_razorpay,
+    sign_stripe,
+    signed_headers,
+    verify_stripe,
+)
 from tests.bridge_helpers import counts
 
 STRIPE_SECRET = "whsec_ingress_test"
@@ -29,8 +36,10 @@ RAZORPAY_SECRET = "rzp_ingress_test"
 
 
 @pytest.fixture
-def settings() -> Settings:
+def settings(redis_url: str) -> Settings:
     return Settings(
+        redis_url=redis_url,
+        queue_prefix=f"in{uuid.uuid4().hex[:8]}",  # a rate-limit budget of this test's own
         stripe_webhook_secret=STRIPE_SECRET,
         razorpay_webhook_secret=RAZORPAY_SECRET,
         webhook_max_body_bytes=4096,
@@ -309,3 +318,53 @@ async def test_signed_event_carrying_a_card_number_is_400_and_nothing_queued(
     assert "evt_card" in response.json()["detail"]
     assert sum((await counts(spec, redis_url)).values()) == 0
     await producer.close()
+
+
+def test_stripe_tolerance_is_never_zero() -> None:
+    for bad in (0, -1, 86_401):
+        with pytest.raises(ValidationError, match="webhook_tolerance_seconds"):
+            Settings(webhook_tolerance_seconds=bad)
+    body = stripe_event("evt_old")
+    ancient = sign_stripe(body, STRIPE_SECRET, int(time.time()) - 10 * 365 * 86400)
+    with pytest.raises(ValueError, match="tolerance must be positive"):
+        verify_stripe(body, ancient, STRIPE_SECRET, tolerance=0)
+
+
+async def test_rate_limit_per_client_is_shared_by_replicas_and_answered_429(
+    settings: Settings, redis_url: str
+) -> None:
+    limited = settings.model_copy(
+        update={
+            "webhook_rate_limit": 5,
+            "webhook_rate_window_seconds": 60,
+        }
+    )
+    queue = Queue(f"webhook-rl-{uuid.uuid4().hex[:8]}", {"connection": redis_url})
+    body = stripe_event("evt_rl")
+    headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
+    # two replicas of the app, one Redis: the client's budget is counted once
+    replicas = [create_app(limited, queue), create_app(limited, queue)]
+    answers: list[int] = []
+    clients = [
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=a, client=("203.0.113.7", 4000)),
+                          base_url="http://test")
+        for a in replicas
+    ]  # fmt: skip
+    for i in range(8):
+        response = await clients[i % 2].post("/webhooks/stripe", content=body, headers=headers)
+        answers.append(response.status_code)
+        if response.status_code == 429:
+            assert response.json()["error"] == "rate_limited"
+            assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert answers == [200] * 5 + [429] * 3
+    # another client has its own budget
+    other = httpx.ASGITransport(app=replicas[0], client=("198.51.100.9", 4000))
+    async with httpx.AsyncClient(transport=other, base_url="http://test") as http:
+        assert (
+            await http.post("/webhooks/stripe", content=body, headers=headers)
+        ).status_code == 200
+    for client in clients:
+        await client.aclose()
+    assert await total_jobs(queue) == 1  # one event id, however many times it came
+    await queue.obliterate(force=True)
+    await queue.close()
