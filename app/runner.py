@@ -16,7 +16,7 @@ from app.schedules import ensure_maintenance_schedules, ensure_schedules
 from app.smtp_sink import start_smtp_sink, stop_smtp_sink
 from app.telemetry import setup_telemetry
 from app.temporal import connect
-from app.web.app import create_app, http_server
+from app.web.app import create_app, create_metrics_app, http_server
 from bridge.producer import producer_for
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.payment import WEBHOOK_QUEUE
@@ -119,6 +119,14 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
             settings, webhook_queue, orders=order_client, engine=engine, telemetry=telemetry
         )
         http = http_server(settings, app)
+        servers = [http]
+        if settings.metrics_port:
+            metrics_app = create_metrics_app(settings, telemetry, engine=engine)
+            servers.append(
+                http_server(
+                    settings, metrics_app, host=settings.metrics_host, port=settings.metrics_port
+                )
+            )
         tasks = [asyncio.create_task(w.run(), name=f"worker-{w.task_queue}") for w in workers]
         if "bridge" in parts:
             tasks.append(
@@ -127,7 +135,8 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
                 )
             )
         if "http" in parts:
-            tasks.append(asyncio.create_task(http.serve(), name="http"))
+            for server, name in zip(servers, ("http", "metrics"), strict=False):
+                tasks.append(asyncio.create_task(server.serve(), name=name))
             log.info(
                 "HTTP app on http://%s:%d (webhooks, health, /metrics, /ops dashboard)",
                 settings.http_host,
@@ -145,7 +154,8 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
             "stopping: no new tasks, in-flight work gets %.0fs", settings.graceful_shutdown_seconds
         )
         stop.set()
-        http.should_exit = True
+        for server in servers:
+            server.should_exit = True
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
         await asyncio.gather(*tasks, return_exceptions=True)
     log.info("stopped")

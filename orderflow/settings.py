@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     webhook_enqueue_timeout_seconds: float = 5.0  # answer 503 (gateway redelivers) if Redis stalls
     # Operations: telemetry, dashboard, cleanup (app/telemetry.py, app/web/dashboard.py)
     service_name: str = "orderflow"  # OTel resource service.name
+    metrics_cache_seconds: float = 10.0  # /metrics reads Redis and the database at most this often
+    metrics_token: str = ""  # if set, /metrics wants `Authorization: Bearer <token>`
+    metrics_port: int = 0  # if set, /metrics is served only on this port (of metrics_host)
+    metrics_host: str = "127.0.0.1"
     admin_user: str = "admin"  # HTTP Basic for the ops dashboard; set a real one in production
     admin_password: str = "orderflow-local-admin"
     # signs the dashboard's form tokens, so any replica (and a restarted one) accepts them
