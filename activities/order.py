@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -27,13 +27,12 @@ from orderflow.contracts.order import (
 from orderflow.contracts.payment import PaymentKind, PaymentStatus
 from orderflow.db import Invoice, Order, OrderItem, Payment, Product, Reservation
 from orderflow.money import format_money
+from orderflow.templating import is_html_template
 
 
 def invoice_templates() -> Environment:
     """The Jinja2 environment for invoices (autoescaped HTML)."""
-    env = Environment(
-        loader=PackageLoader("activities", "templates"), autoescape=select_autoescape()
-    )
+    env = Environment(loader=PackageLoader("activities", "templates"), autoescape=is_html_template)
     env.filters["money"] = format_money
     return env
 

@@ -19,8 +19,10 @@ from app.smtp_sink import start_smtp_sink, stop_smtp_sink
 from app.telemetry import setup_telemetry
 from app.temporal import connect
 from app.web.app import create_app, http_server
+from app.web.metrics import metrics_router
 from app.web.probe import probe_app, probe_server
 from bridge.producer import producer_for
+from bridge.specs import queue_specs
 from orderflow import schema
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.payment import WEBHOOK_QUEUE
@@ -82,6 +84,10 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
     """
     if unknown := set(parts) - set(PARTS):
         raise OrderflowError(f"unknown part(s) {sorted(unknown)}: choose from {', '.join(PARTS)}")
+    settings.check_production_secrets()
+    if settings.production_shaped and settings.allow_insecure_secrets:
+        for problem in settings.insecure_secrets():
+            log.warning("ORDERFLOW_ALLOW_INSECURE_SECRETS: starting although %s", problem)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -130,14 +136,17 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
         app = create_app(
             settings, webhook_queue, orders=order_client, engine=engine, telemetry=telemetry
         )
-        http = http_server(settings, app)
+        servers = [http_server(settings, app)]
         tasks = [asyncio.create_task(w.run(), name=f"worker-{w.task_queue}") for w in workers]
         if "bridge" in parts:
             tasks.append(
-                asyncio.create_task(run_bridge_workers(settings, stop, processors), name="bridge")
+                asyncio.create_task(
+                    run_bridge_workers(settings, stop, processors, engine=engine), name="bridge"
+                )
             )
         if "http" in parts:
-            tasks.append(asyncio.create_task(http.serve(), name="http"))
+            for server, name in zip(servers, ("http",), strict=True):
+                tasks.append(asyncio.create_task(server.serve(), name=name))
             log.info(
                 "HTTP app on http://%s:%d (webhooks, health, /metrics, /ops dashboard)",
                 settings.http_host,
@@ -145,11 +154,19 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
             )
         probe = None
         if settings.metrics_port:
-            probe = probe_server(settings, probe_app(telemetry, parts))
+            # the http part adds the queue and order gauges to the process's own metrics
+            http_part = "http" in parts
+            router = metrics_router(
+                telemetry,
+                queue_specs(settings) if http_part else {},
+                settings,
+                engine if http_part else None,
+            )
+            probe = probe_server(settings, probe_app(parts, router))
             tasks.append(asyncio.create_task(probe.serve(), name="probe"))
             log.info(
                 "metrics and health on http://%s:%d/metrics, /healthz",
-                settings.http_host,
+                settings.metrics_host,
                 settings.metrics_port,
             )
         log.info("orderflow is up (%s); Ctrl-C to stop", ", ".join(parts))
@@ -164,7 +181,8 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
             "stopping: no new tasks, in-flight work gets %.0fs", settings.graceful_shutdown_seconds
         )
         stop.set()
-        http.should_exit = True
+        for server in servers:
+            server.should_exit = True
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
         if probe is not None:  # healthy until the workers have handed their work back
             probe.should_exit = True

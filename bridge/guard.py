@@ -1,4 +1,9 @@
-"""The payload guard: job data is stored in clear text, so refuse secrets and large blobs."""
+"""The payload guard: job data is stored in clear text, so refuse secrets and large blobs.
+
+Field names are screened (password, token, card number ...) and so are values: a Luhn-valid
+card number, a URL carrying a token (a reset link) or credentials, a JWT. The error names the
+field and what it looked like, never the value.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,43 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from bridge.errors import PayloadRejectedError
 
 # Field names (lower-cased, separators dropped) that carry secrets wherever they appear in a name
 SENSITIVE_PARTS = (
-    "password", "passwd", "passphrase", "secret", "token", "apikey", "accesskey",
+    "password", "passwd", "passphrase", "passcode", "secret", "token", "apikey", "accesskey",
     "privatekey", "cardnumber", "cardno", "creditcard", "debitcard", "cvv", "cvc",
-    "securitycode", "iban", "accountnumber",
+    "securitycode", "verificationcode", "onetimecode", "onetimepassword", "otpcode",
+    "iban", "accountnumber",
 )  # fmt: skip
-# Short names that are secrets only as the whole field name ("pin" is inside "shipping")
-SENSITIVE_NAMES = frozenset({"pin", "pan", "ssn", "otp", "cvv2", "authorization", "cookie"})
+# Short names that are secrets only as the whole field name ("pin" is inside "shipping",
+# "otp" inside "footprint")
+SENSITIVE_NAMES = frozenset(
+    {"pin", "pan", "ssn", "otp", "totp", "mfacode", "cvv2", "authorization", "cookie"}
+)
+# Query parameters that make a URL a credential (besides every sensitive field name)
+URL_SECRET_PARAMS = frozenset(
+    {"code", "key", "sig", "signature", "auth", "session", "sessionid", "sid", "jwt", "hash",
+     "reset", "ticket", "nonce", "otp"}
+)  # fmt: skip
+URL_SECRET_SUFFIXES = ("signature", "sig", "credential", "key", "auth")  # X-Amz-Signature, api_key
+# Path words of links whose long random segment is the credential (/reset/9f8a7c...)
+LINK_WORDS = ("reset", "verify", "confirm", "activate", "magic", "login", "invite", "unsubscribe")
+TOKEN_SEGMENT_MIN = 16  # a random path segment this long (letters and digits) is a bearer token
+CARD_DIGITS = (13, 19)  # ISO/IEC 7812 card numbers: 13 to 19 digits
+CARD_FIRST_DIGITS = "23456"  # Mastercard 2/5, Amex/Diners/JCB 3, Visa 4, Discover/UnionPay 6
+
 _SEPARATORS = re.compile(r"[^a-z0-9]")
 # A fast screen over the whole encoded payload: only a hit (or an escape) needs the field walk
 _SCREEN_DROP = re.compile(r'[^a-z0-9"\\]')
 _SCREEN = re.compile("|".join([*SENSITIVE_PARTS, *(f'"{name}"' for name in SENSITIVE_NAMES)]))
+_VALUE_SCREEN = re.compile(r"\d(?:[ -]?\d){12}|://|eyj[a-z0-9_-]{6,}\.")
+_CARD = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s\"'<>]+", re.IGNORECASE)
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.")
+_TOKEN_SEGMENT = re.compile(rf"^(?=.*[a-zA-Z])(?=.*\d)[A-Za-z0-9_-]{{{TOKEN_SEGMENT_MIN},}}$")
 
 
 def sensitive_field(name: str) -> bool:
@@ -29,16 +56,77 @@ def sensitive_field(name: str) -> bool:
     return key in SENSITIVE_NAMES or any(part in key for part in SENSITIVE_PARTS)
 
 
-def _walk(value: Any, path: str) -> Iterator[str]:
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum every payment card number satisfies."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def card_number_in(text: str) -> bool:
+    """True if `text` holds a Luhn-valid 13-19 digit run (spaces or dashes between digits)."""
+    for match in _CARD.finditer(text):
+        digits = re.sub(r"\D", "", match.group())
+        low, high = CARD_DIGITS
+        if low <= len(digits) <= high and digits[0] in CARD_FIRST_DIGITS and luhn_valid(digits):
+            return True
+    return False
+
+
+def credential_url_in(text: str) -> str:
+    """What makes a URL in `text` a credential ("" if none): a token parameter, a password..."""
+    for match in _URL.finditer(text):
+        try:
+            url = urlsplit(match.group())
+            password = url.password
+        except ValueError:
+            return "a URL that cannot be parsed"
+        if password:
+            return "a URL with a password in it"
+        for key, _ in parse_qsl(url.query + "&" + url.fragment, keep_blank_values=True):
+            bare = _SEPARATORS.sub("", key.lower())
+            if (
+                sensitive_field(key)
+                or bare in URL_SECRET_PARAMS
+                or bare.endswith(URL_SECRET_SUFFIXES)
+            ):
+                return f"a URL carrying a {key!r} parameter"
+        path = url.path.lower()
+        if any(word in path for word in LINK_WORDS):
+            if any(_TOKEN_SEGMENT.match(segment) for segment in url.path.split("/")):
+                return "a link carrying a token in its path"
+    return ""
+
+
+def _value_problem(text: str) -> str:
+    if card_number_in(text):
+        return "a card number (a Luhn-valid digit run)"
+    if why := credential_url_in(text):
+        return why
+    if _JWT.search(text):
+        return "a JSON Web Token"
+    return ""
+
+
+def _walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
     if isinstance(value, dict):
         for key, item in value.items():
             here = f"{path}.{key}"
             if sensitive_field(str(key)):
-                yield here
+                yield here, "its name says it holds a secret"
+            elif why := _value_problem(str(key)):
+                yield f"{path} (a key)", f"the key looks like {why}"
             yield from _walk(item, here)
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             yield from _walk(item, f"{path}[{i}]")
+    elif isinstance(value, str | int) and not isinstance(value, bool):
+        if why := _value_problem(str(value)):
+            yield path, f"its value looks like {why}"
 
 
 @dataclass(frozen=True)
@@ -49,7 +137,7 @@ class PayloadGuard:
     max_bytes: int
 
     def check(self, name: str, job_id: str | None, data: Any, encoded: str) -> None:
-        """Raise PayloadRejectedError if `data` has a sensitive field or `encoded` is too large."""
+        """Raise PayloadRejectedError if `data` holds a secret or `encoded` is too large."""
         size = len(encoded.encode())
         if size > self.max_bytes:
             raise PayloadRejectedError(
@@ -57,13 +145,16 @@ class PayloadGuard:
                 f"data is {size} bytes, over the {self.max_bytes}-byte limit;"
                 " store large data in the database and pass its id",
             )  # fmt: skip
-        screened = _SCREEN_DROP.sub("", encoded.lower())
+        lowered = encoded.lower()
+        screened = _SCREEN_DROP.sub("", lowered)
         if "\\" not in screened and not _SCREEN.search(screened):
-            return
+            if not _VALUE_SCREEN.search(lowered):
+                return
         found = next(_walk(data, "data"), None)
         if found is not None:
+            field, why = found
             raise PayloadRejectedError(
                 self.queue, name, job_id,
-                f"{found} looks sensitive (passwords, tokens, secrets and card data"
-                " must not be stored in Redis in clear text)",
+                f"{field} looks sensitive: {why} (passwords, tokens, secrets and card data"
+                " must not be stored in Redis in clear text; pass an id and look it up)",
             )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,36 @@ from orderflow.settings import Settings
 
 PRIORITY_LIMIT = 2**21  # BullMQ's highest priority value (it packs priority into a zset score)
 BACKOFF_TYPES = ("fixed", "exponential")  # built in; any other type needs a worker strategy
+JS_SAFE_DIGITS = 15  # JavaScript's Number keeps 15 significant digits exactly
+_JS_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")  # what `${parseInt(id, 10)}` gives back unchanged
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def job_id_problem(job_id: str) -> str:
+    """Why `job_id` cannot be a custom job id ("" if it can), as Node BullMQ's Job checks it.
+
+    Node refuses integers (`${parseInt(id, 10)}` === id) and ids with ':' (they would read as
+    its legacy repeat ids; this producer refuses even those). Control characters (newline, NUL)
+    are refused too: they end up in Redis keys, logs and the dashboard.
+    """
+    if not job_id:
+        return "cannot be empty"
+    if _JS_INTEGER.fullmatch(job_id) and job_id != "-0":
+        digits = job_id.lstrip("-")
+        if len(digits) <= JS_SAFE_DIGITS:  # longer ones do not survive parseInt's round trip
+            return "cannot be an integer (Node BullMQ refuses numeric custom ids)"
+    if ":" in job_id:
+        return "cannot contain ':' (Node BullMQ refuses it in custom ids)"
+    if _CONTROL.search(job_id):
+        return "cannot contain a control character (newline, NUL ...)"
+    return ""
+
+
+def check_job_id(job_id: str, queue: str = "") -> None:
+    """Raise InvalidJobOptionsError, naming the queue and the (escaped) id, if it is refused."""
+    if why := job_id_problem(job_id):
+        where = f"{queue}: " if queue else ""
+        raise InvalidJobOptionsError(f"{where}custom jobId {job_id!r} {why}")
 
 
 @dataclass(frozen=True)
@@ -38,8 +69,7 @@ def normalize_opts(spec: QueueSpec, opts: Mapping[str, Any] | None) -> dict[str,
     job_id = merged.get("jobId")
     if job_id is not None:
         job_id = merged["jobId"] = str(job_id)
-        if not job_id or job_id.isdigit():
-            raise InvalidJobOptionsError(f"custom jobId {job_id!r} must be a non-numeric string")
+        check_job_id(job_id, spec.name)
     backoff = merged.get("backoff")
     if isinstance(backoff, int | float) and not isinstance(backoff, bool):
         merged["backoff"] = {"type": "fixed", "delay": int(backoff)}

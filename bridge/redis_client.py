@@ -139,7 +139,12 @@ class RedisClient:
                 setup.append(["CLIENT", "SETNAME", self.name])
             setup += [["SCRIPT", "LOAD", s.source] for s in self._scripts.values()]
             if setup:
-                await self._send(proto, setup)
+                replies = await self._send(proto, setup)
+                if failed := next((r for r in replies if isinstance(r, BaseException)), None):
+                    # a wrong password, or a Redis still loading: this connection is not ready
+                    if proto.transport is not None:
+                        proto.transport.close()
+                    raise failed
             self._proto = proto
             return proto
 

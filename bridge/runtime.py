@@ -10,10 +10,12 @@ unfinished jobs back to the queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import json
 import logging
+import re
 import time
 import traceback
 import uuid
@@ -26,7 +28,13 @@ from bullmq import UnrecoverableError
 from bridge.errors import JobTimeoutError, MalformedJobError, RetryLater
 from bridge.job import Job, Processor, job_from_hash
 from bridge.redis_client import Arg, RedisClient, RedisReplyError
-from bridge.scripts import Keys, bullmq_script, dead_letter_script, rate_limit_script
+from bridge.scripts import (
+    Keys,
+    bullmq_script,
+    dead_letter_script,
+    rate_limit_script,
+    release_dead_locks_script,
+)
 from bridge.specs import QueueSpec
 from bridge.tracing import InstrumentedProcessor
 
@@ -40,7 +48,78 @@ STACKTRACE_KEEP = (
 LIMIT_MARGIN_MS = (
     25  # a permit is granted one round trip before the job starts: keep starts in limit
 )
-RECONNECT_DELAY = 1.0  # seconds between attempts while Redis is unreachable (workers retry forever)
+RETRY_FIRST_DELAY = 0.1  # first wait after a Redis failure; doubles up to RETRY_MAX_DELAY ...
+RETRY_MAX_DELAY = (
+    5.0  # ... so a restarted Redis is used again within seconds (workers retry forever)
+)
+# Failures a worker rides out: the connection, and error replies of a Redis that is restarting,
+# failing over or busy (LOADING, READONLY, NOAUTH after a restart without the password yet,
+# BUSY running a script, MASTERDOWN, TRYAGAIN, OOM ...)
+REDIS_FAILURES = (ConnectionError, OSError, RedisReplyError)
+# Liveness of a worker, so a restarted one takes its dead predecessor's jobs back in seconds
+# rather than after lock expiry plus two stalled-job checks (about a minute with the defaults):
+HEARTBEAT_SECONDS = 1.0  # each worker refreshes its heartbeat key this often ...
+HEARTBEAT_TTL_MS = 5000  # ... and a worker silent this long, with no connection open, is dead
+RECLAIM_EVERY_SECONDS = 1.0  # how often a starting worker looks for a dead worker's jobs ...
+# ... during its first lock duration (after that, lock expiry and the stalled check take over)
+_OUR_TOKEN = re.compile(r"([0-9a-f]{32}):\d+")  # BridgeWorker lock tokens: worker id, counter
+
+
+class Backoff:
+    """Exponential waits between retries of one loop, reset by a success."""
+
+    def __init__(self) -> None:
+        self.delay = RETRY_FIRST_DELAY
+
+    async def wait(self) -> None:
+        """Sleep the current delay, then double it (up to RETRY_MAX_DELAY)."""
+        await asyncio.sleep(self.delay)
+        self.delay = min(RETRY_MAX_DELAY, self.delay * 2)
+
+    def reset(self) -> None:
+        """Back to the first delay."""
+        self.delay = RETRY_FIRST_DELAY
+
+
+class RedisState:
+    """Redis as one worker sees it; logs one line per change (failing, failing otherwise, back)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.problem: str | None = None
+        self.since = 0.0
+
+    def failed(self, err: BaseException, where: str) -> None:
+        """Note a failure; logs only when the kind of failure changes."""
+        kind = _failure_kind(err)
+        if kind == self.problem:
+            return
+        if self.problem is None:
+            self.since = time.monotonic()
+        self.problem = kind
+        log.warning("%s: redis failing in %s: %s; retrying with backoff (up to %.0fs)",
+                    self.name, where, err, RETRY_MAX_DELAY)  # fmt: skip
+
+    def ok(self) -> None:
+        """Note a success; logs once when Redis answers again after failures."""
+        if self.problem is not None:
+            log.warning("%s: redis is back after %.1fs (%s)",
+                        self.name, time.monotonic() - self.since, self.problem)  # fmt: skip
+            self.problem = None
+
+
+def _connected(worker_id: str, client_list: str) -> bool:
+    """True if CLIENT LIST shows a connection of this worker (named with its id)."""
+    short = worker_id[:8]  # names before the full id was added ended in it
+    return worker_id in client_list or any(
+        f":{short}{end}" in client_list for end in (" ", ":blocking ")
+    )
+
+
+def _failure_kind(err: BaseException) -> str:
+    if isinstance(err, RedisReplyError):
+        return str(err).split(" ", 1)[0] or "error reply"  # LOADING, READONLY, NOAUTH ...
+    return "connection"
 
 
 def keep_jobs(remove: Any) -> dict[str, Any]:
@@ -70,8 +149,9 @@ class BridgeWorker:
         self.id = uuid.uuid4().hex
         self.name = name or f"orderflow:{spec.name}:{self.id[:8]}"
         self.keys = Keys(spec.prefix, spec.name)
-        self.client = RedisClient(redis_url, name=self.name)
-        self.blocking = RedisClient(redis_url, name=self.name + ":blocking")
+        # the full id in the connection names lets other workers see this one is alive
+        self.client = RedisClient(redis_url, name=f"{self.name}:{self.id}")
+        self.blocking = RedisClient(redis_url, name=f"{self.name}:{self.id}:blocking")
         self.processed = 0
         self.failed = 0
         self._tokens = itertools.count(1)
@@ -83,6 +163,10 @@ class BridgeWorker:
         self._idle = 0
         self._idle_event = asyncio.Event()
         self._block_until = 0
+        self.redis = RedisState(self.name)
+        # tokens of fetches whose reply was lost: the job may sit in active, locked with one
+        self._lost_tokens: set[str] = set()
+        self.reclaim_checks = 0  # looks for dead workers' jobs so far (tests wait on it)
         self._prepare_scripts()
 
     def _prepare_scripts(self) -> None:
@@ -98,6 +182,12 @@ class BridgeWorker:
         self._progress_script = self.client.register(bullmq_script("updateProgress-3.lua"))
         self._log_script = self.client.register(bullmq_script("addLog-2.lua"))
         self._limit_script = self.client.register(rate_limit_script())
+        self._release_script = self.client.register(release_dead_locks_script())
+        self._stalled_keys: list[Arg] = [
+            k[n] for n in ("stalled", "wait", "active", "stalled-check", "meta", "paused",
+                           "marker", "events", "repeat")
+        ]  # fmt: skip
+        self._heartbeat_key = k[f"orderflow-alive:{self.id}"]
         self._active_keys = [
             k[n] for n in ("wait", "active", "prioritized", "events", "stalled", "limiter",
                            "delayed", "paused", "meta", "pc", "marker")
@@ -117,11 +207,13 @@ class BridgeWorker:
     async def run(self, stop: asyncio.Event, grace_seconds: float = 30.0) -> None:
         """Process jobs until `stop` is set, then shut down gracefully within `grace_seconds`."""
         self._wakeup = asyncio.get_running_loop().create_future()
-        await self._connect()
+        await self._connect(stop)
         slots = [asyncio.create_task(self._slot()) for _ in range(self.spec.concurrency)]
         helpers = [
             asyncio.create_task(self._marker_loop()),
             asyncio.create_task(self._lock_loop()),
+            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._reclaim_loop()),
             asyncio.create_task(self._stalled_loop()),
         ]
         await stop.wait()
@@ -137,17 +229,25 @@ class BridgeWorker:
         for task in helpers + [t for t in slots if not t.done()]:
             task.cancel()
         await asyncio.gather(*helpers, *slots, return_exceptions=True)
+        with contextlib.suppress(*REDIS_FAILURES):
+            await self.client.execute("DEL", self._heartbeat_key)
         await self.blocking.close()
         await self.client.close()
 
-    async def _connect(self) -> None:
-        while True:
+    async def _connect(self, stop: asyncio.Event) -> None:
+        """Wait until Redis answers and has loaded its dataset (a restart replays the AOF)."""
+        backoff = Backoff()
+        while not stop.is_set():
             try:
                 await self.client.execute("PING")
+                info = await self.client.execute("INFO", "persistence")
+                if "loading:1" in str(info):
+                    raise RedisReplyError("LOADING Redis is loading the dataset in memory")
+                self.redis.ok()
                 return
-            except (ConnectionError, OSError) as err:
-                log.warning("%s: redis unreachable (%s); retrying", self.name, err)
-                await asyncio.sleep(RECONNECT_DELAY)
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "start-up")
+                await backoff.wait()
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -156,24 +256,29 @@ class BridgeWorker:
 
     async def _slot(self) -> None:
         fetched: list[Any] | None = None
+        backoff = Backoff()
         while not self._stopping:
             try:
                 if fetched is None:
                     wakeup = self._wakeup
+                    if self._lost_tokens:
+                        await self._recover_lost()
                     fetched = await self._fetch()
+                    self.redis.ok()
+                    backoff.reset()
                     if fetched is None:
                         await self._wait_idle(wakeup)
                         continue
                 job = job_from_hash(fetched[0], fetched[1], fetched[2], self.spec.name, self)
                 fetched = await self._handle(job)
-            except (ConnectionError, OSError) as err:
+            except REDIS_FAILURES as err:
                 fetched = None
-                log.warning("%s: redis error %s; retrying", self.name, err)
-                await asyncio.sleep(RECONNECT_DELAY)
+                self.redis.failed(err, "fetching a job")
+                await backoff.wait()
             except Exception:
                 fetched = None
                 log.exception("%s: unexpected error in a worker slot", self.name)
-                await asyncio.sleep(RECONNECT_DELAY)
+                await backoff.wait()
         if fetched is not None:  # fetched by a finish or fetch that overlapped the stop
             await self._hand_back(
                 job_from_hash(fetched[0], fetched[1], fetched[2], self.spec.name, self)
@@ -227,9 +332,13 @@ class BridgeWorker:
             use_bin_type=True,
         )  # fmt: skip
         now = int(time.time() * 1000)
-        raw = await self.client.run(
-            self._active_script, self._active_keys, [self.keys.base, now, opts]
-        )
+        try:
+            raw = await self.client.run(
+                self._active_script, self._active_keys, [self.keys.base, now, opts]
+            )
+        except (ConnectionError, OSError):
+            self._lost_tokens.add(token)  # Redis may have run it: a job may be locked with it
+            raise
         return await self._next_from(raw, token, token)
 
     async def _next_from(self, raw: Any, token: str, permit: str) -> list[Any] | None:
@@ -250,6 +359,7 @@ class BridgeWorker:
     async def _marker_loop(self) -> None:
         """Block on BullMQ's marker key while some slot is idle, and wake the idle slots."""
         marker = self.keys["marker"]
+        backoff = Backoff()
         while not self._stopping:
             try:
                 await self._idle_event.wait()
@@ -261,6 +371,8 @@ class BridgeWorker:
                         timeout, max(0.001, (self._block_until - time.time() * 1000) / 1000)
                     )
                 result = await self.blocking.execute("BZPOPMIN", marker, f"{timeout:.3f}")
+                self.redis.ok()
+                backoff.reset()
                 now = time.time() * 1000
                 if result and float(result[2]) > now:
                     self._block_until = int(float(result[2]))
@@ -269,9 +381,14 @@ class BridgeWorker:
                     continue
                 self._block_until = 0
                 self._wake()
-            except (ConnectionError, OSError) as err:
-                log.warning("%s: blocking connection error %s; retrying", self.name, err)
-                await asyncio.sleep(RECONNECT_DELAY)
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "waiting for jobs")
+                await backoff.wait()
+                self._wake()  # idle slots look for themselves: jobs may have come meanwhile
+            except Exception:
+                log.exception("%s: unexpected error waiting for jobs", self.name)
+                await backoff.wait()
+                self._wake()
 
     # ---- processing ----------------------------------------------------------------------
 
@@ -347,7 +464,22 @@ class BridgeWorker:
         return await self._next_from(raw, job.token, permit)
 
     async def _run_finish(self, script: Any, keys: list[Arg], args: list[Arg], job: Job) -> Any:
-        raw = await self.client.run(script, keys, args)
+        # The attempt's outcome is known: keep trying to record it while the job's lock can
+        # still be ours, so a Redis blip does not make the job run again.
+        deadline = time.monotonic() + self.spec.lock_duration_ms / 1000
+        backoff = Backoff()
+        while True:
+            try:
+                raw = await self.client.run(script, keys, args)
+                self.redis.ok()
+                break
+            except REDIS_FAILURES as err:
+                if not isinstance(err, RedisReplyError):  # it may have run, fetching a job
+                    self._lost_tokens.add(job.token)
+                self.redis.failed(err, f"finishing job {job.id!r}")
+                if self._abandoning or time.monotonic() + backoff.delay > deadline:
+                    raise
+                await backoff.wait()
         if isinstance(raw, int) and raw < 0:
             log.warning(
                 "%s: job %r (%s) could not be finished (BullMQ code %s); its lock was lost,"
@@ -445,14 +577,39 @@ class BridgeWorker:
                     self.name, job.id, job.name, self.spec.dlq, reason)  # fmt: skip
         return None
 
+    async def _recover_lost(self) -> None:
+        """Hand back jobs fetched by calls whose reply was lost (Redis restarted meanwhile).
+
+        Without this they would sit in active, locked by this worker, until the lock expires
+        and a stalled-job check moves them: a minute late.
+        """
+        lost, self._lost_tokens = self._lost_tokens, set()
+        try:
+            active = await self.client.execute("LRANGE", self.keys["active"], 0, -1)
+            ids = [i for i in active or [] if i not in self._active]
+            locks = await self.client.pipeline([["GET", self.keys.job(i) + ":lock"] for i in ids])
+        except BaseException:
+            self._lost_tokens |= lost
+            raise
+        for job_id, token in zip(ids, locks, strict=True):
+            if isinstance(token, str) and token in lost:
+                await self._hand_back_id(job_id, token)
+
     async def _hand_back(self, job: Job) -> None:
         """Shutdown ran out of grace: put the job back in wait, no attempt counted."""
+        await self._hand_back_id(job.id, job.token)
+        log.warning("%s: job %r (%s) handed back to the queue at shutdown",
+                    self.name, job.id, job.name)  # fmt: skip
+
+    async def _hand_back_id(self, job_id: str, token: str) -> None:
         k = self.keys
         keys: list[Arg] = [k["active"], k["wait"], k["stalled"], k["paused"], k["meta"],
                            k["limiter"], k["prioritized"], k["marker"], k["events"]]  # fmt: skip
-        await self.client.run(self._handback_script, keys, [job.id, job.token, k.job(job.id)])
-        log.warning("%s: job %r (%s) handed back to the queue at shutdown",
-                    self.name, job.id, job.name)  # fmt: skip
+        result = await self.client.run(self._handback_script, keys, [job_id, token, k.job(job_id)])
+        if not (isinstance(result, int) and result < 0) and not self._stopping:
+            log.warning("%s: job %r handed back to wait (its fetch reply was lost)",
+                        self.name, job_id)  # fmt: skip
+        self._wake()
 
     # ---- progress, logs, locks, stalled jobs ----------------------------------------------
 
@@ -490,27 +647,106 @@ class BridgeWorker:
                 )  # fmt: skip
                 for job_id in lost or []:
                     log.warning("%s: lost the lock of job %r", self.name, job_id)
-            except (ConnectionError, OSError, RedisReplyError) as err:
-                log.warning("%s: could not renew locks: %s", self.name, err)
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "renewing locks")
+            except Exception:
+                log.exception("%s: unexpected error renewing locks", self.name)
+
+    async def _check_stalled(self) -> None:
+        stalled = await self.client.run(
+            self._stalled_script,
+            self._stalled_keys,
+            [self.spec.max_stalled_count, self.keys.base, int(time.time() * 1000),
+             self.spec.stalled_interval_ms],
+        )  # fmt: skip
+        for job_id in stalled or []:
+            log.warning("%s: job %r stalled (its worker stopped); back to wait",
+                        self.name, job_id)  # fmt: skip
+        if stalled:
+            self._wake()
+
+    async def _heartbeat_loop(self) -> None:
+        """Keep this worker's heartbeat key alive (see HEARTBEAT_TTL_MS)."""
+        while not self._stopping:
+            try:
+                await self.client.execute(
+                    "SET", self._heartbeat_key, self.name, "PX", HEARTBEAT_TTL_MS
+                )
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "the heartbeat")
+            except Exception:
+                log.exception("%s: unexpected error in the heartbeat", self.name)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _reclaim_loop(self) -> None:
+        """For one lock duration after start, take back the active jobs of dead workers."""
+        deadline = time.monotonic() + self.spec.lock_duration_ms / 1000
+        while not self._stopping and time.monotonic() < deadline:
+            try:
+                if not await self._reclaim_dead():
+                    return
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "reclaiming a dead worker's jobs")
+            except Exception:
+                log.exception("%s: unexpected error reclaiming jobs", self.name)
+            await asyncio.sleep(RECLAIM_EVERY_SECONDS)
+
+    async def _reclaim_dead(self) -> bool:
+        """Release the locks of active jobs whose worker is dead; True while some may yet be.
+
+        Dead: its heartbeat expired and no Redis connection carries its id (a worker that is
+        alive but slow still holds its connections; one reconnecting refreshes its heartbeat
+        within a second). Locks of other kinds of worker (Node BullMQ) are left to expire.
+        """
+        self.reclaim_checks += 1
+        active = await self.client.execute("LRANGE", self.keys["active"], 0, -1)
+        ids = [job_id for job_id in active or [] if job_id not in self._active]
+        if not ids:
+            return False
+        locks = await self.client.pipeline([["GET", self.keys.job(i) + ":lock"] for i in ids])
+        owned: dict[str, list[tuple[str, str]]] = {}
+        for job_id, token in zip(ids, locks, strict=True):
+            if token is None:  # its lock expired: stalled for sure, nobody renews it
+                owned.setdefault("", []).append((job_id, ""))
+                continue
+            match = _OUR_TOKEN.fullmatch(token) if isinstance(token, str) else None
+            if match and match[1] != self.id:
+                owned.setdefault(match[1], []).append((job_id, token))
+        if not owned:
+            return False
+        lockless = owned.pop("", [])
+        owners = list(owned)
+        beats = await self.client.pipeline(
+            [["EXISTS", self.keys[f"orderflow-alive:{owner}"]] for owner in owners]
+        )
+        silent = [owner for owner, beat in zip(owners, beats, strict=True) if beat == 0]
+        dead: list[str] = []
+        if silent:
+            try:
+                connected = str(await self.client.execute("CLIENT", "LIST"))
+            except RedisReplyError:  # CLIENT may be forbidden (ACL, managed Redis)
+                connected = ""
+            dead = [owner for owner in silent if not _connected(owner, connected)]
+        pairs: list[Arg] = [x for owner in dead for pair in owned[owner] for x in pair]
+        pairs += [x for pair in lockless for x in pair]
+        if pairs:
+            released = await self.client.run(
+                self._release_script,
+                [self.keys["stalled"], self.keys["stalled-check"]],
+                [self.keys.base, *pairs],
+            )
+            log.warning("%s: took back %s active job(s) of dead worker(s) %s",
+                        self.name, released, ", ".join(o[:8] for o in dead) or "(lock expired)")  # fmt: skip
+            await self._check_stalled()
+        return len(dead) < len(owners)
 
     async def _stalled_loop(self) -> None:
         """Move jobs whose worker died back to wait (BullMQ's stalled-job check)."""
-        k = self.keys
-        keys: list[Arg] = [k["stalled"], k["wait"], k["active"], k["stalled-check"], k["meta"],
-                           k["paused"], k["marker"], k["events"], k["repeat"]]  # fmt: skip
         while not self._stopping:
             try:
-                stalled = await self.client.run(
-                    self._stalled_script,
-                    keys,
-                    [self.spec.max_stalled_count, k.base, int(time.time() * 1000),
-                     self.spec.stalled_interval_ms],
-                )  # fmt: skip
-                for job_id in stalled or []:
-                    log.warning("%s: job %r stalled (its worker stopped); back to wait",
-                                self.name, job_id)  # fmt: skip
-                if stalled:
-                    self._wake()
-            except (ConnectionError, OSError, RedisReplyError) as err:
-                log.warning("%s: stalled-job check failed: %s", self.name, err)
+                await self._check_stalled()
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "the stalled-job check")
+            except Exception:
+                log.exception("%s: unexpected error in the stalled-job check", self.name)
             await asyncio.sleep(self.spec.stalled_interval_ms / 1000)

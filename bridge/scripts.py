@@ -82,3 +82,32 @@ def dead_letter_script() -> Script:
         "return result\n"
     )
     return Script("orderflowDeadLetter", source)
+
+
+# Take back the jobs of a worker known to be dead: KEYS[1] stalled set, KEYS[2] stalled-check;
+# ARGV[1] the queue's key prefix, then job id and lock token pairs (an empty token: the lock has
+# expired already). A lock still holding the dead worker's token is deleted and the job marked
+# stalled, and the stalled-check throttle is lifted, so BullMQ's own stalled-job check moves it
+# to wait (counting the stall) at once.
+RELEASE_DEAD_LOCKS_LUA = """
+local released = 0
+for i = 2, #ARGV, 2 do
+  local lock = ARGV[1] .. ARGV[i] .. ':lock'
+  local held = redis.call('GET', lock)
+  if held == ARGV[i + 1] or (held == false and ARGV[i + 1] == '') then
+    redis.call('DEL', lock)
+    redis.call('SADD', KEYS[1], ARGV[i])
+    released = released + 1
+  end
+end
+if released > 0 then
+  redis.call('DEL', KEYS[2])
+end
+return released
+"""
+
+
+@cache
+def release_dead_locks_script() -> Script:
+    """Release the locks of a dead worker's jobs so the stalled-job check can move them now."""
+    return Script("orderflowReleaseDeadLocks", RELEASE_DEAD_LOCKS_LUA)

@@ -1,10 +1,20 @@
-"""The email queue's processor: render the job's template (HTML + text) and hand it to SMTP once."""
+"""The email queue's processor: render the job's template (HTML + text) and hand it to SMTP once.
+
+Once: every mail has a delivery record in the database, keyed by its Message-ID (fixed by the
+job id), claimed before the SMTP conversation and marked SENT when the relay accepts. A retry
+or a re-run after a stall (Redis died after SMTP accepted, a worker was killed) finds it SENT
+and sends nothing. Only a process dying inside the SMTP conversation itself leaves it unknown;
+that claim is taken over (and the mail sent again) once it is older than CLAIM_STALE_SECONDS.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
@@ -12,20 +22,25 @@ from typing import Any
 
 import aiosmtplib
 from bullmq import UnrecoverableError
-from jinja2 import Environment, FileSystemLoader, TemplateError, select_autoescape
+from jinja2 import Environment, FileSystemLoader, TemplateError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
-from bridge.errors import MalformedJobError
+from bridge.errors import MalformedJobError, RetryLater
 from bridge.job import Job
-from bridge.redis_client import RedisClient
 from bridge.specs import QueueSpec
 from bridge.tracing import client_span
-from orderflow.contracts.mail import TEMPLATE_ALIASES, EmailJob
+from orderflow.contracts.mail import TEMPLATE_ALIASES, EmailJob, MailDeliveryStatus
+from orderflow.db import MailDelivery
 from orderflow.money import format_major
 from orderflow.settings import Settings
+from orderflow.templating import is_html_template
 
 TEMPLATES = Path(__file__).parent / "templates"
-DELIVERED_TTL_SECONDS = 7 * 86400  # longer than any retry or stalled-job recovery of a mail job
 SMTP_TIMEOUT_SECONDS = 10.0  # one SMTP conversation; the job timeout bounds the whole attempt
+# A claim older than this belongs to an attempt that died inside the SMTP conversation
+CLAIM_STALE_SECONDS = 3 * SMTP_TIMEOUT_SECONDS
 _NOT_ATOM = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]")
 
 
@@ -40,14 +55,27 @@ class RenderedEmail:
     message_id: str
 
 
+def money_filter(default_currency: str) -> Callable[..., str]:
+    """The templates' `money` filter: an amount in major units as mails show it (₹999.50).
+
+    A filter, so the calling template escapes what it returns; the currency defaults to the
+    shop's when the job's data names none (the seed's producers send none).
+    """
+
+    def money(amount: Any, currency: Any = "") -> str:
+        return format_major(amount, str(currency or default_currency))
+
+    return money
+
+
 def template_environment() -> Environment:
     """Jinja2 environment for the mail templates; HTML templates are autoescaped."""
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
-        autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
+        autoescape=is_html_template,
         keep_trailing_newline=True,
     )
-    env.globals["format_major"] = format_major
+    env.filters["money"] = money_filter("INR")
     return env
 
 
@@ -82,14 +110,73 @@ def check_email_job(job: Job) -> None:
         raise MalformedJobError(job.queue, job.name, job.id, "data.data is not an object")
 
 
+class DeliveryLog:
+    """The `maildelivery` table: one row per mail, claimed before sending, SENT once accepted."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def claim(self, message_id: str, job: Job, recipient: str) -> MailDeliveryStatus | None:
+        """Claim the mail for this attempt (None), or say why not: SENT, or SENDING elsewhere."""
+        now = datetime.now(UTC)
+        with Session(self.engine) as session:
+            row = session.get(MailDelivery, message_id)
+            if row is None:
+                session.add(
+                    MailDelivery(
+                        message_id=message_id, queue=job.queue, job_id=job.id, recipient=recipient
+                    )
+                )
+                try:
+                    session.commit()
+                except IntegrityError:  # a concurrent attempt claimed it first
+                    return MailDeliveryStatus.SENDING
+                return None
+            if row.status == MailDeliveryStatus.SENT:
+                return MailDeliveryStatus.SENT
+            claimed = row.claimed_at
+            if claimed.tzinfo is None:  # SQLite gives naive datetimes back
+                claimed = claimed.replace(tzinfo=UTC)
+            if now - claimed < timedelta(seconds=CLAIM_STALE_SECONDS):
+                return MailDeliveryStatus.SENDING
+            row.claimed_at, row.attempts = now, row.attempts + 1  # that attempt died mid-SMTP
+            session.add(row)
+            session.commit()
+            return None
+
+    def sent(self, message_id: str) -> None:
+        """The relay accepted the mail."""
+        with Session(self.engine) as session:
+            row = session.get(MailDelivery, message_id)
+            if row is not None:
+                row.status, row.sent_at = MailDeliveryStatus.SENT, datetime.now(UTC)
+                session.add(row)
+                session.commit()
+
+    def release(self, message_id: str) -> None:
+        """The relay did not take the mail: the next attempt may send it at once."""
+        with Session(self.engine) as session:
+            row = session.get(MailDelivery, message_id)
+            if row is not None and row.status != MailDeliveryStatus.SENT:
+                session.delete(row)
+                session.commit()
+
+    def status(self, message_id: str) -> MailDeliveryStatus | None:
+        """The record's status, None if there is none."""
+        with Session(self.engine) as session:
+            row = session.get(MailDelivery, message_id)
+            return MailDeliveryStatus(row.status) if row is not None else None
+
+
 class EmailProcessor:
     """Processor of the email queue; delivery is recorded so a retried job does not mail twice."""
 
-    def __init__(self, settings: Settings, spec: QueueSpec, client: RedisClient) -> None:
+    def __init__(self, settings: Settings, spec: QueueSpec, engine: Engine) -> None:
         self.settings = settings
         self.spec = spec
-        self.client = client
+        self.deliveries = DeliveryLog(engine)
         self.env = template_environment()
+        self.env.filters["money"] = money_filter(settings.currency)
 
     def render(self, job: Job) -> RenderedEmail:
         """Render the job's mail (HTML and plain text) without sending it."""
@@ -99,7 +186,6 @@ class EmailProcessor:
             "to": job.data["to"],
             "subject": job.data["subject"],
             "data": job.data.get("data") or {},
-            "default_currency": self.settings.currency,  # a seed job's data names none
         }
         try:
             text = self.env.get_template(f"{name}.txt.j2").render(context)
@@ -116,15 +202,20 @@ class EmailProcessor:
             message_id=message_id_for(job.queue, job.id),
         )
 
-    def _delivered_key(self, job: Job) -> str:
-        return f"{self.spec.prefix}:{self.spec.name}:orderflow-delivered:{job.id}"
-
     async def __call__(self, job: Job) -> dict[str, Any]:
         """Send the job's mail unless an earlier attempt already did; returns the Message-ID."""
         mail = self.render(job)
-        key = self._delivered_key(job)
-        if await self.client.execute("EXISTS", key):
+        claim = await asyncio.to_thread(self.deliveries.claim, mail.message_id, job, mail.to)
+        if claim is MailDeliveryStatus.SENT:
             return {"sent": True, "messageId": mail.message_id, "duplicate": True}
+        if claim is MailDeliveryStatus.SENDING:
+            # the other attempt finishes, or its claim goes stale (its worker died mid-SMTP):
+            # wait without using up this job's attempts
+            raise RetryLater(
+                int(CLAIM_STALE_SECONDS * 1000 / 4),
+                f"{job.queue}: job {job.id!r} ({job.name}): another attempt is sending"
+                f" {mail.message_id} right now; retrying later",
+            )
         message = EmailMessage()
         message["From"] = self.settings.mail_from
         message["To"] = mail.to
@@ -142,11 +233,13 @@ class EmailProcessor:
                     port=self.settings.smtp_port,
                     timeout=SMTP_TIMEOUT_SECONDS,
                 )
-        except aiosmtplib.SMTPResponseException as err:
-            if 500 <= err.code < 600:  # a permanent refusal: retrying cannot help
+        except BaseException as err:
+            await asyncio.shield(asyncio.to_thread(self.deliveries.release, mail.message_id))
+            if isinstance(err, aiosmtplib.SMTPResponseException) and 500 <= err.code < 600:
+                # a permanent refusal: retrying cannot help
                 raise UnrecoverableError(
                     f"{job.queue}: job {job.id!r} ({job.name}): SMTP refused {mail.to}: {err}"
                 ) from err
             raise
-        await self.client.execute("SET", key, mail.message_id, "EX", DELIVERED_TTL_SECONDS)
+        await asyncio.to_thread(self.deliveries.sent, mail.message_id)
         return {"sent": True, "messageId": mail.message_id}

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel, create_engine
 
 from orderflow.contracts.inventory import ReservationStatus
+from orderflow.contracts.mail import MailDeliveryStatus
 from orderflow.contracts.payment import WebhookEventStatus
 from orderflow.contracts.review import ReviewStatus
 
@@ -185,3 +186,16 @@ class WebhookEvent(SQLModel, table=True):
     detail: str = ""
     received_at: datetime = Field(default_factory=utcnow)
     processed_at: datetime | None = None
+
+
+class MailDelivery(SQLModel, table=True):
+    """One mail of an email job, by Message-ID: in the database, so a Redis crash cannot lose it."""
+
+    message_id: str = Field(primary_key=True)  # fixed by queue and job id (mail/processor.py)
+    queue: str
+    job_id: str = Field(index=True)
+    recipient: str
+    status: str = MailDeliveryStatus.SENDING.value  # MailDeliveryStatus
+    attempts: int = 1  # attempts that entered the SMTP conversation
+    claimed_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None

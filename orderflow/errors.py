@@ -33,3 +33,14 @@ class UnknownReviewError(OrderflowError):
 
 class InvalidOrderError(OrderflowError):
     """The order request itself is malformed (no items, bad quantity, unknown SKU)."""
+
+
+class InsecureSettingsError(OrderflowError):
+    """A production-shaped start with a default, placeholder or empty secret."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(
+            "refusing to start production-shaped (an embedded server is off) with public or"
+            " empty secrets: " + "; ".join(problems)
+        )
+        self.problems = problems

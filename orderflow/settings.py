@@ -4,14 +4,30 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orderflow.errors import InsecureSettingsError
+
+ENV_PREFIX = "ORDERFLOW_"
+# Secrets a production-shaped start must not run with: their defaults are in this public repo
+GUARDED_SECRETS = (
+    "admin_password",
+    "dashboard_secret",
+    "stripe_webhook_secret",
+    "razorpay_webhook_secret",
+)
+# Placeholders seen in compose files and docs; a secret containing one is not a secret
+PLACEHOLDERS = ("change-me", "change_me", "changeme", "orderflow-local", "local_dev", "local-dev")
+WEAK_SECRETS = frozenset({"admin", "password", "secret", "orderflow", "redis", "test", "whsec_"})
 
 
 class Settings(BaseSettings):
     """Everything configurable, with local defaults for the embedded engine."""
 
-    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
 
     data_dir: Path = Path("data")
     seed_catalogue: bool = True  # add the starter products on start (switch off in production)
@@ -78,15 +94,30 @@ class Settings(BaseSettings):
     # Payment webhooks: local dev secrets only; set the gateways' real ones in production
     stripe_webhook_secret: str = "whsec_orderflow_local_dev"
     razorpay_webhook_secret: str = "orderflow_local_dev_razorpay"
-    webhook_tolerance_seconds: int = 300  # Stripe's default window against replayed signatures
+    # Stripe's default window against replayed signatures; never 0 (that would accept any age)
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
+    # per-client request budget of the webhook endpoints, counted in Redis so every replica
+    # shares it; over it the answer is 429 + Retry-After (gateways retry). 0 switches it off
+    webhook_rate_limit: int = Field(default=3000, ge=0)
+    webhook_rate_window_seconds: int = Field(default=60, ge=1)
+    # behind a trusted proxy: the header it appends the client address to (its last entry is
+    # used), e.g. X-Forwarded-For; empty: the TCP peer is the client
+    webhook_client_ip_header: str = ""
     webhook_max_body_bytes: int = 512 * 1024  # events are a few KiB; refuse far larger
     webhook_enqueue_timeout_seconds: float = 5.0  # answer 503 (gateway redelivers) if Redis stalls
     # Operations: telemetry, dashboard, cleanup (app/telemetry.py, app/web/dashboard.py)
     service_name: str = "orderflow"  # OTel resource service.name
-    # this process's /metrics and /healthz on its own port (0: off; the http part's app has both)
+    allow_insecure_secrets: bool = False  # only for throwaway topologies on loopback (tests)
+    metrics_cache_seconds: float = 10.0  # /metrics reads Redis and the database at most this often
+    metrics_token: str = ""  # if set, /metrics wants `Authorization: Bearer <token>`
+    # this process's /metrics and /healthz on its own port (0: off; the http part's app has both
+    # then only there), bound to metrics_host
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     admin_user: str = "admin"  # HTTP Basic for the ops dashboard; set a real one in production
     admin_password: str = "orderflow-local-admin"
+    # signs the dashboard's form tokens, so any replica (and a restarted one) accepts them
+    dashboard_secret: str = "orderflow-local-dashboard-secret"
     temporal_ui_url: str = ""  # dashboard links to runs here; default http://localhost:<ui port>
     failed_job_retention_days: float = 7.0  # seed: clean(7 days, 'failed'), run by a schedule
     queue_cleanup_every_seconds: float = 3600.0  # how often the cleanup schedule runs
@@ -103,7 +134,50 @@ class Settings(BaseSettings):
         """The database URL, defaulting to a SQLite file in the data folder."""
         return self.database_url or f"sqlite:///{self.data_dir / 'orderflow.db'}"
 
+    @property
+    def production_shaped(self) -> bool:
+        """True unless every server is the embedded local one (`orderflow run` on a laptop)."""
+        return not (self.embedded_temporal and self.embedded_redis and self.embedded_smtp)
+
+    def insecure_secrets(self) -> list[str]:
+        """Each secret that is empty, a public default or a placeholder, by its variable name."""
+        problems = []
+        for name in GUARDED_SECRETS:
+            value = getattr(self, name)
+            default = type(self).model_fields[name].default
+            if why := _weak(value, default):
+                problems.append(f"{ENV_PREFIX}{name.upper()} is {why}")
+        if not self.embedded_redis:
+            password = urlparse(self.redis_url).password
+            why = _weak(unquote(password or ""), None) if password else "missing"
+            if why:
+                problems.append(f"the password in {ENV_PREFIX}REDIS_URL is {why}")
+        return problems
+
+    def check_production_secrets(self) -> None:
+        """Raise InsecureSettingsError when a production-shaped start has a public secret.
+
+        ORDERFLOW_ALLOW_INSECURE_SECRETS=true lets a throwaway topology on loopback (the
+        many-process tests) start anyway; the runner logs each problem as a warning then.
+        """
+        if self.production_shaped and (problems := self.insecure_secrets()):
+            if self.allow_insecure_secrets:
+                return
+            raise InsecureSettingsError(problems)
+
     @classmethod
     def from_env(cls) -> Settings:
         """Read the settings from the environment (and a .env file if present)."""
         return cls()
+
+
+def _weak(value: str, default: object) -> str:
+    """Why `value` is no secret ("empty", "the local default", ...), or "" if it may be one."""
+    if not value.strip():
+        return "empty"
+    if value == default:
+        return "the local default"
+    lowered = value.lower()
+    if lowered in WEAK_SECRETS or any(p in lowered for p in PLACEHOLDERS):
+        return "a placeholder"
+    return ""

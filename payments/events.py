@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
 
+from bridge.producer import job_id_problem
 from orderflow.contracts.payment import WebhookJob
 from orderflow.errors import OrderflowError
 
@@ -34,6 +35,7 @@ RAZORPAY_KINDS = {
     "refund.processed": EventKind.REFUND,
 }
 REASON_CHARS = 500  # a decline message is a sentence; keep job data small whatever is sent
+ID_SHOWN = 120  # characters of an event id shown in an error (ids are short; a long one is junk)
 RISKY_STRIPE_LEVELS = (
     "elevated",
     "highest",
@@ -44,7 +46,8 @@ class MalformedEventError(OrderflowError):
     """A webhook body (with a valid signature) is not an event we can read."""
 
     def __init__(self, provider: str, event_id: str, reason: str) -> None:
-        super().__init__(f"malformed {provider} event {event_id or '(no id)'}: {reason}")
+        shown = event_id[:ID_SHOWN] if event_id.isprintable() else repr(event_id[:ID_SHOWN])
+        super().__init__(f"malformed {provider} event {shown or '(no id)'}: {reason}")
         self.provider = provider
         self.event_id = event_id
         self.reason = reason
@@ -199,9 +202,13 @@ def parse_razorpay(body: bytes, event_id_header: str | None = None) -> GatewayEv
 def parse_event(
     provider: str, body: bytes, *, razorpay_event_id_header: str | None = None
 ) -> GatewayEvent:
-    """Read a verified webhook body of either gateway."""
+    """Read a verified webhook body of either gateway; its id must make a valid job id."""
     if provider == "stripe":
-        return parse_stripe(body)
-    if provider == "razorpay":
-        return parse_razorpay(body, razorpay_event_id_header)
-    raise MalformedEventError(provider, "", "unknown provider")
+        event = parse_stripe(body)
+    elif provider == "razorpay":
+        event = parse_razorpay(body, razorpay_event_id_header)
+    else:
+        raise MalformedEventError(provider, "", "unknown provider")
+    if why := job_id_problem(event.job_id):
+        raise MalformedEventError(provider, event.event_id, f"its id cannot be a job id: {why}")
+    return event

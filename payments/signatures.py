@@ -83,6 +83,8 @@ def verify_stripe(
     Any one of several v1 signatures may match (Stripe sends one per secret while a secret rolls).
     A timestamp further than `tolerance` seconds from now, past or future, is refused as a replay.
     """
+    if not tolerance > 0:  # 0 once meant "no check": a captured request could be replayed forever
+        raise ValueError(f"the Stripe tolerance must be positive, not {tolerance!r}")
     if not header:
         raise SignatureError("stripe", "the Stripe-Signature header is missing")
     if not secret:
@@ -94,7 +96,7 @@ def verify_stripe(
     if not any(matched):
         raise SignatureError("stripe", "no v1 signature matches the body and the endpoint secret")
     age = (time.time() if now is None else now) - timestamp
-    if tolerance and abs(age) > tolerance:
+    if abs(age) > tolerance:
         raise SignatureError(
             "stripe",
             f"timestamp {timestamp} is {age:.0f}s from now, outside the {tolerance:.0f}s tolerance",

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from bullmq import Queue
 
+from app import embedded
 from bridge.job import Job
 from bridge.runtime import BackoffStrategy, BridgeWorker
 from bridge.specs import QueueSpec, email_spec
 from orderflow.settings import Settings
 from tests.helpers import eventually
 
-__all__ = ["bull_queue", "counts", "eventually", "running", "unique_spec"]
+__all__ = ["OwnRedis", "bull_queue", "counts", "eventually", "running", "unique_spec"]
 
 
 def unique_spec(settings: Settings, **changes: Any) -> QueueSpec:
@@ -56,3 +59,34 @@ async def counts(spec: QueueSpec, redis_url: str) -> dict[str, int]:
         return dict(await queue.getJobCounts())
     finally:
         await queue.close()
+
+
+class OwnRedis:
+    """A redis-server of one test's own, AOF on as in production, that can be restarted."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.url = f"redis://127.0.0.1:{embedded.free_port()}/0"
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        return embedded.start_redis(
+            url=self.url, data_dir=self.folder / "redis", log=self.folder / "redis.log"
+        )
+
+    def restart(self) -> None:
+        """SIGTERM (redis-server writes its AOF and exits), then start it on the same files."""
+        embedded.stop(self.proc)
+        self.proc = self._start()
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to write anything."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def start(self) -> None:
+        """Start again on the same files (after kill)."""
+        self.proc = self._start()
+
+    def stop(self) -> None:
+        embedded.stop(self.proc)

@@ -102,6 +102,14 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
+def mail_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """A database of its own for tests that run the email processor without the session's."""
+    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('mail') / 'mail.db'}")
+    upgrade(engine)
+    return engine
+
+
+@pytest.fixture(scope="session")
 async def email_queue(settings: Settings) -> AsyncIterator[BullQueue]:
     """The real email-queue producer on the test Redis."""
     queue = BullQueue(

@@ -6,16 +6,19 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy.engine import Engine
 
 from app.smtp_sink import SmtpSink
 from bridge.dlq import DeadLetterQueue
+from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
 from mail.processor import EmailProcessor, message_id_for
 from orderflow.settings import Settings
-from tests.bridge_helpers import bull_queue, counts, eventually, running, unique_spec
+from tests.bridge_helpers import OwnRedis, bull_queue, counts, eventually, running, unique_spec
 
 CHILD = Path(__file__).with_name("bridge_child.py")
 ORDER_MAIL = {
@@ -38,17 +41,17 @@ def settings(redis_url: str, sink: SmtpSink) -> Settings:
 
 
 async def test_order_confirmation_is_rendered_and_delivered(
-    settings: Settings, sink: SmtpSink, redis_url: str
+    mail_engine: Engine, settings: Settings, sink: SmtpSink, redis_url: str
 ) -> None:
     spec = unique_spec(settings)
     producer = QueueProducer.connect(spec, redis_url)
     job_id = await producer.add(
-        "send-order-confirmation", ORDER_MAIL, {"jobId": "order-confirmation:o-1001"}
+        "send-order-confirmation", ORDER_MAIL, {"jobId": "order-confirmation-o-1001"}
     )
     seed_style = {**ORDER_MAIL, "to": "ravi@example.com", "template": "order_confirmation"}
     await producer.add("send-order-confirmation", seed_style)
     client = RedisClient(redis_url)
-    async with running(spec, EmailProcessor(settings, spec, client), redis_url):
+    async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
         await eventually(lambda: _completed(spec, redis_url, 2))
     [mail] = sink.store.messages(to="asha@example.com")
     assert mail.subject == "Order Confirmed — o-1001"
@@ -67,7 +70,7 @@ async def test_order_confirmation_is_rendered_and_delivered(
 
 
 async def test_malformed_email_job_goes_to_the_dlq(
-    settings: Settings, sink: SmtpSink, redis_url: str
+    mail_engine: Engine, settings: Settings, sink: SmtpSink, redis_url: str
 ) -> None:
     spec = unique_spec(settings)
     producer = QueueProducer.connect(spec, redis_url)
@@ -75,7 +78,7 @@ async def test_malformed_email_job_goes_to_the_dlq(
     await producer.add("send-welcome", {**ORDER_MAIL, "template": "nope"}, {"jobId": "no-tpl"})
     client = RedisClient(redis_url)
     dlq = DeadLetterQueue(spec, client)
-    async with running(spec, EmailProcessor(settings, spec, client), redis_url):
+    async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
         await eventually(lambda: _dlq_count(dlq, 2))
     reasons = {e.id: e.failed_reason for e in await dlq.list()}
     assert reasons == {
@@ -90,16 +93,21 @@ async def test_malformed_email_job_goes_to_the_dlq(
 
 @pytest.mark.parametrize("mode", ["before-send", "after-send"])
 async def test_kill_9_mid_job_delivers_exactly_one_email(
-    settings: Settings, sink: SmtpSink, redis_url: str, tmp_path: Path, mode: str
+    mail_engine: Engine,
+    settings: Settings,
+    sink: SmtpSink,
+    redis_url: str,
+    tmp_path: Path,
+    mode: str,
 ) -> None:
     spec = unique_spec(settings, lock_duration_ms=1000, stalled_interval_ms=500)
     producer = QueueProducer.connect(spec, redis_url)
-    job_id = await producer.add("send-order-confirmation", ORDER_MAIL, {"jobId": "oc:kill"})
+    job_id = await producer.add("send-order-confirmation", ORDER_MAIL, {"jobId": "oc-kill"})
     marker = tmp_path / "marker"
     config = {
         "redis_url": redis_url, "smtp_port": sink.port, "prefix": spec.prefix,
         "queue": spec.name, "lock_ms": 1000, "stalled_ms": 500, "mode": mode,
-        "marker": str(marker),
+        "marker": str(marker), "db_url": mail_engine.url.render_as_string(hide_password=False),
     }  # fmt: skip
     child = await asyncio.create_subprocess_exec(sys.executable, str(CHILD), json.dumps(config))
     try:
@@ -114,7 +122,7 @@ async def test_kill_9_mid_job_delivers_exactly_one_email(
         child.kill()  # SIGKILL: no shutdown, the lock is left to expire
         await child.wait()
     client = RedisClient(redis_url)
-    async with running(spec, EmailProcessor(settings, spec, client), redis_url):
+    async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
         await eventually(lambda: _completed(spec, redis_url, 1), within=15)
     deliveries = [m for m in sink.store.deliveries() if m.message_id == message_id_for(
         spec.name, job_id)]  # fmt: skip
@@ -135,3 +143,40 @@ async def _completed(spec: object, redis_url: str, n: int) -> bool:
 
 async def _dlq_count(dlq: DeadLetterQueue, n: int) -> bool:
     return await dlq.count() >= n
+
+
+async def test_redis_sigkilled_between_smtp_accept_and_job_completion_still_gives_one_mail(
+    mail_engine: Engine, sink: SmtpSink, tmp_path: Path
+) -> None:
+    redis = OwnRedis(tmp_path)
+    try:
+        client = RedisClient(redis.url)
+        await client.execute("CONFIG", "SET", "appendfsync", "always")  # the AOF keeps every add
+        await client.close()
+        settings = Settings(redis_url=redis.url, smtp_host=sink.host, smtp_port=sink.port)
+        # a lock shorter than the outage: the job stalls and runs again, as in the fault run
+        spec = unique_spec(settings, lock_duration_ms=1000, stalled_interval_ms=500)
+        producer = QueueProducer.connect(spec, redis.url)
+        job_id = await producer.add("send-order-confirmation", ORDER_MAIL, {"jobId": "oc-crash"})
+        email = EmailProcessor(settings, spec, mail_engine)
+        runs: list[dict[str, Any]] = []
+
+        async def crash_after_smtp(job: Job) -> dict[str, Any]:
+            result = await email(job)  # SMTP accepted (on the first run)
+            runs.append(result)
+            if len(runs) == 1:
+                await asyncio.to_thread(redis.kill)  # SIGKILL before the job is completed
+                await asyncio.sleep(2)  # the outage: longer than the job's lock
+                await asyncio.to_thread(redis.start)  # back on the same AOF
+            return result
+
+        async with running(spec, crash_after_smtp, redis.url):
+            await eventually(lambda: _completed(spec, redis.url, 1), within=20)
+        message_id = message_id_for(spec.name, job_id)
+        deliveries = [m for m in sink.store.deliveries() if m.message_id == message_id]
+        assert len(deliveries) == 1
+        assert len(runs) == 2 and runs[1].get("duplicate") is True  # it did run again
+        assert await asyncio.to_thread(EmailProcessor(settings, spec, mail_engine).deliveries.status, message_id) == "SENT"  # fmt: skip
+        await producer.close()
+    finally:
+        redis.stop()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from bullmq import UnrecoverableError
+from sqlalchemy.engine import Engine
 
 from app.smtp_sink import SmtpSink
 from bridge.job import Job
@@ -52,7 +53,7 @@ def where(spec: QueueSpec, redis_url: str) -> list[str]:
 
 
 async def test_node_producer_job_is_processed_by_our_email_worker(
-    node: str, redis_url: str, sink: SmtpSink
+    mail_engine: Engine, node: str, redis_url: str, sink: SmtpSink
 ) -> None:
     settings = Settings(redis_url=redis_url, smtp_port=sink.port)
     spec = unique_spec(settings)
@@ -64,7 +65,7 @@ async def test_node_producer_job_is_processed_by_our_email_worker(
                            json.dumps(data), json.dumps(opts))  # fmt: skip
     assert added == {"id": "welcome-neha"}
     client = RedisClient(redis_url)
-    async with running(spec, EmailProcessor(settings, spec, client), redis_url):
+    async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
         await eventually(lambda: _has(spec, redis_url, "completed", 1))
     [mail] = sink.store.messages(to="neha@example.com")
     assert mail.subject == "Welcome aboard" and "Welcome, Neha" in mail.text

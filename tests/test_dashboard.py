@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -13,10 +15,12 @@ from bullmq import UnrecoverableError
 from playwright.async_api import Browser, async_playwright
 from playwright.async_api import Error as PlaywrightError
 from sqlalchemy.engine import Engine
+from temporalio.testing import WorkflowEnvironment
 
 from app import embedded
 from app.client import OrderClient
 from app.web.app import create_app, http_server
+from app.web.dashboard import form_token
 from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
@@ -173,3 +177,43 @@ async def test_approve_a_review_and_redrive_a_dlq_job_by_clicking(
 
 async def _dlq_size(admin: QueueAdmin, n: int) -> bool:
     return (await admin.counts()).dlq == n
+
+
+def _replica(settings: Settings, env: WorkflowEnvironment, engine: Engine, spec: QueueSpec) -> Any:
+    """One dashboard process's app: its own router, its own (never shared) memory."""
+    producer = QueueProducer.connect(spec, settings.redis_url)
+    orders = OrderClient(env.client, settings, engine)
+    return create_app(settings, producer, orders=orders, engine=engine, queues={spec.name: spec})
+
+
+async def test_form_token_from_another_replica_is_accepted_and_a_forged_one_refused(
+    settings: Settings, env: WorkflowEnvironment, engine: Engine
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    spec = email_spec(settings).with_(prefix=f"t{tag}", name=f"csrf-{tag}", rate_limit=None)
+    auth = (settings.admin_user, settings.admin_password)
+    first, second = (_replica(settings, env, engine, spec) for _ in range(2))
+
+    def client(app: Any) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app)
+        return httpx.AsyncClient(transport=transport, base_url="http://ops", auth=auth)
+
+    async with client(first) as a, client(second) as b:
+        page = await a.get("/ops")
+        assert page.status_code == 200
+        token = re.search(r'<meta name="form-token" content="([^"]+)">', page.text)
+        assert token is not None
+        retry = f"/ops/queues/{spec.name}/jobs/missing-1/retry"
+        # the other replica (or this one after a restart) accepts the form, and acts on it
+        accepted = await b.post(retry, data={"token": token[1]})
+        assert accepted.status_code == 303
+        assert "missing-1" in accepted.headers["location"]
+        assert "error=" in accepted.headers["location"]  # acted: the job does not exist
+        issued = int(token[1].split(".")[0])
+        other_secret = form_token("not-the-secret", settings.admin_user, issued)
+        other_user = form_token(settings.dashboard_secret, "mallory", issued)
+        expired = form_token(settings.dashboard_secret, settings.admin_user, issued - 13 * 3600)
+        for forged in ("forged", "", other_secret, other_user, expired, token[1] + "0", "١.x"):
+            refused = await b.post(retry, data={"token": forged})
+            assert refused.status_code in (403, 422), forged
+            assert refused.status_code == 403 or forged == ""

@@ -4,6 +4,7 @@ schema (and `docker compose config` where that exists), and the wiring between t
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -68,14 +69,26 @@ def test_compose_config_accepts_the_file_where_a_compose_tool_exists() -> None:
         tools.append(["docker-compose"])
     if not tools:
         pytest.skip("no compose tool here; the schema test covers the file")
+    required = set(re.findall(r"\$\{(\w+):\?", COMPOSE_FILE.read_text()))
+    assert {"REDIS_PASSWORD", "ADMIN_PASSWORD", "DASHBOARD_SECRET"} <= required
+    secrets = {name: f"test-{name.lower()}" for name in required}
     for tool in tools:
         done = subprocess.run(
             [*tool, "-f", str(COMPOSE_FILE), "config", "-q"],
             capture_output=True,
             text=True,
             cwd=ROOT,
+            env={**os.environ, **secrets},
         )
         assert done.returncode == 0, f"{' '.join(tool)} config: {done.stderr}"
+        missing = subprocess.run(  # without its secrets compose refuses, naming one
+            [*tool, "-f", str(COMPOSE_FILE), "config", "-q"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if k not in required},
+        )
+        assert missing.returncode != 0 and "set " in missing.stderr
 
 
 def test_every_orderflow_variable_is_a_real_setting(services: dict[str, dict[str, Any]]) -> None:
@@ -163,7 +176,7 @@ def test_every_orderflow_process_pushes_otlp_http_to_the_collector_config(
     assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
     assert "prometheus" in config["service"]["pipelines"]["metrics"]["exporters"]
     scrape = config["exporters"]["prometheus"]["endpoint"].rsplit(":", 1)[1]
-    assert any(p.startswith(f"{scrape}:") for p in collector["ports"])
+    assert any(p.endswith(f":{scrape}:{scrape}") for p in collector["ports"])
     for name, svc in orderflow_services(services).items():
         env = svc["environment"]
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318", name

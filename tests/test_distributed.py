@@ -105,6 +105,7 @@ def stack(postgres: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -
         "ORDERFLOW_MIGRATE_ON_START": "false",
         "ORDERFLOW_GRACEFUL_SHUTDOWN_SECONDS": "5",
         "ORDERFLOW_BRIDGE_GRACE_SECONDS": "5",
+        "ORDERFLOW_ALLOW_INSECURE_SECRETS": "true",  # a throwaway topology on loopback
     }
     settings = Settings(
         redis_url=redis_url,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -21,11 +22,12 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from app import embedded
 from app.client import OrderClient
 from app.smtp_sink import SmtpSink
 from app.telemetry import Telemetry, setup_telemetry
 from app.temporal_tracing import CausalTracingInterceptor
-from app.web.app import create_app
+from app.web.app import create_app, create_metrics_app
 from app.web.metrics import order_counts
 from bridge.job import Job
 from bridge.producer import QueueProducer
@@ -110,8 +112,9 @@ async def test_metrics_scrape_counts_a_known_mix_of_jobs(
     await producer.add("ok", {}, {"jobId": "ok-waiting"})  # nobody consumes it now
 
     webhook_producer = QueueProducer.connect(hooks, redis_url)
+    fresh = settings.model_copy(update={"metrics_cache_seconds": 0})  # every scrape reads
     app = create_app(
-        settings,
+        fresh,
         webhook_producer,
         engine=engine,
         telemetry=telemetry,
@@ -175,6 +178,82 @@ async def test_metrics_scrape_counts_a_known_mix_of_jobs(
         sample(text, "orderflow_orders", status="SHIPPED")
         - sample(before, "orderflow_orders", status="SHIPPED")
         == 1
+    )
+
+
+async def test_metrics_scrape_is_cached_and_takes_no_database_write_lock(
+    telemetry: Telemetry, settings: Settings, redis_url: str, engine: Engine
+) -> None:
+    spec = unique(email_spec(settings), "cached")
+    producer = QueueProducer.connect(spec, redis_url)
+    cached = settings.model_copy(update={"metrics_cache_seconds": 3600})
+    app = create_app(cached, producer, engine=engine, telemetry=telemetry, queues={spec.name: spec})
+    info = RedisClient(redis_url)
+    await producer.add("send-welcome", {"to": "a@example.com"})  # (its connection is open now)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        first = (await http.get("/metrics")).text
+        connections = _stat(await info.execute("INFO", "stats"), "total_connections_received")
+        await producer.add("send-welcome", {"to": "a@example.com"})
+        add_orders(engine, REFUNDED=1)
+        scrapes = [(await http.get("/metrics")).text for _ in range(20)]
+        after = _stat(await info.execute("INFO", "stats"), "total_connections_received")
+    assert after == connections  # no connection opened per scrape
+    q = {"bullmq_queue_name": spec.name, "state": "waiting"}
+    assert sample(first, "bullmq_queue_jobs", **q) == 1
+    assert all(sample(s, "bullmq_queue_jobs", **q) == sample(first, "bullmq_queue_jobs", **q) for s in scrapes)  # fmt: skip
+    if engine.url.get_backend_name() == "sqlite":
+        # a writer holds SQLite's write lock: a scrape still answers at once, and fresh
+        fresh = settings.model_copy(update={"metrics_cache_seconds": 0})
+        app = create_app(fresh, producer, engine=engine, telemetry=telemetry, queues={spec.name: spec})  # fmt: skip
+        writer = sqlite3.connect(str(engine.url.database), isolation_level=None, timeout=30)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                response = await asyncio.wait_for(http.get("/metrics"), 5)
+        finally:
+            writer.rollback()
+            writer.close()
+        assert sample(response.text, "bullmq_queue_jobs", **q) == 2
+        for status, n in order_counts(engine).items():
+            assert sample(response.text, "orderflow_orders", status=status) == n
+    await producer.close()
+    await info.close()
+
+
+async def test_metrics_behind_a_token_or_on_an_internal_port(
+    telemetry: Telemetry, settings: Settings, redis_url: str
+) -> None:
+    spec = unique(email_spec(settings), "guarded")
+    producer = QueueProducer.connect(spec, redis_url)
+    guarded = settings.model_copy(update={"metrics_token": "scrape-7f3a"})
+    app = create_app(guarded, producer, telemetry=telemetry, queues={spec.name: spec})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        assert (await http.get("/metrics")).status_code == 401
+        wrong = await http.get("/metrics", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        right = await http.get("/metrics", headers={"Authorization": "Bearer scrape-7f3a"})
+        assert right.status_code == 200 and "bullmq_queue_jobs" in right.text
+    internal = settings.model_copy(update={"metrics_port": embedded.free_port()})
+    public = create_app(internal, producer, telemetry=telemetry, queues={spec.name: spec})
+    private = create_metrics_app(internal, telemetry, queues={spec.name: spec})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=public), base_url="http://t"
+    ) as http:
+        assert (await http.get("/metrics")).status_code == 404
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=private), base_url="http://t"
+    ) as http:
+        assert (await http.get("/metrics")).status_code == 200
+    await producer.close()
+
+
+def _stat(info: str, name: str) -> int:
+    return int(
+        next(line.split(":")[1] for line in info.splitlines() if line.startswith(name + ":"))
     )
 
 
@@ -254,17 +333,16 @@ async def traced(
     )
     tasks = [asyncio.create_task(w.run()) for w in workers]
     orders = OrderClient(client, mail, engine, task_queue=ORDERS_TASK_QUEUE + suffix)
-    delivered = RedisClient(redis_url)
     app = create_app(mail, webhook_producer, telemetry=telemetry, queues={})
     async with (
-        running(email, EmailProcessor(mail, email, delivered), redis_url),
+        running(email, EmailProcessor(mail, email, engine), redis_url),
         running(hooks, build_webhook_processor(mail, orders, engine), redis_url),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
     ):
         yield orders, http, mail
     await asyncio.gather(*(w.shutdown() for w in workers))
     await asyncio.gather(*tasks, return_exceptions=True)
-    for closeable in (email_producer, webhook_producer, delivered):
+    for closeable in (email_producer, webhook_producer):
         await closeable.close()
 
 

@@ -14,20 +14,32 @@ from typing import Any
 import httpx
 import pytest
 from bullmq import Queue
+from pydantic import ValidationError
 
 from app import embedded
 from app.web.app import create_app, http_server
+from bridge.producer import QueueProducer
+from bridge.specs import webhook_spec
 from orderflow.settings import Settings
 from payments.samples import sample_event
-from payments.signatures import curl_command, sign_razorpay, sign_stripe, signed_headers
+from payments.signatures import (
+    curl_command,
+    sign_razorpay,
+    sign_stripe,
+    signed_headers,
+    verify_stripe,
+)
+from tests.bridge_helpers import counts
 
 STRIPE_SECRET = "whsec_ingress_test"
 RAZORPAY_SECRET = "rzp_ingress_test"
 
 
 @pytest.fixture
-def settings() -> Settings:
+def settings(redis_url: str) -> Settings:
     return Settings(
+        redis_url=redis_url,
+        queue_prefix=f"in{uuid.uuid4().hex[:8]}",  # a rate-limit budget of this test's own
         stripe_webhook_secret=STRIPE_SECRET,
         razorpay_webhook_secret=RAZORPAY_SECRET,
         webhook_max_body_bytes=4096,
@@ -299,3 +311,88 @@ async def test_a_signed_event_too_large_to_queue_is_refused_for_good_not_503(
     assert sum((await queue.getJobCounts()).values()) == 0
     await queue.close()
     await producer.close()
+
+
+async def test_signed_event_whose_id_cannot_be_a_job_id_is_400_and_nothing_queued(
+    http: httpx.AsyncClient, queue: Queue
+) -> None:
+    for event_id in ("evt_1:2", "evt\n2", "evt\x00x"):
+        body = stripe_event(event_id)
+        headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
+        response = await http.post("/webhooks/stripe", content=body, headers=headers)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "malformed_event"
+        assert "\n" not in response.json()["detail"]
+    assert await total_jobs(queue) == 0
+
+
+async def test_signed_event_carrying_a_card_number_is_400_and_nothing_queued(
+    settings: Settings, redis_url: str
+) -> None:
+    spec = webhook_spec(settings).with_(name=f"webhook-guard-{uuid.uuid4().hex[:8]}")
+    producer = QueueProducer.connect(spec, redis_url)
+    transport = httpx.ASGITransport(app=create_app(settings, producer))
+    card = "4000 0000 0000 0002"
+    event = json.loads(stripe_event("evt_card"))
+    event["type"] = "payment_intent.payment_failed"
+    event["data"]["object"]["last_payment_error"] = {"message": f"card {card} was declined"}
+    body = json.dumps(event).encode()
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
+        response = await client.post("/webhooks/stripe", content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "unacceptable_event"
+    assert "data.reason" in response.json()["detail"] and card not in response.text
+    assert "evt_card" in response.json()["detail"]
+    assert sum((await counts(spec, redis_url)).values()) == 0
+    await producer.close()
+
+
+def test_stripe_tolerance_is_never_zero() -> None:
+    for bad in (0, -1, 86_401):
+        with pytest.raises(ValidationError, match="webhook_tolerance_seconds"):
+            Settings(webhook_tolerance_seconds=bad)
+    body = stripe_event("evt_old")
+    ancient = sign_stripe(body, STRIPE_SECRET, int(time.time()) - 10 * 365 * 86400)
+    with pytest.raises(ValueError, match="tolerance must be positive"):
+        verify_stripe(body, ancient, STRIPE_SECRET, tolerance=0)
+
+
+async def test_rate_limit_per_client_is_shared_by_replicas_and_answered_429(
+    settings: Settings, redis_url: str
+) -> None:
+    limited = settings.model_copy(
+        update={
+            "webhook_rate_limit": 5,
+            "webhook_rate_window_seconds": 60,
+        }
+    )
+    queue = Queue(f"webhook-rl-{uuid.uuid4().hex[:8]}", {"connection": redis_url})
+    body = stripe_event("evt_rl")
+    headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
+    # two replicas of the app, one Redis: the client's budget is counted once
+    replicas = [create_app(limited, queue), create_app(limited, queue)]
+    answers: list[int] = []
+    clients = [
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=a, client=("203.0.113.7", 4000)),
+                          base_url="http://test")
+        for a in replicas
+    ]  # fmt: skip
+    for i in range(8):
+        response = await clients[i % 2].post("/webhooks/stripe", content=body, headers=headers)
+        answers.append(response.status_code)
+        if response.status_code == 429:
+            assert response.json()["error"] == "rate_limited"
+            assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert answers == [200] * 5 + [429] * 3
+    # another client has its own budget
+    other = httpx.ASGITransport(app=replicas[0], client=("198.51.100.9", 4000))
+    async with httpx.AsyncClient(transport=other, base_url="http://test") as http:
+        assert (
+            await http.post("/webhooks/stripe", content=body, headers=headers)
+        ).status_code == 200
+    for client in clients:
+        await client.aclose()
+    assert await total_jobs(queue) == 1  # one event id, however many times it came
+    await queue.obliterate(force=True)
+    await queue.close()

@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from sqlalchemy.engine import Engine
 
 from bridge.job import Processor
-from bridge.redis_client import RedisClient
 from bridge.runtime import BackoffStrategy, BridgeWorker
 from bridge.specs import QueueSpec, queue_specs
 from mail.processor import EmailProcessor
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.payment import WEBHOOK_QUEUE
+from orderflow.db import make_engine
 from orderflow.settings import Settings
 from payments.processor import Orders, WebhookProcessor
 
@@ -31,20 +31,22 @@ async def run_bridge_workers(
     *,
     specs: Mapping[str, QueueSpec] | None = None,
     backoff_strategies: Mapping[str, BackoffStrategy] | None = None,
+    engine: Engine | None = None,
 ) -> None:
     """Run one BridgeWorker per queue until `stop` is set, then shut down gracefully.
 
     processors: queue name -> processor; the email queue gets EmailProcessor unless given one,
     and the payment webhook queue runs only when its processor is given
-    (e.g. `{WEBHOOK_QUEUE: webhook_processor}`). specs default to queue_specs(settings).
+    (e.g. `{WEBHOOK_QUEUE: webhook_processor}`). specs default to queue_specs(settings); the
+    email processor records deliveries in `engine` (default: the settings' database).
     After `stop`, active jobs get settings.bridge_grace_seconds to finish; the rest go back
     to the queue for another worker. Returns when every worker has stopped.
     """
     specs = dict(specs or queue_specs(settings))
     chosen = dict(processors or {})
-    email_client = RedisClient(settings.redis_url, name="orderflow:email-delivery")
     if EMAIL_QUEUE not in chosen and EMAIL_QUEUE in specs:
-        chosen[EMAIL_QUEUE] = EmailProcessor(settings, specs[EMAIL_QUEUE], email_client)
+        engine = engine if engine is not None else make_engine(settings.db_url)
+        chosen[EMAIL_QUEUE] = EmailProcessor(settings, specs[EMAIL_QUEUE], engine)
     strategies = backoff_strategies or {}
     workers = [
         BridgeWorker(
@@ -53,10 +55,7 @@ async def run_bridge_workers(
         for name, processor in chosen.items()
     ]
     log.info("bridge workers running: %s", ", ".join(w.spec.name for w in workers))
-    try:
-        await asyncio.gather(*(w.run(stop, settings.bridge_grace_seconds) for w in workers))
-    finally:
-        await email_client.close()
+    await asyncio.gather(*(w.run(stop, settings.bridge_grace_seconds) for w in workers))
 
 
 def build_webhook_processor(settings: Settings, order_client: Orders, engine: Engine) -> Processor:

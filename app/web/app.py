@@ -12,8 +12,9 @@ from sqlalchemy.engine import Engine
 from app.client import OrderClient
 from app.telemetry import Telemetry
 from app.web.ingress import JobQueue, webhook_router
+from app.web.metrics import metrics_router
 from app.web.ops import add_operations
-from bridge.specs import QueueSpec
+from bridge.specs import QueueSpec, queue_specs
 from orderflow.settings import Settings
 
 
@@ -28,7 +29,8 @@ def create_app(
 ) -> FastAPI:
     """The app: `POST /webhooks/{stripe,razorpay}` enqueue on `webhook_queue`; `GET /healthz`.
 
-    With telemetry also `GET /metrics`; with an order client (and its engine) the `/ops`
+    With telemetry also `GET /metrics` (unless settings.metrics_port moves it to
+    create_metrics_app); with an order client (and its engine) the `/ops`
     dashboard; queues default to every bridge queue (app.web.ops).
     """
     app = FastAPI(title="orderflow", docs_url=None, redoc_url=None)
@@ -44,6 +46,20 @@ def create_app(
     return app
 
 
+def create_metrics_app(
+    settings: Settings,
+    telemetry: Telemetry,
+    *,
+    engine: Engine | None = None,
+    queues: Mapping[str, QueueSpec] | None = None,
+) -> FastAPI:
+    """The internal app for settings.metrics_port: `GET /metrics` only (create_app omits it)."""
+    app = FastAPI(title="orderflow metrics", docs_url=None, redoc_url=None, openapi_url=None)
+    specs = dict(queues or queue_specs(settings))
+    app.include_router(metrics_router(telemetry, specs, settings, engine))
+    return app
+
+
 class EmbeddedServer(uvicorn.Server):
     """uvicorn that leaves SIGINT/SIGTERM to the process it runs in (set `should_exit` to stop)."""
 
@@ -53,9 +69,15 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def http_server(settings: Settings, app: FastAPI) -> uvicorn.Server:
-    """A server for `app` on settings.http_host:http_port, to run with `await server.serve()`."""
+def http_server(
+    settings: Settings, app: FastAPI, *, host: str = "", port: int = 0
+) -> uvicorn.Server:
+    """A server for `app` on host:port (default settings.http_host:http_port); `await serve()`."""
     config = uvicorn.Config(
-        app, host=settings.http_host, port=settings.http_port, log_level="warning", access_log=False
+        app,
+        host=host or settings.http_host,
+        port=port or settings.http_port,
+        log_level="warning",
+        access_log=False,
     )
     return EmbeddedServer(config)

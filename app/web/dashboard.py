@@ -1,13 +1,16 @@
 """The ops dashboard (`/ops`): queues, failed and dead-lettered jobs, pending reviews, recent orders.
 
 Behind HTTP Basic (settings.admin_user / admin_password). GET only reads; every change is a POST
-form carrying a token of this app instance (Basic credentials are resent by the browser on any
-cross-site POST, so the token is what proves the form came from this page).
+form carrying a token signed with settings.dashboard_secret for the signed-in user (Basic
+credentials are resent by the browser on any cross-site POST, so the token is what proves the
+form came from this page). Any replica holding the secret accepts it, also after a restart.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the local Admin dependency type
 import asyncio
-import secrets
+import hashlib
+import hmac
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +21,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -30,10 +34,13 @@ from orderflow.db import Order
 from orderflow.errors import OrderflowError
 from orderflow.money import format_money
 from orderflow.settings import Settings
+from orderflow.templating import is_html_template
 
 TEMPLATES = Path(__file__).parent / "templates"
 RECENT_ORDERS = 50  # orders listed on the dashboard, newest first
 LISTED_JOBS = 20  # failed jobs and DLQ entries shown per queue
+FORM_TOKEN_TTL_SECONDS = 12 * 3600  # a dashboard left open over a shift can still post
+FORM_TOKEN_SKEW_SECONDS = 300  # replicas' clocks may differ this much
 
 
 def order_run_url(settings: Settings, order_id: str) -> str:
@@ -51,16 +58,38 @@ def recent_orders(engine: Engine, limit: int = RECENT_ORDERS) -> list[Order]:
         )
 
 
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time equality that leaks neither where the strings differ nor their lengths."""
+    digest = hashlib.sha256
+    return hmac.compare_digest(digest(given.encode()).digest(), digest(expected.encode()).digest())
+
+
+def form_token(secret: str, user: str, issued: int) -> str:
+    """The token of the dashboard's forms for `user`, issued at `issued` (Unix seconds)."""
+    message = f"orderflow-ops-form\0{user}\0{issued}".encode()
+    mac = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    return f"{issued}.{mac}"
+
+
+def valid_form_token(secret: str, user: str, token: str, now: float) -> bool:
+    """True if `token` was signed with `secret` for `user` and is neither expired nor future."""
+    issued, _, _ = token.partition(".")
+    if not issued.isascii() or not issued.isdigit() or len(issued) > 12:
+        return False
+    age = now - int(issued)
+    if not -FORM_TOKEN_SKEW_SECONDS <= age <= FORM_TOKEN_TTL_SECONDS:
+        return False
+    return same_secret(token, form_token(secret, user, int(issued)))
+
+
 def admin_guard(settings: Settings) -> Any:
     """A dependency that answers 401 unless the request carries the admin's Basic credentials."""
     basic = HTTPBasic(auto_error=False, realm="orderflow ops")
 
     def check(credentials: Annotated[HTTPBasicCredentials | None, Depends(basic)]) -> str:
         ok = credentials is not None and (
-            secrets.compare_digest(credentials.username.encode(), settings.admin_user.encode())
-            & secrets.compare_digest(
-                credentials.password.encode(), settings.admin_password.encode()
-            )
+            same_secret(credentials.username, settings.admin_user)
+            & same_secret(credentials.password, settings.admin_password)
         )
         if not ok or credentials is None:
             raise HTTPException(
@@ -80,9 +109,10 @@ def dashboard_router(
     engine: Engine,
 ) -> APIRouter:
     """`GET /ops` and its POST actions (retry, re-drive, decide a review)."""
-    templates = Jinja2Templates(directory=TEMPLATES)
+    templates = Jinja2Templates(
+        env=Environment(loader=FileSystemLoader(TEMPLATES), autoescape=is_html_template)
+    )
     templates.env.filters["money"] = format_money
-    token = secrets.token_urlsafe(24)
     router = APIRouter(prefix="/ops", include_in_schema=False)
     Admin = Annotated[str, Depends(admin_guard(settings))]
 
@@ -91,8 +121,8 @@ def dashboard_router(
             "/ops?" + urlencode({"error" if error else "msg": message}), status_code=303
         )
 
-    def check_token(form_token: str) -> None:
-        if not secrets.compare_digest(form_token.encode(), token.encode()):
+    def check_token(user: str, token: str) -> None:
+        if not valid_form_token(settings.dashboard_secret, user, token, time.time()):
             raise HTTPException(403, "stale or foreign form: reload the dashboard and try again")
 
     @router.get("", response_class=HTMLResponse)
@@ -118,7 +148,7 @@ def dashboard_router(
             by_status[order.status] = by_status.get(order.status, 0) + 1
         context = {
             "user": user,
-            "token": token,
+            "token": form_token(settings.dashboard_secret, user, int(time.time())),
             "queues": queues,
             "reviews": reviews,
             "orders": [(o, order_run_url(settings, o.id)) for o in latest],
@@ -135,7 +165,7 @@ def dashboard_router(
     @router.post("/queues/{queue}/jobs/{job_id}/retry")
     async def retry(queue: str, job_id: str, user: Admin, token: Annotated[str, Form()]) -> Any:
         """Retry a failed job."""
-        check_token(token)
+        check_token(user, token)
         admin = QueueAdmin(find_spec(dict(specs), queue), settings.redis_url)
         try:
             await admin.retry(job_id)
@@ -148,7 +178,7 @@ def dashboard_router(
     @router.post("/queues/{queue}/dlq/{job_id}/redrive")
     async def redrive(queue: str, job_id: str, user: Admin, token: Annotated[str, Form()]) -> Any:
         """Re-drive a dead-lettered job."""
-        check_token(token)
+        check_token(user, token)
         admin = QueueAdmin(find_spec(dict(specs), queue), settings.redis_url)
         try:
             await admin.dlq.redrive(job_id)
@@ -167,7 +197,7 @@ def dashboard_router(
         note: Annotated[str, Form()] = "",
     ) -> Any:
         """Approve or reject a pending review."""
-        check_token(token)
+        check_token(user, token)
         try:
             outcome = await orders.decide_review(
                 review_id, ReviewDecision(approve=approve, reviewer=user, note=note)

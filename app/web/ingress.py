@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import math
+import uuid
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from bridge.errors import PayloadRejectedError
+from bridge.errors import InvalidJobOptionsError, PayloadRejectedError
+from bridge.redis_client import RedisClient
+from bridge.scripts import rate_limit_script
 from orderflow.settings import Settings
 from payments.events import EventKind, GatewayEvent, MalformedEventError, parse_event
 from payments.signatures import (
@@ -54,11 +59,64 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def client_address(request: Request, header: str) -> str:
+    """The client's IP address: the TCP peer, or the last entry a trusted proxy put in `header`."""
+    peer = request.client.host if request.client else "unknown"
+    if not header:
+        return peer
+    forwarded = request.headers.get(header, "").split(",")[-1].strip()
+    try:
+        return str(ipaddress.ip_address(forwarded))
+    except ValueError:
+        return peer
+
+
+class RateLimiter:
+    """A sliding-window request budget per client, kept in Redis so every replica shares it.
+
+    If Redis cannot answer, requests pass (the enqueue then answers 503 by itself).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.limit = settings.webhook_rate_limit
+        self.window_ms = settings.webhook_rate_window_seconds * 1000
+        self.prefix = f"{settings.queue_prefix}:orderflow-ingress-rate:"
+        self.client = RedisClient(settings.redis_url, name="orderflow:ingress-rate")
+        self.script = self.client.register(rate_limit_script())
+        self.failing = False
+
+    async def wait_seconds(self, who: str) -> int:
+        """0 if the client may go on, else the seconds until its budget has room again."""
+        if self.limit <= 0:
+            return 0
+        try:
+            wait_ms = await self.client.run(
+                self.script, [self.prefix + who], [self.limit, self.window_ms, uuid.uuid4().hex]
+            )
+        except Exception as err:  # fail open: the limiter must not take the endpoint down
+            if not self.failing:
+                log.warning("webhook rate limit not applied, Redis failing: %s", err)
+                self.failing = True
+            return 0
+        if self.failing:
+            log.warning("webhook rate limit applied again")
+            self.failing = False
+        return math.ceil(int(wait_ms) / 1000) if wait_ms else 0
+
+
 def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
     """`POST /webhooks/stripe` and `POST /webhooks/razorpay`."""
     router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+    limiter = RateLimiter(settings)
 
     async def accept(provider: str, request: Request) -> JSONResponse:
+        who = client_address(request, settings.webhook_client_ip_header)
+        if wait := await limiter.wait_seconds(who):
+            return JSONResponse(
+                {"error": "rate_limited", "detail": f"too many requests from {who}; retry later"},
+                status_code=429,
+                headers={"Retry-After": str(wait)},
+            )
         try:
             body = await read_body(request, settings.webhook_max_body_bytes)
         except PayloadTooLarge as err:
@@ -101,13 +159,15 @@ def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
                 queue.add(event.job_name, event.to_job(), {"jobId": event.job_id}),
                 settings.webhook_enqueue_timeout_seconds,
             )
-        except PayloadRejectedError as err:
-            # the same event is refused the same way every time: not a 5xx to redeliver for days
-            log.error("refused %s event %s for good: %s", event.provider, event.event_id, err)
+        except (InvalidJobOptionsError, PayloadRejectedError) as err:
+            # the queue refuses this event for good (too large, a secret in it, an impossible id):
+            # a 4xx with the reason, not a 503 that the gateway would redeliver for days
+            log.warning("%s event %s refused by the queue: %s", event.provider, event.event_id, err)
             return _error(
                 422,
-                "event_refused",
-                f"{event.provider} event {event.event_id} cannot be queued: {err.reason}",
+                "unacceptable_event",
+                f"{event.provider} event {event.event_id} cannot be queued: {err}",
+                provider=event.provider,
             )
         except Exception as err:
             # the gateway redelivers on any non-2xx: a 503 loses nothing

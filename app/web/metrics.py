@@ -1,23 +1,35 @@
-"""`GET /metrics` (Prometheus text) and the webhook outcome counter."""
+"""`GET /metrics` (Prometheus text) and the webhook outcome counter.
+
+A scrape is cheap: queue depths come from one pipelined round trip over one connection kept
+open, order counts from a read-only database connection (no SQLite write lock), and both are
+cached for settings.metrics_cache_seconds whatever the scrape rate. With settings.metrics_token
+a scrape needs `Authorization: Bearer <token>`; with settings.metrics_port it is served only
+by a separate app on that (internal) port.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, HTTPException, Response
 from opentelemetry import metrics
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import func
+from sqlalchemy import create_engine, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.telemetry import GaugeReadings, Telemetry
-from bridge.admin import QueueAdmin
+from bridge.redis_client import RedisClient
+from bridge.scripts import Keys
 from bridge.specs import QueueSpec
 from orderflow.db import Order
+from orderflow.settings import Settings
 
 # queue states reported by bullmq.queue.jobs (getJobCounts types plus the DLQ)
 KNOWN_PROVIDERS = ("stripe", "razorpay")  # label values; any other path counts as "other"
@@ -33,19 +45,46 @@ DEPTH_STATES = (
 )
 
 
-async def refresh_queue_depths(
-    gauges: GaugeReadings, specs: Mapping[str, QueueSpec], redis_url: str
-) -> None:
-    """Read every queue's counts into the gauges."""
-    depths: dict[tuple[str, str], int] = {}
+# the Redis structure behind each state (BullMQ's getJobCounts reads the same ones)
+_DEPTH_READS = {
+    "waiting": ("LLEN", "wait"),
+    "active": ("LLEN", "active"),
+    "delayed": ("ZCARD", "delayed"),
+    "prioritized": ("ZCARD", "prioritized"),
+    "paused": ("LLEN", "paused"),
+    "completed": ("ZCARD", "completed"),
+    "failed": ("ZCARD", "failed"),
+}
+
+
+async def queue_depths(
+    client: RedisClient, specs: Mapping[str, QueueSpec]
+) -> dict[tuple[str, str], int]:
+    """Every queue's jobs per state (and its DLQ size), in one pipelined round trip."""
+    commands: list[list[str | bytes | int | float]] = []
+    labels: list[tuple[str, str]] = []
     for spec in specs.values():
-        admin = QueueAdmin(spec, redis_url)
-        try:
-            counts = (await admin.counts()).to_dict()
-        finally:
-            await admin.close()
-        depths.update({(spec.name, state): int(counts[state]) for state in DEPTH_STATES})
-    gauges.queue_jobs = depths
+        keys = Keys(spec.prefix, spec.name)
+        for state, (command, key) in _DEPTH_READS.items():
+            commands.append([command, keys[key]])
+            labels.append((spec.name, state))
+        commands.append(["ZCARD", f"{spec.prefix}:{spec.dlq}:index"])
+        labels.append((spec.name, "dlq"))
+    replies = await client.pipeline(commands)
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+    return {label: int(n) for label, n in zip(labels, replies, strict=True)}
+
+
+def read_only(engine: Engine) -> Engine:
+    """An engine for reads that never takes SQLite's write lock (others: the engine itself)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return engine
+    return create_engine(
+        f"sqlite:///file:{url.database}?mode=ro&uri=true", connect_args={"check_same_thread": False}
+    )
 
 
 def order_counts(engine: Engine) -> dict[str, int]:
@@ -55,21 +94,65 @@ def order_counts(engine: Engine) -> dict[str, int]:
     return {status: int(n) for status, n in rows}
 
 
+class MetricsReader:
+    """Reads queue depths and order counts into the gauges, at most once per `max_age` seconds."""
+
+    def __init__(
+        self,
+        gauges: GaugeReadings,
+        specs: Mapping[str, QueueSpec],
+        redis_url: str,
+        engine: Engine | None,
+        max_age: float,
+    ) -> None:
+        self.gauges = gauges
+        self.specs = dict(specs)
+        self.client = RedisClient(redis_url, name="orderflow:metrics")
+        self.engine = read_only(engine) if engine is not None else None
+        self.max_age = max_age
+        self.read_at = -float("inf")
+        self.lock = asyncio.Lock()  # concurrent scrapes share one read
+
+    async def refresh(self) -> None:
+        """Read again unless the last read is younger than max_age."""
+        async with self.lock:
+            if time.monotonic() - self.read_at < self.max_age:
+                return
+            self.gauges.queue_jobs = await queue_depths(self.client, self.specs)
+            if self.engine is not None:
+                self.gauges.orders = await asyncio.to_thread(order_counts, self.engine)
+            self.read_at = time.monotonic()
+
+
 def metrics_router(
-    telemetry: Telemetry, specs: Mapping[str, QueueSpec], redis_url: str, engine: Engine | None
+    telemetry: Telemetry,
+    specs: Mapping[str, QueueSpec],
+    settings: Settings,
+    engine: Engine | None,
 ) -> APIRouter:
-    """`GET /metrics`: queue depths and orders are read fresh, then every metric is rendered."""
+    """`GET /metrics`: cached queue depths and orders, then every metric rendered."""
     router = APIRouter()
+    reader = MetricsReader(
+        telemetry.gauges, specs, settings.redis_url, engine, settings.metrics_cache_seconds
+    )
+    token = settings.metrics_token
 
     @router.get("/metrics", include_in_schema=False)
-    async def scrape() -> Response:
+    async def scrape(authorization: Annotated[str, Header()] = "") -> Response:
         """Prometheus scrape."""
-        await refresh_queue_depths(telemetry.gauges, specs, redis_url)
-        if engine is not None:
-            telemetry.gauges.orders = await asyncio.to_thread(order_counts, engine)
+        if token and not _bearer_matches(authorization, token):
+            raise HTTPException(401, "metrics token required", {"WWW-Authenticate": "Bearer"})
+        await reader.refresh()
         return Response(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+def _bearer_matches(authorization: str, token: str) -> bool:
+    scheme, _, given = authorization.partition(" ")
+    digest = hashlib.sha256
+    same = hmac.compare_digest(digest(given.encode()).digest(), digest(token.encode()).digest())
+    return scheme.lower() == "bearer" and same
 
 
 class WebhookOutcomes:

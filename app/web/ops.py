@@ -35,7 +35,7 @@ def add_operations(
         meter_provider=telemetry.meter_provider if telemetry else None,
         excluded_urls="/metrics,/healthz",
     )
-    if telemetry is not None:
-        app.include_router(metrics_router(telemetry, specs, settings.redis_url, engine))
+    if telemetry is not None and not settings.metrics_port:
+        app.include_router(metrics_router(telemetry, specs, settings, engine))
     if orders is not None and engine is not None:
         app.include_router(dashboard_router(settings, specs, orders, engine))

@@ -9,16 +9,14 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import uvicorn
-from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter, FastAPI
 
-from app.telemetry import Telemetry
 from app.web.app import EmbeddedServer
 from orderflow.settings import Settings
 
 
-def probe_app(telemetry: Telemetry, parts: Collection[str]) -> FastAPI:
-    """This process's metrics (its bridge jobs, Temporal SDK, HTTP) and a liveness answer."""
+def probe_app(parts: Collection[str], metrics: APIRouter) -> FastAPI:
+    """This process's `/metrics` (app.web.metrics.metrics_router) and a liveness answer."""
     app = FastAPI(title="orderflow probe", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")
@@ -26,19 +24,15 @@ def probe_app(telemetry: Telemetry, parts: Collection[str]) -> FastAPI:
         """Liveness: the process's event loop answers."""
         return {"status": "ok", "parts": sorted(parts)}
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        """Prometheus text from this process's registry."""
-        return Response(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(metrics)
     return app
 
 
 def probe_server(settings: Settings, app: FastAPI) -> uvicorn.Server:
-    """The probe on settings.http_host:metrics_port, to run with `await server.serve()`."""
+    """The probe on settings.metrics_host:metrics_port, to run with `await server.serve()`."""
     config = uvicorn.Config(
         app,
-        host=settings.http_host,
+        host=settings.metrics_host,
         port=settings.metrics_port,
         log_level="warning",
         access_log=False,

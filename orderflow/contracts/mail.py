@@ -17,6 +17,13 @@ class EmailJob(StrEnum):
     ORDER_CANCELLED = "send-order-cancelled"
 
 
+class MailDeliveryStatus(StrEnum):
+    """A mail's delivery record: claimed by an attempt, then handed to SMTP."""
+
+    SENDING = "SENDING"  # an attempt is in the SMTP conversation (or died in it)
+    SENT = "SENT"  # the relay accepted it: no attempt of this job sends it again
+
+
 # The seed's template name of each email job; data.template may give either name
 TEMPLATE_ALIASES: dict[str, str] = {
     "order_confirmation": EmailJob.ORDER_CONFIRMATION,

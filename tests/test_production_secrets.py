@@ -1,0 +1,103 @@
+"""A production-shaped start refuses the public defaults: each secret is named, none is echoed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import app as cli
+from app.runner import run
+from orderflow.errors import InsecureSettingsError
+from orderflow.settings import Settings
+
+REAL = {
+    "admin_password": "9f2c-real-admin-passphrase",
+    "dashboard_secret": "c1d5e0b6a8f74f4c9a8e7c3d2b1a0f9e",
+    "stripe_webhook_secret": "whsec_3b1f9c0d7e2a4c58b6e1",
+    "razorpay_webhook_secret": "rzp_9d8c7b6a5f4e3d2c1b0a",
+    "redis_url": "redis://:Xq7-redis-pass@redis.internal:6379/0",
+}
+PRODUCTION = {"embedded_temporal": False, "embedded_redis": False, "embedded_smtp": False}
+DEFAULTS = Settings()
+COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+
+
+def production(**changes: object) -> Settings:
+    return Settings(**{**REAL, **PRODUCTION, **changes})
+
+
+def test_real_secrets_start_and_the_laptop_defaults_still_do() -> None:
+    production().check_production_secrets()
+    Settings().check_production_secrets()  # everything embedded: local development
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"admin_password": DEFAULTS.admin_password}, "ORDERFLOW_ADMIN_PASSWORD is the local default"),
+        ({"admin_password": ""}, "ORDERFLOW_ADMIN_PASSWORD is empty"),
+        ({"admin_password": "admin"}, "ORDERFLOW_ADMIN_PASSWORD is a placeholder"),
+        ({"dashboard_secret": DEFAULTS.dashboard_secret}, "ORDERFLOW_DASHBOARD_SECRET is the local default"),
+        ({"stripe_webhook_secret": DEFAULTS.stripe_webhook_secret}, "ORDERFLOW_STRIPE_WEBHOOK_SECRET is the local default"),
+        ({"stripe_webhook_secret": "whsec_change_me"}, "ORDERFLOW_STRIPE_WEBHOOK_SECRET is a placeholder"),
+        ({"razorpay_webhook_secret": DEFAULTS.razorpay_webhook_secret}, "ORDERFLOW_RAZORPAY_WEBHOOK_SECRET is the local default"),
+        ({"razorpay_webhook_secret": " "}, "ORDERFLOW_RAZORPAY_WEBHOOK_SECRET is empty"),
+        ({"redis_url": "redis://:change-me@redis:6379/0"}, "the password in ORDERFLOW_REDIS_URL is a placeholder"),
+        ({"redis_url": "redis://redis:6379/0"}, "the password in ORDERFLOW_REDIS_URL is missing"),
+        ({"redis_url": DEFAULTS.redis_url}, "the password in ORDERFLOW_REDIS_URL is missing"),
+    ],
+)  # fmt: skip
+async def test_production_shaped_start_with_a_default_secret_refuses_to_start(
+    changes: dict[str, str], named: str
+) -> None:
+    settings = production(**changes)
+    with pytest.raises(InsecureSettingsError) as refused:
+        await run(settings, ("http",))
+    message = str(refused.value)
+    assert refused.value.problems == [named]
+    for value in changes.values():
+        if value.strip() and value != DEFAULTS.redis_url:
+            assert value not in message  # named, never echoed
+
+
+def test_one_embedded_server_off_is_production_shaped() -> None:
+    settings = Settings(embedded_temporal=False)
+    with pytest.raises(InsecureSettingsError) as refused:
+        settings.check_production_secrets()
+    named = " ".join(refused.value.problems)
+    for variable in ("ADMIN_PASSWORD", "DASHBOARD_SECRET", "STRIPE_", "RAZORPAY_"):
+        assert variable in named
+    assert "REDIS_URL" not in named  # the embedded redis-server listens on loopback only
+
+
+def test_orderflow_run_in_the_image_with_defaults_exits_naming_each_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("EMBEDDED_TEMPORAL", "EMBEDDED_REDIS", "EMBEDDED_SMTP"):
+        monkeypatch.setenv(f"ORDERFLOW_{name}", "false")  # as the Dockerfile sets them
+    result = CliRunner().invoke(cli, ["run", "--part", "http"])
+    assert result.exit_code == 1
+    for variable in ("ADMIN_PASSWORD", "DASHBOARD_SECRET", "STRIPE_WEBHOOK_SECRET",
+                     "RAZORPAY_WEBHOOK_SECRET", "REDIS_URL"):  # fmt: skip
+        assert f"ORDERFLOW_{variable}" in result.output
+
+
+def test_compose_requires_every_secret_and_publishes_operator_ports_on_loopback() -> None:
+    text = COMPOSE.read_text()
+    for variable in ("REDIS_PASSWORD", "STRIPE_WEBHOOK_SECRET", "RAZORPAY_WEBHOOK_SECRET",
+                     "ADMIN_PASSWORD", "DASHBOARD_SECRET"):  # fmt: skip
+        assert f"${{{variable}:?" in text, variable  # compose stops when it is not set
+    assert "change-me" not in text and "change_me" not in text
+    published = re.findall(r"^\s+ports: \[(.*)\]", text, re.MULTILINE)
+    public = [p for p in published if not p.strip('"').startswith("127.0.0.1:")]
+    assert public == ['"8000:8000"']  # only the HTTP app (webhooks) faces the world
+    assert len(published) >= 4  # Temporal gRPC, Temporal UI, mail UI, HTTP
+
+
+def test_insecure_secrets_start_only_when_explicitly_allowed() -> None:
+    allowed = production(admin_password="", allow_insecure_secrets=True)
+    allowed.check_production_secrets()  # a throwaway topology on loopback
+    assert allowed.insecure_secrets()  # the problems are still known (the runner logs them)
