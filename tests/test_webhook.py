@@ -299,7 +299,9 @@ async def system(
     specs = {EMAIL_QUEUE: email_spec(mail_settings), spec.name: spec}
     processors = {spec.name: build_webhook_processor(mail_settings, orders, engine)}
     stop = asyncio.Event()
-    task = asyncio.create_task(run_bridge_workers(mail_settings, stop, processors, specs=specs))
+    task = asyncio.create_task(
+        run_bridge_workers(mail_settings, stop, processors, specs=specs, engine=engine)
+    )
     producer = QueueProducer.connect(spec, redis_url)
     transport = httpx.ASGITransport(app=create_app(mail_settings, producer))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
