@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 
-from bridge.errors import InvalidJobOptionsError
+from bridge.errors import InvalidJobOptionsError, PayloadRejectedError
 from bridge.guard import PayloadGuard
 from bridge.redis_client import Arg, RedisClient, RedisReplyError
 from bridge.scripts import Keys, bullmq_script
@@ -121,7 +121,12 @@ class QueueProducer:
         final = normalize_opts(self.spec, opts) if opts else dict(self._defaults)
         inject_trace(final)
         job_id = final.get("jobId")
-        encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        try:
+            encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as err:  # NaN, Infinity, a set, an object ...
+            raise PayloadRejectedError(
+                self.spec.name, name, job_id, f"data is not plain JSON ({err})"
+            ) from err
         self.guard.check(name, job_id, data, encoded)
         timestamp = int(time.time() * 1000)
         packed_args = msgpack.packb(
