@@ -103,6 +103,13 @@ class _Protocol(asyncio.Protocol):
             self.transport.write(data)
 
 
+def _fatal_setup_error(command: Sequence[Arg], reply: Any) -> bool:
+    """A failed AUTH or SELECT, or any LOADING reply; a refused CLIENT SETNAME (ACL) is not."""
+    if not isinstance(reply, BaseException):
+        return False
+    return command[0] in ("AUTH", "SELECT") or str(reply).startswith("LOADING")
+
+
 def tls_context(scheme: str, query: dict[str, list[str]]) -> ssl.SSLContext | None:
     """TLS for rediss:// URLs, with redis-py's query options (ssl_ca_certs, ssl_cert_reqs ...)."""
     if scheme != "rediss":
@@ -162,11 +169,12 @@ class RedisClient:
             setup += [["SCRIPT", "LOAD", s.source] for s in self._scripts.values()]
             if setup:
                 replies = await self._send(proto, setup)
-                if failed := next((r for r in replies if isinstance(r, BaseException)), None):
-                    # a wrong password, or a Redis still loading: this connection is not ready
-                    if proto.transport is not None:
-                        proto.transport.close()
-                    raise failed
+                for command, reply in zip(setup, replies, strict=True):
+                    if _fatal_setup_error(command, reply):
+                        # a wrong password, or a Redis still loading: this connection is not ready
+                        if proto.transport is not None:
+                            proto.transport.close()
+                        raise reply
             self._proto = proto
             return proto
 
