@@ -6,12 +6,20 @@ from bullmq import UnrecoverableError
 
 from orderflow.errors import OrderflowError
 
+SHOWN_CHARS = 100  # of a name or field taken from job data, in an error message
+
+
+def shown(text: str) -> str:
+    """Text from a job as an error shows it: as written if printable, else escaped (repr)."""
+    cut = text[:SHOWN_CHARS]
+    return cut if cut.isprintable() else repr(cut)
+
 
 class PayloadRejectedError(OrderflowError):
     """A job's data was refused before it reached Redis (sensitive field or too large)."""
 
     def __init__(self, queue: str, name: str, job_id: str | None, reason: str) -> None:
-        where = f"job {job_id!r} ({name})" if job_id else f"job {name}"
+        where = f"job {job_id!r} ({shown(name)})" if job_id else f"job {shown(name)}"
         super().__init__(f"{queue}: {where} refused: {reason}")
         self.queue, self.name, self.job_id, self.reason = queue, name, job_id, reason
 
@@ -24,7 +32,7 @@ class JobTimeoutError(OrderflowError):
     """A job ran longer than its queue's timeout; the attempt fails and may be retried."""
 
     def __init__(self, queue: str, name: str, job_id: str, seconds: float) -> None:
-        super().__init__(f"{queue}: job {job_id!r} ({name}) timed out after {seconds:g}s")
+        super().__init__(f"{queue}: job {job_id!r} ({shown(name)}) timed out after {seconds:g}s")
         self.job_id = job_id
 
 
@@ -32,7 +40,7 @@ class MalformedJobError(UnrecoverableError, OrderflowError):
     """A job whose data cannot be processed at all; it is not retried and goes to the DLQ."""
 
     def __init__(self, queue: str, name: str, job_id: str, reason: str) -> None:
-        super().__init__(f"{queue}: malformed job {job_id!r} ({name}): {reason}")
+        super().__init__(f"{queue}: malformed job {job_id!r} ({shown(name)}): {reason}")
         self.job_id = job_id
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from bridge.errors import PayloadRejectedError
+from bridge.errors import PayloadRejectedError, shown
 
 # Field names (lower-cased, separators dropped) that carry secrets wherever they appear in a name
 SENSITIVE_PARTS = (
@@ -115,7 +115,7 @@ def _value_problem(text: str) -> str:
 def _walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
     if isinstance(value, dict):
         for key, item in value.items():
-            here = f"{path}.{key}"
+            here = f"{path}.{shown(str(key))}"
             if sensitive_field(str(key)):
                 yield here, "its name says it holds a secret"
             elif why := _value_problem(str(key)):

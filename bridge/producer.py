@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 
-from bridge.errors import InvalidJobOptionsError
+from bridge.errors import InvalidJobOptionsError, PayloadRejectedError
 from bridge.guard import PayloadGuard
 from bridge.redis_client import Arg, RedisClient, RedisReplyError
 from bridge.scripts import Keys, bullmq_script
@@ -24,6 +24,13 @@ BACKOFF_TYPES = ("fixed", "exponential")  # built in; any other type needs a wor
 JS_SAFE_DIGITS = 15  # JavaScript's Number keeps 15 significant digits exactly
 _JS_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")  # what `${parseInt(id, 10)}` gives back unchanged
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A job's hash is <prefix>:<queue>:<id>, beside the queue's own keys: an id equal to one of
+# their names ("id", "meta", "wait" ...) would overwrite it and break every fetch (WRONGTYPE)
+QUEUE_KEY_NAMES = frozenset(
+    {"active", "wait", "waiting-children", "paused", "completed", "failed", "delayed", "repeat",
+     "stalled", "limiter", "prioritized", "id", "stalled-check", "meta", "pc", "events",
+     "marker", "de", "orderflow-rate"}
+)  # fmt: skip
 
 
 def job_id_problem(job_id: str) -> str:
@@ -41,6 +48,8 @@ def job_id_problem(job_id: str) -> str:
             return "cannot be an integer (Node BullMQ refuses numeric custom ids)"
     if ":" in job_id:
         return "cannot contain ':' (Node BullMQ refuses it in custom ids)"
+    if job_id in QUEUE_KEY_NAMES:
+        return "names one of the queue's own keys (its job hash would overwrite that key)"
     if _CONTROL.search(job_id):
         return "cannot contain a control character (newline, NUL ...)"
     return ""
@@ -121,7 +130,12 @@ class QueueProducer:
         final = normalize_opts(self.spec, opts) if opts else dict(self._defaults)
         inject_trace(final)
         job_id = final.get("jobId")
-        encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        try:
+            encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as err:  # NaN, Infinity, a set, an object ...
+            raise PayloadRejectedError(
+                self.spec.name, name, job_id, f"data is not plain JSON ({err})"
+            ) from err
         self.guard.check(name, job_id, data, encoded)
         timestamp = int(time.time() * 1000)
         packed_args = msgpack.packb(

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
 
@@ -102,6 +103,27 @@ class _Protocol(asyncio.Protocol):
             self.transport.write(data)
 
 
+def _fatal_setup_error(command: Sequence[Arg], reply: Any) -> bool:
+    """A failed AUTH or SELECT, or any LOADING reply; a refused CLIENT SETNAME (ACL) is not."""
+    if not isinstance(reply, BaseException):
+        return False
+    return command[0] in ("AUTH", "SELECT") or str(reply).startswith("LOADING")
+
+
+def tls_context(scheme: str, query: dict[str, list[str]]) -> ssl.SSLContext | None:
+    """TLS for rediss:// URLs, with redis-py's query options (ssl_ca_certs, ssl_cert_reqs ...)."""
+    if scheme != "rediss":
+        return None
+    first = {k: v[0] for k, v in query.items() if v}
+    context = ssl.create_default_context(cafile=first.get("ssl_ca_certs"))
+    if first.get("ssl_certfile"):
+        context.load_cert_chain(first["ssl_certfile"], first.get("ssl_keyfile"))
+    if first.get("ssl_cert_reqs", "required").lower() in ("none", "cert_none"):
+        context.check_hostname = False  # asked for explicitly: no verification at all
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class RedisClient:
     """One pipelined connection to Redis, reconnecting on the next call after a loss."""
 
@@ -112,6 +134,7 @@ class RedisClient:
         self.password = unquote(parsed.password) if parsed.password else None
         self.username = unquote(parsed.username) if parsed.username else None
         self.db = int(parsed.path.strip("/") or 0)
+        self.tls = tls_context(parsed.scheme, parse_qs(parsed.query))
         self.name = name
         self._proto: _Protocol | None = None
         self._lock = asyncio.Lock()
@@ -128,7 +151,13 @@ class RedisClient:
             if self.closed:
                 raise ConnectionError("redis client is closed")
             loop = asyncio.get_running_loop()
-            _, proto = await loop.create_connection(_Protocol, self.host, self.port)
+            _, proto = await loop.create_connection(
+                _Protocol,
+                self.host,
+                self.port,
+                ssl=self.tls,
+                server_hostname=self.host if self.tls else None,
+            )
             setup: list[list[Arg]] = []
             if self.password:
                 auth: list[Arg] = ["AUTH", self.password]
@@ -140,11 +169,12 @@ class RedisClient:
             setup += [["SCRIPT", "LOAD", s.source] for s in self._scripts.values()]
             if setup:
                 replies = await self._send(proto, setup)
-                if failed := next((r for r in replies if isinstance(r, BaseException)), None):
-                    # a wrong password, or a Redis still loading: this connection is not ready
-                    if proto.transport is not None:
-                        proto.transport.close()
-                    raise failed
+                for command, reply in zip(setup, replies, strict=True):
+                    if _fatal_setup_error(command, reply):
+                        # a wrong password, or a Redis still loading: this connection is not ready
+                        if proto.transport is not None:
+                            proto.transport.close()
+                        raise reply
             self._proto = proto
             return proto
 

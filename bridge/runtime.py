@@ -240,7 +240,12 @@ class BridgeWorker:
         while not stop.is_set():
             try:
                 await self.client.execute("PING")
-                info = await self.client.execute("INFO", "persistence")
+                try:
+                    info = await self.client.execute("INFO", "persistence")
+                except RedisReplyError as err:
+                    if str(err).startswith("LOADING"):
+                        raise
+                    info = ""  # INFO forbidden (ACL): the first real command will tell
                 if "loading:1" in str(info):
                     raise RedisReplyError("LOADING Redis is loading the dataset in memory")
                 self.redis.ok()

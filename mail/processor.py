@@ -19,6 +19,7 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiosmtplib
 from bullmq import UnrecoverableError
@@ -41,6 +42,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 SMTP_TIMEOUT_SECONDS = 10.0  # one SMTP conversation; the job timeout bounds the whole attempt
 # A claim older than this belongs to an attempt that died inside the SMTP conversation
 CLAIM_STALE_SECONDS = 3 * SMTP_TIMEOUT_SECONDS
+LINK_FIELDS = ("resetUrl",)  # data fields the templates put in an href: http(s) links only
 _NOT_ATOM = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]")
 
 
@@ -108,6 +110,23 @@ def check_email_job(job: Job) -> None:
         raise MalformedJobError(job.queue, job.name, job.id, f"bad subject {subject!r}")
     if not isinstance(data.get("data", {}), dict):
         raise MalformedJobError(job.queue, job.name, job.id, "data.data is not an object")
+    for field in LINK_FIELDS:
+        link = (data.get("data") or {}).get(field)
+        if link is not None and not _web_link(link):
+            # autoescape keeps markup out of an href, not a javascript: or data: URL
+            raise MalformedJobError(
+                job.queue, job.name, job.id, f"data.{field} is not an http(s) link"
+            )
+
+
+def _web_link(link: object) -> bool:
+    if not isinstance(link, str):
+        return False
+    try:
+        parts = urlsplit(link.strip())
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
 
 
 class DeliveryLog:

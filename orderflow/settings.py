@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orderflow.errors import InsecureSettingsError
@@ -63,7 +63,11 @@ class Settings(BaseSettings):
     gateway_fail_captures: int = 0  # simulated gateway: fail this many captures per order first
     gateway_decline_all: bool = False  # simulated gateway: decline every capture
     # Redis (bridge queues)
+    # redis:// or rediss:// (TLS; ?ssl_ca_certs=/path/ca.pem, ?ssl_cert_reqs=none for no check).
+    # A password in it may hold any character (# / @ : ...), raw or percent-encoded; or give it
+    # in redis_password instead, which needs no encoding and wins over the URL's
     redis_url: str = "redis://localhost:6379/0"
+    redis_password: str = ""
     embedded_redis: bool = True  # start a local redis-server (AOF on, noeviction)
     queue_prefix: str = "bull"  # BullMQ's default key prefix, shared with Node producers/consumers
     # Bridge queues: the seed's numbers (bridge/specs.py); override per queue by environment
@@ -134,6 +138,11 @@ class Settings(BaseSettings):
         """The database URL, defaulting to a SQLite file in the data folder."""
         return self.database_url or f"sqlite:///{self.data_dir / 'orderflow.db'}"
 
+    @model_validator(mode="after")
+    def _encode_redis_url(self) -> Settings:
+        self.redis_url = normalize_redis_url(self.redis_url, self.redis_password)
+        return self
+
     @property
     def production_shaped(self) -> bool:
         """True unless every server is the embedded local one (`orderflow run` on a laptop)."""
@@ -151,7 +160,10 @@ class Settings(BaseSettings):
             password = urlparse(self.redis_url).password
             why = _weak(unquote(password or ""), None) if password else "missing"
             if why:
-                problems.append(f"the password in {ENV_PREFIX}REDIS_URL is {why}")
+                problems.append(
+                    f"the Redis password ({ENV_PREFIX}REDIS_PASSWORD or in {ENV_PREFIX}REDIS_URL)"
+                    f" is {why}"
+                )
         return problems
 
     def check_production_secrets(self) -> None:
@@ -169,6 +181,25 @@ class Settings(BaseSettings):
     def from_env(cls) -> Settings:
         """Read the settings from the environment (and a .env file if present)."""
         return cls()
+
+
+def normalize_redis_url(url: str, password: str = "") -> str:
+    """The Redis URL with its user and password percent-encoded, `password` (if given) put in.
+
+    The password ends at the last '@', so one written raw with '#', '/', '@' or ':' in it (which
+    break a URL parser) reads the same as its percent-encoded form; an encoded one is unchanged.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss"):
+        return url
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        userinfo, host = "", rest
+    user, _, secret = userinfo.partition(":")
+    secret = password or unquote(secret)
+    if not user and not secret:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{quote(unquote(user), safe='')}:{quote(secret, safe='')}@{host}"
 
 
 def _weak(value: str, default: object) -> str:

@@ -44,6 +44,7 @@ class FakeRedis:
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.mode = "pass"
+        self.refused: dict[str, str] = {}  # command name -> error reply, whatever the mode
         self.errors: collections.Counter[str] = collections.Counter()
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -90,7 +91,11 @@ class FakeRedis:
                 requests.feed(data)
                 while (command := requests.gets()) is not False:
                     fut = loop.create_future()
-                    if self.mode == "pass":
+                    refusal = self.refused.get(bytes(command[0]).decode().upper())
+                    if refusal:
+                        self.errors[refusal.split(" ", 1)[0]] += 1
+                        fut.set_result(_Error(refusal))
+                    elif self.mode == "pass":
                         upstream_waiting.append(fut)
                         up_writer.write(encode(list(command)))
                     else:

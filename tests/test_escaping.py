@@ -20,6 +20,7 @@ from activities.order import OrderActivities
 from app import embedded
 from app.client import OrderClient
 from app.web.app import create_app, http_server
+from bridge.errors import MalformedJobError
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.specs import QueueSpec, email_spec
@@ -197,3 +198,36 @@ async def test_dashboard_escapes_query_string_return_reason_email_and_ids(
 
 async def _failed(spec: QueueSpec, redis_url: str) -> bool:
     return (await counts(spec, redis_url)).get("failed", 0) == 1
+
+
+@pytest.mark.parametrize(
+    "link",
+    ["javascript:alert(document.cookie)", " JavaScript:alert(1)", "data:text/html,<script>x</script>",
+     "vbscript:msgbox(1)", "//evil.example/reset"],
+)  # fmt: skip
+def test_mail_refuses_a_link_that_is_not_http_or_https(
+    settings: Settings, engine: Engine, link: str
+) -> None:
+    processor = EmailProcessor(settings, email_spec(settings), engine)
+    job = _reset_job(settings, link)
+    with pytest.raises(MalformedJobError, match=r"data\.resetUrl is not an http\(s\) link"):
+        processor.render(job)
+
+
+def test_mail_keeps_an_https_reset_link(settings: Settings, engine: Engine) -> None:
+    processor = EmailProcessor(settings, email_spec(settings), engine)
+    mail = processor.render(_reset_job(settings, "https://shop.example/reset/r-1001"))
+    assert 'href="https://shop.example/reset/r-1001"' in mail.html
+
+
+def _reset_job(settings: Settings, link: str) -> Job:
+    return Job(
+        id="reset-r-1001",
+        name="send-password-reset",
+        data={"to": "a@example.com", "subject": "Reset", "data": {"resetUrl": link}},
+        opts={},
+        attempts_made=0,
+        timestamp=0,
+        token="t",
+        queue=email_spec(settings).name,
+    )

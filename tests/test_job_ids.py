@@ -25,6 +25,11 @@ from tests.bridge_helpers import counts, unique_spec
         ("welcome\x001", "control character"),
         ("welcome\r", "control character"),
         ("x\x7f", "control character"),
+        ("id", "names one of the queue's own keys"),  # the job counter: WRONGTYPE for every fetch
+        ("meta", "names one of the queue's own keys"),
+        ("wait", "names one of the queue's own keys"),
+        ("marker", "names one of the queue's own keys"),
+        ("orderflow-rate", "names one of the queue's own keys"),
     ],
 )
 def test_producer_refuses_job_ids_node_bullmq_refuses(job_id: str, why: str) -> None:
@@ -57,3 +62,14 @@ def test_gateway_event_id_that_cannot_be_a_job_id_is_a_malformed_event() -> None
     with pytest.raises(MalformedEventError, match="cannot be a job id") as refused:
         parse_event("stripe", body)
     assert "\n" not in str(refused.value)
+
+
+async def test_job_id_naming_a_queue_key_cannot_poison_the_queue(redis_url: str) -> None:
+    spec = unique_spec(Settings(redis_url=redis_url), rate_limit=None)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-welcome", {"to": "a@example.com"})  # creates the 'id' counter
+    for key in ("id", "meta", "events", "stalled-check"):
+        with pytest.raises(InvalidJobOptionsError, match="queue's own keys"):
+            await producer.add("send-welcome", {"to": "a@example.com"}, {"jobId": key})
+    assert (await counts(spec, redis_url))["waiting"] == 1
+    await producer.close()

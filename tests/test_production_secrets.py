@@ -45,9 +45,10 @@ def test_real_secrets_start_and_the_laptop_defaults_still_do() -> None:
         ({"stripe_webhook_secret": "whsec_change_me"}, "ORDERFLOW_STRIPE_WEBHOOK_SECRET is a placeholder"),
         ({"razorpay_webhook_secret": DEFAULTS.razorpay_webhook_secret}, "ORDERFLOW_RAZORPAY_WEBHOOK_SECRET is the local default"),
         ({"razorpay_webhook_secret": " "}, "ORDERFLOW_RAZORPAY_WEBHOOK_SECRET is empty"),
-        ({"redis_url": "redis://:change-me@redis:6379/0"}, "the password in ORDERFLOW_REDIS_URL is a placeholder"),
-        ({"redis_url": "redis://redis:6379/0"}, "the password in ORDERFLOW_REDIS_URL is missing"),
-        ({"redis_url": DEFAULTS.redis_url}, "the password in ORDERFLOW_REDIS_URL is missing"),
+        ({"redis_url": "redis://:change-me@redis:6379/0"}, "the Redis password (ORDERFLOW_REDIS_PASSWORD or in ORDERFLOW_REDIS_URL) is a placeholder"),
+        ({"redis_url": "redis://redis:6379/0"}, "the Redis password (ORDERFLOW_REDIS_PASSWORD or in ORDERFLOW_REDIS_URL) is missing"),
+        ({"redis_url": "redis://redis:6379/0", "redis_password": "change-me"}, "the Redis password (ORDERFLOW_REDIS_PASSWORD or in ORDERFLOW_REDIS_URL) is a placeholder"),
+        ({"redis_url": DEFAULTS.redis_url}, "the Redis password (ORDERFLOW_REDIS_PASSWORD or in ORDERFLOW_REDIS_URL) is missing"),
     ],
 )  # fmt: skip
 async def test_production_shaped_start_with_a_default_secret_refuses_to_start(
@@ -59,7 +60,7 @@ async def test_production_shaped_start_with_a_default_secret_refuses_to_start(
     message = str(refused.value)
     assert refused.value.problems == [named]
     for value in changes.values():
-        if value.strip() and value != DEFAULTS.redis_url:
+        if value.strip() and not value.startswith("redis://"):
             assert value not in message  # named, never echoed
 
 

@@ -111,3 +111,22 @@ async def _at_least(fake: FakeRedis, kind: str, n: int) -> bool:
 
 async def _has(done: set[str], n: int) -> bool:
     return len(done) >= n
+
+
+async def test_worker_starts_when_its_acl_forbids_info_and_client_list(
+    fake: FakeRedis, redis_url: str
+) -> None:
+    spec = unique_spec(Settings(redis_url=redis_url), rate_limit=None)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add_bulk([_mail(i) for i in range(3)])
+    done: set[str] = set()
+
+    async def process(job: Job) -> None:
+        done.add(job.id)
+
+    noperm = "NOPERM this user has no permissions to run the '{}' command"
+    fake.refused = {"INFO": noperm.format("info"), "CLIENT": noperm.format("client")}
+    async with running(spec, process, fake.url):
+        await eventually(lambda: _has(done, 3), what="jobs processed without INFO")
+    assert fake.errors["NOPERM"] >= 1
+    await producer.close()
