@@ -326,6 +326,14 @@ def db_current() -> None:
         raise typer.Exit(1)
 
 
+@db_app.command("revision")
+def db_revision(message: Annotated[str, typer.Argument(help="What the migration does")]) -> None:
+    """Write the next migration from the models' difference to the head schema; review it."""
+    from orderflow.schema import write_revision
+
+    typer.echo(f"wrote {write_revision(message)}: review it (data steps are written by hand)")
+
+
 webhooks_app = typer.Typer(
     help="Make signed gateway webhooks for local testing.", no_args_is_help=True
 )

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
+from app import embedded
 from orderflow.contracts.order import SEARCH_ATTRIBUTE_ARGS
 from orderflow.settings import Settings
 
@@ -214,3 +216,48 @@ def test_dockerfile_follows_uvs_docker_guide() -> None:
     assert re.search(r"^HEALTHCHECK ", text, re.MULTILINE)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "data", "tests"} <= set(ignored)
+
+
+def test_namespace_job_registers_the_search_attributes_once_temporal_is_up(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The compose job's script, run for real with the same `temporal` CLI admin-tools ships,
+    started before the server: it waits, creates the namespace, registers every attribute."""
+    job_env = services["temporal-create-namespace"]["environment"]
+    port = embedded.free_port()
+    address = f"127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "TEMPORAL_ADDRESS": address,
+        "NAMESPACE": "orderflow-compose",  # not the dev server's default: nothing pre-registered
+        "SEARCH_ATTRIBUTES": job_env["SEARCH_ATTRIBUTES"],
+        "SETUP_DEADLINE_SECONDS": "120",
+    }
+    log = tmp_path / "namespace-job.log"
+    with log.open("wb") as out:
+        job = subprocess.Popen(
+            ["sh", str(ROOT / "deploy/temporal/create-namespace.sh")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    temporal = embedded.start_temporal(
+        port=port, ui_port=None, db_file=None, log=tmp_path / "temporal.log"
+    )
+    try:
+        assert job.wait(timeout=150) == 0, log.read_text()
+        command = ["operator", "search-attribute", "list", "-n", "orderflow-compose"]
+        listed = subprocess.run(
+            [embedded.temporal_binary(), *command, "--address", address],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        if job.poll() is None:
+            job.kill()
+        embedded.stop(temporal)
+    for pair in SEARCH_ATTRIBUTE_ARGS:
+        name, kind = pair.split("=")
+        assert re.search(rf"^\s*{name}\s+{kind}\s*$", listed, re.MULTILINE), listed

@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from app import embedded
 from app.runner import prepare_schema
 from orderflow.db import Product, make_engine
-from orderflow.schema import BASELINE, current_revisions, head_revisions, upgrade
+from orderflow.schema import BASELINE, current_revisions, head_revisions, upgrade, write_revision
 from orderflow.settings import Settings
 from tests.helpers import eventually
 from tests.postgres import PostgresCluster
@@ -42,6 +42,14 @@ def test_migrations_make_exactly_the_models_tables_on_sqlite(tmp_path: Path) -> 
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     assert diff == [], f"models and migrations differ; add a migration: {diff}"
+
+
+def test_a_new_revision_of_unchanged_models_changes_nothing(tmp_path: Path) -> None:
+    written = write_revision("nothing changed", directory=tmp_path)
+    text = written.read_text()
+    assert written.parent == tmp_path and written.name.startswith("0002_")
+    assert f"down_revision: str | None = {sorted(head_revisions())[0]!r}" in text
+    assert "op." not in text, text  # no operation: the migrations already make the models
 
 
 def test_a_database_made_by_create_all_is_adopted_not_recreated(tmp_path: Path) -> None:
