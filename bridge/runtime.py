@@ -306,22 +306,28 @@ class BridgeWorker:
     def _token(self) -> str:
         return f"{self.id}:{next(self._tokens)}"
 
-    async def _permit(self, token: str, wait: bool) -> bool:
-        """Take one start from the rate limit; with wait=False only if one is free now."""
+    async def _permit(self, token: str, wait: bool) -> int | None:
+        """Take one start from the rate limit; with wait=False only if one is free now.
+
+        Returns the start's time in ms (the grant's, on Redis's clock, so the jobs' processedOn
+        keep the limit however late this process runs the fetch), or None when refused.
+        """
         limit = self.spec.rate_limit
         if limit is None:
-            return True
+            return int(time.time() * 1000)
         while True:
-            delay = await self.client.run(
-                self._limit_script,
-                [self._limit_key],
-                [limit.max, limit.duration_ms + LIMIT_MARGIN_MS, token],
+            answer = int(
+                await self.client.run(
+                    self._limit_script,
+                    [self._limit_key],
+                    [limit.max, limit.duration_ms + LIMIT_MARGIN_MS, token],
+                )
             )
-            if delay == 0:
-                return True
+            if answer < 0:
+                return -answer
             if not wait or self._stopping:
-                return False
-            await asyncio.sleep(int(delay) / 1000)
+                return None
+            await asyncio.sleep(answer / 1000)
 
     async def _release(self, token: str) -> None:
         if self.spec.rate_limit is not None:
@@ -329,17 +335,17 @@ class BridgeWorker:
 
     async def _fetch(self) -> list[Any] | None:
         token = self._token()
-        if not await self._permit(token, wait=True):
+        started = await self._permit(token, wait=True)
+        if started is None:
             return None
         opts = msgpack.packb(
             {"token": token, "lockDuration": self.spec.lock_duration_ms, "limiter": None,
              "name": self.name},
             use_bin_type=True,
         )  # fmt: skip
-        now = int(time.time() * 1000)
         try:
             raw = await self.client.run(
-                self._active_script, self._active_keys, [self.keys.base, now, opts]
+                self._active_script, self._active_keys, [self.keys.base, started, opts]
             )
         except (ConnectionError, OSError):
             self._lost_tokens.add(token)  # Redis may have run it: a job may be locked with it
@@ -432,7 +438,13 @@ class BridgeWorker:
         return await self._complete(job, result)
 
     def _finish_args(
-        self, job: Job, target: str, value: str, fetch_next: bool, fields: dict[str, str] | None
+        self,
+        job: Job,
+        target: str,
+        value: str,
+        fetch_next: bool,
+        fields: dict[str, str] | None,
+        at: int | None = None,
     ) -> tuple[list[Arg], list[Arg]]:
         remove = job.opts.get(
             "removeOnComplete" if target == "completed" else "removeOnFail",
@@ -449,7 +461,7 @@ class BridgeWorker:
         head, metrics, marker = self._finish_keys[target]
         keys: list[Arg] = [*head, self.keys.job(job.id), metrics, marker]
         prop = "returnvalue" if target == "completed" else "failedReason"
-        args: list[Arg] = [job.id, int(time.time() * 1000), prop, value, target,
+        args: list[Arg] = [job.id, at or int(time.time() * 1000), prop, value, target,
                            "1" if fetch_next else "", self.keys.base, opts]  # fmt: skip
         if fields is not None:
             args.append(msgpack.packb([x for kv in fields.items() for x in kv], use_bin_type=True))
@@ -458,10 +470,12 @@ class BridgeWorker:
     async def _complete(self, job: Job, result: Any) -> list[Any] | None:
         fetch_next = not self._stopping
         permit = self._token()
+        started: int | None = None  # the next job's start, when it is rate limited
         if fetch_next and self.spec.rate_limit is not None:
-            fetch_next = await self._permit(permit, wait=False)
+            started = await self._permit(permit, wait=False)
+            fetch_next = started is not None
         value = json.dumps(result, separators=(",", ":"), default=str)
-        keys, args = self._finish_args(job, "completed", value, fetch_next, None)
+        keys, args = self._finish_args(job, "completed", value, fetch_next, None, at=started)
         raw = await self._run_finish(self._finish_script, keys, args, job)
         self.processed += 1
         if not fetch_next:

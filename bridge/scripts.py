@@ -50,7 +50,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - window)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], ms, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window)
-  return 0
+  return -ms
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - ms)
@@ -59,7 +59,11 @@ return math.max(1, tonumber(oldest[2]) + window - ms)
 
 @cache
 def rate_limit_script() -> Script:
-    """Grant one job start if fewer than max started in the last window (Redis clock)."""
+    """Grant one job start if fewer than max started in the last window (Redis clock).
+
+    Returns minus the grant time in ms (the job's start, its `processedOn`), or the delay in ms
+    until a start may be free.
+    """
     return Script("orderflowRateLimit", RATE_LIMIT_LUA)
 
 

@@ -101,7 +101,8 @@ class RateLimiter:
         if self.failing:
             log.warning("webhook rate limit applied again")
             self.failing = False
-        return math.ceil(int(wait_ms) / 1000) if wait_ms else 0
+        answer = int(wait_ms)  # negative: granted (minus the grant time); else ms to wait
+        return math.ceil(answer / 1000) if answer > 0 else 0
 
 
 def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
