@@ -46,7 +46,7 @@ async def main(config: dict[str, Any]) -> None:
     async def stalling(job: Job) -> Any:
         if config["mode"] == "hang":
             _append(marker, job.id)
-            await asyncio.sleep(600)
+            await asyncio.sleep(600)  # hang with the job until the test kills this process
         if config["mode"] == "before-send":
             _mark(marker, job.id)
             await asyncio.sleep(600)  # hang mid-job until the test kills this process

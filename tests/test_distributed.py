@@ -288,7 +288,7 @@ async def post_until_accepted(
         except httpx.TransportError:
             pass
         assert loop.time() < deadline, "the HTTP part took no webhook for 120 s"
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the retry interval of a poll, not a wait for anything
 
 
 async def respawn(stack: Stack, dead: Process, part: str) -> Process:

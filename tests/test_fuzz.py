@@ -240,7 +240,7 @@ async def _drain(spec: QueueSpec, worker: BridgeWorker, producer: QueueProducer,
         if done + failed >= n or time.monotonic() > deadline:
             break
         assert not task.done(), "the worker stopped by itself"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the poll interval, not a wait for anything
     stop.set()
     await asyncio.wait_for(task, 20)
     return {"completed": done, "failed": failed, "waiting": wait, "active": active, "delayed": delayed}  # fmt: skip

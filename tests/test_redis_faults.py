@@ -89,7 +89,7 @@ async def test_redis_restarted_mid_run_loses_no_job_and_the_worker_resumes_by_it
     done: set[str] = set()
 
     async def process(job: Job) -> None:
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the job's own work
         done.add(job.id)
 
     async with running(spec, process, url) as worker:
