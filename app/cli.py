@@ -194,8 +194,13 @@ async def orders_ship(
 @orders_app.command("status")
 @_run
 async def orders_status(order_id: str, as_json: JsonOpt = False) -> None:
-    """Show an order's status and history."""
-    _print(await (await _client()).status(order_id), as_json)
+    """Show an order's status and history (the total shown in rupees; --json keeps minor units)."""
+    state = await (await _client()).status(order_id)
+    if as_json:
+        _print(state, True)
+        return
+    typer.echo(f"total: {format_money(state.total, state.currency)}")
+    _print(state, False)
 
 
 @orders_app.command("return")
