@@ -199,7 +199,9 @@ async def orders_status(order_id: str, as_json: JsonOpt = False) -> None:
     if as_json:
         _print(state, True)
         return
-    typer.echo(f"total: {format_money(state.total, state.currency)}")
+    typer.echo(
+        f"order total: {format_money(state.total, state.currency)} (total below in minor units)"
+    )
     _print(state, False)
 
 
