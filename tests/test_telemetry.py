@@ -27,8 +27,9 @@ from app.client import OrderClient
 from app.smtp_sink import SmtpSink
 from app.telemetry import Telemetry, setup_telemetry
 from app.temporal_tracing import CausalTracingInterceptor
-from app.web.app import create_app, create_metrics_app
-from app.web.metrics import order_counts
+from app.web.app import create_app
+from app.web.metrics import metrics_router, order_counts
+from app.web.probe import probe_app
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
@@ -239,7 +240,9 @@ async def test_metrics_behind_a_token_or_on_an_internal_port(
         assert right.status_code == 200 and "bullmq_queue_jobs" in right.text
     internal = settings.model_copy(update={"metrics_port": embedded.free_port()})
     public = create_app(internal, producer, telemetry=telemetry, queues={spec.name: spec})
-    private = create_metrics_app(internal, telemetry, queues={spec.name: spec})
+    private = probe_app(
+        ["http"], metrics_router(telemetry, {spec.name: spec}, internal, None)
+    )  # what the runner serves on metrics_port
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=public), base_url="http://t"
     ) as http:
@@ -248,6 +251,7 @@ async def test_metrics_behind_a_token_or_on_an_internal_port(
         transport=httpx.ASGITransport(app=private), base_url="http://t"
     ) as http:
         assert (await http.get("/metrics")).status_code == 200
+        assert (await http.get("/healthz")).json()["parts"] == ["http"]
     await producer.close()
 
 

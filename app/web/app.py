@@ -12,9 +12,8 @@ from sqlalchemy.engine import Engine
 from app.client import OrderClient
 from app.telemetry import Telemetry
 from app.web.ingress import JobQueue, webhook_router
-from app.web.metrics import metrics_router
 from app.web.ops import add_operations
-from bridge.specs import QueueSpec, queue_specs
+from bridge.specs import QueueSpec
 from orderflow.settings import Settings
 
 
@@ -30,7 +29,7 @@ def create_app(
     """The app: `POST /webhooks/{stripe,razorpay}` enqueue on `webhook_queue`; `GET /healthz`.
 
     With telemetry also `GET /metrics` (unless settings.metrics_port moves it to
-    create_metrics_app); with an order client (and its engine) the `/ops`
+    the per-process probe, app.web.probe); with an order client (and its engine) the `/ops`
     dashboard; queues default to every bridge queue (app.web.ops).
     """
     app = FastAPI(title="orderflow", docs_url=None, redoc_url=None)
@@ -43,20 +42,6 @@ def create_app(
         """Liveness: the app answers."""
         return {"status": "ok"}
 
-    return app
-
-
-def create_metrics_app(
-    settings: Settings,
-    telemetry: Telemetry,
-    *,
-    engine: Engine | None = None,
-    queues: Mapping[str, QueueSpec] | None = None,
-) -> FastAPI:
-    """The internal app for settings.metrics_port: `GET /metrics` only (create_app omits it)."""
-    app = FastAPI(title="orderflow metrics", docs_url=None, redoc_url=None, openapi_url=None)
-    specs = dict(queues or queue_specs(settings))
-    app.include_router(metrics_router(telemetry, specs, settings, engine))
     return app
 
 
