@@ -70,14 +70,14 @@ def money_filter(default_currency: str) -> Callable[..., str]:
     return money
 
 
-def template_environment() -> Environment:
+def template_environment(default_currency: str) -> Environment:
     """Jinja2 environment for the mail templates; HTML templates are autoescaped."""
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=is_html_template,
         keep_trailing_newline=True,
     )
-    env.filters["money"] = money_filter("INR")
+    env.filters["money"] = money_filter(default_currency)
     return env
 
 
@@ -194,8 +194,7 @@ class EmailProcessor:
         self.settings = settings
         self.spec = spec
         self.deliveries = DeliveryLog(engine)
-        self.env = template_environment()
-        self.env.filters["money"] = money_filter(settings.currency)
+        self.env = template_environment(settings.currency)
 
     def render(self, job: Job) -> RenderedEmail:
         """Render the job's mail (HTML and plain text) without sending it."""
