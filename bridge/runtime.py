@@ -526,20 +526,15 @@ class BridgeWorker:
         if final:
             return await self._dead_letter(job, err, failed_reason, stack, fields)
         if delay > 0:
-            k = self.keys
-            keys: list[Arg] = [k["marker"], k["active"], k["prioritized"], k["delayed"],
-                               k.job(job.id), k["events"], k["meta"], k["stalled"], k["wait"],
-                               k["limiter"], k["pc"]]  # fmt: skip
             packed = msgpack.packb([x for kv in fields.items() for x in kv], use_bin_type=True)
-            args: list[Arg] = [k.base, int(time.time() * 1000), job.id, job.token, delay, "0",
-                               packed, "0"]  # fmt: skip
-            await self._run_finish(self._delay_script, keys, args, job)
+            await self._move_to_delayed(job, delay, count_attempt=True, fields=packed)
         else:
             k = self.keys
-            keys = [k["active"], k["wait"], k["paused"], k.job(job.id), k["meta"], k["events"],
-                    k["delayed"], k["prioritized"], k["pc"], k["marker"], k["stalled"]]  # fmt: skip
+            keys: list[Arg] = [k["active"], k["wait"], k["paused"], k.job(job.id), k["meta"],
+                               k["events"], k["delayed"], k["prioritized"], k["pc"], k["marker"],
+                               k["stalled"]]  # fmt: skip
             packed = msgpack.packb([x for kv in fields.items() for x in kv], use_bin_type=True)
-            args = [k.base, int(time.time() * 1000), "LPUSH", job.id, job.token, packed]
+            args: list[Arg] = [k.base, int(time.time() * 1000), "LPUSH", job.id, job.token, packed]
             await self._run_finish(self._retry_script, keys, args, job)
         return None
 
@@ -547,12 +542,18 @@ class BridgeWorker:
         """Back to the delayed set for `err.delay_ms`, attempts untouched (skip-attempt flag)."""
         log.info("%s: job %r (%s) delayed %d ms, no attempt counted: %s",
                  self.name, job.id, job.name, err.delay_ms, err)  # fmt: skip
+        await self._move_to_delayed(job, err.delay_ms, count_attempt=False, fields=b"")
+
+    async def _move_to_delayed(
+        self, job: Job, delay_ms: int, *, count_attempt: bool, fields: bytes
+    ) -> None:
+        """BullMQ's moveToDelayed: a backoff (counts the attempt) or a RetryLater (does not)."""
         k = self.keys
         keys: list[Arg] = [k["marker"], k["active"], k["prioritized"], k["delayed"],
                            k.job(job.id), k["events"], k["meta"], k["stalled"], k["wait"],
                            k["limiter"], k["pc"]]  # fmt: skip
-        args: list[Arg] = [k.base, int(time.time() * 1000), job.id, job.token, err.delay_ms,
-                           "1", "", "0"]  # fmt: skip
+        args: list[Arg] = [k.base, int(time.time() * 1000), job.id, job.token, delay_ms,
+                           "0" if count_attempt else "1", fields, "0"]  # fmt: skip
         await self._run_finish(self._delay_script, keys, args, job)
 
     async def _backoff(self, job: Job, err: BaseException) -> tuple[int, str]:
