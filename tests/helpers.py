@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -13,10 +14,15 @@ from sqlmodel import Session, select
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
+from app import embedded
 from app.client import OrderClient
+from app.web.app import create_app, http_server
+from bridge.producer import QueueProducer
+from bridge.specs import QueueSpec, email_spec
 from orderflow.contracts.order import OrderResult, OrderState
 from orderflow.contracts.review import PendingReview
-from orderflow.db import Payment, Product
+from orderflow.db import Payment, Product, WebhookEvent
+from orderflow.settings import Settings
 from tests.fake_erp import FakeErp
 from workflows.order import OrderWorkflow
 
@@ -155,3 +161,43 @@ async def wait_job(queue: Any, job_id: str, timeout: float = 10.0) -> Any:
         return await queue.getJob(job_id)
 
     return await eventually(fetched, timeout, f"job {job_id!r} on queue {queue.name}")
+
+
+@asynccontextmanager
+async def served_ops(
+    settings: Settings, redis_url: str, orders: OrderClient, engine: Engine, name: str
+) -> AsyncIterator[tuple[str, Settings, QueueSpec]]:
+    """The real HTTP app under uvicorn on a free port, over an email queue of the caller's own.
+
+    Yields (base URL, the settings it runs with, the queue's spec).
+    """
+    tag = uuid.uuid4().hex[:8]
+    spec = email_spec(settings).with_(prefix=f"t{tag}", name=f"{name}-{tag}", rate_limit=None)
+    local = settings.model_copy(
+        update={"http_host": "127.0.0.1", "http_port": embedded.free_port()}
+    )
+    producer = QueueProducer.connect(spec, redis_url)
+    app = create_app(local, producer, orders=orders, engine=engine, queues={spec.name: spec})
+    server = http_server(local, app)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        return bool(getattr(server, "started", False))
+
+    try:
+        await eventually(started, what="the HTTP app listening")
+        yield f"http://127.0.0.1:{local.http_port}", local, spec
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        await producer.close()
+
+
+def event_row(engine: Engine, provider: str, event_id: str) -> WebhookEvent:
+    """The recorded webhook event of a provider's event id."""
+    with Session(engine) as session:
+        return session.exec(
+            select(WebhookEvent).where(
+                WebhookEvent.provider == provider, WebhookEvent.event_id == event_id
+            )
+        ).one()

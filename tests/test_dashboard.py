@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,9 +16,8 @@ from playwright.async_api import Error as PlaywrightError
 from sqlalchemy.engine import Engine
 from temporalio.testing import WorkflowEnvironment
 
-from app import embedded
 from app.client import OrderClient
-from app.web.app import create_app, http_server
+from app.web.app import create_app
 from app.web.dashboard import form_token
 from bridge.admin import QueueAdmin
 from bridge.job import Job
@@ -28,7 +26,7 @@ from bridge.specs import QueueSpec, email_spec
 from orderflow.contracts.order import PaymentReceived
 from orderflow.settings import Settings
 from tests.bridge_helpers import eventually, running
-from tests.helpers import pending_order, wait_review, wait_status
+from tests.helpers import pending_order, served_ops, wait_review, wait_status
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -48,24 +46,8 @@ async def dashboard(
     settings: Settings, orders: OrderClient, engine: Engine, redis_url: str
 ) -> AsyncIterator[tuple[str, Settings, QueueSpec]]:
     """The real HTTP app under uvicorn on a free port, watching a queue of this test's own."""
-    tag = uuid.uuid4().hex[:8]
-    spec = email_spec(settings).with_(prefix=f"t{tag}", name=f"ops-{tag}", rate_limit=None)
-    local = settings.model_copy(
-        update={"http_host": "127.0.0.1", "http_port": embedded.free_port()}
-    )
-    producer = QueueProducer.connect(spec, redis_url)
-    app = create_app(local, producer, orders=orders, engine=engine, queues={spec.name: spec})
-    server = http_server(local, app)
-    task = asyncio.create_task(server.serve())
-    await eventually(lambda: _started(server))
-    yield f"http://127.0.0.1:{local.http_port}", local, spec
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
-    await producer.close()
-
-
-async def _started(server: object) -> bool:
-    return bool(getattr(server, "started", False))
+    async with served_ops(settings, redis_url, orders, engine, "ops") as served:
+        yield served
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
@@ -17,9 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.erp import LocalErp
 from activities.order import OrderActivities
-from app import embedded
 from app.client import OrderClient
-from app.web.app import create_app, http_server
 from bridge.errors import MalformedJobError
 from bridge.job import Job
 from bridge.producer import QueueProducer
@@ -31,6 +28,7 @@ from orderflow.db import Invoice, Order, OrderItem, Product, Review
 from orderflow.settings import Settings
 from orderflow.templating import is_html_template
 from tests.bridge_helpers import counts, eventually, running
+from tests.helpers import served_ops
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
 
 # Each probe sets window.pwned if a browser ever runs it.
@@ -113,23 +111,9 @@ async def xss_dashboard(
     env: WorkflowEnvironment, settings: Settings, engine: Engine, redis_url: str
 ) -> AsyncIterator[tuple[str, Settings, QueueSpec]]:
     """The HTTP app under uvicorn, over a queue of its own; no workers needed to read the page."""
-    tag = uuid.uuid4().hex[:8]
-    spec = email_spec(settings).with_(prefix=f"x{tag}", name=f"xss-{tag}", rate_limit=None)
-    local = settings.model_copy(update={"http_port": embedded.free_port()})
-    producer = QueueProducer.connect(spec, redis_url)
-    orders = OrderClient(env.client, local, engine)
-    app = create_app(local, producer, orders=orders, engine=engine, queues={spec.name: spec})
-    server = http_server(local, app)
-    task = asyncio.create_task(server.serve())
-    await eventually(lambda: _started(server))
-    yield f"http://127.0.0.1:{local.http_port}", local, spec
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
-    await producer.close()
-
-
-async def _started(server: object) -> bool:
-    return bool(getattr(server, "started", False))
+    orders = OrderClient(env.client, settings, engine)
+    async with served_ops(settings, redis_url, orders, engine, "xss") as served:
+        yield served
 
 
 async def test_dashboard_escapes_query_string_return_reason_email_and_ids(

@@ -24,7 +24,7 @@ from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
 from bridge.specs import QueueSpec, email_spec, webhook_spec
 from orderflow.contracts.mail import EMAIL_QUEUE
-from orderflow.db import Payment, WebhookEvent
+from orderflow.db import Payment
 from orderflow.settings import Settings
 from payments.events import parse_razorpay, parse_stripe
 from payments.processor import OrderNotYetKnownError, WebhookEventError, WebhookProcessor
@@ -40,7 +40,7 @@ from payments.samples import (
 )
 from payments.signatures import signed_headers
 from tests.bridge_helpers import bull_queue, counts, eventually, running
-from tests.helpers import payments, pending_order, wait_status
+from tests.helpers import event_row, payments, pending_order, wait_status
 from workers.bridge import build_webhook_processor, run_bridge_workers
 
 Catalogue = Callable[..., dict[str, str]]
@@ -61,16 +61,6 @@ async def place(orders: OrderClient, catalogue: Catalogue, price: int = 129_900)
     """A fresh order of one item at `price`, waiting for payment."""
     skus = catalogue(item=(price, 5))
     return (await pending_order(orders, [(skus["item"], 1)], customer_id="cust-wh")).id
-
-
-def event_row(engine: Engine, provider: str, event_id: str) -> WebhookEvent:
-    with Session(engine) as session:
-        row = session.exec(
-            select(WebhookEvent).where(
-                WebhookEvent.provider == provider, WebhookEvent.event_id == event_id
-            )
-        ).one()
-    return row
 
 
 async def test_stripe_payment_confirms_the_order_once(

@@ -23,8 +23,7 @@ from orderflow.settings import Settings
 from payments.events import parse_stripe
 from payments.samples import stripe_event, stripe_payment_succeeded
 from tests.bridge_helpers import counts, running
-from tests.helpers import eventually, new_order_id, pending_order, wait_status
-from tests.test_webhook import event_row
+from tests.helpers import event_row, eventually, new_order_id, pending_order, wait_status
 from workers.bridge import build_webhook_processor
 from workers.temporal import Dependencies, build_workers
 
