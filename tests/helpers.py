@@ -15,11 +15,18 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from app import embedded
-from app.client import OrderClient
+from app.client import OrderClient, policy_from_settings
 from app.web.app import create_app, http_server
 from bridge.producer import QueueProducer
 from bridge.specs import QueueSpec, email_spec
-from orderflow.contracts.order import OrderResult, OrderState
+from orderflow.contracts.order import (
+    OrderInput,
+    OrderLine,
+    OrderResult,
+    OrderState,
+    PaymentReceived,
+    order_workflow_id,
+)
 from orderflow.contracts.review import PendingReview
 from orderflow.db import Payment, Product, WebhookEvent
 from orderflow.settings import Settings
@@ -201,3 +208,24 @@ def event_row(engine: Engine, provider: str, event_id: str) -> WebhookEvent:
                 WebhookEvent.provider == provider, WebhookEvent.event_id == event_id
             )
         ).one()
+
+
+async def start_with_payment(
+    orders: OrderClient, order_id: str, lines: list[tuple[str, int]], payment: PaymentReceived
+) -> WorkflowHandle[OrderWorkflow, OrderResult]:
+    """Signal-with-start: the order and a payment that arrives before its stock check answers."""
+    order = OrderInput(
+        order_id=order_id,
+        customer_id="c",
+        email=f"{order_id}@example.com",
+        items=[OrderLine(sku=sku, quantity=quantity) for sku, quantity in lines],
+        policy=policy_from_settings(orders.settings),
+    )
+    return await orders.client.start_workflow(
+        OrderWorkflow.run,
+        order,
+        id=order_workflow_id(order_id),
+        task_queue=orders.task_queue,
+        start_signal="payment_received",
+        start_signal_args=[payment],
+    )

@@ -30,6 +30,7 @@ from tests.helpers import (
     new_order_id,
     payments,
     pending_order,
+    start_with_payment,
     stock,
     wait_job,
     wait_status,
@@ -247,25 +248,10 @@ async def test_payment_arriving_with_the_start_of_a_rejected_order_is_refunded(
     engine: Engine,
     catalogue: Callable[..., dict[str, str]],
 ) -> None:
-    from app.client import policy_from_settings
-    from orderflow.contracts.order import OrderInput, OrderLine
-
     skus = catalogue(clock=(99_900, 1))
     order_id = new_order_id()
-    order = OrderInput(
-        order_id=order_id,
-        customer_id="cust-11",
-        email="k@example.com",
-        items=[OrderLine(sku=skus["clock"], quantity=2)],
-        policy=policy_from_settings(orders.settings),
-    )
-    handle = await env.client.start_workflow(  # signal-with-start: the payment is in the first task
-        OrderWorkflow.run,
-        order,
-        id=f"order-{order_id}",
-        task_queue="orders",
-        start_signal="payment_received",
-        start_signal_args=[PaymentReceived(payment_id=f"pay-{order_id}", amount=199_800)],
+    handle = await start_with_payment(  # the payment is in the first workflow task
+        orders, order_id, [(skus["clock"], 2)], PaymentReceived(f"pay-{order_id}", 199_800)
     )
     assert (await handle.result()).status == "REJECTED"
     assert payments(engine, order_id) == [("refund", "succeeded", 199_800)]
@@ -279,25 +265,10 @@ async def test_a_short_payment_sent_with_the_start_is_refunded_and_a_full_one_co
     engine: Engine,
     catalogue: Callable[..., dict[str, str]],
 ) -> None:
-    from app.client import policy_from_settings
-    from orderflow.contracts.order import OrderInput, OrderLine
-
     skus = catalogue(radio=(199_800, 2))
     order_id = new_order_id()
-    order = OrderInput(
-        order_id=order_id,
-        customer_id="cust-12",
-        email="l@example.com",
-        items=[OrderLine(sku=skus["radio"], quantity=1)],
-        policy=policy_from_settings(orders.settings),
-    )
-    await env.client.start_workflow(  # signal-with-start: paid before the total is known
-        OrderWorkflow.run,
-        order,
-        id=f"order-{order_id}",
-        task_queue="orders",
-        start_signal="payment_received",
-        start_signal_args=[PaymentReceived(payment_id=f"early-{order_id}", amount=100)],
+    await start_with_payment(  # paid before the total is known
+        orders, order_id, [(skus["radio"], 1)], PaymentReceived(f"early-{order_id}", 100)
     )
 
     async def refunded() -> OrderState | None:

@@ -28,21 +28,19 @@ import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from app.client import OrderClient, policy_from_settings
+from app.client import OrderClient
 from orderflow.contracts.order import (
-    OrderInput,
-    OrderLine,
     OrderResult,
     PaymentFailed,
     PaymentReceived,
     Shipment,
-    order_workflow_id,
 )
 from orderflow.contracts.review import ReviewDecision
 from tests.helpers import (
     eventually,
     new_order_id,
     pending_order,
+    start_with_payment,
     started_workflow,
     wait_review,
     wait_status,
@@ -156,33 +154,20 @@ async def test_returned(orders: OrderClient, catalogue: Catalogue) -> None:
     await save(orders.client, "returned", order.handle.id, review_id, f"payment-refund-{order.id}")
 
 
-async def start_with_payment(
+async def start_with_early_payment(
     orders: OrderClient, catalogue: Catalogue, price: int, paid: int
 ) -> WorkflowHandle[OrderWorkflow, OrderResult]:
-    """Signal-with-start: an order of one item at `price`, `paid` arriving before the stock check."""
+    """An order of one item at `price`, `paid` arriving before the stock check."""
     skus = catalogue(clock=(price, 3))
     order_id = new_order_id()
-    order = OrderInput(
-        order_id=order_id,
-        customer_id="cust",
-        email=f"{order_id}@example.com",
-        items=[OrderLine(sku=skus["clock"], quantity=1)],
-        policy=policy_from_settings(orders.settings),
-    )
-    return await orders.client.start_workflow(
-        OrderWorkflow.run,
-        order,
-        id=order_workflow_id(order_id),
-        task_queue=orders.task_queue,
-        start_signal="payment_received",
-        start_signal_args=[PaymentReceived(payment_id=f"early-{order_id}", amount=paid)],
-    )
+    payment = PaymentReceived(payment_id=f"early-{order_id}", amount=paid)
+    return await start_with_payment(orders, order_id, [(skus["clock"], 1)], payment)
 
 
 @pytest.mark.skip(reason="recorded at 359b01b, before the early-payment-amount-check patch")
 async def test_early_short_payment(orders: OrderClient, catalogue: Catalogue) -> None:
     """The old behaviour, kept as a running order of that release: ₹1.00 confirms ₹1,998."""
-    handle = await start_with_payment(orders, catalogue, price=199_800, paid=100)
+    handle = await start_with_early_payment(orders, catalogue, price=199_800, paid=100)
     order_id = handle.id.removeprefix("order-")
     await wait_status(orders, order_id, "CONFIRMED")  # the defect this path records
     await orders.shipped(order_id, Shipment(carrier="DTDC", tracking_number="D2"))
@@ -192,7 +177,7 @@ async def test_early_short_payment(orders: OrderClient, catalogue: Catalogue) ->
 
 async def test_early_short_payment_refused(orders: OrderClient, catalogue: Catalogue) -> None:
     """The patched behaviour: the ₹1.00 is refunded, the full payment confirms, the order ships."""
-    handle = await start_with_payment(orders, catalogue, price=199_800, paid=100)
+    handle = await start_with_early_payment(orders, catalogue, price=199_800, paid=100)
     order_id = handle.id.removeprefix("order-")
 
     async def refunded() -> bool:

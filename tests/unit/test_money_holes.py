@@ -8,9 +8,6 @@ from temporalio.testing import WorkflowEnvironment
 
 from app.client import OrderClient
 from orderflow.contracts.order import (
-    OrderInput,
-    OrderLine,
-    OrderPolicy,
     OrderStatus,
     PaymentFailed,
     PaymentReceived,
@@ -22,6 +19,7 @@ from tests.helpers import (
     eventually,
     new_order_id,
     pending_order,
+    start_with_payment,
     started_workflow,
     wait_status,
 )
@@ -121,13 +119,8 @@ async def test_a_late_fraud_flag_sends_an_unconfirmed_order_to_review(
     """payment_intent.succeeded, then the flagged charge.succeeded, before the stock check ends."""
     stubs.place_gate = asyncio.Event()
     order_id = new_order_id()
-    await unit_orders.client.start_workflow(
-        OrderWorkflow.run,
-        OrderInput(order_id, "c", "c@example.com", [OrderLine("tv", 1)], OrderPolicy()),
-        id=order_workflow_id(order_id),
-        task_queue=unit_orders.task_queue,
-        start_signal="payment_received",
-        start_signal_args=[PaymentReceived("pi_9", 10_000, "stripe")],
+    await start_with_payment(
+        unit_orders, order_id, [("tv", 1)], PaymentReceived("pi_9", 10_000, "stripe")
     )
     await unit_orders.client.get_workflow_handle(order_workflow_id(order_id)).signal(
         OrderWorkflow.payment_received, PaymentReceived("pi_9", 10_000, "stripe", flagged=True)

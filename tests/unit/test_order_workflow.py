@@ -9,20 +9,22 @@ from temporalio.testing import WorkflowEnvironment
 from app.client import OrderClient
 from orderflow.contracts.order import (
     NotificationKind,
-    OrderInput,
-    OrderLine,
-    OrderPolicy,
     OrderState,
     PaymentFailed,
     PaymentReceived,
     Shipment,
-    order_workflow_id,
 )
 from orderflow.contracts.payment import PaymentKind, payment_retry_workflow_id
 from orderflow.contracts.review import ReviewDecision, ReviewKind, review_workflow_id
-from tests.helpers import eventually, new_order_id, pending_order, started_workflow, wait_status
+from tests.helpers import (
+    eventually,
+    new_order_id,
+    pending_order,
+    start_with_payment,
+    started_workflow,
+    wait_status,
+)
 from tests.unit.conftest import Stubs
-from workflows.order import OrderWorkflow
 
 
 async def test_paid_order_is_confirmed_then_shipped(unit_orders: OrderClient, stubs: Stubs) -> None:
@@ -146,13 +148,8 @@ async def test_a_short_payment_sent_with_the_start_is_refunded_not_accepted(
     """₹1.00 sent with the start of a ₹79,999 order arrives before the total is known."""
     stubs.prices["laptop"] = 7_999_900
     order_id = new_order_id()
-    await unit_orders.client.start_workflow(
-        OrderWorkflow.run,
-        OrderInput(order_id, "c", "c@example.com", [OrderLine("laptop", 1)], OrderPolicy()),
-        id=order_workflow_id(order_id),
-        task_queue=unit_orders.task_queue,
-        start_signal="payment_received",
-        start_signal_args=[PaymentReceived(payment_id="pay-early", amount=100)],
+    await start_with_payment(
+        unit_orders, order_id, [("laptop", 1)], PaymentReceived(payment_id="pay-early", amount=100)
     )
 
     async def refunded() -> OrderState | None:
@@ -177,13 +174,8 @@ async def test_an_order_whose_early_payment_was_refunded_can_refund_again_on_can
 ) -> None:
     """The refund child's id is per order: a second refund starts once the first one ended."""
     order_id = new_order_id()
-    handle = await unit_orders.client.start_workflow(
-        OrderWorkflow.run,
-        OrderInput(order_id, "c", "c@example.com", [OrderLine("lamp", 2)], OrderPolicy()),
-        id=order_workflow_id(order_id),
-        task_queue=unit_orders.task_queue,
-        start_signal="payment_received",
-        start_signal_args=[PaymentReceived(payment_id="pay-early", amount=10_000)],
+    handle = await start_with_payment(
+        unit_orders, order_id, [("lamp", 2)], PaymentReceived(payment_id="pay-early", amount=10_000)
     )
 
     async def refunded() -> bool:
