@@ -38,9 +38,16 @@ class Script:
 
 def encode_command(args: Sequence[Arg]) -> bytes:
     """One command in RESP."""
-    out = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n" % len(args) + encode_args(args)
+
+
+def encode_args(args: Sequence[Arg]) -> bytes:
+    """Arguments as RESP bulk strings, without the command's header (see PreparedCall)."""
+    out = []
     for arg in args:
-        if isinstance(arg, bytes):
+        if type(arg) is str:
+            b = arg.encode()
+        elif isinstance(arg, bytes):
             b = arg
         elif isinstance(arg, str):
             b = arg.encode()
@@ -52,6 +59,21 @@ def encode_command(args: Sequence[Arg]) -> bytes:
             b = repr(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(out)
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """A script call whose fixed leading keys are encoded once: a hot path pays only the rest."""
+
+    script: Script
+    head: bytes  # EVALSHA, the sha, the key count and the fixed keys, in RESP
+    head_len: int  # how many arguments `head` holds
+
+    @classmethod
+    def of(cls, script: Script, n_keys: int, fixed_keys: Sequence[Arg]) -> PreparedCall:
+        """`n_keys` keys in all, the first of them `fixed_keys`."""
+        lead: list[Arg] = ["EVALSHA", script.sha, n_keys, *fixed_keys]
+        return cls(script, encode_args(lead), len(lead))
 
 
 class _Protocol(asyncio.Protocol):
@@ -227,6 +249,24 @@ class RedisClient:
                 raise
         await self.execute("SCRIPT", "LOAD", script.source)
         return await self.execute(*self.evalsha_args(script, keys, args))
+
+    async def call(self, prepared: PreparedCall, rest: Sequence[Arg]) -> Any:
+        """Run a prepared script call with the rest of its keys and its args (as `run`)."""
+        self._scripts.setdefault(prepared.script.sha, prepared.script)
+        payload = b"*%d\r\n" % (prepared.head_len + len(rest)) + prepared.head + encode_args(rest)
+        try:
+            return await self._send_one(payload)
+        except RedisReplyError as err:
+            if not str(err).startswith("NOSCRIPT"):
+                raise
+        await self.execute("SCRIPT", "LOAD", prepared.script.source)
+        return await self._send_one(payload)
+
+    async def _send_one(self, payload: bytes) -> Any:
+        proto = await self._ensure()
+        fut = asyncio.get_running_loop().create_future()
+        proto.send(payload, (fut,))
+        return await fut
 
     async def load_scripts(self) -> None:
         """Load every registered script now (before they are used inside MULTI)."""

@@ -27,7 +27,7 @@ from bullmq import UnrecoverableError
 
 from bridge.errors import JobTimeoutError, MalformedJobError, RetryLater
 from bridge.job import Job, Processor, job_from_hash
-from bridge.redis_client import Arg, RedisClient, RedisReplyError
+from bridge.redis_client import Arg, PreparedCall, RedisClient, RedisReplyError, Script
 from bridge.scripts import (
     Keys,
     bullmq_script,
@@ -45,6 +45,7 @@ BackoffStrategy = Callable[[int, str | None, BaseException, Job], int | Awaitabl
 STACKTRACE_KEEP = (
     10  # stack traces kept per job (one per failed attempt), as Node's stackTraceLimit
 )
+OPTS_CACHE_SIZE = 4096  # packed moveToFinished opts kept (per token and attempt, a few each)
 RETRY_FIRST_DELAY = 0.1  # first wait after a Redis failure; doubles up to RETRY_MAX_DELAY ...
 RETRY_MAX_DELAY = (
     5.0  # ... so a restarted Redis is used again within seconds (workers retry forever)
@@ -210,6 +211,15 @@ class BridgeWorker:
         self._limit_keys: list[Arg] = [] if limit is None else [k["orderflow-rate"]]
         self._limit_args: list[Arg] = [] if limit is None else [limit.max, limit.duration_ms]
         self._active_keys += self._limit_keys
+        self._active_call = PreparedCall.of(
+            self._active_script, len(self._active_keys), self._active_keys
+        )
+        self._complete_call = PreparedCall.of(
+            self._finish_script, 14 + len(self._limit_keys), self._finish_keys["completed"][0]
+        )
+        self._completed_metrics = k["metrics:completed"]
+        self._marker = k["marker"]
+        self._opts_cache: dict[tuple[Any, ...], bytes] = {}
 
     # ---- running -------------------------------------------------------------------------
 
@@ -324,9 +334,8 @@ class BridgeWorker:
         )  # fmt: skip
         while True:
             try:
-                raw = await self.client.run(
-                    self._active_script,
-                    self._active_keys,
+                raw = await self.client.call(
+                    self._active_call,
                     [self.keys.base, int(time.time() * 1000), opts, *self._limit_args],
                 )
             except (ConnectionError, OSError):
@@ -395,17 +404,23 @@ class BridgeWorker:
                 raise MalformedJobError(self.spec.name, job.name, job.id, job.malformed)
             if job.deferred_failure:
                 raise UnrecoverableError(f"job {job.id!r} ({job.name}): {job.deferred_failure}")
-            task = asyncio.ensure_future(self.processor(job))
-            self._tasks[job.id] = task
-            timeout = self.spec.timeout_seconds
-            done, _ = await asyncio.wait((task,), timeout=timeout)
-            if not done:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                if self._abandoning:
-                    raise asyncio.CancelledError
-                raise JobTimeoutError(self.spec.name, job.name, job.id, timeout or 0)
-            result = task.result()
+            # the processor runs in this slot's task (no task per job): a shutdown out of grace
+            # cancels the slot's task while it is in here
+            self._tasks[job.id] = asyncio.current_task()  # type: ignore[assignment]
+            try:
+                timeout = self.spec.timeout_seconds
+                if timeout is None:
+                    result = await self.processor(job)
+                else:
+                    try:
+                        async with asyncio.timeout(timeout) as within:
+                            result = await self.processor(job)
+                    except TimeoutError:
+                        if not within.expired():
+                            raise  # the processor's own
+                        raise JobTimeoutError(self.spec.name, job.name, job.id, timeout) from None
+            finally:
+                self._tasks.pop(job.id, None)
         except asyncio.CancelledError:
             if not self._abandoning:
                 raise
@@ -417,7 +432,6 @@ class BridgeWorker:
         except Exception as err:  # a failed attempt, whatever the processor raised
             return await self._fail(job, err)
         finally:
-            self._tasks.pop(job.id, None)
             self._active.pop(job.id, None)
         return await self._complete(job, result)
 
@@ -429,18 +443,7 @@ class BridgeWorker:
         fetch_next: bool,
         fields: dict[str, str] | None,
     ) -> tuple[list[Arg], list[Arg]]:
-        remove = job.opts.get(
-            "removeOnComplete" if target == "completed" else "removeOnFail",
-            self.spec.remove_on_complete if target == "completed" else self.spec.remove_on_fail,
-        )
-        # As in Node BullMQ, the job fetched next is locked with the finished job's token.
-        opts = msgpack.packb(
-            {"token": job.token, "keepJobs": keep_jobs(remove), "limiter": self._limiter,
-             "lockDuration": self.spec.lock_duration_ms, "attempts": job.attempts,
-             "attemptsMade": job.attempts_made, "maxMetricsSize": "", "fpof": False,
-             "cpof": False, "idof": False, "rdof": False, "name": self.name},
-            use_bin_type=True,
-        )  # fmt: skip
+        opts = self._finish_opts(job, target)
         head, metrics, marker = self._finish_keys[target]
         keys: list[Arg] = [*head, self.keys.job(job.id), metrics, marker]
         prop = "returnvalue" if target == "completed" else "failedReason"
@@ -450,26 +453,55 @@ class BridgeWorker:
             args.append(msgpack.packb([x for kv in fields.items() for x in kv], use_bin_type=True))
         return keys, args
 
+    def _finish_opts(self, job: Job, target: str) -> bytes:
+        """moveToFinished's packed opts; the same few combinations recur, so they are cached."""
+        remove = job.opts.get(
+            "removeOnComplete" if target == "completed" else "removeOnFail",
+            self.spec.remove_on_complete if target == "completed" else self.spec.remove_on_fail,
+        )
+        key = (job.token, target, repr(remove), job.attempts, job.attempts_made)
+        packed = self._opts_cache.get(key)
+        if packed is None:
+            if len(self._opts_cache) >= OPTS_CACHE_SIZE:
+                self._opts_cache.clear()
+            # As in Node BullMQ, the job fetched next is locked with the finished job's token.
+            packed = self._opts_cache[key] = msgpack.packb(
+                {"token": job.token, "keepJobs": keep_jobs(remove), "limiter": self._limiter,
+                 "lockDuration": self.spec.lock_duration_ms, "attempts": job.attempts,
+                 "attemptsMade": job.attempts_made, "maxMetricsSize": "", "fpof": False,
+                 "cpof": False, "idof": False, "rdof": False, "name": self.name},
+                use_bin_type=True,
+            )  # fmt: skip
+        return packed
+
     async def _complete(self, job: Job, result: Any) -> list[Any] | None:
         fetch_next = not self._stopping
-        value = json.dumps(result, separators=(",", ":"), default=str)
-        keys, args = self._finish_args(job, "completed", value, fetch_next, None)
-        keys += self._limit_keys
-        args += self._limit_args
-        raw = await self._run_finish(self._finish_script, keys, args, job)
+        value = "null" if result is None else json.dumps(result, separators=(",", ":"), default=str)
+        rest: list[Arg] = [
+            self.keys.base + job.id, self._completed_metrics, self._marker, *self._limit_keys,
+            job.id, int(time.time() * 1000), "returnvalue", value, "completed",
+            "1" if fetch_next else "", self.keys.base, self._finish_opts(job, "completed"),
+            *self._limit_args,
+        ]  # fmt: skip
+        raw = await self._run_finish(self._complete_call, [], rest, job)
         self.processed += 1
         if not fetch_next:
             return None
         return await self._next_from(raw, job.token)
 
-    async def _run_finish(self, script: Any, keys: list[Arg], args: list[Arg], job: Job) -> Any:
+    async def _run_finish(
+        self, script: Script | PreparedCall, keys: list[Arg], args: list[Arg], job: Job
+    ) -> Any:
         # The attempt's outcome is known: keep trying to record it while the job's lock can
         # still be ours, so a Redis blip does not make the job run again.
         deadline = time.monotonic() + self.spec.lock_duration_ms / 1000
         backoff = Backoff()
         while True:
             try:
-                raw = await self.client.run(script, keys, args)
+                if isinstance(script, PreparedCall):
+                    raw = await self.client.call(script, [*keys, *args])
+                else:
+                    raw = await self.client.run(script, keys, args)
                 self.redis.ok()
                 break
             except REDIS_FAILURES as err:

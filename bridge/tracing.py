@@ -95,6 +95,7 @@ class InstrumentedProcessor:
 
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
+        self._labels: dict[tuple[str, str], dict[str, str]] = {}
         meter = metrics.get_meter(SCOPE)
         self.duration = meter.create_histogram(
             "bullmq.job.duration",
@@ -114,7 +115,12 @@ class InstrumentedProcessor:
 
     async def __call__(self, job: Job) -> Any:
         """Process one attempt of `job`."""
-        labels = {QUEUE_NAME: job.queue, JOB_NAME: job.name}
+        labels = self._labels.get((job.queue, job.name))
+        if labels is None:  # one dict per job name, not one per job
+            labels = self._labels[(job.queue, job.name)] = {
+                QUEUE_NAME: job.queue,
+                JOB_NAME: job.name,
+            }
         if not tracing_enabled():
             return await self._measured(job, labels)
         tracer = trace.get_tracer(SCOPE)
