@@ -61,6 +61,10 @@ def encode_args(args: Sequence[Arg]) -> bytes:
     return b"".join(out)
 
 
+_MULTI = encode_command(["MULTI"])
+_EXEC = encode_command(["EXEC"])
+
+
 @dataclass(frozen=True)
 class PreparedCall:
     """A script call whose fixed leading keys are encoded once: a hot path pays only the rest."""
@@ -74,6 +78,10 @@ class PreparedCall:
         """`n_keys` keys in all, the first of them `fixed_keys`."""
         lead: list[Arg] = ["EVALSHA", script.sha, n_keys, *fixed_keys]
         return cls(script, encode_args(lead), len(lead))
+
+    def encode(self, rest: Sequence[Arg]) -> bytes:
+        """The whole command in RESP, with the rest of the keys and the args."""
+        return b"*%d\r\n" % (self.head_len + len(rest)) + self.head + encode_args(rest)
 
 
 class _Protocol(asyncio.Protocol):
@@ -207,6 +215,15 @@ class RedisClient:
         proto.send(b"".join(encode_command(c) for c in commands), futures)
         return list(await asyncio.gather(*futures, return_exceptions=True))
 
+    async def send_encoded(self, payloads: Sequence[bytes]) -> list[Any]:
+        """Run commands encoded already (encode_command, PreparedCall.encode) in one write;
+        error replies come back as RedisReplyError values."""
+        proto = await self._ensure()
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in payloads]
+        proto.send(b"".join(payloads), futures)
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
     async def execute(self, *args: Arg) -> Any:
         """Run one command and return its reply (raises RedisReplyError on an error reply)."""
         proto = await self._ensure()
@@ -220,9 +237,10 @@ class RedisClient:
             return []
         return await self._send(await self._ensure(), commands)
 
-    async def transaction(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Run commands atomically (MULTI/EXEC) and return EXEC's replies."""
-        replies = await self.pipeline([["MULTI"], *commands, ["EXEC"]])
+    async def transaction(self, commands: Sequence[Sequence[Arg] | bytes]) -> list[Any]:
+        """Run commands (argument lists, or encoded already) atomically; EXEC's replies."""
+        encoded = [c if isinstance(c, bytes) else encode_command(c) for c in commands]
+        replies = await self.send_encoded([_MULTI, *encoded, _EXEC])
         for reply in replies:
             if isinstance(reply, BaseException) and not isinstance(reply, RedisReplyError):
                 raise reply
@@ -253,7 +271,7 @@ class RedisClient:
     async def call(self, prepared: PreparedCall, rest: Sequence[Arg]) -> Any:
         """Run a prepared script call with the rest of its keys and its args (as `run`)."""
         self._scripts.setdefault(prepared.script.sha, prepared.script)
-        payload = b"*%d\r\n" % (prepared.head_len + len(rest)) + prepared.head + encode_args(rest)
+        payload = prepared.encode(rest)
         try:
             return await self._send_one(payload)
         except RedisReplyError as err:

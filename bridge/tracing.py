@@ -42,6 +42,11 @@ def tracing_enabled() -> bool:
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
+def trace_current() -> bool:
+    """True if a valid span is current (inject_trace would put its context in job opts)."""
+    return trace.get_current_span().get_span_context().is_valid
+
+
 def inject_trace(opts: MutableMapping[str, Any]) -> None:
     """Put the current trace context in job opts (kept if the job already carries one)."""
     if opts.get(TRACE_OPT) or not trace.get_current_span().get_span_context().is_valid:
