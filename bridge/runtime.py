@@ -279,6 +279,8 @@ class BridgeWorker:
         self._wakeup = asyncio.get_running_loop().create_future()
 
     async def _slot(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
         fetched: list[Any] | None = None
         backoff = Backoff()
         while not self._stopping:
@@ -294,7 +296,7 @@ class BridgeWorker:
                         await self._wait_idle(wakeup)
                         continue
                 job = job_from_hash(fetched[0], fetched[1], fetched[2], self.spec.name, self)
-                fetched = await self._handle(job)
+                fetched = await self._handle(job, me)
             except REDIS_FAILURES as err:
                 fetched = None
                 self.redis.failed(err, "fetching a job")
@@ -396,7 +398,7 @@ class BridgeWorker:
 
     # ---- processing ----------------------------------------------------------------------
 
-    async def _handle(self, job: Job) -> list[Any] | None:
+    async def _handle(self, job: Job, slot: asyncio.Task[Any]) -> list[Any] | None:
         """Run one attempt and finish it; returns the next job when the finish fetched one."""
         self._active[job.id] = job
         try:
@@ -406,7 +408,7 @@ class BridgeWorker:
                 raise UnrecoverableError(f"job {job.id!r} ({job.name}): {job.deferred_failure}")
             # the processor runs in this slot's task (no task per job): a shutdown out of grace
             # cancels the slot's task while it is in here
-            self._tasks[job.id] = asyncio.current_task()  # type: ignore[assignment]
+            self._tasks[job.id] = slot
             try:
                 timeout = self.spec.timeout_seconds
                 if timeout is None:
