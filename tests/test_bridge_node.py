@@ -79,6 +79,43 @@ async def test_node_producer_job_is_processed_by_our_email_worker(
     await client.close()
 
 
+SEED_USER = {"email": "meera@example.com"}
+# an order as the seed's Node code holds it: items {sku, name, qty, price}, grandTotal in rupees
+SEED_ORDER = {
+    "orderNumber": "ORD-2026-0042",
+    "items": [
+        {"sku": "TSHIRT-M", "name": "T-shirt (M)", "qty": 2, "price": 799},
+        {"sku": "MUG-1", "name": "Mug", "qty": 3, "price": 499.5},
+    ],
+    "grandTotal": 3096.5,
+}
+
+
+async def test_the_seeds_order_confirmation_producer_gets_its_mail_with_quantities_and_total(
+    mail_engine: Engine, node: str, redis_url: str, sink: SmtpSink
+) -> None:
+    settings = Settings(redis_url=redis_url, smtp_port=sink.port)  # currency: INR by default
+    spec = unique_spec(settings)
+    added = await run_node(node, "seed_email.js", *where(spec, redis_url),
+                           json.dumps(SEED_USER), json.dumps(SEED_ORDER))  # fmt: skip
+    assert added == {"added": True}
+
+    async def delivered() -> bool:
+        return bool(sink.store.messages(to="meera@example.com"))
+
+    async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
+        await eventually(delivered)
+    [mail] = sink.store.messages(to="meera@example.com")
+    assert mail.subject == "Order Confirmed"
+    assert "ORD-2026-0042" in mail.text
+    assert "T-shirt (M) x 2: ₹799.00" in mail.text
+    assert "Mug x 3: ₹499.50" in mail.text
+    assert "Total: ₹3,096.50" in mail.text
+    assert '<td align="center">2</td>' in mail.html and '<td align="center">3</td>' in mail.html
+    assert "₹799.00" in mail.html and "₹499.50" in mail.html and "Total: ₹3,096.50" in mail.html
+    assert (await counts(spec, redis_url))["failed"] == 0  # removeOnComplete: the job is gone
+
+
 async def test_our_producer_job_is_processed_by_a_node_worker(node: str, redis_url: str) -> None:
     spec = unique_spec(Settings(redis_url=redis_url))
     producer = QueueProducer.connect(spec, redis_url)
