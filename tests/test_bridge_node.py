@@ -164,3 +164,78 @@ async def test_node_queue_reads_our_counts_failures_progress_and_results(
 
 async def _has(spec: QueueSpec, redis_url: str, state: str, n: int) -> bool:
     return (await counts(spec, redis_url))[state] >= n
+
+
+# what each job asks of the worker (tests/node/queue_events.js does the same in Node)
+EVENT_JOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "good": ({"progress": [40, {"step": "sent", "percent": 100}], "result": {"sent": True}}, {}),
+    "flaky": ({"fail": "smtp busy", "failAttempts": 1, "result": {"sent": True}},
+              {"attempts": 2, "backoff": {"type": "fixed", "delay": 20}}),
+    "bad": ({"fail": "mailbox full"}, {"attempts": 2, "backoff": {"type": "fixed", "delay": 20}}),
+    "fatal": ({"fail": "no such user", "unrecoverable": True}, {"attempts": 3}),
+}  # fmt: skip
+EVENT_FIELDS = ("prev", "data", "returnvalue", "failedReason", "attemptsMade")
+
+
+async def planned(job: Job) -> Any:
+    """Our worker doing what the job's data asks, as queue_events.js's Node worker does."""
+    plan = job.data
+    for step in plan.get("progress", []):
+        await job.update_progress(step)
+    if plan.get("fail") and job.attempts_made < plan.get("failAttempts", 99):
+        raise (UnrecoverableError if plan.get("unrecoverable") else RuntimeError)(plan["fail"])
+    return plan.get("result")
+
+
+async def events_of_a_run(node: str, redis_url: str, python_worker: bool) -> dict[str, list[Any]]:
+    """Each job's events as a Node QueueEvents listener saw them, worked by us or by Node."""
+    spec = unique_spec(Settings(redis_url=redis_url), rate_limit=None)
+    args = [str(NODE_DIR / "queue_events.js"), *where(spec, redis_url)]
+    listener = await asyncio.create_subprocess_exec(
+        node, *args, *([] if python_worker else ["node-worker"]),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    producer = QueueProducer.connect(spec, redis_url)
+    for job_id, (data, opts) in EVENT_JOBS.items():
+        await producer.add("send-welcome", data, {"jobId": job_id, **opts})
+
+    async def finished() -> bool:
+        got = await counts(spec, redis_url)
+        return got["completed"] + got["failed"] == len(EVENT_JOBS)
+
+    if python_worker:
+        async with running(spec, planned, redis_url):
+            await eventually(finished)
+    else:
+        await eventually(finished)
+    await producer.add("send-welcome", {}, {"jobId": "sentinel"})  # the listener stops here
+    out, err = await asyncio.wait_for(listener.communicate(), 30)
+    await producer.close()
+    assert listener.returncode == 0, err.decode()
+    by_job: dict[str, list[Any]] = {}
+    for event in json.loads(out.decode().strip().splitlines()[-1]):
+        kept = {k: event[k] for k in EVENT_FIELDS if k in event}
+        by_job.setdefault(event["jobId"], []).append((event["event"], kept))
+    return by_job
+
+
+async def test_a_node_queue_events_listener_sees_our_jobs_events_as_a_node_workers(
+    node: str, redis_url: str
+) -> None:
+    ours = await events_of_a_run(node, redis_url, python_worker=True)
+    theirs = await events_of_a_run(node, redis_url, python_worker=False)
+    assert ours == theirs
+    good = [(e, f) for e, f in ours["good"] if e in ("progress", "completed")]
+    assert good == [
+        ("progress", {"data": 40}),
+        ("progress", {"data": {"step": "sent", "percent": 100}}),
+        ("completed", {"prev": "active", "returnvalue": {"sent": True}}),
+    ]
+    assert ours["bad"][-2:] == [
+        ("failed", {"prev": "active", "failedReason": "mailbox full"}),
+        ("retries-exhausted", {"attemptsMade": "2"}),
+    ]
+    assert ("delayed", {}) in ours["flaky"] and ours["flaky"][-1][0] == "completed"
+    # an unrecoverable failure on attempt 1 of 3 is a failure, not exhausted retries (as Node)
+    assert [e for e, _ in ours["fatal"]][-1] == "failed"
+    assert "retries-exhausted" not in [e for e, _ in ours["fatal"]]
