@@ -31,6 +31,7 @@ from bridge.redis_client import Arg, RedisClient, RedisReplyError
 from bridge.scripts import (
     Keys,
     bullmq_script,
+    complete_script,
     dead_letter_script,
     rate_limit_script,
     release_dead_locks_script,
@@ -171,7 +172,7 @@ class BridgeWorker:
 
     def _prepare_scripts(self) -> None:
         k = self.keys
-        self._finish_script = self.client.register(bullmq_script("moveToFinished-14.lua"))
+        self._finish_script = self.client.register(complete_script())  # + drops a DLQ entry
         self._dlq_script = self.client.register(dead_letter_script())
         self._active_script = self.client.register(bullmq_script("moveToActive-11.lua"))
         self._delay_script = self.client.register(bullmq_script("moveToDelayed-11.lua"))
@@ -476,7 +477,7 @@ class BridgeWorker:
             fetch_next = started is not None
         value = json.dumps(result, separators=(",", ":"), default=str)
         keys, args = self._finish_args(job, "completed", value, fetch_next, None, at=started)
-        raw = await self._run_finish(self._finish_script, keys, args, job)
+        raw = await self._run_finish(self._finish_script, [*keys, *self._dlq_keys], args, job)
         self.processed += 1
         if not fetch_next:
             return None

@@ -13,6 +13,7 @@ from bullmq import UnrecoverableError
 from sqlalchemy.engine import Engine
 
 from app.smtp_sink import SmtpSink
+from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
@@ -239,3 +240,30 @@ async def test_a_node_queue_events_listener_sees_our_jobs_events_as_a_node_worke
     # an unrecoverable failure on attempt 1 of 3 is a failure, not exhausted retries (as Node)
     assert [e for e, _ in ours["fatal"]][-1] == "failed"
     assert "retries-exhausted" not in [e for e, _ in ours["fatal"]]
+
+
+async def test_a_dead_lettered_job_retried_by_a_node_tool_leaves_the_dlq_when_we_complete_it(
+    node: str, redis_url: str
+) -> None:
+    spec = unique_spec(Settings(redis_url=redis_url), rate_limit=None)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-welcome", {"to": "full@example.com"}, {"jobId": "full-1"})
+    mailbox_up = asyncio.Event()
+
+    async def send(job: Job) -> str:
+        if not mailbox_up.is_set():
+            raise UnrecoverableError(f"mailbox of {job.data['to']} is full")
+        return "sent"
+
+    admin = QueueAdmin(spec, redis_url)
+    async with running(spec, send, redis_url):
+        await eventually(lambda: _has(spec, redis_url, "failed", 1))
+        assert (await admin.counts()).dlq == 1
+        mailbox_up.set()
+        assert await run_node(node, "retry.js", *where(spec, redis_url), "full-1") == {
+            "retried": "full-1"
+        }  # what bull-board's Retry button does
+        await eventually(lambda: _has(spec, redis_url, "completed", 1))
+    assert (await admin.counts()).dlq == 0  # completed: no longer a job that failed for good
+    await admin.close()
+    await producer.close()
