@@ -10,6 +10,7 @@ unfinished jobs back to the queue.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
 import itertools
@@ -123,6 +124,11 @@ def _failure_kind(err: BaseException) -> str:
     return "connection"
 
 
+def node_worker_prefix(spec: QueueSpec) -> str:
+    """`<prefix>:<base64 queue name>:w:`, how Node BullMQ's getWorkers finds a queue's workers."""
+    return f"{spec.prefix}:{base64.b64encode(spec.name.encode()).decode()}:w:"
+
+
 def keep_jobs(remove: Any) -> dict[str, Any]:
     """BullMQ's removeOnComplete/removeOnFail as the keepJobs option of moveToFinished."""
     if isinstance(remove, bool) or remove is None:
@@ -150,8 +156,11 @@ class BridgeWorker:
         self.id = uuid.uuid4().hex
         self.name = name or f"orderflow:{spec.name}:{self.id[:8]}"
         self.keys = Keys(spec.prefix, spec.name)
-        # the full id in the connection names lets other workers see this one is alive
-        self.client = RedisClient(redis_url, name=f"{self.name}:{self.id}")
+        # the full id in the connection names lets other workers see this one is alive; the main
+        # one is named as Node BullMQ names a worker's, so Node tools (getWorkers, bull-board) list it
+        self.client = RedisClient(
+            redis_url, name=f"{node_worker_prefix(spec)}{self.name}:{self.id}"
+        )
         self.blocking = RedisClient(redis_url, name=f"{self.name}:{self.id}:blocking")
         self.processed = 0
         self.failed = 0

@@ -267,3 +267,22 @@ async def test_a_dead_lettered_job_retried_by_a_node_tool_leaves_the_dlq_when_we
     assert (await admin.counts()).dlq == 0  # completed: no longer a job that failed for good
     await admin.close()
     await producer.close()
+
+
+async def test_node_tools_see_our_running_worker_as_a_worker_of_the_queue(
+    node: str, redis_url: str
+) -> None:
+    spec = unique_spec(Settings(redis_url=redis_url))
+
+    async def idle(job: Job) -> None:
+        return None
+
+    async with running(spec, idle, redis_url) as worker:
+
+        async def listed() -> list[str]:
+            seen = await run_node(node, "inspect.js", *where(spec, redis_url))
+            return list(seen["workers"])
+
+        names = await eventually(listed)  # bull-board shows these instead of "No workers"
+        assert len(names) == 1 and names[0].endswith(f":w:{worker.name}:{worker.id}")
+    assert await listed() == []
