@@ -1,7 +1,12 @@
-"""`orderflow queues …`: inspect and operate the bridge queues (tables for people, --json for scripts)."""
+"""`orderflow queues …`: inspect and operate the bridge queues (tables for people, --json for scripts).
+
+With no command it also shows the Temporal task queues (backlog, pollers), so one command shows
+every queue of the system.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable
@@ -12,19 +17,30 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from app.cli_support import run_command as _run
+from app.task_queues import TaskQueueState, describe_task_queues
+from app.temporal import connect
 from bridge.admin import QueueAdmin, find_spec
 from bridge.specs import queue_specs
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
+from workers.temporal import TASK_QUEUES
 
 T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 QueueArg = Annotated[str, typer.Argument(help="Queue name (or a unique prefix, e.g. 'email')")]
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+TEMPORAL_CONNECT_SECONDS = (
+    5.0  # `orderflow queues` shows the bridge queues even if Temporal is down
+)
+BRIDGE_COLUMNS = ["queue", "waiting", "active", "delayed", "prioritized", "completed", "failed"]
+BRIDGE_COLUMNS += ["dlq", "is_paused", "completed_recent", "failed_recent"]
+TASK_QUEUE_COLUMNS = ["task_queue", "type", "backlog", "backlog_age_seconds", "pollers"]
+TASK_QUEUE_COLUMNS += ["add_rate", "dispatch_rate"]
 
 queues_app = typer.Typer(
-    help="Bridge queues: counts, failed jobs, retries, DLQ, cleaning, pause/resume, job details.",
+    help="Bridge queues (counts, failed jobs, retries, DLQ, cleaning, pause/resume, job details)"
+    " and, with no command, the Temporal task queues (backlog, pollers).",
     invoke_without_command=True,
 )
 dlq_app = typer.Typer(help="Dead-letter queues: list, re-drive, purge.", no_args_is_help=True)
@@ -70,9 +86,9 @@ def _admin(queue: str) -> QueueAdmin:
 
 @queues_app.callback()
 def queues_main(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """With no command: counts of every queue (as BullMQ getJobCounts), DLQ and throughput."""
+    """With no command: every bridge queue (getJobCounts, DLQ, throughput) and task queue."""
     if ctx.invoked_subcommand is None:
-        _run(_counts)(as_json)
+        _run(_overview)(as_json)
 
 
 @queues_app.command("counts")
@@ -81,8 +97,7 @@ def counts(as_json: JsonOpt = False) -> None:
     _run(_counts)(as_json)
 
 
-async def _counts(as_json: bool) -> None:
-    settings = Settings.from_env()
+async def _bridge_rows(settings: Settings) -> list[dict[str, Any]]:
     rows = []
     for spec in queue_specs(settings).values():
         admin = QueueAdmin(spec, settings.redis_url)
@@ -90,9 +105,46 @@ async def _counts(as_json: bool) -> None:
             rows.append((await admin.counts()).to_dict())
         finally:
             await admin.close()
-    columns = ["queue", "waiting", "active", "delayed", "prioritized", "completed", "failed"]
-    columns += ["dlq", "is_paused", "completed_recent", "failed_recent"]
-    _emit(rows, as_json, lambda: table(rows, columns))
+    return rows
+
+
+async def task_queue_states(settings: Settings) -> list[TaskQueueState]:
+    """The task queues of every Temporal worker, from the configured server and namespace."""
+    try:
+        client = await asyncio.wait_for(connect(settings), TEMPORAL_CONNECT_SECONDS)
+    except (TimeoutError, RuntimeError) as err:
+        raise OrderflowError(
+            f"Temporal at {settings.temporal_address} did not answer: {err or 'timed out'}"
+        ) from err
+    return await describe_task_queues(client, TASK_QUEUES)
+
+
+async def _counts(as_json: bool) -> None:
+    rows = await _bridge_rows(Settings.from_env())
+    _emit(rows, as_json, lambda: table(rows, BRIDGE_COLUMNS))
+
+
+async def _overview(as_json: bool) -> None:
+    settings = Settings.from_env()
+    bridge = await _bridge_rows(settings)
+    error = ""
+    try:
+        temporal = [q.to_dict() for q in await task_queue_states(settings)]
+    except OrderflowError as err:
+        temporal, error = [], str(err)
+    data: dict[str, Any] = {"bridge": bridge, "temporal": temporal}
+    if error:
+        data["temporal_error"] = error
+
+    def text() -> str:
+        lines = ["Bridge queues (BullMQ)", table(bridge, BRIDGE_COLUMNS), ""]
+        lines.append(f"Temporal task queues ({settings.temporal_namespace})")
+        lines.append(table(temporal, TASK_QUEUE_COLUMNS) if temporal else "(not shown)")
+        return "\n".join(lines)
+
+    _emit(data, as_json, text)
+    if error:  # everything readable was shown; a script still learns that a part is missing
+        raise OrderflowError(error)
 
 
 @queues_app.command("failed")

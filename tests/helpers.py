@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from google.protobuf.duration_pb2 import Duration
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
+from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -229,3 +231,14 @@ async def start_with_payment(
         start_signal="payment_received",
         start_signal_args=[payment],
     )
+
+
+async def own_namespace(client: Client, name: str) -> Client:
+    """A client on a fresh namespace of the caller's own (task queues there start empty)."""
+    namespace = f"{name}-{uuid.uuid4().hex[:8]}"
+    await client.workflow_service.register_namespace(
+        RegisterNamespaceRequest(
+            namespace=namespace, workflow_execution_retention_period=Duration(seconds=86400)
+        )
+    )
+    return await Client.connect(client.service_client.config.target_host, namespace=namespace)
