@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -398,6 +397,7 @@ async def webhooks_sample(
     ] = False,
 ) -> None:
     """Write a gateway-shaped event for an order and print the signed curl command that posts it."""
+    from asyncio import to_thread
     from pathlib import Path
 
     from payments.samples import sample_event
@@ -408,7 +408,7 @@ async def webhooks_sample(
     body = sample_event(
         provider, order_id, total, state.currency, outcome="failed" if failed else "paid"
     )
-    await asyncio.to_thread(Path(out).write_bytes, body)
+    await to_thread(Path(out).write_bytes, body)
     typer.echo(curl_command(provider, out, _settings()))
 
 
