@@ -12,27 +12,26 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from app.cli_support import run_command as _run
-from app.task_queues import TaskQueueState, describe_task_queues
-from app.temporal import connect
-from bridge.admin import QueueAdmin, find_spec
-from bridge.specs import queue_specs
 from orderflow.errors import OrderflowError
-from orderflow.settings import Settings
-from workers.temporal import TASK_QUEUES
+
+if TYPE_CHECKING:  # imported when a command runs, so `--help` stays light
+    from app.task_queues import TaskQueueState
+    from bridge.admin import QueueAdmin
+    from bridge.specs import QueueSpec
+    from orderflow.settings import Settings
 
 T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 QueueArg = Annotated[str, typer.Argument(help="Queue name (or a unique prefix, e.g. 'email')")]
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-TEMPORAL_CONNECT_SECONDS = (
-    5.0  # `orderflow queues` shows the bridge queues even if Temporal is down
-)
+# `orderflow queues` waits no longer for Temporal: the bridge queues are shown even if it is down
+TEMPORAL_CONNECT_SECONDS = 5.0
 BRIDGE_COLUMNS = ["queue", "waiting", "active", "delayed", "prioritized", "completed", "failed"]
 BRIDGE_COLUMNS += ["dlq", "is_paused", "completed_recent", "failed_recent"]
 TASK_QUEUE_COLUMNS = ["task_queue", "type", "backlog", "backlog_age_seconds", "pollers"]
@@ -79,9 +78,19 @@ def _emit(data: Any, as_json: bool, text: Callable[[], str]) -> None:
     typer.echo(json.dumps(data, indent=2, default=str) if as_json else text())
 
 
-def _admin(queue: str) -> QueueAdmin:
+def _settings_and_specs() -> tuple[Settings, dict[str, QueueSpec]]:
+    from bridge.specs import queue_specs
+    from orderflow.settings import Settings
+
     settings = Settings.from_env()
-    return QueueAdmin(find_spec(queue_specs(settings), queue), settings.redis_url)
+    return settings, queue_specs(settings)
+
+
+def _admin(queue: str) -> QueueAdmin:
+    from bridge.admin import QueueAdmin, find_spec
+
+    settings, specs = _settings_and_specs()
+    return QueueAdmin(find_spec(specs, queue), settings.redis_url)
 
 
 @queues_app.callback()
@@ -97,9 +106,11 @@ def counts(as_json: JsonOpt = False) -> None:
     _run(_counts)(as_json)
 
 
-async def _bridge_rows(settings: Settings) -> list[dict[str, Any]]:
+async def _bridge_rows(settings: Settings, specs: dict[str, QueueSpec]) -> list[dict[str, Any]]:
+    from bridge.admin import QueueAdmin
+
     rows = []
-    for spec in queue_specs(settings).values():
+    for spec in specs.values():
         admin = QueueAdmin(spec, settings.redis_url)
         try:
             rows.append((await admin.counts()).to_dict())
@@ -110,23 +121,29 @@ async def _bridge_rows(settings: Settings) -> list[dict[str, Any]]:
 
 async def task_queue_states(settings: Settings) -> list[TaskQueueState]:
     """The task queues of every Temporal worker, from the configured server and namespace."""
+    from app.task_queues import describe_task_queues
+    from app.temporal import connect
+    from workers.temporal import TASK_QUEUES
+
     try:
         client = await asyncio.wait_for(connect(settings), TEMPORAL_CONNECT_SECONDS)
-    except (TimeoutError, RuntimeError) as err:
+    except (TimeoutError, RuntimeError) as err:  # the SDK's connection failure, or no answer
+        first_line = str(err).splitlines()[0] if str(err) else "timed out"
         raise OrderflowError(
-            f"Temporal at {settings.temporal_address} did not answer: {err or 'timed out'}"
+            f"cannot reach Temporal at {settings.temporal_address} (ORDERFLOW_TEMPORAL_ADDRESS, "
+            f"namespace {settings.temporal_namespace}): {first_line}"
         ) from err
     return await describe_task_queues(client, TASK_QUEUES)
 
 
 async def _counts(as_json: bool) -> None:
-    rows = await _bridge_rows(Settings.from_env())
+    rows = await _bridge_rows(*_settings_and_specs())
     _emit(rows, as_json, lambda: table(rows, BRIDGE_COLUMNS))
 
 
 async def _overview(as_json: bool) -> None:
-    settings = Settings.from_env()
-    bridge = await _bridge_rows(settings)
+    settings, specs = _settings_and_specs()
+    bridge = await _bridge_rows(settings, specs)
     error = ""
     try:
         temporal = [q.to_dict() for q in await task_queue_states(settings)]
