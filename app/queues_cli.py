@@ -6,7 +6,6 @@ every queue of the system.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from app.cli_support import connect_or_explain
 from app.cli_support import run_command as _run
 from orderflow.errors import OrderflowError
 
@@ -122,17 +122,9 @@ async def _bridge_rows(settings: Settings, specs: dict[str, QueueSpec]) -> list[
 async def task_queue_states(settings: Settings) -> list[TaskQueueState]:
     """The task queues of every Temporal worker, from the configured server and namespace."""
     from app.task_queues import describe_task_queues
-    from app.temporal import connect
     from workers.temporal import TASK_QUEUES
 
-    try:
-        client = await asyncio.wait_for(connect(settings), TEMPORAL_CONNECT_SECONDS)
-    except (TimeoutError, RuntimeError) as err:  # the SDK's connection failure, or no answer
-        first_line = str(err).splitlines()[0] if str(err) else "timed out"
-        raise OrderflowError(
-            f"cannot reach Temporal at {settings.temporal_address} (ORDERFLOW_TEMPORAL_ADDRESS, "
-            f"namespace {settings.temporal_namespace}): {first_line}"
-        ) from err
+    client = await connect_or_explain(settings, TEMPORAL_CONNECT_SECONDS)
     return await describe_task_queues(client, TASK_QUEUES)
 
 
