@@ -10,6 +10,7 @@ unfinished jobs back to the queue.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
 import itertools
@@ -31,6 +32,7 @@ from bridge.redis_client import Arg, PreparedCall, RedisClient, RedisReplyError,
 from bridge.scripts import (
     Keys,
     bullmq_script,
+    complete_script,
     dead_letter_script,
     release_dead_locks_script,
     sliding_limit_script,
@@ -125,6 +127,11 @@ def _rate_limited(raw: Any) -> bool:
     return isinstance(raw, list) and len(raw) >= 4 and not raw[0] and int(raw[2] or 0) > 0
 
 
+def node_worker_prefix(spec: QueueSpec) -> str:
+    """`<prefix>:<base64 queue name>:w:`, how Node BullMQ's getWorkers finds a queue's workers."""
+    return f"{spec.prefix}:{base64.b64encode(spec.name.encode()).decode()}:w:"
+
+
 def keep_jobs(remove: Any) -> dict[str, Any]:
     """BullMQ's removeOnComplete/removeOnFail as the keepJobs option of moveToFinished."""
     if isinstance(remove, bool) or remove is None:
@@ -152,8 +159,11 @@ class BridgeWorker:
         self.id = uuid.uuid4().hex
         self.name = name or f"orderflow:{spec.name}:{self.id[:8]}"
         self.keys = Keys(spec.prefix, spec.name)
-        # the full id in the connection names lets other workers see this one is alive
-        self.client = RedisClient(redis_url, name=f"{self.name}:{self.id}")
+        # the full id in the connection names lets other workers see this one is alive; the main
+        # one is named as Node BullMQ names a worker's, so Node tools (getWorkers, bull-board) list it
+        self.client = RedisClient(
+            redis_url, name=f"{node_worker_prefix(spec)}{self.name}:{self.id}"
+        )
         self.blocking = RedisClient(redis_url, name=f"{self.name}:{self.id}:blocking")
         self.processed = 0
         self.failed = 0
@@ -174,10 +184,14 @@ class BridgeWorker:
 
     def _prepare_scripts(self) -> None:
         k = self.keys
-        limited = bullmq_script if self.spec.rate_limit is None else sliding_limit_script
-        self._finish_script = self.client.register(limited("moveToFinished-14.lua"))
+
+        def limited(script: Script) -> Script:
+            return script if self.spec.rate_limit is None else sliding_limit_script(script)
+
+        # completions also drop the job's DLQ entry, if any (complete_script)
+        self._finish_script = self.client.register(limited(complete_script()))
         self._dlq_script = self.client.register(dead_letter_script())
-        self._active_script = self.client.register(limited("moveToActive-11.lua"))
+        self._active_script = self.client.register(limited(bullmq_script("moveToActive-11.lua")))
         self._delay_script = self.client.register(bullmq_script("moveToDelayed-11.lua"))
         self._retry_script = self.client.register(bullmq_script("retryJob-11.lua"))
         self._locks_script = self.client.register(bullmq_script("extendLocks-1.lua"))
@@ -215,7 +229,7 @@ class BridgeWorker:
             self._active_script, len(self._active_keys), self._active_keys
         )
         self._complete_call = PreparedCall.of(
-            self._finish_script, 14 + len(self._limit_keys), self._finish_keys["completed"][0]
+            self._finish_script, 16 + len(self._limit_keys), self._finish_keys["completed"][0]
         )
         self._completed_metrics = k["metrics:completed"]
         self._marker = k["marker"]
@@ -470,7 +484,8 @@ class BridgeWorker:
             packed = self._opts_cache[key] = msgpack.packb(
                 {"token": job.token, "keepJobs": keep_jobs(remove), "limiter": self._limiter,
                  "lockDuration": self.spec.lock_duration_ms, "attempts": job.attempts,
-                 "attemptsMade": job.attempts_made, "maxMetricsSize": "", "fpof": False,
+                 "attemptsMade": job.attempts_made, "fpof": False,
+                 "maxMetricsSize": self.spec.metrics_max_data_points or "",
                  "cpof": False, "idof": False, "rdof": False, "name": self.name},
                 use_bin_type=True,
             )  # fmt: skip
@@ -480,7 +495,8 @@ class BridgeWorker:
         fetch_next = not self._stopping
         value = "null" if result is None else json.dumps(result, separators=(",", ":"), default=str)
         rest: list[Arg] = [
-            self.keys.base + job.id, self._completed_metrics, self._marker, *self._limit_keys,
+            self.keys.base + job.id, self._completed_metrics, self._marker, *self._dlq_keys,
+            *self._limit_keys,
             job.id, int(time.time() * 1000), "returnvalue", value, "completed",
             "1" if fetch_next else "", self.keys.base, self._finish_opts(job, "completed"),
             *self._limit_args,

@@ -102,17 +102,16 @@ return result
 
 
 @cache
-def sliding_limit_script(filename: str) -> Script:
-    """BullMQ's moveToActive or moveToFinished under a sliding-window limit (see above).
+def sliding_limit_script(script: Script) -> Script:
+    """BullMQ's moveToActive, or moveToFinished (complete_script), under a sliding-window limit.
 
     BullMQ's own limiter (a counter per fixed window, opened by its first start) is counted too,
     through the limiter option, so Node workers on the queue share the limit; the sliding
     window keeps this worker's starts under it in every window, not only in BullMQ's.
     """
-    body = bullmq_script(filename).source
-    is_fetch = "true" if filename.startswith("moveToActive") else "false"
-    source = SLIDING_LIMIT_LUA.replace("IS_FETCH", is_fetch).replace("BODY", body, 1)
-    return Script("orderflowLimited" + filename.split("-")[0], source)
+    is_fetch = "true" if script.name == "moveToActive" else "false"
+    source = SLIDING_LIMIT_LUA.replace("IS_FETCH", is_fetch).replace("BODY", script.source, 1)
+    return Script("orderflowLimited-" + script.name, source)
 
 
 @cache
@@ -134,6 +133,28 @@ def dead_letter_script() -> Script:
         "return result\n"
     )
     return Script("orderflowDeadLetter", source)
+
+
+@cache
+def complete_script() -> Script:
+    """BullMQ's moveToFinished for a completion that also drops the job's DLQ entry, if any.
+
+    KEYS[15] DLQ hash, KEYS[16] DLQ index. A dead-lettered job retried outside our admin (a
+    Node tool's job.retry, bull-board's Retry button) and then completed here has not failed
+    for good: its entry goes in the same atomic call (one ZREM on the usual path).
+    """
+    body = bullmq_script("moveToFinished-14.lua").source
+    source = (
+        "local function orderflow_move_to_finished()\n"
+        f"{body}\nend\n"
+        "local result = orderflow_move_to_finished()\n"
+        "if (result == 0 or type(result) == 'table')"
+        " and redis.call('ZREM', KEYS[16], ARGV[1]) == 1 then\n"
+        "  redis.call('HDEL', KEYS[15], ARGV[1])\n"
+        "end\n"
+        "return result\n"
+    )
+    return Script("orderflowComplete", source)
 
 
 # Take back the jobs of a worker known to be dead: KEYS[1] stalled set, KEYS[2] stalled-check;
