@@ -121,6 +121,7 @@ class QueueProducer:
             [k[n] for n in ("marker", "meta", "id", "prioritized", "delayed", "completed",
                             "active", "events", "pc")],
         )  # fmt: skip
+        self._packer = msgpack.Packer(use_bin_type=True)  # msgpack.packb makes one per call
         # the start of addJob's packed args: a 9-element array, then the key prefix
         self._args_head = b"\x99" + msgpack.packb(k.base, use_bin_type=True)
 
@@ -150,8 +151,9 @@ class QueueProducer:
         timestamp = int(time.time() * 1000)
         # [prefix, job id, name, timestamp, parentKey, waitChildrenKey, parentDependenciesKey,
         #  parent, repeatJobKey], as BullMQ's Queue packs them
+        pack = self._packer.pack
         packed_args = b"".join(
-            (self._args_head, _packb(job_id or ""), _packb(name), _packb(timestamp), _NILS)
+            (self._args_head, pack(job_id or ""), pack(name), pack(timestamp), _NILS)
         )
         packed_opts = (
             self._packed_defaults
@@ -210,10 +212,6 @@ class QueueProducer:
 
 def _prepared(filename: str, keys: list[Arg]) -> PreparedCall:
     return PreparedCall.of(bullmq_script(filename), len(keys), keys)
-
-
-def _packb(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
 
 
 _NILS = b"\xc0" * 5  # five msgpack nils: no parent, no repeat job

@@ -84,6 +84,31 @@ class PreparedCall:
         return b"*%d\r\n" % (self.head_len + len(rest)) + self.head + encode_args(rest)
 
 
+class _Replies:
+    """One waiter for the replies of many commands (a batch needs no future per command).
+
+    Stands in the protocol's waiter queue once per command, as a future would; errors are
+    collected as values, and a lost connection fills the rest with the ConnectionError.
+    """
+
+    __slots__ = ("expected", "future", "replies")
+
+    def __init__(self, expected: int, future: asyncio.Future[list[Any]]) -> None:
+        self.expected = expected
+        self.future = future
+        self.replies: list[Any] = []
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, reply: Any) -> None:
+        self.replies.append(reply)
+        if len(self.replies) == self.expected:
+            self.future.set_result(self.replies)
+
+    set_exception = set_result
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -210,19 +235,20 @@ class RedisClient:
 
     @staticmethod
     async def _send(proto: _Protocol, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in commands]
-        proto.send(b"".join(encode_command(c) for c in commands), futures)
-        return list(await asyncio.gather(*futures, return_exceptions=True))
+        return await RedisClient._send_batch(proto, [encode_command(c) for c in commands])
 
     async def send_encoded(self, payloads: Sequence[bytes]) -> list[Any]:
         """Run commands encoded already (encode_command, PreparedCall.encode) in one write;
         error replies come back as RedisReplyError values."""
-        proto = await self._ensure()
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in payloads]
-        proto.send(b"".join(payloads), futures)
-        return list(await asyncio.gather(*futures, return_exceptions=True))
+        return await self._send_batch(await self._ensure(), payloads)
+
+    @staticmethod
+    async def _send_batch(proto: _Protocol, payloads: Sequence[bytes]) -> list[Any]:
+        if not payloads:
+            return []
+        replies = _Replies(len(payloads), asyncio.get_running_loop().create_future())
+        proto.send(b"".join(payloads), [replies] * len(payloads))  # type: ignore[list-item]
+        return await replies.future
 
     async def execute(self, *args: Arg) -> Any:
         """Run one command and return its reply (raises RedisReplyError on an error reply)."""
