@@ -79,19 +79,21 @@ class StripeGateway:
         intent = self._intent_of(request)
         if intent is None:
             return self._declined(f"no PaymentIntent known for order {request.order_id}")
-        if intent.status == "succeeded":  # an earlier call landed (its answer was lost)
-            return self._captured(intent, request)
-        if intent.status == "requires_capture":
-            if problem := self._amount_problem(intent, request):
+        if intent.status in ("requires_capture", "succeeded"):
+            # succeeded: an earlier call landed and its answer was lost. The capture is sent
+            # again with the same key all the same: Stripe answers a repeated key with the
+            # first result for 24 hours and charges nothing twice.
+            if intent.status == "requires_capture" and (
+                problem := self._amount_problem(intent, request)
+            ):
                 return self._declined(problem)
             try:
                 intent = intents.capture(
                     intent.id, options={"idempotency_key": request.idempotency_key}
                 )
             except stripe.InvalidRequestError:
-                # a capture that landed before: Stripe answers the same key with the first
-                # result for 24 hours; after that (or on a fake without keys) it says "already
-                # captured". Look before calling it a decline.
+                # past the key's 24 hours (or on a fake without keys) Stripe says "already
+                # captured" instead: look before calling it a decline
                 intent = intents.retrieve(intent.id)
                 if intent.status != "succeeded":
                     raise
