@@ -127,7 +127,9 @@ class RazorpayGateway:
         def read() -> GatewayPayment | None:
             try:
                 return self._gateway_payment(self._fetch(payment_id))
-            except BadRequestError:
+            except BadRequestError as err:
+                if AUTH_FAILED in str(err).lower():
+                    raise
                 return None
 
         return self._guard("-", f"fetch of {payment_id}", read)
@@ -207,8 +209,10 @@ class RazorpayGateway:
         if request.payment_id.startswith("pay_"):
             try:
                 return self._fetch(request.payment_id)
-            except BadRequestError:
-                return None
+            except BadRequestError as err:
+                if AUTH_FAILED in str(err).lower():
+                    raise
+                return None  # "The id provided does not exist"
         candidates: list[dict[str, Any]] = []
         for order in self._orders_of(request.order_id):
             found = self.client.order.payments(order["id"], {}, timeout=self.timeout)
