@@ -123,6 +123,7 @@ class StripeGateway:
             "amount": request.amount,
             "currency": (request.currency or failed.currency).lower(),
             "payment_method": method,
+            "payment_method_types": ["card"],  # a saved card: no redirect, no return_url
             "capture_method": "manual",
             "confirm": True,
             "off_session": True,
@@ -248,8 +249,9 @@ class StripeGateway:
         }
         if request.customer:
             params["customer"] = request.customer
-        if request.payment_method:
+        if request.payment_method:  # a saved card confirmed server-side: no redirect
             params["payment_method"] = request.payment_method
+            params["payment_method_types"] = ["card"]
             params["confirm"] = True
 
         def create() -> Checkout:
