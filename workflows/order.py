@@ -72,6 +72,7 @@ PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING)
 EARLY_PAYMENT_AMOUNT_CHECK = "early-payment-amount-check"
 RETRY_FINISHES_CAPTURE = "retry-finishes-capture"
 REVIEW_ENDS_ON_CANCEL = "review-ends-on-cancel"
+RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE = "retry-capture-is-not-its-own-duplicate"
 
 
 @workflow.defn
@@ -260,6 +261,10 @@ class OrderWorkflow:
             await self._tell(child.signal(PaymentRetryWorkflow.stop, why))
             result = await child
             if result.succeeded and self._payment is not None:
+                if self._payment.payment_id == result.payment_id and workflow.patched(
+                    RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE
+                ):
+                    return None  # the gateway's webhook of this very capture came first
                 await self._refund_duplicate(result)
                 return None
             return result
