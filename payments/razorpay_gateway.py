@@ -59,7 +59,11 @@ class RazorpayGateway:
     def _capture(self, request: GatewayRequest) -> GatewayResponse:
         payment = self._payment_of(request)
         if payment is None:
-            return self._declined(f"no Razorpay payment known for order {request.order_id}")
+            return self._declined(
+                f"no Razorpay payment {request.payment_id!r} known for order {request.order_id}"
+                if request.payment_id
+                else f"no Razorpay payment known for order {request.order_id}"
+            )
         pid, status = payment["id"], payment.get("status")
         if status == "authorized":
             if problem := self._amount_problem(payment, request):
@@ -93,7 +97,11 @@ class RazorpayGateway:
     def _refund(self, request: GatewayRequest) -> GatewayResponse:
         payment = self._payment_of(request)
         if payment is None:
-            return self._declined(f"no Razorpay payment known for order {request.order_id}")
+            return self._declined(
+                f"no Razorpay payment {request.payment_id!r} known for order {request.order_id}"
+                if request.payment_id
+                else f"no Razorpay payment known for order {request.order_id}"
+            )
         pid = payment["id"]
         earlier = self.client.payment.fetch_multiple_refund(pid, {}, timeout=self.timeout)
         refund = next(
@@ -205,8 +213,13 @@ class RazorpayGateway:
         return list(found.get("items", []))
 
     def _payment_of(self, request: GatewayRequest) -> dict[str, Any] | None:
-        """The payment the request names, else the order's captured or authorised one."""
-        if request.payment_id.startswith("pay_"):
+        """The payment the request names, else the order's captured or authorised one.
+
+        A payment id of another provider names nothing here (see StripeGateway._intent_of).
+        """
+        if request.payment_id and not request.payment_id.startswith("pay_"):
+            return None
+        if request.payment_id:
             try:
                 return self._fetch(request.payment_id)
             except BadRequestError as err:

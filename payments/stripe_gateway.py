@@ -78,7 +78,7 @@ class StripeGateway:
         intents = self.client.v1.payment_intents
         intent = self._intent_of(request)
         if intent is None:
-            return self._declined(f"no PaymentIntent known for order {request.order_id}")
+            return self._declined(self._unknown(request))
         if intent.status in ("requires_capture", "succeeded"):
             # succeeded: an earlier call landed and its answer was lost. The capture is sent
             # again with the same key all the same: Stripe answers a repeated key with the
@@ -148,7 +148,7 @@ class StripeGateway:
     def _refund(self, request: GatewayRequest) -> GatewayResponse:
         intent = self._intent_of(request)
         if intent is None:
-            return self._declined(f"no PaymentIntent known for order {request.order_id}")
+            return self._declined(self._unknown(request))
         refund = self.client.v1.refunds.create(
             params={
                 "payment_intent": intent.id,
@@ -283,10 +283,21 @@ class StripeGateway:
 
     # --- helpers ---
 
+    @staticmethod
+    def _unknown(request: GatewayRequest) -> str:
+        named = f"PaymentIntent {request.payment_id!r}" if request.payment_id else "PaymentIntent"
+        return f"no Stripe {named} known for order {request.order_id}"
+
     def _intent_of(self, request: GatewayRequest) -> Any:
-        """The PaymentIntent named by the request, else the order's newest one (Search API)."""
+        """The PaymentIntent named by the request, else the order's newest one (Search API).
+
+        A payment id of another provider (a Razorpay `pay_`, a simulated one) names nothing here:
+        refunding the order's Stripe payment instead could give back the wrong money.
+        """
         intents = self.client.v1.payment_intents
-        if request.payment_id.startswith("pi_"):
+        if request.payment_id and not request.payment_id.startswith("pi_"):
+            return None
+        if request.payment_id:
             try:
                 return intents.retrieve(request.payment_id)
             except stripe.InvalidRequestError as err:

@@ -100,6 +100,10 @@ def test_a_failed_payment_is_declined_a_5xx_is_retried_and_a_wrong_key_is_not(
     assert not declined.succeeded
     assert failed["id"] in declined.detail and "insufficient funds" in declined.detail
 
+    # a payment of another gateway names nothing here: no refund of some other payment instead
+    foreign = gateway.refund(request(order_id, PaymentKind.REFUND, 50_000, "pi_3Pstripe"))
+    assert not foreign.succeeded and "'pi_3Pstripe'" in foreign.detail
+
     razorpay_api.fail_next = 1
     with pytest.raises(GatewayUnavailableError) as unavailable:
         gateway.capture(request(order_id, PaymentKind.CAPTURE, 50_000, failed["id"]))

@@ -35,6 +35,7 @@ from orderflow.contracts.order import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
 from orderflow.contracts.payment import (
     CheckoutRequest,
     GatewayName,
+    GatewayRequest,
     PaymentKind,
     PaymentRetryInput,
     gateway_idempotency_key,
@@ -394,6 +395,9 @@ async def test_payments_since_a_time_are_listed_with_what_was_captured_and_refun
     fetched = await asyncio.to_thread(gateway.fetch, checkout.payment_id)
     assert fetched is not None and (fetched.status, fetched.captured) == ("requires_capture", 0)
     assert await asyncio.to_thread(gateway.fetch, "pi_does_not_exist") is None
+    foreign = GatewayRequest(order_id, PaymentKind.REFUND, 100, 1, "k", "INR", "pay_razorpay1")
+    answer = await asyncio.to_thread(gateway.refund, foreign)  # not Stripe's: refunds nothing
+    assert not answer.succeeded and "'pay_razorpay1'" in answer.detail
     system.stripe.v1.payment_intents.capture(checkout.payment_id)
     listed = {p.payment_id: p for p in await asyncio.to_thread(gateway.list_payments, since)}
     mine = listed[checkout.payment_id]
