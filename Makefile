@@ -77,6 +77,7 @@ bench: install
 	$(VENV)/bin/python bench/orders.py
 	$(VENV)/bin/python bench/bridge.py
 	$(VENV)/bin/python bench/webhooks.py
+	$(VENV)/bin/python bench/cli.py
 
 clean:
 	rm -rf data .pytest_cache

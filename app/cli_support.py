@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from functools import wraps
 from typing import Any, TypeVar
@@ -19,6 +18,8 @@ def run_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
+        import asyncio  # here, not at the top: `orderflow --help` need not load it
+
         try:
             return asyncio.run(fn(*args, **kwargs))
         except OrderflowError as err:

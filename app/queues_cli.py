@@ -7,15 +7,17 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from app.cli_support import run_command as _run
-from bridge.admin import QueueAdmin, find_spec
-from bridge.specs import queue_specs
 from orderflow.errors import OrderflowError
-from orderflow.settings import Settings
+
+if TYPE_CHECKING:  # imported when a command runs, so `--help` stays light
+    from bridge.admin import QueueAdmin
+    from bridge.specs import QueueSpec
+    from orderflow.settings import Settings
 
 T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -63,9 +65,19 @@ def _emit(data: Any, as_json: bool, text: Callable[[], str]) -> None:
     typer.echo(json.dumps(data, indent=2, default=str) if as_json else text())
 
 
-def _admin(queue: str) -> QueueAdmin:
+def _settings_and_specs() -> tuple[Settings, dict[str, QueueSpec]]:
+    from bridge.specs import queue_specs
+    from orderflow.settings import Settings
+
     settings = Settings.from_env()
-    return QueueAdmin(find_spec(queue_specs(settings), queue), settings.redis_url)
+    return settings, queue_specs(settings)
+
+
+def _admin(queue: str) -> QueueAdmin:
+    from bridge.admin import QueueAdmin, find_spec
+
+    settings, specs = _settings_and_specs()
+    return QueueAdmin(find_spec(specs, queue), settings.redis_url)
 
 
 @queues_app.callback()
@@ -82,9 +94,11 @@ def counts(as_json: JsonOpt = False) -> None:
 
 
 async def _counts(as_json: bool) -> None:
-    settings = Settings.from_env()
+    from bridge.admin import QueueAdmin
+
+    settings, specs = _settings_and_specs()
     rows = []
-    for spec in queue_specs(settings).values():
+    for spec in specs.values():
         admin = QueueAdmin(spec, settings.redis_url)
         try:
             rows.append((await admin.counts()).to_dict())
