@@ -210,9 +210,9 @@ class Settings(BaseSettings):
             GatewayName.RAZORPAY: ("razorpay_key_id", "razorpay_key_secret"),
         }[self.gateway]
         return [
-            f"{ENV_PREFIX}{key.upper()} is empty ({name}={self.gateway.value})"
+            f"{ENV_PREFIX}{key.upper()} is {why} ({name}={self.gateway.value})"
             for key in keys
-            if not getattr(self, key).strip()
+            if (why := _weak(getattr(self, key), None))
         ]
 
     def check_gateway(self) -> None:

@@ -151,4 +151,10 @@ def test_a_real_gateway_without_its_keys_refuses_to_start(gateway: str, named: l
         with pytest.raises(GatewaySettingsError) as refused:
             settings.check_gateway()
         assert refused.value.problems == named
-    production(gateway="stripe", stripe_api_key="sk_test_123").check_gateway()
+    production(gateway="stripe", stripe_api_key="sk_test_51Pq8xYz").check_gateway()
+    with pytest.raises(GatewaySettingsError) as placeholder:
+        production(gateway="stripe", stripe_api_key="sk_test_change-me").check_gateway()
+    assert placeholder.value.problems == [
+        "ORDERFLOW_STRIPE_API_KEY is a placeholder (ORDERFLOW_GATEWAY=stripe)"
+    ]
+    assert "sk_test_change-me" not in str(placeholder.value)
