@@ -72,12 +72,15 @@ class LocalStripe:
 class StallingProxy:
     """A proxy in front of a gateway that records each request's Idempotency-Key and, for the
     first `stall` requests whose path ends with `stall_suffix`, forwards them (so the gateway
-    acts) but withholds the answer until released: the client sees a read timeout."""
+    acts) but withholds the answer until released: the client sees a read timeout. Statuses
+    put in `refuse` are answered instead, without forwarding (a rate limit, an outage)."""
 
     def __init__(self, upstream: str, stall_suffix: str = "/capture", stall: int = 1) -> None:
         self.upstream = upstream
         self.stall_suffix = stall_suffix
         self.stall = stall
+        # statuses to answer (in order) instead of forwarding, before any stall: 429, 500 ...
+        self.refuse: list[int] = []
         self.seen: list[tuple[str, str, str]] = []  # (method, path, Idempotency-Key)
         self.release = threading.Event()
         proxy = self
@@ -88,6 +91,18 @@ class StallingProxy:
                 body = self.rfile.read(length) if length else b""
                 key = self.headers.get("Idempotency-Key", "")
                 proxy.seen.append((self.command, self.path, key))
+                if urlparse(self.path).path.endswith(proxy.stall_suffix) and proxy.refuse:
+                    status = proxy.refuse.pop(0)
+                    error = {"error": {"type": "api_error", "message": f"fault {status}"}}
+                    if status == 429:
+                        error["error"].update(type="invalid_request_error", code="rate_limit")
+                    raw = json.dumps(error).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                    return
                 headers = {
                     k: v
                     for k, v in self.headers.items()

@@ -43,6 +43,7 @@ from orderflow.contracts.payment import (
 )
 from orderflow.db import Payment
 from orderflow.settings import Settings
+from payments.gateway import GatewayConfigError, GatewayUnavailableError
 from payments.reconciliation import enqueue_reconciliation
 from payments.stripe_gateway import StripeGateway
 from tests.bridge_helpers import bull_queue, running
@@ -407,3 +408,31 @@ async def test_payments_since_a_time_are_listed_with_what_was_captured_and_refun
         0,
         "INR",
     )
+
+
+async def test_a_rate_limit_or_a_stripe_outage_is_retried_and_a_refused_key_is_not(
+    system: StripeSystem,
+) -> None:
+    proxy = StallingProxy(system.localstripe.url, stall_suffix="/capture", stall=0).start()
+    try:
+        gateway = StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url, timeout=5)
+        order_id = new_order_id()
+        checkout = await asyncio.to_thread(
+            gateway.create_checkout, _checkout(order_id, card(system, GOOD_CARD))
+        )
+        capture = GatewayRequest(
+            order_id, PaymentKind.CAPTURE, 31_500, 1, f"{order_id}-k", "INR", checkout.payment_id
+        )
+        proxy.refuse = [429, 500, 503]
+        for _ in range(3):
+            with pytest.raises(GatewayUnavailableError) as unavailable:
+                await asyncio.to_thread(gateway.capture, capture)
+            assert order_id in str(unavailable.value)
+        assert (await asyncio.to_thread(gateway.capture, capture)).succeeded
+        assert proxy.keys("/capture") == [f"{order_id}-k"] * 4
+
+        refused = StripeGateway("pk_not_a_secret_key", api_base=system.localstripe.url)
+        with pytest.raises(GatewayConfigError):  # our key, not the card: no retry helps
+            await asyncio.to_thread(refused.capture, capture)
+    finally:
+        proxy.stop()
