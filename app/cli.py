@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from app.cli_support import connect_or_explain
 from app.cli_support import run_command as _run
 from app.queues_cli import queues_app
 from orderflow.contracts.review import ReviewDecision
@@ -62,18 +63,10 @@ def _engine() -> Engine:
 
 async def _client() -> OrderClient:
     from app.client import OrderClient
-    from app.temporal import connect
     from orderflow.db import make_engine
 
     settings = _settings()
-    try:
-        client = await connect(settings)
-    except RuntimeError as err:  # the SDK's connection failure: a message, not a traceback
-        raise OrderflowError(
-            f"cannot reach Temporal at {settings.temporal_address} (ORDERFLOW_TEMPORAL_ADDRESS, "
-            f"namespace {settings.temporal_namespace}): {str(err).splitlines()[0]}"
-        ) from err
-    return OrderClient(client, settings, make_engine(settings.db_url))
+    return OrderClient(await connect_or_explain(settings), settings, make_engine(settings.db_url))
 
 
 def _print(obj: Any, as_json: bool) -> None:

@@ -454,7 +454,8 @@ class BridgeWorker:
         opts = msgpack.packb(
             {"token": job.token, "keepJobs": keep_jobs(remove), "limiter": None,
              "lockDuration": self.spec.lock_duration_ms, "attempts": job.attempts,
-             "attemptsMade": job.attempts_made, "maxMetricsSize": "", "fpof": False,
+             "attemptsMade": job.attempts_made, "fpof": False,
+             "maxMetricsSize": self.spec.metrics_max_data_points or "",
              "cpof": False, "idof": False, "rdof": False, "name": self.name},
             use_bin_type=True,
         )  # fmt: skip

@@ -38,6 +38,9 @@ from workflows.reports import DailyReportWorkflow
 from workflows.review import ManualReviewWorkflow
 from workflows.stock_sync import StockSyncWorkflow
 
+# every task queue build_workers serves, in the order operators read them
+TASK_QUEUES = (ORDERS_TASK_QUEUE, PAYMENTS_TASK_QUEUE, INVENTORY_TASK_QUEUE, REVIEWS_TASK_QUEUE)
+
 
 @dataclass
 class Dependencies:
