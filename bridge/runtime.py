@@ -782,12 +782,13 @@ class BridgeWorker:
         if pairs:
             released = await self.client.run(
                 self._release_script,
-                [self.keys["stalled"], self.keys["stalled-check"]],
+                [self.keys["stalled"], self.keys["stalled-check"], self.keys["active"]],
                 [self.keys.base, *pairs],
             )
-            log.warning("%s: took back %s active job(s) of dead worker(s) %s",
-                        self.name, released, ", ".join(o[:8] for o in dead) or "(lock expired)")  # fmt: skip
-            await self._check_stalled()
+            if released:  # none: they finished between the reads (no lock, no longer active)
+                log.warning("%s: took back %s active job(s) of dead worker(s) %s",
+                            self.name, released, ", ".join(o[:8] for o in dead) or "(lock expired)")  # fmt: skip
+                await self._check_stalled()
         return len(dead) < len(owners)
 
     async def _stalled_loop(self) -> None:

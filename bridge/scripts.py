@@ -157,17 +157,19 @@ def complete_script() -> Script:
     return Script("orderflowComplete", source)
 
 
-# Take back the jobs of a worker known to be dead: KEYS[1] stalled set, KEYS[2] stalled-check;
-# ARGV[1] the queue's key prefix, then job id and lock token pairs (an empty token: the lock has
-# expired already). A lock still holding the dead worker's token is deleted and the job marked
-# stalled, and the stalled-check throttle is lifted, so BullMQ's own stalled-job check moves it
-# to wait (counting the stall) at once.
+# Take back the jobs of a worker known to be dead: KEYS[1] stalled set, KEYS[2] stalled-check,
+# KEYS[3] active list; ARGV[1] the queue's key prefix, then job id and lock token pairs (an empty
+# token: the lock has expired already). A job still active whose lock still holds the dead
+# worker's token (or none) has its lock deleted and is marked stalled, and the stalled-check
+# throttle is lifted, so BullMQ's own stalled-job check moves it to wait (counting the stall) at
+# once. A job no longer active finished since its lock was read: it is left alone.
 RELEASE_DEAD_LOCKS_LUA = """
 local released = 0
 for i = 2, #ARGV, 2 do
   local lock = ARGV[1] .. ARGV[i] .. ':lock'
   local held = redis.call('GET', lock)
-  if held == ARGV[i + 1] or (held == false and ARGV[i + 1] == '') then
+  if (held == ARGV[i + 1] or (held == false and ARGV[i + 1] == ''))
+      and redis.call('LPOS', KEYS[3], ARGV[i]) ~= false then
     redis.call('DEL', lock)
     redis.call('SADD', KEYS[1], ARGV[i])
     released = released + 1
