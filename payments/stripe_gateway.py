@@ -106,8 +106,21 @@ class StripeGateway:
         )
 
     def _charge_again(self, failed: Any, request: GatewayRequest) -> GatewayResponse:
-        """A new manual-capture PaymentIntent on the customer's saved card, then its capture."""
+        """A new manual-capture PaymentIntent on the customer's saved card, then its capture.
+
+        An earlier attempt's intent that already holds the money (its answer was lost, so that
+        attempt failed as a gateway error) is captured or answered instead: each attempt has
+        its own idempotency key, so only looking first keeps the card from a second charge.
+        """
         customer = _id(_field(failed, "customer", ""))
+        if earlier := self._earlier_retry(failed, customer, request):
+            if earlier.status == "requires_capture":
+                if problem := self._amount_problem(earlier, request):
+                    return self._declined(problem)
+                earlier = self.client.v1.payment_intents.capture(
+                    earlier.id, options={"idempotency_key": request.idempotency_key}
+                )
+            return self._captured(earlier, request)
         method = ""
         if customer:
             saved = self.client.v1.customers.retrieve(customer)
@@ -140,6 +153,30 @@ class StripeGateway:
             return self._declined(f"PaymentIntent {intent.id} is {intent.status} after confirm")
         intent = intents.capture(intent.id, options={"idempotency_key": request.idempotency_key})
         return self._captured(intent, request)
+
+    def _earlier_retry(self, failed: Any, customer: str, request: GatewayRequest) -> Any:
+        """An intent an earlier retry of this order made that holds money, else None.
+
+        Found through the customer's charges since the failed intent (Stripe and localstripe both
+        filter charges by customer and creation; the Search API is not everywhere).
+        """
+        if not customer:
+            return None
+        params = {"customer": customer, "created": {"gt": int(failed.created) - 1}, "limit": PAGE}
+        charges = self.client.v1.charges.list(params=params)  # type: ignore[arg-type]
+        for charge in charges.data:
+            intent_id = _id(_field(charge, "payment_intent", ""))
+            if not intent_id or intent_id == failed.id:
+                continue
+            intent = self.client.v1.payment_intents.retrieve(intent_id)
+            metadata = _field(intent, "metadata", {})
+            if (
+                _field(metadata, "order_id") == request.order_id
+                and _field(metadata, RETRY_METADATA)
+                and intent.status in ("requires_capture", "succeeded")
+            ):
+                return intent
+        return None
 
     def refund(self, request: GatewayRequest) -> GatewayResponse:
         """Refund the captured PaymentIntent `request.payment_id` (or the order's)."""

@@ -436,3 +436,59 @@ async def test_a_rate_limit_or_a_stripe_outage_is_retried_and_a_refused_key_is_n
             await asyncio.to_thread(refused.capture, capture)
     finally:
         proxy.stop()
+
+
+def test_a_capture_attempt_after_one_whose_charge_landed_unseen_does_not_charge_the_card_again(
+    localstripe: LocalStripe,
+) -> None:
+    """Attempt 1 made and captured a new PaymentIntent but every answer was lost (the attempt
+    failed as a gateway error); attempt 2, with its own key, must find that payment, not charge
+    the customer's saved card a second time."""
+    client = stripe.StripeClient(
+        STRIPE_TEST_KEY, base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+
+    def saved_card(number: str, customer: str) -> str:
+        method = client.v1.payment_methods.create(
+            params={
+                "type": "card",
+                "card": {"number": number, "exp_month": 12, "exp_year": 2031, "cvc": "123"},
+            }
+        ).id
+        client.v1.payment_methods.attach(method, params={"customer": customer})
+        client.v1.customers.update(
+            customer, params={"invoice_settings": {"default_payment_method": method}}
+        )
+        return method
+
+    order_id = new_order_id()
+    customer = client.v1.customers.create(params={"email": f"{order_id}@example.com"}).id
+    direct = StripeGateway(STRIPE_TEST_KEY, api_base=localstripe.url)
+    failed = client.v1.payment_intents.create(
+        params={
+            "amount": 45_000, "currency": "inr", "customer": customer,
+            "payment_method": saved_card(DECLINED_CARD, customer),
+            "capture_method": "manual", "metadata": {"order_id": order_id},
+        }
+    )  # fmt: skip
+    with pytest.raises(stripe.CardError):  # the checkout's card is declined
+        client.v1.payment_intents.confirm(failed.id)
+    saved_card(GOOD_CARD, customer)  # the customer's new card
+
+    def attempt(n: int) -> GatewayRequest:
+        key = gateway_idempotency_key(order_id, PaymentKind.CAPTURE, n, failed.id)
+        return GatewayRequest(order_id, PaymentKind.CAPTURE, 45_000, n, key, "INR", failed.id)
+
+    proxy = StallingProxy(localstripe.url, stall_suffix="/capture").start()
+    try:
+        lost = StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url, timeout=1.0)
+        with pytest.raises(GatewayUnavailableError):
+            lost.capture(attempt(1))  # Stripe captured; the answer never came
+    finally:
+        proxy.release.set()
+        proxy.stop()
+    answer = direct.capture(attempt(2))
+    assert answer.succeeded, answer.detail
+    charges = client.v1.charges.list(params={"customer": customer, "limit": 100}).data
+    captured = [(c.amount, c.payment_intent) for c in charges if c.captured]
+    assert captured == [(45_000, answer.payment_id)]  # charged once
