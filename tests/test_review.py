@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from app.client import OrderClient
 from orderflow.contracts.order import PaymentReceived, Shipment
 from orderflow.contracts.review import ReviewDecision
-from orderflow.db import Order, Review
+from orderflow.db import Order, Payment, Review
 from orderflow.errors import UnknownReviewError
 from tests.helpers import payments, pending_order, stock, wait_review, wait_status
 
@@ -89,6 +89,30 @@ async def test_return_request_approved_refunds(
     with Session(engine) as session:
         order = session.get(Order, order_id)
         assert order is not None and order.status == "RETURNED"
+
+
+async def test_an_approved_return_refunds_the_payment_the_order_accepted_by_its_id(
+    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    """A real gateway given no payment id picks the order's newest payment, which after a
+    refunded duplicate capture is not the one kept; reconciliation needs refund_of too."""
+    skus = catalogue(boot=(180_000, 3))
+    order_id = (await pending_order(orders, [(skus["boot"], 1)])).id
+    await orders.payment_received(
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=180_000)
+    )
+    await wait_status(orders, order_id, "CONFIRMED")
+    await orders.shipped(order_id, Shipment(carrier="DTDC", tracking_number="X2"))
+    assert (await orders.result(order_id)).status == "SHIPPED"
+    review_id = await orders.request_return(order_id, "too tight")
+    await wait_review(orders, order_id)
+    await orders.decide_review(review_id, ReviewDecision(approve=True, reviewer="meena"))
+    await orders.client.get_workflow_handle(review_id).result()
+    with Session(engine) as session:
+        refunds = session.exec(
+            select(Payment).where(Payment.order_id == order_id, Payment.kind == "refund")
+        ).all()
+    assert [(r.refund_of, r.amount) for r in refunds] == [(f"pay-{order_id}", 180_000)]
 
 
 async def test_decision_needs_a_reviewer(
