@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -37,6 +38,18 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
 def _id(obj: Any) -> str:
     """The id of an expandable field, whether Stripe sent the id or the object."""
     return obj if isinstance(obj, str) else str(_field(obj, "id", ""))
+
+
+def _checkout_key(request: CheckoutRequest) -> str:
+    """One key per order and request: a repeat gets the same PaymentIntent, another card its own.
+
+    Stripe refuses a key sent again with other parameters, and answers a repeat with the first
+    result (a decline too) for 24 hours, so the order id alone would block a second checkout.
+    """
+    asked = (request.amount, request.currency.upper(), request.customer, request.payment_method,
+             request.capture_manually)  # fmt: skip
+    digest = hashlib.sha256(repr(asked).encode()).hexdigest()[:16]
+    return f"checkout-{request.order_id}-{digest}"
 
 
 class StripeGateway:
@@ -277,7 +290,7 @@ class StripeGateway:
     # --- checkout ---
 
     def create_checkout(self, request: CheckoutRequest) -> Checkout:
-        """A PaymentIntent for the order's total with `metadata.order_id` (one per order)."""
+        """A PaymentIntent for the order's total with `metadata.order_id` (one per request)."""
         params: dict[str, Any] = {
             "amount": request.amount,
             "currency": request.currency.lower(),
@@ -295,7 +308,7 @@ class StripeGateway:
             try:
                 intent = self.client.v1.payment_intents.create(
                     params=params,  # type: ignore[arg-type]
-                    options={"idempotency_key": f"checkout-{request.order_id}"},
+                    options={"idempotency_key": _checkout_key(request)},
                 )
             except stripe.CardError as err:  # declined at once; the webhook tells the order too
                 error = _field(err.json_body, "error", {})

@@ -492,3 +492,37 @@ def test_a_capture_attempt_after_one_whose_charge_landed_unseen_does_not_charge_
     charges = client.v1.charges.list(params={"customer": customer, "limit": 100}).data
     captured = [(c.amount, c.payment_intent) for c in charges if c.captured]
     assert captured == [(45_000, answer.payment_id)]  # charged once
+
+
+def test_a_second_checkout_of_an_order_with_another_card_is_not_refused_as_a_reused_key(
+    localstripe: LocalStripe,
+) -> None:
+    """Stripe refuses a key sent again with other parameters (idempotency_error) and answers a
+    repeat with the first result for 24 hours: a checkout's key is its order and its request."""
+    client = stripe.StripeClient(
+        STRIPE_TEST_KEY, base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+
+    def method() -> str:
+        return client.v1.payment_methods.create(
+            params={
+                "type": "card",
+                "card": {"number": GOOD_CARD, "exp_month": 12, "exp_year": 2031, "cvc": "123"},
+            }
+        ).id
+
+    proxy = StallingProxy(localstripe.url, stall_suffix="/none", stall=0).start()
+    try:
+        gateway = StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url)
+        order_id = new_order_id()
+        first, second = method(), method()
+        gateway.create_checkout(CheckoutRequest(order_id, 31_500, "INR"))  # the storefront's
+        gateway.create_checkout(CheckoutRequest(order_id, 31_500, "INR"))  # a double click
+        gateway.create_checkout(CheckoutRequest(order_id, 31_500, "INR", payment_method=first))
+        gateway.create_checkout(CheckoutRequest(order_id, 31_500, "INR", payment_method=second))
+        keys = proxy.keys("/v1/payment_intents")
+    finally:
+        proxy.stop()
+    assert len(keys) == 4 and all(order_id in k for k in keys)
+    assert keys[0] == keys[1]  # the same request: the same PaymentIntent
+    assert len({keys[1], keys[2], keys[3]}) == 3  # another card: its own PaymentIntent
