@@ -102,7 +102,10 @@ class StripeGateway:
                 return self._declined(problem)
             try:
                 intent = intents.capture(
-                    intent.id, options={"idempotency_key": request.idempotency_key}
+                    intent.id,
+                    # the order's total, not the whole hold (the rest is released)
+                    params={"amount_to_capture": request.amount},
+                    options={"idempotency_key": request.idempotency_key},
                 )
             except stripe.InvalidRequestError:
                 # past the key's 24 hours (or on a fake without keys) Stripe says "already
@@ -131,7 +134,9 @@ class StripeGateway:
                 if problem := self._amount_problem(earlier, request):
                     return self._declined(problem)
                 earlier = self.client.v1.payment_intents.capture(
-                    earlier.id, options={"idempotency_key": request.idempotency_key}
+                    earlier.id,
+                    params={"amount_to_capture": request.amount},
+                    options={"idempotency_key": request.idempotency_key},
                 )
             return self._captured(earlier, request)
         method = ""

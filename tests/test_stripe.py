@@ -526,3 +526,33 @@ def test_a_second_checkout_of_an_order_with_another_card_is_not_refused_as_a_reu
     assert len(keys) == 4 and all(order_id in k for k in keys)
     assert keys[0] == keys[1]  # the same request: the same PaymentIntent
     assert len({keys[1], keys[2], keys[3]}) == 3  # another card: its own PaymentIntent
+
+
+def test_an_authorisation_above_the_order_total_captures_the_total_not_the_authorisation(
+    localstripe: LocalStripe,
+) -> None:
+    client = stripe.StripeClient(
+        STRIPE_TEST_KEY, base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+    method = client.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": GOOD_CARD, "exp_month": 12, "exp_year": 2031, "cvc": "123"},
+        }
+    ).id
+    gateway = StripeGateway(STRIPE_TEST_KEY, api_base=localstripe.url)
+    order_id = new_order_id()
+    held = gateway.create_checkout(
+        CheckoutRequest(order_id, 50_000, "INR", payment_method=method, capture_manually=True)
+    )
+    assert held.status == "requires_capture"
+    key = gateway_idempotency_key(order_id, PaymentKind.CAPTURE, 1, held.payment_id)
+    answer = gateway.capture(
+        GatewayRequest(order_id, PaymentKind.CAPTURE, 31_500, 1, key, "INR", held.payment_id)
+    )
+    assert answer.succeeded, answer.detail
+    intent = client.v1.payment_intents.retrieve(held.payment_id)
+    latest = intent.latest_charge
+    charge = client.v1.charges.retrieve(latest if isinstance(latest, str) else latest.id)
+    # the order's total; the rest of the hold is let go (localstripe shows it as refunded)
+    assert charge.amount - charge.amount_refunded == 31_500
