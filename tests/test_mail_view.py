@@ -107,6 +107,9 @@ def test_shipping_and_reset_mails_carry_the_seeds_links(mail_engine: Engine) -> 
         ("send-shipping-notification", {"orderNumber": "o-1", "trackingUrl": "javascript:x()"},
          "data.trackingUrl is not an http(s) link"),
         ("send-password-reset", {"name": "Meera"}, "data has no resetUrl"),
+        ("send-order-confirmation",  # a digit to str.isdigit, not to int()
+         {"orderNumber": "o-1", "items": [{"name": "Mug", "qty": "²", "price": 1}], "total": 1},
+         "data.items[0] '²' is not a whole number"),
     ],
 )  # fmt: skip
 def test_a_missing_or_unreadable_field_fails_the_job_unrecoverably_naming_it(
