@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from orderflow.contracts.mail import EMAIL_QUEUE, EmailJob
 from orderflow.contracts.order import NotificationKind, NotifyInput, NotifyResult
-from orderflow.db import Invoice, Order, OrderItem
+from orderflow.db import Invoice, Order, OrderItem, reader
 from orderflow.money import to_major
 
 # email-queue job name and subject per notification (job names as in the seed)
@@ -35,6 +35,7 @@ class NotificationActivities:
 
     def __init__(self, engine: Engine, email_queue: JobQueue) -> None:
         self.engine = engine
+        self.reads = reader(engine)  # read-only transactions: on SQLite they take no write lock
         self.email_queue = email_queue
 
     @activity.defn
@@ -48,7 +49,7 @@ class NotificationActivities:
         return NotifyResult(job_id=job_id, channel=EMAIL_QUEUE)
 
     def _job_data(self, data: NotifyInput, subject: str) -> dict[str, Any]:
-        with Session(self.engine) as session:
+        with Session(self.reads) as session:
             order = session.get(Order, data.order_id)
             if order is None:
                 raise ApplicationError(

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     inventory_concurrency: int = 8
     reviews_concurrency: int = 1
     graceful_shutdown_seconds: float = 30.0
+    # Workflow runs kept in each worker's memory between tasks (an evicted one is rebuilt by
+    # replaying its history): bounds a worker's memory however many orders are pending
+    max_cached_workflows: int = 1000
+    # Run workflow code in Temporal's sandbox (re-imports each workflow's module per run and
+    # proxies its calls: about a third more worker CPU per order). The unit tier and the replay
+    # test always run it sandboxed, which is where non-deterministic calls are caught.
+    workflow_sandbox: bool = False
     # Order rules
     payment_timeout_seconds: float = 3600.0  # seed: auto-cancel pending orders after 1 hour
     payment_retry_attempts: int = 3  # seed: payment retry 3 attempts ...
