@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
@@ -42,7 +43,8 @@ class NotificationActivities:
     async def notify(self, data: NotifyInput) -> NotifyResult:
         """Enqueue one mail with a deterministic job id, so a retried activity never mails twice."""
         job_name, subject = JOBS[data.kind]
-        job_data = self._job_data(data, subject)
+        # the database read runs off the event loop, which also runs every workflow activation
+        job_data = await asyncio.to_thread(self._job_data, data, subject)
         # no ":" in the id: Node BullMQ refuses it in custom job ids
         job_id = f"{data.kind.value}-{data.order_id}"
         await self.email_queue.add(job_name, job_data, {"jobId": job_id})

@@ -169,8 +169,9 @@ class OrderActivities:
                 invoice = self._render_invoice(session, order, data)
                 session.add(invoice)
             self._set_status(session, order.id, OrderStatus.CONFIRMED)
+            number = invoice.number  # read before the commit expires it (a reload is a transaction)
             session.commit()
-            return ConfirmResult(invoice_number=invoice.number)
+            return ConfirmResult(invoice_number=number)
 
     @activity.defn
     def set_status(self, data: StatusInput) -> None:
