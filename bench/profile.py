@@ -24,19 +24,20 @@ MARKER = "bench: orders phase"
 
 # first matching pattern names the area of a sample (most specific first)
 AREAS = [
+    ("sandbox: new run (re-import of the workflow module)", r"_create_workflow_instance"),
     (
-        "sandbox: imports and restrictions",
+        "sandbox: import hooks and restrictions",
         r"workflow_sandbox/_importer|workflow_sandbox/_restrictions",
     ),
-    ("sandbox: instance creation", r"_create_workflow_instance"),
-    ("workflow code and activations", r"worker/_workflow_instance|workflow_sandbox/_in_sandbox"),
-    ("payload conversion", r"temporalio/converter"),
+    ("payload conversion", r"temporalio/converter|bridge/_visitor|_command_aware_visitor"),
+    ("workflow code and activations", r"worker/_workflow_instance"),
+    ("sandbox: per-activation wrapper", r"workflow_sandbox/"),
     ("tracing interceptor", r"opentelemetry|temporal_tracing|contrib/opentelemetry"),
     ("database (SQLAlchemy + sqlite3)", r"sqlalchemy/|sqlmodel/|sqlite3"),
     ("invoice template (Jinja2)", r"jinja2/"),
     ("email queue (bullmq, redis)", r"bullmq/|redis/"),
     ("bench client and poller", r"main\.<locals>|app/client.py|temporalio/client.py"),
-    ("activity worker", r"worker/_activity.py"),
+    ("activity worker (poll, threads, complete)", r"worker/_activity.py"),
     ("workflow worker (poll, complete)", r"worker/_workflow.py"),
     ("asyncio / threads", r"asyncio/|concurrent/futures|threading.py"),
 ]
@@ -59,8 +60,8 @@ def summarize(raw: Path, top: int) -> str:
         for frame in set(frames):
             inclusive[frame] += n
         areas[next((name for name, pat in AREAS if re.search(pat, stack)), "other")] += n
-    out = [f"{total} samples (GIL held)", "", "area                                   share"]
-    out += [f"{name:38} {n / total:6.1%}" for name, n in areas.most_common()]
+    out = [f"{total} samples (GIL held)", "", f"{'area':52} share"]
+    out += [f"{name:52} {n / total:6.1%}" for name, n in areas.most_common()]
     out += ["", "inclusive                                                        share"]
     skip = re.compile(
         r"^(<module>|run \(asyncio|Runner\.|BaseEventLoop\.|Handle\._run|Thread\.|_worker \(|_WorkItem)"

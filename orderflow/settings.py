@@ -53,9 +53,9 @@ class Settings(BaseSettings):
     # Workflow runs kept in each worker's memory between tasks (an evicted one is rebuilt by
     # replaying its history): bounds a worker's memory however many orders are pending
     max_cached_workflows: int = 1000
-    # Run workflow code in Temporal's sandbox (re-imports each workflow's module per run and
-    # proxies its calls: about a third more worker CPU per order). The unit tier and the replay
-    # test always run it sandboxed, which is where non-deterministic calls are caught.
+    # Run workflow code in Temporal's sandbox (it re-imports the workflow's module for every run
+    # and wraps every activation: a quarter of the orders worker's CPU, bench/README.md). The
+    # unit tier and the replay test always run it sandboxed: non-deterministic calls fail there.
     workflow_sandbox: bool = False
     # Order rules
     payment_timeout_seconds: float = 3600.0  # seed: auto-cancel pending orders after 1 hour

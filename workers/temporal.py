@@ -71,7 +71,7 @@ def workflow_runner(settings: Settings) -> WorkflowRunner:
     """Temporal's sandbox if `workflow_sandbox` is set, else workflow code runs as it is.
 
     The sandbox re-imports the workflow's module for every run and wraps every activation
-    (bench/README.md: most of the difference between an order's and a no-op's worker CPU).
+    (bench/README.md: a quarter of the orders worker's CPU per order).
     Every other module is already passed through; the unit tier (tests/unit) and the replay test
     run the workflows in the default sandbox, which catches non-deterministic calls there.
     """
