@@ -80,14 +80,16 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--raw", type=Path, help="keep py-spy's raw output here")
-    parser.add_argument("bench_args", nargs="*", help="for bench/orders.py (default: --orders 800)")
+    parser.add_argument(
+        "bench_args", nargs="*", help="for bench/orders.py (default: --orders 800 --rounds 1)"
+    )
     args = parser.parse_args()
     raw = args.raw or Path(tempfile.mkdtemp(prefix="orderflow-profile-")) / "orders.txt"
     bench = subprocess.Popen(
         [
             sys.executable,
             str(ROOT / "bench" / "orders.py"),
-            *(args.bench_args or ["--orders", "800"]),
+            *(args.bench_args or ["--orders", "800", "--rounds", "1"]),
         ],
         stderr=subprocess.PIPE,
         text=True,
