@@ -3,8 +3,10 @@ SHELL := /bin/bash
 UV := python3 -m uv
 VENV := .venv
 NODE_DIR := tests/node
+# Node packages, each folder from its package-lock.json: the interop peers and bull-board
+NODE_DIRS := $(NODE_DIR) tools/bull-board
 
-.PHONY: install system-deps python-deps node-deps run test test-unit test-stress test-distributed lint format typecheck bench demo clean
+.PHONY: install system-deps python-deps node-deps bull-board run test test-unit test-stress test-distributed lint format typecheck bench demo clean
 
 install: system-deps python-deps node-deps
 
@@ -26,9 +28,18 @@ python-deps:
 	@# bytecode for our packages: Temporal's sandbox re-imports workflow modules on every run
 	@$(VENV)/bin/python -m compileall -q orderflow bridge payments mail activities workflows workers app
 
+# npm ci again when the lock is newer than what was installed (node_modules/.package-lock.json)
 node-deps:
-	@if [ -f $(NODE_DIR)/package.json ]; then \
-	  [ -d $(NODE_DIR)/node_modules ] || npm ci --prefix $(NODE_DIR) --silent --no-audit --no-fund; fi
+	@for dir in $(NODE_DIRS); do \
+	  if [ ! -f $$dir/node_modules/.package-lock.json ] || \
+	     [ $$dir/package-lock.json -nt $$dir/node_modules/.package-lock.json ]; then \
+	    npm ci --prefix $$dir --silent --no-audit --no-fund || exit 1; fi; \
+	done
+
+# bull-board, the Node dashboard of BullMQ queues, over the bridge queues (optional; needs Redis
+# up, e.g. `make run` in another shell): http://127.0.0.1:3000/ (BULL_BOARD_PORT, BULL_BOARD_HOST)
+bull-board: python-deps node-deps
+	@BULL_BOARD_CONFIG="$$($(VENV)/bin/python tools/bull-board/config.py)" node tools/bull-board/server.js
 
 run: install
 	$(VENV)/bin/orderflow run
@@ -77,6 +88,7 @@ bench: install
 	$(VENV)/bin/python bench/orders.py
 	$(VENV)/bin/python bench/bridge.py
 	$(VENV)/bin/python bench/webhooks.py
+	$(VENV)/bin/python bench/cli.py
 
 clean:
 	rm -rf data .pytest_cache

@@ -6,21 +6,30 @@ from sqlalchemy import or_
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from orderflow.contracts.payment import GatewayRequest, GatewayResponse, PaymentStatus
+from orderflow.contracts.payment import (
+    GatewayRequest,
+    GatewayResponse,
+    PaymentKind,
+    PaymentStatus,
+)
 from orderflow.db import Payment
-from payments.gateway import PaymentGateway, call
+from payments.gateway import GatewayConfigError, PaymentGateway, call
 
 
 class PaymentActivities:
-    """Calls the gateway; a decline comes back as an answer, a network error is retried."""
+    """Calls the gateway; a decline comes back as an answer, a network error is retried.
 
-    def __init__(
-        self, engine: Engine, gateway: PaymentGateway, provider: str = "simulated"
-    ) -> None:
+    GatewayUnavailableError (timeout, rate limit, 5xx) propagates, so Temporal retries the
+    activity with the same request and idempotency key; a refusal of our setup (bad key)
+    fails the attempt without those retries.
+    """
+
+    def __init__(self, engine: Engine, gateway: PaymentGateway, provider: str = "") -> None:
         self.engine = engine
         self.gateway = gateway
-        self.provider = provider
+        self.provider = provider or gateway.name
 
     @activity.defn
     def call_gateway(self, request: GatewayRequest) -> GatewayResponse:
@@ -41,7 +50,10 @@ class PaymentActivities:
                     detail="replayed",
                     provider=self.provider,
                 )
-        response = call(self.gateway, request)
+        try:
+            response = call(self.gateway, request)
+        except GatewayConfigError as err:
+            raise ApplicationError(str(err), type="GatewayConfigError", non_retryable=True) from err
         response.provider = self.provider
         with Session(self.engine) as session:
             # a success is filed under the gateway's payment id, a decline under our key
@@ -55,6 +67,7 @@ class PaymentActivities:
                     currency=request.currency,
                     status=PaymentStatus.SUCCEEDED if response.succeeded else PaymentStatus.FAILED,
                     detail=key if response.succeeded else response.detail,
+                    refund_of=request.payment_id if request.kind is PaymentKind.REFUND else "",
                 )
             )
             session.commit()

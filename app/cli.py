@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import sys
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from app.cli_support import connect_or_explain
 from app.cli_support import run_command as _run
-from app.client import OrderClient
 from app.queues_cli import queues_app
-from app.temporal import connect
-from orderflow.contracts.order import OrderLine, PaymentFailed, PaymentReceived, Shipment
 from orderflow.contracts.review import ReviewDecision
-from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
 from orderflow.money import format_money, to_minor
-from orderflow.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from app.client import OrderClient
+    from orderflow.settings import Settings
+
+# Commands import what they use inside their bodies: `orderflow --help` (and every command's help)
+# must not pay for temporalio, SQLAlchemy, Redis or OpenTelemetry (tests/unit/test_cli.py).
 
 app = typer.Typer(
     help="orderflow: durable order workflows and BullMQ-compatible job queues.",
@@ -45,9 +49,24 @@ T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
+def _settings() -> Settings:
+    from orderflow.settings import Settings
+
+    return Settings.from_env()
+
+
+def _engine() -> Engine:
+    from orderflow.db import make_engine
+
+    return make_engine(_settings().db_url)
+
+
 async def _client() -> OrderClient:
-    settings = Settings.from_env()
-    return OrderClient(await connect(settings), settings, make_engine(settings.db_url))
+    from app.client import OrderClient
+    from orderflow.db import make_engine
+
+    settings = _settings()
+    return OrderClient(await connect_or_explain(settings), settings, make_engine(settings.db_url))
 
 
 def _print(obj: Any, as_json: bool) -> None:
@@ -92,7 +111,7 @@ def run(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every connection
-    _run(run_system)(Settings.from_env(), part or PARTS)
+    _run(run_system)(_settings(), part or PARTS)
 
 
 @app.command()
@@ -115,6 +134,8 @@ async def orders_start(
     ] = None,
 ) -> None:
     """Start an order (starting the same id again is a no-op)."""
+    from orderflow.contracts.order import OrderLine
+
     lines = []
     for spec in item:
         sku, _, qty = spec.partition(":")
@@ -140,6 +161,8 @@ async def orders_pay(
     as_json: JsonOpt = False,
 ) -> None:
     """Report a payment; prints whether the order accepted it."""
+    from orderflow.contracts.order import PaymentReceived
+
     client = await _client()
     state = await client.status(order_id)
     payment = PaymentReceived(
@@ -163,6 +186,8 @@ async def orders_fail(
     reason: Annotated[str, typer.Option(help="The gateway's reason")] = "declined",
 ) -> None:
     """Report a failed capture: the order retries it (3 attempts, an hour apart by default)."""
+    from orderflow.contracts.order import PaymentFailed
+
     await (await _client()).payment_failed(
         order_id, PaymentFailed(payment_id=payment_id or f"failed-{order_id}", reason=reason)
     )
@@ -187,6 +212,8 @@ async def orders_ship(
     tracking: Annotated[str, typer.Option()] = "",
 ) -> None:
     """Mark a confirmed order shipped."""
+    from orderflow.contracts.order import Shipment
+
     await (await _client()).shipped(order_id, Shipment(carrier=carrier, tracking_number=tracking))
     typer.echo(f"order {order_id}: shipment reported")
 
@@ -266,8 +293,8 @@ def products_list(as_json: JsonOpt = False) -> None:
 
     from orderflow.db import Product
 
-    settings = Settings.from_env()
-    with Session(make_engine(settings.db_url)) as session:
+    settings = _settings()
+    with Session(_engine()) as session:
         rows = [p.model_dump() for p in session.exec(select(Product).order_by(Product.sku)).all()]
     if as_json:
         _print(rows, True)
@@ -282,7 +309,7 @@ def products_seed() -> None:
     """Add the starter catalogue's missing products."""
     from app.catalogue import seed
 
-    typer.echo(f"added {seed(make_engine(Settings.from_env().db_url))} products")
+    typer.echo(f"added {seed(_engine())} products")
 
 
 @gateway_app.command("script")
@@ -294,7 +321,7 @@ def gateway_script(
     """Tell the simulated gateway how to answer one order's captures."""
     from payments.gateway import SimulatedGateway
 
-    SimulatedGateway(make_engine(Settings.from_env().db_url)).set_rule(
+    SimulatedGateway(_engine()).set_rule(
         order_id, fail_captures=fail_captures, decline_all=decline_all
     )
     typer.echo(
@@ -315,7 +342,7 @@ def db_upgrade(
     from orderflow.schema import upgrade
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    engine = make_engine(Settings.from_env().db_url)
+    engine = _engine()
     typer.echo(f"database at revision {', '.join(sorted(upgrade(engine, revision)))}")
 
 
@@ -324,7 +351,7 @@ def db_current() -> None:
     """Print the database's revision and this code's head; exit 1 unless they match."""
     from orderflow.schema import current_revisions, head_revisions
 
-    current = current_revisions(make_engine(Settings.from_env().db_url))
+    current = current_revisions(_engine())
     heads = head_revisions()
     typer.echo(
         f"database {', '.join(sorted(current)) or '(empty)'}; code {', '.join(sorted(heads))}"
@@ -363,6 +390,7 @@ async def webhooks_sample(
     ] = False,
 ) -> None:
     """Write a gateway-shaped event for an order and print the signed curl command that posts it."""
+    from asyncio import to_thread
     from pathlib import Path
 
     from payments.samples import sample_event
@@ -373,8 +401,8 @@ async def webhooks_sample(
     body = sample_event(
         provider, order_id, total, state.currency, outcome="failed" if failed else "paid"
     )
-    await asyncio.to_thread(Path(out).write_bytes, body)
-    typer.echo(curl_command(provider, out, Settings.from_env()))
+    await to_thread(Path(out).write_bytes, body)
+    typer.echo(curl_command(provider, out, _settings()))
 
 
 @webhooks_app.command("sign")
@@ -386,7 +414,7 @@ def webhooks_sign(
     """Print a curl command that posts BODY_FILE signed with the configured webhook secret."""
     from payments.signatures import curl_command
 
-    typer.echo(curl_command(provider, body_file, Settings.from_env(), url=url))
+    typer.echo(curl_command(provider, body_file, _settings(), url=url))
 
 
 def main() -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from orderflow.errors import OrderflowError
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from orderflow.settings import Settings
 
 T = TypeVar("T")
 
@@ -19,6 +23,8 @@ def run_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
+        import asyncio  # here, not at the top: `orderflow --help` need not load it
+
         try:
             return asyncio.run(fn(*args, **kwargs))
         except OrderflowError as err:
@@ -26,3 +32,19 @@ def run_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
             raise typer.Exit(1) from err
 
     return wrapper
+
+
+async def connect_or_explain(settings: Settings, seconds: float = 10.0) -> Client:
+    """A Temporal client, or an OrderflowError saying where we looked (never a traceback)."""
+    import asyncio
+
+    from app.temporal import connect
+
+    try:
+        return await asyncio.wait_for(connect(settings), seconds)
+    except (TimeoutError, RuntimeError) as err:  # the SDK's connection failure, or no answer
+        first_line = str(err).splitlines()[0] if str(err) else f"no answer in {seconds:g} s"
+        raise OrderflowError(
+            f"cannot reach Temporal at {settings.temporal_address} (ORDERFLOW_TEMPORAL_ADDRESS, "
+            f"namespace {settings.temporal_namespace}): {first_line}"
+        ) from err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from typing import Any
 
@@ -38,6 +39,7 @@ from orderflow.contracts.order import (
     Shipment,
     order_workflow_id,
 )
+from orderflow.contracts.payment import Checkout, CheckoutRequest
 from orderflow.contracts.review import (
     REVIEWS_TASK_QUEUE,
     PendingReview,
@@ -48,7 +50,7 @@ from orderflow.contracts.review import (
     ReviewStatus,
     review_workflow_id,
 )
-from orderflow.db import Order, Review
+from orderflow.db import Order, Review, make_engine
 from orderflow.errors import (
     InvalidOrderError,
     OrderClosedError,
@@ -57,6 +59,7 @@ from orderflow.errors import (
 )
 from orderflow.money import to_minor
 from orderflow.settings import Settings
+from payments.gateway import PaymentGateway, make_gateway
 from workflows.order import OrderWorkflow
 from workflows.review import ManualReviewWorkflow
 
@@ -83,11 +86,47 @@ class OrderClient:
         engine: Engine | None = None,
         *,
         task_queue: str = ORDERS_TASK_QUEUE,
+        gateway: PaymentGateway | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.engine = engine
         self.task_queue = task_queue
+        self._gateway = gateway  # for checkouts; default: the configured one (ORDERFLOW_GATEWAY)
+
+    @property
+    def gateway(self) -> PaymentGateway:
+        """The payment gateway checkouts are opened at."""
+        if self._gateway is None:
+            engine = self.engine if self.engine is not None else make_engine(self.settings.db_url)
+            self._gateway = make_gateway(self.settings, engine)
+        return self._gateway
+
+    async def create_checkout(
+        self,
+        order_id: str,
+        *,
+        customer: str = "",
+        payment_method: str = "",
+        capture_manually: bool = False,
+    ) -> Checkout:
+        """Open the gateway's checkout for an order waiting for payment, for its exact total.
+
+        The PaymentIntent (Razorpay: order) carries `metadata.order_id`, so the gateway's
+        webhook finds the order. With `payment_method` (a saved card) it is confirmed at once.
+        """
+        state = await self.status(order_id)
+        if state.status not in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING):
+            raise OrderClosedError(order_id, f"it is {state.status}, no checkout to open")
+        request = CheckoutRequest(
+            order_id=order_id,
+            amount=state.total,
+            currency=state.currency,
+            customer=customer,
+            payment_method=payment_method,
+            capture_manually=capture_manually,
+        )
+        return await asyncio.to_thread(self.gateway.create_checkout, request)
 
     def _handle(self, order_id: str) -> WorkflowHandle[OrderWorkflow, OrderResult]:
         return self.client.get_workflow_handle_for(OrderWorkflow.run, order_workflow_id(order_id))

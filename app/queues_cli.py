@@ -1,4 +1,8 @@
-"""`orderflow queues …`: inspect and operate the bridge queues (tables for people, --json for scripts)."""
+"""`orderflow queues …`: inspect and operate the bridge queues (tables for people, --json for scripts).
+
+With no command it also shows the Temporal task queues (backlog, pollers), so one command shows
+every queue of the system.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,35 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from app.cli_support import connect_or_explain
 from app.cli_support import run_command as _run
-from bridge.admin import QueueAdmin, find_spec
-from bridge.specs import queue_specs
 from orderflow.errors import OrderflowError
-from orderflow.settings import Settings
+
+if TYPE_CHECKING:  # imported when a command runs, so `--help` stays light
+    from app.task_queues import TaskQueueState
+    from bridge.admin import QueueAdmin
+    from bridge.specs import QueueSpec
+    from orderflow.settings import Settings
 
 T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 QueueArg = Annotated[str, typer.Argument(help="Queue name (or a unique prefix, e.g. 'email')")]
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# `orderflow queues` waits no longer for Temporal: the bridge queues are shown even if it is down
+TEMPORAL_CONNECT_SECONDS = 5.0
+BRIDGE_COLUMNS = ["queue", "waiting", "active", "delayed", "prioritized", "completed", "failed"]
+BRIDGE_COLUMNS += ["dlq", "is_paused", "completed_recent", "failed_recent"]
+TASK_QUEUE_COLUMNS = ["task_queue", "type", "backlog", "backlog_age_seconds", "pollers"]
+TASK_QUEUE_COLUMNS += ["add_rate", "dispatch_rate"]
 
 queues_app = typer.Typer(
-    help="Bridge queues: counts, failed jobs, retries, DLQ, cleaning, pause/resume, job details.",
+    help="Bridge queues (counts, failed jobs, retries, DLQ, cleaning, pause/resume, job details)"
+    " and, with no command, the Temporal task queues (backlog, pollers).",
     invoke_without_command=True,
 )
 dlq_app = typer.Typer(help="Dead-letter queues: list, re-drive, purge.", no_args_is_help=True)
@@ -63,16 +78,26 @@ def _emit(data: Any, as_json: bool, text: Callable[[], str]) -> None:
     typer.echo(json.dumps(data, indent=2, default=str) if as_json else text())
 
 
-def _admin(queue: str) -> QueueAdmin:
+def _settings_and_specs() -> tuple[Settings, dict[str, QueueSpec]]:
+    from bridge.specs import queue_specs
+    from orderflow.settings import Settings
+
     settings = Settings.from_env()
-    return QueueAdmin(find_spec(queue_specs(settings), queue), settings.redis_url)
+    return settings, queue_specs(settings)
+
+
+def _admin(queue: str) -> QueueAdmin:
+    from bridge.admin import QueueAdmin, find_spec
+
+    settings, specs = _settings_and_specs()
+    return QueueAdmin(find_spec(specs, queue), settings.redis_url)
 
 
 @queues_app.callback()
 def queues_main(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """With no command: counts of every queue (as BullMQ getJobCounts), DLQ and throughput."""
+    """With no command: every bridge queue (getJobCounts, DLQ, throughput) and task queue."""
     if ctx.invoked_subcommand is None:
-        _run(_counts)(as_json)
+        _run(_overview)(as_json)
 
 
 @queues_app.command("counts")
@@ -81,18 +106,54 @@ def counts(as_json: JsonOpt = False) -> None:
     _run(_counts)(as_json)
 
 
-async def _counts(as_json: bool) -> None:
-    settings = Settings.from_env()
+async def _bridge_rows(settings: Settings, specs: dict[str, QueueSpec]) -> list[dict[str, Any]]:
+    from bridge.admin import QueueAdmin
+
     rows = []
-    for spec in queue_specs(settings).values():
+    for spec in specs.values():
         admin = QueueAdmin(spec, settings.redis_url)
         try:
             rows.append((await admin.counts()).to_dict())
         finally:
             await admin.close()
-    columns = ["queue", "waiting", "active", "delayed", "prioritized", "completed", "failed"]
-    columns += ["dlq", "is_paused", "completed_recent", "failed_recent"]
-    _emit(rows, as_json, lambda: table(rows, columns))
+    return rows
+
+
+async def task_queue_states(settings: Settings) -> list[TaskQueueState]:
+    """The task queues of every Temporal worker, from the configured server and namespace."""
+    from app.task_queues import describe_task_queues
+    from workers.temporal import TASK_QUEUES
+
+    client = await connect_or_explain(settings, TEMPORAL_CONNECT_SECONDS)
+    return await describe_task_queues(client, TASK_QUEUES)
+
+
+async def _counts(as_json: bool) -> None:
+    rows = await _bridge_rows(*_settings_and_specs())
+    _emit(rows, as_json, lambda: table(rows, BRIDGE_COLUMNS))
+
+
+async def _overview(as_json: bool) -> None:
+    settings, specs = _settings_and_specs()
+    bridge = await _bridge_rows(settings, specs)
+    error = ""
+    try:
+        temporal = [q.to_dict() for q in await task_queue_states(settings)]
+    except OrderflowError as err:
+        temporal, error = [], str(err)
+    data: dict[str, Any] = {"bridge": bridge, "temporal": temporal}
+    if error:
+        data["temporal_error"] = error
+
+    def text() -> str:
+        lines = ["Bridge queues (BullMQ)", table(bridge, BRIDGE_COLUMNS), ""]
+        lines.append(f"Temporal task queues ({settings.temporal_namespace})")
+        lines.append(table(temporal, TASK_QUEUE_COLUMNS) if temporal else "(not shown)")
+        return "\n".join(lines)
+
+    _emit(data, as_json, text)
+    if error:  # everything readable was shown; a script still learns that a part is missing
+        raise OrderflowError(error)
 
 
 @queues_app.command("failed")

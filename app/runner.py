@@ -85,9 +85,12 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
     if unknown := set(parts) - set(PARTS):
         raise OrderflowError(f"unknown part(s) {sorted(unknown)}: choose from {', '.join(PARTS)}")
     settings.check_production_secrets()
+    settings.check_gateway()
     if settings.production_shaped and settings.allow_insecure_secrets:
         for problem in settings.insecure_secrets():
             log.warning("ORDERFLOW_ALLOW_INSECURE_SECRETS: starting although %s", problem)
+    if settings.production_shaped and settings.gateway == "simulated":
+        log.warning("ORDERFLOW_ALLOW_SIMULATED_GATEWAY: payments are simulated, no money moves")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

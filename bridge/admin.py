@@ -24,6 +24,9 @@ COUNT_TYPES = ("waiting", "active", "delayed", "prioritized", "paused", "complet
 # Queue.clean's set names; "waiting" is accepted for "wait"
 CLEANABLE = ("completed", "failed", "wait", "delayed", "prioritized", "paused", "active")
 THROUGHPUT_WINDOW_SECONDS = 300  # "recent throughput": jobs finished in the last 5 minutes
+MINUTE_MS = 60_000  # BullMQ's metrics granularity is fixed at one minute
+TIMED_JOBS = 1000  # processing times come from at most this many newest completed jobs
+PERCENTILES = (50, 90, 99)
 
 
 class UnknownQueueError(OrderflowError):
@@ -94,6 +97,58 @@ class JobInfo:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Throughput:
+    """Jobs completed and failed per minute (BullMQ's metrics), oldest minute first."""
+
+    queue: str
+    minutes: list[int]  # each minute's start, Unix ms
+    completed: list[int]
+    failed: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for --json and templates."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ProcessingTimes:
+    """Percentiles of processedOn → finishedOn over recently completed jobs, in ms."""
+
+    queue: str
+    jobs: int  # how many completed jobs they were taken from
+    percentiles: dict[int, int]  # {50: ms, 90: ms, 99: ms}; empty without jobs
+    max_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for --json and templates."""
+        return asdict(self)
+
+
+def per_minute(meta: list[Any], data: list[Any], first_minute: int, minutes: int) -> list[int]:
+    """BullMQ's metrics as one count per minute from `first_minute` (minute number, ms // 60000).
+
+    BullMQ (collectMetrics in moveToFinished) keeps the minute of `prevTS` open as
+    `count - prevCount` and pushes it to the head of the data list when the first job of a later
+    minute finishes (with a zero for each minute without jobs), so data[i] is the count of the
+    i+1-th minute before the open one.
+    """
+    count, prev_ts, prev_count = (int(v) if v not in (None, b"", "") else None for v in meta)
+    by_minute: dict[int, int] = {}
+    if prev_ts is not None:
+        open_minute = prev_ts // MINUTE_MS
+        by_minute[open_minute] = (count or 0) - (prev_count or 0)
+        for i, point in enumerate(data):
+            by_minute[open_minute - 1 - i] = int(point or 0)
+    return [by_minute.get(first_minute + i, 0) for i in range(minutes)]
+
+
+def percentile(sorted_values: list[int], pct: int) -> int:
+    """The nearest-rank percentile of an ascending list."""
+    rank = max(1, -(-pct * len(sorted_values) // 100))
+    return sorted_values[rank - 1]
+
+
 def clean_set(state: str) -> str:
     """Queue.clean's name for a state ("waiting" → "wait")."""
     name = "wait" if state == "waiting" else state
@@ -134,6 +189,44 @@ class QueueAdmin:
             is_paused=bool(await self.queue.isPaused()),
             completed_recent=int(done),
             failed_recent=int(failed),
+        )
+
+    async def throughput(self, minutes: int = 60, now_ms: int | None = None) -> Throughput:
+        """Jobs completed and failed in each of the last `minutes` minutes (BullMQ getMetrics)."""
+        now_minute = (now_ms if now_ms is not None else int(time.time() * 1000)) // MINUTE_MS
+        first = now_minute - minutes + 1
+        commands: list[list[Any]] = []
+        for kind in ("completed", "failed"):
+            key = self.keys["metrics:" + kind]
+            commands.append(["HMGET", key, "count", "prevTS", "prevCount"])
+            commands.append(["LRANGE", key + ":data", 0, minutes])
+        done_meta, done_data, failed_meta, failed_data = await self.client.pipeline(commands)
+        return Throughput(
+            queue=self.spec.name,
+            minutes=[(first + i) * MINUTE_MS for i in range(minutes)],
+            completed=per_minute(done_meta, done_data, first, minutes),
+            failed=per_minute(failed_meta, failed_data, first, minutes),
+        )
+
+    async def processing_times(
+        self, window_seconds: float = 3600, limit: int = TIMED_JOBS
+    ) -> ProcessingTimes:
+        """Percentiles of how long the newest completed jobs of the window ran."""
+        since = int((time.time() - window_seconds) * 1000)
+        ids = await self.client.execute(
+            "ZREVRANGEBYSCORE", self.keys["completed"], "+inf", since, "LIMIT", 0, limit
+        )
+        rows = await self.client.pipeline(
+            [["HMGET", self.keys.job(str(i)), "processedOn", "finishedOn"] for i in ids]
+        ) if ids else []  # fmt: skip
+        took = sorted(
+            int(end) - int(start) for start, end in rows if start and end and int(end) >= int(start)
+        )
+        return ProcessingTimes(
+            queue=self.spec.name,
+            jobs=len(took),
+            percentiles={p: percentile(took, p) for p in PERCENTILES} if took else {},
+            max_ms=took[-1] if took else 0,
         )
 
     async def job(self, job_id: str, *, with_logs: bool = True) -> JobInfo:

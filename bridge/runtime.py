@@ -10,6 +10,7 @@ unfinished jobs back to the queue.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
 import itertools
@@ -31,6 +32,7 @@ from bridge.redis_client import Arg, RedisClient, RedisReplyError
 from bridge.scripts import (
     Keys,
     bullmq_script,
+    complete_script,
     dead_letter_script,
     rate_limit_script,
     release_dead_locks_script,
@@ -122,6 +124,11 @@ def _failure_kind(err: BaseException) -> str:
     return "connection"
 
 
+def node_worker_prefix(spec: QueueSpec) -> str:
+    """`<prefix>:<base64 queue name>:w:`, how Node BullMQ's getWorkers finds a queue's workers."""
+    return f"{spec.prefix}:{base64.b64encode(spec.name.encode()).decode()}:w:"
+
+
 def keep_jobs(remove: Any) -> dict[str, Any]:
     """BullMQ's removeOnComplete/removeOnFail as the keepJobs option of moveToFinished."""
     if isinstance(remove, bool) or remove is None:
@@ -149,8 +156,11 @@ class BridgeWorker:
         self.id = uuid.uuid4().hex
         self.name = name or f"orderflow:{spec.name}:{self.id[:8]}"
         self.keys = Keys(spec.prefix, spec.name)
-        # the full id in the connection names lets other workers see this one is alive
-        self.client = RedisClient(redis_url, name=f"{self.name}:{self.id}")
+        # the full id in the connection names lets other workers see this one is alive; the main
+        # one is named as Node BullMQ names a worker's, so Node tools (getWorkers, bull-board) list it
+        self.client = RedisClient(
+            redis_url, name=f"{node_worker_prefix(spec)}{self.name}:{self.id}"
+        )
         self.blocking = RedisClient(redis_url, name=f"{self.name}:{self.id}:blocking")
         self.processed = 0
         self.failed = 0
@@ -171,7 +181,7 @@ class BridgeWorker:
 
     def _prepare_scripts(self) -> None:
         k = self.keys
-        self._finish_script = self.client.register(bullmq_script("moveToFinished-14.lua"))
+        self._finish_script = self.client.register(complete_script())  # + drops a DLQ entry
         self._dlq_script = self.client.register(dead_letter_script())
         self._active_script = self.client.register(bullmq_script("moveToActive-11.lua"))
         self._delay_script = self.client.register(bullmq_script("moveToDelayed-11.lua"))
@@ -454,7 +464,8 @@ class BridgeWorker:
         opts = msgpack.packb(
             {"token": job.token, "keepJobs": keep_jobs(remove), "limiter": None,
              "lockDuration": self.spec.lock_duration_ms, "attempts": job.attempts,
-             "attemptsMade": job.attempts_made, "maxMetricsSize": "", "fpof": False,
+             "attemptsMade": job.attempts_made, "fpof": False,
+             "maxMetricsSize": self.spec.metrics_max_data_points or "",
              "cpof": False, "idof": False, "rdof": False, "name": self.name},
             use_bin_type=True,
         )  # fmt: skip
@@ -476,7 +487,7 @@ class BridgeWorker:
             fetch_next = started is not None
         value = json.dumps(result, separators=(",", ":"), default=str)
         keys, args = self._finish_args(job, "completed", value, fetch_next, None, at=started)
-        raw = await self._run_finish(self._finish_script, keys, args, job)
+        raw = await self._run_finish(self._finish_script, [*keys, *self._dlq_keys], args, job)
         self.processed += 1
         if not fetch_next:
             return None

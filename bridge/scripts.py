@@ -88,6 +88,28 @@ def dead_letter_script() -> Script:
     return Script("orderflowDeadLetter", source)
 
 
+@cache
+def complete_script() -> Script:
+    """BullMQ's moveToFinished for a completion that also drops the job's DLQ entry, if any.
+
+    KEYS[15] DLQ hash, KEYS[16] DLQ index. A dead-lettered job retried outside our admin (a
+    Node tool's job.retry, bull-board's Retry button) and then completed here has not failed
+    for good: its entry goes in the same atomic call (one ZREM on the usual path).
+    """
+    body = bullmq_script("moveToFinished-14.lua").source
+    source = (
+        "local function orderflow_move_to_finished()\n"
+        f"{body}\nend\n"
+        "local result = orderflow_move_to_finished()\n"
+        "if (result == 0 or type(result) == 'table')"
+        " and redis.call('ZREM', KEYS[16], ARGV[1]) == 1 then\n"
+        "  redis.call('HDEL', KEYS[15], ARGV[1])\n"
+        "end\n"
+        "return result\n"
+    )
+    return Script("orderflowComplete", source)
+
+
 # Take back the jobs of a worker known to be dead: KEYS[1] stalled set, KEYS[2] stalled-check;
 # ARGV[1] the queue's key prefix, then job id and lock token pairs (an empty token: the lock has
 # expired already). A lock still holding the dead worker's token is deleted and the job marked

@@ -18,6 +18,9 @@ LOCK_DURATION_MS = 30_000  # BullMQ's default: a job whose lock is not renewed f
 STALLED_INTERVAL_MS = 30_000  # BullMQ's default stalled-job check period
 MAX_STALLED_COUNT = 1  # BullMQ's default: a job that stalls twice (e.g. it crashes workers) fails
 DRAIN_BLOCK_SECONDS = 5.0  # BullMQ's drainDelay: how long an idle worker blocks on the marker
+# BullMQ's per-minute completed/failed counts (Worker `metrics: {maxDataPoints}`), read by Node's
+# getMetrics and the /ops charts; BullMQ's docs suggest MetricsTime.ONE_WEEK * 2 minutes
+METRICS_MAX_DATA_POINTS = 2 * 7 * 24 * 60
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class QueueSpec:
     stalled_interval_ms: int = STALLED_INTERVAL_MS
     max_stalled_count: int = MAX_STALLED_COUNT
     drain_block_seconds: float = DRAIN_BLOCK_SECONDS
+    metrics_max_data_points: int = METRICS_MAX_DATA_POINTS  # 0: write no metrics
 
     @property
     def dlq(self) -> str:

@@ -12,18 +12,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiosmtplib
 from bullmq import UnrecoverableError
-from jinja2 import Environment, FileSystemLoader, TemplateError
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -32,9 +30,9 @@ from bridge.errors import MalformedJobError, RetryLater
 from bridge.job import Job
 from bridge.specs import QueueSpec
 from bridge.tracing import client_span
+from mail.view import template_view
 from orderflow.contracts.mail import TEMPLATE_ALIASES, EmailJob, MailDeliveryStatus
 from orderflow.db import MailDelivery
-from orderflow.money import format_major
 from orderflow.settings import Settings
 from orderflow.templating import is_html_template
 
@@ -42,7 +40,6 @@ TEMPLATES = Path(__file__).parent / "templates"
 SMTP_TIMEOUT_SECONDS = 10.0  # one SMTP conversation; the job timeout bounds the whole attempt
 # A claim older than this belongs to an attempt that died inside the SMTP conversation
 CLAIM_STALE_SECONDS = 3 * SMTP_TIMEOUT_SECONDS
-LINK_FIELDS = ("resetUrl",)  # data fields the templates put in an href: http(s) links only
 _NOT_ATOM = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]")
 
 
@@ -57,28 +54,18 @@ class RenderedEmail:
     message_id: str
 
 
-def money_filter(default_currency: str) -> Callable[..., str]:
-    """The templates' `money` filter: an amount in major units as mails show it (₹999.50).
+def template_environment() -> Environment:
+    """Jinja2 environment for the mail templates: HTML autoescaped, an unknown name an error.
 
-    A filter, so the calling template escapes what it returns; the currency defaults to the
-    shop's when the job's data names none (the seed's producers send none).
+    StrictUndefined: a template reading a field its view does not have fails the job instead of
+    rendering a blank (the view, mail/view.py, has every field, None when absent).
     """
-
-    def money(amount: Any, currency: Any = "") -> str:
-        return format_major(amount, str(currency or default_currency))
-
-    return money
-
-
-def template_environment(default_currency: str) -> Environment:
-    """Jinja2 environment for the mail templates; HTML templates are autoescaped."""
-    env = Environment(
+    return Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=is_html_template,
         keep_trailing_newline=True,
+        undefined=StrictUndefined,
     )
-    env.filters["money"] = money_filter(default_currency)
-    return env
 
 
 def message_id_for(queue: str, job_id: str) -> str:
@@ -88,17 +75,20 @@ def message_id_for(queue: str, job_id: str) -> str:
     return f"<{readable}.{digest}@{queue}.orderflow>"
 
 
-def template_for(job: Job) -> str:
+def template_for(job: Job) -> EmailJob:
     """The template (a job name) for this job: data.template (either naming), else the job's name."""
     wanted = job.data.get("template") or job.name
     name = TEMPLATE_ALIASES.get(wanted, wanted)
     if name not in set(EmailJob):
         raise MalformedJobError(job.queue, job.name, job.id, f"unknown template {wanted!r}")
-    return str(name)
+    return EmailJob(name)
 
 
 def check_email_job(job: Job) -> None:
-    """Refuse data that is not `{to, subject, template?, data?}` (seed's email job shape)."""
+    """Refuse data that is not `{to, subject, template?, data?}` (seed's email job shape).
+
+    What is inside `data` is checked per template by mail/view.py.
+    """
     data = job.data
     if not isinstance(data, dict):
         raise MalformedJobError(job.queue, job.name, job.id, "data is not an object")
@@ -108,25 +98,6 @@ def check_email_job(job: Job) -> None:
     subject = data.get("subject")
     if not isinstance(subject, str) or not subject.strip() or "\n" in subject:
         raise MalformedJobError(job.queue, job.name, job.id, f"bad subject {subject!r}")
-    if not isinstance(data.get("data", {}), dict):
-        raise MalformedJobError(job.queue, job.name, job.id, "data.data is not an object")
-    for field in LINK_FIELDS:
-        link = (data.get("data") or {}).get(field)
-        if link is not None and not _web_link(link):
-            # autoescape keeps markup out of an href, not a javascript: or data: URL
-            raise MalformedJobError(
-                job.queue, job.name, job.id, f"data.{field} is not an http(s) link"
-            )
-
-
-def _web_link(link: object) -> bool:
-    if not isinstance(link, str):
-        return False
-    try:
-        parts = urlsplit(link.strip())
-    except ValueError:
-        return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
 
 
 class DeliveryLog:
@@ -194,7 +165,7 @@ class EmailProcessor:
         self.settings = settings
         self.spec = spec
         self.deliveries = DeliveryLog(engine)
-        self.env = template_environment(settings.currency)
+        self.env = template_environment()
 
     def render(self, job: Job) -> RenderedEmail:
         """Render the job's mail (HTML and plain text) without sending it."""
@@ -203,7 +174,7 @@ class EmailProcessor:
         context: dict[str, Any] = {
             "to": job.data["to"],
             "subject": job.data["subject"],
-            "data": job.data.get("data") or {},
+            "data": template_view(job, name, self.settings.currency),
         }
         try:
             text = self.env.get_template(f"{name}.txt.j2").render(context)

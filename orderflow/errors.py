@@ -44,3 +44,11 @@ class InsecureSettingsError(OrderflowError):
             " empty secrets: " + "; ".join(problems)
         )
         self.problems = problems
+
+
+class GatewaySettingsError(OrderflowError):
+    """The configured payment gateway cannot run here: simulated in production, or keys missing."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("refusing to start: " + "; ".join(problems))
+        self.problems = problems

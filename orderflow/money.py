@@ -70,14 +70,19 @@ def format_money(minor: int, currency: str, *, symbol: bool = True) -> str:
     return f"{sign}{text} {code}"
 
 
-def format_major(major: object, currency: str) -> str:
-    """Format an amount an outside producer wrote in major units (a Node job's `total: 1598.5`).
+def round_major(major: object, currency: str) -> int:
+    """Minor units of an amount an outside producer wrote in major units (a Node job's 1598.5).
 
-    Rounded half-even to the currency's minor unit: display only, never stored or compared.
+    A JSON number or a decimal string, rounded half-even to the currency's minor unit (a
+    JavaScript float such as 59.970000000000006 is meant as 59.97): for display only, never
+    stored or compared. Raises MoneyError for anything that is not a finite amount.
     """
+    if isinstance(major, bool) or not isinstance(major, int | float | str | Decimal):
+        raise MoneyError(f"{major!r} is not an amount")
     try:
         value = Decimal(str(major).replace(",", "").strip())
-        minor = int(value.scaleb(exponent(currency)).to_integral_value(ROUND_HALF_EVEN))
-    except (InvalidOperation, MoneyError, ValueError):
-        return f"{major} {currency}".strip()
-    return format_money(minor, currency)
+    except InvalidOperation:
+        raise MoneyError(f"{major!r} is not an amount") from None
+    if not value.is_finite():
+        raise MoneyError(f"{major!r} is not an amount")
+    return int(value.scaleb(exponent(currency)).to_integral_value(ROUND_HALF_EVEN))

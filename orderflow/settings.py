@@ -9,7 +9,8 @@ from urllib.parse import quote, unquote, urlparse
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orderflow.errors import InsecureSettingsError
+from orderflow.contracts.payment import GatewayName
+from orderflow.errors import GatewaySettingsError, InsecureSettingsError
 
 ENV_PREFIX = "ORDERFLOW_"
 # Secrets a production-shaped start must not run with: their defaults are in this public repo
@@ -67,6 +68,17 @@ class Settings(BaseSettings):
     # Outside systems
     erp_url: str = ""  # empty: the local ERP stand-in records syncs in the database
     erp_attempts: int = 2  # seed: order queue retries 2 attempts
+    # Payment gateway: simulated (the zero-setup default; moves no money), stripe or razorpay
+    gateway: GatewayName = GatewayName.SIMULATED
+    # a production-shaped start refuses the simulated gateway unless this says it is a throwaway
+    allow_simulated_gateway: bool = False
+    stripe_api_key: str = ""  # sk_test_... for test mode, sk_live_... (or a restricted rk_...)
+    stripe_api_base: str = ""  # empty: Stripe's own API; a localstripe URL in the tests
+    razorpay_key_id: str = ""  # rzp_test_... / rzp_live_...
+    razorpay_key_secret: str = ""
+    razorpay_api_base: str = ""  # empty: Razorpay's own API (https://api.razorpay.com)
+    # one gateway HTTP call; below the capture activity's 30 s start-to-close timeout
+    gateway_timeout_seconds: float = Field(default=20.0, gt=0, lt=30)
     gateway_fail_captures: int = 0  # simulated gateway: fail this many captures per order first
     gateway_decline_all: bool = False  # simulated gateway: decline every capture
     # Redis (bridge queues)
@@ -183,6 +195,37 @@ class Settings(BaseSettings):
             if self.allow_insecure_secrets:
                 return
             raise InsecureSettingsError(problems)
+
+    def gateway_problems(self) -> list[str]:
+        """Why the configured gateway cannot start (each names its setting), or []."""
+        name = f"{ENV_PREFIX}GATEWAY"
+        if self.gateway is GatewayName.SIMULATED:
+            if not self.production_shaped or self.allow_simulated_gateway:
+                return []
+            off = [
+                f"{ENV_PREFIX}EMBEDDED_{part.upper()}=false"
+                for part in ("temporal", "redis", "smtp")
+                if not getattr(self, f"embedded_{part}")
+            ]
+            return [
+                f"{name} is simulated (it moves no money) in a production-shaped start"
+                f" ({', '.join(off)}): set {name}=stripe or {name}=razorpay with its API keys,"
+                f" or {ENV_PREFIX}ALLOW_SIMULATED_GATEWAY=true for a throwaway topology"
+            ]
+        keys = {
+            GatewayName.STRIPE: ("stripe_api_key",),
+            GatewayName.RAZORPAY: ("razorpay_key_id", "razorpay_key_secret"),
+        }[self.gateway]
+        return [
+            f"{ENV_PREFIX}{key.upper()} is {why} ({name}={self.gateway.value})"
+            for key in keys
+            if (why := _weak(getattr(self, key), None))
+        ]
+
+    def check_gateway(self) -> None:
+        """Raise GatewaySettingsError when the gateway cannot run (see gateway_problems)."""
+        if problems := self.gateway_problems():
+            raise GatewaySettingsError(problems)
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -34,6 +34,9 @@ RAZORPAY_KINDS = {
     "payment.failed": EventKind.PAYMENT_FAILED,
     "refund.processed": EventKind.REFUND,
 }
+# metadata key on a PaymentIntent the capture retries made themselves (payments/stripe_gateway.py):
+# the retry workflow already has its outcome from the API, so its webhooks are not news
+STRIPE_RETRY_METADATA = "orderflow_retry_attempt"
 REASON_CHARS = 500  # a decline message is a sentence; keep job data small whatever is sent
 ID_SHOWN = 120  # characters of an event id shown in an error (ids are short; a long one is junk)
 RISKY_STRIPE_LEVELS = (
@@ -128,6 +131,8 @@ def parse_stripe(body: bytes) -> GatewayEvent:
         raise MalformedEventError("stripe", event_id, "no event type")
     kind = STRIPE_KINDS.get(etype, EventKind.IGNORED)
     obj = _obj(_obj(event.get("data")).get("object"))
+    if kind is not EventKind.REFUND and STRIPE_RETRY_METADATA in _obj(obj.get("metadata")):
+        kind = EventKind.IGNORED
     parsed = GatewayEvent(
         provider="stripe",
         event_id=event_id,

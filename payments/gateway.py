@@ -1,18 +1,55 @@
-"""The payment gateway behind one interface; the simulated one is the local default."""
+"""The payment gateway behind one interface: Stripe, Razorpay, or the simulated local default."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from orderflow.contracts.payment import GatewayRequest, GatewayResponse, PaymentKind
+from orderflow.contracts.payment import (
+    Checkout,
+    CheckoutRequest,
+    GatewayName,
+    GatewayPayment,
+    GatewayRequest,
+    GatewayResponse,
+    PaymentKind,
+)
 from orderflow.db import SimulatedGatewayAccount
+from orderflow.errors import OrderflowError
+from orderflow.settings import Settings
+
+
+class GatewayUnavailableError(OrderflowError):
+    """The gateway could not answer (network, timeout, rate limit, its 5xx): retry the call.
+
+    The same idempotency key goes with the retry, so a call that did land is not repeated.
+    """
+
+    def __init__(self, provider: str, order_id: str, what: str, reason: str) -> None:
+        super().__init__(f"{provider} unavailable for {what} of order {order_id}: {reason}")
+        self.provider = provider
+        self.order_id = order_id
+
+
+class GatewayConfigError(OrderflowError):
+    """The gateway refused us, not the card (bad API key, missing permission): retrying won't help."""
+
+    def __init__(self, provider: str, order_id: str, reason: str) -> None:
+        super().__init__(f"{provider} refused the request for order {order_id}: {reason}")
+        self.provider = provider
+        self.order_id = order_id
 
 
 class PaymentGateway(Protocol):
-    """Capture and refund; a decline is an answer, a network failure an exception."""
+    """Capture, refund, fetch and list; a decline is an answer, a network failure an exception.
+
+    Every call that moves money sends `request.idempotency_key`, so a retried call is one charge.
+    """
+
+    name: str  # the provider, as in the payments table and webhook events
 
     def capture(self, request: GatewayRequest) -> GatewayResponse:
         """Take the order's money."""
@@ -22,6 +59,18 @@ class PaymentGateway(Protocol):
         """Give the order's money back."""
         ...
 
+    def fetch(self, payment_id: str) -> GatewayPayment | None:
+        """One payment as the gateway has it (None: it does not know the id)."""
+        ...
+
+    def list_payments(self, since: datetime) -> list[GatewayPayment]:
+        """Every payment the gateway made since `since` (the reconciliation's other side)."""
+        ...
+
+    def create_checkout(self, request: CheckoutRequest) -> Checkout:
+        """Open the checkout the storefront completes, carrying the order id."""
+        ...
+
 
 class SimulatedGateway:
     """A stand-in gateway with configurable failures, kept in its own table so restarts keep them.
@@ -29,6 +78,8 @@ class SimulatedGateway:
     Like a real gateway's test mode: `fail_captures` declines that many capture calls per order
     before accepting, `decline_all` declines every capture; `set_rule` overrides both per order.
     """
+
+    name = "simulated"
 
     def __init__(
         self, engine: Engine, *, fail_captures: int = 0, decline_all: bool = False
@@ -83,6 +134,51 @@ class SimulatedGateway:
         return GatewayResponse(
             succeeded=True, payment_id=f"sim_{request.idempotency_key}", detail="refunded"
         )
+
+    def fetch(self, payment_id: str) -> GatewayPayment | None:
+        """The simulation keeps no payments of its own: our table is the only record."""
+        return None
+
+    def list_payments(self, since: datetime) -> list[GatewayPayment]:
+        """Nothing to reconcile against (see fetch)."""
+        return []
+
+    def create_checkout(self, request: CheckoutRequest) -> Checkout:
+        """A checkout id that a simulated payment (`orderflow orders pay`) can name."""
+        return Checkout(
+            provider=self.name,
+            payment_id=f"sim_checkout_{request.order_id}",
+            status="requires_payment_method",
+            amount=request.amount,
+            currency=request.currency,
+        )
+
+
+def make_gateway(settings: Settings, engine: Engine) -> PaymentGateway:
+    """The gateway `ORDERFLOW_GATEWAY` names, with its keys from the settings."""
+    chosen = GatewayName(settings.gateway)
+    if chosen is GatewayName.STRIPE:
+        from payments.stripe_gateway import StripeGateway
+
+        return StripeGateway(
+            settings.stripe_api_key,
+            api_base=settings.stripe_api_base,
+            timeout=settings.gateway_timeout_seconds,
+        )
+    if chosen is GatewayName.RAZORPAY:
+        from payments.razorpay_gateway import RazorpayGateway
+
+        return RazorpayGateway(
+            settings.razorpay_key_id,
+            settings.razorpay_key_secret,
+            api_base=settings.razorpay_api_base,
+            timeout=settings.gateway_timeout_seconds,
+        )
+    return SimulatedGateway(
+        engine,
+        fail_captures=settings.gateway_fail_captures,
+        decline_all=settings.gateway_decline_all,
+    )
 
 
 def call(gateway: PaymentGateway, request: GatewayRequest) -> GatewayResponse:

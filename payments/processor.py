@@ -33,6 +33,7 @@ from orderflow.db import Payment, WebhookEvent
 from orderflow.errors import OrderClosedError, OrderflowError, UnknownOrderError
 from orderflow.money import format_money
 from payments.events import EventKind, GatewayEvent, MalformedEventError
+from payments.gateway import PaymentGateway
 from payments.reconciliation import APPLY_GRACE_MINUTES, reconcile
 
 log = logging.getLogger("orderflow.webhooks")
@@ -142,8 +143,10 @@ class WebhookProcessor:
         queue: str = WEBHOOK_QUEUE,
         outage_window_seconds: float = OUTAGE_WINDOW_SECONDS,
         unknown_order_window_seconds: float = UNKNOWN_ORDER_WINDOW_SECONDS,
+        gateway: PaymentGateway | None = None,
     ) -> None:
         self.orders = orders
+        self.gateway = gateway  # reconciliation compares with its list (None: simulated)
         self.engine = engine
         self.queue = queue
         self.outage_window_seconds = outage_window_seconds
@@ -153,7 +156,9 @@ class WebhookProcessor:
         """Run one job by its name."""
         if job.name == WebhookJob.RECONCILIATION:
             data = job.data if isinstance(job.data, dict) else {}
-            return await asyncio.to_thread(reconcile, self.engine, **_reconcile_args(job, data))
+            return await asyncio.to_thread(
+                reconcile, self.engine, gateway=self.gateway, **_reconcile_args(job, data)
+            )
         if job.name not in (WebhookJob.STRIPE, WebhookJob.RAZORPAY):
             raise MalformedJobError(self.queue, job.name, job.id, "unknown job name")
         if not isinstance(job.data, dict):

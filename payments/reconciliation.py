@@ -8,11 +8,13 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import or_
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from orderflow.contracts.order import ENDED_UNPAID_STATUSES, PAID_STATUSES, OrderStatus
 from orderflow.contracts.payment import (
+    GatewayPayment,
     PaymentKind,
     PaymentStatus,
     WebhookEventStatus,
@@ -21,6 +23,7 @@ from orderflow.contracts.payment import (
 from orderflow.db import Order, Payment, WebhookEvent
 from orderflow.money import format_money
 from payments.events import RAZORPAY_KINDS, STRIPE_KINDS, EventKind
+from payments.gateway import PaymentGateway
 
 log = logging.getLogger("orderflow.reconciliation")
 
@@ -49,12 +52,15 @@ def reconcile(
     window_hours: float = 24.0,
     now: datetime | None = None,
     stale_minutes: float = APPLY_GRACE_MINUTES,
+    gateway: PaymentGateway | None = None,
 ) -> dict[str, Any]:
     """Compare captures, refunds and gateway events with the orders touched in the window.
 
     Reports: money kept on a cancelled order, a paid order without a capture, a capture that
     differs from the total, refunds above captures, gateway payments that no order took, and
-    accepted gateway payments never recorded. Returns the report (the job's return value).
+    accepted gateway payments never recorded. With a `gateway` that keeps its own books
+    (Stripe, Razorpay), also its list against our payments table (gateway_mismatches).
+    Returns the report (the job's return value).
     """
     now = now or datetime.now(UTC)
     since = now - timedelta(hours=window_hours)
@@ -88,14 +94,106 @@ def reconcile(
             order, captured[order.id], refunded[order.id], unapplied[order.id]
         )
     found += _event_mismatches(events, recorded, now, timedelta(minutes=stale_minutes))
+    listed: list[GatewayPayment] = []
+    if gateway is not None:
+        listed = gateway.list_payments(since)
+        found += gateway_mismatches(engine, gateway, listed, since)
     for m in found:
         log.warning("reconciliation: %s order %s: %s", m.kind, m.order_id or "-", m.detail)
     return {
         "checked_orders": len(orders),
         "checked_events": len(events),
+        "gateway": gateway.name if gateway is not None else "",
+        "checked_gateway_payments": len(listed),
         "since": since.isoformat(),
         "mismatches": [asdict(m) for m in found],
     }
+
+
+def gateway_mismatches(
+    engine: Engine, gateway: PaymentGateway, listed: list[GatewayPayment], since: datetime
+) -> list[Mismatch]:
+    """The gateway's payments against our payments table, each mismatch with both sides.
+
+    captured_not_recorded: the gateway took money we have no capture for; capture_not_at_gateway:
+    a capture of ours the gateway has not taken; gateway_amount_mismatch: amount or currency
+    differ; refund_not_at_gateway / refund_not_recorded: the refunded sums differ.
+    """
+    theirs = {p.payment_id: p for p in listed}
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Payment).where(
+                Payment.provider == gateway.name,
+                Payment.status == PaymentStatus.SUCCEEDED,
+                or_(
+                    col(Payment.created_at) >= since,
+                    col(Payment.payment_id).in_(list(theirs)),
+                    col(Payment.refund_of).in_(list(theirs)),
+                ),
+            )
+        ).all()
+    captures = {p.payment_id: p for p in rows if p.kind == PaymentKind.CAPTURE}
+    by_order: dict[str, list[str]] = defaultdict(list)
+    for p in captures.values():
+        by_order[p.order_id].append(p.payment_id)
+    refunded: dict[str, int] = defaultdict(int)  # per captured payment id
+    for p in rows:
+        if p.kind == PaymentKind.REFUND:
+            of = p.refund_of or (by_order[p.order_id][0] if len(by_order[p.order_id]) == 1 else "")
+            refunded[of or f"order:{p.order_id}"] += p.amount
+    found: list[Mismatch] = []
+    for payment_id in captures:
+        if payment_id not in theirs:
+            fetched = gateway.fetch(payment_id)  # listed before the window, or not there at all
+            if fetched is not None:
+                theirs[payment_id] = fetched
+    for t in theirs.values():
+        if t.captured <= 0:
+            continue  # authorised or failed: no money moved
+        there = f"{gateway.name}: {t.payment_id} captured {format_money(t.captured, t.currency)}"
+        mine = captures.get(t.payment_id)
+        if mine is None:
+            found.append(
+                Mismatch(
+                    "captured_not_recorded",
+                    t.order_id,
+                    f"{there} for order {t.order_id or '(none in metadata)'}; orderflow: no"
+                    " capture recorded",
+                    t.payment_id,
+                )
+            )
+            continue
+        here = f"orderflow: {format_money(mine.amount, mine.currency or t.currency)}"
+        if mine.amount != t.captured or (mine.currency and mine.currency != t.currency):
+            found.append(
+                Mismatch("gateway_amount_mismatch", mine.order_id, f"{there}; {here}", t.payment_id)
+            )
+        ours = refunded.get(t.payment_id, 0)
+        if ours != t.refunded:
+            kind = "refund_not_at_gateway" if ours > t.refunded else "refund_not_recorded"
+            found.append(
+                Mismatch(
+                    kind,
+                    mine.order_id,
+                    f"{gateway.name}: {t.payment_id} refunded {format_money(t.refunded, t.currency)};"
+                    f" orderflow: refunded {format_money(ours, t.currency)}",
+                    t.payment_id,
+                )
+            )
+    for payment_id, mine in captures.items():
+        seen = theirs.get(payment_id)
+        if seen is None or seen.captured <= 0:
+            state = "no such payment" if seen is None else f"{seen.status}, nothing captured"
+            found.append(
+                Mismatch(
+                    "capture_not_at_gateway",
+                    mine.order_id,
+                    f"orderflow: {payment_id} captured"
+                    f" {format_money(mine.amount, mine.currency)}; {gateway.name}: {state}",
+                    payment_id,
+                )
+            )
+    return found
 
 
 def _unapplied_by_order(

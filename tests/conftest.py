@@ -27,6 +27,7 @@ from orderflow.db import Product, make_engine
 from orderflow.schema import upgrade
 from orderflow.settings import Settings
 from tests.fake_erp import FakeErp
+from tests.fake_gateways import LocalStripe
 from tests.postgres import PostgresCluster
 from workers.temporal import Dependencies, build_workers
 
@@ -56,6 +57,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = embedded.start_redis(url=url, data_dir=data, log=data / "redis.log")
     yield url
     embedded.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
+    """localstripe (a stateful fake Stripe API that sends signed webhooks) on a free port."""
+    server = LocalStripe(tmp_path_factory.mktemp("localstripe") / "localstripe.log").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

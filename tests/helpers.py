@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from google.protobuf.duration_pb2 import Duration
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
+from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -172,9 +174,15 @@ async def wait_job(queue: Any, job_id: str, timeout: float = 10.0) -> Any:
 
 @asynccontextmanager
 async def served_ops(
-    settings: Settings, redis_url: str, orders: OrderClient, engine: Engine, name: str
+    settings: Settings,
+    redis_url: str,
+    orders: OrderClient,
+    engine: Engine,
+    name: str,
+    task_queues: Sequence[str] | None = None,
 ) -> AsyncIterator[tuple[str, Settings, QueueSpec]]:
-    """The real HTTP app under uvicorn on a free port, over an email queue of the caller's own.
+    """The real HTTP app under uvicorn on a free port, over an email queue of the caller's own
+    (and the given Temporal task queues; default: the workers').
 
     Yields (base URL, the settings it runs with, the queue's spec).
     """
@@ -184,7 +192,14 @@ async def served_ops(
         update={"http_host": "127.0.0.1", "http_port": embedded.free_port()}
     )
     producer = QueueProducer.connect(spec, redis_url)
-    app = create_app(local, producer, orders=orders, engine=engine, queues={spec.name: spec})
+    app = create_app(
+        local,
+        producer,
+        orders=orders,
+        engine=engine,
+        queues={spec.name: spec},
+        task_queues=task_queues,
+    )
     server = http_server(local, app)
     task = asyncio.create_task(server.serve())
 
@@ -229,3 +244,14 @@ async def start_with_payment(
         start_signal="payment_received",
         start_signal_args=[payment],
     )
+
+
+async def own_namespace(client: Client, name: str) -> Client:
+    """A client on a fresh namespace of the caller's own (task queues there start empty)."""
+    namespace = f"{name}-{uuid.uuid4().hex[:8]}"
+    await client.workflow_service.register_namespace(
+        RegisterNamespaceRequest(
+            namespace=namespace, workflow_execution_retention_period=Duration(seconds=86400)
+        )
+    )
+    return await Client.connect(client.service_client.config.target_host, namespace=namespace)

@@ -76,14 +76,19 @@ async def test_malformed_email_job_goes_to_the_dlq(
     producer = QueueProducer.connect(spec, redis_url)
     await producer.add("send-welcome", {"subject": "Hi", "data": {}}, {"jobId": "no-to"})
     await producer.add("send-welcome", {**ORDER_MAIL, "template": "nope"}, {"jobId": "no-tpl"})
+    no_qty = {"orderNumber": "o-9", "items": [{"sku": "MUG-1", "price": 5}], "total": 5}
+    seed_style = {**ORDER_MAIL, "template": "order_confirmation", "data": no_qty}
+    await producer.add("send-order-confirmation", seed_style, {"jobId": "no-qty"})
     client = RedisClient(redis_url)
     dlq = DeadLetterQueue(spec, client)
     async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
-        await eventually(lambda: _dlq_count(dlq, 2))
+        await eventually(lambda: _dlq_count(dlq, 3))
     reasons = {e.id: e.failed_reason for e in await dlq.list()}
     assert reasons == {
         "no-to": f"{spec.name}: malformed job 'no-to' (send-welcome): bad recipient None",
         "no-tpl": f"{spec.name}: malformed job 'no-tpl' (send-welcome): unknown template 'nope'",
+        "no-qty": f"{spec.name}: malformed job 'no-qty' (send-order-confirmation):"
+        " data.items[0] has none of quantity, qty",
     }
     assert all(e.attempts_made == 1 for e in await dlq.list())
     assert sink.store.deliveries() == []

@@ -13,6 +13,7 @@ from bullmq import UnrecoverableError
 from sqlalchemy.engine import Engine
 
 from app.smtp_sink import SmtpSink
+from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
@@ -79,6 +80,43 @@ async def test_node_producer_job_is_processed_by_our_email_worker(
     await client.close()
 
 
+SEED_USER = {"email": "meera@example.com"}
+# an order as the seed's Node code holds it: items {sku, name, qty, price}, grandTotal in rupees
+SEED_ORDER = {
+    "orderNumber": "ORD-2026-0042",
+    "items": [
+        {"sku": "TSHIRT-M", "name": "T-shirt (M)", "qty": 2, "price": 799},
+        {"sku": "MUG-1", "name": "Mug", "qty": 3, "price": 499.5},
+    ],
+    "grandTotal": 3096.5,
+}
+
+
+async def test_the_seeds_order_confirmation_producer_gets_its_mail_with_quantities_and_total(
+    mail_engine: Engine, node: str, redis_url: str, sink: SmtpSink
+) -> None:
+    settings = Settings(redis_url=redis_url, smtp_port=sink.port)  # currency: INR by default
+    spec = unique_spec(settings)
+    added = await run_node(node, "seed_email.js", *where(spec, redis_url),
+                           json.dumps(SEED_USER), json.dumps(SEED_ORDER))  # fmt: skip
+    assert added == {"added": True}
+
+    async def delivered() -> bool:
+        return bool(sink.store.messages(to="meera@example.com"))
+
+    async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
+        await eventually(delivered)
+    [mail] = sink.store.messages(to="meera@example.com")
+    assert mail.subject == "Order Confirmed"
+    assert "ORD-2026-0042" in mail.text
+    assert "T-shirt (M) x 2: ₹799.00" in mail.text
+    assert "Mug x 3: ₹499.50" in mail.text
+    assert "Total: ₹3,096.50" in mail.text
+    assert '<td align="center">2</td>' in mail.html and '<td align="center">3</td>' in mail.html
+    assert "₹799.00" in mail.html and "₹499.50" in mail.html and "Total: ₹3,096.50" in mail.html
+    assert (await counts(spec, redis_url))["failed"] == 0  # removeOnComplete: the job is gone
+
+
 async def test_our_producer_job_is_processed_by_a_node_worker(node: str, redis_url: str) -> None:
     spec = unique_spec(Settings(redis_url=redis_url))
     producer = QueueProducer.connect(spec, redis_url)
@@ -127,3 +165,124 @@ async def test_node_queue_reads_our_counts_failures_progress_and_results(
 
 async def _has(spec: QueueSpec, redis_url: str, state: str, n: int) -> bool:
     return (await counts(spec, redis_url))[state] >= n
+
+
+# what each job asks of the worker (tests/node/queue_events.js does the same in Node)
+EVENT_JOBS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "good": ({"progress": [40, {"step": "sent", "percent": 100}], "result": {"sent": True}}, {}),
+    "flaky": ({"fail": "smtp busy", "failAttempts": 1, "result": {"sent": True}},
+              {"attempts": 2, "backoff": {"type": "fixed", "delay": 20}}),
+    "bad": ({"fail": "mailbox full"}, {"attempts": 2, "backoff": {"type": "fixed", "delay": 20}}),
+    "fatal": ({"fail": "no such user", "unrecoverable": True}, {"attempts": 3}),
+}  # fmt: skip
+EVENT_FIELDS = ("prev", "data", "returnvalue", "failedReason", "attemptsMade")
+
+
+async def planned(job: Job) -> Any:
+    """Our worker doing what the job's data asks, as queue_events.js's Node worker does."""
+    plan = job.data
+    for step in plan.get("progress", []):
+        await job.update_progress(step)
+    if plan.get("fail") and job.attempts_made < plan.get("failAttempts", 99):
+        raise (UnrecoverableError if plan.get("unrecoverable") else RuntimeError)(plan["fail"])
+    return plan.get("result")
+
+
+async def events_of_a_run(node: str, redis_url: str, python_worker: bool) -> dict[str, list[Any]]:
+    """Each job's events as a Node QueueEvents listener saw them, worked by us or by Node."""
+    spec = unique_spec(Settings(redis_url=redis_url), rate_limit=None)
+    args = [str(NODE_DIR / "queue_events.js"), *where(spec, redis_url)]
+    listener = await asyncio.create_subprocess_exec(
+        node, *args, *([] if python_worker else ["node-worker"]),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    producer = QueueProducer.connect(spec, redis_url)
+    for job_id, (data, opts) in EVENT_JOBS.items():
+        await producer.add("send-welcome", data, {"jobId": job_id, **opts})
+
+    async def finished() -> bool:
+        got = await counts(spec, redis_url)
+        return got["completed"] + got["failed"] == len(EVENT_JOBS)
+
+    if python_worker:
+        async with running(spec, planned, redis_url):
+            await eventually(finished)
+    else:
+        await eventually(finished)
+    await producer.add("send-welcome", {}, {"jobId": "sentinel"})  # the listener stops here
+    out, err = await asyncio.wait_for(listener.communicate(), 30)
+    await producer.close()
+    assert listener.returncode == 0, err.decode()
+    by_job: dict[str, list[Any]] = {}
+    for event in json.loads(out.decode().strip().splitlines()[-1]):
+        kept = {k: event[k] for k in EVENT_FIELDS if k in event}
+        by_job.setdefault(event["jobId"], []).append((event["event"], kept))
+    return by_job
+
+
+async def test_a_node_queue_events_listener_sees_our_jobs_events_as_a_node_workers(
+    node: str, redis_url: str
+) -> None:
+    ours = await events_of_a_run(node, redis_url, python_worker=True)
+    theirs = await events_of_a_run(node, redis_url, python_worker=False)
+    assert ours == theirs
+    good = [(e, f) for e, f in ours["good"] if e in ("progress", "completed")]
+    assert good == [
+        ("progress", {"data": 40}),
+        ("progress", {"data": {"step": "sent", "percent": 100}}),
+        ("completed", {"prev": "active", "returnvalue": {"sent": True}}),
+    ]
+    assert ours["bad"][-2:] == [
+        ("failed", {"prev": "active", "failedReason": "mailbox full"}),
+        ("retries-exhausted", {"attemptsMade": "2"}),
+    ]
+    assert ("delayed", {}) in ours["flaky"] and ours["flaky"][-1][0] == "completed"
+    # an unrecoverable failure on attempt 1 of 3 is a failure, not exhausted retries (as Node)
+    assert [e for e, _ in ours["fatal"]][-1] == "failed"
+    assert "retries-exhausted" not in [e for e, _ in ours["fatal"]]
+
+
+async def test_a_dead_lettered_job_retried_by_a_node_tool_leaves_the_dlq_when_we_complete_it(
+    node: str, redis_url: str
+) -> None:
+    spec = unique_spec(Settings(redis_url=redis_url), rate_limit=None)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-welcome", {"to": "full@example.com"}, {"jobId": "full-1"})
+    mailbox_up = asyncio.Event()
+
+    async def send(job: Job) -> str:
+        if not mailbox_up.is_set():
+            raise UnrecoverableError(f"mailbox of {job.data['to']} is full")
+        return "sent"
+
+    admin = QueueAdmin(spec, redis_url)
+    async with running(spec, send, redis_url):
+        await eventually(lambda: _has(spec, redis_url, "failed", 1))
+        assert (await admin.counts()).dlq == 1
+        mailbox_up.set()
+        assert await run_node(node, "retry.js", *where(spec, redis_url), "full-1") == {
+            "retried": "full-1"
+        }  # what bull-board's Retry button does
+        await eventually(lambda: _has(spec, redis_url, "completed", 1))
+    assert (await admin.counts()).dlq == 0  # completed: no longer a job that failed for good
+    await admin.close()
+    await producer.close()
+
+
+async def test_node_tools_see_our_running_worker_as_a_worker_of_the_queue(
+    node: str, redis_url: str
+) -> None:
+    spec = unique_spec(Settings(redis_url=redis_url))
+
+    async def idle(job: Job) -> None:
+        return None
+
+    async with running(spec, idle, redis_url) as worker:
+
+        async def listed() -> list[str]:
+            seen = await run_node(node, "inspect.js", *where(spec, redis_url))
+            return list(seen["workers"])
+
+        names = await eventually(listed)  # bull-board shows these instead of "No workers"
+        assert len(names) == 1 and names[0].endswith(f":w:{worker.name}:{worker.id}")
+    assert await listed() == []

@@ -1,12 +1,16 @@
-"""The ops dashboard in headless Chromium: approve a review and re-drive a DLQ job by clicking."""
+"""The ops dashboard in headless Chromium: approve a review and re-drive a DLQ job by clicking;
+the charts and the Temporal task queues show a run the test drove."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -14,19 +18,25 @@ from bullmq import UnrecoverableError
 from playwright.async_api import Browser, async_playwright
 from playwright.async_api import Error as PlaywrightError
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from app.client import OrderClient
+from app.task_queues import describe_task_queue
 from app.web.app import create_app
 from app.web.dashboard import form_token
 from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.specs import QueueSpec, email_spec
-from orderflow.contracts.order import PaymentReceived
+from orderflow.contracts.order import ORDERS_TASK_QUEUE, OrderStatus, PaymentReceived
+from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE
+from orderflow.db import Order
 from orderflow.settings import Settings
 from tests.bridge_helpers import eventually, running
 from tests.helpers import pending_order, served_ops, wait_review, wait_status
+from workflows.order import OrderWorkflow
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -199,3 +209,134 @@ async def test_form_token_from_another_replica_is_accepted_and_a_forged_one_refu
             refused = await b.post(retry, data={"token": forged})
             assert refused.status_code in (403, 422), forged
             assert refused.status_code == 403 or forged == ""
+
+
+@pytest.fixture
+async def charted(
+    settings: Settings, orders: OrderClient, engine: Engine, redis_url: str
+) -> AsyncIterator[tuple[str, Settings, QueueSpec, list[str]]]:
+    """The app over a queue and two task queues of this test's own (orders-…, payments-…)."""
+    tag = uuid.uuid4().hex[:8]
+    task_queues = [f"{ORDERS_TASK_QUEUE}-{tag}", f"{PAYMENTS_TASK_QUEUE}-{tag}"]
+    async with served_ops(settings, redis_url, orders, engine, "charts", task_queues) as served:
+        yield (*served, task_queues)
+
+
+async def test_charts_show_the_jobs_of_the_current_minute_and_the_task_queues_their_pollers(
+    charted: tuple[str, Settings, QueueSpec, list[str]],
+    browser: Browser,
+    env: WorkflowEnvironment,
+    engine: Engine,
+    redis_url: str,
+) -> None:
+    base, settings, spec, (orders_queue, payments_queue) = charted
+    # a run: 50 jobs complete and 5 fail for good, now
+    producer = QueueProducer.connect(spec, redis_url)
+    for i in range(50):
+        await producer.add("send-welcome", {"to": f"ok{i}@example.com"}, {"jobId": f"ok-{i}"})
+    for i in range(5):
+        await producer.add("send-welcome", {"to": f"bad{i}@example.com"}, {"jobId": f"bad-{i}"})
+    admin = QueueAdmin(spec, redis_url)
+
+    async def send(job: Job) -> str:
+        if job.id.startswith("bad"):
+            raise UnrecoverableError(f"mailbox {job.data['to']} does not exist")
+        await asyncio.sleep(0.02)  # the job's own work: the percentiles have something to show
+        return "sent"
+
+    async def ran() -> bool:
+        c = await admin.counts()
+        return (c.completed, c.failed) == (50, 5)
+
+    async with running(spec, send, redis_url):
+        await eventually(ran)
+    await producer.close()
+    await admin.close()
+    # three orders of today, placed this hour
+    zone = ZoneInfo(settings.report_timezone)
+    placed = datetime.now(UTC)
+    tag = uuid.uuid4().hex[:8]
+    with Session(engine) as session:
+        for i in range(3):
+            session.add(
+                Order(id=f"chart-{tag}-{i}", customer_id="cust-chart", email="c@example.com",
+                      status=OrderStatus.CONFIRMED, total=100, currency="INR", created_at=placed)
+            )  # fmt: skip
+        session.commit()
+    # two workflows wait on a task queue nobody polls; a worker polls the other one
+    for i in range(2):
+        await env.client.start_workflow(
+            "PaymentRetryWorkflow", id=f"chart-{tag}-{i}", task_queue=payments_queue
+        )
+    worker = Worker(
+        env.client, task_queue=orders_queue, workflows=[OrderWorkflow], identity=f"chart-{tag}"
+    )
+    async with worker:
+
+        async def temporal_settled() -> bool:
+            waiting = await describe_task_queue(env.client, payments_queue, "workflow")
+            polled = await describe_task_queue(env.client, orders_queue, "workflow")
+            return waiting.backlog == 2 and polled.pollers == 1
+
+        await eventually(temporal_settled, what="backlog 2 and one poller")
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        context = await browser.new_context(
+            http_credentials={"username": settings.admin_user, "password": settings.admin_password},
+            viewport={"width": 1400, "height": 1000},
+        )
+        page = await context.new_page()
+        response = await page.goto(base + "/ops")
+        assert response is not None and response.status == 200
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-charts.png"), full_page=True)
+
+    assert await page.locator("script").count() == 0  # drawn on the server, nothing to run
+    # jobs per minute: 50 completed and 5 failed, in this minute (or the one before, if the run
+    # straddled a minute), each bar titled with its count
+    chart = page.locator(f'[id="throughput-{spec.name}"] > svg')
+    assert await chart.get_attribute("data-completed-total") == "50"
+    assert await chart.get_attribute("data-failed-total") == "5"
+    bars = chart.locator("rect")
+    assert await bars.count() == 2 * 60
+    shown: dict[str, dict[str, int]] = {"completed": {}, "failed": {}}
+    for i in range(await bars.count()):
+        bar = bars.nth(i)
+        kind, minute = await bar.get_attribute("class"), await bar.get_attribute("data-minute")
+        count = int(await bar.get_attribute("data-count") or "")
+        assert await bar.locator("title").text_content() == f"{minute}: {count} {kind}"
+        if count:
+            shown[str(kind)][str(minute)] = count
+    last_two = [await bars.nth(i).get_attribute("data-minute") for i in (-4, -1)]
+    assert set(shown["completed"]) | set(shown["failed"]) <= set(last_two)
+    assert sum(shown["completed"].values()) == 50 and sum(shown["failed"].values()) == 5
+    # processing-time percentiles of those 50 jobs (each worked 20 ms)
+    timed = page.locator(f'[id="processing-{spec.name}"]')
+    assert await timed.locator("> svg").get_attribute("data-jobs") == "50"
+    p50 = int(await timed.locator('rect[data-percentile="p50"]').get_attribute("data-count") or "")
+    p99 = int(await timed.locator('rect[data-percentile="p99"]').get_attribute("data-count") or "")
+    assert 20 <= p50 <= p99
+    # queue depth: the failed jobs, and the Temporal backlog beside them
+    depth = page.locator("#depth")
+    failed = depth.locator(f'rect[data-queue="{spec.name}"][data-state="failed"]')
+    assert await failed.get_attribute("data-count") == "5"
+    backlog = depth.locator(f'rect[data-queue="{payments_queue}"][data-type="workflow"]')
+    assert await backlog.get_attribute("data-count") == "2"
+    # the task-queue table: the backlog, and the started worker as the poller
+    waiting = page.locator(
+        f'#task-queues tr[data-task-queue="{payments_queue}"][data-type="workflow"]'
+    )
+    assert (
+        await waiting.locator("td.backlog").inner_text(),
+        await waiting.locator("td.pollers").inner_text(),
+    ) == ("2", "0")
+    polled = page.locator(
+        f'#task-queues tr[data-task-queue="{orders_queue}"][data-type="workflow"]'
+    )
+    assert await polled.locator("td.pollers").inner_text() == "1"
+    assert f"chart-{tag}" in await polled.inner_text()
+    # orders by status over the day: the three orders in their hour, as CONFIRMED
+    hour = placed.astimezone(zone).strftime("%H")
+    confirmed = page.locator(f'#orders-today rect[data-hour="{hour}"][data-status="CONFIRMED"]')
+    assert int(await confirmed.get_attribute("data-count") or "") >= 3
+    assert int(await page.locator("#orders-today > svg").get_attribute("data-total") or "") >= 3
+    await context.close()

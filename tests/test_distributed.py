@@ -106,6 +106,7 @@ def stack(postgres: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -
         "ORDERFLOW_GRACEFUL_SHUTDOWN_SECONDS": "5",
         "ORDERFLOW_BRIDGE_GRACE_SECONDS": "5",
         "ORDERFLOW_ALLOW_INSECURE_SECRETS": "true",  # a throwaway topology on loopback
+        "ORDERFLOW_ALLOW_SIMULATED_GATEWAY": "true",  # ... that moves no money
     }
     settings = Settings(
         redis_url=redis_url,

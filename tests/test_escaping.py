@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from bullmq import UnrecoverableError
+from jinja2 import Environment, FileSystemLoader
 from playwright.async_api import async_playwright
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -17,6 +19,10 @@ from temporalio.testing import WorkflowEnvironment
 from activities.erp import LocalErp
 from activities.order import OrderActivities
 from app.client import OrderClient
+from app.task_queues import TaskQueueState
+from app.web import charts
+from app.web.dashboard import TEMPLATES
+from bridge.admin import ProcessingTimes, QueueCounts, Throughput
 from bridge.errors import MalformedJobError
 from bridge.job import Job
 from bridge.producer import QueueProducer
@@ -89,7 +95,7 @@ def test_mail_escapes_the_recipient_address_and_every_data_field(
                 "orderNumber": SCRIPT,
                 "items": [{"name": IMG, "quantity": 1, "unitPrice": 5}],
                 "total": 5,
-                "currency": SCRIPT,
+                "currency": "INR",  # a currency that is not a code is refused: test_mail_view
                 "invoiceNumber": IMG,
                 "note": SCRIPT,
             },
@@ -133,6 +139,16 @@ async def test_dashboard_escapes_query_string_return_reason_email_and_ids(
                 currency="INR",
             )
         )
+        session.add(  # a status no code writes: the orders chart labels it as given, as text
+            Order(
+                id=f"o-{tag}-status",
+                customer_id="c",
+                email="c@example.com",
+                status=SCRIPT,
+                total=1,
+                currency="INR",
+            )
+        )
         session.add(
             Review(
                 id=f"review-{tag}{SCRIPT}",
@@ -160,6 +176,7 @@ async def test_dashboard_escapes_query_string_return_reason_email_and_ids(
     assert not any(raw in html for raw in RAW_MARKUP), "raw markup on the page"
     assert "return reason: &lt;script&gt;" in html  # the probes are there, escaped
     assert "mailbox &lt;img src=x" in html and f"o-{tag}&lt;img" in html
+    assert 'data-status="&lt;script&gt;window.pwned=&#39;script&#39;&lt;/script&gt;"' in html
 
     # and a real browser, signed in, runs none of them
     async with async_playwright() as p:
@@ -182,6 +199,27 @@ async def test_dashboard_escapes_query_string_return_reason_email_and_ids(
 
 async def _failed(spec: QueueSpec, redis_url: str) -> bool:
     return (await counts(spec, redis_url)).get("failed", 0) == 1
+
+
+def test_charts_escape_queue_names_task_queue_names_and_statuses() -> None:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=is_html_template)
+    page = env.from_string(
+        '{% import "_charts.html.j2" as c %}{% for x in all %}{{ c.svg(x) }}{% endfor %}'
+    )
+    zeros = dict.fromkeys(("waiting", "active", "delayed", "prioritized", "paused"), 0)
+    drawn = [
+        charts.throughput_chart(Throughput(IMG, [0, 60_000], [3, 1], [0, 2])),
+        charts.processing_chart(ProcessingTimes(IMG, 2, {50: 5, 90: 9, 99: 9}, 9)),
+        charts.depth_chart(
+            [QueueCounts(queue=IMG, **zeros, completed=1, failed=2, dlq=0, is_paused=False,
+                         completed_recent=1, failed_recent=2)],
+            [TaskQueueState(SCRIPT, "workflow", 4, 1.0, 0.0, 0.0, 0)],
+        ),
+        charts.orders_chart({9: {SCRIPT: 2, "CONFIRMED": 1}}, ZoneInfo("Asia/Kolkata")),
+    ]  # fmt: skip
+    svg = page.render(all=drawn)
+    assert not any(raw in svg for raw in RAW_MARKUP), svg
+    assert svg.count("&lt;img src=x") >= 5 and svg.count("&lt;script&gt;") >= 3
 
 
 @pytest.mark.parametrize(

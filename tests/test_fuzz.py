@@ -197,6 +197,50 @@ def test_fuzz_webhook_endpoints_never_5xx_and_enqueue_nothing_for_a_bad_body(
     assert seen[200] >= 100 and seen[400] >= 500, seen
 
 
+amounts = (
+    st.integers(-(10**9), 10**9) | st.decimals(0, 10**6, places=2).map(str) | st.floats(0, 1e6)
+)
+texts = st.text(min_size=1, max_size=20)
+links = {
+    "resetUrl": st.sampled_from(["https://shop.example/reset/r-1", "javascript:x()"]),
+    "trackingUrl": st.sampled_from(["https://t.example/1", "ftp://x"]),
+    "trackingNumber": st.text(max_size=12),
+    "note": st.text(max_size=30),
+    "currency": st.sampled_from(["INR", "usd", "XX"]),
+}
+seed_shape = st.fixed_dictionaries(  # as the seed's Node producers write it
+    {"orderNumber": texts, "total": amounts,
+     "items": st.lists(st.fixed_dictionaries(
+         {"sku": texts, "name": texts, "qty": st.integers(1, 99), "price": amounts}),
+         min_size=1, max_size=3)},
+    optional=links,
+)  # fmt: skip
+our_shape = st.fixed_dictionaries(  # as activities/notify.py writes it
+    {"orderNumber": texts, "totalMinor": st.integers(0, 10**9), "currency": st.just("INR"),
+     "items": st.lists(st.fixed_dictionaries(
+         {"sku": texts, "quantity": st.integers(1, 99), "unitPriceMinor": st.integers(0, 10**9)}),
+         min_size=1, max_size=3)},
+    optional={k: v for k, v in links.items() if k != "currency"},
+)  # fmt: skip
+odd_items = st.fixed_dictionaries(
+    {},
+    optional={"sku": st.text(max_size=12), "name": st.text(max_size=20),
+              "qty": st.integers(0, 99) | st.text(max_size=3), "quantity": st.integers(-1, 99),
+              "price": amounts, "unitPrice": amounts,
+              "unitPriceMinor": st.integers(0, 10**9) | st.floats()},
+)  # fmt: skip
+odd_shape = st.fixed_dictionaries(  # either shape with any field missing or odd
+    {},
+    optional={"orderNumber": st.text(max_size=12) | st.integers(), "total": amounts,
+              "grandTotal": amounts, "totalMinor": st.integers(0, 10**9),
+              "items": st.lists(odd_items, max_size=3), **links},
+)  # fmt: skip
+mail_data = (
+    seed_shape | our_shape | odd_shape
+    | st.dictionaries(st.text(max_size=12), json_values, max_size=6) | json_values
+)  # fmt: skip
+
+
 @st.composite
 def email_jobs(draw: st.DrawFn) -> tuple[str, Any, dict[str, Any]]:
     """A job name, its data and options, shaped like mail jobs or like nothing at all."""
@@ -206,9 +250,7 @@ def email_jobs(draw: st.DrawFn) -> tuple[str, Any, dict[str, Any]]:
             "to": draw(st.emails() | st.emails() | st.text(max_size=30)),
             "subject": draw(st.sampled_from(["Your order", "Welcome — hi"]) | st.text(max_size=40)),
             "template": draw(st.sampled_from([*EmailJob, "order_confirmation", "nope"])),
-            "data": draw(
-                st.dictionaries(st.text(max_size=12), json_values, max_size=6) | json_values
-            ),
+            "data": draw(mail_data),
         }
     else:
         data = draw(json_values)

@@ -118,6 +118,7 @@ async def test_ten_processes_starting_at_once_on_empty_postgresql_none_crashes(
         "ORDERFLOW_SEED_CATALOGUE": "false",
         "ORDERFLOW_DATA_DIR": str(tmp_path),
         "ORDERFLOW_ALLOW_INSECURE_SECRETS": "true",  # a throwaway topology on loopback
+        "ORDERFLOW_ALLOW_SIMULATED_GATEWAY": "true",  # ... that moves no money
     }
     base.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     ports = [embedded.free_port() for _ in range(9)]

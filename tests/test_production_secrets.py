@@ -10,8 +10,10 @@ from typer.testing import CliRunner
 
 from app.cli import app as cli
 from app.runner import run
-from orderflow.errors import InsecureSettingsError
+from orderflow.db import make_engine
+from orderflow.errors import GatewaySettingsError, InsecureSettingsError
 from orderflow.settings import Settings
+from payments.gateway import SimulatedGateway, make_gateway
 
 REAL = {
     "admin_password": "9f2c-real-admin-passphrase",
@@ -102,3 +104,57 @@ def test_insecure_secrets_start_only_when_explicitly_allowed() -> None:
     allowed = production(admin_password="", allow_insecure_secrets=True)
     allowed.check_production_secrets()  # a throwaway topology on loopback
     assert allowed.insecure_secrets()  # the problems are still known (the runner logs them)
+
+
+async def test_production_shaped_start_on_simulated_gateway_refuses_naming_the_setting() -> None:
+    settings = Settings(**REAL, embedded_temporal=False)  # secrets fine, the gateway is not
+    with pytest.raises(GatewaySettingsError) as refused:
+        await run(settings, ("http",))
+    [problem] = refused.value.problems
+    for named in ("ORDERFLOW_GATEWAY is simulated", "ORDERFLOW_EMBEDDED_TEMPORAL=false",
+                  "ORDERFLOW_ALLOW_SIMULATED_GATEWAY=true"):  # fmt: skip
+        assert named in problem
+
+
+def test_orderflow_run_with_embedded_temporal_off_and_no_gateway_exits_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in REAL.items():
+        monkeypatch.setenv(f"ORDERFLOW_{name.upper()}", value)
+    monkeypatch.setenv("ORDERFLOW_EMBEDDED_TEMPORAL", "false")
+    result = CliRunner().invoke(cli, ["run", "--part", "http"])
+    assert result.exit_code == 1
+    assert "ORDERFLOW_GATEWAY" in result.output and "ORDERFLOW_EMBEDDED_TEMPORAL" in result.output
+
+
+def test_the_simulated_gateway_starts_when_allowed_or_everything_is_embedded(
+    tmp_path: Path,
+) -> None:
+    production(allow_simulated_gateway=True).check_gateway()  # a throwaway topology
+    laptop = Settings()  # `make run`: no keys, every server embedded
+    laptop.check_gateway()
+    assert laptop.gateway == "simulated"
+    engine = make_engine(f"sqlite:///{tmp_path / 'gw.db'}")
+    assert isinstance(make_gateway(laptop, engine), SimulatedGateway)
+
+
+@pytest.mark.parametrize(
+    ("gateway", "named"),
+    [
+        ("stripe", ["ORDERFLOW_STRIPE_API_KEY is empty (ORDERFLOW_GATEWAY=stripe)"]),
+        ("razorpay", ["ORDERFLOW_RAZORPAY_KEY_ID is empty (ORDERFLOW_GATEWAY=razorpay)",
+                      "ORDERFLOW_RAZORPAY_KEY_SECRET is empty (ORDERFLOW_GATEWAY=razorpay)"]),
+    ],
+)  # fmt: skip
+def test_a_real_gateway_without_its_keys_refuses_to_start(gateway: str, named: list[str]) -> None:
+    for settings in (production(gateway=gateway), Settings(gateway=gateway)):
+        with pytest.raises(GatewaySettingsError) as refused:
+            settings.check_gateway()
+        assert refused.value.problems == named
+    production(gateway="stripe", stripe_api_key="sk_test_51Pq8xYz").check_gateway()
+    with pytest.raises(GatewaySettingsError) as placeholder:
+        production(gateway="stripe", stripe_api_key="sk_test_change-me").check_gateway()
+    assert placeholder.value.problems == [
+        "ORDERFLOW_STRIPE_API_KEY is a placeholder (ORDERFLOW_GATEWAY=stripe)"
+    ]
+    assert "sk_test_change-me" not in str(placeholder.value)

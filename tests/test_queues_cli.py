@@ -9,16 +9,24 @@ from typing import Any
 
 import pytest
 from bullmq import UnrecoverableError
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 from typer.testing import CliRunner
 
 from app.cli import app
+from app.embedded import free_port
 from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.specs import queue_specs
 from orderflow.contracts.mail import EMAIL_QUEUE
+from orderflow.contracts.order import ORDERS_TASK_QUEUE
+from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE
 from orderflow.settings import Settings
 from tests.bridge_helpers import eventually, running
+from tests.helpers import own_namespace
+from workflows.order import OrderWorkflow
 
 
 async def _populate(settings: Settings) -> None:
@@ -52,11 +60,24 @@ async def _populate(settings: Settings) -> None:
 
 
 @pytest.fixture
-def cli(redis_url: str) -> Any:
-    """Invoke `orderflow …` on a queue prefix of this test's own; returns (exit code, output)."""
-    prefix = f"cli{uuid.uuid4().hex[:8]}"
-    env = {"ORDERFLOW_REDIS_URL": redis_url, "ORDERFLOW_QUEUE_PREFIX": prefix}
-    asyncio.run(_populate(Settings(redis_url=redis_url, queue_prefix=prefix)))
+async def namespace(env: WorkflowEnvironment) -> Client:
+    """A Temporal namespace of this test's own: its task queues have no workers yet."""
+    return await own_namespace(env.client, "cli")
+
+
+@pytest.fixture
+def cli_env(redis_url: str, namespace: Client) -> dict[str, str]:
+    """The environment of `orderflow …`: a queue prefix and a Temporal namespace of the test's own."""
+    return {
+        "ORDERFLOW_REDIS_URL": redis_url,
+        "ORDERFLOW_QUEUE_PREFIX": f"cli{uuid.uuid4().hex[:8]}",
+        "ORDERFLOW_TEMPORAL_ADDRESS": namespace.service_client.config.target_host,
+        "ORDERFLOW_TEMPORAL_NAMESPACE": namespace.namespace,
+    }
+
+
+def invoker(env: dict[str, str]) -> Any:
+    """Invoke `orderflow …` with `env`; returns (exit code, output)."""
     runner = CliRunner()
 
     def invoke(*args: str) -> tuple[int, str]:
@@ -64,6 +85,14 @@ def cli(redis_url: str) -> Any:
         return result.exit_code, result.output
 
     return invoke
+
+
+@pytest.fixture
+def cli(redis_url: str, cli_env: dict[str, str]) -> Any:
+    """`orderflow …` over populated bridge queues (see _populate)."""
+    prefix = cli_env["ORDERFLOW_QUEUE_PREFIX"]
+    asyncio.run(_populate(Settings(redis_url=redis_url, queue_prefix=prefix)))
+    return invoker(cli_env)
 
 
 def as_json(invoke: Any, *args: str) -> Any:
@@ -78,12 +107,13 @@ def email_counts(invoke: Any) -> dict[str, Any]:
 
 
 def test_counts_failed_job_and_dlq_list(cli: Any) -> None:
-    rows = as_json(cli, "queues")
+    rows = as_json(cli, "queues")["bridge"]
     assert {r["queue"] for r in rows} == {"email-queue", "payment-webhook-queue"}
     email = next(r for r in rows if r["queue"] == EMAIL_QUEUE)
     assert (email["waiting"], email["active"], email["delayed"]) == (0, 0, 1)
     assert (email["completed"], email["failed"], email["dlq"]) == (3, 3, 3)
     assert email["completed_recent"] == 3 and not email["is_paused"]
+    assert as_json(cli, "queues", "counts") == rows
     code, text = cli("queues")
     assert code == 0 and "email-queue" in text and "COMPLETED" in text
 
@@ -148,3 +178,59 @@ def test_pause_resume_and_errors(cli: Any) -> None:
     assert code == 1 and "email-queue: no job 'missing-job'" in out
     code, out = cli("queues", "clean", "email", "--older-than", "soon")
     assert code == 1 and "not like 30s" in out
+
+
+async def test_queues_shows_a_started_worker_as_a_poller_and_workflows_no_worker_takes_as_backlog(
+    namespace: Client, cli_env: dict[str, str]
+) -> None:
+    # three workflows on `payments`, which no worker of this namespace polls
+    for i in range(3):
+        await namespace.start_workflow(
+            "PaymentRetryWorkflow", id=f"backlog-{i}", task_queue=PAYMENTS_TASK_QUEUE
+        )
+    invoke = invoker(cli_env)
+
+    async def overview() -> dict[tuple[str, str], dict[str, Any]]:
+        code, out = await asyncio.to_thread(invoke, "queues", "--json")
+        assert code == 0, out
+        data = json.loads(out)
+        assert {q["queue"] for q in data["bridge"]} == {"email-queue", "payment-webhook-queue"}
+        return {(q["task_queue"], q["type"]): q for q in data["temporal"]}
+
+    async def backlog() -> bool:
+        return (await overview())[PAYMENTS_TASK_QUEUE, "workflow"]["backlog"] == 3
+
+    await eventually(backlog, what="3 workflow tasks waiting on payments")
+    seen = await overview()
+    assert {q for q, _ in seen} == {"orders", "payments", "inventory", "reviews"}
+    assert seen[PAYMENTS_TASK_QUEUE, "workflow"]["pollers"] == 0
+    assert seen[PAYMENTS_TASK_QUEUE, "workflow"]["backlog_age_seconds"] > 0
+    assert seen[ORDERS_TASK_QUEUE, "workflow"]["pollers"] == 0
+
+    worker = Worker(
+        namespace, task_queue=ORDERS_TASK_QUEUE, workflows=[OrderWorkflow], identity="ops-test-1"
+    )
+    async with worker:
+
+        async def polled() -> bool:
+            orders = (await overview())[ORDERS_TASK_QUEUE, "workflow"]
+            return orders["pollers"] == 1 and orders["poller_identities"] == ["ops-test-1"]
+
+        await eventually(polled, what="the worker polling orders")
+        code, text = await asyncio.to_thread(invoke, "queues")
+    assert code == 0, text
+    assert "Temporal task queues" in text and "BACKLOG" in text and "POLLERS" in text
+    rows = [line.split() for line in text.splitlines()]
+    [payments] = [r for r in rows if r[:2] == ["payments", "workflow"]]
+    [orders] = [r for r in rows if r[:2] == ["orders", "workflow"]]
+    assert (payments[2], payments[4], orders[4]) == ("3", "0", "1")  # backlog, pollers
+
+
+def test_queues_shows_the_bridge_queues_and_names_temporal_when_it_does_not_answer(
+    cli_env: dict[str, str],
+) -> None:
+    down = f"127.0.0.1:{free_port()}"
+    code, out = invoker({**cli_env, "ORDERFLOW_TEMPORAL_ADDRESS": down})("queues")
+    assert code == 1
+    assert "email-queue" in out and "payment-webhook-queue" in out
+    assert f"cannot reach Temporal at {down}" in out and "Traceback" not in out

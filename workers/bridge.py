@@ -16,9 +16,10 @@ from bridge.runtime import BackoffStrategy, BridgeWorker
 from bridge.specs import QueueSpec, queue_specs
 from mail.processor import EmailProcessor
 from orderflow.contracts.mail import EMAIL_QUEUE
-from orderflow.contracts.payment import WEBHOOK_QUEUE
+from orderflow.contracts.payment import WEBHOOK_QUEUE, GatewayName
 from orderflow.db import make_engine
 from orderflow.settings import Settings
+from payments.gateway import make_gateway
 from payments.processor import Orders, WebhookProcessor
 
 log = logging.getLogger("orderflow.bridge")
@@ -59,13 +60,19 @@ async def run_bridge_workers(
 
 
 def build_webhook_processor(settings: Settings, order_client: Orders, engine: Engine) -> Processor:
-    """The processor of payment-webhook-queue: `{WEBHOOK_QUEUE: build_webhook_processor(...)}`."""
+    """The processor of payment-webhook-queue: `{WEBHOOK_QUEUE: build_webhook_processor(...)}`.
+
+    Its reconciliation job compares with the configured gateway's own list (not the simulated
+    one's: it keeps no books).
+    """
+    gateway = None if settings.gateway == GatewayName.SIMULATED else make_gateway(settings, engine)
     return WebhookProcessor(
         order_client,
         engine,
         queue=WEBHOOK_QUEUE,
         outage_window_seconds=settings.webhook_outage_window_seconds,
         unknown_order_window_seconds=settings.webhook_unknown_order_window_seconds,
+        gateway=gateway,
     )
 
 

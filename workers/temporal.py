@@ -29,7 +29,7 @@ from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE
 from orderflow.contracts.review import REVIEWS_TASK_QUEUE
 from orderflow.settings import Settings
-from payments.gateway import PaymentGateway, SimulatedGateway
+from payments.gateway import PaymentGateway, make_gateway
 from workflows.cleanup import QueueCleanupWorkflow
 from workflows.inventory import InventoryReleaseWorkflow
 from workflows.order import OrderWorkflow
@@ -38,6 +38,9 @@ from workflows.reconciliation import PaymentReconciliationWorkflow
 from workflows.reports import DailyReportWorkflow
 from workflows.review import ManualReviewWorkflow
 from workflows.stock_sync import StockSyncWorkflow
+
+# every task queue build_workers serves, in the order operators read them
+TASK_QUEUES = (ORDERS_TASK_QUEUE, PAYMENTS_TASK_QUEUE, INVENTORY_TASK_QUEUE, REVIEWS_TASK_QUEUE)
 
 
 @dataclass
@@ -54,15 +57,10 @@ class Dependencies:
         cls, settings: Settings, engine: Engine, email_queue: JobQueue
     ) -> Dependencies:
         """The configured gateway (simulated by default) and ERP (local stand-in unless a URL is set)."""
-        gateway = SimulatedGateway(
-            engine,
-            fail_captures=settings.gateway_fail_captures,
-            decline_all=settings.gateway_decline_all,
-        )
         return cls(
             engine=engine,
             email_queue=email_queue,
-            gateway=gateway,
+            gateway=make_gateway(settings, engine),
             erp=make_erp(settings.erp_url, engine),
         )
 

@@ -72,6 +72,7 @@ PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING)
 EARLY_PAYMENT_AMOUNT_CHECK = "early-payment-amount-check"
 RETRY_FINISHES_CAPTURE = "retry-finishes-capture"
 REVIEW_ENDS_ON_CANCEL = "review-ends-on-cancel"
+RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE = "retry-capture-is-not-its-own-duplicate"
 
 
 @workflow.defn
@@ -239,6 +240,7 @@ class OrderWorkflow:
                 interval_seconds=policy.payment_retry_interval_seconds,
                 reason=self._failures[-1].reason if self._failures else "",
                 currency=self._currency,
+                payment_id=self._failures[-1].payment_id if self._failures else "",
             ),
             id=payment_retry_workflow_id(self._order.order_id, PaymentKind.CAPTURE),
             task_queue=PAYMENTS_TASK_QUEUE,
@@ -259,6 +261,10 @@ class OrderWorkflow:
             await self._tell(child.signal(PaymentRetryWorkflow.stop, why))
             result = await child
             if result.succeeded and self._payment is not None:
+                if self._payment.payment_id == result.payment_id and workflow.patched(
+                    RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE
+                ):
+                    return None  # the gateway's webhook of this very capture came first
                 await self._refund_duplicate(result)
                 return None
             return result
@@ -362,6 +368,7 @@ class OrderWorkflow:
                 interval_seconds=self._order.policy.payment_retry_interval_seconds,
                 reason=reason,
                 currency=payment.currency or self._currency,
+                payment_id=payment.payment_id,
             ),
             id=payment_retry_workflow_id(order_id, PaymentKind.REFUND),
             task_queue=PAYMENTS_TASK_QUEUE,

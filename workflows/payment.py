@@ -15,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
         PaymentAttempt,
         PaymentRetryInput,
         PaymentRetryResult,
+        gateway_idempotency_key,
     )
 
 # transport failures (gateway unreachable) are retried inside one attempt; declines are not
@@ -36,7 +37,6 @@ class PaymentRetryWorkflow:
     @workflow.run
     async def run(self, data: PaymentRetryInput) -> PaymentRetryResult:
         """Try until one attempt succeeds or all are used."""
-        info = workflow.info()
         for n in range(1, data.attempts + 1):
             if n > 1:
                 # the timer between attempts; a stop ends the retries at once
@@ -56,7 +56,11 @@ class PaymentRetryWorkflow:
                 amount=data.amount,
                 attempt=n,
                 currency=data.currency,
-                idempotency_key=f"{info.workflow_id}-{info.run_id[:8]}-{n}",
+                payment_id=data.payment_id,
+                # never the run id: a reset or continued run must not charge a second time
+                idempotency_key=gateway_idempotency_key(
+                    data.order_id, data.kind, n, data.payment_id
+                ),
             )
             try:
                 response = await workflow.execute_activity_method(

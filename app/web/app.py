@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import uvicorn
 from fastapi import FastAPI
@@ -25,17 +25,26 @@ def create_app(
     engine: Engine | None = None,
     telemetry: Telemetry | None = None,
     queues: Mapping[str, QueueSpec] | None = None,
+    task_queues: Sequence[str] | None = None,
 ) -> FastAPI:
     """The app: `POST /webhooks/{stripe,razorpay}` enqueue on `webhook_queue`; `GET /healthz`.
 
     With telemetry also `GET /metrics` (unless settings.metrics_port moves it to
     the per-process probe, app.web.probe); with an order client (and its engine) the `/ops`
-    dashboard; queues default to every bridge queue (app.web.ops).
+    dashboard; queues default to every bridge queue, task_queues to every worker's (app.web.ops).
     """
     app = FastAPI(title="orderflow", docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.include_router(webhook_router(settings, webhook_queue))
-    add_operations(app, settings, orders=orders, engine=engine, telemetry=telemetry, queues=queues)
+    add_operations(
+        app,
+        settings,
+        orders=orders,
+        engine=engine,
+        telemetry=telemetry,
+        queues=queues,
+        task_queues=task_queues,
+    )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""The ops dashboard (`/ops`): queues, failed and dead-lettered jobs, pending reviews, recent orders.
+"""The ops dashboard (`/ops`): every queue (bridge and Temporal task queues) with charts, failed and
+dead-lettered jobs, pending reviews, recent orders.
 
 Behind HTTP Basic (settings.admin_user / admin_password). GET only reads; every change is a POST
 form carrying a token signed with settings.dashboard_secret for the signed-in user (Basic
@@ -11,11 +12,12 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -26,6 +28,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app.client import OrderClient
+from app.task_queues import TaskQueueState, describe_task_queues
+from app.web import charts
 from bridge.admin import QueueAdmin, find_spec
 from bridge.specs import QueueSpec
 from orderflow.contracts.order import order_workflow_id
@@ -39,6 +43,8 @@ from orderflow.templating import is_html_template
 TEMPLATES = Path(__file__).parent / "templates"
 RECENT_ORDERS = 50  # orders listed on the dashboard, newest first
 LISTED_JOBS = 20  # failed jobs and DLQ entries shown per queue
+CHART_MINUTES = 60  # the throughput charts cover the last hour, a bar per minute
+TIMED_WINDOW_SECONDS = 3600  # processing-time percentiles of the last hour's completed jobs
 FORM_TOKEN_TTL_SECONDS = 12 * 3600  # a dashboard left open over a shift can still post
 FORM_TOKEN_SKEW_SECONDS = 300  # replicas' clocks may differ this much
 
@@ -107,6 +113,7 @@ def dashboard_router(
     specs: Mapping[str, QueueSpec],
     orders: OrderClient,
     engine: Engine,
+    task_queues: Sequence[str],
 ) -> APIRouter:
     """`GET /ops` and its POST actions (retry, re-drive, decide a review)."""
     templates = Jinja2Templates(
@@ -128,21 +135,36 @@ def dashboard_router(
     @router.get("", response_class=HTMLResponse)
     async def page(request: Request, user: Admin) -> HTMLResponse:
         """The dashboard."""
-        queues = []
+        zone = ZoneInfo(settings.report_timezone)
+        queues, depths = [], []
         for spec in specs.values():
             admin = QueueAdmin(spec, settings.redis_url)
             try:
+                depths.append(await admin.counts())
                 queues.append(
                     {
-                        "counts": await admin.counts(),
+                        "counts": depths[-1],
                         "failed": await admin.failed(LISTED_JOBS),
                         "dlq": await admin.dead_letters(LISTED_JOBS),
+                        "throughput": charts.throughput_chart(
+                            await admin.throughput(CHART_MINUTES), zone
+                        ),
+                        "processing": charts.processing_chart(
+                            await admin.processing_times(TIMED_WINDOW_SECONDS)
+                        ),
                     }
                 )
             finally:
                 await admin.close()
+        tasks: list[TaskQueueState] = []
+        tasks_error = ""
+        try:
+            tasks = await describe_task_queues(orders.client, task_queues)
+        except OrderflowError as err:
+            tasks_error = str(err)
         reviews = await orders.pending_reviews()
         latest = await asyncio.to_thread(recent_orders, engine)
+        today = await asyncio.to_thread(charts.orders_today, engine, zone)
         by_status: dict[str, int] = {}
         for order in latest:
             by_status[order.status] = by_status.get(order.status, 0) + 1
@@ -150,6 +172,11 @@ def dashboard_router(
             "user": user,
             "token": form_token(settings.dashboard_secret, user, int(time.time())),
             "queues": queues,
+            "task_queues": tasks,
+            "task_queues_error": tasks_error,
+            "depth_chart": charts.depth_chart(depths, tasks),
+            "orders_chart": charts.orders_chart(today, zone),
+            "zone": zone.key,
             "reviews": reviews,
             "orders": [(o, order_run_url(settings, o.id)) for o in latest],
             "by_status": sorted(by_status.items()),

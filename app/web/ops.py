@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -14,6 +14,7 @@ from app.web.dashboard import dashboard_router
 from app.web.metrics import WebhookOutcomes, metrics_router
 from bridge.specs import QueueSpec, queue_specs
 from orderflow.settings import Settings
+from workers.temporal import TASK_QUEUES
 
 
 def add_operations(
@@ -24,8 +25,13 @@ def add_operations(
     engine: Engine | None = None,
     telemetry: Telemetry | None = None,
     queues: Mapping[str, QueueSpec] | None = None,
+    task_queues: Sequence[str] | None = None,
 ) -> None:
-    """Instrument `app`; add `/metrics` with telemetry and `/ops` with an order client."""
+    """Instrument `app`; add `/metrics` with telemetry and `/ops` with an order client.
+
+    `/ops` shows `queues` (default: every bridge queue) and the Temporal `task_queues` (default:
+    every worker's).
+    """
     specs = dict(queues or queue_specs(settings))
     engine = engine if engine is not None else (orders.engine if orders is not None else None)
     app.add_middleware(WebhookOutcomes)
@@ -38,4 +44,8 @@ def add_operations(
     if telemetry is not None and not settings.metrics_port:
         app.include_router(metrics_router(telemetry, specs, settings, engine))
     if orders is not None and engine is not None:
-        app.include_router(dashboard_router(settings, specs, orders, engine))
+        app.include_router(
+            dashboard_router(
+                settings, specs, orders, engine, TASK_QUEUES if task_queues is None else task_queues
+            )
+        )

@@ -32,3 +32,26 @@ TEMPLATE_ALIASES: dict[str, str] = {
     "welcome": EmailJob.WELCOME,
     "order_cancelled": EmailJob.ORDER_CANCELLED,
 }
+
+
+# The job data each template reads, as producers write it: the seed's Node code and ours name
+# some fields differently (the seed: items {sku, name, qty, price}, total/grandTotal in major
+# units, no currency; ours: items {sku, quantity, unitPrice, unitPriceMinor}, totalMinor and
+# currency beside total). The first name present wins; a field marked required that is absent
+# (or null) fails the job as unrecoverable, naming it.
+ITEM_QUANTITY = ("quantity", "qty")
+ITEM_PRICE_MINOR = ("unitPriceMinor",)  # int minor units of `currency` (ours)
+ITEM_PRICE_MAJOR = ("unitPrice", "price")  # major units as the seed writes them (1598.5)
+ITEM_LABEL = ("name", "sku")
+TOTAL_MINOR = ("totalMinor",)
+TOTAL_MAJOR = ("total", "grandTotal")
+LINK_FIELDS = ("resetUrl", "trackingUrl")  # put in an href by the templates: http(s) only
+
+# data fields a job of each name must carry (money and items are checked as above)
+REQUIRED_FIELDS: dict[EmailJob, tuple[str, ...]] = {
+    EmailJob.ORDER_CONFIRMATION: ("orderNumber", "items", "total"),
+    EmailJob.SHIPPING_NOTIFICATION: ("orderNumber",),
+    EmailJob.PASSWORD_RESET: ("resetUrl",),
+    EmailJob.WELCOME: (),
+    EmailJob.ORDER_CANCELLED: ("orderNumber",),
+}

@@ -9,6 +9,14 @@ PAYMENTS_TASK_QUEUE = "payments"
 WEBHOOK_QUEUE = "payment-webhook-queue"  # the seed's bridge queue name, shared with Node producers
 
 
+class GatewayName(StrEnum):
+    """The payment gateway a deployment uses (ORDERFLOW_GATEWAY); also the payments' provider."""
+
+    SIMULATED = "simulated"  # moves no money: the embedded demo and tests only
+    STRIPE = "stripe"
+    RAZORPAY = "razorpay"
+
+
 class WebhookJob(StrEnum):
     """Job names of the payment webhook queue."""
 
@@ -57,6 +65,7 @@ class PaymentRetryInput:
     interval_seconds: float = 3600.0
     reason: str = ""
     currency: str = ""
+    payment_id: str = ""  # a refund: the captured payment it gives back (empty: the order's)
 
 
 @dataclass
@@ -93,6 +102,19 @@ class GatewayRequest:
     attempt: int
     idempotency_key: str
     currency: str = ""
+    payment_id: str = ""  # a refund: the gateway's id of the payment given back
+
+
+def gateway_idempotency_key(
+    order_id: str, kind: PaymentKind, attempt: int, payment_id: str = ""
+) -> str:
+    """One key per order, kind and attempt (and refunded payment), never per workflow run.
+
+    A retried activity, a restarted worker and a reset workflow send the same key, so the
+    gateway answers the first call's result instead of charging or refunding again.
+    """
+    of = f"-{payment_id}" if payment_id else ""
+    return f"{order_id}-{kind.value}{of}-{attempt}"
 
 
 @dataclass
@@ -103,3 +125,42 @@ class GatewayResponse:
     payment_id: str = ""
     detail: str = ""
     provider: str = ""
+
+
+@dataclass
+class GatewayPayment:
+    """One payment as the gateway lists it (reconciliation compares these with our table)."""
+
+    provider: str
+    payment_id: str
+    order_id: str
+    status: str  # the gateway's own word: succeeded, requires_capture, captured, failed, ...
+    captured: int  # minor units of `currency` taken
+    refunded: int  # minor units given back
+    currency: str
+    created: float  # Unix time
+
+
+@dataclass
+class CheckoutRequest:
+    """A checkout at the gateway for one order's total (Stripe PaymentIntent, Razorpay order)."""
+
+    order_id: str
+    amount: int  # minor units of `currency`
+    currency: str
+    customer: str = ""  # the gateway's customer id, if the order service keeps one
+    payment_method: str = ""  # confirm at once with this saved method (server-side checkout)
+    capture_manually: bool = False  # authorise now, capture later through the gateway
+
+
+@dataclass
+class Checkout:
+    """What the storefront needs to finish the payment."""
+
+    provider: str
+    payment_id: str  # PaymentIntent id / Razorpay order id
+    status: str
+    client_secret: str = ""  # Stripe: what Stripe.js confirms the PaymentIntent with
+    amount: int = 0
+    currency: str = ""
+    detail: str = ""  # e.g. the decline message when a saved card was confirmed at once

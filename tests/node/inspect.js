@@ -1,4 +1,5 @@
-// node inspect.js REDIS_URL PREFIX QUEUE JOB_ID... -> prints counts and the named jobs as Node sees them
+// node inspect.js REDIS_URL PREFIX QUEUE JOB_ID... -> prints counts, the named jobs and the
+// queue's workers (getWorkers: connection names) as Node sees them
 const { Queue } = require("bullmq");
 const { connect } = require("./common");
 
@@ -16,7 +17,8 @@ async function main() {
       stacktrace: job.stacktrace, state: await job.getState(), telemetry: job.opts.telemetry,
     };
   }
-  console.log(JSON.stringify({ counts, jobs }));
+  const workers = (await queue.getWorkers()).map((w) => w.rawname);
+  console.log(JSON.stringify({ counts, jobs, workers }));
   await queue.close();
   await connection.quit();
 }

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orderflow.money import MoneyError, format_major, format_money, to_major, to_minor
+from orderflow.money import MoneyError, format_money, round_major, to_major, to_minor
 from payments.events import parse_stripe
 from payments.samples import stripe_event
 
@@ -42,7 +42,7 @@ def test_amounts_show_one_way_everywhere() -> None:
     assert format_money(1200, "JPY") == "¥1,200"
     assert format_money(100, "XXX") == "1.00 XXX"
     assert format_money(100, "") == "100 minor units of no currency"  # never raises in a workflow
-    assert format_major(1598.5, "INR") == "₹1,598.50"  # a Node producer's `total`
+    assert format_money(round_major(1598.5, "INR"), "INR") == "₹1,598.50"  # a Node job's `total`
 
 
 def test_each_failed_stripe_charge_is_its_own_attempt() -> None:

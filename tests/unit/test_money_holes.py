@@ -60,6 +60,22 @@ async def test_a_payment_during_a_succeeding_capture_retry_is_not_charged_twice(
     assert f"capture-{order_id}-1" in notes and "duplicate" in notes
 
 
+async def test_the_gateway_webhook_of_the_retrys_own_capture_is_that_payment_not_a_duplicate(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    order_id = await _retry_capturing(env, unit_orders, stubs)
+    # a real gateway reports the retry's capture by webhook too, and it may come first
+    own = PaymentReceived(f"capture-{order_id}-1", 10_000, provider="stub")
+    ack = await unit_orders.payment_received(order_id, own)
+    assert ack.accepted, ack.reason
+    assert stubs.capture_gate is not None
+    stubs.capture_gate.set()
+    state = await wait_status(unit_orders, order_id, "CONFIRMED")
+    assert state.payment_id == own.payment_id
+    assert _calls(stubs, PaymentKind.CAPTURE) == [10_000]
+    assert _calls(stubs, PaymentKind.REFUND) == []  # the one payment is kept
+
+
 async def test_a_cancel_during_a_succeeding_capture_retry_refunds_the_capture(
     env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
 ) -> None:

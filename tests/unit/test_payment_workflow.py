@@ -7,7 +7,7 @@ from datetime import timedelta
 from temporalio.testing import WorkflowEnvironment
 
 from app.client import OrderClient
-from orderflow.contracts.payment import PaymentKind, PaymentRetryInput
+from orderflow.contracts.payment import PaymentKind, PaymentRetryInput, gateway_idempotency_key
 from tests.helpers import new_order_id
 from tests.unit.conftest import Stubs
 from workflows.payment import PaymentRetryWorkflow
@@ -47,3 +47,32 @@ async def test_a_refund_succeeds_at_the_first_attempt(
     assert [(r.kind, r.amount) for r in stubs.called("call_gateway")] == [
         (PaymentKind.REFUND, 9900)
     ]
+
+
+async def test_a_new_run_of_the_same_retry_sends_the_same_keys_as_the_first(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    """A reset (or any new run of the workflow) must not charge again: keys carry no run id."""
+    order_id = new_order_id()
+    data = PaymentRetryInput(
+        order_id=order_id,
+        kind=PaymentKind.REFUND,
+        amount=9900,
+        payment_id="pi_paid",
+        currency="INR",
+    )
+    runs = []
+    for _ in range(2):
+        handle = await env.client.start_workflow(
+            PaymentRetryWorkflow.run,
+            data,
+            id=f"unit-rerun-{order_id}",
+            task_queue=unit_orders.task_queue,
+        )
+        await handle.result()
+        runs.append(handle.result_run_id)
+    assert runs[0] != runs[1]
+    keys = [r.idempotency_key for r in stubs.called("call_gateway")]
+    assert keys == [gateway_idempotency_key(order_id, PaymentKind.REFUND, 1, "pi_paid")] * 2
+    assert all(run[:8] not in keys[0] for run in runs)
+    assert [r.payment_id for r in stubs.called("call_gateway")] == ["pi_paid", "pi_paid"]

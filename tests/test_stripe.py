@@ -1,0 +1,438 @@
+"""Stripe through the official SDK against localstripe (a stateful fake Stripe that sends signed
+webhooks): checkout → webhook → order, capture retries, refunds, reconciliation, idempotency.
+
+The module runs its own Temporal dev server whose workers use the Stripe gateway on the real
+task queue names (the order workflow starts its payment children on `payments`), and the real
+HTTP app + webhook worker that localstripe's webhooks reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import stripe
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.erp import HttpErp
+from activities.payment import PaymentActivities
+from app import embedded
+from app.client import OrderClient
+from app.web.app import create_app, http_server
+from bridge.producer import QueueProducer
+from bridge.specs import QueueSpec, webhook_spec
+from orderflow.contracts.order import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
+from orderflow.contracts.payment import (
+    CheckoutRequest,
+    GatewayName,
+    GatewayRequest,
+    PaymentKind,
+    PaymentRetryInput,
+    gateway_idempotency_key,
+    payment_retry_workflow_id,
+)
+from orderflow.db import Payment
+from orderflow.settings import Settings
+from payments.gateway import GatewayConfigError, GatewayUnavailableError
+from payments.reconciliation import enqueue_reconciliation
+from payments.stripe_gateway import StripeGateway
+from tests.bridge_helpers import bull_queue, running
+from tests.conftest import TEMPORAL_BIN
+from tests.fake_erp import FakeErp
+from tests.fake_gateways import STRIPE_TEST_KEY, LocalStripe, StallingProxy
+from tests.helpers import eventually, new_order_id, payments, pending_order, wait_status
+from workers.bridge import build_webhook_processor
+from workers.temporal import Dependencies, build_workers
+from workflows.payment import PaymentRetryWorkflow
+
+Catalogue = Callable[..., dict[str, str]]
+GOOD_CARD = "4242424242424242"
+DECLINED_CARD = (
+    "4000000000000341"  # attaches to a customer, declines every charge (localstripe too)
+)
+
+
+@dataclass
+class StripeSystem:
+    """Workers, order client and HTTP app wired to the Stripe gateway at localstripe."""
+
+    env: WorkflowEnvironment
+    orders: OrderClient
+    settings: Settings
+    stripe: stripe.StripeClient
+    localstripe: LocalStripe
+    spec: QueueSpec
+
+
+@pytest.fixture(scope="module")
+async def system(
+    localstripe: LocalStripe,
+    settings: Settings,
+    engine: Engine,
+    email_queue: Any,
+    erp: FakeErp,
+    redis_url: str,
+) -> AsyncIterator[StripeSystem]:
+    """The whole loop: checkout at localstripe → its signed webhook → HTTP app → queue → order."""
+    local = settings.model_copy(
+        update={
+            "gateway": GatewayName.STRIPE,
+            "stripe_api_key": STRIPE_TEST_KEY,
+            "stripe_api_base": localstripe.url,
+            "payment_retry_attempts": 4,
+            "payment_retry_interval_seconds": 2.0,
+            "http_host": "127.0.0.1",
+            "http_port": embedded.free_port(),
+            "webhook_unknown_order_window_seconds": 3.0,  # the ghost order's events end soon
+        }
+    )
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=TEMPORAL_BIN,
+        search_attributes=[ORDER_STATUS, ORDER_TOTAL, CUSTOMER_ID],
+    ) as env:
+        deps = dataclasses.replace(
+            Dependencies.from_settings(local, engine, email_queue), erp=HttpErp(erp.url)
+        )
+        assert isinstance(deps.gateway, StripeGateway)
+        workers = build_workers(env.client, local, deps)
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        orders = OrderClient(env.client, local, engine)
+        tag = uuid.uuid4().hex[:8]
+        spec = webhook_spec(local).with_(prefix=f"t{tag}", name=f"stripe-webhook-{tag}")
+        producer = QueueProducer.connect(spec, redis_url)
+        server = http_server(local, create_app(local, producer, orders=orders, engine=engine))
+        serving = asyncio.create_task(server.serve())
+
+        async def listening() -> bool:
+            return bool(getattr(server, "started", False))
+
+        await eventually(listening, what="the HTTP app listening")
+        localstripe.register_webhook(
+            "orderflow-tests",
+            f"http://127.0.0.1:{local.http_port}/webhooks/stripe",
+            local.stripe_webhook_secret,
+        )
+        client = stripe.StripeClient(
+            STRIPE_TEST_KEY, base_addresses={"api": localstripe.url}, max_network_retries=0
+        )
+        processor = build_webhook_processor(local, orders, engine)
+        async with running(spec, processor, redis_url):
+            yield StripeSystem(env, orders, local, client, localstripe, spec)
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+        await producer.close()
+        await asyncio.gather(*(w.shutdown() for w in workers))
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def card(system: StripeSystem, number: str, customer: str = "") -> str:
+    """A card PaymentMethod (attached to `customer` if given)."""
+    method = system.stripe.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": number, "exp_month": 12, "exp_year": 2031, "cvc": "123"},
+        }
+    )
+    if customer:
+        system.stripe.v1.payment_methods.attach(method.id, params={"customer": customer})
+    return method.id
+
+
+def make_default(system: StripeSystem, customer: str, method: str) -> None:
+    """The customer's saved card for off-session charges."""
+    system.stripe.v1.customers.update(
+        customer, params={"invoice_settings": {"default_payment_method": method}}
+    )
+
+
+async def test_checkout_payment_intent_confirmed_sends_a_signed_webhook_that_confirms_the_order(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine
+) -> None:
+    skus = catalogue(item=(249_900, 5))
+    order = await pending_order(system.orders, [(skus["item"], 1)])
+    checkout = await system.orders.create_checkout(order.id)  # the storefront's step
+    intent = system.stripe.v1.payment_intents.retrieve(checkout.payment_id)
+    assert intent.metadata["order_id"] == order.id
+    assert (intent.amount, intent.currency.upper()) == (249_900, "INR")
+    assert checkout.client_secret and checkout.status == "requires_payment_method"
+
+    # the customer confirms with a card (Stripe.js would); localstripe then posts the event
+    system.stripe.v1.payment_intents.update(
+        checkout.payment_id, params={"payment_method": card(system, GOOD_CARD)}
+    )
+    system.stripe.v1.payment_intents.confirm(checkout.payment_id)
+    state = await wait_status(system.orders, order.id, "CONFIRMED")
+    assert state.payment_id == checkout.payment_id
+    assert payments(engine, order.id) == [("capture", "succeeded", 249_900)]
+
+
+async def test_a_capture_declined_at_checkout_is_retried_and_charges_the_customers_new_card(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine
+) -> None:
+    skus = catalogue(item=(99_900, 5))
+    order = await pending_order(system.orders, [(skus["item"], 1)])
+    customer = system.stripe.v1.customers.create(params={"email": f"{order.id}@example.com"}).id
+    declining = card(system, DECLINED_CARD, customer)
+    make_default(system, customer, declining)
+    checkout = await system.orders.create_checkout(
+        order.id, customer=customer, payment_method=declining
+    )
+    assert checkout.detail.startswith("card declined")
+    # localstripe's payment_intent.payment_failed starts the retries; the first is declined too
+    await wait_status(system.orders, order.id, "PAYMENT_RETRYING")
+    retry = system.env.client.get_workflow_handle_for(
+        PaymentRetryWorkflow.run, payment_retry_workflow_id(order.id, PaymentKind.CAPTURE)
+    )
+
+    async def first_attempt() -> bool:
+        try:
+            return len(await retry.query(PaymentRetryWorkflow.attempts)) >= 1
+        except Exception:  # not started yet
+            return False
+
+    await eventually(first_attempt, 20, "the first capture retry")
+    make_default(system, customer, card(system, GOOD_CARD, customer))  # the customer's new card
+
+    state = await wait_status(system.orders, order.id, "CONFIRMED", timeout=30)
+    result = await retry.result()
+    assert result.succeeded and result.attempts[0].succeeded is False
+    assert "declined" in result.attempts[0].detail
+    assert result.attempts[-1].succeeded and result.payment_id == state.payment_id
+    captured = system.stripe.v1.payment_intents.retrieve(result.payment_id)
+    assert captured.status == "succeeded" and captured.metadata["order_id"] == order.id
+    assert captured.capture_method == "manual"  # authorised, then captured with our key
+    assert payments(engine, order.id)[-1] == ("capture", "succeeded", 99_900)
+    assert state.failed_payments == 1  # the retries' own declines are not new failures
+
+
+async def test_a_cancel_after_payment_refunds_and_the_refund_is_visible_in_localstripe(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine
+) -> None:
+    skus = catalogue(item=(59_900, 5))
+    order = await pending_order(system.orders, [(skus["item"], 2)])
+    checkout = await system.orders.create_checkout(order.id, payment_method=card(system, GOOD_CARD))
+    assert checkout.status == "succeeded"
+    await wait_status(system.orders, order.id, "CONFIRMED")
+    await system.orders.cancel(order.id, "customer changed their mind")
+    await wait_status(system.orders, order.id, "CANCELLED")
+
+    refunds = system.stripe.v1.refunds.list(params={"payment_intent": checkout.payment_id})
+    assert [(r.amount, r.status) for r in refunds.data] == [(119_800, "succeeded")]
+    with Session(engine) as session:
+        rows = session.exec(select(Payment).where(Payment.order_id == order.id)).all()
+    refund = next(r for r in rows if r.kind == PaymentKind.REFUND)
+    assert (refund.payment_id, refund.refund_of, refund.amount) == (
+        refunds.data[0].id,
+        checkout.payment_id,
+        119_800,
+    )
+
+
+async def test_reconciliation_finds_a_payment_captured_in_localstripe_that_no_order_saw(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine, redis_url: str
+) -> None:
+    ghost = new_order_id()
+    orphan = system.stripe.v1.payment_intents.create(
+        params={
+            "amount": 4200,
+            "currency": "inr",
+            "payment_method": card(system, GOOD_CARD),
+            "confirm": True,
+            "metadata": {"order_id": ghost},
+        }
+    )
+    assert orphan.status == "succeeded"
+    # and the other directions: a capture of ours Stripe never took, an amount that differs,
+    # and a refund we recorded that Stripe never made
+    skus = catalogue(item=(10_000, 5))
+    paid = await pending_order(system.orders, [(skus["item"], 1)])
+    checkout = await system.orders.create_checkout(paid.id, payment_method=card(system, GOOD_CARD))
+    await wait_status(system.orders, paid.id, "CONFIRMED")
+    missing, short = (
+        f"pi_missing_{uuid.uuid4().hex[:8]}",
+        system.stripe.v1.payment_intents.create(
+            params={
+                "amount": 5000,
+                "currency": "inr",
+                "payment_method": card(system, GOOD_CARD),
+                "confirm": True,
+                "metadata": {"order_id": paid.id},
+            }
+        ),
+    )
+    with Session(engine) as session:
+        session.add(_row(paid.id, missing, PaymentKind.CAPTURE, 7000))
+        session.add(_row(paid.id, short.id, PaymentKind.CAPTURE, 5500))
+        session.add(_row(paid.id, f"re_never_{uuid.uuid4().hex[:6]}", PaymentKind.REFUND, 10_000,
+                         refund_of=checkout.payment_id))  # fmt: skip
+        session.commit()
+
+    producer = QueueProducer.connect(system.spec, redis_url)
+    job_id = await enqueue_reconciliation(producer, window_hours=1, job_id=f"recon-{ghost}")
+    await producer.close()
+    queue = bull_queue(system.spec, redis_url)
+
+    async def report() -> dict[str, Any] | None:
+        job = await queue.getJob(job_id)
+        return job.returnvalue if job is not None and job.finishedOn else None
+
+    found = await eventually(report, 30, "the reconciliation job's report")
+    await queue.close()
+    assert found["gateway"] == "stripe" and found["checked_gateway_payments"] >= 3
+    by_payment = {(m["kind"], m["payment_id"]): m for m in found["mismatches"]}
+    orphaned = by_payment[("captured_not_recorded", orphan.id)]
+    assert orphaned["order_id"] == ghost
+    assert "stripe:" in orphaned["detail"] and "₹42.00" in orphaned["detail"]
+    assert "orderflow: no capture recorded" in orphaned["detail"]
+    gone = by_payment[("capture_not_at_gateway", missing)]["detail"]
+    assert "orderflow:" in gone and "₹70.00" in gone and "stripe: no such payment" in gone
+    differs = by_payment[("gateway_amount_mismatch", short.id)]["detail"]
+    assert "₹50.00" in differs and "orderflow: ₹55.00" in differs
+    refund = by_payment[("refund_not_at_gateway", checkout.payment_id)]["detail"]
+    assert (
+        "stripe:" in refund
+        and "refunded ₹0.00" in refund
+        and "orderflow: refunded ₹100.00" in refund
+    )
+    # the order paid through the normal loop is in step on both sides
+    assert not [m for m in found["mismatches"]
+                if m["payment_id"] == checkout.payment_id and m["kind"] != "refund_not_at_gateway"]  # fmt: skip
+
+
+def _row(
+    order_id: str, payment_id: str, kind: PaymentKind, amount: int, refund_of: str = ""
+) -> Payment:
+    return Payment(
+        order_id=order_id,
+        provider="stripe",
+        payment_id=payment_id,
+        kind=kind,
+        amount=amount,
+        currency="INR",
+        status="succeeded",
+        refund_of=refund_of,
+    )
+
+
+async def test_a_capture_activity_retried_after_a_timeout_sends_the_same_key_and_charges_once(
+    system: StripeSystem, engine: Engine
+) -> None:
+    proxy = StallingProxy(system.localstripe.url, stall_suffix="/capture").start()
+    try:
+        # a gateway whose first capture reaches Stripe but whose answer never comes back
+        gateway = StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url, timeout=1.0)
+        order_id = new_order_id()
+        authorised = StripeGateway(STRIPE_TEST_KEY, api_base=system.localstripe.url)
+        checkout = await asyncio.to_thread(
+            authorised.create_checkout,
+            _checkout(order_id, card(system, GOOD_CARD)),
+        )
+        assert checkout.status == "requires_capture"
+        queue = f"payments-timeout-{order_id}"
+        async with Worker(
+            system.env.client,
+            task_queue=queue,
+            workflows=[PaymentRetryWorkflow],
+            activities=[PaymentActivities(engine, gateway).call_gateway],
+            activity_executor=ThreadPoolExecutor(max_workers=2),
+        ):
+            handle = await system.env.client.start_workflow(
+                PaymentRetryWorkflow.run,
+                PaymentRetryInput(
+                    order_id=order_id,
+                    kind=PaymentKind.CAPTURE,
+                    amount=31_500,
+                    attempts=1,
+                    currency="INR",
+                    payment_id=checkout.payment_id,
+                ),
+                id=f"timeout-{order_id}",
+                task_queue=queue,
+            )
+            result = await handle.result()
+        assert result.succeeded and result.payment_id == checkout.payment_id
+        key = gateway_idempotency_key(order_id, PaymentKind.CAPTURE, 1, checkout.payment_id)
+        assert proxy.keys("/capture") == [key, key]  # the retry sent the same key
+        started = [
+            e.activity_task_started_event_attributes.attempt
+            async for e in handle.fetch_history_events()
+            if e.HasField("activity_task_started_event_attributes")
+        ]
+        assert started == [2]  # Temporal retried the activity after the timeout
+        charged = system.stripe.v1.payment_intents.retrieve(checkout.payment_id)
+        assert charged.status == "succeeded"
+        charges = system.stripe.v1.charges.list(params={"limit": 100}).data
+        mine = [c for c in charges if c.payment_intent == checkout.payment_id]
+        assert [(c.amount, c.captured) for c in mine] == [(31_500, True)]  # charged once
+        assert payments(engine, order_id) == [("capture", "succeeded", 31_500)]
+    finally:
+        proxy.stop()
+
+
+def _checkout(order_id: str, method: str) -> CheckoutRequest:
+    """An authorised (manual-capture) PaymentIntent of ₹315.00 for the order."""
+    return CheckoutRequest(order_id, 31_500, "INR", payment_method=method, capture_manually=True)
+
+
+async def test_payments_since_a_time_are_listed_with_what_was_captured_and_refunded(
+    system: StripeSystem,
+) -> None:
+    gateway = StripeGateway(STRIPE_TEST_KEY, api_base=system.localstripe.url)
+    since = datetime.now(UTC) - timedelta(seconds=2)
+    order_id = new_order_id()
+    checkout = await asyncio.to_thread(
+        gateway.create_checkout, _checkout(order_id, card(system, GOOD_CARD))
+    )
+    fetched = await asyncio.to_thread(gateway.fetch, checkout.payment_id)
+    assert fetched is not None and (fetched.status, fetched.captured) == ("requires_capture", 0)
+    assert await asyncio.to_thread(gateway.fetch, "pi_does_not_exist") is None
+    foreign = GatewayRequest(order_id, PaymentKind.REFUND, 100, 1, "k", "INR", "pay_razorpay1")
+    answer = await asyncio.to_thread(gateway.refund, foreign)  # not Stripe's: refunds nothing
+    assert not answer.succeeded and "'pay_razorpay1'" in answer.detail
+    system.stripe.v1.payment_intents.capture(checkout.payment_id)
+    listed = {p.payment_id: p for p in await asyncio.to_thread(gateway.list_payments, since)}
+    mine = listed[checkout.payment_id]
+    assert (mine.order_id, mine.captured, mine.refunded, mine.currency) == (
+        order_id,
+        31_500,
+        0,
+        "INR",
+    )
+
+
+async def test_a_rate_limit_or_a_stripe_outage_is_retried_and_a_refused_key_is_not(
+    system: StripeSystem,
+) -> None:
+    proxy = StallingProxy(system.localstripe.url, stall_suffix="/capture", stall=0).start()
+    try:
+        gateway = StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url, timeout=5)
+        order_id = new_order_id()
+        checkout = await asyncio.to_thread(
+            gateway.create_checkout, _checkout(order_id, card(system, GOOD_CARD))
+        )
+        capture = GatewayRequest(
+            order_id, PaymentKind.CAPTURE, 31_500, 1, f"{order_id}-k", "INR", checkout.payment_id
+        )
+        proxy.refuse = [429, 500, 503]
+        for _ in range(3):
+            with pytest.raises(GatewayUnavailableError) as unavailable:
+                await asyncio.to_thread(gateway.capture, capture)
+            assert order_id in str(unavailable.value)
+        assert (await asyncio.to_thread(gateway.capture, capture)).succeeded
+        assert proxy.keys("/capture") == [f"{order_id}-k"] * 4
+
+        refused = StripeGateway("pk_not_a_secret_key", api_base=system.localstripe.url)
+        with pytest.raises(GatewayConfigError):  # our key, not the card: no retry helps
+            await asyncio.to_thread(refused.capture, capture)
+    finally:
+        proxy.stop()
