@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     inventory_concurrency: int = 8
     reviews_concurrency: int = 1
     graceful_shutdown_seconds: float = 30.0
+    # Workflow runs kept in each worker's memory between tasks (an evicted one is rebuilt by
+    # replaying its history): bounds a worker's memory however many orders are pending
+    max_cached_workflows: int = 1000
+    # Run workflow code in Temporal's sandbox (it re-imports the workflow's module for every run
+    # and wraps every activation: a quarter of the orders worker's CPU, bench/README.md). The
+    # unit tier and the replay test always run it sandboxed: non-deterministic calls fail there.
+    workflow_sandbox: bool = False
     # Order rules
     payment_timeout_seconds: float = 3600.0  # seed: auto-cancel pending orders after 1 hour
     payment_retry_attempts: int = 3  # seed: payment retry 3 attempts ...
