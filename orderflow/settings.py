@@ -219,7 +219,7 @@ class Settings(BaseSettings):
         return [
             f"{ENV_PREFIX}{key.upper()} is {why} ({name}={self.gateway.value})"
             for key in keys
-            if (why := _weak(getattr(self, key), None))
+            if (why := _weak(getattr(self, key), None) or _wrong_kind(key, getattr(self, key)))
         ]
 
     def check_gateway(self) -> None:
@@ -250,6 +250,21 @@ def normalize_redis_url(url: str, password: str = "") -> str:
     if not user and not secret:
         return f"{scheme}://{host}"
     return f"{scheme}://{quote(unquote(user), safe='')}:{quote(secret, safe='')}@{host}"
+
+
+# what each gateway key starts with; another key in its place fails every call at the gateway
+KEY_PREFIXES = {
+    "stripe_api_key": (("sk_", "rk_"), "a secret key (sk_… or restricted rk_…)"),
+    "razorpay_key_id": (("rzp_",), "a key id (rzp_test_… or rzp_live_…)"),
+}
+
+
+def _wrong_kind(setting: str, value: str) -> str:
+    """Why `value` is not the kind of key `setting` holds (a publishable pk_…), or ""."""
+    prefixes, kind = KEY_PREFIXES.get(setting, ((), ""))
+    if prefixes and not value.strip().startswith(prefixes):
+        return f"not {kind}"
+    return ""
 
 
 def _weak(value: str, default: object) -> str:
