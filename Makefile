@@ -37,9 +37,11 @@ node-deps:
 	done
 
 # bull-board, the Node dashboard of BullMQ queues, over the bridge queues (optional; needs Redis
-# up, e.g. `make run` in another shell): http://127.0.0.1:3000/ (BULL_BOARD_PORT, BULL_BOARD_HOST)
+# up, e.g. `make run` in another shell): http://127.0.0.1:3000/ (BULL_BOARD_PORT, BULL_BOARD_HOST;
+# beyond loopback only with a real ORDERFLOW_ADMIN_PASSWORD)
 bull-board: python-deps node-deps
-	@BULL_BOARD_CONFIG="$$($(VENV)/bin/python tools/bull-board/config.py)" node tools/bull-board/server.js
+	@config="$$($(VENV)/bin/python tools/bull-board/config.py)" && \
+	  BULL_BOARD_CONFIG="$$config" node tools/bull-board/server.js
 
 run: install
 	$(VENV)/bin/orderflow run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
@@ -11,7 +12,7 @@ from temporalio.exceptions import ApplicationError
 
 from orderflow.contracts.mail import EMAIL_QUEUE, EmailJob
 from orderflow.contracts.order import NotificationKind, NotifyInput, NotifyResult
-from orderflow.db import Invoice, Order, OrderItem
+from orderflow.db import Invoice, Order, OrderItem, reader
 from orderflow.money import to_major
 
 # email-queue job name and subject per notification (job names as in the seed)
@@ -35,20 +36,22 @@ class NotificationActivities:
 
     def __init__(self, engine: Engine, email_queue: JobQueue) -> None:
         self.engine = engine
+        self.reads = reader(engine)  # read-only transactions: on SQLite they take no write lock
         self.email_queue = email_queue
 
     @activity.defn
     async def notify(self, data: NotifyInput) -> NotifyResult:
         """Enqueue one mail with a deterministic job id, so a retried activity never mails twice."""
         job_name, subject = JOBS[data.kind]
-        job_data = self._job_data(data, subject)
+        # the database read runs off the event loop, which also runs every workflow activation
+        job_data = await asyncio.to_thread(self._job_data, data, subject)
         # no ":" in the id: Node BullMQ refuses it in custom job ids
         job_id = f"{data.kind.value}-{data.order_id}"
         await self.email_queue.add(job_name, job_data, {"jobId": job_id})
         return NotifyResult(job_id=job_id, channel=EMAIL_QUEUE)
 
     def _job_data(self, data: NotifyInput, subject: str) -> dict[str, Any]:
-        with Session(self.engine) as session:
+        with Session(self.reads) as session:
             order = session.get(Order, data.order_id)
             if order is None:
                 raise ApplicationError(

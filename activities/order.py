@@ -25,7 +25,7 @@ from orderflow.contracts.order import (
     StatusInput,
 )
 from orderflow.contracts.payment import PaymentKind, PaymentStatus
-from orderflow.db import Invoice, Order, OrderItem, Payment, Product, Reservation
+from orderflow.db import Invoice, Order, OrderItem, Payment, Product, Reservation, reader
 from orderflow.money import format_money
 from orderflow.templating import is_html_template
 
@@ -44,6 +44,7 @@ class OrderActivities:
         self, engine: Engine, erp: Erp, templates: Environment | None = None, currency: str = "INR"
     ):
         self.engine = engine
+        self.reads = reader(engine)  # read-only transactions: on SQLite they take no write lock
         self.erp = erp
         self.templates = templates or invoice_templates()
         self.currency = currency
@@ -168,8 +169,9 @@ class OrderActivities:
                 invoice = self._render_invoice(session, order, data)
                 session.add(invoice)
             self._set_status(session, order.id, OrderStatus.CONFIRMED)
+            number = invoice.number  # read before the commit expires it (a reload is a transaction)
             session.commit()
-            return ConfirmResult(invoice_number=invoice.number)
+            return ConfirmResult(invoice_number=number)
 
     @activity.defn
     def set_status(self, data: StatusInput) -> None:
@@ -181,7 +183,7 @@ class OrderActivities:
     @activity.defn
     def sync_erp(self, order_id: str) -> ErpSyncResult:
         """Push the confirmed order, its lines and its invoice number to the ERP."""
-        with Session(self.engine) as session:
+        with Session(self.reads) as session:
             order = self._order(session, order_id)
             items = session.exec(select(OrderItem).where(OrderItem.order_id == order_id)).all()
             invoice = session.get(Invoice, order_id)

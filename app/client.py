@@ -225,6 +225,9 @@ class OrderClient:
                 + ("; cancel it instead" if status == OrderStatus.CONFIRMED else "")
             )
         review_id = review_workflow_id(order_id, ReviewKind.RETURN)
+        # the payment the order kept: a real gateway asked for "the order's payment" picks its
+        # newest, which may be a duplicate capture already refunded
+        accepted = (await self.status(order_id)).payment_id
         try:
             await self.client.start_workflow(
                 ManualReviewWorkflow.run,
@@ -235,6 +238,7 @@ class OrderClient:
                     reason=reason,
                     amount=total,
                     currency=currency,
+                    payment_id=accepted,
                 ),
                 id=review_id,
                 task_queue=REVIEWS_TASK_QUEUE,

@@ -140,7 +140,7 @@ class MailData:
         return lines
 
     def _count(self, value: Any, where: str) -> int:
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
             value = int(value)
         if isinstance(value, float) and value.is_integer():
             value = int(value)

@@ -124,6 +124,16 @@ class ErpRecord(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow)
 
 
+# execution option of a read-only transaction: on SQLite a deferred BEGIN, which takes no lock
+# under WAL, so reads never queue behind writers for the write lock
+READ_ONLY = "orderflow_read_only"
+
+
+def reader(engine: Engine) -> Engine:
+    """The same engine (pool, events) for transactions that only read; never write through it."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
 def make_engine(url: str) -> Engine:
     """Create the engine (no tables: `orderflow.schema.upgrade` owns the schema).
 
@@ -157,7 +167,8 @@ def _sqlite_writer_first(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class SimulatedGatewayAccount(SQLModel, table=True):

@@ -15,6 +15,9 @@ from orderflow.errors import OrderflowError
 ZERO_DECIMAL = frozenset("BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split())
 THREE_DECIMAL = frozenset("BHD IQD JOD KWD LYD OMR TND".split())
 SYMBOLS = {"INR": "₹", "USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
+# no amount has this many minor units: past a signed 64-bit integer (the database's BIGINT, the
+# gateways' amounts), so '1e5000' or '1e99999999' from outside is refused, not computed
+MINOR_LIMIT = 2**63
 
 
 class MoneyError(OrderflowError, ValueError):
@@ -39,7 +42,7 @@ def to_minor(major: Decimal | str | int, currency: str) -> int:
         raise MoneyError(f"{major!r} is not an amount") from None
     if not value.is_finite():
         raise MoneyError(f"{major!r} is not an amount")
-    scaled = value.scaleb(exponent(currency))
+    scaled = _scaled(value, major, currency)
     if scaled != scaled.to_integral_value():
         raise MoneyError(
             f"{major} {currency.upper()} has more decimals than the currency's {exponent(currency)}"
@@ -85,4 +88,14 @@ def round_major(major: object, currency: str) -> int:
         raise MoneyError(f"{major!r} is not an amount") from None
     if not value.is_finite():
         raise MoneyError(f"{major!r} is not an amount")
-    return int(value.scaleb(exponent(currency)).to_integral_value(ROUND_HALF_EVEN))
+    return int(_scaled(value, major, currency).to_integral_value(ROUND_HALF_EVEN))
+
+
+def _scaled(value: Decimal, major: object, currency: str) -> Decimal:
+    """`value` in minor units of `currency`; an amount beyond MINOR_LIMIT is refused."""
+    if value.adjusted() > 30:  # far past the limit: scaling it could overflow Decimal itself
+        raise MoneyError(f"{major!r} is too large to be an amount")
+    scaled = value.scaleb(exponent(currency))
+    if abs(scaled) >= MINOR_LIMIT:
+        raise MoneyError(f"{major!r} is too large to be an amount")
+    return scaled

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     inventory_concurrency: int = 8
     reviews_concurrency: int = 1
     graceful_shutdown_seconds: float = 30.0
+    # Workflow runs kept in each worker's memory between tasks (an evicted one is rebuilt by
+    # replaying its history): bounds a worker's memory however many orders are pending
+    max_cached_workflows: int = 1000
+    # Run workflow code in Temporal's sandbox (it re-imports the workflow's module for every run
+    # and wraps every activation: a quarter of the orders worker's CPU, bench/README.md). The
+    # unit tier and the replay test always run it sandboxed: non-deterministic calls fail there.
+    workflow_sandbox: bool = False
     # Order rules
     payment_timeout_seconds: float = 3600.0  # seed: auto-cancel pending orders after 1 hour
     payment_retry_attempts: int = 3  # seed: payment retry 3 attempts ...
@@ -212,7 +219,7 @@ class Settings(BaseSettings):
         return [
             f"{ENV_PREFIX}{key.upper()} is {why} ({name}={self.gateway.value})"
             for key in keys
-            if (why := _weak(getattr(self, key), None))
+            if (why := _weak(getattr(self, key), None) or _wrong_kind(key, getattr(self, key)))
         ]
 
     def check_gateway(self) -> None:
@@ -243,6 +250,21 @@ def normalize_redis_url(url: str, password: str = "") -> str:
     if not user and not secret:
         return f"{scheme}://{host}"
     return f"{scheme}://{quote(unquote(user), safe='')}:{quote(secret, safe='')}@{host}"
+
+
+# what each gateway key starts with; another key in its place fails every call at the gateway
+KEY_PREFIXES = {
+    "stripe_api_key": (("sk_", "rk_"), "a secret key (sk_… or restricted rk_…)"),
+    "razorpay_key_id": (("rzp_",), "a key id (rzp_test_… or rzp_live_…)"),
+}
+
+
+def _wrong_kind(setting: str, value: str) -> str:
+    """Why `value` is not the kind of key `setting` holds (a publishable pk_…), or ""."""
+    prefixes, kind = KEY_PREFIXES.get(setting, ((), ""))
+    if prefixes and not value.strip().startswith(prefixes):
+        return f"not {kind}"
+    return ""
 
 
 def _weak(value: str, default: object) -> str:

@@ -59,11 +59,7 @@ class RazorpayGateway:
     def _capture(self, request: GatewayRequest) -> GatewayResponse:
         payment = self._payment_of(request)
         if payment is None:
-            return self._declined(
-                f"no Razorpay payment {request.payment_id!r} known for order {request.order_id}"
-                if request.payment_id
-                else f"no Razorpay payment known for order {request.order_id}"
-            )
+            return self._declined(self._unknown(request))
         pid, status = payment["id"], payment.get("status")
         if status == "authorized":
             if problem := self._amount_problem(payment, request):
@@ -97,11 +93,7 @@ class RazorpayGateway:
     def _refund(self, request: GatewayRequest) -> GatewayResponse:
         payment = self._payment_of(request)
         if payment is None:
-            return self._declined(
-                f"no Razorpay payment {request.payment_id!r} known for order {request.order_id}"
-                if request.payment_id
-                else f"no Razorpay payment known for order {request.order_id}"
-            )
+            return self._declined(self._unknown(request))
         pid = payment["id"]
         earlier = self.client.payment.fetch_multiple_refund(pid, {}, timeout=self.timeout)
         refund = next(
@@ -233,6 +225,11 @@ class RazorpayGateway:
         rank = {"captured": 3, "refunded": 3, "authorized": 2, "created": 1}
         candidates.sort(key=lambda p: (rank.get(p.get("status", ""), 0), p.get("created_at", 0)))
         return candidates[-1] if candidates else None
+
+    @staticmethod
+    def _unknown(request: GatewayRequest) -> str:
+        named = f"payment {request.payment_id!r}" if request.payment_id else "payment"
+        return f"no Razorpay {named} known for order {request.order_id}"
 
     def _amount_problem(self, payment: dict[str, Any], request: GatewayRequest) -> str:
         currency = str(payment.get("currency", "")).upper()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -37,6 +38,18 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
 def _id(obj: Any) -> str:
     """The id of an expandable field, whether Stripe sent the id or the object."""
     return obj if isinstance(obj, str) else str(_field(obj, "id", ""))
+
+
+def _checkout_key(request: CheckoutRequest) -> str:
+    """One key per order and request: a repeat gets the same PaymentIntent, another card its own.
+
+    Stripe refuses a key sent again with other parameters, and answers a repeat with the first
+    result (a decline too) for 24 hours, so the order id alone would block a second checkout.
+    """
+    asked = (request.amount, request.currency.upper(), request.customer, request.payment_method,
+             request.capture_manually)  # fmt: skip
+    digest = hashlib.sha256(repr(asked).encode()).hexdigest()[:16]
+    return f"checkout-{request.order_id}-{digest}"
 
 
 class StripeGateway:
@@ -89,7 +102,10 @@ class StripeGateway:
                 return self._declined(problem)
             try:
                 intent = intents.capture(
-                    intent.id, options={"idempotency_key": request.idempotency_key}
+                    intent.id,
+                    # the order's total, not the whole hold (the rest is released)
+                    params={"amount_to_capture": request.amount},
+                    options={"idempotency_key": request.idempotency_key},
                 )
             except stripe.InvalidRequestError:
                 # past the key's 24 hours (or on a fake without keys) Stripe says "already
@@ -106,8 +122,23 @@ class StripeGateway:
         )
 
     def _charge_again(self, failed: Any, request: GatewayRequest) -> GatewayResponse:
-        """A new manual-capture PaymentIntent on the customer's saved card, then its capture."""
+        """A new manual-capture PaymentIntent on the customer's saved card, then its capture.
+
+        An earlier attempt's intent that already holds the money (its answer was lost, so that
+        attempt failed as a gateway error) is captured or answered instead: each attempt has
+        its own idempotency key, so only looking first keeps the card from a second charge.
+        """
         customer = _id(_field(failed, "customer", ""))
+        if earlier := self._earlier_retry(failed, customer, request):
+            if earlier.status == "requires_capture":
+                if problem := self._amount_problem(earlier, request):
+                    return self._declined(problem)
+                earlier = self.client.v1.payment_intents.capture(
+                    earlier.id,
+                    params={"amount_to_capture": request.amount},
+                    options={"idempotency_key": request.idempotency_key},
+                )
+            return self._captured(earlier, request)
         method = ""
         if customer:
             saved = self.client.v1.customers.retrieve(customer)
@@ -140,6 +171,30 @@ class StripeGateway:
             return self._declined(f"PaymentIntent {intent.id} is {intent.status} after confirm")
         intent = intents.capture(intent.id, options={"idempotency_key": request.idempotency_key})
         return self._captured(intent, request)
+
+    def _earlier_retry(self, failed: Any, customer: str, request: GatewayRequest) -> Any:
+        """An intent an earlier retry of this order made that holds money, else None.
+
+        Found through the customer's charges since the failed intent (Stripe and localstripe both
+        filter charges by customer and creation; the Search API is not everywhere).
+        """
+        if not customer:
+            return None
+        params = {"customer": customer, "created": {"gt": int(failed.created) - 1}, "limit": PAGE}
+        charges = self.client.v1.charges.list(params=params)  # type: ignore[arg-type]
+        for charge in charges.data:
+            intent_id = _id(_field(charge, "payment_intent", ""))
+            if not intent_id or intent_id == failed.id:
+                continue
+            intent = self.client.v1.payment_intents.retrieve(intent_id)
+            metadata = _field(intent, "metadata", {})
+            if (
+                _field(metadata, "order_id") == request.order_id
+                and _field(metadata, RETRY_METADATA)
+                and intent.status in ("requires_capture", "succeeded")
+            ):
+                return intent
+        return None
 
     def refund(self, request: GatewayRequest) -> GatewayResponse:
         """Refund the captured PaymentIntent `request.payment_id` (or the order's)."""
@@ -240,7 +295,7 @@ class StripeGateway:
     # --- checkout ---
 
     def create_checkout(self, request: CheckoutRequest) -> Checkout:
-        """A PaymentIntent for the order's total with `metadata.order_id` (one per order)."""
+        """A PaymentIntent for the order's total with `metadata.order_id` (one per request)."""
         params: dict[str, Any] = {
             "amount": request.amount,
             "currency": request.currency.lower(),
@@ -258,7 +313,7 @@ class StripeGateway:
             try:
                 intent = self.client.v1.payment_intents.create(
                     params=params,  # type: ignore[arg-type]
-                    options={"idempotency_key": f"checkout-{request.order_id}"},
+                    options={"idempotency_key": _checkout_key(request)},
                 )
             except stripe.CardError as err:  # declined at once; the webhook tells the order too
                 error = _field(err.json_body, "error", {})

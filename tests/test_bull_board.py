@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,25 @@ async def test_bull_board_lists_our_queues_shows_a_failure_and_its_retry_is_comp
         assert (await client.get(f"{base}/api/queues")).status_code == 401
     for closing in (mail, webhooks, admin):
         await closing.close()
+
+
+def _board_config(**env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ORDERFLOW_", "BULL_BOARD_"))}
+    return subprocess.run(
+        [sys.executable, str(BOARD / "config.py")],
+        env={**clean, **env}, capture_output=True, text=True, timeout=60,
+        cwd=BOARD.parent.parent,
+    )  # fmt: skip
+
+
+def test_bull_board_beyond_loopback_with_the_public_default_admin_password_is_refused() -> None:
+    refused = _board_config(BULL_BOARD_HOST="0.0.0.0")
+    assert refused.returncode != 0 and refused.stdout == ""  # no config, so no board starts
+    assert "ORDERFLOW_ADMIN_PASSWORD" in refused.stderr and "0.0.0.0" in refused.stderr
+    assert "orderflow-local-admin" not in refused.stderr  # the secret is not echoed
+
+    on_loopback = _board_config()  # the laptop default: 127.0.0.1 with the local credential
+    assert on_loopback.returncode == 0, on_loopback.stderr
+    assert json.loads(on_loopback.stdout)["user"] == "admin"
+    exposed = _board_config(BULL_BOARD_HOST="0.0.0.0", ORDERFLOW_ADMIN_PASSWORD="n0t-a-default-7Qz")
+    assert exposed.returncode == 0, exposed.stderr

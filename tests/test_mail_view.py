@@ -107,6 +107,9 @@ def test_shipping_and_reset_mails_carry_the_seeds_links(mail_engine: Engine) -> 
         ("send-shipping-notification", {"orderNumber": "o-1", "trackingUrl": "javascript:x()"},
          "data.trackingUrl is not an http(s) link"),
         ("send-password-reset", {"name": "Meera"}, "data has no resetUrl"),
+        ("send-order-confirmation",  # a digit to str.isdigit, not to int()
+         {"orderNumber": "o-1", "items": [{"name": "Mug", "qty": "²", "price": 1}], "total": 1},
+         "data.items[0] '²' is not a whole number"),
     ],
 )  # fmt: skip
 def test_a_missing_or_unreadable_field_fails_the_job_unrecoverably_naming_it(
@@ -116,3 +119,13 @@ def test_a_missing_or_unreadable_field_fails_the_job_unrecoverably_naming_it(
         processor(mail_engine).render(job(name, data, job_id="seed-77"))
     assert isinstance(raised.value, UnrecoverableError)  # no retry: to the DLQ at once
     assert str(raised.value) == f"email-queue: malformed job 'seed-77' ({name}): {reason}"
+
+
+@pytest.mark.parametrize("total", ["1e5000", "1e99999999", 1e300])
+def test_an_absurd_total_fails_the_job_naming_the_field_not_with_an_uncaught_error(
+    mail_engine: Engine, total: Any
+) -> None:
+    data = {"orderNumber": "o-1", "items": SEED_ITEMS, "total": total}
+    with pytest.raises(MalformedJobError) as raised:
+        processor(mail_engine).render(job("send-order-confirmation", data, job_id="seed-78"))
+    assert "'seed-78'" in str(raised.value) and "data.total" in str(raised.value)

@@ -158,3 +158,28 @@ def test_a_real_gateway_without_its_keys_refuses_to_start(gateway: str, named: l
         "ORDERFLOW_STRIPE_API_KEY is a placeholder (ORDERFLOW_GATEWAY=stripe)"
     ]
     assert "sk_test_change-me" not in str(placeholder.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"gateway": "stripe", "stripe_api_key": "pk_live_51Pq8xYzPublishable"},
+         "ORDERFLOW_STRIPE_API_KEY is not a secret key (sk_… or restricted rk_…)"),
+        ({"gateway": "stripe", "stripe_api_key": "whsec_9d8c7b6a5f4e3d2c1b0aQ"},
+         "ORDERFLOW_STRIPE_API_KEY is not a secret key (sk_… or restricted rk_…)"),
+        ({"gateway": "razorpay", "razorpay_key_id": "9d8c7b6a5f4e", "razorpay_key_secret": "s3cr3tQz"},
+         "ORDERFLOW_RAZORPAY_KEY_ID is not a key id (rzp_test_… or rzp_live_…)"),
+    ],
+)  # fmt: skip
+def test_a_gateway_key_of_the_wrong_kind_refuses_to_start_without_echoing_it(
+    changes: dict[str, str], named: str
+) -> None:
+    """A publishable or webhook key in the secret key's place fails every capture and refund at
+    the gateway (an order paid and then cancelled ends REFUND_FAILED); the start refuses it."""
+    with pytest.raises(GatewaySettingsError) as refused:
+        production(**changes).check_gateway()
+    assert refused.value.problems == [f"{named} (ORDERFLOW_GATEWAY={changes['gateway']})"]
+    for value in changes.values():
+        if value not in ("stripe", "razorpay"):
+            assert value not in str(refused.value)
+    production(gateway="stripe", stripe_api_key="rk_live_51Pq8xYzRestricted").check_gateway()

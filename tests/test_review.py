@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from app.client import OrderClient
 from orderflow.contracts.order import PaymentReceived, Shipment
 from orderflow.contracts.review import ReviewDecision
-from orderflow.db import Order, Review
+from orderflow.db import Order, Payment, Review
 from orderflow.errors import UnknownReviewError
 from tests.helpers import payments, pending_order, stock, wait_review, wait_status
 
@@ -68,9 +68,11 @@ async def test_high_value_order_rejected_is_refunded_released_cancelled(
     assert "rejected by ravi: fraud risk" in note and "refunded" in note
 
 
-async def test_return_request_approved_refunds(
+async def test_return_request_approved_refunds_the_payment_the_order_accepted_by_its_id(
     orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:
+    """By its id: a real gateway given none picks the order's newest payment, which after a
+    refunded duplicate capture is not the one kept; reconciliation needs refund_of too."""
     skus = catalogue(shoe=(250_000, 3))
     order_id = (await pending_order(orders, [(skus["shoe"], 1)])).id
     await orders.payment_received(
@@ -89,6 +91,10 @@ async def test_return_request_approved_refunds(
     with Session(engine) as session:
         order = session.get(Order, order_id)
         assert order is not None and order.status == "RETURNED"
+        refunds = session.exec(
+            select(Payment).where(Payment.order_id == order_id, Payment.kind == "refund")
+        ).all()
+    assert [(r.refund_of, r.amount) for r in refunds] == [(f"pay-{order_id}", 250_000)]
 
 
 async def test_decision_needs_a_reviewer(

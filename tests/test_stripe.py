@@ -436,3 +436,123 @@ async def test_a_rate_limit_or_a_stripe_outage_is_retried_and_a_refused_key_is_n
             await asyncio.to_thread(refused.capture, capture)
     finally:
         proxy.stop()
+
+
+def test_a_capture_attempt_after_one_whose_charge_landed_unseen_does_not_charge_the_card_again(
+    localstripe: LocalStripe,
+) -> None:
+    """Attempt 1 made and captured a new PaymentIntent but every answer was lost (the attempt
+    failed as a gateway error); attempt 2, with its own key, must find that payment, not charge
+    the customer's saved card a second time."""
+    client = stripe.StripeClient(
+        STRIPE_TEST_KEY, base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+
+    def saved_card(number: str, customer: str) -> str:
+        method = client.v1.payment_methods.create(
+            params={
+                "type": "card",
+                "card": {"number": number, "exp_month": 12, "exp_year": 2031, "cvc": "123"},
+            }
+        ).id
+        client.v1.payment_methods.attach(method, params={"customer": customer})
+        client.v1.customers.update(
+            customer, params={"invoice_settings": {"default_payment_method": method}}
+        )
+        return method
+
+    order_id = new_order_id()
+    customer = client.v1.customers.create(params={"email": f"{order_id}@example.com"}).id
+    direct = StripeGateway(STRIPE_TEST_KEY, api_base=localstripe.url)
+    failed = client.v1.payment_intents.create(
+        params={
+            "amount": 45_000, "currency": "inr", "customer": customer,
+            "payment_method": saved_card(DECLINED_CARD, customer),
+            "capture_method": "manual", "metadata": {"order_id": order_id},
+        }
+    )  # fmt: skip
+    with pytest.raises(stripe.CardError):  # the checkout's card is declined
+        client.v1.payment_intents.confirm(failed.id)
+    saved_card(GOOD_CARD, customer)  # the customer's new card
+
+    def attempt(n: int) -> GatewayRequest:
+        key = gateway_idempotency_key(order_id, PaymentKind.CAPTURE, n, failed.id)
+        return GatewayRequest(order_id, PaymentKind.CAPTURE, 45_000, n, key, "INR", failed.id)
+
+    proxy = StallingProxy(localstripe.url, stall_suffix="/capture").start()
+    try:
+        lost = StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url, timeout=1.0)
+        with pytest.raises(GatewayUnavailableError):
+            lost.capture(attempt(1))  # Stripe captured; the answer never came
+    finally:
+        proxy.release.set()
+        proxy.stop()
+    answer = direct.capture(attempt(2))
+    assert answer.succeeded, answer.detail
+    charges = client.v1.charges.list(params={"customer": customer, "limit": 100}).data
+    captured = [(c.amount, c.payment_intent) for c in charges if c.captured]
+    assert captured == [(45_000, answer.payment_id)]  # charged once
+
+
+def test_a_second_checkout_of_an_order_with_another_card_is_not_refused_as_a_reused_key(
+    localstripe: LocalStripe,
+) -> None:
+    """Stripe refuses a key sent again with other parameters (idempotency_error) and answers a
+    repeat with the first result for 24 hours: a checkout's key is its order and its request."""
+    client = stripe.StripeClient(
+        STRIPE_TEST_KEY, base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+
+    def method() -> str:
+        return client.v1.payment_methods.create(
+            params={
+                "type": "card",
+                "card": {"number": GOOD_CARD, "exp_month": 12, "exp_year": 2031, "cvc": "123"},
+            }
+        ).id
+
+    proxy = StallingProxy(localstripe.url, stall_suffix="/none", stall=0).start()
+    try:
+        gateway = StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url)
+        order_id = new_order_id()
+        first, second = method(), method()
+        gateway.create_checkout(CheckoutRequest(order_id, 31_500, "INR"))  # the storefront's
+        gateway.create_checkout(CheckoutRequest(order_id, 31_500, "INR"))  # a double click
+        gateway.create_checkout(CheckoutRequest(order_id, 31_500, "INR", payment_method=first))
+        gateway.create_checkout(CheckoutRequest(order_id, 31_500, "INR", payment_method=second))
+        keys = proxy.keys("/v1/payment_intents")
+    finally:
+        proxy.stop()
+    assert len(keys) == 4 and all(order_id in k for k in keys)
+    assert keys[0] == keys[1]  # the same request: the same PaymentIntent
+    assert len({keys[1], keys[2], keys[3]}) == 3  # another card: its own PaymentIntent
+
+
+def test_an_authorisation_above_the_order_total_captures_the_total_not_the_authorisation(
+    localstripe: LocalStripe,
+) -> None:
+    client = stripe.StripeClient(
+        STRIPE_TEST_KEY, base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+    method = client.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": GOOD_CARD, "exp_month": 12, "exp_year": 2031, "cvc": "123"},
+        }
+    ).id
+    gateway = StripeGateway(STRIPE_TEST_KEY, api_base=localstripe.url)
+    order_id = new_order_id()
+    held = gateway.create_checkout(
+        CheckoutRequest(order_id, 50_000, "INR", payment_method=method, capture_manually=True)
+    )
+    assert held.status == "requires_capture"
+    key = gateway_idempotency_key(order_id, PaymentKind.CAPTURE, 1, held.payment_id)
+    answer = gateway.capture(
+        GatewayRequest(order_id, PaymentKind.CAPTURE, 31_500, 1, key, "INR", held.payment_id)
+    )
+    assert answer.succeeded, answer.detail
+    intent = client.v1.payment_intents.retrieve(held.payment_id)
+    latest = intent.latest_charge
+    charge = client.v1.charges.retrieve(latest if isinstance(latest, str) else latest.id)
+    # the order's total; the rest of the hold is let go (localstripe shows it as refunded)
+    assert charge.amount - charge.amount_refunded == 31_500

@@ -10,7 +10,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.cleanup import CleanupActivities
 from activities.erp import Erp, make_erp
@@ -64,6 +65,17 @@ class Dependencies:
         )
 
 
+def workflow_runner(settings: Settings) -> WorkflowRunner:
+    """Temporal's sandbox if `workflow_sandbox` is set, else workflow code runs as it is.
+
+    The sandbox re-imports the workflow's module for every run and wraps every activation
+    (bench/README.md: a quarter of the orders worker's CPU per order).
+    Every other module is already passed through; the unit tier (tests/unit) and the replay test
+    run the workflows in the default sandbox, which catches non-deterministic calls there.
+    """
+    return SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
+
+
 def build_workers(
     client: Client,
     settings: Settings,
@@ -83,6 +95,7 @@ def build_workers(
     stock_sync = StockSyncActivities(deps.engine, deps.erp)
     reviews = ReviewActivities(deps.engine)
     grace = timedelta(seconds=settings.graceful_shutdown_seconds)
+    runner = workflow_runner(settings)
 
     def worker(
         queue: str, concurrency: int, workflows: list[type], activities: list[Callable[..., Any]]
@@ -94,6 +107,8 @@ def build_workers(
             task_queue=queue + task_queue_suffix,
             workflows=workflows,
             activities=activities,
+            workflow_runner=runner,
+            max_cached_workflows=settings.max_cached_workflows,
             max_concurrent_activities=concurrency,
             max_concurrent_local_activities=concurrency,  # the seed's number holds for both kinds
             activity_executor=ThreadPoolExecutor(

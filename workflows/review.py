@@ -60,6 +60,7 @@ class ManualReviewWorkflow:
                     amount=data.amount,
                     reason="return approved",
                     currency=data.currency,
+                    payment_id=data.payment_id,  # not the gateway's guess of the order's payment
                 ),
                 id=payment_retry_workflow_id(data.order_id, PaymentKind.REFUND),
                 task_queue=PAYMENTS_TASK_QUEUE,

@@ -41,6 +41,7 @@ class ReviewInput:
     reason: str
     amount: int  # minor units of `currency`
     currency: str = ""
+    payment_id: str = ""  # a return: the payment the order accepted, the one its refund gives back
 
 
 @dataclass

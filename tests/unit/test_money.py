@@ -58,3 +58,14 @@ def test_each_failed_stripe_charge_is_its_own_attempt() -> None:
               "currency": "inr", "metadata": {"order_id": "o-1"}}  # fmt: skip
     again = parse_stripe(json.dumps(stripe_event("charge.failed", charge)).encode())
     assert (again.payment_id, again.attempt_id) == ("pi_1", "ch_3")
+
+
+@pytest.mark.parametrize("major", ["1e99999999", "1e5000", "92233720368547758.08"])
+def test_an_amount_past_64_bit_minor_units_is_refused_as_money_not_an_arithmetic_crash(
+    major: str,
+) -> None:
+    with pytest.raises(MoneyError, match="too large"):
+        to_minor(major, "INR")
+    with pytest.raises(MoneyError, match="too large"):
+        round_major(major, "INR")
+    assert to_minor("92233720368547758.07", "INR") == 2**63 - 1  # the largest one still fits

@@ -1,0 +1,68 @@
+"""Transactions: reads never queue behind another transaction's writes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import col
+
+from activities.erp import LocalErp
+from activities.notify import NotificationActivities
+from activities.order import OrderActivities
+from orderflow.contracts.order import (
+    NotificationKind,
+    NotifyInput,
+    OrderInput,
+    OrderLine,
+    OrderPolicy,
+)
+from orderflow.db import Product
+
+# far below SQLite's busy timeout (30 s): a read that waited for the write lock fails here
+READ_WITHIN_SECONDS = 5
+
+
+class RecordingQueue:
+    """The email queue's `add`, keeping what it was given."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
+
+    async def add(self, name: str, data: dict[str, Any], opts: dict[str, Any] | None = None) -> str:
+        """Record the job."""
+        self.jobs.append((name, data, opts))
+        return str((opts or {}).get("jobId", name))
+
+
+async def test_a_mail_is_built_while_another_order_holds_the_write_lock(
+    engine: Engine, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    """The confirmation mail reads its order while another order's transaction is writing.
+
+    On SQLite every transaction used to begin with BEGIN IMMEDIATE, so this read waited for the
+    writer (and, in the async notify activity, blocked the worker's event loop meanwhile).
+    """
+    sku = catalogue(mug=(49_900, 10))["mug"]
+    order_id = f"read-{uuid.uuid4().hex[:8]}"
+    OrderActivities(engine, LocalErp(engine)).place_order(
+        OrderInput(order_id, "c-1", "c@example.com", [OrderLine(sku, 1)], OrderPolicy())
+    )
+    queue = RecordingQueue()
+    notify = NotificationActivities(engine, queue)
+    with engine.begin() as writer:  # another order's transaction, still open
+        writer.execute(
+            update(Product).where(col(Product.sku) == sku).values(on_hand=Product.on_hand - 1)
+        )
+        result = await asyncio.wait_for(
+            notify.notify(NotifyInput(order_id=order_id, kind=NotificationKind.CONFIRMATION)),
+            READ_WITHIN_SECONDS,
+        )
+    assert result.job_id == f"order-confirmation-{order_id}"
+    (_, data, _), *_ = queue.jobs
+    assert data["data"]["orderNumber"] == order_id
+    assert data["data"]["totalMinor"] == 49_900
