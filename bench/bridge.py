@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,12 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app import embedded
 from bridge.job import Job
 from bridge.producer import BulkJob, QueueProducer
+from bridge.redis_client import RedisClient
 from bridge.runtime import BridgeWorker
-from bridge.specs import email_spec
+from bridge.specs import METRICS_MAX_DATA_POINTS, email_spec
 from orderflow.settings import Settings
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "tests" / "node"
 BATCH = 1000  # jobs per addBulk call, on both sides
+# our workers write BullMQ's per-minute metrics (QueueSpec.metrics_max_data_points): Node's bench
+# worker gets the same `metrics` option, so Redis does the same work per job for both
+METRICS_POINTS = METRICS_MAX_DATA_POINTS
 
 
 async def python_run(redis_url: str, jobs: int, concurrency: int) -> tuple[float, float, float]:
@@ -77,11 +83,34 @@ def node_run(redis_url: str, jobs: int, concurrency: int) -> tuple[float, float,
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
     out = subprocess.run(
         ["node", str(NODE_DIR / "bench.js"), redis_url, "bull",
-         f"bench-node-{uuid.uuid4().hex[:8]}", str(jobs), str(concurrency)],
+         f"bench-node-{uuid.uuid4().hex[:8]}", str(jobs), str(concurrency),
+         str(METRICS_POINTS)],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     figures = json.loads(out.strip().splitlines()[-1])
     return figures["enqueue"], figures["process"], figures["cpuMsPer1k"]
+
+
+def redis_cpu(redis_url: str) -> float:
+    """Seconds of CPU the redis-server has used so far (INFO cpu)."""
+
+    async def read() -> float:
+        client = RedisClient(redis_url)
+        info = str(await client.execute("INFO", "cpu"))
+        await client.close()
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
+
+    return asyncio.run(read())
+
+
+def with_redis_cpu(
+    redis_url: str, jobs: int, run: Callable[[], tuple[float, float, float]]
+) -> tuple[tuple[float, float, float], float]:
+    """`run()`'s figures, and Redis's CPU ms per 1,000 jobs while it ran (enqueue + process)."""
+    before = redis_cpu(redis_url)
+    figures = run()
+    return figures, (redis_cpu(redis_url) - before) * 1000 / (jobs / 1000)
 
 
 def main() -> None:
@@ -101,18 +130,25 @@ def main() -> None:
     rounds = []
     try:
         for i in range(args.rounds):
+            node_side = partial(node_run, url, args.jobs, args.concurrency)
+
+            def our_side() -> tuple[float, float, float]:
+                return asyncio.run(python_run(url, args.jobs, args.concurrency))
+
             if i % 2 == 0:
-                node = node_run(url, args.jobs, args.concurrency)
-                ours = asyncio.run(python_run(url, args.jobs, args.concurrency))
+                node, node_redis = with_redis_cpu(url, args.jobs, node_side)
+                ours, our_redis = with_redis_cpu(url, args.jobs, our_side)
             else:
-                ours = asyncio.run(python_run(url, args.jobs, args.concurrency))
-                node = node_run(url, args.jobs, args.concurrency)
+                ours, our_redis = with_redis_cpu(url, args.jobs, our_side)
+                node, node_redis = with_redis_cpu(url, args.jobs, node_side)
             row = {
                 "node_process": round(node[1]), "ours_process": round(ours[1]),
                 "process_ratio": round(ours[1] / node[1], 3),
                 "node_enqueue": round(node[0]), "ours_enqueue": round(ours[0]),
                 "enqueue_ratio": round(ours[0] / node[0], 3),
                 "node_cpu_ms_per_1k": round(node[2], 1), "ours_cpu_ms_per_1k": round(ours[2], 1),
+                "node_redis_cpu_ms_per_1k": round(node_redis, 1),
+                "ours_redis_cpu_ms_per_1k": round(our_redis, 1),
                 "load1": round(os.getloadavg()[0], 2),
             }  # fmt: skip
             rounds.append(row)
@@ -122,7 +158,8 @@ def main() -> None:
                   f" (load average {row['load1']})")  # fmt: skip
             print(f"  process  node {node[1]:8.0f}/s   ours {ours[1]:8.0f}/s   "
                   f"ratio {row['process_ratio']:.2f}x   CPU per 1k jobs: node "
-                  f"{node[2]:.0f} ms, ours {ours[2]:.0f} ms")  # fmt: skip
+                  f"{node[2]:.0f} ms, ours {ours[2]:.0f} ms; Redis's CPU per 1k jobs (enqueue +"
+                  f" process): node {node_redis:.0f} ms, ours {our_redis:.0f} ms")  # fmt: skip
             print(f"  enqueue  node {node[0]:8.0f}/s   ours {ours[0]:8.0f}/s   "
                   f"ratio {row['enqueue_ratio']:.2f}x  (addBulk, {BATCH} per call)")  # fmt: skip
         if args.json:

@@ -1,9 +1,10 @@
-// node bench.js REDIS_URL PREFIX QUEUE N CONCURRENCY -> {"enqueue": jobs/s, "process": jobs/s, "cpuMsPer1k"}
+// node bench.js REDIS_URL PREFIX QUEUE N CONCURRENCY [METRICS_POINTS] -> {"enqueue": jobs/s, "process": jobs/s, "cpuMsPer1k"}
 const { Queue, Worker } = require("bullmq");
 const { connect } = require("./common");
 
 async function main() {
-  const [url, prefix, queueName, n, concurrency] = process.argv.slice(2);
+  const [url, prefix, queueName, n, concurrency, metricsPoints] = process.argv.slice(2);
+  const metrics = Number(metricsPoints || 0) > 0 ? { maxDataPoints: Number(metricsPoints) } : undefined;
   const total = Number(n);
   const connection = connect(url);
   const queue = new Queue(queueName, { connection, prefix });
@@ -26,7 +27,7 @@ async function main() {
     worker = new Worker(queueName, async () => {
       processed += 1;
       if (processed === total) resolve();
-    }, { connection: workerConnection, prefix, concurrency: Number(concurrency) });
+    }, { connection: workerConnection, prefix, concurrency: Number(concurrency), metrics });
   });
   const proc = total / (Number(process.hrtime.bigint() - t0) / 1e9);
   const used = process.cpuUsage(cpu0);
