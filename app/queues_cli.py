@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from app.cli_support import connect_or_explain
+from app.cli_support import check_redis_or_explain, connect_or_explain
 from app.cli_support import run_command as _run
 from orderflow.errors import OrderflowError
 
@@ -86,11 +86,13 @@ def _settings_and_specs() -> tuple[Settings, dict[str, QueueSpec]]:
     return settings, queue_specs(settings)
 
 
-def _admin(queue: str) -> QueueAdmin:
+async def _admin(queue: str) -> QueueAdmin:
     from bridge.admin import QueueAdmin, find_spec
 
     settings, specs = _settings_and_specs()
-    return QueueAdmin(find_spec(specs, queue), settings.redis_url)
+    spec = find_spec(specs, queue)
+    await check_redis_or_explain(settings.redis_url)
+    return QueueAdmin(spec, settings.redis_url)
 
 
 @queues_app.callback()
@@ -109,6 +111,7 @@ def counts(as_json: JsonOpt = False) -> None:
 async def _bridge_rows(settings: Settings, specs: dict[str, QueueSpec]) -> list[dict[str, Any]]:
     from bridge.admin import QueueAdmin
 
+    await check_redis_or_explain(settings.redis_url)
     rows = []
     for spec in specs.values():
         admin = QueueAdmin(spec, settings.redis_url)
@@ -164,7 +167,7 @@ async def failed(
     as_json: JsonOpt = False,
 ) -> None:
     """Failed jobs with their reason, attempts made and data."""
-    admin = _admin(queue)
+    admin = await _admin(queue)
     try:
         rows = [j.to_dict() for j in await admin.failed(limit)]
     finally:
@@ -186,7 +189,7 @@ async def retry(
     """Move a failed job (or all of them) back to waiting; dead-lettered ones leave the DLQ."""
     if not all_ and not job_id:
         raise OrderflowError("retry needs a JOB_ID or --all")
-    admin = _admin(queue)
+    admin = await _admin(queue)
     try:
         ids = await admin.retry_all() if all_ else [await admin.retry(str(job_id))]
     finally:
@@ -204,7 +207,7 @@ async def clean(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove jobs in a state older than the grace (seed: clean(7 days, 'failed'))."""
-    admin = _admin(queue)
+    admin = await _admin(queue)
     try:
         ids = await admin.clean(state, parse_duration(older_than), limit)
     finally:
@@ -220,7 +223,7 @@ async def clean(
 @_run
 async def pause(queue: QueueArg) -> None:
     """Pause a queue for every worker; active jobs finish, new ones wait."""
-    admin = _admin(queue)
+    admin = await _admin(queue)
     try:
         await admin.pause()
     finally:
@@ -232,7 +235,7 @@ async def pause(queue: QueueArg) -> None:
 @_run
 async def resume(queue: QueueArg) -> None:
     """Resume a paused queue."""
-    admin = _admin(queue)
+    admin = await _admin(queue)
     try:
         await admin.resume()
     finally:
@@ -244,7 +247,7 @@ async def resume(queue: QueueArg) -> None:
 @_run
 async def job(queue: QueueArg, job_id: str, as_json: JsonOpt = False) -> None:
     """One job: state, progress, attempts, failure, data and its log lines."""
-    admin = _admin(queue)
+    admin = await _admin(queue)
     try:
         info = (await admin.job(job_id)).to_dict()
     finally:
@@ -269,7 +272,7 @@ async def dlq_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Dead-lettered jobs: why they failed for good, after how many attempts, and their data."""
-    admin = _admin(queue)
+    admin = await _admin(queue)
     try:
         rows = [asdict(e) for e in await admin.dead_letters(limit)]
     finally:
@@ -293,7 +296,7 @@ async def dlq_redrive(
     """Send dead-lettered jobs back to their queue with fresh attempts."""
     if not all_ and not job_id:
         raise OrderflowError("redrive needs a JOB_ID or --all")
-    admin = _admin(queue)
+    admin = await _admin(queue)
     try:
         ids = await admin.dlq.redrive_all() if all_ else [await admin.dlq.redrive(str(job_id))]
     finally:
@@ -315,7 +318,7 @@ async def dlq_purge(
     """Forget dead-lettered jobs (and delete the failed jobs unless --keep-jobs)."""
     if not all_ and not job_id:
         raise OrderflowError("purge needs a JOB_ID or --all")
-    admin = _admin(queue)
+    admin = await _admin(queue)
     try:
         if not all_:
             await admin.dlq.get(str(job_id))  # an unknown id is an error, not "purged 0"

@@ -77,3 +77,24 @@ def test_a_command_with_temporal_unreachable_says_where_it_looked_in_one_line(
     assert "Traceback" not in done.stderr, done.stderr
     assert f"cannot reach Temporal at 127.0.0.1:{port}" in done.stderr
     assert "ORDERFLOW_TEMPORAL_ADDRESS" in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["queues", "counts"], ["queues", "failed", "email"]])
+def test_queues_with_redis_unreachable_says_where_it_looked_without_the_password(
+    argv: list[str],
+) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "ORDERFLOW_REDIS_URL": f"redis://:s3cret-pw@127.0.0.1:{port}/0"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from app.cli import main; main()", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"cannot reach Redis at redis://127.0.0.1:{port}/0 (ORDERFLOW_REDIS_URL)" in done.stderr
+    assert "s3cret-pw" not in done.stdout + done.stderr
