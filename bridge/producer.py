@@ -13,10 +13,10 @@ import msgpack
 
 from bridge.errors import InvalidJobOptionsError, PayloadRejectedError
 from bridge.guard import PayloadGuard
-from bridge.redis_client import Arg, RedisClient, RedisReplyError
+from bridge.redis_client import Arg, PreparedCall, RedisClient, RedisReplyError
 from bridge.scripts import Keys, bullmq_script
 from bridge.specs import QueueSpec, queue_specs
-from bridge.tracing import inject_trace, traced_add
+from bridge.tracing import inject_trace, trace_current, traced_add
 from orderflow.settings import Settings
 
 PRIORITY_LIMIT = 2**21  # BullMQ's highest priority value (it packs priority into a zset score)
@@ -106,29 +106,40 @@ class QueueProducer:
         self._defaults = normalize_opts(spec, None)
         self._packed_defaults = msgpack.packb(self._defaults, use_bin_type=True)
         k = self.keys
-        self._standard = (
-            bullmq_script("addStandardJob-9.lua"),
+        # the add scripts with their keys encoded once: a job pays only for its three args
+        self._standard = _prepared(
+            "addStandardJob-9.lua",
             [k[n] for n in ("wait", "paused", "meta", "id", "completed", "delayed", "active",
                             "events", "marker")],
         )  # fmt: skip
-        self._delayed = (
-            bullmq_script("addDelayedJob-6.lua"),
+        self._delayed = _prepared(
+            "addDelayedJob-6.lua",
             [k[n] for n in ("marker", "meta", "id", "delayed", "completed", "events")],
         )
-        self._prioritized = (
-            bullmq_script("addPrioritizedJob-9.lua"),
+        self._prioritized = _prepared(
+            "addPrioritizedJob-9.lua",
             [k[n] for n in ("marker", "meta", "id", "prioritized", "delayed", "completed",
                             "active", "events", "pc")],
         )  # fmt: skip
+        self._packer = msgpack.Packer(use_bin_type=True)  # msgpack.packb makes one per call
+        # the start of addJob's packed args: a 9-element array, then the key prefix
+        self._args_head = b"\x99" + msgpack.packb(k.base, use_bin_type=True)
 
     @classmethod
     def connect(cls, spec: QueueSpec, redis_url: str) -> QueueProducer:
         """A producer with its own connection (opened on first use)."""
         return cls(spec, RedisClient(redis_url, name=f"orderflow:producer:{spec.name}"))
 
-    def _command(self, name: str, data: Any, opts: Mapping[str, Any] | None) -> list[Arg]:
-        final = normalize_opts(self.spec, opts) if opts else dict(self._defaults)
-        inject_trace(final)
+    def _command(
+        self, name: str, data: Any, opts: Mapping[str, Any] | None, traced: bool = True
+    ) -> bytes:
+        """The encoded add command of one job; `traced`: a trace context may be current."""
+        if opts:
+            final = normalize_opts(self.spec, opts)
+        else:
+            final = dict(self._defaults) if traced else self._defaults
+        if traced:
+            inject_trace(final)
         job_id = final.get("jobId")
         try:
             encoded = json.dumps(data, separators=(",", ":"), allow_nan=False)
@@ -138,49 +149,49 @@ class QueueProducer:
             ) from err
         self.guard.check(name, job_id, data, encoded)
         timestamp = int(time.time() * 1000)
-        packed_args = msgpack.packb(
-            [self.keys.base, job_id or "", name, timestamp, None, None, None, None, None],
-            use_bin_type=True,
+        # [prefix, job id, name, timestamp, parentKey, waitChildrenKey, parentDependenciesKey,
+        #  parent, repeatJobKey], as BullMQ's Queue packs them
+        pack = self._packer.pack
+        packed_args = b"".join(
+            (self._args_head, pack(job_id or ""), pack(name), pack(timestamp), _NILS)
         )
         packed_opts = (
             self._packed_defaults
-            if final == self._defaults
+            if final is self._defaults or final == self._defaults
             else msgpack.packb(final, use_bin_type=True)
         )
         if final.get("delay"):
-            script, keys = self._delayed
+            prepared = self._delayed
         elif final.get("priority"):
-            script, keys = self._prioritized
+            prepared = self._prioritized
         else:
-            script, keys = self._standard
-        return self.client.evalsha_args(script, keys, [packed_args, encoded, packed_opts])
+            prepared = self._standard
+        return prepared.encode([packed_args, encoded, packed_opts])
 
     def _scripts(self) -> None:
-        for script, _ in (self._standard, self._delayed, self._prioritized):
-            self.client.register(script)
+        for prepared in (self._standard, self._delayed, self._prioritized):
+            self.client.register(prepared.script)
 
     @traced_add
     async def add(self, name: str, data: Any, opts: Mapping[str, Any] | None = None) -> str:
         """Add one job and return its id; with an existing jobId nothing new is added."""
         command = self._command(name, data, opts)
         self._scripts()
-        try:
-            result = await self.client.execute(*command)
-        except RedisReplyError as err:
-            if not str(err).startswith("NOSCRIPT"):
-                raise
+        [result] = await self.client.send_encoded([command])
+        if _noscript(result):
             await self.client.load_scripts()
-            result = await self.client.execute(*command)
+            [result] = await self.client.send_encoded([command])
         return _job_id(result, name)
 
     async def add_bulk(self, jobs: Sequence[BulkJob | Mapping[str, Any]]) -> list[str]:
         """Add many jobs atomically in one round trip (BullMQ `addBulk`); returns their ids."""
         commands = []
+        traced = trace_current()  # once for the batch: no trace context, nothing to inject
         for job in jobs:
             if isinstance(job, BulkJob):
-                commands.append(self._command(job.name, job.data, job.opts))
+                commands.append(self._command(job.name, job.data, job.opts, traced))
             else:
-                commands.append(self._command(job["name"], job["data"], job.get("opts")))
+                commands.append(self._command(job["name"], job["data"], job.get("opts"), traced))
         self._scripts()
         if not self._loaded:  # EVALSHA inside MULTI cannot fall back to loading the script
             await self.client.load_scripts()
@@ -197,6 +208,13 @@ class QueueProducer:
     async def close(self) -> None:
         """Close the producer's connection."""
         await self.client.close()
+
+
+def _prepared(filename: str, keys: list[Arg]) -> PreparedCall:
+    return PreparedCall.of(bullmq_script(filename), len(keys), keys)
+
+
+_NILS = b"\xc0" * 5  # five msgpack nils: no parent, no repeat job
 
 
 def _noscript(reply: Any) -> bool:

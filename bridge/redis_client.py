@@ -38,9 +38,16 @@ class Script:
 
 def encode_command(args: Sequence[Arg]) -> bytes:
     """One command in RESP."""
-    out = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n" % len(args) + encode_args(args)
+
+
+def encode_args(args: Sequence[Arg]) -> bytes:
+    """Arguments as RESP bulk strings, without the command's header (see PreparedCall)."""
+    out = []
     for arg in args:
-        if isinstance(arg, bytes):
+        if type(arg) is str:
+            b = arg.encode()
+        elif isinstance(arg, bytes):
             b = arg
         elif isinstance(arg, str):
             b = arg.encode()
@@ -52,6 +59,54 @@ def encode_command(args: Sequence[Arg]) -> bytes:
             b = repr(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(out)
+
+
+_MULTI = encode_command(["MULTI"])
+_EXEC = encode_command(["EXEC"])
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """A script call whose fixed leading keys are encoded once: a hot path pays only the rest."""
+
+    script: Script
+    head: bytes  # EVALSHA, the sha, the key count and the fixed keys, in RESP
+    head_len: int  # how many arguments `head` holds
+
+    @classmethod
+    def of(cls, script: Script, n_keys: int, fixed_keys: Sequence[Arg]) -> PreparedCall:
+        """`n_keys` keys in all, the first of them `fixed_keys`."""
+        lead: list[Arg] = ["EVALSHA", script.sha, n_keys, *fixed_keys]
+        return cls(script, encode_args(lead), len(lead))
+
+    def encode(self, rest: Sequence[Arg]) -> bytes:
+        """The whole command in RESP, with the rest of the keys and the args."""
+        return b"*%d\r\n" % (self.head_len + len(rest)) + self.head + encode_args(rest)
+
+
+class _Replies:
+    """One waiter for the replies of many commands (a batch needs no future per command).
+
+    Stands in the protocol's waiter queue once per command, as a future would; errors are
+    collected as values, and a lost connection fills the rest with the ConnectionError.
+    """
+
+    __slots__ = ("expected", "future", "replies")
+
+    def __init__(self, expected: int, future: asyncio.Future[list[Any]]) -> None:
+        self.expected = expected
+        self.future = future
+        self.replies: list[Any] = []
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, reply: Any) -> None:
+        self.replies.append(reply)
+        if len(self.replies) == self.expected:
+            self.future.set_result(self.replies)
+
+    set_exception = set_result
 
 
 class _Protocol(asyncio.Protocol):
@@ -180,10 +235,20 @@ class RedisClient:
 
     @staticmethod
     async def _send(proto: _Protocol, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in commands]
-        proto.send(b"".join(encode_command(c) for c in commands), futures)
-        return list(await asyncio.gather(*futures, return_exceptions=True))
+        return await RedisClient._send_batch(proto, [encode_command(c) for c in commands])
+
+    async def send_encoded(self, payloads: Sequence[bytes]) -> list[Any]:
+        """Run commands encoded already (encode_command, PreparedCall.encode) in one write;
+        error replies come back as RedisReplyError values."""
+        return await self._send_batch(await self._ensure(), payloads)
+
+    @staticmethod
+    async def _send_batch(proto: _Protocol, payloads: Sequence[bytes]) -> list[Any]:
+        if not payloads:
+            return []
+        replies = _Replies(len(payloads), asyncio.get_running_loop().create_future())
+        proto.send(b"".join(payloads), [replies] * len(payloads))  # type: ignore[list-item]
+        return await replies.future
 
     async def execute(self, *args: Arg) -> Any:
         """Run one command and return its reply (raises RedisReplyError on an error reply)."""
@@ -198,9 +263,10 @@ class RedisClient:
             return []
         return await self._send(await self._ensure(), commands)
 
-    async def transaction(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Run commands atomically (MULTI/EXEC) and return EXEC's replies."""
-        replies = await self.pipeline([["MULTI"], *commands, ["EXEC"]])
+    async def transaction(self, commands: Sequence[Sequence[Arg] | bytes]) -> list[Any]:
+        """Run commands (argument lists, or encoded already) atomically; EXEC's replies."""
+        encoded = [c if isinstance(c, bytes) else encode_command(c) for c in commands]
+        replies = await self.send_encoded([_MULTI, *encoded, _EXEC])
         for reply in replies:
             if isinstance(reply, BaseException) and not isinstance(reply, RedisReplyError):
                 raise reply
@@ -227,6 +293,24 @@ class RedisClient:
                 raise
         await self.execute("SCRIPT", "LOAD", script.source)
         return await self.execute(*self.evalsha_args(script, keys, args))
+
+    async def call(self, prepared: PreparedCall, rest: Sequence[Arg]) -> Any:
+        """Run a prepared script call with the rest of its keys and its args (as `run`)."""
+        self._scripts.setdefault(prepared.script.sha, prepared.script)
+        payload = prepared.encode(rest)
+        try:
+            return await self._send_one(payload)
+        except RedisReplyError as err:
+            if not str(err).startswith("NOSCRIPT"):
+                raise
+        await self.execute("SCRIPT", "LOAD", prepared.script.source)
+        return await self._send_one(payload)
+
+    async def _send_one(self, payload: bytes) -> Any:
+        proto = await self._ensure()
+        fut = asyncio.get_running_loop().create_future()
+        proto.send(payload, (fut,))
+        return await fut
 
     async def load_scripts(self) -> None:
         """Load every registered script now (before they are used inside MULTI)."""

@@ -2,7 +2,7 @@
 
 Each of `concurrency` slots completes a job and fetches the next one in the same
 moveToFinished call (as Node BullMQ does), over one pipelined connection. On top of the
-scripts: a sliding-window rate limiter, a per-job timeout, custom backoff, a dead-letter
+scripts: BullMQ's queue rate limiter (shared with Node workers), a per-job timeout, custom backoff, a dead-letter
 queue, lock renewal and stalled-job recovery, and a graceful shutdown that hands
 unfinished jobs back to the queue.
 """
@@ -28,14 +28,14 @@ from bullmq import UnrecoverableError
 
 from bridge.errors import JobTimeoutError, MalformedJobError, RetryLater
 from bridge.job import Job, Processor, job_from_hash
-from bridge.redis_client import Arg, RedisClient, RedisReplyError
+from bridge.redis_client import Arg, PreparedCall, RedisClient, RedisReplyError, Script
 from bridge.scripts import (
     Keys,
     bullmq_script,
     complete_script,
     dead_letter_script,
-    rate_limit_script,
     release_dead_locks_script,
+    sliding_limit_script,
 )
 from bridge.specs import QueueSpec
 from bridge.tracing import InstrumentedProcessor
@@ -47,9 +47,7 @@ BackoffStrategy = Callable[[int, str | None, BaseException, Job], int | Awaitabl
 STACKTRACE_KEEP = (
     10  # stack traces kept per job (one per failed attempt), as Node's stackTraceLimit
 )
-LIMIT_MARGIN_MS = (
-    25  # a permit is granted one round trip before the job starts: keep starts in limit
-)
+OPTS_CACHE_SIZE = 4096  # packed moveToFinished opts kept (per token and attempt, a few each)
 RETRY_FIRST_DELAY = 0.1  # first wait after a Redis failure; doubles up to RETRY_MAX_DELAY ...
 RETRY_MAX_DELAY = (
     5.0  # ... so a restarted Redis is used again within seconds (workers retry forever)
@@ -124,6 +122,11 @@ def _failure_kind(err: BaseException) -> str:
     return "connection"
 
 
+def _rate_limited(raw: Any) -> bool:
+    """True if a fetch's reply says the queue's rate limit is used up (BullMQ's limit delay)."""
+    return isinstance(raw, list) and len(raw) >= 4 and not raw[0] and int(raw[2] or 0) > 0
+
+
 def node_worker_prefix(spec: QueueSpec) -> str:
     """`<prefix>:<base64 queue name>:w:`, how Node BullMQ's getWorkers finds a queue's workers."""
     return f"{spec.prefix}:{base64.b64encode(spec.name.encode()).decode()}:w:"
@@ -181,9 +184,14 @@ class BridgeWorker:
 
     def _prepare_scripts(self) -> None:
         k = self.keys
-        self._finish_script = self.client.register(complete_script())  # + drops a DLQ entry
+
+        def limited(script: Script) -> Script:
+            return script if self.spec.rate_limit is None else sliding_limit_script(script)
+
+        # completions also drop the job's DLQ entry, if any (complete_script)
+        self._finish_script = self.client.register(limited(complete_script()))
         self._dlq_script = self.client.register(dead_letter_script())
-        self._active_script = self.client.register(bullmq_script("moveToActive-11.lua"))
+        self._active_script = self.client.register(limited(bullmq_script("moveToActive-11.lua")))
         self._delay_script = self.client.register(bullmq_script("moveToDelayed-11.lua"))
         self._retry_script = self.client.register(bullmq_script("retryJob-11.lua"))
         self._locks_script = self.client.register(bullmq_script("extendLocks-1.lua"))
@@ -191,14 +199,13 @@ class BridgeWorker:
         self._handback_script = self.client.register(bullmq_script("moveJobFromActiveToWait-9.lua"))
         self._progress_script = self.client.register(bullmq_script("updateProgress-3.lua"))
         self._log_script = self.client.register(bullmq_script("addLog-2.lua"))
-        self._limit_script = self.client.register(rate_limit_script())
         self._release_script = self.client.register(release_dead_locks_script())
         self._stalled_keys: list[Arg] = [
             k[n] for n in ("stalled", "wait", "active", "stalled-check", "meta", "paused",
                            "marker", "events", "repeat")
         ]  # fmt: skip
         self._heartbeat_key = k[f"orderflow-alive:{self.id}"]
-        self._active_keys = [
+        self._active_keys: list[Arg] = [
             k[n] for n in ("wait", "active", "prioritized", "events", "stalled", "limiter",
                            "delayed", "paused", "meta", "pc", "marker")
         ]  # fmt: skip
@@ -210,7 +217,23 @@ class BridgeWorker:
         }
         self._dlq_keys = [f"{self.spec.prefix}:{self.spec.dlq}:jobs",
                           f"{self.spec.prefix}:{self.spec.dlq}:index"]  # fmt: skip
-        self._limit_key = k["orderflow-rate"]
+        # BullMQ's own worker limiter: every fetch counts in the queue's `limiter` key, the
+        # one a Node worker's `limiter` option counts in, so both sides share one limit; our
+        # fetches also keep to a sliding window (sliding_limit_script), logged in this key
+        limit = self.spec.rate_limit
+        self._limiter = None if limit is None else {"max": limit.max, "duration": limit.duration_ms}
+        self._limit_keys: list[Arg] = [] if limit is None else [k["orderflow-rate"]]
+        self._limit_args: list[Arg] = [] if limit is None else [limit.max, limit.duration_ms]
+        self._active_keys += self._limit_keys
+        self._active_call = PreparedCall.of(
+            self._active_script, len(self._active_keys), self._active_keys
+        )
+        self._complete_call = PreparedCall.of(
+            self._finish_script, 16 + len(self._limit_keys), self._finish_keys["completed"][0]
+        )
+        self._completed_metrics = k["metrics:completed"]
+        self._marker = k["marker"]
+        self._opts_cache: dict[tuple[Any, ...], bytes] = {}
 
     # ---- running -------------------------------------------------------------------------
 
@@ -270,6 +293,8 @@ class BridgeWorker:
         self._wakeup = asyncio.get_running_loop().create_future()
 
     async def _slot(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
         fetched: list[Any] | None = None
         backoff = Backoff()
         while not self._stopping:
@@ -285,7 +310,7 @@ class BridgeWorker:
                         await self._wait_idle(wakeup)
                         continue
                 job = job_from_hash(fetched[0], fetched[1], fetched[2], self.spec.name, self)
-                fetched = await self._handle(job)
+                fetched = await self._handle(job, me)
             except REDIS_FAILURES as err:
                 fetched = None
                 self.redis.failed(err, "fetching a job")
@@ -316,60 +341,34 @@ class BridgeWorker:
     def _token(self) -> str:
         return f"{self.id}:{next(self._tokens)}"
 
-    async def _permit(self, token: str, wait: bool) -> int | None:
-        """Take one start from the rate limit; with wait=False only if one is free now.
-
-        Returns the start's time in ms (the grant's, on Redis's clock, so the jobs' processedOn
-        keep the limit however late this process runs the fetch), or None when refused.
-        """
-        limit = self.spec.rate_limit
-        if limit is None:
-            return int(time.time() * 1000)
-        while True:
-            answer = int(
-                await self.client.run(
-                    self._limit_script,
-                    [self._limit_key],
-                    [limit.max, limit.duration_ms + LIMIT_MARGIN_MS, token],
-                )
-            )
-            if answer < 0:
-                return -answer
-            if not wait or self._stopping:
-                return None
-            await asyncio.sleep(answer / 1000)
-
-    async def _release(self, token: str) -> None:
-        if self.spec.rate_limit is not None:
-            await self.client.execute("ZREM", self._limit_key, token)
-
     async def _fetch(self) -> list[Any] | None:
         token = self._token()
-        started = await self._permit(token, wait=True)
-        if started is None:
-            return None
         opts = msgpack.packb(
-            {"token": token, "lockDuration": self.spec.lock_duration_ms, "limiter": None,
-             "name": self.name},
+            {"token": token, "lockDuration": self.spec.lock_duration_ms,
+             "limiter": self._limiter, "name": self.name},
             use_bin_type=True,
         )  # fmt: skip
-        try:
-            raw = await self.client.run(
-                self._active_script, self._active_keys, [self.keys.base, started, opts]
-            )
-        except (ConnectionError, OSError):
-            self._lost_tokens.add(token)  # Redis may have run it: a job may be locked with it
-            raise
-        return await self._next_from(raw, token, token)
+        while True:
+            try:
+                raw = await self.client.call(
+                    self._active_call,
+                    [self.keys.base, int(time.time() * 1000), opts, *self._limit_args],
+                )
+            except (ConnectionError, OSError):
+                self._lost_tokens.add(token)  # Redis may have run it: a job may be locked with it
+                raise
+            fetched = await self._next_from(raw, token)
+            # rate limited (it slept out the window): try again rather than wait for a marker
+            if fetched is not None or self._stopping or not _rate_limited(raw):
+                return fetched
 
-    async def _next_from(self, raw: Any, token: str, permit: str) -> list[Any] | None:
+    async def _next_from(self, raw: Any, token: str) -> list[Any] | None:
         """The [fields, id, token] of a fetched job, or None (noting delays and rate limits)."""
         if isinstance(raw, list) and raw and raw[0]:
             return [raw[0], raw[1], token]
-        await self._release(permit)
         if isinstance(raw, list) and len(raw) >= 4:
             limit_until, delay_until = int(raw[2] or 0), int(raw[3] or 0)
-            if limit_until > 0:  # a global rate limit set on the queue by Queue.setGlobalRateLimit
+            if limit_until > 0:  # the queue's limiter key is full: ms until its window ends
                 await asyncio.sleep(limit_until / 1000)
             if delay_until > 0:
                 self._block_until = (
@@ -413,7 +412,7 @@ class BridgeWorker:
 
     # ---- processing ----------------------------------------------------------------------
 
-    async def _handle(self, job: Job) -> list[Any] | None:
+    async def _handle(self, job: Job, slot: asyncio.Task[Any]) -> list[Any] | None:
         """Run one attempt and finish it; returns the next job when the finish fetched one."""
         self._active[job.id] = job
         try:
@@ -421,17 +420,23 @@ class BridgeWorker:
                 raise MalformedJobError(self.spec.name, job.name, job.id, job.malformed)
             if job.deferred_failure:
                 raise UnrecoverableError(f"job {job.id!r} ({job.name}): {job.deferred_failure}")
-            task = asyncio.ensure_future(self.processor(job))
-            self._tasks[job.id] = task
-            timeout = self.spec.timeout_seconds
-            done, _ = await asyncio.wait((task,), timeout=timeout)
-            if not done:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                if self._abandoning:
-                    raise asyncio.CancelledError
-                raise JobTimeoutError(self.spec.name, job.name, job.id, timeout or 0)
-            result = task.result()
+            # the processor runs in this slot's task (no task per job): a shutdown out of grace
+            # cancels the slot's task while it is in here
+            self._tasks[job.id] = slot
+            try:
+                timeout = self.spec.timeout_seconds
+                if timeout is None:
+                    result = await self.processor(job)
+                else:
+                    try:
+                        async with asyncio.timeout(timeout) as within:
+                            result = await self.processor(job)
+                    except TimeoutError:
+                        if not within.expired():
+                            raise  # the processor's own
+                        raise JobTimeoutError(self.spec.name, job.name, job.id, timeout) from None
+            finally:
+                self._tasks.pop(job.id, None)
         except asyncio.CancelledError:
             if not self._abandoning:
                 raise
@@ -443,7 +448,6 @@ class BridgeWorker:
         except Exception as err:  # a failed attempt, whatever the processor raised
             return await self._fail(job, err)
         finally:
-            self._tasks.pop(job.id, None)
             self._active.pop(job.id, None)
         return await self._complete(job, result)
 
@@ -454,53 +458,68 @@ class BridgeWorker:
         value: str,
         fetch_next: bool,
         fields: dict[str, str] | None,
-        at: int | None = None,
     ) -> tuple[list[Arg], list[Arg]]:
-        remove = job.opts.get(
-            "removeOnComplete" if target == "completed" else "removeOnFail",
-            self.spec.remove_on_complete if target == "completed" else self.spec.remove_on_fail,
-        )
-        # As in Node BullMQ, the job fetched next is locked with the finished job's token.
-        opts = msgpack.packb(
-            {"token": job.token, "keepJobs": keep_jobs(remove), "limiter": None,
-             "lockDuration": self.spec.lock_duration_ms, "attempts": job.attempts,
-             "attemptsMade": job.attempts_made, "fpof": False,
-             "maxMetricsSize": self.spec.metrics_max_data_points or "",
-             "cpof": False, "idof": False, "rdof": False, "name": self.name},
-            use_bin_type=True,
-        )  # fmt: skip
+        opts = self._finish_opts(job, target)
         head, metrics, marker = self._finish_keys[target]
         keys: list[Arg] = [*head, self.keys.job(job.id), metrics, marker]
         prop = "returnvalue" if target == "completed" else "failedReason"
-        args: list[Arg] = [job.id, at or int(time.time() * 1000), prop, value, target,
+        args: list[Arg] = [job.id, int(time.time() * 1000), prop, value, target,
                            "1" if fetch_next else "", self.keys.base, opts]  # fmt: skip
         if fields is not None:
             args.append(msgpack.packb([x for kv in fields.items() for x in kv], use_bin_type=True))
         return keys, args
 
+    def _finish_opts(self, job: Job, target: str) -> bytes:
+        """moveToFinished's packed opts; the same few combinations recur, so they are cached."""
+        remove = job.opts.get(
+            "removeOnComplete" if target == "completed" else "removeOnFail",
+            self.spec.remove_on_complete if target == "completed" else self.spec.remove_on_fail,
+        )
+        key = (job.token, target, repr(remove), job.attempts, job.attempts_made)
+        packed = self._opts_cache.get(key)
+        if packed is None:
+            if len(self._opts_cache) >= OPTS_CACHE_SIZE:
+                self._opts_cache.clear()
+            # As in Node BullMQ, the job fetched next is locked with the finished job's token.
+            packed = self._opts_cache[key] = msgpack.packb(
+                {"token": job.token, "keepJobs": keep_jobs(remove), "limiter": self._limiter,
+                 "lockDuration": self.spec.lock_duration_ms, "attempts": job.attempts,
+                 "attemptsMade": job.attempts_made, "fpof": False,
+                 "maxMetricsSize": self.spec.metrics_max_data_points or "",
+                 "cpof": False, "idof": False, "rdof": False, "name": self.name},
+                use_bin_type=True,
+            )  # fmt: skip
+        return packed
+
     async def _complete(self, job: Job, result: Any) -> list[Any] | None:
         fetch_next = not self._stopping
-        permit = self._token()
-        started: int | None = None  # the next job's start, when it is rate limited
-        if fetch_next and self.spec.rate_limit is not None:
-            started = await self._permit(permit, wait=False)
-            fetch_next = started is not None
-        value = json.dumps(result, separators=(",", ":"), default=str)
-        keys, args = self._finish_args(job, "completed", value, fetch_next, None, at=started)
-        raw = await self._run_finish(self._finish_script, [*keys, *self._dlq_keys], args, job)
+        value = "null" if result is None else json.dumps(result, separators=(",", ":"), default=str)
+        rest: list[Arg] = [
+            self.keys.base + job.id, self._completed_metrics, self._marker, *self._dlq_keys,
+            *self._limit_keys,
+            job.id, int(time.time() * 1000), "returnvalue", value, "completed",
+            "1" if fetch_next else "", self.keys.base, self._finish_opts(job, "completed"),
+            *self._limit_args,
+        ]  # fmt: skip
+        raw = await self._run_finish(self._complete_call, [], rest, job)
         self.processed += 1
         if not fetch_next:
             return None
-        return await self._next_from(raw, job.token, permit)
+        return await self._next_from(raw, job.token)
 
-    async def _run_finish(self, script: Any, keys: list[Arg], args: list[Arg], job: Job) -> Any:
+    async def _run_finish(
+        self, script: Script | PreparedCall, keys: list[Arg], args: list[Arg], job: Job
+    ) -> Any:
         # The attempt's outcome is known: keep trying to record it while the job's lock can
         # still be ours, so a Redis blip does not make the job run again.
         deadline = time.monotonic() + self.spec.lock_duration_ms / 1000
         backoff = Backoff()
         while True:
             try:
-                raw = await self.client.run(script, keys, args)
+                if isinstance(script, PreparedCall):
+                    raw = await self.client.call(script, [*keys, *args])
+                else:
+                    raw = await self.client.run(script, keys, args)
                 self.redis.ok()
                 break
             except REDIS_FAILURES as err:
@@ -763,12 +782,13 @@ class BridgeWorker:
         if pairs:
             released = await self.client.run(
                 self._release_script,
-                [self.keys["stalled"], self.keys["stalled-check"]],
+                [self.keys["stalled"], self.keys["stalled-check"], self.keys["active"]],
                 [self.keys.base, *pairs],
             )
-            log.warning("%s: took back %s active job(s) of dead worker(s) %s",
-                        self.name, released, ", ".join(o[:8] for o in dead) or "(lock expired)")  # fmt: skip
-            await self._check_stalled()
+            if released:  # none: they finished between the reads (no lock, no longer active)
+                log.warning("%s: took back %s active job(s) of dead worker(s) %s",
+                            self.name, released, ", ".join(o[:8] for o in dead) or "(lock expired)")  # fmt: skip
+                await self._check_stalled()
         return len(dead) < len(owners)
 
     async def _stalled_loop(self) -> None:

@@ -59,12 +59,59 @@ return math.max(1, tonumber(oldest[2]) + window - ms)
 
 @cache
 def rate_limit_script() -> Script:
-    """Grant one job start if fewer than max started in the last window (Redis clock).
+    """Grant one request if fewer than max came in the last window (Redis clock); the ingress's.
 
-    Returns minus the grant time in ms (the job's start, its `processedOn`), or the delay in ms
-    until a start may be free.
+    Returns minus the grant time in ms, or the delay in ms until a request may be free.
     """
     return Script("orderflowRateLimit", RATE_LIMIT_LUA)
+
+
+# Wraps BullMQ's moveToActive or moveToFinished (the body): the last key is the worker's start
+# log (a zset), the last two args the limit's max and window in ms; both are taken off before
+# the body runs, so it sees BullMQ's own keys and args. The body's timestamp (the fetched job's
+# processedOn) becomes Redis's clock, and a fetch is made only while fewer than max jobs started
+# in the last window; refused, moveToFinished still finishes its job, fetching none, and
+# moveToActive answers as BullMQ's limiter does ({0, 0, ms to wait, 0}).
+SLIDING_LIMIT_LUA = """
+local window = tonumber(table.remove(ARGV))
+local max = tonumber(table.remove(ARGV))
+local startLog = table.remove(KEYS)
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+ARGV[2] = tostring(ms)
+redis.call('ZREMRANGEBYSCORE', startLog, '-inf', ms - window)
+local wait = 0
+if redis.call('ZCARD', startLog) >= max then
+  local oldest = redis.call('ZRANGE', startLog, 0, 0, 'WITHSCORES')
+  wait = math.max(1, tonumber(oldest[2]) + window - ms)
+end
+local function orderflow_body()
+BODY
+end
+if wait > 0 then
+  if IS_FETCH then return {0, 0, wait, 0} end
+  ARGV[6] = ''
+end
+local result = orderflow_body()
+if type(result) == 'table' and result[1] ~= 0 and result[2] then
+  redis.call('ZADD', startLog, ms, result[2] .. ':' .. ms)
+  redis.call('PEXPIRE', startLog, window)
+end
+return result
+"""
+
+
+@cache
+def sliding_limit_script(script: Script) -> Script:
+    """BullMQ's moveToActive, or moveToFinished (complete_script), under a sliding-window limit.
+
+    BullMQ's own limiter (a counter per fixed window, opened by its first start) is counted too,
+    through the limiter option, so Node workers on the queue share the limit; the sliding
+    window keeps this worker's starts under it in every window, not only in BullMQ's.
+    """
+    is_fetch = "true" if script.name == "moveToActive" else "false"
+    source = SLIDING_LIMIT_LUA.replace("IS_FETCH", is_fetch).replace("BODY", script.source, 1)
+    return Script("orderflowLimited-" + script.name, source)
 
 
 @cache
@@ -110,17 +157,19 @@ def complete_script() -> Script:
     return Script("orderflowComplete", source)
 
 
-# Take back the jobs of a worker known to be dead: KEYS[1] stalled set, KEYS[2] stalled-check;
-# ARGV[1] the queue's key prefix, then job id and lock token pairs (an empty token: the lock has
-# expired already). A lock still holding the dead worker's token is deleted and the job marked
-# stalled, and the stalled-check throttle is lifted, so BullMQ's own stalled-job check moves it
-# to wait (counting the stall) at once.
+# Take back the jobs of a worker known to be dead: KEYS[1] stalled set, KEYS[2] stalled-check,
+# KEYS[3] active list; ARGV[1] the queue's key prefix, then job id and lock token pairs (an empty
+# token: the lock has expired already). A job still active whose lock still holds the dead
+# worker's token (or none) has its lock deleted and is marked stalled, and the stalled-check
+# throttle is lifted, so BullMQ's own stalled-job check moves it to wait (counting the stall) at
+# once. A job no longer active finished since its lock was read: it is left alone.
 RELEASE_DEAD_LOCKS_LUA = """
 local released = 0
 for i = 2, #ARGV, 2 do
   local lock = ARGV[1] .. ARGV[i] .. ':lock'
   local held = redis.call('GET', lock)
-  if held == ARGV[i + 1] or (held == false and ARGV[i + 1] == '') then
+  if (held == ARGV[i + 1] or (held == false and ARGV[i + 1] == ''))
+      and redis.call('LPOS', KEYS[3], ARGV[i]) ~= false then
     redis.call('DEL', lock)
     redis.call('SADD', KEYS[1], ARGV[i])
     released = released + 1

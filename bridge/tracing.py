@@ -42,6 +42,11 @@ def tracing_enabled() -> bool:
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
+def trace_current() -> bool:
+    """True if a valid span is current (inject_trace would put its context in job opts)."""
+    return trace.get_current_span().get_span_context().is_valid
+
+
 def inject_trace(opts: MutableMapping[str, Any]) -> None:
     """Put the current trace context in job opts (kept if the job already carries one)."""
     if opts.get(TRACE_OPT) or not trace.get_current_span().get_span_context().is_valid:
@@ -95,6 +100,7 @@ class InstrumentedProcessor:
 
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
+        self._labels: dict[tuple[str, str], dict[str, str]] = {}
         meter = metrics.get_meter(SCOPE)
         self.duration = meter.create_histogram(
             "bullmq.job.duration",
@@ -114,7 +120,12 @@ class InstrumentedProcessor:
 
     async def __call__(self, job: Job) -> Any:
         """Process one attempt of `job`."""
-        labels = {QUEUE_NAME: job.queue, JOB_NAME: job.name}
+        labels = self._labels.get((job.queue, job.name))
+        if labels is None:  # one dict per job name, not one per job
+            labels = self._labels[(job.queue, job.name)] = {
+                QUEUE_NAME: job.queue,
+                JOB_NAME: job.name,
+            }
         if not tracing_enabled():
             return await self._measured(job, labels)
         tracer = trace.get_tracer(SCOPE)

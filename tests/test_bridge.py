@@ -330,18 +330,18 @@ async def test_a_job_fetched_while_stopping_goes_back_to_wait(
         seen.append(job.id)
 
     worker = BridgeWorker(spec, record, redis_url)
-    real_run = worker.client.run
+    real_call = worker.client.call
 
     async def stopping() -> bool:
         return worker._stopping
 
-    async def stop_during_finish(script: Any, keys: Any, args: Any) -> Any:
-        if script is worker._finish_script:
+    async def stop_during_finish(prepared: Any, rest: Any) -> Any:
+        if prepared is worker._complete_call:
             stop.set()
             await eventually(stopping)  # the worker sees the stop while this finish is in flight
-        return await real_run(script, keys, args)
+        return await real_call(prepared, rest)
 
-    worker.client.run = stop_during_finish  # type: ignore[method-assign]
+    worker.client.call = stop_during_finish  # type: ignore[method-assign]
     await asyncio.wait_for(worker.run(stop, grace_seconds=5), 20)
     after = await counts(spec, redis_url)
     assert seen == ["1"]

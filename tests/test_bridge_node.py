@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from bisect import bisect_left
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Engine
 from app.smtp_sink import SmtpSink
 from bridge.admin import QueueAdmin
 from bridge.job import Job
-from bridge.producer import QueueProducer
+from bridge.producer import BulkJob, QueueProducer
 from bridge.redis_client import RedisClient
 from bridge.specs import QueueSpec
 from mail.processor import EmailProcessor, message_id_for
@@ -165,6 +166,61 @@ async def test_node_queue_reads_our_counts_failures_progress_and_results(
 
 async def _has(spec: QueueSpec, redis_url: str, state: str, n: int) -> bool:
     return (await counts(spec, redis_url))[state] >= n
+
+
+async def test_node_and_python_workers_share_one_rate_limit(node: str, redis_url: str) -> None:
+    spec = unique_spec(Settings(redis_url=redis_url), remove_on_complete=False)
+    assert spec.rate_limit is not None and spec.rate_limit.max == 100
+    total = 2000
+    client = RedisClient(redis_url)
+    events = f"{spec.prefix}:{spec.name}:events"
+    # room in the event stream for every job's events (BullMQ trims it to 10,000 by default)
+    await client.execute("HSET", f"{spec.prefix}:{spec.name}:meta", "opts.maxLenEvents", 100_000)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add_bulk([BulkJob("send-welcome", {"i": i}) for i in range(total)])
+    limit = [str(spec.rate_limit.max), str(spec.rate_limit.duration_ms)]
+    proc = await asyncio.create_subprocess_exec(
+        node, str(NODE_DIR / "limited.js"), *where(spec, redis_url), *limit, str(total),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+    async def work(job: Job) -> dict[str, str]:
+        return {"by": "python"}
+
+    async with running(spec, work, redis_url) as worker:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    by_node = json.loads(out.decode().strip().splitlines()[-1])["processed"]
+    assert by_node + worker.processed == total
+    assert by_node > 100 and worker.processed > 100, (by_node, worker.processed)
+    # Every start, Node's and ours, is an `active` event written by the fetching script itself:
+    # its stream id is Redis's clock when the limiter counted it. (processedOn is that same
+    # clock for our jobs, but Node stamps its own clock before sending the fetch: a fetch sent
+    # just before a window ends and run just after shows in the old window.)
+    entries = await client.execute("XRANGE", events, "-", "+")
+    await client.close()
+    starts = sorted(
+        int(i.split("-")[0]) for i, fields in entries if fields[:2] == ["event", "active"]
+    )
+    assert len(starts) == total
+    # BullMQ's limiter counts starts in windows of 1 s, each opened by its first start. (A
+    # sliding second is not bounded by BullMQ: a Node worker alone starts up to 150-180 jobs
+    # in one, the end of one window's burst and the start of the next; ours keep to both.)
+    windows = limiter_windows(starts, spec.rate_limit.duration_ms)
+    assert max(windows) <= 100, f"starts per limiter window: {windows}"
+    assert min(windows[:-1]) >= 90, f"the shared limit throttled far below 100/s: {windows}"
+    assert starts[-1] - starts[0] >= 19_000  # 2,000 starts at 100/s need 19 s at least
+    await producer.close()
+
+
+def limiter_windows(starts: list[int], duration_ms: int) -> list[int]:
+    """Starts per window as BullMQ's limiter opens them: at a start, for duration_ms."""
+    counts, i = [], 0
+    while i < len(starts):
+        end = bisect_left(starts, starts[i] + duration_ms)
+        counts.append(end - i)
+        i = end
+    return counts
 
 
 # what each job asks of the worker (tests/node/queue_events.js does the same in Node)

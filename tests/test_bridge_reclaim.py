@@ -116,3 +116,24 @@ async def _checks(worker: BridgeWorker, n: int) -> bool:
 
 async def _done(spec: object, redis_url: str, n: int) -> bool:
     return (await counts(spec, redis_url))["completed"] >= n  # type: ignore[arg-type]
+
+
+async def test_a_job_finished_between_the_reclaim_reads_is_not_taken_back(redis_url: str) -> None:
+    """The reclaim check reads the active list, then the locks: a job finished in between has
+    no lock any more, like a stalled one, but it is no longer active and must be left alone."""
+    spec = unique_spec(Settings(redis_url=redis_url), rate_limit=None)
+
+    async def noop(job: Job) -> None:
+        return None
+
+    worker = BridgeWorker(spec, noop, redis_url)
+    k = worker.keys
+    await worker.client.execute("RPUSH", k["active"], "stalled-job")
+    released = await worker.client.run(
+        worker._release_script,
+        [k["stalled"], k["stalled-check"], k["active"]],
+        [k.base, "finished-job", "", "stalled-job", ""],
+    )
+    assert released == 1
+    assert await worker.client.execute("SMEMBERS", k["stalled"]) == ["stalled-job"]
+    await worker.client.close()
