@@ -52,6 +52,15 @@ def wait_for_port(
     raise OrderflowError(f"nothing listened on {host}:{port} within {timeout:.0f}s")
 
 
+def _listening_or_stopped(proc: subprocess.Popen, port: int, timeout: float) -> None:
+    """Wait for a child server to listen; if it does not, stop it rather than leave it behind."""
+    try:
+        wait_for_port("127.0.0.1", port, timeout=timeout, proc=proc)
+    except BaseException:
+        stop(proc)
+        raise
+
+
 def ensure_port_free(port: int, what: str, setting: str) -> None:
     """Refuse to start a server on a port something else already listens on."""
     with socket.socket() as s:
@@ -94,7 +103,7 @@ def start_temporal(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
+    _listening_or_stopped(proc, port, timeout=60)
     return proc
 
 
@@ -125,7 +134,7 @@ def start_redis(*, url: str, data_dir: Path, log: Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    wait_for_port("127.0.0.1", port, timeout=30, proc=proc)
+    _listening_or_stopped(proc, port, timeout=30)
     return proc
 
 
