@@ -6,10 +6,12 @@ import json
 from typing import Any, Protocol
 
 import httpx
+from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
-from orderflow.db import ErpRecord
+from orderflow.db import ErpRecord, table, utcnow
+
+ERP_RECORDS = table(ErpRecord)
 
 
 class Erp(Protocol):
@@ -65,11 +67,17 @@ class LocalErp:
 
     def push_order(self, order_id: str, payload: dict[str, Any]) -> str:
         """Record the order once (a repeat overwrites the same row)."""
-        with Session(self.engine) as session:
-            record = session.get(ErpRecord, order_id) or ErpRecord(order_id=order_id, payload="")
-            record.payload = json.dumps(payload, sort_keys=True)
-            session.add(record)
-            session.commit()
+        text = json.dumps(payload, sort_keys=True)
+        with self.engine.begin() as conn:  # Core: one UPDATE per repeat, no ORM per order
+            updated = conn.execute(
+                update(ERP_RECORDS).where(ERP_RECORDS.c.order_id == order_id).values(payload=text)
+            )
+            if updated.rowcount == 0:
+                conn.execute(
+                    insert(ERP_RECORDS).values(
+                        order_id=order_id, payload=text, received_at=utcnow()
+                    )
+                )
         return "local ERP record"
 
     def stock_counts(self) -> dict[str, int] | None:

@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import Environment, PackageLoader
-from sqlalchemy import update
-from sqlalchemy.engine import Engine
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.erp import Erp
+from orderflow.contracts.inventory import ReservationStatus
 from orderflow.contracts.order import (
     ConfirmInput,
     ConfirmResult,
@@ -25,7 +25,7 @@ from orderflow.contracts.order import (
     StatusInput,
 )
 from orderflow.contracts.payment import PaymentKind, PaymentStatus
-from orderflow.db import Invoice, Order, OrderItem, Payment, Product, Reservation, reader
+from orderflow.db import Invoice, Order, OrderItem, Payment, Product, Reservation, reader, table
 from orderflow.money import format_money
 from orderflow.templating import is_html_template
 
@@ -35,6 +35,16 @@ def invoice_templates() -> Environment:
     env = Environment(loader=PackageLoader("activities", "templates"), autoescape=is_html_template)
     env.filters["money"] = format_money
     return env
+
+
+# Core statements on the order's hot path: the ORM's identity map and unit of work cost more CPU
+# per order than the SQL itself
+ORDERS = table(Order)
+ORDER_ITEMS = table(OrderItem)
+PRODUCTS = table(Product)
+RESERVATIONS = table(Reservation)
+PAYMENTS = table(Payment)
+INVOICES = table(Invoice)
 
 
 class OrderActivities:
@@ -69,8 +79,12 @@ class OrderActivities:
         for line in order.items:
             wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
         lines = [OrderLine(sku, quantity) for sku, quantity in wanted.items()]
-        with Session(self.engine) as session:
-            existing = session.get(Order, order.order_id)
+        with self.engine.connect() as conn:
+            existing = conn.execute(
+                select(ORDERS.c.status, ORDERS.c.total, ORDERS.c.currency).where(
+                    ORDERS.c.id == order.order_id
+                )
+            ).first()
             if existing is not None:
                 return PlaceOrderResult(
                     reserved=existing.status != OrderStatus.REJECTED,
@@ -87,112 +101,132 @@ class OrderActivities:
                         f"quantity {line.quantity} of {line.sku} is not a positive number"
                     )
                     continue
-                product = session.get(Product, line.sku)
+                product = conn.execute(
+                    select(PRODUCTS.c.price, PRODUCTS.c.on_hand).where(PRODUCTS.c.sku == line.sku)
+                ).first()
                 if product is None:
                     shortages.append(f"unknown SKU {line.sku!r}")
                     continue
                 prices[line.sku] = product.price
                 total += product.price * line.quantity
-                moved = session.execute(
-                    update(Product)
-                    .where(col(Product.sku) == line.sku, col(Product.on_hand) >= line.quantity)
+                moved = conn.execute(
+                    update(PRODUCTS)
+                    .where(PRODUCTS.c.sku == line.sku, PRODUCTS.c.on_hand >= line.quantity)
                     .values(
-                        on_hand=Product.on_hand - line.quantity,
-                        reserved=Product.reserved + line.quantity,
+                        on_hand=PRODUCTS.c.on_hand - line.quantity,
+                        reserved=PRODUCTS.c.reserved + line.quantity,
                     )
                 )
-                if moved.rowcount != 1:  # type: ignore[attr-defined]
+                if moved.rowcount != 1:
                     shortages.append(
                         f"{line.sku}: {line.quantity} wanted, {product.on_hand} on hand"
                     )
+            now = datetime.now(UTC)
+            row = {
+                "id": order.order_id,
+                "customer_id": order.customer_id,
+                "email": order.email,
+                "total": total,
+                "currency": self.currency,
+                "created_at": now,
+                "updated_at": now,
+            }
             if shortages or invalid:
-                session.rollback()
+                conn.rollback()
                 reason = (
                     "invalid order: " + "; ".join(invalid)
                     if invalid
                     else "not enough stock: " + "; ".join(shortages)
                 )
-                rejected = Order(
-                    id=order.order_id,
-                    customer_id=order.customer_id,
-                    email=order.email,
-                    status=OrderStatus.REJECTED,
-                    total=total,
-                    currency=self.currency,
-                )
-                session.add(rejected)
-                session.commit()
+                conn.execute(insert(ORDERS).values({**row, "status": OrderStatus.REJECTED}))
+                conn.commit()
                 return PlaceOrderResult(
                     reserved=False, total=total, currency=self.currency, reason=reason
                 )
-            session.add(
-                Order(
-                    id=order.order_id,
-                    customer_id=order.customer_id,
-                    email=order.email,
-                    status=OrderStatus.PENDING_PAYMENT,
-                    total=total,
-                    currency=self.currency,
-                )
+            conn.execute(insert(ORDERS).values({**row, "status": OrderStatus.PENDING_PAYMENT}))
+            conn.execute(
+                insert(ORDER_ITEMS),
+                [
+                    {
+                        "order_id": order.order_id,
+                        "sku": line.sku,
+                        "quantity": line.quantity,
+                        "unit_price": prices[line.sku],
+                    }
+                    for line in lines
+                ],
             )
-            for line in lines:
-                session.add(
-                    OrderItem(
-                        order_id=order.order_id,
-                        sku=line.sku,
-                        quantity=line.quantity,
-                        unit_price=prices[line.sku],
-                    )
-                )
-                session.add(
-                    Reservation(order_id=order.order_id, sku=line.sku, quantity=line.quantity)
-                )
-            session.commit()
+            conn.execute(
+                insert(RESERVATIONS),
+                [
+                    {
+                        "order_id": order.order_id,
+                        "sku": line.sku,
+                        "quantity": line.quantity,
+                        "status": ReservationStatus.RESERVED.value,
+                        "updated_at": now,
+                    }
+                    for line in lines
+                ],
+            )
+            conn.commit()
         return PlaceOrderResult(reserved=True, total=total, currency=self.currency)
 
     @activity.defn
     def record_payment(self, data: ConfirmInput) -> None:
         """Record a received payment (once per provider payment id) and mark the order paid."""
-        with Session(self.engine) as session:
-            self._record_payment(session, data)
-            self._set_status(session, data.order_id, OrderStatus.PAID)
-            session.commit()
+        with self.engine.begin() as conn:
+            self._record_payment(conn, data)
+            self._set_status(conn, data.order_id, OrderStatus.PAID)
 
     @activity.defn
     def confirm_order(self, data: ConfirmInput) -> ConfirmResult:
         """Record the payment, render and store the invoice, mark the order confirmed."""
-        with Session(self.engine) as session:
-            order = self._order(session, data.order_id)
-            self._record_payment(session, data)
-            invoice = session.get(Invoice, order.id)
-            if invoice is None:
-                invoice = self._render_invoice(session, order, data)
-                session.add(invoice)
-            self._set_status(session, order.id, OrderStatus.CONFIRMED)
-            number = invoice.number  # read before the commit expires it (a reload is a transaction)
-            session.commit()
+        with self.engine.begin() as conn:
+            order = self._order(conn, data.order_id)
+            self._record_payment(conn, data)
+            number = conn.execute(
+                select(INVOICES.c.number).where(INVOICES.c.order_id == order.id)
+            ).scalar_one_or_none()
+            if number is None:
+                number = f"INV-{order.id}"
+                conn.execute(
+                    insert(INVOICES).values(
+                        order_id=order.id,
+                        number=number,
+                        html=self._render_invoice(conn, order, number, data),
+                        total=order.total,
+                        created_at=datetime.now(UTC),
+                    )
+                )
+            self._set_status(conn, order.id, OrderStatus.CONFIRMED)
             return ConfirmResult(invoice_number=number)
 
     @activity.defn
     def set_status(self, data: StatusInput) -> None:
         """Mirror the workflow's status into the orders table."""
-        with Session(self.engine) as session:
-            self._set_status(session, data.order_id, data.status)
-            session.commit()
+        with self.engine.begin() as conn:
+            self._set_status(conn, data.order_id, data.status)
 
     @activity.defn
     def sync_erp(self, order_id: str) -> ErpSyncResult:
         """Push the confirmed order, its lines and its invoice number to the ERP."""
-        with Session(self.reads) as session:
-            order = self._order(session, order_id)
-            items = session.exec(select(OrderItem).where(OrderItem.order_id == order_id)).all()
-            invoice = session.get(Invoice, order_id)
+        with self.reads.connect() as conn:
+            order = self._order(conn, order_id)
+            items = conn.execute(
+                select(ORDER_ITEMS.c.sku, ORDER_ITEMS.c.quantity, ORDER_ITEMS.c.unit_price).where(
+                    ORDER_ITEMS.c.order_id == order_id
+                )
+            ).all()
+            invoice = conn.execute(
+                select(INVOICES.c.number).where(INVOICES.c.order_id == order_id)
+            ).scalar_one_or_none()
             payload: dict[str, Any] = {
                 "order_id": order.id,
                 "customer_id": order.customer_id,
                 "total": order.total,
                 "currency": order.currency,
-                "invoice": invoice.number if invoice else None,
+                "invoice": invoice,
                 "items": [
                     {"sku": i.sku, "quantity": i.quantity, "unit_price": i.unit_price}
                     for i in items
@@ -200,23 +234,30 @@ class OrderActivities:
             }
         return ErpSyncResult(order_id=order_id, target=self.erp.push_order(order_id, payload))
 
-    def _order(self, session: Session, order_id: str) -> Order:
-        order = session.get(Order, order_id)
+    def _order(self, conn: Connection, order_id: str) -> Row[str, str, int, str]:
+        order = conn.execute(
+            select(ORDERS.c.id, ORDERS.c.customer_id, ORDERS.c.total, ORDERS.c.currency).where(
+                ORDERS.c.id == order_id
+            )
+        ).first()
         if order is None:
             raise ApplicationError(f"order {order_id!r} is not in the database", non_retryable=True)
         return order
 
-    def _set_status(self, session: Session, order_id: str, status: str) -> None:
-        order = self._order(session, order_id)
-        order.status = status
-        order.updated_at = datetime.now(UTC)
-        session.add(order)
+    def _set_status(self, conn: Connection, order_id: str, status: str) -> None:
+        changed = conn.execute(
+            update(ORDERS)
+            .where(ORDERS.c.id == order_id)
+            .values(status=status, updated_at=datetime.now(UTC))
+        )
+        if changed.rowcount != 1:
+            raise ApplicationError(f"order {order_id!r} is not in the database", non_retryable=True)
 
-    def _record_payment(self, session: Session, data: ConfirmInput) -> None:
+    def _record_payment(self, conn: Connection, data: ConfirmInput) -> None:
         p = data.payment
-        found = session.exec(
-            select(Payment).where(
-                Payment.provider == p.provider, Payment.payment_id == p.payment_id
+        found = conn.execute(
+            select(PAYMENTS.c.order_id).where(
+                PAYMENTS.c.provider == p.provider, PAYMENTS.c.payment_id == p.payment_id
             )
         ).first()
         if found is not None:
@@ -226,46 +267,48 @@ class OrderActivities:
                     non_retryable=True,
                 )
             return
-        session.add(
-            Payment(
-                order_id=data.order_id,
-                provider=p.provider,
-                payment_id=p.payment_id,
-                kind=PaymentKind.CAPTURE,
-                amount=p.amount,
-                currency=p.currency,
-                status=PaymentStatus.SUCCEEDED,
-            )
-        )
         try:
-            session.flush()
+            conn.execute(
+                insert(PAYMENTS).values(
+                    order_id=data.order_id,
+                    provider=p.provider,
+                    payment_id=p.payment_id,
+                    kind=PaymentKind.CAPTURE,
+                    amount=p.amount,
+                    currency=p.currency,
+                    status=PaymentStatus.SUCCEEDED,
+                    refund_of="",
+                    detail="",
+                    created_at=datetime.now(UTC),
+                )
+            )
         except IntegrityError as err:  # a concurrent retry recorded it first
             raise ApplicationError(
                 f"payment {p.payment_id!r} recorded concurrently; retrying"
             ) from err
 
-    def _render_invoice(self, session: Session, order: Order, data: ConfirmInput) -> Invoice:
-        rows = session.exec(
-            select(OrderItem, Product).where(
-                OrderItem.order_id == order.id, OrderItem.sku == Product.sku
-            )
+    def _render_invoice(
+        self, conn: Connection, order: Row[str, str, int, str], number: str, data: ConfirmInput
+    ) -> str:
+        rows = conn.execute(
+            select(
+                ORDER_ITEMS.c.sku, PRODUCTS.c.name, ORDER_ITEMS.c.quantity, ORDER_ITEMS.c.unit_price
+            ).where(ORDER_ITEMS.c.order_id == order.id, ORDER_ITEMS.c.sku == PRODUCTS.c.sku)
         ).all()
         lines = [
             {
-                "sku": item.sku,
-                "name": product.name,
-                "quantity": item.quantity,
-                "unit_price": item.unit_price,
-                "amount": item.unit_price * item.quantity,
+                "sku": row.sku,
+                "name": row.name,
+                "quantity": row.quantity,
+                "unit_price": row.unit_price,
+                "amount": row.unit_price * row.quantity,
             }
-            for item, product in rows
+            for row in rows
         ]
-        number = f"INV-{order.id}"
-        html = self.templates.get_template("invoice.html.j2").render(
+        return self.templates.get_template("invoice.html.j2").render(
             number=number,
             order=order,
             lines=lines,
             payment=data.payment,
             issued_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         )
-        return Invoice(order_id=order.id, number=number, html=html, total=order.total)

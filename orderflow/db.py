@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Text, UniqueConstraint, event
+from sqlalchemy import Column, Table, Text, UniqueConstraint, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel, create_engine
 
@@ -127,6 +127,13 @@ class ErpRecord(SQLModel, table=True):
 # execution option of a read-only transaction: on SQLite a deferred BEGIN, which takes no lock
 # under WAL, so reads never queue behind writers for the write lock
 READ_ONLY = "orderflow_read_only"
+
+
+def table(model: type[SQLModel]) -> Table:
+    """A model's table, for Core statements on hot paths (no ORM identity map or unit of work)."""
+    found = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(found, Table)
+    return found
 
 
 def reader(engine: Engine) -> Engine:
