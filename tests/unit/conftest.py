@@ -92,7 +92,6 @@ class Stubs:
     # set: every capture waits for it, so a test can act while one is at the gateway
     capture_gate: asyncio.Event | None = None
     capturing: asyncio.Event = field(default_factory=asyncio.Event)  # a capture is in flight
-    place_gate: asyncio.Event | None = None  # set: place_order waits for it (the order stays NEW)
     calls: list[tuple[str, Any]] = field(default_factory=list)
 
     def called(self, name: str) -> list[Any]:
@@ -118,8 +117,6 @@ class Stubs:
     @activity.defn(name="place_order")
     async def place_order(self, order: OrderInput) -> PlaceOrderResult:
         self.calls.append(("place_order", order))
-        if self.place_gate is not None:
-            await self.place_gate.wait()
         total = sum(self.prices.get(line.sku, 10_000) * line.quantity for line in order.items)
         if not self.in_stock:
             return PlaceOrderResult(
@@ -193,16 +190,26 @@ def stubs() -> Stubs:
     return Stubs()
 
 
-@pytest.fixture
-async def unit_orders(env: WorkflowEnvironment, stubs: Stubs) -> AsyncIterator[OrderClient]:
-    """An OrderClient on a task queue of this test's own, served by one worker of stubs."""
-    task_queue = f"unit-{uuid.uuid4().hex[:10]}"
-    async with Worker(
+def unit_client(env: WorkflowEnvironment) -> OrderClient:
+    """An OrderClient on a new task queue of its own (no worker serves it yet)."""
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]  # the seed's policy, no .env
+    return OrderClient(env.client, settings, task_queue=f"unit-{uuid.uuid4().hex[:10]}")
+
+
+def stub_worker(env: WorkflowEnvironment, stubs: Stubs, task_queue: str) -> Worker:
+    """The one worker of a unit test: every workflow, the stubs, children on the same queue."""
+    return Worker(
         env.client,
         task_queue=task_queue,
         workflows=UNIT_WORKFLOWS,
         activities=stubs.activities(),
         interceptors=[OwnTaskQueue()],
-    ):
-        settings = Settings(_env_file=None)  # type: ignore[call-arg]  # the seed's policy, no .env
-        yield OrderClient(env.client, settings, task_queue=task_queue)
+    )
+
+
+@pytest.fixture
+async def unit_orders(env: WorkflowEnvironment, stubs: Stubs) -> AsyncIterator[OrderClient]:
+    """An OrderClient on a task queue of this test's own, served by one worker of stubs."""
+    orders = unit_client(env)
+    async with stub_worker(env, stubs, orders.task_queue):
+        yield orders

@@ -23,7 +23,7 @@ from tests.helpers import (
     started_workflow,
     wait_status,
 )
-from tests.unit.conftest import Stubs
+from tests.unit.conftest import Stubs, stub_worker, unit_client
 from workflows.order import OrderWorkflow
 
 
@@ -130,19 +130,25 @@ async def test_repeated_declines_of_one_payment_intent_count_per_attempt(
 
 
 async def test_a_late_fraud_flag_sends_an_unconfirmed_order_to_review(
-    unit_orders: OrderClient, stubs: Stubs
+    env: WorkflowEnvironment, stubs: Stubs
 ) -> None:
-    """payment_intent.succeeded, then the flagged charge.succeeded, before the stock check ends."""
-    stubs.place_gate = asyncio.Event()
+    """payment_intent.succeeded, then the flagged charge.succeeded, before the stock check ends.
+
+    Both signals are in the server before any worker serves the queue, so the order's first
+    workflow task holds both. (A signal that reaches the server while a workflow task runs its
+    local activities is delivered only with the next task: holding the stock check at a gate
+    let the order confirm in the same task, and the flag came after CONFIRMED, 2 runs in 12.)
+    """
+    orders = unit_client(env)
     order_id = new_order_id()
     await start_with_payment(
-        unit_orders, order_id, [("tv", 1)], PaymentReceived("pi_9", 10_000, "stripe")
+        orders, order_id, [("tv", 1)], PaymentReceived("pi_9", 10_000, "stripe")
     )
-    await unit_orders.client.get_workflow_handle(order_workflow_id(order_id)).signal(
+    await orders.client.get_workflow_handle(order_workflow_id(order_id)).signal(
         OrderWorkflow.payment_received, PaymentReceived("pi_9", 10_000, "stripe", flagged=True)
     )
-    stubs.place_gate.set()
-    state = await wait_status(unit_orders, order_id, "IN_REVIEW")
+    async with stub_worker(env, stubs, orders.task_queue):
+        state = await wait_status(orders, order_id, "IN_REVIEW")
     assert "SUSPICIOUS_PAYMENT" in state.history[-1].note
     assert any("flagged" in h.note for h in state.history)
 
