@@ -36,13 +36,7 @@ def exponent(currency: str) -> int:
 
 def to_minor(major: Decimal | str | int, currency: str) -> int:
     """Minor units of an amount written in major units ('2499', '2,499.50'); exact or refused."""
-    try:
-        value = Decimal(str(major).replace(",", "").strip())
-    except InvalidOperation:
-        raise MoneyError(f"{major!r} is not an amount") from None
-    if not value.is_finite():
-        raise MoneyError(f"{major!r} is not an amount")
-    scaled = _scaled(value, major, currency)
+    scaled = _scaled(_parsed(major), major, currency)
     if scaled != scaled.to_integral_value():
         raise MoneyError(
             f"{major} {currency.upper()} has more decimals than the currency's {exponent(currency)}"
@@ -82,13 +76,18 @@ def round_major(major: object, currency: str) -> int:
     """
     if isinstance(major, bool) or not isinstance(major, int | float | str | Decimal):
         raise MoneyError(f"{major!r} is not an amount")
+    return int(_scaled(_parsed(major), major, currency).to_integral_value(ROUND_HALF_EVEN))
+
+
+def _parsed(major: object) -> Decimal:
+    """The finite decimal written in `major` ('2,499.50', 1598.5), or MoneyError."""
     try:
         value = Decimal(str(major).replace(",", "").strip())
     except InvalidOperation:
         raise MoneyError(f"{major!r} is not an amount") from None
     if not value.is_finite():
         raise MoneyError(f"{major!r} is not an amount")
-    return int(_scaled(value, major, currency).to_integral_value(ROUND_HALF_EVEN))
+    return value
 
 
 def _scaled(value: Decimal, major: object, currency: str) -> Decimal:
