@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from bullmq import UnrecoverableError
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from playwright.async_api import Error as PlaywrightError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -120,15 +120,7 @@ async def test_approve_a_review_and_redrive_a_dlq_job_by_clicking(
     async with running(spec, reject, redis_url):
         await eventually(lambda: _dlq_size(admin, 1))
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = await browser.new_context(
-        http_credentials={"username": settings.admin_user, "password": settings.admin_password},
-        viewport={"width": 1400, "height": 1000},
-    )
-    page = await context.new_page()
-    response = await page.goto(base + "/ops")
-    assert response is not None and response.status == 200
-    await page.screenshot(path=str(ARTIFACTS / "dashboard-before.png"), full_page=True)
+    context, page = await _signed_in_ops(browser, settings, base, "dashboard-before.png")
     row = page.locator(f'#queues tr[data-queue="{spec.name}"]')
     assert await row.locator("td.dlq").inner_text() == "1"
     link = page.locator(f'#orders tr[data-order="{order_id}"] a')
@@ -165,6 +157,22 @@ async def test_approve_a_review_and_redrive_a_dlq_job_by_clicking(
     await context.close()
     await admin.close()
     await producer.close()
+
+
+async def _signed_in_ops(
+    browser: Browser, settings: Settings, base: str, screenshot: str
+) -> tuple[BrowserContext, Page]:
+    """/ops opened by the admin (200), with a full-page screenshot in test-artifacts/."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = await browser.new_context(
+        http_credentials={"username": settings.admin_user, "password": settings.admin_password},
+        viewport={"width": 1400, "height": 1000},
+    )
+    page = await context.new_page()
+    response = await page.goto(base + "/ops")
+    assert response is not None and response.status == 200
+    await page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
+    return context, page
 
 
 async def _dlq_size(admin: QueueAdmin, n: int) -> bool:
@@ -280,15 +288,7 @@ async def test_charts_show_the_jobs_of_the_current_minute_and_the_task_queues_th
 
         await eventually(temporal_settled, what="backlog 2 and one poller")
 
-        ARTIFACTS.mkdir(exist_ok=True)
-        context = await browser.new_context(
-            http_credentials={"username": settings.admin_user, "password": settings.admin_password},
-            viewport={"width": 1400, "height": 1000},
-        )
-        page = await context.new_page()
-        response = await page.goto(base + "/ops")
-        assert response is not None and response.status == 200
-        await page.screenshot(path=str(ARTIFACTS / "dashboard-charts.png"), full_page=True)
+        context, page = await _signed_in_ops(browser, settings, base, "dashboard-charts.png")
 
     assert await page.locator("script").count() == 0  # drawn on the server, nothing to run
     # jobs per minute: 50 completed and 5 failed, in this minute (or the one before, if the run
