@@ -207,10 +207,25 @@ async def test_node_and_python_workers_share_one_rate_limit(node: str, redis_url
     # sliding second is not bounded by BullMQ: a Node worker alone starts up to 150-180 jobs
     # in one, the end of one window's burst and the start of the next; ours keep to both.)
     windows = limiter_windows(starts, spec.rate_limit.duration_ms)
-    assert max(windows) <= 100, f"starts per limiter window: {windows}"
+    for i, count in enumerate(windows[:-1]):
+        excess = count - 100
+        if excess > 0:
+            # the stream ids and the limiter key's expiry are Redis clock readings a few ms
+            # apart: a window may show starts of its last ms that the limiter counted in the
+            # next one, which then has that many fewer (one full run in eight: 103 then 97)
+            first = sum(windows[:i])
+            window_end = starts[first] + spec.rate_limit.duration_ms
+            edge = [t for t in starts[first : first + count] if t >= window_end - EDGE_MS]
+            assert len(edge) >= excess and windows[i + 1] <= 100 - excess, (
+                f"starts per limiter window: {windows}"
+            )
+    assert windows[-1] <= 100, f"starts per limiter window: {windows}"
     assert min(windows[:-1]) >= 90, f"the shared limit throttled far below 100/s: {windows}"
     assert starts[-1] - starts[0] >= 19_000  # 2,000 starts at 100/s need 19 s at least
     await producer.close()
+
+
+EDGE_MS = 5  # how far apart Redis's clock readings for a stream id and a key's expiry may be
 
 
 def limiter_windows(starts: list[int], duration_ms: int) -> list[int]:
