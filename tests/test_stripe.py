@@ -31,7 +31,6 @@ from app.client import OrderClient
 from app.web.app import create_app, http_server
 from bridge.producer import QueueProducer
 from bridge.specs import QueueSpec, webhook_spec
-from orderflow.contracts.order import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
 from orderflow.contracts.payment import (
     CheckoutRequest,
     GatewayName,
@@ -46,8 +45,8 @@ from orderflow.settings import Settings
 from payments.gateway import GatewayConfigError, GatewayUnavailableError
 from payments.reconciliation import enqueue_reconciliation
 from payments.stripe_gateway import StripeGateway
+from tests import temporal_env
 from tests.bridge_helpers import bull_queue, running
-from tests.conftest import TEMPORAL_BIN
 from tests.fake_erp import FakeErp
 from tests.fake_gateways import STRIPE_TEST_KEY, LocalStripe, StallingProxy
 from tests.helpers import eventually, new_order_id, payments, pending_order, wait_status
@@ -96,10 +95,7 @@ async def system(
             "webhook_unknown_order_window_seconds": 3.0,  # the ghost order's events end soon
         }
     )
-    async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=TEMPORAL_BIN,
-        search_attributes=[ORDER_STATUS, ORDER_TOTAL, CUSTOMER_ID],
-    ) as env:
+    async with await temporal_env.start_local() as env:
         deps = dataclasses.replace(
             Dependencies.from_settings(local, engine, email_queue), erp=HttpErp(erp.url)
         )

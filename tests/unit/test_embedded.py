@@ -1,14 +1,17 @@
-"""The embedded servers: a start that fails leaves no server process behind."""
+"""The servers the project starts: a start that fails leaves no process behind, a slow one waits."""
 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from temporalio.testing import WorkflowEnvironment
 
 from app import embedded
 from orderflow.errors import OrderflowError
+from tests import temporal_env
 
 
 def test_a_temporal_start_that_never_listens_in_time_leaves_no_server_running(
@@ -33,3 +36,16 @@ def test_a_temporal_start_that_never_listens_in_time_leaves_no_server_running(
         )
     assert len(started) == 1
     assert started[0].poll() is not None, "the dev server was left running"
+
+
+@pytest.mark.parametrize("start", [temporal_env.start_time_skipping, temporal_env.start_local])
+async def test_the_suites_temporal_server_starts_on_a_machine_that_needs_more_than_5s(
+    tmp_path: Path, start: Callable[..., Awaitable[WorkflowEnvironment]]
+) -> None:
+    """CI once gave the session's server 5 s, it needed more, and 150 tests failed at setup."""
+    slow = tmp_path / "slow-temporal"
+    # The binary itself is slow to come up (a cold disk, a loaded machine): not a wait in the test.
+    slow.write_text(f'#!/bin/sh\nsleep 6\nexec "{temporal_env.TEMPORAL_BIN}" "$@"\n')
+    slow.chmod(0o755)
+    async with await start(str(slow)) as environment:
+        assert await environment.client.count_workflows() is not None
