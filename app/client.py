@@ -252,7 +252,12 @@ class OrderClient:
         """Reviews waiting for an admin, oldest first."""
         if self.engine is None:
             return await self._pending_reviews_from_visibility()
-        with Session(self.engine) as session:
+        # on a thread: a database that does not answer must not stall the event loop
+        return await asyncio.to_thread(self._pending_reviews_from_db, self.engine)
+
+    @staticmethod
+    def _pending_reviews_from_db(engine: Engine) -> list[PendingReview]:
+        with Session(engine) as session:
             rows = session.exec(
                 select(Review)
                 .where(Review.status == ReviewStatus.PENDING)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from app.cli_support import check_redis_or_explain, connect_or_explain
+from app.backends import check_redis
+from app.cli_support import connect_or_explain
 from app.cli_support import run_command as _run
 from orderflow.errors import OrderflowError
 
@@ -91,7 +92,7 @@ async def _admin(queue: str) -> QueueAdmin:
 
     settings, specs = _settings_and_specs()
     spec = find_spec(specs, queue)
-    await check_redis_or_explain(settings.redis_url)
+    await check_redis(settings.redis_url)
     return QueueAdmin(spec, settings.redis_url)
 
 
@@ -111,7 +112,7 @@ def counts(as_json: JsonOpt = False) -> None:
 async def _bridge_rows(settings: Settings, specs: dict[str, QueueSpec]) -> list[dict[str, Any]]:
     from bridge.admin import QueueAdmin
 
-    await check_redis_or_explain(settings.redis_url)
+    await check_redis(settings.redis_url)
     rows = []
     for spec in specs.values():
         admin = QueueAdmin(spec, settings.redis_url)

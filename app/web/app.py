@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
+from app.backends import (
+    DATABASE,
+    NAMES,
+    REDIS,
+    SETTINGS,
+    TEMPORAL,
+    BackendUnavailableError,
+    check_database,
+    check_redis,
+    check_temporal,
+)
 from app.client import OrderClient
 from app.telemetry import Telemetry
 from app.web.ingress import JobQueue, webhook_router
 from app.web.ops import add_operations
 from bridge.specs import QueueSpec
 from orderflow.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -27,7 +43,8 @@ def create_app(
     queues: Mapping[str, QueueSpec] | None = None,
     task_queues: Sequence[str] | None = None,
 ) -> FastAPI:
-    """The app: `POST /webhooks/{stripe,razorpay}` enqueue on `webhook_queue`; `GET /healthz`.
+    """The app: `POST /webhooks/{stripe,razorpay}` enqueue on `webhook_queue`; `GET /healthz`
+    (liveness) and `GET /readyz` (Redis, and Temporal and the database where given, answer).
 
     With telemetry also `GET /metrics` (unless settings.metrics_port moves it to
     the per-process probe, app.web.probe); with an order client (and its engine) the `/ops`
@@ -50,6 +67,37 @@ def create_app(
     async def healthz() -> dict[str, str]:
         """Liveness: the app answers."""
         return {"status": "ok"}
+
+    checks: dict[str, Callable[[], Awaitable[None]]] = {
+        REDIS: lambda: check_redis(settings.redis_url)
+    }
+    if orders is not None:
+        checks[TEMPORAL] = lambda: check_temporal(orders.client, settings)
+    database = engine if engine is not None else orders.engine if orders is not None else None
+    if database is not None:
+        checks[DATABASE] = lambda: check_database(database)
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: every backend this app uses answers (asked at once, each within 5 s).
+
+        503 names each backend that is down and its setting; where and why are on `/ops` and in
+        the log, not on this unauthenticated answer.
+        """
+        results = await asyncio.gather(
+            *(check() for check in checks.values()), return_exceptions=True
+        )
+        down: dict[str, str] = {}
+        for backend, result in zip(checks, results, strict=True):
+            if isinstance(result, BackendUnavailableError):
+                log.warning("not ready: %s", result)
+                down[backend] = f"{NAMES[backend]} did not answer (check {SETTINGS[backend]})"
+            elif isinstance(result, BaseException):
+                raise result
+        checked = {backend: "down" if backend in down else "ok" for backend in checks}
+        if down:
+            return JSONResponse({"status": "unavailable", "backends": checked, "down": down}, 503)
+        return JSONResponse({"status": "ready", "backends": checked})
 
     return app
 

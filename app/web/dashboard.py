@@ -12,10 +12,10 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
@@ -27,13 +27,24 @@ from jinja2 import Environment, FileSystemLoader
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app.backends import (
+    DATABASE,
+    REDIS,
+    TEMPORAL,
+    BackendUnavailableError,
+    check_redis,
+    database_location,
+    redact_url,
+    temporal_location,
+    within,
+)
 from app.client import OrderClient
-from app.task_queues import TaskQueueState, describe_task_queues
+from app.task_queues import describe_task_queues
 from app.web import charts
 from bridge.admin import QueueAdmin, find_spec
 from bridge.specs import QueueSpec
 from orderflow.contracts.order import order_workflow_id
-from orderflow.contracts.review import ReviewDecision
+from orderflow.contracts.review import PendingReview, ReviewDecision
 from orderflow.db import Order
 from orderflow.errors import OrderflowError
 from orderflow.money import format_money
@@ -47,6 +58,10 @@ CHART_MINUTES = 60  # the throughput charts cover the last hour, a bar per minut
 TIMED_WINDOW_SECONDS = 3600  # processing-time percentiles of the last hour's completed jobs
 FORM_TOKEN_TTL_SECONDS = 12 * 3600  # a dashboard left open over a shift can still post
 FORM_TOKEN_SKEW_SECONDS = 300  # replicas' clocks may differ this much
+# each backend's part of the page waits no longer (they are asked at once): a backend that is
+# down leaves its part empty and named, and the page still answers within a few seconds
+OPS_READ_SECONDS = 5.0
+T = TypeVar("T")
 
 
 def order_run_url(settings: Settings, order_id: str) -> str:
@@ -132,18 +147,17 @@ def dashboard_router(
         if not valid_form_token(settings.dashboard_secret, user, token, time.time()):
             raise HTTPException(403, "stale or foreign form: reload the dashboard and try again")
 
-    @router.get("", response_class=HTMLResponse)
-    async def page(request: Request, user: Admin) -> HTMLResponse:
-        """The dashboard."""
-        zone = ZoneInfo(settings.report_timezone)
-        queues, depths = [], []
+    async def bridge_queues() -> list[dict[str, Any]]:
+        """Every bridge queue's counts, failed jobs, DLQ and charts (Redis)."""
+        await check_redis(settings.redis_url, OPS_READ_SECONDS)  # refused: say so at once
+        found = []
         for spec in specs.values():
             admin = QueueAdmin(spec, settings.redis_url)
             try:
-                depths.append(await admin.counts())
-                queues.append(
+                counts = await admin.counts()
+                found.append(
                     {
-                        "counts": depths[-1],
+                        "counts": counts,
                         "failed": await admin.failed(LISTED_JOBS),
                         "dlq": await admin.dead_letters(LISTED_JOBS),
                         "throughput": charts.throughput_chart(
@@ -156,15 +170,48 @@ def dashboard_router(
                 )
             finally:
                 await admin.close()
-        tasks: list[TaskQueueState] = []
-        tasks_error = ""
-        try:
-            tasks = await describe_task_queues(orders.client, task_queues)
-        except OrderflowError as err:
-            tasks_error = str(err)
-        reviews = await orders.pending_reviews()
-        latest = await asyncio.to_thread(recent_orders, engine)
-        today = await asyncio.to_thread(charts.orders_today, engine, zone)
+        return found
+
+    def database_reads() -> tuple[list[PendingReview], list[Order], dict[int, dict[str, int]]]:
+        """Pending reviews, recent orders and today's orders by hour, on one thread."""
+        return (
+            OrderClient._pending_reviews_from_db(engine),
+            recent_orders(engine),
+            charts.orders_today(engine, zone),
+        )
+
+    zone = ZoneInfo(settings.report_timezone)
+
+    @router.get("", response_class=HTMLResponse)
+    async def page(request: Request, user: Admin) -> HTMLResponse:
+        """The dashboard: what each backend answers within OPS_READ_SECONDS; the rest is named."""
+        outages: list[BackendUnavailableError] = []
+
+        async def read(backend: str, where: str, work: Awaitable[T], empty: T) -> T:
+            """What `work` read, or `empty` with the outage noted, within OPS_READ_SECONDS."""
+            try:
+                return await within(backend, where, work, OPS_READ_SECONDS)
+            except BackendUnavailableError as err:
+                outages.append(err)
+                return empty
+
+        # the three backends are asked at once: an outage costs the page one time limit, not three
+        queues, tasks, (reviews, latest, today) = await asyncio.gather(
+            read(REDIS, redact_url(settings.redis_url), bridge_queues(), []),
+            read(
+                TEMPORAL,
+                temporal_location(settings),
+                describe_task_queues(orders.client, task_queues),
+                [],
+            ),
+            read(
+                DATABASE,
+                database_location(engine),
+                asyncio.to_thread(database_reads),
+                ([], [], {}),
+            ),
+        )
+        down = sorted(outages, key=lambda err: err.backend)
         by_status: dict[str, int] = {}
         for order in latest:
             by_status[order.status] = by_status.get(order.status, 0) + 1
@@ -173,8 +220,9 @@ def dashboard_router(
             "token": form_token(settings.dashboard_secret, user, int(time.time())),
             "queues": queues,
             "task_queues": tasks,
-            "task_queues_error": tasks_error,
-            "depth_chart": charts.depth_chart(depths, tasks),
+            "outages": down,
+            "down": {err.backend for err in down},
+            "depth_chart": charts.depth_chart([q["counts"] for q in queues], tasks),
             "orders_chart": charts.orders_chart(today, zone),
             "zone": zone.key,
             "reviews": reviews,

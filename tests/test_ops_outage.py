@@ -1,0 +1,171 @@
+"""What an operator sees on `/ops` and `/readyz` while Redis, Temporal or the database is down:
+an answer within seconds that names the backend and its setting, and every part still readable."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from html import unescape
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from app import embedded
+from app.client import OrderClient
+from orderflow.db import make_engine
+from orderflow.settings import Settings
+from tests.helpers import pending_order, served_ops
+
+ANSWER_WITHIN = 10.0  # generous: the page's own limit per backend is 5 s, asked at once
+Catalogue = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, Any]]:
+    """A redis-server of this test's own, so the test can stop it: (URL, process)."""
+    url = f"redis://127.0.0.1:{embedded.free_port()}/0"
+    proc = embedded.start_redis(url=url, data_dir=tmp_path / "redis", log=tmp_path / "redis.log")
+    yield url, proc
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)  # a frozen one must be able to take SIGTERM
+    embedded.stop(proc)
+
+
+async def _get(base: str, settings: Settings, path: str) -> tuple[httpx.Response, float]:
+    """GET `path` as the signed-in admin; the answer and how long it took."""
+    auth = (settings.admin_user, settings.admin_password)
+    async with httpx.AsyncClient(base_url=base, auth=auth, timeout=ANSWER_WITHIN) as http:
+        started = time.monotonic()
+        response = await http.get(path)
+        return response, time.monotonic() - started
+
+
+def _outages(page: str) -> dict[str, str]:
+    """The outage banner's entries: backend → its text."""
+    found = re.findall(r'<li data-backend="(\w+)" data-setting="\w+">([^<]*)</li>', page)
+    return {backend: unescape(text) for backend, text in found}
+
+
+def _shows_bridge_queue(page: str, queue: str) -> bool:
+    return f'<tr data-queue="{queue}">' in page
+
+
+def _shows_task_queues(page: str) -> bool:
+    return '<tr data-task-queue="orders" data-type="workflow">' in page
+
+
+async def test_ops_with_redis_stopped_names_redis_and_still_shows_task_queues_and_orders(
+    settings: Settings,
+    own_redis: tuple[str, Any],
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Catalogue,
+) -> None:
+    redis_url, redis = own_redis
+    skus = catalogue(lamp=(150_000, 5))
+    order = await pending_order(orders, [(skus["lamp"], 1)])
+    local = settings.model_copy(update={"redis_url": redis_url})
+    async with served_ops(local, redis_url, orders, engine, "redis-down") as (base, used, spec):
+        healthy, _ = await _get(base, used, "/ops")
+        assert healthy.status_code == 200 and _shows_bridge_queue(healthy.text, spec.name)
+        embedded.stop(redis)
+
+        response, took = await _get(base, used, "/ops")
+        assert response.status_code == 200 and took < ANSWER_WITHIN
+        outages = _outages(response.text)
+        assert list(outages) == ["redis"]
+        assert f"cannot reach Redis at {redis_url} (ORDERFLOW_REDIS_URL)" in outages["redis"]
+        assert not _shows_bridge_queue(response.text, spec.name)
+        assert _shows_task_queues(response.text)  # Temporal still answers
+        assert f'<tr data-order="{order.id}">' in response.text  # and the database
+
+        ready, took = await _get(base, used, "/readyz")
+        assert ready.status_code == 503 and took < ANSWER_WITHIN
+        assert ready.json()["backends"] == {"redis": "down", "temporal": "ok", "database": "ok"}
+        assert "ORDERFLOW_REDIS_URL" in ready.json()["down"]["redis"]
+
+
+async def test_ops_with_redis_frozen_answers_within_its_time_limit(
+    settings: Settings, own_redis: tuple[str, Any], orders: OrderClient, engine: Engine
+) -> None:
+    redis_url, redis = own_redis
+    local = settings.model_copy(update={"redis_url": redis_url})
+    async with served_ops(local, redis_url, orders, engine, "redis-frozen") as (base, used, _):
+        os.kill(redis.pid, signal.SIGSTOP)  # connections are accepted, nothing is answered
+        response, took = await _get(base, used, "/ops")
+        assert response.status_code == 200 and took < ANSWER_WITHIN
+        assert "(ORDERFLOW_REDIS_URL): no answer in 5 s" in _outages(response.text)["redis"]
+        assert _shows_task_queues(response.text)
+        ready, took = await _get(base, used, "/readyz")
+        assert ready.status_code == 503 and took < ANSWER_WITHIN
+        assert list(ready.json()["down"]) == ["redis"]
+
+
+async def test_ops_with_temporal_unreachable_names_its_address_and_still_shows_queues_and_orders(
+    settings: Settings, redis_url: str, engine: Engine, catalogue: Catalogue
+) -> None:
+    nowhere = f"127.0.0.1:{embedded.free_port()}"  # nothing listens here
+    local = settings.model_copy(update={"temporal_address": nowhere})
+    client = await Client.connect(nowhere, lazy=True)
+    down = OrderClient(client, local, engine)
+    async with served_ops(local, redis_url, down, engine, "temporal-down") as (base, used, spec):
+        response, took = await _get(base, used, "/ops")
+        assert response.status_code == 200 and took < ANSWER_WITHIN
+        outages = _outages(response.text)
+        assert list(outages) == ["temporal"]
+        assert f"cannot reach Temporal at {nowhere}, namespace default" in outages["temporal"]
+        assert "(ORDERFLOW_TEMPORAL_ADDRESS)" in outages["temporal"]
+        assert _shows_bridge_queue(response.text, spec.name)
+        assert not _shows_task_queues(response.text)
+
+        ready, took = await _get(base, used, "/readyz")
+        assert ready.status_code == 503 and took < ANSWER_WITHIN
+        assert ready.json()["backends"] == {"redis": "ok", "temporal": "down", "database": "ok"}
+        assert "ORDERFLOW_TEMPORAL_ADDRESS" in ready.json()["down"]["temporal"]
+
+
+async def test_ops_with_the_database_unreachable_names_it_without_its_password(
+    settings: Settings, redis_url: str, env: WorkflowEnvironment
+) -> None:
+    port = embedded.free_port()  # no PostgreSQL listens here
+    password = f"pw-{uuid.uuid4().hex[:8]}"
+    unreachable = make_engine(f"postgresql+psycopg://orderflow:{password}@127.0.0.1:{port}/shop")
+    local = settings.model_copy(update={"database_url": unreachable.url.render_as_string(False)})
+    down = OrderClient(env.client, local, unreachable)
+    async with served_ops(local, redis_url, down, unreachable, "db-down") as (base, used, spec):
+        response, took = await _get(base, used, "/ops")
+        assert response.status_code == 200 and took < ANSWER_WITHIN
+        outages = _outages(response.text)
+        assert list(outages) == ["database"]
+        where = f"postgresql+psycopg://127.0.0.1:{port}/shop (ORDERFLOW_DATABASE_URL)"
+        assert f"cannot reach the database at {where}" in outages["database"]
+        assert password not in response.text
+        assert _shows_bridge_queue(response.text, spec.name) and _shows_task_queues(response.text)
+
+        ready, took = await _get(base, used, "/readyz")
+        assert ready.status_code == 503 and took < ANSWER_WITHIN
+        assert ready.json()["backends"] == {"redis": "ok", "temporal": "ok", "database": "down"}
+        assert "ORDERFLOW_DATABASE_URL" in ready.json()["down"]["database"]
+        assert password not in ready.text
+    unreachable.dispose()
+
+
+async def test_readyz_answers_200_when_every_backend_answers(
+    settings: Settings, redis_url: str, orders: OrderClient, engine: Engine
+) -> None:
+    async with served_ops(settings, redis_url, orders, engine, "ready") as (base, used, _):
+        ready, _ = await _get(base, used, "/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "backends": {"redis": "ok", "temporal": "ok", "database": "ok"},
+    }
