@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -396,3 +398,48 @@ async def test_rate_limit_per_client_is_shared_by_replicas_and_answered_429(
     assert await total_jobs(queue) == 1  # one event id, however many times it came
     await queue.obliterate(force=True)
     await queue.close()
+
+
+async def test_a_webhook_posted_while_redis_is_stopped_or_frozen_is_503_and_taken_when_redelivered(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The app as `orderflow run` builds it: its producer and its rate limiter on one Redis."""
+    url = f"redis://127.0.0.1:{embedded.free_port()}/0"
+    data, log = tmp_path / "redis", tmp_path / "redis.log"
+    redis = embedded.start_redis(url=url, data_dir=data, log=log)
+    local = settings.model_copy(update={"redis_url": url})
+    spec = webhook_spec(local).with_(name=f"webhook-outage-{uuid.uuid4().hex[:8]}")
+    producer = QueueProducer.connect(spec, url)
+    transport = httpx.ASGITransport(app=create_app(local, producer))
+    http = httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30)
+
+    async def post(event_id: str) -> tuple[httpx.Response, float]:
+        body = stripe_event(event_id)  # signed afresh on each delivery, as Stripe does
+        headers = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)}
+        started = time.monotonic()
+        response = await http.post("/webhooks/stripe", content=body, headers=headers)
+        return response, time.monotonic() - started
+
+    try:
+        embedded.stop(redis)
+        stopped, took = await post("evt_redis_stopped")
+        assert stopped.status_code == 503 and took < 10.0, stopped.text
+        assert "evt_redis_stopped not queued" in stopped.json()["detail"]
+
+        redis = embedded.start_redis(url=url, data_dir=data, log=log)
+        os.kill(redis.pid, signal.SIGSTOP)  # accepts connections, answers nothing
+        frozen, took = await post("evt_redis_frozen")
+        assert frozen.status_code == 503 and took < 10.0, frozen.text
+        assert "evt_redis_frozen not queued" in frozen.json()["detail"]
+        os.kill(redis.pid, signal.SIGCONT)
+
+        # the gateway redelivers both; Redis takes them now
+        for event_id in ("evt_redis_stopped", "evt_redis_frozen"):
+            again, _ = await post(event_id)
+            assert again.status_code == 200, again.text
+        assert (await counts(spec, url))["waiting"] == 2
+    finally:
+        await http.aclose()
+        await producer.close()
+        os.kill(redis.pid, signal.SIGCONT)
+        embedded.stop(redis)

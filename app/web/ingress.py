@@ -27,6 +27,9 @@ from payments.signatures import (
 )
 
 log = logging.getLogger(__name__)
+# the rate limit is asked no longer: a Redis that accepts but does not answer must not hold the
+# request (the enqueue then answers 503 within settings.webhook_enqueue_timeout_seconds)
+RATE_LIMIT_SECONDS = 1.0
 
 
 class JobQueue(Protocol):
@@ -74,7 +77,8 @@ def client_address(request: Request, header: str) -> str:
 class RateLimiter:
     """A sliding-window request budget per client, kept in Redis so every replica shares it.
 
-    If Redis cannot answer, requests pass (the enqueue then answers 503 by itself).
+    If Redis cannot answer within RATE_LIMIT_SECONDS, requests pass (the enqueue then answers 503
+    by itself).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -90,8 +94,11 @@ class RateLimiter:
         if self.limit <= 0:
             return 0
         try:
-            wait_ms = await self.client.run(
-                self.script, [self.prefix + who], [self.limit, self.window_ms, uuid.uuid4().hex]
+            wait_ms = await asyncio.wait_for(
+                self.client.run(
+                    self.script, [self.prefix + who], [self.limit, self.window_ms, uuid.uuid4().hex]
+                ),
+                RATE_LIMIT_SECONDS,
             )
         except Exception as err:  # fail open: the limiter must not take the endpoint down
             if not self.failing:
