@@ -139,25 +139,32 @@ async def _counts(as_json: bool) -> None:
 
 async def _overview(as_json: bool) -> None:
     settings, specs = _settings_and_specs()
-    bridge = await _bridge_rows(settings, specs)
-    error = ""
+    errors: dict[str, str] = {}  # "bridge" / "temporal" → why that part is missing
+    bridge: list[dict[str, Any]] = []
+    temporal: list[dict[str, Any]] = []
+    try:
+        bridge = await _bridge_rows(settings, specs)
+    except OrderflowError as err:
+        errors["bridge"] = str(err)
     try:
         temporal = [q.to_dict() for q in await task_queue_states(settings)]
     except OrderflowError as err:
-        temporal, error = [], str(err)
+        errors["temporal"] = str(err)
     data: dict[str, Any] = {"bridge": bridge, "temporal": temporal}
-    if error:
-        data["temporal_error"] = error
+    data.update({f"{part}_error": error for part, error in errors.items()})
 
     def text() -> str:
-        lines = ["Bridge queues (BullMQ)", table(bridge, BRIDGE_COLUMNS), ""]
-        lines.append(f"Temporal task queues ({settings.temporal_namespace})")
-        lines.append(table(temporal, TASK_QUEUE_COLUMNS) if temporal else "(not shown)")
+        lines = ["Bridge queues (BullMQ)"]
+        lines.append(table(bridge, BRIDGE_COLUMNS) if "bridge" not in errors else "(not shown)")
+        lines += ["", f"Temporal task queues ({settings.temporal_namespace})"]
+        lines.append(
+            table(temporal, TASK_QUEUE_COLUMNS) if "temporal" not in errors else "(not shown)"
+        )
         return "\n".join(lines)
 
     _emit(data, as_json, text)
-    if error:  # everything readable was shown; a script still learns that a part is missing
-        raise OrderflowError(error)
+    if errors:  # everything readable was shown; a script still learns that a part is missing
+        raise OrderflowError("; ".join(errors.values()))
 
 
 @queues_app.command("failed")

@@ -234,3 +234,20 @@ def test_queues_shows_the_bridge_queues_and_names_temporal_when_it_does_not_answ
     assert code == 1
     assert "email-queue" in out and "payment-webhook-queue" in out
     assert f"cannot reach Temporal at {down}" in out and "Traceback" not in out
+
+
+def test_queues_shows_the_task_queues_and_names_redis_when_it_does_not_answer(
+    cli_env: dict[str, str],
+) -> None:
+    port = free_port()  # no Redis listens here
+    down = {**cli_env, "ORDERFLOW_REDIS_URL": f"redis://:s3cret-pw@127.0.0.1:{port}/0"}
+    code, out = invoker(down)("queues")
+    assert code == 1
+    assert "Temporal task queues" in out and "BACKLOG" in out
+    assert any(line.split()[:2] == ["orders", "workflow"] for line in out.splitlines())
+    assert f"cannot reach Redis at redis://127.0.0.1:{port}/0 (ORDERFLOW_REDIS_URL)" in out
+    assert "s3cret-pw" not in out and "Traceback" not in out
+    code, out = invoker(down)("queues", "--json")
+    data = json.loads(out[: out.rindex("}") + 1])
+    assert data["bridge"] == [] and {q["task_queue"] for q in data["temporal"]} >= {"orders"}
+    assert "ORDERFLOW_REDIS_URL" in data["bridge_error"]
