@@ -230,6 +230,30 @@ class StripeGateway:
             )
         return self._declined(f"refund {refund.id} of {of} is {refund.status}")
 
+    def release(self, request: GatewayRequest) -> GatewayResponse:
+        """Cancel the uncaptured PaymentIntent `request.payment_id`: the hold is released."""
+        return self._guard(
+            request.order_id, "release", lambda: self._answer(self._release, request)
+        )
+
+    def _release(self, request: GatewayRequest) -> GatewayResponse:
+        intent = self._intent_of(request) if request.payment_id else None
+        if intent is None:
+            return self._declined(self._unknown(request))
+        if intent.status in ("requires_capture", "requires_payment_method",
+                             "requires_confirmation", "requires_action"):  # fmt: skip
+            intent = self.client.v1.payment_intents.cancel(
+                intent.id, options={"idempotency_key": request.idempotency_key}
+            )
+        if intent.status == "canceled":
+            return GatewayResponse(
+                succeeded=True,
+                payment_id=intent.id,
+                detail=f"released {intent.id}",
+                provider=self.name,
+            )
+        return self._declined(f"PaymentIntent {intent.id} is {intent.status}: not released")
+
     # --- reading ---
 
     def fetch(self, payment_id: str) -> GatewayPayment | None:
