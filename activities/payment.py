@@ -72,3 +72,13 @@ class PaymentActivities:
             )
             session.commit()
         return response
+
+    @activity.defn
+    def release(self, request: GatewayRequest) -> GatewayResponse:
+        """Let an uncaptured authorisation go; no money moved, so no payment row is written."""
+        try:
+            response = self.gateway.release(request)
+        except GatewayConfigError as err:
+            raise ApplicationError(str(err), type="GatewayConfigError", non_retryable=True) from err
+        response.provider = self.provider
+        return response

@@ -17,20 +17,27 @@ class EventKind(StrEnum):
     """What a gateway event means for an order; IGNORED events are answered 2xx and not enqueued."""
 
     PAYMENT_RECEIVED = "payment_received"
+    PAYMENT_AUTHORISED = "payment_authorised"  # manual capture: held, the order captures it
     PAYMENT_FAILED = "payment_failed"
     REFUND = "refund"
     IGNORED = "ignored"
 
 
 # Stripe sends charge.failed beside payment_intent.payment_failed for one failure: only one counts.
+# A manual-capture intent, once confirmed, is `requires_capture`: Stripe sends
+# amount_capturable_updated (and charge.succeeded with captured=false, read as the same).
 STRIPE_KINDS = {
     "payment_intent.succeeded": EventKind.PAYMENT_RECEIVED,
+    "payment_intent.amount_capturable_updated": EventKind.PAYMENT_AUTHORISED,
     "charge.succeeded": EventKind.PAYMENT_RECEIVED,
     "payment_intent.payment_failed": EventKind.PAYMENT_FAILED,
     "charge.refunded": EventKind.REFUND,
 }
 RAZORPAY_KINDS = {
     "payment.captured": EventKind.PAYMENT_RECEIVED,
+    # an order with payment_capture=0 stays `authorized` until captured (Razorpay sends this
+    # before payment.captured for auto-captured orders too: the capture then finds it captured)
+    "payment.authorized": EventKind.PAYMENT_AUTHORISED,
     "payment.failed": EventKind.PAYMENT_FAILED,
     "refund.processed": EventKind.REFUND,
 }
@@ -131,6 +138,8 @@ def parse_stripe(body: bytes) -> GatewayEvent:
         raise MalformedEventError("stripe", event_id, "no event type")
     kind = STRIPE_KINDS.get(etype, EventKind.IGNORED)
     obj = _obj(_obj(event.get("data")).get("object"))
+    if etype == "charge.succeeded" and obj.get("captured") is False:
+        kind = EventKind.PAYMENT_AUTHORISED  # authorised, not taken: amount_captured is 0
     if kind is not EventKind.REFUND and STRIPE_RETRY_METADATA in _obj(obj.get("metadata")):
         kind = EventKind.IGNORED
     parsed = GatewayEvent(
@@ -144,6 +153,8 @@ def parse_stripe(body: bytes) -> GatewayEvent:
     if etype.startswith("payment_intent."):
         parsed.payment_id = _str(obj.get("id"))
         parsed.amount_minor = obj.get("amount_received", obj.get("amount"))
+        if kind is EventKind.PAYMENT_AUTHORISED:
+            parsed.amount_minor = obj.get("amount_capturable", obj.get("amount"))
         error = _obj(obj.get("last_payment_error"))
         parsed.reason = _str(error.get("message"))[:REASON_CHARS]
         charge = error.get("charge") or obj.get("latest_charge")
@@ -152,6 +163,8 @@ def parse_stripe(body: bytes) -> GatewayEvent:
         # a charge belongs to a PaymentIntent: one payment id for charge.* and payment_intent.*
         parsed.payment_id = _str(obj.get("payment_intent")) or _str(obj.get("id"))
         parsed.amount_minor = obj.get("amount_captured", obj.get("amount"))
+        if kind is EventKind.PAYMENT_AUTHORISED:
+            parsed.amount_minor = obj.get("amount")
         parsed.reason = _str(obj.get("failure_message"))[:REASON_CHARS]
         parsed.attempt_id = _str(obj.get("id"))
         parsed.flagged = _obj(obj.get("outcome")).get("risk_level") in RISKY_STRIPE_LEVELS

@@ -59,6 +59,10 @@ class PaymentGateway(Protocol):
         """Give the order's money back."""
         ...
 
+    def release(self, request: GatewayRequest) -> GatewayResponse:
+        """Let an uncaptured authorisation go (declined: it was captured, refund it instead)."""
+        ...
+
     def fetch(self, payment_id: str) -> GatewayPayment | None:
         """One payment as the gateway has it (None: it does not know the id)."""
         ...
@@ -135,6 +139,12 @@ class SimulatedGateway:
             succeeded=True, payment_id=f"sim_{request.idempotency_key}", detail="refunded"
         )
 
+    def release(self, request: GatewayRequest) -> GatewayResponse:
+        """The simulation holds no money: there is nothing to let go."""
+        return GatewayResponse(
+            succeeded=True, payment_id=request.payment_id, detail="released (simulated)"
+        )
+
     def fetch(self, payment_id: str) -> GatewayPayment | None:
         """The simulation keeps no payments of its own: our table is the only record."""
         return None
@@ -182,7 +192,9 @@ def make_gateway(settings: Settings, engine: Engine) -> PaymentGateway:
 
 
 def call(gateway: PaymentGateway, request: GatewayRequest) -> GatewayResponse:
-    """Dispatch a request to capture or refund."""
+    """Dispatch a request to capture, refund or release."""
     if request.kind is PaymentKind.REFUND:
         return gateway.refund(request)
+    if request.kind is PaymentKind.RELEASE:
+        return gateway.release(request)
     return gateway.capture(request)

@@ -41,6 +41,8 @@ log = logging.getLogger("orderflow.webhooks")
 OUTAGE_WINDOW_SECONDS = 2 * 3600.0  # an event rides out a Temporal/database outage this long
 UNKNOWN_ORDER_WINDOW_SECONDS = 600.0  # an order the workflow does not know yet may still start
 MAX_RETRY_DELAY_MS = 60_000  # the cap of the backoff while waiting
+# events about one payment of an order: they must name the order
+PAYMENT_KINDS = (EventKind.PAYMENT_RECEIVED, EventKind.PAYMENT_AUTHORISED, EventKind.PAYMENT_FAILED)
 # gRPC codes of a server that is away or overloaded, not of a request that is wrong
 OUTAGE_CODES = frozenset(
     {
@@ -123,12 +125,12 @@ def check_event(event: GatewayEvent) -> None:
     """Raise WebhookEventError if the event lacks what its kind needs."""
     if event.kind not in {k.value for k in EventKind} or event.kind == EventKind.IGNORED:
         raise WebhookEventError(event, f"kind {event.kind!r} is not one the worker applies")
-    if event.kind in (EventKind.PAYMENT_RECEIVED, EventKind.PAYMENT_FAILED) and not event.order_id:
+    if event.kind in PAYMENT_KINDS and not event.order_id:
         where = "data.object.metadata" if event.provider == "stripe" else "payload.payment.notes"
         raise WebhookEventError(event, f"no order_id in {where}")
     if not event.payment_id:
         raise WebhookEventError(event, "no payment id")
-    if event.kind in (EventKind.PAYMENT_RECEIVED, EventKind.REFUND):
+    if event.kind in (EventKind.PAYMENT_RECEIVED, EventKind.PAYMENT_AUTHORISED, EventKind.REFUND):
         _minor_amount(event)
 
 
@@ -222,6 +224,7 @@ class WebhookProcessor:
     ) -> dict[str, Callable[[GatewayEvent, bool], Awaitable[tuple[WebhookEventStatus, str]]]]:
         return {
             EventKind.PAYMENT_RECEIVED: self._payment_received,
+            EventKind.PAYMENT_AUTHORISED: self._payment_received,  # the order captures it
             EventKind.PAYMENT_FAILED: self._payment_failed,
             EventKind.REFUND: self._refund,
         }
@@ -230,14 +233,19 @@ class WebhookProcessor:
         self, event: GatewayEvent, final: bool
     ) -> tuple[WebhookEventStatus, str]:
         amount = _minor_amount(event)
+        held = event.kind == EventKind.PAYMENT_AUTHORISED
         payment = PaymentReceived(
             payment_id=event.payment_id,
             amount=amount,
             provider=event.provider,
             flagged=event.flagged,
             currency=event.currency,
+            authorised_only=held,
         )
-        money = f"payment {event.payment_id} of {format_money(amount, event.currency)}"
+        what = "authorisation" if held else "payment"
+        money = f"{what} {event.payment_id} of {format_money(amount, event.currency)}"
+        # a refused authorisation is released by the order: nothing was taken to refund
+        todo = "" if held else "; refund it or reopen"
         try:
             ack = await self.orders.payment_received(event.order_id, payment)
         except UnknownOrderError as err:
@@ -245,9 +253,10 @@ class WebhookProcessor:
                 raise
             raise WebhookEventError(event, f"{money} for an unknown order ({err})") from err
         except OrderClosedError as err:
-            raise _unapplied(event, f"{money} not applied: {err}; refund it or reopen") from err
+            closed = "; release it at the gateway" if held else todo  # no order left to do it
+            raise _unapplied(event, f"{money} not applied: {err}{closed}") from err
         if not ack.accepted:
-            raise _unapplied(event, f"{money} not applied: {ack.reason}; refund it or reopen")
+            raise _unapplied(event, f"{money} not applied: {ack.reason}{todo}")
         return (
             WebhookEventStatus.APPLIED,
             f"{money} accepted, order {ack.status} {ack.reason}".strip(),

@@ -119,6 +119,27 @@ class RazorpayGateway:
             )
         return self._declined(f"refund {refund.get('id')} of {pid} is {refund.get('status')}")
 
+    def release(self, request: GatewayRequest) -> GatewayResponse:
+        """An `authorized` payment is left uncaptured: Razorpay has no call to void it and
+        refunds it to the customer by itself once its capture window ends."""
+
+        def release() -> GatewayResponse:
+            payment = self._payment_of(request) if request.payment_id else None
+            if payment is None:
+                return self._declined(self._unknown(request))
+            if payment.get("status") in ("authorized", "failed"):
+                return GatewayResponse(
+                    succeeded=True,
+                    payment_id=str(payment["id"]),
+                    detail=f"left {payment['id']} uncaptured (Razorpay refunds it by itself)",
+                    provider=self.name,
+                )
+            return self._declined(f"payment {payment['id']} is {payment.get('status')}")
+
+        return self._guard(
+            request.order_id, "release", lambda: self._answer(lambda _: release(), request)
+        )
+
     # --- reading ---
 
     def fetch(self, payment_id: str) -> GatewayPayment | None:

@@ -22,6 +22,7 @@ from payments.gateway import GatewayConfigError, GatewayUnavailableError
 
 T = TypeVar("T")
 PAGE = 100  # Stripe's largest list page
+CHARGE_PREFIX = "ch_"  # a payment made with the legacy Charges API (no PaymentIntent)
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -197,29 +198,61 @@ class StripeGateway:
         return None
 
     def refund(self, request: GatewayRequest) -> GatewayResponse:
-        """Refund the captured PaymentIntent `request.payment_id` (or the order's)."""
+        """Refund `request.payment_id`: a PaymentIntent (else the order's newest) or a bare charge."""
         return self._guard(request.order_id, "refund", lambda: self._answer(self._refund, request))
 
     def _refund(self, request: GatewayRequest) -> GatewayResponse:
-        intent = self._intent_of(request)
-        if intent is None:
+        # a legacy Charges API payment (`ch_…`, no PaymentIntent) is refunded by its charge
+        paid: dict[str, str] = {}
+        if request.payment_id.startswith(CHARGE_PREFIX):
+            charge = self._charge_of(request.payment_id)
+            if charge is not None:
+                paid = {"charge": charge.id}
+        elif (intent := self._intent_of(request)) is not None:
+            paid = {"payment_intent": intent.id}
+        if not paid:
             return self._declined(self._unknown(request))
         refund = self.client.v1.refunds.create(
             params={
-                "payment_intent": intent.id,
+                **paid,
                 "amount": request.amount,
                 "metadata": {"order_id": request.order_id},
-            },
+            },  # type: ignore[arg-type]
             options={"idempotency_key": request.idempotency_key},
         )
+        [of] = paid.values()
         if refund.status in ("succeeded", "pending"):  # pending: Stripe finishes it, no retry
             return GatewayResponse(
                 succeeded=True,
                 payment_id=refund.id,
-                detail=f"refunded {intent.id} ({refund.status})",
+                detail=f"refunded {of} ({refund.status})",
                 provider=self.name,
             )
-        return self._declined(f"refund {refund.id} of {intent.id} is {refund.status}")
+        return self._declined(f"refund {refund.id} of {of} is {refund.status}")
+
+    def release(self, request: GatewayRequest) -> GatewayResponse:
+        """Cancel the uncaptured PaymentIntent `request.payment_id`: the hold is released."""
+        return self._guard(
+            request.order_id, "release", lambda: self._answer(self._release, request)
+        )
+
+    def _release(self, request: GatewayRequest) -> GatewayResponse:
+        intent = self._intent_of(request) if request.payment_id else None
+        if intent is None:
+            return self._declined(self._unknown(request))
+        if intent.status in ("requires_capture", "requires_payment_method",
+                             "requires_confirmation", "requires_action"):  # fmt: skip
+            intent = self.client.v1.payment_intents.cancel(
+                intent.id, options={"idempotency_key": request.idempotency_key}
+            )
+        if intent.status == "canceled":
+            return GatewayResponse(
+                succeeded=True,
+                payment_id=intent.id,
+                detail=f"released {intent.id}",
+                provider=self.name,
+            )
+        return self._declined(f"PaymentIntent {intent.id} is {intent.status}: not released")
 
     # --- reading ---
 
@@ -227,6 +260,9 @@ class StripeGateway:
         """A PaymentIntent as a payment (None: Stripe does not know the id)."""
 
         def read() -> GatewayPayment | None:
+            if payment_id.startswith(CHARGE_PREFIX):
+                charge = self._charge_of(payment_id)
+                return None if charge is None else self._charge_payment(charge)
             try:
                 intent = self.client.v1.payment_intents.retrieve(payment_id)
             except stripe.InvalidRequestError as err:
@@ -340,8 +376,18 @@ class StripeGateway:
 
     @staticmethod
     def _unknown(request: GatewayRequest) -> str:
-        named = f"PaymentIntent {request.payment_id!r}" if request.payment_id else "PaymentIntent"
+        what = "charge" if request.payment_id.startswith(CHARGE_PREFIX) else "PaymentIntent"
+        named = f"{what} {request.payment_id!r}" if request.payment_id else what
         return f"no Stripe {named} known for order {request.order_id}"
+
+    def _charge_of(self, charge_id: str) -> Any:
+        """A charge by id (None: Stripe does not know it)."""
+        try:
+            return self.client.v1.charges.retrieve(charge_id)
+        except stripe.InvalidRequestError as err:
+            if err.code == "resource_missing" or err.http_status == 404:
+                return None
+            raise
 
     def _intent_of(self, request: GatewayRequest) -> Any:
         """The PaymentIntent named by the request, else the order's newest one (Search API).

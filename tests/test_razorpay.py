@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from temporalio.exceptions import ApplicationError
 
+from activities.erp import HttpErp
 from activities.payment import PaymentActivities
+from app.client import OrderClient
 from orderflow.contracts.payment import (
     CheckoutRequest,
+    GatewayName,
     GatewayRequest,
     PaymentKind,
     gateway_idempotency_key,
 )
 from orderflow.db import Payment
+from orderflow.settings import Settings
+from payments.events import parse_event
 from payments.gateway import GatewayUnavailableError
+from payments.processor import WebhookProcessor
 from payments.razorpay_gateway import RazorpayGateway
 from payments.reconciliation import reconcile
+from tests import temporal_env
+from tests.fake_erp import FakeErp
 from tests.fake_gateways import FakeRazorpay
-from tests.helpers import new_order_id, payments
+from tests.helpers import new_order_id, payments, pending_order, wait_status
+from workers.temporal import Dependencies, build_workers
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +146,61 @@ def test_reconciliation_finds_a_razorpay_payment_no_order_saw(
     fetched = gateway.fetch(captured["id"])
     assert fetched is not None and (fetched.captured, fetched.currency) == (12_345, "INR")
     assert gateway.fetch("pay_unknown") is None
+
+
+@pytest.fixture(scope="module")
+async def razorpay_orders(
+    razorpay_api: FakeRazorpay, settings: Settings, engine: Engine, email_queue: Any, erp: FakeErp
+) -> AsyncIterator[OrderClient]:
+    """Temporal workers whose payments go to the Razorpay fake, and the order client."""
+    local = settings.model_copy(
+        update={
+            "gateway": GatewayName.RAZORPAY,
+            "razorpay_key_id": razorpay_api.key_id,
+            "razorpay_key_secret": razorpay_api.key_secret,
+            "razorpay_api_base": razorpay_api.url,
+            "payment_retry_attempts": 2,
+            "payment_retry_interval_seconds": 1.0,
+        }
+    )
+    async with await temporal_env.start_local() as env:
+        deps = dataclasses.replace(
+            Dependencies.from_settings(local, engine, email_queue), erp=HttpErp(erp.url)
+        )
+        assert isinstance(deps.gateway, RazorpayGateway)
+        workers = build_workers(env.client, local, deps)
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        yield OrderClient(env.client, local, engine)
+        await asyncio.gather(*(w.shutdown() for w in workers))
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_razorpay_payment_authorised_for_a_manual_capture_order_is_captured_once(
+    razorpay_api: FakeRazorpay,
+    razorpay_orders: OrderClient,
+    catalogue: Callable[..., dict[str, str]],
+    engine: Engine,
+) -> None:
+    skus = catalogue(item=(45_000, 5))
+    order = await pending_order(razorpay_orders, [(skus["item"], 1)])
+    checkout = await razorpay_orders.create_checkout(order.id, capture_manually=True)
+    paid = razorpay_api.pay(checkout.payment_id)  # the customer completes Razorpay Checkout
+    assert paid["status"] == "authorized"
+    before = razorpay_api.captures
+    # Razorpay's webhook for it (signatures are checked at the HTTP edge, tested elsewhere)
+    body = json.dumps(
+        {"entity": "event", "event": "payment.authorized",
+         "payload": {"payment": {"entity": paid}}, "created_at": paid["created_at"]}
+    ).encode()  # fmt: skip
+    event = parse_event("razorpay", body, razorpay_event_id_header=f"evt_{paid['id']}")
+    applied = await WebhookProcessor(razorpay_orders, engine).apply(event)
+    assert applied["status"] == "applied", applied
+
+    state = await wait_status(razorpay_orders, order.id, "CONFIRMED")
+    assert state.payment_id == paid["id"]
+    assert razorpay_api.payments[paid["id"]]["status"] == "captured"
+    assert razorpay_api.captures == before + 1
+    with Session(engine) as session:
+        [row] = session.exec(select(Payment).where(Payment.order_id == order.id)).all()
+    assert (row.kind, row.amount, row.payment_id) == ("capture", 45_000, paid["id"])
+    assert row.detail == gateway_idempotency_key(order.id, PaymentKind.CAPTURE, 1, paid["id"])

@@ -53,6 +53,11 @@ REQUIRED = {
 }
 # money in integer minor units with its currency (a new payload shape): the main paths again
 REQUIRED |= {f"minor-units.{path}": kinds for path, kinds in list(REQUIRED.items())[:6]}
+# manual capture: an authorisation reviewed then captured; one refused and one released
+REQUIRED |= {
+    "manual-capture": ["OrderWorkflow", "PaymentRetryWorkflow"],
+    "manual-capture-released": ["OrderWorkflow"],
+}
 
 
 def test_every_main_path_has_its_golden_histories() -> None:

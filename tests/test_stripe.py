@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 import stripe
 from sqlalchemy.engine import Engine
@@ -40,10 +43,11 @@ from orderflow.contracts.payment import (
     gateway_idempotency_key,
     payment_retry_workflow_id,
 )
-from orderflow.db import Payment
+from orderflow.db import Payment, WebhookEvent
 from orderflow.settings import Settings
 from payments.gateway import GatewayConfigError, GatewayUnavailableError
 from payments.reconciliation import enqueue_reconciliation
+from payments.signatures import sign_stripe
 from payments.stripe_gateway import StripeGateway
 from tests import temporal_env
 from tests.bridge_helpers import bull_queue, running
@@ -552,3 +556,175 @@ def test_an_authorisation_above_the_order_total_captures_the_total_not_the_autho
     charge = client.v1.charges.retrieve(latest if isinstance(latest, str) else latest.id)
     # the order's total; the rest of the hold is let go (localstripe shows it as refunded)
     assert charge.amount - charge.amount_refunded == 31_500
+
+
+# --- manual capture and legacy charges (events localstripe does not send are posted signed) ---
+
+
+async def post_event(system: StripeSystem, etype: str, obj: dict[str, Any]) -> str:
+    """POST a Stripe event about `obj` to the HTTP app, signed as Stripe signs (the endpoint's
+    secret): for the events localstripe never sends. Returns the event id."""
+    event_id = f"evt_test_{uuid.uuid4().hex[:16]}"
+    body = json.dumps({"id": event_id, "object": "event", "type": etype,
+                       "created": int(time.time()), "data": {"object": obj}}).encode()  # fmt: skip
+    url = f"http://127.0.0.1:{system.settings.http_port}/webhooks/stripe"
+    headers = {"Stripe-Signature": sign_stripe(body, system.settings.stripe_webhook_secret)}
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(url, content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    return event_id
+
+
+async def authorise(system: StripeSystem, intent_id: str) -> str:
+    """What Stripe sends once a manual-capture PaymentIntent is confirmed: the intent, now
+    `requires_capture` with `amount_capturable` (localstripe sends no event and has no such
+    field: the intent is read from localstripe and the field added as Stripe's API has it)."""
+    intent = system.stripe.v1.payment_intents.retrieve(intent_id)
+    assert intent.status == "requires_capture"
+    obj = intent.to_dict()
+    obj.setdefault("amount_capturable", intent.amount)
+    return await post_event(system, "payment_intent.amount_capturable_updated", obj)
+
+
+def event_row(engine: Engine, event_id: str) -> WebhookEvent | None:
+    with Session(engine) as session:
+        return session.exec(select(WebhookEvent).where(WebhookEvent.event_id == event_id)).first()
+
+
+async def test_a_manual_capture_checkout_is_captured_for_the_total_once_and_confirms_the_order(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine
+) -> None:
+    skus = catalogue(item=(31_500, 5))
+    order = await pending_order(system.orders, [(skus["item"], 2)])
+    checkout = await system.orders.create_checkout(order.id, capture_manually=True)
+    system.stripe.v1.payment_intents.update(
+        checkout.payment_id, params={"payment_method": card(system, GOOD_CARD)}
+    )
+    system.stripe.v1.payment_intents.confirm(checkout.payment_id)  # the customer authorises
+    await authorise(system, checkout.payment_id)
+
+    state = await wait_status(system.orders, order.id, "CONFIRMED")
+    assert state.payment_id == checkout.payment_id
+    intent = system.stripe.v1.payment_intents.retrieve(checkout.payment_id)
+    assert intent.status == "succeeded"
+    charge = system.stripe.v1.charges.retrieve(_id(intent.latest_charge))
+    assert (charge.amount, charge.captured, charge.amount_refunded) == (63_000, True, 0)
+    with Session(engine) as session:
+        [row] = session.exec(select(Payment).where(Payment.order_id == order.id)).all()
+    assert (row.kind, row.status, row.amount, row.payment_id) == (
+        "capture", "succeeded", 63_000, checkout.payment_id)  # fmt: skip
+    # the key is the order, kind, payment and attempt: a retried activity sends it again
+    assert row.detail == gateway_idempotency_key(
+        order.id, PaymentKind.CAPTURE, 1, checkout.payment_id
+    )
+
+    # Stripe's payment_intent.succeeded of our own capture is the same payment, not a second
+    async def succeeded_applied() -> bool:
+        with Session(engine) as session:
+            rows = session.exec(
+                select(WebhookEvent).where(
+                    WebhookEvent.payment_id == checkout.payment_id,
+                    WebhookEvent.type == "payment_intent.succeeded",
+                )
+            ).all()
+        return any(r.status == "APPLIED" for r in rows)
+
+    await eventually(succeeded_applied, 20, "localstripe's payment_intent.succeeded applied")
+    assert payments(engine, order.id) == [("capture", "succeeded", 63_000)]
+
+
+async def test_an_authorisation_below_the_total_is_not_captured_and_the_order_is_not_confirmed(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine
+) -> None:
+    skus = catalogue(item=(31_500, 5))
+    order = await pending_order(system.orders, [(skus["item"], 1)])
+    short = system.stripe.v1.payment_intents.create(
+        params={
+            "amount": 30_000, "currency": "inr", "payment_method": card(system, GOOD_CARD),
+            "capture_method": "manual", "confirm": True, "metadata": {"order_id": order.id},
+        }
+    )  # fmt: skip
+    event_id = await authorise(system, short.id)
+
+    async def refused() -> WebhookEvent | None:
+        row = event_row(engine, event_id)
+        return row if row is not None and row.status == "UNAPPLIED" else None
+
+    row = await eventually(refused, 20, "the short authorisation refused")
+    assert order.id in row.detail and short.id in row.detail
+    assert "₹300.00" in row.detail and "₹315.00" in row.detail
+    # not captured: the hold is let go at once, the order waits for a payment of its total
+    released = system.stripe.v1.payment_intents.retrieve(short.id)
+    assert released.status == "canceled"
+    charge = system.stripe.v1.charges.retrieve(_id(released.latest_charge))
+    assert not charge.captured
+    state = await system.orders.status(order.id)
+    assert state.status == "PENDING_PAYMENT" and state.payment_id == ""
+    assert payments(engine, order.id) == []
+
+    # the customer then pays the total: that payment is taken as usual
+    checkout = await system.orders.create_checkout(order.id, payment_method=card(system, GOOD_CARD))
+    assert checkout.status == "succeeded"
+    state = await wait_status(system.orders, order.id, "CONFIRMED")
+    assert state.payment_id == checkout.payment_id
+
+
+async def test_a_manual_capture_order_cancelled_before_capture_releases_the_hold_not_refunds(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine
+) -> None:
+    """Above the high-value threshold the order is reviewed before the money is taken; a cancel
+    during the review cancels the PaymentIntent (the hold is released): nothing to refund."""
+    skus = catalogue(item=(6_000_000, 5))  # ₹60,000: above the ₹50,000 review threshold
+    order = await pending_order(system.orders, [(skus["item"], 1)])
+    checkout = await system.orders.create_checkout(
+        order.id, payment_method=card(system, GOOD_CARD), capture_manually=True
+    )
+    assert checkout.status == "requires_capture"
+    await authorise(system, checkout.payment_id)
+    await wait_status(system.orders, order.id, "IN_REVIEW")
+    assert system.stripe.v1.payment_intents.retrieve(checkout.payment_id).status == (
+        "requires_capture"
+    )  # reviewed before capture
+
+    await system.orders.cancel(order.id, "customer changed their mind")
+    state = await wait_status(system.orders, order.id, "CANCELLED")
+    intent = system.stripe.v1.payment_intents.retrieve(checkout.payment_id)
+    assert intent.status == "canceled"
+    charge = system.stripe.v1.charges.retrieve(_id(intent.latest_charge))
+    assert not charge.captured
+    assert system.stripe.v1.refunds.list(params={"charge": charge.id}).data == []
+    assert payments(engine, order.id) == []  # no money moved, none recorded
+    assert any(f"released {checkout.payment_id}" in h.note for h in state.history)
+
+
+async def test_a_payment_under_a_bare_charge_id_is_refunded_through_the_charges_api(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine
+) -> None:
+    """A legacy Charges API payment has no PaymentIntent: its refund names the charge."""
+    skus = catalogue(item=(12_300, 5))
+    order = await pending_order(system.orders, [(skus["item"], 1)])
+    charge = system.stripe.v1.charges.create(
+        params={
+            "amount": 12_300,
+            "currency": "inr",
+            "source": card(system, GOOD_CARD),
+            "metadata": {"order_id": order.id},
+        }
+    )
+    assert charge.id.startswith("ch_") and not charge.payment_intent and charge.captured
+    await post_event(system, "charge.succeeded", charge.to_dict())  # localstripe sends none
+    await wait_status(system.orders, order.id, "CONFIRMED")
+
+    await system.orders.cancel(order.id, "customer changed their mind")
+    state = await wait_status(system.orders, order.id, "CANCELLED", timeout=30)
+    refunds = system.stripe.v1.refunds.list(params={"charge": charge.id}).data
+    assert [(r.amount, r.status) for r in refunds] == [(12_300, "succeeded")]
+    assert payments(engine, order.id) == [
+        ("capture", "succeeded", 12_300),
+        ("refund", "succeeded", 12_300),
+    ]
+    assert state.history[-1].note.endswith(f"refunded {refunds[0].id}")
+
+
+def _id(value: Any) -> str:
+    return value if isinstance(value, str) else str(value.id)

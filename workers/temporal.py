@@ -143,7 +143,7 @@ def build_workers(
             PAYMENTS_TASK_QUEUE,
             settings.payments_concurrency,
             [PaymentRetryWorkflow],
-            [payments.call_gateway],
+            [payments.call_gateway, payments.release],
         ),
         worker(
             INVENTORY_TASK_QUEUE,

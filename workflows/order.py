@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.inventory import InventoryActivities
     from activities.notify import NotificationActivities
     from activities.order import OrderActivities
+    from activities.payment import PaymentActivities
     from orderflow.contracts.inventory import (
         INVENTORY_TASK_QUEUE,
         ReleaseInput,
@@ -47,9 +49,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from orderflow.contracts.payment import (
         PAYMENTS_TASK_QUEUE,
+        GatewayRequest,
         PaymentKind,
         PaymentRetryInput,
         PaymentRetryResult,
+        gateway_idempotency_key,
         payment_retry_workflow_id,
     )
     from orderflow.contracts.review import (
@@ -60,7 +64,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from orderflow.money import format_money
     from workflows.inventory import InventoryReleaseWorkflow
-    from workflows.payment import PaymentRetryWorkflow
+    from workflows.payment import GATEWAY_CALL_RETRY, PaymentRetryWorkflow
     from workflows.review import ManualReviewWorkflow
 
 _Arg = TypeVar("_Arg")
@@ -73,6 +77,7 @@ EARLY_PAYMENT_AMOUNT_CHECK = "early-payment-amount-check"
 RETRY_FINISHES_CAPTURE = "retry-finishes-capture"
 REVIEW_ENDS_ON_CANCEL = "review-ends-on-cancel"
 RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE = "retry-capture-is-not-its-own-duplicate"
+MANUAL_CAPTURE = "manual-capture"  # an authorisation is captured after review, released on cancel
 
 
 @workflow.defn
@@ -127,15 +132,20 @@ class OrderWorkflow:
 
         review = self._review_kind()
         if review is not None:
-            await self._act(
-                OrderActivities.record_payment, ConfirmInput(order.order_id, self._payment)
-            )
+            if not self._payment.authorised_only:  # a hold is recorded once it is captured
+                await self._act(
+                    OrderActivities.record_payment, ConfirmInput(order.order_id, self._payment)
+                )
             approved, note = await self._review(review)
             if not approved:
                 self._cancel = self._cancel or CancelRequest(reason=note)
                 return await self._cancel_order(refund=True)
             if self._cancel is not None:  # cancelled while under review
                 return await self._cancel_order(refund=True)
+        # only an authorisation takes this branch, and no order before it had one
+        if self._payment.authorised_only and workflow.patched(MANUAL_CAPTURE):
+            if self._cancel is not None or not await self._capture_authorisation():
+                return await self._cancel_order(refund=True)  # a hold is released, not refunded
 
         confirmed = await self._act(
             OrderActivities.confirm_order, ConfirmInput(order.order_id, self._payment)
@@ -169,7 +179,7 @@ class OrderWorkflow:
         """A payment accepted before the total was known must match it; a wrong one goes back."""
         early = self._payment
         assert early is not None
-        if self._matches_total(early):
+        if self._acceptable(early):
             return
         self._payment = None  # the order takes a correct payment while this one is refunded
         paid = format_money(early.amount, early.currency or self._currency)
@@ -222,6 +232,59 @@ class OrderWorkflow:
                 self._cancel = CancelRequest(reason=f"not paid within {minutes:g} minutes")
                 return False
 
+    async def _capture_authorisation(self) -> bool:
+        """Capture the order's total from its authorisation, through the capture retries.
+
+        Returns True once captured (the order's payment is then the captured one); False when
+        it could not be captured or the order was cancelled meanwhile (the caller cancels it:
+        a hold is released, a capture that landed anyway is refunded).
+        """
+        held = self._payment
+        assert held is not None
+        order_id = self._order.order_id
+        self._note(
+            f"capturing {format_money(self._total, self._currency)}"
+            f" of authorisation {held.payment_id}"
+        )
+        child = await workflow.start_child_workflow(
+            PaymentRetryWorkflow.run,
+            self._capture_input(f"authorisation {held.payment_id}", held.payment_id),
+            id=payment_retry_workflow_id(order_id, PaymentKind.CAPTURE),
+            task_queue=PAYMENTS_TASK_QUEUE,
+        )
+        await workflow.wait_condition(lambda: child.done() or self._cancel is not None)
+        if not child.done():  # an attempt may be at the gateway: hear how it ended
+            await self._tell(child.signal(PaymentRetryWorkflow.stop, "order cancelled"))
+        result = await child
+        if result.succeeded:
+            self._payment = PaymentReceived(
+                payment_id=result.payment_id,
+                amount=self._total,
+                provider=result.provider or held.provider,
+                flagged=held.flagged,
+                currency=self._currency,
+            )
+            return self._cancel is None
+        if self._cancel is None:
+            why = result.attempts[-1].detail if result.attempts else "no attempt made"
+            self._cancel = CancelRequest(
+                reason=f"authorisation {held.payment_id} not captured: {why}"
+            )
+        return False
+
+    def _capture_input(self, reason: str, payment_id: str) -> PaymentRetryInput:
+        policy = self._order.policy
+        return PaymentRetryInput(
+            order_id=self._order.order_id,
+            kind=PaymentKind.CAPTURE,
+            amount=self._total,
+            attempts=policy.payment_retry_attempts,
+            interval_seconds=policy.payment_retry_interval_seconds,
+            reason=reason,
+            currency=self._currency,
+            payment_id=payment_id,
+        )
+
     async def _retry_capture(self) -> PaymentRetryResult | None:
         """Run the capture retries; a payment or cancel arriving meanwhile stops them."""
         self._set(OrderStatus.PAYMENT_RETRYING, self._failures[-1].reason if self._failures else "")
@@ -229,19 +292,10 @@ class OrderWorkflow:
             OrderActivities.set_status,
             StatusInput(self._order.order_id, OrderStatus.PAYMENT_RETRYING),
         )
-        policy = self._order.policy
+        last = self._failures[-1] if self._failures else None
         child = await workflow.start_child_workflow(
             PaymentRetryWorkflow.run,
-            PaymentRetryInput(
-                order_id=self._order.order_id,
-                kind=PaymentKind.CAPTURE,
-                amount=self._total,
-                attempts=policy.payment_retry_attempts,
-                interval_seconds=policy.payment_retry_interval_seconds,
-                reason=self._failures[-1].reason if self._failures else "",
-                currency=self._currency,
-                payment_id=self._failures[-1].payment_id if self._failures else "",
-            ),
+            self._capture_input(last.reason if last else "", last.payment_id if last else ""),
             id=payment_retry_workflow_id(self._order.order_id, PaymentKind.CAPTURE),
             task_queue=PAYMENTS_TASK_QUEUE,
         )
@@ -358,6 +412,13 @@ class OrderWorkflow:
         payment = payment or self._payment
         assert payment is not None
         order_id = self._order.order_id
+        if payment.authorised_only and workflow.patched(MANUAL_CAPTURE):
+            released = await self._release_hold(payment)
+            if released:
+                return released
+            # captured after all (not by us): give back what was taken for the order
+            taken = min(payment.amount, self._total) if self._total else payment.amount
+            payment = dataclasses.replace(payment, amount=taken, authorised_only=False)
         result = await workflow.execute_child_workflow(
             PaymentRetryWorkflow.run,
             PaymentRetryInput(
@@ -383,6 +444,36 @@ class OrderWorkflow:
             len(result.attempts),
         )
         return "REFUND FAILED: needs an operator"
+
+    async def _release_hold(self, held: PaymentReceived) -> str:
+        """Cancel an uncaptured authorisation at the gateway; a note, or "" if it was captured."""
+        order_id = self._order.order_id
+        request = GatewayRequest(
+            order_id=order_id,
+            kind=PaymentKind.RELEASE,
+            amount=held.amount,
+            attempt=1,
+            idempotency_key=gateway_idempotency_key(
+                order_id, PaymentKind.RELEASE, 1, held.payment_id
+            ),
+            currency=held.currency or self._currency,
+            payment_id=held.payment_id,
+        )
+        try:
+            response = await workflow.execute_activity_method(
+                PaymentActivities.release,
+                request,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=GATEWAY_CALL_RETRY,
+                task_queue=PAYMENTS_TASK_QUEUE,
+            )
+        except ActivityError as err:
+            # the gateway lets an uncaptured hold lapse by itself; an operator may release it now
+            return f"RELEASE FAILED for {held.payment_id}: {err.cause}; the hold lapses by itself"
+        if response.succeeded:
+            return f"released {held.payment_id}"
+        self._note(f"authorisation {held.payment_id} not released: {response.detail}")
+        return ""
 
     async def _release(self, reason: str) -> None:
         try:
@@ -443,8 +534,16 @@ class OrderWorkflow:
 
     @workflow.update
     async def pay(self, payment: PaymentReceived) -> PaymentAck:
-        """Report a payment and learn at once whether it was accepted."""
-        return self._accept(payment)
+        """Report a payment and learn at once whether it was accepted.
+
+        An authorisation the order refuses is released before the answer: nothing else would.
+        """
+        ack = self._accept(payment)
+        if not ack.accepted and payment.authorised_only and workflow.patched(MANUAL_CAPTURE):
+            note = await self._refund(ack.reason, payment)
+            self._note(note)
+            ack.reason = f"{ack.reason}; {note}"
+        return ack
 
     @workflow.signal
     def payment_received(self, payment: PaymentReceived) -> None:
@@ -515,6 +614,12 @@ class OrderWorkflow:
         """Exactly the total, in the order's currency (empty: sent from inside, in that currency)."""
         return payment.amount == self._total and payment.currency in ("", self._currency)
 
+    def _acceptable(self, payment: PaymentReceived) -> bool:
+        """The total exactly; an authorisation may hold more (only the total is captured)."""
+        if payment.authorised_only:
+            return payment.amount >= self._total and payment.currency in ("", self._currency)
+        return self._matches_total(payment)
+
     def _accept(self, payment: PaymentReceived) -> PaymentAck:
         order_id = self._order.order_id
         if self._payment is not None:
@@ -539,8 +644,19 @@ class OrderWorkflow:
                 status=self._status,
                 reason=f"order {order_id} is {self._status}: payment refused",
             )
-        if self._status != OrderStatus.NEW and not self._matches_total(payment):
+        if self._status != OrderStatus.NEW and not self._acceptable(payment):
             paid = format_money(payment.amount, payment.currency or self._currency)
+            if payment.authorised_only:
+                total = format_money(self._total, self._currency)
+                self._note(f"refused authorisation {payment.payment_id}: {paid} is below {total}")
+                return PaymentAck(
+                    accepted=False,
+                    status=self._status,
+                    reason=(
+                        f"order {order_id}: authorisation {payment.payment_id} of {paid} "
+                        f"does not cover the order total {total}: not captured"
+                    ),
+                )
             self._note(f"refused payment {payment.payment_id}: {paid} is not the total")
             return PaymentAck(
                 accepted=False,

@@ -91,6 +91,8 @@ class PaymentReceived:
     provider: str = "simulated"
     flagged: bool = False  # the gateway's or a rule's fraud flag: forces manual review
     currency: str = ""  # ISO 4217; must be the order's
+    # a manual-capture authorisation: the money is held, the order captures its total later
+    authorised_only: bool = False
 
 
 @dataclass

@@ -30,6 +30,7 @@ class PaymentKind(StrEnum):
 
     CAPTURE = "capture"
     REFUND = "refund"
+    RELEASE = "release"  # let an uncaptured authorisation go; moves no money, no payment row
 
 
 class PaymentStatus(StrEnum):

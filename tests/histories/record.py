@@ -189,3 +189,32 @@ async def test_early_short_payment_refused(orders: OrderClient, catalogue: Catal
     await save(
         orders.client, "early-short-payment-refused", handle.id, f"payment-refund-{order_id}"
     )
+
+
+async def test_manual_capture(orders: OrderClient, catalogue: Catalogue) -> None:
+    """An authorisation (manual capture): reviewed, then captured for the total, shipped."""
+    skus = catalogue(tv=(6_500_000, 2))
+    order = await pending_order(orders, [(skus["tv"], 1)])
+    held = PaymentReceived(f"pi_held_{order.id}", 6_600_000, authorised_only=True)
+    ack = await orders.payment_received(order.id, held)
+    assert ack.accepted, ack.reason
+    review = await wait_review(orders, order.id)
+    await orders.decide_review(review.review_id, ReviewDecision(approve=True, reviewer="asha"))
+    await wait_status(orders, order.id, "CONFIRMED")
+    await orders.shipped(order.id, Shipment(carrier="BlueDart", tracking_number="BD3"))
+    assert (await order.handle.result()).status == "SHIPPED"
+    await save(orders.client, "manual-capture", order.handle.id, f"payment-capture-{order.id}")
+
+
+async def test_manual_capture_released(orders: OrderClient, catalogue: Catalogue) -> None:
+    """An authorisation below the total refused and released, then one cancelled in review."""
+    skus = catalogue(tv=(6_500_000, 2))
+    order = await pending_order(orders, [(skus["tv"], 1)])
+    short = PaymentReceived(f"pi_short_{order.id}", 100, authorised_only=True)
+    assert not (await orders.payment_received(order.id, short)).accepted
+    held = PaymentReceived(f"pi_held_{order.id}", 6_500_000, authorised_only=True)
+    assert (await orders.payment_received(order.id, held)).accepted
+    await wait_review(orders, order.id)
+    await orders.cancel(order.id, "customer cancelled before capture")
+    assert (await order.handle.result()).status == "CANCELLED"
+    await save(orders.client, "manual-capture-released", order.handle.id)

@@ -108,6 +108,7 @@ class Stubs:
             self.sync_erp,
             self.notify,
             self.call_gateway,
+            self.release,
             self.open_review,
             self.close_review,
             self.release_reservation,
@@ -164,6 +165,11 @@ class Stubs:
             payment_id=f"{request.kind.value}-{request.order_id}-{request.attempt}",
             provider="stub",
         )
+
+    @activity.defn(name="release")
+    async def release(self, request: GatewayRequest) -> GatewayResponse:
+        self.calls.append(("release", request))
+        return GatewayResponse(succeeded=True, payment_id=request.payment_id, provider="stub")
 
     @activity.defn(name="open_review")
     async def open_review(self, data: ReviewInput) -> None:

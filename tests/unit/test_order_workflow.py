@@ -190,3 +190,60 @@ async def test_an_order_whose_early_payment_was_refunded_can_refund_again_on_can
         (PaymentKind.REFUND, 10_000),
         (PaymentKind.REFUND, 20_000),
     ]
+
+
+async def test_a_reviewed_authorisation_is_captured_for_the_total_only_after_approval(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    stubs.prices["tv"] = 6_500_000
+    order = await pending_order(unit_orders, [("tv", 1)])
+    held = PaymentReceived(payment_id="pi_held", amount=6_600_000, authorised_only=True)
+    assert (await unit_orders.payment_received(order.id, held)).accepted
+    review_id = review_workflow_id(order.id, ReviewKind.HIGH_VALUE)
+    await started_workflow(unit_orders.client, review_id)
+    await wait_status(unit_orders, order.id, "IN_REVIEW")
+    assert not stubs.called("call_gateway") and not stubs.called("record_payment")
+    await unit_orders.decide_review(review_id, ReviewDecision(approve=True, reviewer="asha"))
+    state = await wait_status(unit_orders, order.id, "CONFIRMED")
+    [capture] = stubs.called("call_gateway")
+    assert (capture.kind, capture.amount, capture.payment_id) == (
+        PaymentKind.CAPTURE,
+        6_500_000,  # the total, not the whole hold
+        "pi_held",
+    )
+    assert capture.idempotency_key == f"{order.id}-capture-pi_held-1"
+    [confirmed] = stubs.called("confirm_order")
+    assert confirmed.payment.amount == 6_500_000 and not confirmed.payment.authorised_only
+    assert state.payment_id == f"capture-{order.id}-1" and not stubs.called("release")
+
+
+async def test_an_authorisation_that_cannot_be_captured_cancels_the_order_and_releases_it(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    stubs.declines = 99
+    order = await pending_order(unit_orders, [("bag", 1)])
+    held = PaymentReceived(payment_id="pi_lapsed", amount=10_000, authorised_only=True)
+    assert (await unit_orders.payment_received(order.id, held)).accepted
+    retry = await started_workflow(
+        env.client, payment_retry_workflow_id(order.id, PaymentKind.CAPTURE)
+    )
+    await env.fast_forward(retry)  # every attempt, an hour apart
+    assert (await order.handle.result()).status == "CANCELLED"
+    assert {r.kind for r in stubs.called("call_gateway")} == {PaymentKind.CAPTURE}  # no refund
+    [release] = stubs.called("release")
+    assert (release.payment_id, release.kind) == ("pi_lapsed", PaymentKind.RELEASE)
+    note = (await unit_orders.status(order.id)).history[-1].note
+    assert "authorisation pi_lapsed not captured: declined" in note and "released pi_lapsed" in note
+
+
+async def test_an_authorisation_below_the_total_is_refused_and_released_at_once(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    order = await pending_order(unit_orders, [("bag", 1)])
+    short = PaymentReceived(payment_id="pi_short", amount=9_999, authorised_only=True)
+    ack = await unit_orders.payment_received(order.id, short)
+    assert not ack.accepted and "₹99.99" in ack.reason and "₹100.00" in ack.reason
+    assert "released pi_short" in ack.reason
+    assert [r.payment_id for r in stubs.called("release")] == ["pi_short"]
+    assert (await unit_orders.status(order.id)).status == "PENDING_PAYMENT"
+    assert not stubs.called("call_gateway")
