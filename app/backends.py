@@ -68,7 +68,9 @@ def _reason(err: BaseException, seconds: float) -> str:
     return first
 
 
-async def within(backend: str, where: str, work: Awaitable[T], seconds: float) -> T:
+async def within(
+    backend: str, where: str, work: Awaitable[T], seconds: float = BACKEND_SECONDS
+) -> T:
     """`work`'s result, or a BackendUnavailableError if it fails or takes over `seconds`.
 
     Any failure counts: the drivers raise their own kinds (OSError, redis-py's, RPCError,

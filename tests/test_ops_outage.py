@@ -21,9 +21,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from app import embedded
 from app.client import OrderClient
+from app.telemetry import setup_telemetry
+from app.web.app import create_app
+from bridge.producer import QueueProducer
+from bridge.specs import email_spec
 from orderflow.db import make_engine
 from orderflow.settings import Settings
 from tests.helpers import pending_order, served_ops
+from tests.test_telemetry import add_orders, sample
 
 ANSWER_WITHIN = 10.0  # generous: the page's own limit per backend is 5 s, asked at once
 Catalogue = Callable[..., dict[str, str]]
@@ -169,3 +174,31 @@ async def test_readyz_answers_200_when_every_backend_answers(
         "status": "ready",
         "backends": {"redis": "ok", "temporal": "ok", "database": "ok"},
     }
+
+
+async def test_metrics_with_redis_frozen_answers_without_its_queue_gauges(
+    settings: Settings, own_redis: tuple[str, Any], engine: Engine
+) -> None:
+    redis_url, redis = own_redis
+    local = settings.model_copy(update={"redis_url": redis_url, "metrics_cache_seconds": 0})
+    spec = email_spec(local).with_(name=f"metrics-frozen-{uuid.uuid4().hex[:8]}")
+    producer = QueueProducer.connect(spec, redis_url)
+    telemetry = setup_telemetry(local, install_global=False)
+    app = create_app(local, producer, engine=engine, telemetry=telemetry, queues={spec.name: spec})
+    transport = httpx.ASGITransport(app=app)
+    gauge = f'bullmq_queue_jobs{{bullmq_queue_name="{spec.name}"'
+    add_orders(engine, CANCELLED=1)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as http:
+            healthy = await http.get("/metrics")
+            assert healthy.status_code == 200 and gauge in healthy.text
+            os.kill(redis.pid, signal.SIGSTOP)
+            for _ in range(2):  # a second scrape is not held behind the first one's read
+                started = time.monotonic()
+                frozen = await http.get("/metrics")
+                assert frozen.status_code == 200 and time.monotonic() - started < ANSWER_WITHIN
+                assert gauge not in frozen.text  # absent, not stale: an alert on absent() fires
+                assert sample(frozen.text, "orderflow_orders", status="CANCELLED") >= 1  # database
+    finally:
+        await producer.close()
+        telemetry.shutdown()

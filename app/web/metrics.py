@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Response
@@ -24,6 +25,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.backends import (
+    DATABASE,
+    REDIS,
+    BackendUnavailableError,
+    database_location,
+    redact_url,
+    within,
+)
 from app.telemetry import GaugeReadings, Telemetry
 from bridge.redis_client import RedisClient
 from bridge.scripts import Keys
@@ -31,6 +40,7 @@ from bridge.specs import QueueSpec
 from orderflow.db import Order
 from orderflow.settings import Settings
 
+log = logging.getLogger(__name__)
 # queue states reported by bullmq.queue.jobs (getJobCounts types plus the DLQ)
 KNOWN_PROVIDERS = ("stripe", "razorpay")  # label values; any other path counts as "other"
 DEPTH_STATES = (
@@ -108,20 +118,38 @@ class MetricsReader:
         self.gauges = gauges
         self.specs = dict(specs)
         self.client = RedisClient(redis_url, name="orderflow:metrics")
+        self.redis_at = redact_url(redis_url)
         self.engine = read_only(engine) if engine is not None else None
         self.max_age = max_age
         self.read_at = -float("inf")
         self.lock = asyncio.Lock()  # concurrent scrapes share one read
 
     async def refresh(self) -> None:
-        """Read again unless the last read is younger than max_age."""
+        """Read again unless the last read is younger than max_age.
+
+        Redis and the database are read at once, each within BACKEND_SECONDS; the gauges of one
+        that fails are left empty (absent, not stale: an alert on `absent()` fires) and the next
+        scrape reads again.
+        """
         async with self.lock:
             if time.monotonic() - self.read_at < self.max_age:
                 return
-            self.gauges.queue_jobs = await queue_depths(self.client, self.specs)
+            reads: list[Awaitable[Any]] = [
+                within(REDIS, self.redis_at, queue_depths(self.client, self.specs))
+            ]
             if self.engine is not None:
-                self.gauges.orders = await asyncio.to_thread(order_counts, self.engine)
-            self.read_at = time.monotonic()
+                where = database_location(self.engine)
+                reads.append(within(DATABASE, where, asyncio.to_thread(order_counts, self.engine)))
+            depths, *counts = await asyncio.gather(*reads, return_exceptions=True)
+            self.gauges.queue_jobs = depths if isinstance(depths, dict) else {}
+            self.gauges.orders = counts[0] if counts and isinstance(counts[0], dict) else {}
+            failed = [r for r in (depths, *counts) if isinstance(r, BaseException)]
+            for err in failed:
+                if not isinstance(err, BackendUnavailableError):
+                    raise err
+                log.warning("metrics: %s", err)
+            if not failed:
+                self.read_at = time.monotonic()
 
 
 def metrics_router(
