@@ -73,13 +73,13 @@ async def within(
 ) -> T:
     """`work`'s result, or a BackendUnavailableError if it fails or takes over `seconds`.
 
-    Any failure counts: the drivers raise their own kinds (OSError, redis-py's, RPCError,
-    SQLAlchemy's), and what an operator needs is which backend failed and why.
+    Any failure but our own errors counts: the drivers raise their own kinds (OSError,
+    redis-py's, RPCError, SQLAlchemy's), and what an operator needs is which backend failed and why.
     """
     try:
         return await asyncio.wait_for(work, seconds)
-    except BackendUnavailableError:
-        raise
+    except OrderflowError:
+        raise  # ours say what was wrong already (an unknown job, a backend that is down)
     except Exception as err:
         log.debug("%s at %s: %r", NAMES[backend], where, err, exc_info=True)  # the whole trace
         raise BackendUnavailableError(backend, where, _reason(err, seconds)) from err

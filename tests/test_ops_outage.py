@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from html import unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ from app import embedded
 from app.client import OrderClient
 from app.telemetry import setup_telemetry
 from app.web.app import create_app
+from app.web.dashboard import form_token
 from bridge.producer import QueueProducer
 from bridge.specs import email_spec
 from orderflow.db import make_engine
@@ -202,3 +204,22 @@ async def test_metrics_with_redis_frozen_answers_without_its_queue_gauges(
     finally:
         await producer.close()
         telemetry.shutdown()
+
+
+async def test_ops_retry_button_with_redis_frozen_answers_naming_redis(
+    settings: Settings, own_redis: tuple[str, Any], orders: OrderClient, engine: Engine
+) -> None:
+    redis_url, redis = own_redis
+    local = settings.model_copy(update={"redis_url": redis_url})
+    async with served_ops(local, redis_url, orders, engine, "retry-frozen") as (base, used, spec):
+        os.kill(redis.pid, signal.SIGSTOP)
+        token = form_token(used.dashboard_secret, used.admin_user, int(time.time()))
+        auth = (used.admin_user, used.admin_password)
+        async with httpx.AsyncClient(base_url=base, auth=auth, timeout=ANSWER_WITHIN) as http:
+            started = time.monotonic()
+            answer = await http.post(
+                f"/ops/queues/{spec.name}/jobs/job-1/retry", data={"token": token}
+            )
+            assert answer.status_code == 303 and time.monotonic() - started < ANSWER_WITHIN
+            flash = parse_qs(urlsplit(answer.headers["location"]).query)["error"][0]
+        assert flash.startswith(f"cannot reach Redis at {redis_url} (ORDERFLOW_REDIS_URL)")

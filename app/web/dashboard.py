@@ -61,6 +61,7 @@ FORM_TOKEN_SKEW_SECONDS = 300  # replicas' clocks may differ this much
 # each backend's part of the page waits no longer (they are asked at once): a backend that is
 # down leaves its part empty and named, and the page still answers within a few seconds
 OPS_READ_SECONDS = 5.0
+OPS_DECIDE_SECONDS = 15.0  # a decision is an update: it also waits for a reviews worker to take it
 T = TypeVar("T")
 
 
@@ -193,7 +194,9 @@ def dashboard_router(
                 return await within(backend, where, work, OPS_READ_SECONDS)
             except BackendUnavailableError as err:
                 outages.append(err)
-                return empty
+            except OrderflowError as err:  # e.g. a task queue Temporal did not describe
+                outages.append(BackendUnavailableError(backend, where, str(err)))
+            return empty
 
         # the three backends are asked at once: an outage costs the page one time limit, not three
         queues, tasks, (reviews, latest, today) = await asyncio.gather(
@@ -243,7 +246,9 @@ def dashboard_router(
         check_token(user, token)
         admin = QueueAdmin(find_spec(dict(specs), queue), settings.redis_url)
         try:
-            await admin.retry(job_id)
+            await within(
+                REDIS, redact_url(settings.redis_url), admin.retry(job_id), OPS_READ_SECONDS
+            )
         except OrderflowError as err:
             return back(str(err), error=True)
         finally:
@@ -256,7 +261,8 @@ def dashboard_router(
         check_token(user, token)
         admin = QueueAdmin(find_spec(dict(specs), queue), settings.redis_url)
         try:
-            await admin.dlq.redrive(job_id)
+            redrive = admin.dlq.redrive(job_id)
+            await within(REDIS, redact_url(settings.redis_url), redrive, OPS_READ_SECONDS)
         except OrderflowError as err:
             return back(str(err), error=True)
         finally:
@@ -273,9 +279,13 @@ def dashboard_router(
     ) -> Any:
         """Approve or reject a pending review."""
         check_token(user, token)
+        decision = ReviewDecision(approve=approve, reviewer=user, note=note)
         try:
-            outcome = await orders.decide_review(
-                review_id, ReviewDecision(approve=approve, reviewer=user, note=note)
+            outcome = await within(
+                TEMPORAL,
+                temporal_location(settings),
+                orders.decide_review(review_id, decision),
+                OPS_DECIDE_SECONDS,
             )
         except OrderflowError as err:
             return back(str(err), error=True)
