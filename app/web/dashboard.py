@@ -33,6 +33,7 @@ from app.web import charts
 from bridge.admin import QueueAdmin, find_spec
 from bridge.specs import QueueSpec
 from orderflow.contracts.order import order_workflow_id
+from orderflow.contracts.payment import GatewayMode
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import Order
 from orderflow.errors import OrderflowError
@@ -47,6 +48,13 @@ CHART_MINUTES = 60  # the throughput charts cover the last hour, a bar per minut
 TIMED_WINDOW_SECONDS = 3600  # processing-time percentiles of the last hour's completed jobs
 FORM_TOKEN_TTL_SECONDS = 12 * 3600  # a dashboard left open over a shift can still post
 FORM_TOKEN_SKEW_SECONDS = 300  # replicas' clocks may differ this much
+# how the header names the gateway's mode: an operator must see at a glance whether money moves
+MODE_LABELS = {
+    GatewayMode.LIVE: "live",
+    GatewayMode.TEST: "test mode: no real money",
+    GatewayMode.SIMULATED: "simulated: no money moves",
+    GatewayMode.UNKNOWN: "mode unknown: the key is neither live nor test",
+}
 
 
 def order_run_url(settings: Settings, order_id: str) -> str:
@@ -177,6 +185,7 @@ def dashboard_router(
             "depth_chart": charts.depth_chart(depths, tasks),
             "orders_chart": charts.orders_chart(today, zone),
             "zone": zone.key,
+            "gateway": f"{settings.gateway.value} ({MODE_LABELS[settings.gateway_mode]})",
             "reviews": reviews,
             "orders": [(o, order_run_url(settings, o.id)) for o in latest],
             "by_status": sorted(by_status.items()),
