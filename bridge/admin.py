@@ -270,6 +270,7 @@ class QueueAdmin:
 
     async def retry(self, job_id: str) -> str:
         """Move one failed job back to wait; a dead-lettered one leaves the DLQ as it goes."""
+        await self.dlq.prune(job_id)
         if await self.client.execute("ZSCORE", self.dlq.index_key, job_id) is not None:
             return await self.dlq.redrive(job_id)
         job = await self.queue.getJob(job_id)

@@ -54,14 +54,15 @@ class DeadLetterQueue:
         self.keys = Keys(spec.prefix, spec.name)
         self.entries_key, self.index_key, self.detached_key = spec.dlq_keys
 
-    async def prune(self) -> int:
-        """Drop entries whose job is no longer failed (retried by a Node tool or bull-board and
-        waiting, active, completed or removed since); returns how many. Lists and counts do it.
+    async def prune(self, *job_ids: str) -> int:
+        """Drop entries (of `job_ids`, or all) whose job is no longer failed: retried by a Node
+        tool or bull-board and waiting, active, completed or removed since; returns how many.
+        Every read does it first.
 
         Our worker drops the entry when it completes such a job; a Node worker cannot.
         """
         keys: list[Any] = [self.entries_key, self.index_key, self.detached_key, self.keys["failed"]]
-        return int(await self.client.run(dlq_prune_script(), keys, [self.keys.base]))
+        return int(await self.client.run(dlq_prune_script(), keys, [self.keys.base, *job_ids]))
 
     async def count(self) -> int:
         """How many jobs are dead-lettered (and still failed)."""
@@ -79,6 +80,7 @@ class DeadLetterQueue:
 
     async def get(self, job_id: str) -> DeadLetter:
         """One entry by job id."""
+        await self.prune(job_id)
         text = await self.client.execute("HGET", self.entries_key, job_id)
         if not text:
             raise UnknownDeadLetterError(self.spec.dlq, job_id)

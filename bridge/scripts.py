@@ -165,15 +165,18 @@ def clean_script() -> Script:
 
 
 # Drop the DLQ entries whose job is no longer failed in BullMQ: KEYS[1] DLQ hash, KEYS[2] DLQ
-# index, KEYS[3] DLQ detached set, KEYS[4] the queue's failed zset; ARGV[1] the job key prefix.
+# index, KEYS[3] DLQ detached set, KEYS[4] the queue's failed zset; ARGV[1] the job key prefix,
+# then the ids to look at (none: every entry).
 # An entry stays while its job is in the failed set, or its job is gone but was removed while
 # failed (detached: retention or removeOnFail). Any other entry's job was retried outside our
 # admin (a Node tool, bull-board) and is waiting, active, delayed, completed or removed since.
 # One atomic call: a job that fails for good meanwhile is dead-lettered before or after it.
 DLQ_PRUNE_LUA = """
 local pruned = 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if not redis.call('ZSCORE', KEYS[4], id) then
+local ids = {unpack(ARGV, 2)}
+if #ids == 0 then ids = redis.call('ZRANGE', KEYS[2], 0, -1) end
+for _, id in ipairs(ids) do
+  if redis.call('ZSCORE', KEYS[2], id) and not redis.call('ZSCORE', KEYS[4], id) then
     if redis.call('EXISTS', ARGV[1] .. id) == 1 or redis.call('SISMEMBER', KEYS[3], id) == 0 then
       redis.call('ZREM', KEYS[2], id)
       redis.call('HDEL', KEYS[1], id)

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from app.smtp_sink import SmtpSink
 from app.web.metrics import queue_depths
-from bridge.admin import QueueAdmin
+from bridge.admin import JobNotRetryableError, QueueAdmin
 from bridge.job import Job
 from bridge.producer import BulkJob, QueueProducer
 from bridge.redis_client import RedisClient
@@ -383,6 +383,8 @@ async def test_a_dead_lettered_job_retried_from_bull_board_and_completed_by_a_no
         assert sorted(j["id"] for j in done) == ["gone-done", "kept-done"]
         assert await admin.queue.getJobState("kept-done") == "completed"
         assert await admin.queue.getJob("gone-done") is None  # removed on completion
+        with pytest.raises(JobNotRetryableError, match="completed"):  # not re-driven as a DLQ job
+            await admin.retry("kept-done")
         # the failed job of a dead letter cleaned away by retention: the entry is its record
         assert await admin.clean("failed", 0) == ["cleaned"]
         depths = await queue_depths(admin.client, {spec.name: spec})  # the /metrics gauge
