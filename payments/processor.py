@@ -77,6 +77,10 @@ class ReconciliationIncompleteError(OrderflowError):
     """The gateway stayed away past the outage window: the reconciliation's attempt fails."""
 
 
+class ReconciliationRefusedError(UnrecoverableError, OrderflowError):
+    """The gateway refused our key: no retry mends it, the job fails for an operator at once."""
+
+
 class WebhookEventError(UnrecoverableError, OrderflowError):
     """An event that retrying cannot fix; the job goes to the dead-letter queue for an operator."""
 
@@ -202,6 +206,8 @@ class WebhookProcessor:
             f" ({report['gateway_error']}); our own tables: {len(report['mismatches'])}"
             " mismatch(es), in the job's progress"
         )
+        if report.get("gateway_refused"):
+            raise ReconciliationRefusedError(f"{reason}; fix the gateway's key setting")
         age = max(0.0, time.time() - job.timestamp / 1000) if job.timestamp else 0.0
         if age >= self.outage_window_seconds:
             raise ReconciliationIncompleteError(reason)

@@ -65,7 +65,8 @@ def reconcile(
     (Stripe, Razorpay), also its list against our payments table (gateway_mismatches).
     Returns the report (the job's return value). When the gateway cannot be asked, the checks
     of our own tables are still reported, with gateway_compared False and gateway_error saying
-    why: their mismatches then say nothing about the gateway's side.
+    why (gateway_refused: it refused our key, which no wait mends): their mismatches then say
+    nothing about the gateway's side.
     """
     now = now or datetime.now(UTC)
     since = now - timedelta(hours=window_hours)
@@ -100,13 +101,14 @@ def reconcile(
         )
     found += _event_mismatches(events, recorded, now, timedelta(minutes=stale_minutes))
     listed: list[GatewayPayment] = []
-    error = ""
+    error, refused = "", False
     if gateway is not None:
         try:
             listed = gateway.list_payments(since)
             found += gateway_mismatches(engine, gateway, listed, since)
         except (GatewayUnavailableError, GatewayConfigError) as err:
             listed, error = [], API_KEY.sub("[key]", str(err))
+            refused = isinstance(err, GatewayConfigError)  # our key: waiting will not help
             log.warning("reconciliation: the %s comparison was not done: %s", gateway.name, error)
     for m in found:
         log.warning("reconciliation: %s order %s: %s", m.kind, m.order_id or "-", m.detail)
@@ -116,6 +118,7 @@ def reconcile(
         "gateway": gateway.name if gateway is not None else "",
         "gateway_compared": gateway is not None and not error,
         "gateway_error": error,
+        "gateway_refused": refused,
         "checked_gateway_payments": len(listed),
         "since": since.isoformat(),
         "mismatches": [asdict(m) for m in found],

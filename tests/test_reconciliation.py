@@ -168,3 +168,32 @@ async def test_a_gateway_away_past_the_outage_window_fails_the_job_naming_it_not
     finally:
         await producer.close()
         await queue.close()
+
+
+async def test_a_gateway_that_refuses_our_key_fails_the_reconciliation_at_once_naming_it(
+    engine: Engine, settings: Settings, redis_url: str, localstripe: LocalStripe
+) -> None:
+    """A refused key does not come back by itself: the job fails now, not after the 2 h window."""
+    processor = WebhookProcessor(
+        _NoOrders(), engine, gateway=StripeGateway("pk_not_a_secret_key", api_base=localstripe.url)
+    )
+    tag = uuid.uuid4().hex[:10]
+    spec = webhook_spec(settings).with_(prefix=f"t{tag}", name=f"recon-{tag}", attempts=1)
+    producer = QueueProducer.connect(spec, redis_url)
+    queue = bull_queue(spec, redis_url)
+    try:
+        async with running(spec, processor, redis_url):
+            job_id = await enqueue_reconciliation(producer, window_hours=1, job_id=f"recon-{tag}")
+
+            async def ended() -> Any:
+                job = await queue.getJob(job_id)
+                return job if job is not None and (job.failedReason or job.delay) else None
+
+            job = await eventually(ended, 30, "the reconciliation failing or waiting")
+        assert await queue.getJobState(job_id) == "failed", "a refused key was waited out"
+        assert "the stripe comparison was not done" in job.failedReason
+        assert "refused" in job.failedReason and "pk_not_a_secret_key" not in job.failedReason
+        assert job.progress["gateway_compared"] is False  # our own checks, kept for the operator
+    finally:
+        await producer.close()
+        await queue.close()
