@@ -91,6 +91,13 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
             log.warning("ORDERFLOW_ALLOW_INSECURE_SECRETS: starting although %s", problem)
     if settings.production_shaped and settings.gateway == "simulated":
         log.warning("ORDERFLOW_ALLOW_SIMULATED_GATEWAY: payments are simulated, no money moves")
+    if settings.production_shaped and (keys := settings.test_mode_keys()):
+        log.warning(
+            "%s is a test-mode key: %s runs in test mode, no real money moves (fine for staging;"
+            " production needs the live key)",
+            " and ".join(keys),
+            settings.gateway.value,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

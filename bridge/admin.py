@@ -14,8 +14,8 @@ from typing import Any
 from bullmq import Queue
 
 from bridge.dlq import DeadLetter, DeadLetterQueue
-from bridge.redis_client import RedisClient
-from bridge.scripts import Keys
+from bridge.redis_client import Arg, RedisClient
+from bridge.scripts import Keys, clean_script
 from bridge.specs import QueueSpec
 from orderflow.errors import OrderflowError
 
@@ -270,6 +270,7 @@ class QueueAdmin:
 
     async def retry(self, job_id: str) -> str:
         """Move one failed job back to wait; a dead-lettered one leaves the DLQ as it goes."""
+        await self.dlq.prune(job_id)
         if await self.client.execute("ZSCORE", self.dlq.index_key, job_id) is not None:
             return await self.dlq.redrive(job_id)
         job = await self.queue.getJob(job_id)
@@ -289,7 +290,11 @@ class QueueAdmin:
     async def clean(self, state: str, older_than_seconds: float, limit: int = 0) -> list[str]:
         """Remove jobs in `state` finished longer ago than the grace (BullMQ Queue.clean)."""
         grace_ms = int(older_than_seconds * 1000)
-        return [str(i) for i in await self.queue.clean(grace_ms, limit, clean_set(state))]
+        name = clean_set(state)
+        keys = [self.keys[name], self.keys["events"], self.keys["repeat"],
+                self.dlq.entries_key, self.dlq.detached_key]  # fmt: skip
+        args: list[Arg] = [self.keys.base, int(time.time() * 1000) - grace_ms, limit, name]
+        return [str(i) for i in await self.client.run(clean_script(), keys, args)]
 
     async def pause(self) -> None:
         """Pause the queue for every worker (Node and Python); active jobs finish."""

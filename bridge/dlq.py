@@ -14,7 +14,7 @@ from typing import Any
 from bridge.errors import UnknownDeadLetterError
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
-from bridge.scripts import Keys, bullmq_script
+from bridge.scripts import Keys, bullmq_script, dlq_prune_script
 from bridge.specs import QueueSpec
 
 
@@ -52,15 +52,26 @@ class DeadLetterQueue:
         self.spec = spec
         self.client = client
         self.keys = Keys(spec.prefix, spec.name)
-        self.entries_key = f"{spec.prefix}:{spec.dlq}:jobs"
-        self.index_key = f"{spec.prefix}:{spec.dlq}:index"
+        self.entries_key, self.index_key, self.detached_key = spec.dlq_keys
+
+    async def prune(self, *job_ids: str) -> int:
+        """Drop entries (of `job_ids`, or all) whose job is no longer failed: retried by a Node
+        tool or bull-board and waiting, active, completed or removed since; returns how many.
+        Every read does it first.
+
+        Our worker drops the entry when it completes such a job; a Node worker cannot.
+        """
+        keys: list[Any] = [self.entries_key, self.index_key, self.detached_key, self.keys["failed"]]
+        return int(await self.client.run(dlq_prune_script(), keys, [self.keys.base, *job_ids]))
 
     async def count(self) -> int:
-        """How many jobs are dead-lettered."""
+        """How many jobs are dead-lettered (and still failed)."""
+        await self.prune()
         return int(await self.client.execute("ZCARD", self.index_key))
 
     async def list(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
-        """Dead-lettered jobs, oldest failure first."""
+        """Dead-lettered jobs (still failed), oldest failure first."""
+        await self.prune()
         ids = await self.client.execute("ZRANGE", self.index_key, offset, offset + limit - 1)
         if not ids:
             return []
@@ -69,6 +80,7 @@ class DeadLetterQueue:
 
     async def get(self, job_id: str) -> DeadLetter:
         """One entry by job id."""
+        await self.prune(job_id)
         text = await self.client.execute("HGET", self.entries_key, job_id)
         if not text:
             raise UnknownDeadLetterError(self.spec.dlq, job_id)
@@ -97,6 +109,7 @@ class DeadLetterQueue:
 
     async def redrive_all(self) -> builtins.list[str]:
         """Re-drive every dead-lettered job; returns their ids."""
+        await self.prune()
         ids = await self.client.execute("ZRANGE", self.index_key, 0, -1)
         return [await self.redrive(job_id) for job_id in ids]
 
@@ -117,6 +130,7 @@ class DeadLetterQueue:
         if not ids:
             return 0
         replies = await self.client.transaction(
-            [["HDEL", self.entries_key, *ids], ["ZREM", self.index_key, *ids]]
-        )
+            [["HDEL", self.entries_key, *ids], ["ZREM", self.index_key, *ids],
+             ["SREM", self.detached_key, *ids]]
+        )  # fmt: skip
         return int(replies[1])

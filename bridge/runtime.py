@@ -215,8 +215,7 @@ class BridgeWorker:
             target: ([*head, k[target]], k["metrics:" + target], k["marker"])
             for target in ("completed", "failed")
         }
-        self._dlq_keys = [f"{self.spec.prefix}:{self.spec.dlq}:jobs",
-                          f"{self.spec.prefix}:{self.spec.dlq}:index"]  # fmt: skip
+        self._dlq_keys: list[Arg] = list(self.spec.dlq_keys)
         # BullMQ's own worker limiter: every fetch counts in the queue's `limiter` key, the
         # one a Node worker's `limiter` option counts in, so both sides share one limit; our
         # fetches also keep to a sliding window (sliding_limit_script), logged in this key
@@ -229,7 +228,9 @@ class BridgeWorker:
             self._active_script, len(self._active_keys), self._active_keys
         )
         self._complete_call = PreparedCall.of(
-            self._finish_script, 16 + len(self._limit_keys), self._finish_keys["completed"][0]
+            self._finish_script,
+            14 + len(self._dlq_keys) + len(self._limit_keys),  # moveToFinished's 14, then ours
+            self._finish_keys["completed"][0],
         )
         self._completed_metrics = k["metrics:completed"]
         self._marker = k["marker"]

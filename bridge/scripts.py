@@ -118,8 +118,10 @@ def sliding_limit_script(script: Script) -> Script:
 def dead_letter_script() -> Script:
     """BullMQ's moveToFinished that also writes the DLQ entry, in one atomic call.
 
-    KEYS[15] DLQ hash (job id -> entry JSON), KEYS[16] DLQ index (zset by failure time);
-    ARGV[10] the entry. The entry is written only if the job really moved to failed.
+    KEYS[15] DLQ hash (job id -> entry JSON), KEYS[16] DLQ index (zset by failure time),
+    KEYS[17] DLQ detached set; ARGV[10] the entry. The entry is written only if the job really
+    moved to failed; a job its removeOnFail removed at once is marked detached (see
+    dlq_prune_script), so its entry stays.
     """
     body = bullmq_script("moveToFinished-14.lua").source
     source = (
@@ -129,10 +131,68 @@ def dead_letter_script() -> Script:
         "if result == 0 or type(result) == 'table' then\n"
         "  redis.call('HSET', KEYS[15], ARGV[1], ARGV[10])\n"
         "  redis.call('ZADD', KEYS[16], ARGV[2], ARGV[1])\n"
+        "  if redis.call('EXISTS', KEYS[12]) == 0 then\n"
+        "    redis.call('SADD', KEYS[17], ARGV[1])\n"
+        "  else\n"
+        "    redis.call('SREM', KEYS[17], ARGV[1])\n"
+        "  end\n"
         "end\n"
         "return result\n"
     )
     return Script("orderflowDeadLetter", source)
+
+
+@cache
+def clean_script() -> Script:
+    """BullMQ's cleanJobsInSet (Queue.clean) that marks the removed jobs with a DLQ entry detached.
+
+    KEYS[4] DLQ hash, KEYS[5] DLQ detached set, after BullMQ's 3 keys and 4 args. In the same
+    call as the removal, so a DLQ read in between never takes a cleaned job for a retried one.
+    """
+    body = bullmq_script("cleanJobsInSet-3.lua").source
+    source = (
+        "local function orderflow_clean()\n"
+        f"{body}\nend\n"
+        "local removed = orderflow_clean()\n"
+        "for _, id in ipairs(removed) do\n"
+        "  if redis.call('HEXISTS', KEYS[4], id) == 1 then\n"
+        "    redis.call('SADD', KEYS[5], id)\n"
+        "  end\n"
+        "end\n"
+        "return removed\n"
+    )
+    return Script("orderflowClean", source)
+
+
+# Drop the DLQ entries whose job is no longer failed in BullMQ: KEYS[1] DLQ hash, KEYS[2] DLQ
+# index, KEYS[3] DLQ detached set, KEYS[4] the queue's failed zset; ARGV[1] the job key prefix,
+# then the ids to look at (none: every entry).
+# An entry stays while its job is in the failed set, or its job is gone but was removed while
+# failed (detached: retention or removeOnFail). Any other entry's job was retried outside our
+# admin (a Node tool, bull-board) and is waiting, active, delayed, completed or removed since.
+# One atomic call: a job that fails for good meanwhile is dead-lettered before or after it.
+DLQ_PRUNE_LUA = """
+local pruned = 0
+local ids = {unpack(ARGV, 2)}
+if #ids == 0 then ids = redis.call('ZRANGE', KEYS[2], 0, -1) end
+for _, id in ipairs(ids) do
+  if redis.call('ZSCORE', KEYS[2], id) and not redis.call('ZSCORE', KEYS[4], id) then
+    if redis.call('EXISTS', ARGV[1] .. id) == 1 or redis.call('SISMEMBER', KEYS[3], id) == 0 then
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('HDEL', KEYS[1], id)
+      redis.call('SREM', KEYS[3], id)
+      pruned = pruned + 1
+    end
+  end
+end
+return pruned
+"""
+
+
+@cache
+def dlq_prune_script() -> Script:
+    """Drop the DLQ entries of jobs retried outside our admin (no longer failed); returns how many."""
+    return Script("orderflowDlqPrune", DLQ_PRUNE_LUA)
 
 
 @cache

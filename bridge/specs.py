@@ -57,6 +57,13 @@ class QueueSpec:
         """The dead-letter queue's name."""
         return self.name + DLQ_SUFFIX
 
+    @property
+    def dlq_keys(self) -> tuple[str, str, str]:
+        """The DLQ's keys: entries (hash id -> JSON), index (zset by failure time), and detached
+        (set of ids whose failed job was removed while still failed: retention, removeOnFail)."""
+        base = f"{self.prefix}:{self.dlq}"
+        return f"{base}:jobs", f"{base}:index", f"{base}:detached"
+
     def job_defaults(self) -> dict[str, Any]:
         """BullMQ job options every job of this queue gets unless `add` overrides them."""
         return {

@@ -9,7 +9,7 @@ from urllib.parse import quote, unquote, urlparse
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orderflow.contracts.payment import GatewayName
+from orderflow.contracts.payment import GatewayMode, GatewayName
 from orderflow.errors import GatewaySettingsError, InsecureSettingsError
 
 ENV_PREFIX = "ORDERFLOW_"
@@ -222,6 +222,23 @@ class Settings(BaseSettings):
             if (why := _weak(getattr(self, key), None) or _wrong_kind(key, getattr(self, key)))
         ]
 
+    @property
+    def gateway_mode(self) -> GatewayMode:
+        """Live, test or simulated, from the gateway's key (shown on /ops, warned of at start)."""
+        if self.gateway is GatewayName.SIMULATED:
+            return GatewayMode.SIMULATED
+        key = getattr(self, GATEWAY_MODE_KEY[self.gateway]).strip()
+        for mode, prefixes in MODE_PREFIXES.items():
+            if key.startswith(prefixes):
+                return mode
+        return GatewayMode.UNKNOWN
+
+    def test_mode_keys(self) -> list[str]:
+        """The settings (variable names, never values) holding a test-mode gateway key, or []."""
+        if self.gateway_mode is not GatewayMode.TEST:
+            return []
+        return [f"{ENV_PREFIX}{GATEWAY_MODE_KEY[self.gateway].upper()}"]
+
     def check_gateway(self) -> None:
         """Raise GatewaySettingsError when the gateway cannot run (see gateway_problems)."""
         if problems := self.gateway_problems():
@@ -256,6 +273,14 @@ def normalize_redis_url(url: str, password: str = "") -> str:
 KEY_PREFIXES = {
     "stripe_api_key": (("sk_", "rk_"), "a secret key (sk_… or restricted rk_…)"),
     "razorpay_key_id": (("rzp_",), "a key id (rzp_test_… or rzp_live_…)"),
+}
+
+
+# the key whose prefix says the gateway's mode, and the prefixes of each mode
+GATEWAY_MODE_KEY = {GatewayName.STRIPE: "stripe_api_key", GatewayName.RAZORPAY: "razorpay_key_id"}
+MODE_PREFIXES = {
+    GatewayMode.LIVE: ("sk_live_", "rk_live_", "rzp_live_"),
+    GatewayMode.TEST: ("sk_test_", "rk_test_", "rzp_test_"),
 }
 
 

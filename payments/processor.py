@@ -73,6 +73,14 @@ def _backoff_ms(age_seconds: float) -> int:
     return int(min(MAX_RETRY_DELAY_MS, max(1000.0, age_seconds * 250)))
 
 
+class ReconciliationIncompleteError(OrderflowError):
+    """The gateway stayed away past the outage window: the reconciliation's attempt fails."""
+
+
+class ReconciliationRefusedError(UnrecoverableError, OrderflowError):
+    """The gateway refused our key: no retry mends it, the job fails for an operator at once."""
+
+
 class WebhookEventError(UnrecoverableError, OrderflowError):
     """An event that retrying cannot fix; the job goes to the dead-letter queue for an operator."""
 
@@ -157,10 +165,7 @@ class WebhookProcessor:
     async def __call__(self, job: Job) -> dict[str, Any]:
         """Run one job by its name."""
         if job.name == WebhookJob.RECONCILIATION:
-            data = job.data if isinstance(job.data, dict) else {}
-            return await asyncio.to_thread(
-                reconcile, self.engine, gateway=self.gateway, **_reconcile_args(job, data)
-            )
+            return await self.reconcile(job)
         if job.name not in (WebhookJob.STRIPE, WebhookJob.RAZORPAY):
             raise MalformedJobError(self.queue, job.name, job.id, "unknown job name")
         if not isinstance(job.data, dict):
@@ -181,6 +186,32 @@ class WebhookProcessor:
             raise RetryLater(
                 _backoff_ms(age), f"{event.provider} event {event.event_id}: outage: {err!r}"
             ) from err
+
+    async def reconcile(self, job: Job) -> dict[str, Any]:
+        """Run the reconciliation; its report is the job's result only once the gateway answered.
+
+        While the gateway is away the report of our own tables is the job's progress and the job
+        waits in the delayed set (no attempt used) for up to the outage window, then fails
+        (attempts, then the dead-letter queue): a report without the comparison never completes it.
+        """
+        data = job.data if isinstance(job.data, dict) else {}
+        report = await asyncio.to_thread(
+            reconcile, self.engine, gateway=self.gateway, **_reconcile_args(job, data)
+        )
+        if not report["gateway_error"]:
+            return report
+        await job.update_progress(report)
+        reason = (
+            f"{job.name} job {job.id}: the {report['gateway']} comparison was not done"
+            f" ({report['gateway_error']}); our own tables: {len(report['mismatches'])}"
+            " mismatch(es), in the job's progress"
+        )
+        if report.get("gateway_refused"):
+            raise ReconciliationRefusedError(f"{reason}; fix the gateway's key setting")
+        age = max(0.0, time.time() - job.timestamp / 1000) if job.timestamp else 0.0
+        if age >= self.outage_window_seconds:
+            raise ReconciliationIncompleteError(reason)
+        raise RetryLater(_backoff_ms(age), f"{reason}; retrying for a while")
 
     async def apply(self, event: GatewayEvent, *, final: bool = True) -> dict[str, Any]:
         """Record the event once and apply it; an already applied event is a no-op.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,13 +24,15 @@ from orderflow.contracts.payment import (
 from orderflow.db import Order, Payment, WebhookEvent
 from orderflow.money import format_money
 from payments.events import RAZORPAY_KINDS, STRIPE_KINDS, EventKind
-from payments.gateway import PaymentGateway
+from payments.gateway import GatewayConfigError, GatewayUnavailableError, PaymentGateway
 
 log = logging.getLogger("orderflow.reconciliation")
 
 RECORD_GRACE = timedelta(minutes=10)  # an accepted payment is in the payments table well before
 # an event still RECEIVED this long after it arrived is stuck (webhook retries run far faster)
 APPLY_GRACE_MINUTES = 30.0
+# an API key or key id, should a gateway's error message ever echo one (Stripe's and Razorpay's)
+API_KEY = re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_\w+|\brzp_(?:live|test)_\w+")
 
 
 def _types(kind: EventKind) -> set[str]:
@@ -60,7 +63,10 @@ def reconcile(
     differs from the total, refunds above captures, gateway payments that no order took, and
     accepted gateway payments never recorded. With a `gateway` that keeps its own books
     (Stripe, Razorpay), also its list against our payments table (gateway_mismatches).
-    Returns the report (the job's return value).
+    Returns the report (the job's return value). When the gateway cannot be asked, the checks
+    of our own tables are still reported, with gateway_compared False and gateway_error saying
+    why (gateway_refused: it refused our key, which no wait mends): their mismatches then say
+    nothing about the gateway's side.
     """
     now = now or datetime.now(UTC)
     since = now - timedelta(hours=window_hours)
@@ -95,15 +101,24 @@ def reconcile(
         )
     found += _event_mismatches(events, recorded, now, timedelta(minutes=stale_minutes))
     listed: list[GatewayPayment] = []
+    error, refused = "", False
     if gateway is not None:
-        listed = gateway.list_payments(since)
-        found += gateway_mismatches(engine, gateway, listed, since)
+        try:
+            listed = gateway.list_payments(since)
+            found += gateway_mismatches(engine, gateway, listed, since)
+        except (GatewayUnavailableError, GatewayConfigError) as err:
+            listed, error = [], API_KEY.sub("[key]", str(err))
+            refused = isinstance(err, GatewayConfigError)  # our key: waiting will not help
+            log.warning("reconciliation: the %s comparison was not done: %s", gateway.name, error)
     for m in found:
         log.warning("reconciliation: %s order %s: %s", m.kind, m.order_id or "-", m.detail)
     return {
         "checked_orders": len(orders),
         "checked_events": len(events),
         "gateway": gateway.name if gateway is not None else "",
+        "gateway_compared": gateway is not None and not error,
+        "gateway_error": error,
+        "gateway_refused": refused,
         "checked_gateway_payments": len(listed),
         "since": since.isoformat(),
         "mismatches": [asdict(m) for m in found],

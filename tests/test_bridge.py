@@ -136,6 +136,35 @@ async def test_exponential_backoff_then_dlq_then_redrive(
     await dlq.client.close()
 
 
+async def test_the_dlq_keeps_a_job_its_remove_on_fail_removed_and_one_retried_that_fails_again(
+    settings: Settings, redis_url: str
+) -> None:
+    """A DLQ read drops entries whose job is no longer failed; these two still failed for good."""
+    spec = unique_spec(settings, rate_limit=None)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-welcome", MAIL, {"jobId": "no-trace", "removeOnFail": True})
+    await producer.add("send-welcome", MAIL, {"jobId": "twice"})
+
+    async def bounce(job: Job) -> str:
+        raise UnrecoverableError(f"mailbox of job {job.id} is full")
+
+    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+    queue = bull_queue(spec, redis_url)
+    try:
+        async with running(spec, bounce, redis_url):
+            await eventually(lambda: _dlq_has(dlq, 2), within=10)
+            assert await queue.getJob("no-trace") is None  # its removeOnFail took it at once
+            assert sorted(e.id for e in await dlq.list()) == ["no-trace", "twice"]
+            await (await queue.getJob("twice")).retry("failed")  # as a Node tool would
+            await eventually(lambda: _dlq_has(dlq, 2), within=10)  # failed for good again
+        assert await queue.getJobState("twice") == "failed"
+        assert sorted(e.id for e in await dlq.list()) == ["no-trace", "twice"]
+    finally:
+        await queue.close()
+        await producer.close()
+        await dlq.client.close()
+
+
 async def _dlq_has(dlq: DeadLetterQueue, n: int) -> bool:
     return await dlq.count() >= n
 

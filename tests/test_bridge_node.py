@@ -16,7 +16,8 @@ from bullmq import UnrecoverableError
 from sqlalchemy.engine import Engine
 
 from app.smtp_sink import SmtpSink
-from bridge.admin import QueueAdmin
+from app.web.metrics import queue_depths
+from bridge.admin import JobNotRetryableError, QueueAdmin
 from bridge.job import Job
 from bridge.producer import BulkJob, QueueProducer
 from bridge.redis_client import RedisClient
@@ -356,6 +357,43 @@ async def test_a_dead_lettered_job_retried_by_a_node_tool_leaves_the_dlq_when_we
     assert (await admin.counts()).dlq == 0  # completed: no longer a job that failed for good
     await admin.close()
     await producer.close()
+
+
+async def test_a_dead_lettered_job_retried_from_bull_board_and_completed_by_a_node_worker_leaves_the_dlq(
+    node: str, redis_url: str
+) -> None:
+    spec = unique_spec(Settings(redis_url=redis_url), rate_limit=None)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-welcome", {"to": "a@example.com"}, {"jobId": "kept-done"})
+    await producer.add("send-welcome", {"to": "b@example.com"},
+                       {"jobId": "gone-done", "removeOnComplete": True})  # fmt: skip
+    await producer.add("send-welcome", {"to": "c@example.com"}, {"jobId": "cleaned"})
+
+    async def send(job: Job) -> str:
+        raise UnrecoverableError(f"mailbox of {job.data['to']} is full")
+
+    admin = QueueAdmin(spec, redis_url)
+    try:
+        async with running(spec, send, redis_url):
+            await eventually(lambda: _has(spec, redis_url, "failed", 3))
+        assert (await admin.counts()).dlq == 3
+        for job_id in ("kept-done", "gone-done"):  # bull-board's Retry button
+            await run_node(node, "retry.js", *where(spec, redis_url), job_id)
+        done = await run_node(node, "worker.js", *where(spec, redis_url), "2")
+        assert sorted(j["id"] for j in done) == ["gone-done", "kept-done"]
+        assert await admin.queue.getJobState("kept-done") == "completed"
+        assert await admin.queue.getJob("gone-done") is None  # removed on completion
+        with pytest.raises(JobNotRetryableError, match="completed"):  # not re-driven as a DLQ job
+            await admin.retry("kept-done")
+        # the failed job of a dead letter cleaned away by retention: the entry is its record
+        assert await admin.clean("failed", 0) == ["cleaned"]
+        depths = await queue_depths(admin.client, {spec.name: spec})  # the /metrics gauge
+        assert depths[(spec.name, "dlq")] == 1
+        assert [e.id for e in await admin.dead_letters()] == ["cleaned"]  # /ops, the CLI
+        assert (await admin.counts()).dlq == 1
+    finally:
+        await admin.close()
+        await producer.close()
 
 
 async def test_node_tools_see_our_running_worker_as_a_worker_of_the_queue(

@@ -31,7 +31,7 @@ from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.specs import QueueSpec, email_spec
 from orderflow.contracts.order import ORDERS_TASK_QUEUE, OrderStatus, PaymentReceived
-from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE
+from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE, GatewayName
 from orderflow.db import Order
 from orderflow.settings import Settings
 from tests.bridge_helpers import eventually, running
@@ -91,6 +91,34 @@ async def test_dashboard_needs_the_admin_credential(
         await (await context.new_page()).goto(base + "/ops")
     assert (await context.request.get(base + "/ops")).status == 401
     await context.close()
+
+
+@pytest.mark.parametrize(
+    ("changes", "shown"),
+    [
+        ({}, "gateway: simulated (simulated: no money moves)"),
+        ({"gateway": GatewayName.STRIPE, "stripe_api_key": "sk_test_51Pq8xYzStaging"}, "gateway: stripe (test mode: no real money)"),
+        ({"gateway": GatewayName.RAZORPAY, "razorpay_key_id": "rzp_live_9d8c7b6a5f"}, "gateway: razorpay (live)"),
+    ],
+)  # fmt: skip
+async def test_the_dashboard_shows_whether_the_gateway_is_live_test_or_simulated(
+    settings: Settings,
+    redis_url: str,
+    orders: OrderClient,
+    engine: Engine,
+    changes: dict[str, Any],
+    shown: str,
+) -> None:
+    configured = settings.model_copy(update=changes)
+    async with served_ops(configured, redis_url, orders, engine, "mode") as (base, local, _):
+        async with httpx.AsyncClient(base_url=base) as http:
+            page = await http.get("/ops", auth=(local.admin_user, local.admin_password))
+    assert page.status_code == 200
+    [line] = re.findall(r'<span id="gateway-mode">(.*?)</span>', page.text)
+    assert line == shown
+    for value in changes.values():
+        if not isinstance(value, GatewayName):
+            assert value not in page.text  # the mode, never the key
 
 
 async def test_approve_a_review_and_redrive_a_dlq_job_by_clicking(

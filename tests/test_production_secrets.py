@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from app import embedded
 from app.cli import app as cli
 from app.runner import run
 from orderflow.db import make_engine
 from orderflow.errors import GatewaySettingsError, InsecureSettingsError
 from orderflow.settings import Settings
 from payments.gateway import SimulatedGateway, make_gateway
+from tests.helpers import eventually
 
 REAL = {
     "admin_password": "9f2c-real-admin-passphrase",
@@ -183,3 +187,55 @@ def test_a_gateway_key_of_the_wrong_kind_refuses_to_start_without_echoing_it(
         if value not in ("stripe", "razorpay"):
             assert value not in str(refused.value)
     production(gateway="stripe", stripe_api_key="rk_live_51Pq8xYzRestricted").check_gateway()
+
+
+@pytest.mark.parametrize(
+    ("changes", "setting"),
+    [
+        ({"gateway": "stripe", "stripe_api_key": "sk_test_51Pq8xYzStagingKey"}, "ORDERFLOW_STRIPE_API_KEY"),
+        ({"gateway": "stripe", "stripe_api_key": "rk_test_51Pq8xYzRestricted"}, "ORDERFLOW_STRIPE_API_KEY"),
+        ({"gateway": "razorpay", "razorpay_key_id": "rzp_test_9d8c7b6a5f4e", "razorpay_key_secret": "s3cr3tQzStaging"},
+         "ORDERFLOW_RAZORPAY_KEY_ID"),
+    ],
+)  # fmt: skip
+async def test_a_production_shaped_start_with_a_test_mode_key_starts_warning_once_naming_the_setting(
+    changes: dict[str, str], setting: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Staging runs on test-mode keys: no refusal, but one warning naming the setting, not the key."""
+    settings = production(
+        **changes,
+        data_dir=tmp_path,
+        temporal_address=f"127.0.0.1:{embedded.free_port()}",  # nobody there: the start ends
+    )
+    settings.check_gateway()  # not refused
+    assert settings.gateway_mode == "test"
+    caplog.set_level(logging.WARNING, logger="orderflow")
+    started = asyncio.create_task(run(settings, ("http",)))
+
+    def warned() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "test mode" in r.getMessage()]
+
+    async def warning() -> list[logging.LogRecord]:
+        if (found := warned()) or not started.done():
+            return found
+        raise AssertionError(f"the start ended without the warning: {started.exception()!r}")
+
+    try:
+        [record] = await eventually(warning, 30, "the test-mode warning")
+    finally:
+        started.cancel()
+        await asyncio.gather(started, return_exceptions=True)
+    assert setting in record.getMessage() and "no real money" in record.getMessage()
+    assert len(warned()) == 1
+    for value in changes.values():
+        if value not in ("stripe", "razorpay"):
+            assert all(value not in r.getMessage() for r in caplog.records)
+
+
+def test_the_gateway_mode_is_live_test_or_simulated() -> None:
+    for key in ("sk_live_51Pq8xYzLive", "rk_live_51Pq8xYzLive"):
+        assert production(gateway="stripe", stripe_api_key=key).gateway_mode == "live"
+    live = production(gateway="razorpay", razorpay_key_id="rzp_live_9d8c7b6a")
+    assert live.gateway_mode == "live" and not live.test_mode_keys()
+    assert production(gateway="stripe", stripe_api_key="sk_51Pq8xYz").gateway_mode == "unknown"
+    assert Settings().gateway_mode == "simulated"

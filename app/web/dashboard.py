@@ -44,6 +44,7 @@ from app.web import charts
 from bridge.admin import QueueAdmin, find_spec
 from bridge.specs import QueueSpec
 from orderflow.contracts.order import order_workflow_id
+from orderflow.contracts.payment import GatewayMode
 from orderflow.contracts.review import PendingReview, ReviewDecision
 from orderflow.db import Order
 from orderflow.errors import OrderflowError
@@ -63,6 +64,13 @@ FORM_TOKEN_SKEW_SECONDS = 300  # replicas' clocks may differ this much
 OPS_READ_SECONDS = 5.0
 OPS_DECIDE_SECONDS = 15.0  # a decision is an update: it also waits for a reviews worker to take it
 T = TypeVar("T")
+# how the header names the gateway's mode: an operator must see at a glance whether money moves
+MODE_LABELS = {
+    GatewayMode.LIVE: "live",
+    GatewayMode.TEST: "test mode: no real money",
+    GatewayMode.SIMULATED: "simulated: no money moves",
+    GatewayMode.UNKNOWN: "mode unknown: the key is neither live nor test",
+}
 
 
 def order_run_url(settings: Settings, order_id: str) -> str:
@@ -228,6 +236,7 @@ def dashboard_router(
             "depth_chart": charts.depth_chart([q["counts"] for q in queues], tasks),
             "orders_chart": charts.orders_chart(today, zone),
             "zone": zone.key,
+            "gateway": f"{settings.gateway.value} ({MODE_LABELS[settings.gateway_mode]})",
             "reviews": reviews,
             "orders": [(o, order_run_url(settings, o.id)) for o in latest],
             "by_status": sorted(by_status.items()),

@@ -34,6 +34,7 @@ from app.backends import (
     within,
 )
 from app.telemetry import GaugeReadings, Telemetry
+from bridge.dlq import DeadLetterQueue
 from bridge.redis_client import RedisClient
 from bridge.scripts import Keys
 from bridge.specs import QueueSpec
@@ -70,15 +71,20 @@ _DEPTH_READS = {
 async def queue_depths(
     client: RedisClient, specs: Mapping[str, QueueSpec]
 ) -> dict[tuple[str, str], int]:
-    """Every queue's jobs per state (and its DLQ size), in one pipelined round trip."""
+    """Every queue's jobs per state (and its DLQ size), in one pipelined round trip.
+
+    Each DLQ is pruned first (entries whose job was retried elsewhere: DeadLetterQueue.prune),
+    so the gauge counts what `/ops` lists.
+    """
     commands: list[list[str | bytes | int | float]] = []
     labels: list[tuple[str, str]] = []
     for spec in specs.values():
+        await DeadLetterQueue(spec, client).prune()
         keys = Keys(spec.prefix, spec.name)
         for state, (command, key) in _DEPTH_READS.items():
             commands.append([command, keys[key]])
             labels.append((spec.name, state))
-        commands.append(["ZCARD", f"{spec.prefix}:{spec.dlq}:index"])
+        commands.append(["ZCARD", spec.dlq_keys[1]])
         labels.append((spec.name, "dlq"))
     replies = await client.pipeline(commands)
     for reply in replies:

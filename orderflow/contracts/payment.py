@@ -17,6 +17,15 @@ class GatewayName(StrEnum):
     RAZORPAY = "razorpay"
 
 
+class GatewayMode(StrEnum):
+    """Whether the configured gateway moves real money, as its API key says."""
+
+    LIVE = "live"  # sk_live_… / rk_live_… / rzp_live_…: real money
+    TEST = "test"  # sk_test_… / rk_test_… / rzp_test_…: the gateway's test mode (staging)
+    SIMULATED = "simulated"  # no gateway at all
+    UNKNOWN = "unknown"  # a key of neither prefix (the gateway decides)
+
+
 class WebhookJob(StrEnum):
     """Job names of the payment webhook queue."""
 
