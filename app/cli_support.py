@@ -35,16 +35,8 @@ def run_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
 
 async def connect_or_explain(settings: Settings, seconds: float = 10.0) -> Client:
-    """A Temporal client, or an OrderflowError saying where we looked (never a traceback)."""
-    import asyncio
-
+    """A Temporal client, or a BackendUnavailableError saying where we looked (no traceback)."""
+    from app.backends import TEMPORAL, temporal_location, within
     from app.temporal import connect
 
-    try:
-        return await asyncio.wait_for(connect(settings), seconds)
-    except (TimeoutError, RuntimeError) as err:  # the SDK's connection failure, or no answer
-        first_line = str(err).splitlines()[0] if str(err) else f"no answer in {seconds:g} s"
-        raise OrderflowError(
-            f"cannot reach Temporal at {settings.temporal_address} (ORDERFLOW_TEMPORAL_ADDRESS, "
-            f"namespace {settings.temporal_namespace}): {first_line}"
-        ) from err
+    return await within(TEMPORAL, temporal_location(settings), connect(settings), seconds)
