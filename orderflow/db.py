@@ -141,10 +141,14 @@ def reader(engine: Engine) -> Engine:
     return engine.execution_options(**{READ_ONLY: True})
 
 
+DB_CONNECT_TIMEOUT_SECONDS = 10  # PostgreSQL: a host that drops packets fails a connect this fast
+
+
 def make_engine(url: str) -> Engine:
     """Create the engine (no tables: `orderflow.schema.upgrade` owns the schema).
 
-    SQLite gets WAL and writer-first transactions; PostgreSQL checks pooled connections.
+    SQLite gets WAL and writer-first transactions; PostgreSQL checks pooled connections and
+    gives up a connect after DB_CONNECT_TIMEOUT_SECONDS (unless the URL sets connect_timeout).
     """
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -154,6 +158,8 @@ def make_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
+        if "connect_timeout" not in url:  # the URL's own setting wins
+            kwargs["connect_args"] = {"connect_timeout": DB_CONNECT_TIMEOUT_SECONDS}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         _sqlite_writer_first(engine)

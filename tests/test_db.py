@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import col
 
 from activities.erp import LocalErp
@@ -21,7 +25,7 @@ from orderflow.contracts.order import (
     OrderLine,
     OrderPolicy,
 )
-from orderflow.db import Product
+from orderflow.db import DB_CONNECT_TIMEOUT_SECONDS, Product, make_engine
 
 # far below SQLite's busy timeout (30 s): a read that waited for the write lock fails here
 READ_WITHIN_SECONDS = 5
@@ -66,3 +70,19 @@ async def test_a_mail_is_built_while_another_order_holds_the_write_lock(
     (_, data, _), *_ = queue.jobs
     assert data["data"]["orderNumber"] == order_id
     assert data["data"]["totalMinor"] == 49_900
+
+
+def test_a_database_that_accepts_but_never_answers_fails_the_connect_within_seconds() -> None:
+    """A dropped or frozen PostgreSQL host must not hold a thread for the OS's ~2 min."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nothing ever answers
+    port = silent.getsockname()[1]
+    engine = make_engine(f"postgresql+psycopg://shop:secret@127.0.0.1:{port}/shop")
+    started = time.monotonic()
+    try:
+        with pytest.raises(OperationalError, match="timeout"):
+            with engine.connect():
+                pass
+        assert time.monotonic() - started < DB_CONNECT_TIMEOUT_SECONDS + 10
+    finally:
+        engine.dispose()
+        silent.close()
