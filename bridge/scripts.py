@@ -121,10 +121,18 @@ def dead_letter_script() -> Script:
     KEYS[15] DLQ hash (job id -> entry JSON), KEYS[16] DLQ index (zset by failure time),
     KEYS[17] DLQ detached set; ARGV[10] the entry. The entry is written only if the job really
     moved to failed; a job its removeOnFail removed at once is marked detached (see
-    dlq_prune_script), so its entry stays.
+    dlq_prune_script), so its entry stays. So is every older dead-lettered job that the
+    removeOnFail count or age trims from the failed set in the same call.
     """
     body = bullmq_script("moveToFinished-14.lua").source
     source = (
+        "local orderflow_keep = cmsgpack.unpack(ARGV[8])['keepJobs'] or {}\n"
+        "local orderflow_failed = {}\n"
+        "if (orderflow_keep['count'] or -1) > 0 or orderflow_keep['age'] ~= nil then\n"
+        "  for _, id in ipairs(redis.call('ZRANGE', KEYS[16], 0, -1)) do\n"
+        "    if redis.call('ZSCORE', KEYS[11], id) then table.insert(orderflow_failed, id) end\n"
+        "  end\n"
+        "end\n"
         "local function orderflow_move_to_finished()\n"
         f"{body}\nend\n"
         "local result = orderflow_move_to_finished()\n"
@@ -135,6 +143,11 @@ def dead_letter_script() -> Script:
         "    redis.call('SADD', KEYS[17], ARGV[1])\n"
         "  else\n"
         "    redis.call('SREM', KEYS[17], ARGV[1])\n"
+        "  end\n"
+        "  for _, id in ipairs(orderflow_failed) do\n"
+        "    if not redis.call('ZSCORE', KEYS[11], id) and redis.call('EXISTS', ARGV[7] .. id) == 0 then\n"
+        "      redis.call('SADD', KEYS[17], id)\n"
+        "    end\n"
         "  end\n"
         "end\n"
         "return result\n"

@@ -165,6 +165,42 @@ async def test_the_dlq_keeps_a_job_its_remove_on_fail_removed_and_one_retried_th
         await dlq.client.close()
 
 
+async def test_the_dlq_keeps_jobs_a_later_failure_trims_by_remove_on_fail_count(
+    settings: Settings, redis_url: str
+) -> None:
+    """removeOnFail {count: 1}: each final failure trims the older failed jobs; they stay in the DLQ."""
+    spec = unique_spec(settings, rate_limit=None, remove_on_fail={"count": 1}, concurrency=1)
+    producer = QueueProducer.connect(spec, redis_url)
+    for job_id in ("first", "second", "third"):
+        await producer.add("send-welcome", MAIL, {"jobId": job_id})
+
+    async def bounce(job: Job) -> str:
+        raise UnrecoverableError(f"mailbox of job {job.id} is full")
+
+    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+    queue = bull_queue(spec, redis_url)
+    try:
+        async with running(spec, bounce, redis_url):
+            await eventually(lambda: _failed_count(spec, redis_url, 3), within=10)
+        assert (await counts(spec, redis_url))["failed"] == 1  # the count kept only the newest
+        assert await queue.getJob("first") is None and await queue.getJob("second") is None
+        assert sorted(e.id for e in await dlq.list()) == ["first", "second", "third"]
+        assert await dlq.count() == 3
+    finally:
+        await queue.close()
+        await producer.close()
+        await dlq.client.close()
+
+
+async def _failed_count(spec: Any, redis_url: str, n: int) -> bool:
+    """n jobs have failed for good (the DLQ index is read raw: no prune)."""
+    client = RedisClient(redis_url)
+    try:
+        return int(await client.execute("ZCARD", spec.dlq_keys[1])) >= n
+    finally:
+        await client.close()
+
+
 async def _dlq_has(dlq: DeadLetterQueue, n: int) -> bool:
     return await dlq.count() >= n
 
