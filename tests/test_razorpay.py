@@ -203,4 +203,6 @@ async def test_a_razorpay_payment_authorised_for_a_manual_capture_order_is_captu
     with Session(engine) as session:
         [row] = session.exec(select(Payment).where(Payment.order_id == order.id)).all()
     assert (row.kind, row.amount, row.payment_id) == ("capture", 45_000, paid["id"])
-    assert row.detail == gateway_idempotency_key(order.id, PaymentKind.CAPTURE, 1, paid["id"])
+    assert row.detail == gateway_idempotency_key(
+        order.id, PaymentKind.CAPTURE, 1, paid["id"], held=True
+    )

@@ -30,7 +30,7 @@ from temporalio.worker import Worker
 from activities.erp import HttpErp
 from activities.payment import PaymentActivities
 from app import embedded
-from app.client import OrderClient
+from app.client import OrderClient, policy_from_settings
 from app.web.app import create_app, http_server
 from bridge.producer import QueueProducer
 from bridge.specs import QueueSpec, webhook_spec
@@ -615,7 +615,7 @@ async def test_a_manual_capture_checkout_is_captured_for_the_total_once_and_conf
         "capture", "succeeded", 63_000, checkout.payment_id)  # fmt: skip
     # the key is the order, kind, payment and attempt: a retried activity sends it again
     assert row.detail == gateway_idempotency_key(
-        order.id, PaymentKind.CAPTURE, 1, checkout.payment_id
+        order.id, PaymentKind.CAPTURE, 1, checkout.payment_id, held=True
     )
 
     # Stripe's payment_intent.succeeded of our own capture is the same payment, not a second
@@ -728,3 +728,54 @@ async def test_a_payment_under_a_bare_charge_id_is_refunded_through_the_charges_
 
 def _id(value: Any) -> str:
     return value if isinstance(value, str) else str(value.id)
+
+
+async def test_an_authorisation_of_the_failed_intent_during_its_retries_is_captured_at_once(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine
+) -> None:
+    """The checkout's confirmation fails and the retries start (their first attempt declines:
+    the intent waits for the customer); the customer then confirms the same PaymentIntent
+    (manual capture). The order captures that hold with keys of its own: the retries' decline
+    under the same intent is not replayed as the capture's answer."""
+    skus = catalogue(item=(42_000, 5))
+    policy = dataclasses.replace(
+        policy_from_settings(system.settings),
+        payment_retry_attempts=3,
+        payment_retry_interval_seconds=30.0,  # the retries' next attempt is well after the hold
+    )
+    order = await pending_order(system.orders, [(skus["item"], 1)], policy=policy)
+    intent = system.stripe.v1.payment_intents.create(
+        params={
+            "amount": 42_000, "currency": "inr", "payment_method": card(system, GOOD_CARD),
+            "capture_method": "manual", "metadata": {"order_id": order.id},
+        }
+    )  # fmt: skip
+    # Stripe's payment_intent.payment_failed of the first confirmation (3-D Secure failed,
+    # say; localstripe cannot fail and confirm one intent again, so it is posted signed)
+    failed = intent.to_dict()
+    failed["last_payment_error"] = {"message": "authentication failed"}
+    await post_event(system, "payment_intent.payment_failed", failed)
+    await wait_status(system.orders, order.id, "PAYMENT_RETRYING")
+    retry = system.env.client.get_workflow_handle_for(
+        PaymentRetryWorkflow.run, payment_retry_workflow_id(order.id, PaymentKind.CAPTURE)
+    )
+
+    async def declined_once() -> bool:
+        try:
+            attempts = await retry.query(PaymentRetryWorkflow.attempts)
+        except Exception:  # not started yet
+            return False
+        return len(attempts) == 1 and not attempts[0].succeeded
+
+    await eventually(declined_once, 20, "the first capture retry declined")
+    system.stripe.v1.payment_intents.confirm(intent.id)  # the customer authorises it now
+    await authorise(system, intent.id)
+
+    state = await wait_status(system.orders, order.id, "CONFIRMED", timeout=20)
+    assert state.payment_id == intent.id
+    capture = await system.env.client.get_workflow_handle_for(
+        PaymentRetryWorkflow.run, payment_retry_workflow_id(order.id, PaymentKind.CAPTURE)
+    ).result()
+    assert [(a.succeeded, a.payment_id) for a in capture.attempts] == [(True, intent.id)]
+    assert system.stripe.v1.payment_intents.retrieve(intent.id).status == "succeeded"
+    assert payments(engine, order.id)[-1] == ("capture", "succeeded", 42_000)

@@ -246,9 +246,11 @@ class OrderWorkflow:
             f"capturing {format_money(self._total, self._currency)}"
             f" of authorisation {held.payment_id}"
         )
+        capture = self._capture_input(f"authorisation {held.payment_id}", held.payment_id)
+        capture.authorisation = True
         child = await workflow.start_child_workflow(
             PaymentRetryWorkflow.run,
-            self._capture_input(f"authorisation {held.payment_id}", held.payment_id),
+            capture,
             id=payment_retry_workflow_id(order_id, PaymentKind.CAPTURE),
             task_queue=PAYMENTS_TASK_QUEUE,
         )

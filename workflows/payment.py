@@ -59,7 +59,7 @@ class PaymentRetryWorkflow:
                 payment_id=data.payment_id,
                 # never the run id: a reset or continued run must not charge a second time
                 idempotency_key=gateway_idempotency_key(
-                    data.order_id, data.kind, n, data.payment_id
+                    data.order_id, data.kind, n, data.payment_id, held=data.authorisation
                 ),
             )
             try:

@@ -76,6 +76,9 @@ class PaymentRetryInput:
     reason: str = ""
     currency: str = ""
     payment_id: str = ""  # a refund: the captured payment it gives back (empty: the order's)
+    # the capture of a hold the order accepted: keys of its own, never those of the retries
+    # of a failed payment under the same id (their declines would be replayed as its answers)
+    authorisation: bool = False
 
 
 @dataclass
@@ -116,15 +119,16 @@ class GatewayRequest:
 
 
 def gateway_idempotency_key(
-    order_id: str, kind: PaymentKind, attempt: int, payment_id: str = ""
+    order_id: str, kind: PaymentKind, attempt: int, payment_id: str = "", *, held: bool = False
 ) -> str:
     """One key per order, kind and attempt (and refunded payment), never per workflow run.
 
     A retried activity, a restarted worker and a reset workflow send the same key, so the
-    gateway answers the first call's result instead of charging or refunding again.
+    gateway answers the first call's result instead of charging or refunding again. `held`:
+    the capture of an accepted authorisation, apart from a failed payment's retries.
     """
     of = f"-{payment_id}" if payment_id else ""
-    return f"{order_id}-{kind.value}{of}-{attempt}"
+    return f"{order_id}-{kind.value}{of}{'-held' if held else ''}-{attempt}"
 
 
 @dataclass
