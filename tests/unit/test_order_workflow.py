@@ -211,7 +211,7 @@ async def test_a_reviewed_authorisation_is_captured_for_the_total_only_after_app
         6_500_000,  # the total, not the whole hold
         "pi_held",
     )
-    assert capture.idempotency_key == f"{order.id}-capture-pi_held-1"
+    assert capture.idempotency_key == f"{order.id}-capture-pi_held-held-1"  # its own keys
     [confirmed] = stubs.called("confirm_order")
     assert confirmed.payment.amount == 6_500_000 and not confirmed.payment.authorised_only
     assert state.payment_id == f"capture-{order.id}-1" and not stubs.called("release")
