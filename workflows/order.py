@@ -78,6 +78,7 @@ RETRY_FINISHES_CAPTURE = "retry-finishes-capture"
 REVIEW_ENDS_ON_CANCEL = "review-ends-on-cancel"
 RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE = "retry-capture-is-not-its-own-duplicate"
 MANUAL_CAPTURE = "manual-capture"  # an authorisation is captured after review, released on cancel
+RETRY_CAPTURED_THE_HOLD = "retry-captured-the-hold"  # a retry's capture of an accepted hold
 
 
 @workflow.defn
@@ -320,7 +321,13 @@ class OrderWorkflow:
                 if self._payment.payment_id == result.payment_id and workflow.patched(
                     RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE
                 ):
-                    return None  # the gateway's webhook of this very capture came first
+                    # the gateway's webhook of this very capture came first; or its
+                    # authorisation did: the retry captured the hold, which is taken, not again
+                    if self._payment.authorised_only and workflow.patched(RETRY_CAPTURED_THE_HOLD):
+                        self._payment = dataclasses.replace(
+                            self._payment, amount=self._total, authorised_only=False
+                        )
+                    return None
                 await self._refund_duplicate(result)
                 return None
             return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio.testing import WorkflowEnvironment
@@ -247,3 +248,34 @@ async def test_an_authorisation_below_the_total_is_refused_and_released_at_once(
     assert [r.payment_id for r in stubs.called("release")] == ["pi_short"]
     assert (await unit_orders.status(order.id)).status == "PENDING_PAYMENT"
     assert not stubs.called("call_gateway")
+
+
+async def test_an_authorisation_the_retry_is_capturing_at_that_moment_is_not_captured_again(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    """The checkout failed and a retry is capturing the PaymentIntent when its authorisation
+    arrives (the customer confirmed it again): the retry's capture is the hold's capture, so the
+    order is paid by it, not captured a second time (Stripe answers "already captured" and the
+    second capture's payment row collides with the first)."""
+    stubs.capture_gate = asyncio.Event()
+    order = await pending_order(unit_orders, [("lamp", 1)])
+    await unit_orders.payment_failed(
+        order.id, PaymentFailed(payment_id="pi-1", reason="declined", attempt_id="ch-1")
+    )
+    await eventually(lambda: _is_set(stubs.capturing), 20, "the retry's capture at the gateway")
+    # the stub's capture answers with this id: the retry is capturing this very intent
+    held = PaymentReceived(
+        payment_id=f"capture-{order.id}-1", amount=order.state.total, authorised_only=True
+    )
+    assert (await unit_orders.payment_received(order.id, held)).accepted
+    stubs.capture_gate.set()
+    state = await wait_status(unit_orders, order.id, "CONFIRMED")
+    captures = [r for r in stubs.called("call_gateway") if r.kind is PaymentKind.CAPTURE]
+    assert len(captures) == 1, [c.idempotency_key for c in captures]
+    assert state.payment_id == held.payment_id and not stubs.called("release")
+    [confirmed] = stubs.called("confirm_order")
+    assert not confirmed.payment.authorised_only and confirmed.payment.amount == order.state.total
+
+
+async def _is_set(event: asyncio.Event) -> bool:
+    return event.is_set()
