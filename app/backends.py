@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -125,8 +126,23 @@ def _select_one(engine: Engine) -> None:
         connection.execute(text("SELECT 1"))
 
 
+# the `SELECT 1` still on its thread, per engine: a database that does not answer holds it
+_DATABASE_CHECKS: weakref.WeakKeyDictionary[Engine, asyncio.Future[None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def check_database(engine: Engine, seconds: float = BACKEND_SECONDS) -> None:
-    """Return once the database answers `SELECT 1`, or raise (the wait is on a thread)."""
-    await within(
-        DATABASE, database_location(engine), asyncio.to_thread(_select_one, engine), seconds
-    )
+    """Return once the database answers `SELECT 1`, or raise (the wait is on a thread).
+
+    One check per engine is on a thread at a time: while one waits on a database that does not
+    answer, the next checks wait for that one (each within its own time limit) instead of each
+    holding another thread of the process's pool until the database answers again.
+    """
+    loop = asyncio.get_running_loop()
+    running = _DATABASE_CHECKS.get(engine)
+    if running is None or running.done() or running.get_loop() is not loop:
+        running = asyncio.ensure_future(asyncio.to_thread(_select_one, engine))
+        running.add_done_callback(lambda done: done.cancelled() or done.exception())
+        _DATABASE_CHECKS[engine] = running
+    await within(DATABASE, database_location(engine), asyncio.shield(running), seconds)

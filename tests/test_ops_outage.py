@@ -3,6 +3,7 @@ an answer within seconds that names the backend and its setting, and every part 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from app import embedded
+from app.backends import BackendUnavailableError, check_database, check_redis
 from app.client import OrderClient
 from app.telemetry import setup_telemetry
 from app.web.app import create_app
@@ -30,6 +32,7 @@ from bridge.specs import email_spec
 from orderflow.db import make_engine
 from orderflow.settings import Settings
 from tests.helpers import pending_order, served_ops
+from tests.postgres import PostgresCluster
 from tests.test_telemetry import add_orders, sample
 
 ANSWER_WITHIN = 10.0  # generous: the page's own limit per backend is 5 s, asked at once
@@ -223,3 +226,46 @@ async def test_ops_retry_button_with_redis_frozen_answers_naming_redis(
             assert answer.status_code == 303 and time.monotonic() - started < ANSWER_WITHIN
             flash = parse_qs(urlsplit(answer.headers["location"]).query)["error"][0]
         assert flash.startswith(f"cannot reach Redis at {redis_url} (ORDERFLOW_REDIS_URL)")
+
+
+def _postgres_pids(cluster: PostgresCluster) -> list[int]:
+    """The postmaster and every process it started (backends, background workers)."""
+    main = int((cluster.folder / "data" / "postmaster.pid").read_text().split()[0])
+    pids = [main]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == main:
+                pids.append(int(entry.name))
+    return pids
+
+
+async def test_readyz_probes_while_the_database_is_frozen_leave_redis_reported_up(
+    redis_url: str,
+) -> None:
+    """A PostgreSQL that accepts and never answers (frozen): each probe's `SELECT 1` waits on a
+    thread until the database answers again. Probes every few seconds must not pile those
+    threads up until the process's thread pool is full: then the next Redis connect (its name
+    is looked up on that pool) waits too, and Redis is reported down while it answers."""
+    cluster = PostgresCluster().start()
+    engine = make_engine(cluster.create_database())
+    pids: list[int] = []
+    try:
+        # pooled connections, as a running app has them
+        await asyncio.gather(*(check_database(engine) for _ in range(5)))
+        pids = _postgres_pids(cluster)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        for _ in range(8):  # a load balancer's probes, 1 s apart here
+            with pytest.raises(BackendUnavailableError, match="the database"):
+                await check_database(engine, seconds=1.0)
+        by_name = redis_url.replace("127.0.0.1", "localhost")  # looked up, as `redis:6379` is
+        await check_redis(by_name, seconds=3.0)  # Redis answers: it is up
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        engine.dispose()
+        cluster.stop()
