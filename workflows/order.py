@@ -79,6 +79,9 @@ REVIEW_ENDS_ON_CANCEL = "review-ends-on-cancel"
 RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE = "retry-capture-is-not-its-own-duplicate"
 MANUAL_CAPTURE = "manual-capture"  # an authorisation is captured after review, released on cancel
 RETRY_CAPTURED_THE_HOLD = "retry-captured-the-hold"  # a retry's capture of an accepted hold
+# a refused hold that was captured after all is refunded by a child of its own id, beside the
+# order's own refund (the `pay` update runs beside the order's run)
+REFUSED_HOLD_REFUND_APART = "refused-hold-refund-apart"
 
 
 @workflow.defn
@@ -413,14 +416,18 @@ class OrderWorkflow:
         await self._notify(NotificationKind.CANCELLATION, reason)
         return await self._end()
 
-    async def _refund(self, reason: str, payment: PaymentReceived | None = None) -> str:
+    async def _refund(
+        self, reason: str, payment: PaymentReceived | None = None, *, refused: bool = False
+    ) -> str:
         """Give a payment back, the accepted one by default (retried like a capture).
 
-        Returns a note for the history.
+        `refused`: a payment the order refused, given back from the `pay` update. Returns a note
+        for the history.
         """
         payment = payment or self._payment
         assert payment is not None
         order_id = self._order.order_id
+        child_id = payment_retry_workflow_id(order_id, PaymentKind.REFUND)
         if payment.authorised_only and workflow.patched(MANUAL_CAPTURE):
             released = await self._release_hold(payment)
             if released:
@@ -428,6 +435,8 @@ class OrderWorkflow:
             # captured after all (not by us): give back what was taken for the order
             taken = min(payment.amount, self._total) if self._total else payment.amount
             payment = dataclasses.replace(payment, amount=taken, authorised_only=False)
+            if refused and workflow.patched(REFUSED_HOLD_REFUND_APART):
+                child_id = f"{child_id}-{payment.payment_id}"
         result = await workflow.execute_child_workflow(
             PaymentRetryWorkflow.run,
             PaymentRetryInput(
@@ -440,7 +449,7 @@ class OrderWorkflow:
                 currency=payment.currency or self._currency,
                 payment_id=payment.payment_id,
             ),
-            id=payment_retry_workflow_id(order_id, PaymentKind.REFUND),
+            id=child_id,
             task_queue=PAYMENTS_TASK_QUEUE,
         )
         if result.succeeded:
@@ -549,7 +558,7 @@ class OrderWorkflow:
         """
         ack = self._accept(payment)
         if not ack.accepted and payment.authorised_only and workflow.patched(MANUAL_CAPTURE):
-            note = await self._refund(ack.reason, payment)
+            note = await self._refund(ack.reason, payment, refused=True)
             self._note(note)
             ack.reason = f"{ack.reason}; {note}"
         return ack

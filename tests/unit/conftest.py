@@ -89,6 +89,7 @@ class Stubs:
     in_stock: bool = True
     declines: int = 0  # captures declined before one succeeds
     refund_declines: int = 0  # refunds declined before one succeeds
+    captured_holds: set[str] = field(default_factory=set)  # authorisations captured elsewhere
     # set: every capture waits for it, so a test can act while one is at the gateway
     capture_gate: asyncio.Event | None = None
     capturing: asyncio.Event = field(default_factory=asyncio.Event)  # a capture is in flight
@@ -169,6 +170,10 @@ class Stubs:
     @activity.defn(name="release")
     async def release(self, request: GatewayRequest) -> GatewayResponse:
         self.calls.append(("release", request))
+        if request.payment_id in self.captured_holds:  # the gateway has taken it: refund it
+            return GatewayResponse(
+                succeeded=False, detail=f"{request.payment_id} is captured", provider="stub"
+            )
         return GatewayResponse(succeeded=True, payment_id=request.payment_id, provider="stub")
 
     @activity.defn(name="open_review")

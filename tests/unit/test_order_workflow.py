@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from app.client import OrderClient
@@ -279,3 +280,44 @@ async def test_an_authorisation_the_retry_is_capturing_at_that_moment_is_not_cap
 
 async def _is_set(event: asyncio.Event) -> bool:
     return event.is_set()
+
+
+async def test_a_cancel_while_a_refused_authorisation_is_being_refunded_refunds_both(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    """A second payment's authorisation reaches a paid order; the gateway captured it already
+    (a Razorpay auto-capture payment, say), so the `pay` update refunds it, and its refund is
+    declined once (retried an hour later). The order is cancelled meanwhile: its own payment is
+    refunded too, and the order ends CANCELLED (its refund had the same child id: the start
+    failed and with it the order)."""
+    order = await pending_order(unit_orders, [("lamp", 1)])
+    total = order.state.total
+    paid = PaymentReceived(payment_id="pay-1", amount=total)
+    assert (await unit_orders.payment_received(order.id, paid)).accepted
+    await wait_status(unit_orders, order.id, "CONFIRMED")
+    stubs.captured_holds.add("pay-2")
+    stubs.refund_declines = 1
+    second = PaymentReceived(payment_id="pay-2", amount=total, authorised_only=True)
+    answer = asyncio.create_task(unit_orders.payment_received(order.id, second))
+    try:
+        refund = await started_workflow(  # the refused payment's refund: an id of its own
+            env.client, payment_retry_workflow_id(order.id, PaymentKind.REFUND) + "-pay-2"
+        )
+
+        async def declined_once() -> bool:
+            return bool(stubs.called("call_gateway")) and bool(stubs.called("release"))
+
+        await eventually(declined_once, 20, "the refused authorisation's first refund")
+        await unit_orders.cancel(order.id, "customer changed their mind")
+        await env.fast_forward(refund)  # the refund's next attempt, an hour on
+        ack = await answer
+        described = await order.handle.describe()
+        assert described.status == WorkflowExecutionStatus.RUNNING or (
+            not ack.accepted and "refunded" in ack.reason
+        ), f"the order is {described.status.name}; the update: {ack.reason}"
+        assert not ack.accepted and "refunded" in ack.reason, ack.reason
+    finally:
+        answer.cancel()
+    assert (await order.handle.result()).status == "CANCELLED"
+    refunds = [r for r in stubs.called("call_gateway") if r.kind is PaymentKind.REFUND]
+    assert {r.payment_id for r in refunds} == {"pay-1", "pay-2"}
