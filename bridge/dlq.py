@@ -87,8 +87,28 @@ class DeadLetterQueue:
         return DeadLetter.from_json(text)
 
     async def redrive(self, job_id: str) -> str:
-        """Give the job a fresh set of attempts under the same id, and drop its DLQ entry."""
+        """Give the job a fresh set of attempts under the same id, and drop its DLQ entry.
+
+        The entry goes first: once the job waits again, a worker may fail it for good before
+        this returns, and the entry it writes then must stay. If the job cannot be re-driven,
+        the entry is put back.
+        """
         entry = await self.get(job_id)
+        raw, score = await self.client.transaction(
+            [["HGET", self.entries_key, job_id], ["ZSCORE", self.index_key, job_id]]
+        )
+        await self._drop([job_id])
+        try:
+            await self._requeue(job_id, entry)
+        except BaseException:
+            await self.client.transaction(
+                [["HSETNX", self.entries_key, job_id, raw],
+                 ["ZADD", self.index_key, "NX", score, job_id]]
+            )  # fmt: skip
+            raise
+        return job_id
+
+    async def _requeue(self, job_id: str, entry: DeadLetter) -> None:
         k = self.keys
         in_failed = await self.client.execute("ZSCORE", k["failed"], job_id)
         if in_failed is not None:
@@ -104,8 +124,6 @@ class DeadLetterQueue:
         else:  # the failed job was cleaned away: add it again with the same id
             producer = QueueProducer(self.spec, self.client)
             await producer.add(entry.name, entry.data, {**entry.opts, "jobId": job_id})
-        await self._drop([job_id])
-        return job_id
 
     async def redrive_all(self) -> builtins.list[str]:
         """Re-drive every dead-lettered job; returns their ids."""

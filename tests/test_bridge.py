@@ -440,3 +440,77 @@ async def test_retry_later_delays_a_job_without_counting_an_attempt(
     assert job.attemptsMade == 1  # only the attempt that finished counts
     assert all(b - a >= 0.1 for a, b in itertools.pairwise(starts))
     await producer.close()
+
+
+async def test_a_redriven_job_that_fails_for_good_before_the_redrive_returns_keeps_its_dlq_entry(
+    settings: Settings, redis_url: str
+) -> None:
+    """The worker may take a re-driven job and fail it for good before redrive() is done."""
+    spec = unique_spec(settings, rate_limit=None, attempts=1)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-welcome", MAIL, {"jobId": "doomed"})
+    failures: list[int] = []
+
+    async def always_fails(job: Job) -> None:
+        failures.append(job.attempts_made)
+        raise RuntimeError(f"mailbox of {job.id} gone")
+
+    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+    real_run = dlq.client.run
+
+    async def run_then_fail_again(script: Any, keys: Any, args: Any) -> Any:
+        result = await real_run(script, keys, args)
+        if script.name == "reprocessJob":  # the job is waiting again: the worker fails it first
+            await eventually(lambda: _at_least(failures, 2), what="the re-driven job failing")
+            await eventually(lambda: _failed(spec, redis_url, "doomed"), what="failed for good")
+        return result
+
+    async with running(spec, always_fails, redis_url):
+        await eventually(lambda: _dlq_has(dlq, 1), within=10)
+        dlq.client.run = run_then_fail_again  # type: ignore[method-assign]
+        assert await dlq.redrive("doomed") == "doomed"
+    assert await _failed(spec, redis_url, "doomed")
+    assert [entry.id for entry in await dlq.list()] == ["doomed"], (
+        "a job failed for good left the DLQ"
+    )
+    await producer.close()
+    await dlq.client.close()
+
+
+async def _failed(spec: Any, redis_url: str, job_id: str) -> bool:
+    queue = bull_queue(spec, redis_url)
+    try:
+        return await queue.getJobState(job_id) == "failed"
+    finally:
+        await queue.close()
+
+
+async def test_a_redrive_that_fails_at_redis_keeps_the_dlq_entry(
+    settings: Settings, redis_url: str
+) -> None:
+    spec = unique_spec(settings, rate_limit=None, attempts=1)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-welcome", MAIL, {"jobId": "stuck"})
+
+    async def fails(job: Job) -> None:
+        raise RuntimeError(f"mailbox of {job.id} gone")
+
+    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+    async with running(spec, fails, redis_url):
+        await eventually(lambda: _dlq_has(dlq, 1), within=10)
+    [before] = await dlq.list()
+    real_run = dlq.client.run
+
+    async def refused(script: Any, keys: Any, args: Any) -> Any:
+        if script.name == "reprocessJob":
+            raise ConnectionError("redis went away mid-redrive")
+        return await real_run(script, keys, args)
+
+    dlq.client.run = refused  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await dlq.redrive("stuck")
+    dlq.client.run = real_run  # type: ignore[method-assign]
+    assert await dlq.list() == [before]
+    assert await _failed(spec, redis_url, "stuck")
+    await producer.close()
+    await dlq.client.close()
