@@ -7,6 +7,7 @@ BullMQ board or script sees exactly the same state.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from bullmq import Queue
 
 from bridge.dlq import DeadLetter, DeadLetterQueue
 from bridge.redis_client import Arg, RedisClient
-from bridge.scripts import Keys, clean_script
+from bridge.scripts import DEPTH_KEY, DEPTH_TYPES, Keys, clean_script
 from bridge.specs import QueueSpec
 from orderflow.errors import OrderflowError
 
@@ -125,6 +126,53 @@ class ProcessingTimes:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class DepthSample:
+    """A queue's jobs waiting (paused ones too), delayed, prioritized and active at one minute."""
+
+    minute: int  # the minute's start, Unix ms
+    waiting: int
+    paused: int
+    active: int
+    delayed: int
+    prioritized: int
+
+    @property
+    def depth(self) -> int:
+        """Jobs not yet finished: everything waiting its turn plus those running."""
+        return self.waiting + self.paused + self.active + self.delayed + self.prioritized
+
+
+@dataclass(frozen=True)
+class DepthHistory:
+    """The depth samples the queue's workers recorded (one a minute), oldest first."""
+
+    queue: str
+    minutes: list[int]  # every minute of the window, Unix ms; samples may miss some
+    samples: list[DepthSample]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for --json and templates."""
+        return asdict(self)
+
+
+def depth_samples(raw: dict[str, str], first: int, last: int) -> list[DepthSample]:
+    """The samples of the minutes first..last (ms) in the depth hash, oldest first.
+
+    A field that is not a sample (another writer's) is skipped, not fatal: it is monitoring.
+    """
+    found: list[DepthSample] = []
+    for field_name, value in raw.items():
+        try:
+            minute, counts = int(field_name), json.loads(value)
+            sample = DepthSample(minute, **{t: int(counts.get(t, 0)) for t in DEPTH_TYPES})
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if first <= minute <= last:
+            found.append(sample)
+    return sorted(found, key=lambda s: s.minute)
+
+
 def per_minute(meta: list[Any], data: list[Any], first_minute: int, minutes: int) -> list[int]:
     """BullMQ's metrics as one count per minute from `first_minute` (minute number, ms // 60000).
 
@@ -206,6 +254,18 @@ class QueueAdmin:
             minutes=[(first + i) * MINUTE_MS for i in range(minutes)],
             completed=per_minute(done_meta, done_data, first, minutes),
             failed=per_minute(failed_meta, failed_data, first, minutes),
+        )
+
+    async def depth_history(self, minutes: int = 60, now_ms: int | None = None) -> DepthHistory:
+        """The depth samples of the last `minutes` minutes (BridgeWorker.sample_depth writes)."""
+        now_minute = (now_ms if now_ms is not None else int(time.time() * 1000)) // MINUTE_MS
+        first = now_minute - minutes + 1
+        flat = await self.client.execute("HGETALL", self.keys[DEPTH_KEY])
+        raw = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
+        return DepthHistory(
+            queue=self.spec.name,
+            minutes=[(first + i) * MINUTE_MS for i in range(minutes)],
+            samples=depth_samples(raw, first * MINUTE_MS, now_minute * MINUTE_MS),
         )
 
     async def processing_times(

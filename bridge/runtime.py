@@ -30,10 +30,13 @@ from bridge.errors import JobTimeoutError, MalformedJobError, RetryLater
 from bridge.job import Job, Processor, job_from_hash
 from bridge.redis_client import Arg, PreparedCall, RedisClient, RedisReplyError, Script
 from bridge.scripts import (
+    DEPTH_HISTORY_MS,
     Keys,
     bullmq_script,
     complete_script,
     dead_letter_script,
+    depth_keys,
+    depth_sample_script,
     release_dead_locks_script,
     sliding_limit_script,
 )
@@ -62,6 +65,8 @@ HEARTBEAT_SECONDS = 1.0  # each worker refreshes its heartbeat key this often ..
 HEARTBEAT_TTL_MS = 5000  # ... and a worker silent this long, with no connection open, is dead
 RECLAIM_EVERY_SECONDS = 1.0  # how often a starting worker looks for a dead worker's jobs ...
 # ... during its first lock duration (after that, lock expiry and the stalled check take over)
+DEPTH_SAMPLE_SECONDS = 60.0  # each worker records its queue's depth this often (one per minute)
+MINUTE_MS = 60_000
 _OUR_TOKEN = re.compile(r"([0-9a-f]{32}):\d+")  # BridgeWorker lock tokens: worker id, counter
 
 
@@ -152,6 +157,7 @@ class BridgeWorker:
         *,
         backoff_strategy: BackoffStrategy | None = None,
         name: str = "",
+        depth_every: float = DEPTH_SAMPLE_SECONDS,
     ) -> None:
         self.spec = spec
         self.processor = InstrumentedProcessor(processor)  # span + metrics per attempt
@@ -180,6 +186,7 @@ class BridgeWorker:
         # tokens of fetches whose reply was lost: the job may sit in active, locked with one
         self._lost_tokens: set[str] = set()
         self.reclaim_checks = 0  # looks for dead workers' jobs so far (tests wait on it)
+        self.depth_every = depth_every
         self._prepare_scripts()
 
     def _prepare_scripts(self) -> None:
@@ -249,6 +256,7 @@ class BridgeWorker:
             asyncio.create_task(self._heartbeat_loop()),
             asyncio.create_task(self._reclaim_loop()),
             asyncio.create_task(self._stalled_loop()),
+            asyncio.create_task(self._depth_loop()),
         ]
         await stop.wait()
         self._stopping = True
@@ -802,3 +810,30 @@ class BridgeWorker:
             except Exception:
                 log.exception("%s: unexpected error in the stalled-job check", self.name)
             await asyncio.sleep(self.spec.stalled_interval_ms / 1000)
+
+    # ---- queue depth over time -----------------------------------------------------------
+
+    async def sample_depth(self, now_ms: int | None = None) -> dict[str, int]:
+        """Record the queue's depth for the minute of `now_ms` (default: now), in one round trip.
+
+        The minute is the sample's field in `<prefix>:<queue>:orderflow-depth`: every worker of
+        the queue samples, and those of one minute leave one sample (the last one written).
+        """
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        sample = await self.client.run(
+            depth_sample_script(),
+            depth_keys(self.keys),
+            [now - now % MINUTE_MS, DEPTH_HISTORY_MS],
+        )
+        return {k: int(v) for k, v in json.loads(sample).items()}
+
+    async def _depth_loop(self) -> None:
+        """Sample the queue's depth every `depth_every` seconds (QueueAdmin.depth_history reads)."""
+        while not self._stopping:
+            try:
+                await self.sample_depth()
+            except REDIS_FAILURES as err:
+                self.redis.failed(err, "sampling the queue depth")
+            except Exception:
+                log.exception("%s: unexpected error sampling the queue depth", self.name)
+            await asyncio.sleep(self.depth_every)

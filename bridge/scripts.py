@@ -259,3 +259,45 @@ return released
 def release_dead_locks_script() -> Script:
     """Release the locks of a dead worker's jobs so the stalled-job check can move them now."""
     return Script("orderflowReleaseDeadLocks", RELEASE_DEAD_LOCKS_LUA)
+
+
+# Queue depth over time: one sample a minute, written by every worker of the queue (the minute is
+# the hash field, so several workers in one minute leave one sample: the last writer's).
+DEPTH_KEY = "orderflow-depth"  # <prefix>:<queue>:orderflow-depth, hash minute ms → JSON counts
+DEPTH_HISTORY_MS = (
+    3_600_000  # samples are kept an hour (and the hash expires an hour after the last)
+)
+# the getJobCounts types a sample holds, as BullMQ's getCounts reads them (lists: LLEN, sets: ZCARD)
+DEPTH_TYPES = ("waiting", "paused", "active", "delayed", "prioritized")
+
+# KEYS wait, paused, active, delayed, prioritized, the depth hash; ARGV this minute's start (ms),
+# the history length (ms). Writes this minute's sample, drops older than the history, returns it.
+DEPTH_SAMPLE_LUA = """
+local counts = {
+  waiting = redis.call("LLEN", KEYS[1]), paused = redis.call("LLEN", KEYS[2]),
+  active = redis.call("LLEN", KEYS[3]), delayed = redis.call("ZCARD", KEYS[4]),
+  prioritized = redis.call("ZCARD", KEYS[5])
+}
+local sample = cjson.encode(counts)
+redis.call("HSET", KEYS[6], ARGV[1], sample)
+local oldest = tonumber(ARGV[1]) - tonumber(ARGV[2])
+for _, minute in ipairs(redis.call("HKEYS", KEYS[6])) do
+  local at = tonumber(minute)
+  if at == nil or at <= oldest then
+    redis.call("HDEL", KEYS[6], minute)
+  end
+end
+redis.call("PEXPIRE", KEYS[6], ARGV[2])
+return sample
+"""
+
+
+@cache
+def depth_sample_script() -> Script:
+    """Record the queue's depth for this minute and trim the samples to the last hour."""
+    return Script("orderflowDepthSample", DEPTH_SAMPLE_LUA)
+
+
+def depth_keys(keys: Keys) -> list[str]:
+    """The KEYS of depth_sample_script for one queue."""
+    return [keys[n] for n in ("wait", "paused", "active", "delayed", "prioritized", DEPTH_KEY)]

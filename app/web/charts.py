@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app.task_queues import TaskQueueState
-from bridge.admin import ProcessingTimes, QueueCounts, Throughput
+from bridge.admin import DepthHistory, ProcessingTimes, QueueCounts, Throughput
 from orderflow.contracts.order import OrderStatus
 from orderflow.db import Order
 
@@ -55,6 +55,25 @@ class Label:
 
 
 @dataclass(frozen=True)
+class Dot:
+    """One point of a line chart."""
+
+    x: float
+    y: float
+    css: str
+    title: str
+    data: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Path:
+    """A line or a filled area: SVG path data (numbers and M/L/Z only)."""
+
+    d: str
+    css: str
+
+
+@dataclass(frozen=True)
 class Chart:
     """Everything the template needs to draw one chart."""
 
@@ -66,6 +85,8 @@ class Chart:
     labels: list[Label]
     legend: list[tuple[str, str]]  # (css class, text)
     data: dict[str, str] = field(default_factory=dict)
+    paths: list[Path] = field(default_factory=list)
+    dots: list[Dot] = field(default_factory=list)
 
     @property
     def axis_y(self) -> int:
@@ -204,6 +225,74 @@ def depth_chart(counts: Sequence[QueueCounts], task_queues: Sequence[TaskQueueSt
     legend = [(s, s) for s in DEPTH_STATES] + [("backlog", "Temporal backlog")]
     return _hbars(
         "depth", "Queue depth now: bridge queues and Temporal task queues", rows, "", legend
+    )
+
+
+def depth_history_chart(history: DepthHistory, zone: ZoneInfo | None = None) -> Chart:
+    """The queue's depth at each sampled minute, oldest left: a line over a filled area.
+
+    A minute without a sample (no worker running) breaks the line rather than guessing.
+    """
+    height = 150
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, height - TOP - BOTTOM
+    slot = plot_w / max(1, len(history.minutes))
+    index = {minute: i for i, minute in enumerate(history.minutes)}
+    top = nice_max(max((s.depth for s in history.samples), default=0))
+    base = TOP + plot_h
+    labels = [Label(LEFT - 4, TOP + 8, str(top), "end"), Label(LEFT - 4, base, "0", "end")]
+    for i, minute in enumerate(history.minutes):
+        if i % 15 == 0:
+            labels.append(Label(LEFT + i * slot, height - 5, _clock(minute, zone), "start"))
+        elif i == len(history.minutes) - 1:
+            labels.append(Label(LEFT + plot_w, height - 5, _clock(minute, zone), "end"))
+    dots: list[Dot] = []
+    runs: list[list[Dot]] = []
+    previous = -2
+    for sample in history.samples:
+        at = index.get(sample.minute)
+        if at is None:
+            continue
+        clock = _clock(sample.minute, zone)
+        dot = Dot(
+            LEFT + (at + 0.5) * slot, base - sample.depth / top * plot_h, "depth-dot",
+            f"{clock}: depth {sample.depth} (waiting {sample.waiting + sample.paused}, "
+            f"delayed {sample.delayed}, prioritized {sample.prioritized}, active {sample.active})",
+            {"minute": clock, "depth": str(sample.depth), "waiting": str(sample.waiting + sample.paused),
+             "delayed": str(sample.delayed), "prioritized": str(sample.prioritized),
+             "active": str(sample.active)},
+        )  # fmt: skip
+        dots.append(dot)
+        if at != previous + 1:
+            runs.append([])
+        runs[-1].append(dot)
+        previous = at
+    paths: list[Path] = []
+    for run in runs:
+        line = " L ".join(f"{d.x:.1f} {d.y:.1f}" for d in run)
+        paths.append(
+            Path(f"M {run[0].x:.1f} {base} L {line} L {run[-1].x:.1f} {base} Z", "depth-area")
+        )
+        paths.append(Path(f"M {line}", "depth-line"))
+    if not dots:
+        labels.append(
+            Label(
+                LEFT + plot_w / 2,
+                TOP + plot_h / 2,
+                "no samples yet (a worker records one a minute)",
+            )
+        )
+    latest = history.samples[-1].depth if history.samples else 0
+    return Chart(
+        id=f"depth-history-{history.queue}",
+        title=f"{history.queue}: queue depth, last {len(history.minutes)} minutes",
+        width=WIDTH,
+        height=height,
+        rects=[],
+        labels=labels,
+        legend=[("depth-area", "waiting + delayed + prioritized + active, sampled each minute")],
+        data={"queue": history.queue, "samples": str(len(dots)), "latest": str(latest)},
+        paths=paths,
+        dots=dots,
     )
 
 

@@ -175,6 +175,9 @@ def dashboard_router(
                         "processing": charts.processing_chart(
                             await admin.processing_times(TIMED_WINDOW_SECONDS)
                         ),
+                        "depth": charts.depth_history_chart(
+                            await admin.depth_history(CHART_MINUTES), zone
+                        ),
                     }
                 )
             finally:
