@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -26,9 +27,10 @@ from app.client import OrderClient
 from app.task_queues import describe_task_queue
 from app.web.app import create_app
 from app.web.dashboard import form_token
-from bridge.admin import QueueAdmin
+from bridge.admin import MINUTE_MS, QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
+from bridge.runtime import BridgeWorker
 from bridge.specs import QueueSpec, email_spec
 from orderflow.contracts.order import ORDERS_TASK_QUEUE, OrderStatus, PaymentReceived
 from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE, GatewayName
@@ -47,6 +49,12 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+async def _sent(job: Job) -> str:
+    return "sent"
+
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 Catalogue = Callable[..., dict[str, str]]
 
@@ -343,6 +351,10 @@ async def test_charts_show_the_jobs_of_the_current_minute_and_the_task_queues_th
     p50 = int(await timed.locator('rect[data-percentile="p50"]').get_attribute("data-count") or "")
     p99 = int(await timed.locator('rect[data-percentile="p99"]').get_attribute("data-count") or "")
     assert 20 <= p50 <= p99
+    # depth over time: the worker sampled the queue as it started on the run
+    history = page.locator(f'[id="depth-history-{spec.name}"] > svg')
+    assert int(await history.get_attribute("data-samples") or "") >= 1
+    assert await history.locator("circle.depth-dot").count() >= 1
     # queue depth: the failed jobs, and the Temporal backlog beside them
     depth = page.locator("#depth")
     failed = depth.locator(f'rect[data-queue="{spec.name}"][data-state="failed"]')
@@ -368,3 +380,51 @@ async def test_charts_show_the_jobs_of_the_current_minute_and_the_task_queues_th
     assert int(await confirmed.get_attribute("data-count") or "") >= 3
     assert int(await page.locator("#orders-today > svg").get_attribute("data-total") or "") >= 3
     await context.close()
+
+
+async def test_the_depth_chart_shows_the_samples_the_workers_recorded(
+    dashboard: tuple[str, Settings, QueueSpec], redis_url: str
+) -> None:
+    base, settings, spec = dashboard
+    zone = ZoneInfo(settings.report_timezone)
+    producer = QueueProducer.connect(spec, redis_url)
+    worker = BridgeWorker(spec, _sent, redis_url)  # not run: its sampler is called directly
+    now = int(time.time() * 1000)
+    try:
+        for i in range(4):
+            await producer.add("send-welcome", {"to": f"q{i}@example.com"})
+        await worker.sample_depth(now - 3 * MINUTE_MS)  # three minutes ago: 4 waiting
+        for i in range(2):
+            await producer.add("send-welcome", {"to": f"l{i}@example.com"}, {"delay": 600_000})
+        await worker.sample_depth(now)  # now: 4 waiting, 2 delayed
+    finally:
+        await producer.close()
+        await worker.client.close()
+    async with httpx.AsyncClient(base_url=base) as http:
+        page = await http.get("/ops", auth=(settings.admin_user, settings.admin_password))
+    assert page.status_code == 200
+    [figure] = re.findall(
+        rf'<figure class="chart" id="depth-history-{re.escape(spec.name)}">(.*?)</figure>',
+        page.text,
+        re.S,
+    )
+    assert 'data-samples="2"' in figure and 'data-latest="6"' in figure
+    dots = re.findall(
+        r'<circle class="depth-dot"[^>]* data-minute="([^"]+)" data-depth="(\d+)"'
+        r' data-waiting="(\d+)" data-delayed="(\d+)"[^>]*><title>([^<]*)</title>',
+        figure,
+    )
+
+    def clock(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, UTC).astimezone(zone).strftime("%H:%M")
+
+    earlier, latest = clock(now - 3 * MINUTE_MS), clock(now)
+    assert [d[:4] for d in dots] == [(earlier, "4", "4", "0"), (latest, "6", "4", "2")]
+    assert dots[1][4] == f"{latest}: depth 6 (waiting 4, delayed 2, prioritized 0, active 0)"
+    # two minutes without a sample between them: two runs, each a line over an area
+    assert figure.count('<path class="depth-line"') == 2
+    assert figure.count('<path class="depth-area"') == 2
+    # the depth-now bars (bridge and Temporal queues) stay beside it
+    assert re.search(
+        rf'id="depth".*data-queue="{re.escape(spec.name)}" data-state="waiting"', page.text, re.S
+    )
