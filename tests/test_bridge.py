@@ -145,13 +145,10 @@ async def test_the_dlq_keeps_a_job_its_remove_on_fail_removed_and_one_retried_th
     await producer.add("send-welcome", MAIL, {"jobId": "no-trace", "removeOnFail": True})
     await producer.add("send-welcome", MAIL, {"jobId": "twice"})
 
-    async def bounce(job: Job) -> str:
-        raise UnrecoverableError(f"mailbox of job {job.id} is full")
-
     dlq = DeadLetterQueue(spec, RedisClient(redis_url))
     queue = bull_queue(spec, redis_url)
     try:
-        async with running(spec, bounce, redis_url):
+        async with running(spec, _bounce, redis_url):
             await eventually(lambda: _dlq_has(dlq, 2), within=10)
             assert await queue.getJob("no-trace") is None  # its removeOnFail took it at once
             assert sorted(e.id for e in await dlq.list()) == ["no-trace", "twice"]
@@ -174,13 +171,10 @@ async def test_the_dlq_keeps_jobs_a_later_failure_trims_by_remove_on_fail_count(
     for job_id in ("first", "second", "third"):
         await producer.add("send-welcome", MAIL, {"jobId": job_id})
 
-    async def bounce(job: Job) -> str:
-        raise UnrecoverableError(f"mailbox of job {job.id} is full")
-
     dlq = DeadLetterQueue(spec, RedisClient(redis_url))
     queue = bull_queue(spec, redis_url)
     try:
-        async with running(spec, bounce, redis_url):
+        async with running(spec, _bounce, redis_url):
             await eventually(lambda: _failed_count(spec, redis_url, 3), within=10)
         assert (await counts(spec, redis_url))["failed"] == 1  # the count kept only the newest
         assert await queue.getJob("first") is None and await queue.getJob("second") is None
@@ -518,3 +512,7 @@ async def _one_job_and_its_dlq(
 
 async def _mailbox_gone(job: Job) -> None:
     raise RuntimeError(f"mailbox of {job.id} gone")
+
+
+async def _bounce(job: Job) -> str:
+    raise UnrecoverableError(f"mailbox of job {job.id} is full")
