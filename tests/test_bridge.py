@@ -145,13 +145,10 @@ async def test_the_dlq_keeps_a_job_its_remove_on_fail_removed_and_one_retried_th
     await producer.add("send-welcome", MAIL, {"jobId": "no-trace", "removeOnFail": True})
     await producer.add("send-welcome", MAIL, {"jobId": "twice"})
 
-    async def bounce(job: Job) -> str:
-        raise UnrecoverableError(f"mailbox of job {job.id} is full")
-
     dlq = DeadLetterQueue(spec, RedisClient(redis_url))
     queue = bull_queue(spec, redis_url)
     try:
-        async with running(spec, bounce, redis_url):
+        async with running(spec, _bounce, redis_url):
             await eventually(lambda: _dlq_has(dlq, 2), within=10)
             assert await queue.getJob("no-trace") is None  # its removeOnFail took it at once
             assert sorted(e.id for e in await dlq.list()) == ["no-trace", "twice"]
@@ -174,13 +171,10 @@ async def test_the_dlq_keeps_jobs_a_later_failure_trims_by_remove_on_fail_count(
     for job_id in ("first", "second", "third"):
         await producer.add("send-welcome", MAIL, {"jobId": job_id})
 
-    async def bounce(job: Job) -> str:
-        raise UnrecoverableError(f"mailbox of job {job.id} is full")
-
     dlq = DeadLetterQueue(spec, RedisClient(redis_url))
     queue = bull_queue(spec, redis_url)
     try:
-        async with running(spec, bounce, redis_url):
+        async with running(spec, _bounce, redis_url):
             await eventually(lambda: _failed_count(spec, redis_url, 3), within=10)
         assert (await counts(spec, redis_url))["failed"] == 1  # the count kept only the newest
         assert await queue.getJob("first") is None and await queue.getJob("second") is None
@@ -446,16 +440,13 @@ async def test_a_redriven_job_that_fails_for_good_before_the_redrive_returns_kee
     settings: Settings, redis_url: str
 ) -> None:
     """The worker may take a re-driven job and fail it for good before redrive() is done."""
-    spec = unique_spec(settings, rate_limit=None, attempts=1)
-    producer = QueueProducer.connect(spec, redis_url)
-    await producer.add("send-welcome", MAIL, {"jobId": "doomed"})
-    failures: list[int] = []
+    spec, producer, dlq = await _one_job_and_its_dlq(settings, redis_url, "doomed")
+    failures: list[str] = []
 
     async def always_fails(job: Job) -> None:
-        failures.append(job.attempts_made)
-        raise RuntimeError(f"mailbox of {job.id} gone")
+        failures.append(job.id)
+        await _mailbox_gone(job)
 
-    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
     real_run = dlq.client.run
 
     async def run_then_fail_again(script: Any, keys: Any, args: Any) -> Any:
@@ -488,15 +479,8 @@ async def _failed(spec: Any, redis_url: str, job_id: str) -> bool:
 async def test_a_redrive_that_fails_at_redis_keeps_the_dlq_entry(
     settings: Settings, redis_url: str
 ) -> None:
-    spec = unique_spec(settings, rate_limit=None, attempts=1)
-    producer = QueueProducer.connect(spec, redis_url)
-    await producer.add("send-welcome", MAIL, {"jobId": "stuck"})
-
-    async def fails(job: Job) -> None:
-        raise RuntimeError(f"mailbox of {job.id} gone")
-
-    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
-    async with running(spec, fails, redis_url):
+    spec, producer, dlq = await _one_job_and_its_dlq(settings, redis_url, "stuck")
+    async with running(spec, _mailbox_gone, redis_url):
         await eventually(lambda: _dlq_has(dlq, 1), within=10)
     [before] = await dlq.list()
     real_run = dlq.client.run
@@ -514,3 +498,21 @@ async def test_a_redrive_that_fails_at_redis_keeps_the_dlq_entry(
     assert await _failed(spec, redis_url, "stuck")
     await producer.close()
     await dlq.client.close()
+
+
+async def _one_job_and_its_dlq(
+    settings: Settings, redis_url: str, job_id: str
+) -> tuple[Any, QueueProducer, DeadLetterQueue]:
+    """A queue whose jobs have one attempt, with one job `job_id` waiting; its spec, producer, DLQ."""
+    spec = unique_spec(settings, rate_limit=None, attempts=1)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-welcome", MAIL, {"jobId": job_id})
+    return spec, producer, DeadLetterQueue(spec, RedisClient(redis_url))
+
+
+async def _mailbox_gone(job: Job) -> None:
+    raise RuntimeError(f"mailbox of {job.id} gone")
+
+
+async def _bounce(job: Job) -> str:
+    raise UnrecoverableError(f"mailbox of job {job.id} is full")

@@ -148,26 +148,11 @@ async def test_a_gateway_away_past_the_outage_window_fails_the_job_naming_it_not
         gateway=StripeGateway(STRIPE_TEST_KEY, api_base=dead, timeout=2),
         outage_window_seconds=0,  # the window is over: no more waiting it out
     )
-    tag = uuid.uuid4().hex[:10]
-    spec = webhook_spec(settings).with_(prefix=f"t{tag}", name=f"recon-{tag}", attempts=1)
-    producer = QueueProducer.connect(spec, redis_url)
-    queue = bull_queue(spec, redis_url)
-    try:
-        async with running(spec, processor, redis_url):
-            job_id = await enqueue_reconciliation(producer, window_hours=1, job_id=f"recon-{tag}")
-
-            async def failed() -> Any:
-                job = await queue.getJob(job_id)
-                return job if job is not None and job.failedReason else None
-
-            job = await eventually(failed, 30, "the reconciliation failing")
-        assert await queue.getJobState(job_id) == "failed" and job.returnvalue is None
-        assert "the stripe comparison was not done" in job.failedReason
-        assert "stripe unavailable" in job.failedReason and STRIPE_TEST_KEY not in job.failedReason
-        assert job.progress["gateway_compared"] is False  # our own checks, kept for the operator
-    finally:
-        await producer.close()
-        await queue.close()
+    job, state = await _reconciliation_ended(processor, settings, redis_url)
+    assert state == "failed" and job.returnvalue is None
+    assert "the stripe comparison was not done" in job.failedReason
+    assert "stripe unavailable" in job.failedReason and STRIPE_TEST_KEY not in job.failedReason
+    assert job.progress["gateway_compared"] is False  # our own checks, kept for the operator
 
 
 async def test_a_gateway_that_refuses_our_key_fails_the_reconciliation_at_once_naming_it(
@@ -177,6 +162,17 @@ async def test_a_gateway_that_refuses_our_key_fails_the_reconciliation_at_once_n
     processor = WebhookProcessor(
         _NoOrders(), engine, gateway=StripeGateway("pk_not_a_secret_key", api_base=localstripe.url)
     )
+    job, state = await _reconciliation_ended(processor, settings, redis_url)
+    assert state == "failed", "a refused key was waited out"
+    assert "the stripe comparison was not done" in job.failedReason
+    assert "refused" in job.failedReason and "pk_not_a_secret_key" not in job.failedReason
+    assert job.progress["gateway_compared"] is False  # our own checks, kept for the operator
+
+
+async def _reconciliation_ended(
+    processor: WebhookProcessor, settings: Settings, redis_url: str
+) -> tuple[Any, str]:
+    """Run one reconciliation job (one attempt) until it fails or waits: the job and its state."""
     tag = uuid.uuid4().hex[:10]
     spec = webhook_spec(settings).with_(prefix=f"t{tag}", name=f"recon-{tag}", attempts=1)
     producer = QueueProducer.connect(spec, redis_url)
@@ -190,10 +186,7 @@ async def test_a_gateway_that_refuses_our_key_fails_the_reconciliation_at_once_n
                 return job if job is not None and (job.failedReason or job.delay) else None
 
             job = await eventually(ended, 30, "the reconciliation failing or waiting")
-        assert await queue.getJobState(job_id) == "failed", "a refused key was waited out"
-        assert "the stripe comparison was not done" in job.failedReason
-        assert "refused" in job.failedReason and "pk_not_a_secret_key" not in job.failedReason
-        assert job.progress["gateway_compared"] is False  # our own checks, kept for the operator
+        return job, await queue.getJobState(job_id)
     finally:
         await producer.close()
         await queue.close()
