@@ -253,10 +253,22 @@ class BridgeWorker:
         helpers = [
             asyncio.create_task(self._marker_loop()),
             asyncio.create_task(self._lock_loop()),
-            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(
+                self._repeat("the heartbeat", self._heartbeat, lambda: HEARTBEAT_SECONDS)
+            ),
             asyncio.create_task(self._reclaim_loop()),
-            asyncio.create_task(self._stalled_loop()),
-            asyncio.create_task(self._depth_loop()),
+            asyncio.create_task(  # BullMQ's stalled-job check: a dead worker's jobs go back
+                self._repeat(
+                    "the stalled-job check",
+                    self._check_stalled,
+                    lambda: self.spec.stalled_interval_ms / 1000,
+                )
+            ),
+            asyncio.create_task(  # read by QueueAdmin.depth_history
+                self._repeat(
+                    "sampling the queue depth", self.sample_depth, lambda: self.depth_every
+                )
+            ),
         ]
         await stop.wait()
         self._stopping = True
@@ -724,18 +736,22 @@ class BridgeWorker:
         if stalled:
             self._wake()
 
-    async def _heartbeat_loop(self) -> None:
-        """Keep this worker's heartbeat key alive (see HEARTBEAT_TTL_MS)."""
+    async def _repeat(
+        self, what: str, work: Callable[[], Awaitable[object]], every: Callable[[], float]
+    ) -> None:
+        """Run `work` every `every()` seconds until the worker stops; a failure is logged, not fatal."""
         while not self._stopping:
             try:
-                await self.client.execute(
-                    "SET", self._heartbeat_key, self.name, "PX", HEARTBEAT_TTL_MS
-                )
+                await work()
             except REDIS_FAILURES as err:
-                self.redis.failed(err, "the heartbeat")
+                self.redis.failed(err, what)
             except Exception:
-                log.exception("%s: unexpected error in the heartbeat", self.name)
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+                log.exception("%s: unexpected error in %s", self.name, what)
+            await asyncio.sleep(every())
+
+    async def _heartbeat(self) -> None:
+        """Keep this worker's heartbeat key alive (see HEARTBEAT_TTL_MS)."""
+        await self.client.execute("SET", self._heartbeat_key, self.name, "PX", HEARTBEAT_TTL_MS)
 
     async def _reclaim_loop(self) -> None:
         """For one lock duration after start, take back the active jobs of dead workers."""
@@ -800,17 +816,6 @@ class BridgeWorker:
                 await self._check_stalled()
         return len(dead) < len(owners)
 
-    async def _stalled_loop(self) -> None:
-        """Move jobs whose worker died back to wait (BullMQ's stalled-job check)."""
-        while not self._stopping:
-            try:
-                await self._check_stalled()
-            except REDIS_FAILURES as err:
-                self.redis.failed(err, "the stalled-job check")
-            except Exception:
-                log.exception("%s: unexpected error in the stalled-job check", self.name)
-            await asyncio.sleep(self.spec.stalled_interval_ms / 1000)
-
     # ---- queue depth over time -----------------------------------------------------------
 
     async def sample_depth(self, now_ms: int | None = None) -> dict[str, int]:
@@ -826,14 +831,3 @@ class BridgeWorker:
             [now - now % MINUTE_MS, DEPTH_HISTORY_MS],
         )
         return {k: int(v) for k, v in json.loads(sample).items()}
-
-    async def _depth_loop(self) -> None:
-        """Sample the queue's depth every `depth_every` seconds (QueueAdmin.depth_history reads)."""
-        while not self._stopping:
-            try:
-                await self.sample_depth()
-            except REDIS_FAILURES as err:
-                self.redis.failed(err, "sampling the queue depth")
-            except Exception:
-                log.exception("%s: unexpected error sampling the queue depth", self.name)
-            await asyncio.sleep(self.depth_every)
