@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Protocol
 
@@ -21,6 +22,14 @@ from orderflow.db import SimulatedGatewayAccount
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
 
+# an API key or key id, should a gateway's error message ever echo one (Stripe's and Razorpay's)
+API_KEY = re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_\w+|\brzp_(?:live|test)_\w+")
+
+
+def without_keys(reason: str) -> str:
+    """`reason` with anything shaped like an API key blanked: gateway errors reach logs and jobs."""
+    return API_KEY.sub("[key]", reason)
+
 
 class GatewayUnavailableError(OrderflowError):
     """The gateway could not answer (network, timeout, rate limit, its 5xx): retry the call.
@@ -29,7 +38,9 @@ class GatewayUnavailableError(OrderflowError):
     """
 
     def __init__(self, provider: str, order_id: str, what: str, reason: str) -> None:
-        super().__init__(f"{provider} unavailable for {what} of order {order_id}: {reason}")
+        super().__init__(
+            f"{provider} unavailable for {what} of order {order_id}: {without_keys(reason)}"
+        )
         self.provider = provider
         self.order_id = order_id
 
@@ -38,7 +49,9 @@ class GatewayConfigError(OrderflowError):
     """The gateway refused us, not the card (bad API key, missing permission): retrying won't help."""
 
     def __init__(self, provider: str, order_id: str, reason: str) -> None:
-        super().__init__(f"{provider} refused the request for order {order_id}: {reason}")
+        super().__init__(
+            f"{provider} refused the request for order {order_id}: {without_keys(reason)}"
+        )
         self.provider = provider
         self.order_id = order_id
 
