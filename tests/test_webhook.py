@@ -336,7 +336,6 @@ async def test_signed_stripe_webhook_confirms_the_order_and_mails_once(
     assert len(rows) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 1: the guard 422s a Luhn-valid order id")
 async def test_a_signed_stripe_event_whose_order_id_passes_luhn_is_recorded(
     system: tuple[httpx.AsyncClient, QueueSpec, Settings],
     orders: OrderClient,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-import pytest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
@@ -51,7 +50,6 @@ async def test_paid_order_is_confirmed_then_shipped(unit_orders: OrderClient, st
     assert len(stubs.called("ship_reservation")) == 1 and not stubs.called("release_reservation")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 1: a refused mail is retried forever")
 async def test_a_refused_confirmation_mail_is_noted_and_the_order_ships(
     unit_orders: OrderClient, stubs: Stubs
 ) -> None:
