@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from sqlalchemy.engine import Engine
 
+from app import embedded
 from app.smtp_sink import SmtpSink
 from bridge.dlq import DeadLetterQueue
 from bridge.job import Job
@@ -185,3 +187,93 @@ async def test_redis_sigkilled_between_smtp_accept_and_job_completion_still_give
         await producer.close()
     finally:
         redis.stop()
+
+
+class SilentRelay:
+    """An SMTP relay that takes the message after DATA and never answers it (a lost reply)."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.port = embedded.free_port()
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, ready_timeout=10)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append(envelope.original_content or envelope.content)
+        await asyncio.sleep(3600)  # the reply to the message never comes
+        return "250 too late"
+
+    def __enter__(self) -> SilentRelay:
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()
+
+
+def reset_mail(to: str, link: str) -> dict[str, Any]:
+    """A password-reset job as the seed's Node producer writes it."""
+    return {"to": to, "subject": "Reset your password", "template": "password_reset",
+            "data": {"resetUrl": link}}  # fmt: skip
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 hole 6: a reused job id skips a new mail as sent")
+async def test_a_node_job_id_handed_out_again_after_redis_lost_writes_sends_the_new_mail(
+    mail_engine: Engine, settings: Settings, sink: SmtpSink, redis_url: str
+) -> None:
+    """Node producers use auto ids 1, 2, ...; a Redis that lost its last second gives them again."""
+    spec = unique_spec(settings)
+    producer = QueueProducer.connect(spec, redis_url)
+    first = await producer.add(
+        "send-password-reset", reset_mail("asha@example.com", "https://shop.example/help/1")
+    )
+    async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
+        await eventually(lambda: _completed(spec, redis_url, 1))
+    queue = bull_queue(spec, redis_url)
+    await queue.obliterate(force=True)  # the queue as a failover to a lagging replica left it
+    await queue.close()
+    second = await producer.add(
+        "send-password-reset", reset_mail("ravi@example.com", "https://shop.example/help/2")
+    )
+    assert first == second == "1"
+    async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
+        await eventually(lambda: _completed(spec, redis_url, 1))
+    [mail] = await sink.store.wait_for(1, to="ravi@example.com")
+    assert "https://shop.example/help/2" in mail.text
+    assert len(sink.store.messages(to="asha@example.com")) == 1
+    await producer.close()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 hole 6: a lost reply to DATA sends the mail again")
+async def test_a_relay_that_takes_the_message_but_never_answers_gets_it_once_and_the_job_says_why(
+    mail_engine: Engine, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mail.processor.SMTP_TIMEOUT_SECONDS", 1.0)
+    with SilentRelay() as relay:
+        settings = Settings(redis_url=redis_url, smtp_host="127.0.0.1", smtp_port=relay.port)
+        spec = unique_spec(settings, attempts=3, backoff={"type": "fixed", "delay": 100})
+        producer = QueueProducer.connect(spec, redis_url)
+        job_id = await producer.add("send-order-confirmation", ORDER_MAIL, {"jobId": "oc-silent"})
+        client = RedisClient(redis_url)
+        dlq = DeadLetterQueue(spec, client)
+        async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
+            await eventually(lambda: _dlq_count(dlq, 1), within=20)
+            [entry] = await dlq.list()
+            assert entry.attempts_made == 1  # not retried: a retry would send it again
+            await dlq.redrive(job_id)  # an operator retries it at once: still not sent again
+
+            async def failed_again() -> bool:
+                return await dlq.count() == 1 and (await counts(spec, redis_url))["failed"] == 1
+
+            await eventually(failed_again, within=20)
+        assert len(relay.received) == 1
+        [entry] = await dlq.list()
+        message_id = message_id_for(spec.name, job_id, ORDER_MAIL)
+        assert "outcome unknown" in entry.failed_reason and message_id in entry.failed_reason
+        assert "no reply to DATA" in entry.failed_reason
+        assert "not sent again" in entry.failed_reason
+        status = await asyncio.to_thread(
+            EmailProcessor(settings, spec, mail_engine).deliveries.status, message_id
+        )
+        assert status == "UNKNOWN"
+        await producer.close()
+        await client.close()
