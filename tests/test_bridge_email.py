@@ -57,7 +57,7 @@ async def test_order_confirmation_is_rendered_and_delivered(
         await eventually(lambda: _completed(spec, redis_url, 2))
     [mail] = sink.store.messages(to="asha@example.com")
     assert mail.subject == "Order Confirmed — o-1001"
-    assert mail.message_id == message_id_for(spec.name, job_id)
+    assert mail.message_id == message_id_for(spec.name, job_id, ORDER_MAIL)
     assert mail.header("X-Orderflow-Job") == f"{spec.name}/send-order-confirmation/{job_id}"
     assert "o-1001" in mail.text and "₹999.50" in mail.text and "MUG-1 x 2" in mail.text
     assert "<script>alert(1)</script>" in mail.text  # plain text is not escaped ...
@@ -132,7 +132,7 @@ async def test_kill_9_mid_job_delivers_exactly_one_email(
     async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
         await eventually(lambda: _completed(spec, redis_url, 1), within=15)
     deliveries = [m for m in sink.store.deliveries() if m.message_id == message_id_for(
-        spec.name, job_id)]  # fmt: skip
+        spec.name, job_id, ORDER_MAIL)]  # fmt: skip
     assert len(deliveries) == 1
     queue = bull_queue(spec, redis_url)
     job = await queue.getJob(job_id)
@@ -179,7 +179,7 @@ async def test_redis_sigkilled_between_smtp_accept_and_job_completion_still_give
 
         async with running(spec, crash_after_smtp, redis.url):
             await eventually(lambda: _completed(spec, redis.url, 1), within=20)
-        message_id = message_id_for(spec.name, job_id)
+        message_id = message_id_for(spec.name, job_id, ORDER_MAIL)
         deliveries = [m for m in sink.store.deliveries() if m.message_id == message_id]
         assert len(deliveries) == 1
         assert len(runs) == 2 and runs[1].get("duplicate") is True  # it did run again
@@ -216,7 +216,6 @@ def reset_mail(to: str, link: str) -> dict[str, Any]:
             "data": {"resetUrl": link}}  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 6: a reused job id skips a new mail as sent")
 async def test_a_node_job_id_handed_out_again_after_redis_lost_writes_sends_the_new_mail(
     mail_engine: Engine, settings: Settings, sink: SmtpSink, redis_url: str
 ) -> None:
@@ -243,7 +242,6 @@ async def test_a_node_job_id_handed_out_again_after_redis_lost_writes_sends_the_
     await producer.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 6: a lost reply to DATA sends the mail again")
 async def test_a_relay_that_takes_the_message_but_never_answers_gets_it_once_and_the_job_says_why(
     mail_engine: Engine, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -277,3 +275,55 @@ async def test_a_relay_that_takes_the_message_but_never_answers_gets_it_once_and
         assert status == "UNKNOWN"
         await producer.close()
         await client.close()
+
+
+async def test_the_same_job_added_again_after_it_was_sent_is_sent_once(
+    mail_engine: Engine, settings: Settings, sink: SmtpSink, redis_url: str
+) -> None:
+    """Our notify activity re-adds its job with the same id and data when retried."""
+    spec = unique_spec(settings)
+    producer = QueueProducer.connect(spec, redis_url)
+    queue = bull_queue(spec, redis_url)
+    for _ in range(2):
+        await producer.add("send-order-confirmation", ORDER_MAIL, {"jobId": "oc-again"})
+        async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
+            await eventually(lambda: _completed(spec, redis_url, 1))
+        job = await queue.getJob("oc-again")
+        await queue.obliterate(force=True)  # gone from Redis: the next add is a new job
+    assert job.returnvalue["duplicate"] is True
+    message_id = message_id_for(spec.name, "oc-again", ORDER_MAIL)
+    assert [m.message_id for m in sink.store.deliveries()] == [message_id]
+    await queue.close()
+    await producer.close()
+
+
+async def test_a_relay_that_refuses_the_connection_gets_the_mail_on_the_retry(
+    mail_engine: Engine, redis_url: str, tmp_path: Path
+) -> None:
+    """Nothing was handed over: the claim is released and the next attempt sends."""
+    port = embedded.free_port()
+    settings = Settings(redis_url=redis_url, smtp_host="127.0.0.1", smtp_port=port)
+    spec = unique_spec(settings, attempts=5, backoff={"type": "fixed", "delay": 300})
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-order-confirmation", ORDER_MAIL, {"jobId": "oc-refused"})
+    queue = bull_queue(spec, redis_url)
+    async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
+
+        async def tried() -> bool:
+            job = await queue.getJob("oc-refused")
+            return job is not None and job.attemptsMade >= 1
+
+        await eventually(tried, what="a first attempt refused at connect")
+        sink = SmtpSink(tmp_path / "late", "127.0.0.1", port).start()
+        try:
+            await eventually(lambda: _completed(spec, redis_url, 1), within=20)
+        finally:
+            sink.stop()
+    job = await queue.getJob("oc-refused")
+    assert job.returnvalue == {
+        "sent": True,
+        "messageId": message_id_for(spec.name, "oc-refused", ORDER_MAIL),
+    }
+    assert len(sink.store.deliveries()) == 1
+    await queue.close()
+    await producer.close()

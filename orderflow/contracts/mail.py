@@ -22,6 +22,9 @@ class MailDeliveryStatus(StrEnum):
 
     SENDING = "SENDING"  # an attempt is in the SMTP conversation (or died in it)
     SENT = "SENT"  # the relay accepted it: no attempt of this job sends it again
+    # the message was handed over (DATA) but the relay's answer never came: it may have been
+    # sent, so no attempt resends it automatically (UNKNOWN_HOLD_SECONDS, mail/processor.py)
+    UNKNOWN = "UNKNOWN"
 
 
 # The seed's template name of each email job; data.template may give either name
