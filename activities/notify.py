@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from bridge.errors import PayloadRejectedError
 from orderflow.contracts.mail import EMAIL_QUEUE, EmailJob
 from orderflow.contracts.order import NotificationKind, NotifyInput, NotifyResult
 from orderflow.db import Invoice, Order, OrderItem, reader, table
@@ -20,6 +21,7 @@ ORDERS = table(Order)
 ORDER_ITEMS = table(OrderItem)
 INVOICES = table(Invoice)
 
+MAIL_REFUSED = "MailRefused"  # the ApplicationError type of a mail the email queue refused
 # email-queue job name and subject per notification (job names as in the seed)
 JOBS: dict[NotificationKind, tuple[EmailJob, str]] = {
     NotificationKind.CONFIRMATION: (EmailJob.ORDER_CONFIRMATION, "Order Confirmed"),
@@ -52,7 +54,17 @@ class NotificationActivities:
         job_data = await asyncio.to_thread(self._job_data, data, subject)
         # no ":" in the id: Node BullMQ refuses it in custom job ids
         job_id = f"{data.kind.value}-{data.order_id}"
-        await self.email_queue.add(job_name, job_data, {"jobId": job_id})
+        try:
+            await self.email_queue.add(job_name, job_data, {"jobId": job_id})
+        except PayloadRejectedError as err:
+            # the same data is refused on every attempt: a failure of this mail, not the order's
+            activity.logger.warning("order %s: %s mail refused: %s", data.order_id, data.kind, err)
+            raise ApplicationError(
+                f"order {data.order_id}: the {data.kind} mail was refused by the email queue: "
+                f"{err.reason}",
+                type=MAIL_REFUSED,
+                non_retryable=True,
+            ) from err
         return NotifyResult(job_id=job_id, channel=EMAIL_QUEUE)
 
     def _job_data(self, data: NotifyInput, subject: str) -> dict[str, Any]:
@@ -97,5 +109,10 @@ class NotificationActivities:
                     "currency": order.currency,
                     "invoiceNumber": invoice,
                     "note": data.note,
+                    **(
+                        {"carrier": data.carrier, "trackingNumber": data.tracking_number}
+                        if data.carrier or data.tracking_number
+                        else {}
+                    ),
                 },
             }

@@ -16,12 +16,26 @@ def shown(text: str) -> str:
 
 
 class PayloadRejectedError(OrderflowError):
-    """A job's data was refused before it reached Redis (sensitive field or too large)."""
+    """A job's data was refused before it reached Redis (sensitive field or too large).
 
-    def __init__(self, queue: str, name: str, job_id: str | None, reason: str) -> None:
+    `field` is the refused field's path ("data.reason"), "" when the whole payload was;
+    `problem` what it looked like ("its value looks like a card number ...").
+    """
+
+    def __init__(
+        self,
+        queue: str,
+        name: str,
+        job_id: str | None,
+        reason: str,
+        *,
+        field: str = "",
+        problem: str = "",
+    ) -> None:
         where = f"job {job_id!r} ({shown(name)})" if job_id else f"job {shown(name)}"
         super().__init__(f"{queue}: {where} refused: {reason}")
         self.queue, self.name, self.job_id, self.reason = queue, name, job_id, reason
+        self.field, self.problem = field, problem
 
 
 class InvalidJobOptionsError(OrderflowError):

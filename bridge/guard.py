@@ -1,15 +1,18 @@
 """The payload guard: job data is stored in clear text, so refuse secrets and large blobs.
 
-Field names are screened (password, token, card number ...) and so are values: a Luhn-valid
-card number, a URL carrying a token (a reset link) or credentials, a JWT. The error names the
-field and what it looked like, never the value.
+Field names are screened everywhere (password, token, card number ...). Values are screened
+only in free text: a Luhn-valid card number, a URL carrying a token (a reset link) or
+credentials, a JWT. The fields a producer generates itself (ids, SKUs, amounts, tracking
+numbers: the queue spec's `system_fields`) are not: one generated number in ten passes Luhn,
+and refusing it refused real orders' mail and real payments. The error names the field and what
+it looked like, never the value.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -113,19 +116,28 @@ def _value_problem(text: str) -> str:
     return ""
 
 
-def _walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
+def field_pattern(path: str, key: str) -> str:
+    """The system-field pattern of `key` under `path` ("data.items[]" + "sku")."""
+    return f"{path}.{key}" if path else key
+
+
+def _walk(
+    value: Any, path: str, pattern: str, system: frozenset[str], generated: bool = False
+) -> Iterator[tuple[str, str]]:
+    """(field, why) of each sensitive field; `pattern` is the path with every index as []."""
     if isinstance(value, dict):
         for key, item in value.items():
             here = f"{path}.{shown(str(key))}"
+            like = field_pattern(pattern, str(key))
             if sensitive_field(str(key)):
                 yield here, "its name says it holds a secret"
             elif why := _value_problem(str(key)):
                 yield f"{path} (a key)", f"the key looks like {why}"
-            yield from _walk(item, here)
+            yield from _walk(item, here, like, system, generated or like in system)
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            yield from _walk(item, f"{path}[{i}]")
-    elif isinstance(value, str | int) and not isinstance(value, bool):
+            yield from _walk(item, f"{path}[{i}]", f"{pattern}[]", system, generated)
+    elif isinstance(value, str | int) and not isinstance(value, bool) and not generated:
         if why := _value_problem(str(value)):
             yield path, f"its value looks like {why}"
 
@@ -136,6 +148,8 @@ class PayloadGuard:
 
     queue: str
     max_bytes: int
+    # fields the producer generates ("data.items[].sku"): screened by name, not by value
+    system_fields: frozenset[str] = field(default_factory=frozenset)
 
     def check(self, name: str, job_id: str | None, data: Any, encoded: str) -> None:
         """Raise PayloadRejectedError if `data` holds a secret or `encoded` is too large."""
@@ -151,11 +165,12 @@ class PayloadGuard:
         if "\\" not in screened and not _SCREEN.search(screened):
             if not _VALUE_SCREEN.search(lowered):
                 return
-        found = next(_walk(data, "data"), None)
+        found = next(_walk(data, "data", "", self.system_fields), None)
         if found is not None:
-            field, why = found
+            where, why = found
             raise PayloadRejectedError(
                 self.queue, name, job_id,
-                f"{field} looks sensitive: {why} (passwords, tokens, secrets and card data"
+                f"{where} looks sensitive: {why} (passwords, tokens, secrets and card data"
                 " must not be stored in Redis in clear text; pass an id and look it up)",
+                field=where, problem=why,
             )  # fmt: skip

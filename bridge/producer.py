@@ -100,7 +100,7 @@ class QueueProducer:
         self.spec = spec
         self.client = client
         self.keys = Keys(spec.prefix, spec.name)
-        self.guard = PayloadGuard(spec.name, spec.max_payload_bytes)
+        self.guard = PayloadGuard(spec.name, spec.max_payload_bytes, spec.system_fields)
         self._loaded = False
         # most adds use the spec's options as they are: check and pack them once
         self._defaults = normalize_opts(spec, None)

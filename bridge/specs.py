@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from orderflow.contracts.mail import EMAIL_QUEUE, EmailJob
-from orderflow.contracts.payment import WEBHOOK_QUEUE, WebhookJob
+from orderflow.contracts.mail import EMAIL_QUEUE, EMAIL_SYSTEM_FIELDS, EmailJob
+from orderflow.contracts.payment import WEBHOOK_QUEUE, WEBHOOK_SYSTEM_FIELDS, WebhookJob
 from orderflow.settings import Settings
 
 DLQ_SUFFIX = "-dlq"  # a sibling namespace under the prefix, so obliterating a queue keeps its DLQ
@@ -46,6 +46,9 @@ class QueueSpec:
     remove_on_complete: bool | int | dict[str, int] = field(default_factory=lambda: KEEP_COMPLETED)
     remove_on_fail: bool | int | dict[str, int] = KEEP_FAILED
     max_payload_bytes: int = 64 * 1024
+    # job-data fields its producers generate (ids, SKUs, amounts: "data.items[].sku"); the
+    # payload guard screens them by name only, every other field as free text (bridge/guard.py)
+    system_fields: frozenset[str] = frozenset()
     lock_duration_ms: int = LOCK_DURATION_MS
     stalled_interval_ms: int = STALLED_INTERVAL_MS
     max_stalled_count: int = MAX_STALLED_COUNT
@@ -90,6 +93,7 @@ def email_spec(settings: Settings) -> QueueSpec:
         timeout_seconds=settings.email_timeout_seconds,
         prefix=settings.queue_prefix,
         max_payload_bytes=settings.job_max_payload_bytes,
+        system_fields=EMAIL_SYSTEM_FIELDS,
     )
 
 
@@ -105,6 +109,7 @@ def webhook_spec(settings: Settings) -> QueueSpec:
         timeout_seconds=settings.webhook_timeout_seconds,
         prefix=settings.queue_prefix,
         max_payload_bytes=settings.job_max_payload_bytes,
+        system_fields=WEBHOOK_SYSTEM_FIELDS,
     )
 
 

@@ -215,7 +215,9 @@ class WebhookEvent(SQLModel, table=True):
 class MailDelivery(SQLModel, table=True):
     """One mail of an email job, by Message-ID: in the database, so a Redis crash cannot lose it."""
 
-    message_id: str = Field(primary_key=True)  # fixed by queue and job id (mail/processor.py)
+    # fixed by the job's identity and content: queue, job id, recipient, template, data digest
+    # (mail/processor.py), so a job id handed out again for another mail is another delivery
+    message_id: str = Field(primary_key=True)
     queue: str
     job_id: str = Field(index=True)
     recipient: str
@@ -223,3 +225,8 @@ class MailDelivery(SQLModel, table=True):
     attempts: int = 1  # attempts that entered the SMTP conversation
     claimed_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None
+    template: str | None = None  # the email job (template) name
+    digest: str | None = None  # SHA-256 of the job's data, canonical JSON
+    # when the message was handed over (DATA): from then on a lost reply leaves it UNKNOWN
+    data_at: datetime | None = None
+    detail: str | None = None  # why the outcome is UNKNOWN

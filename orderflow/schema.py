@@ -131,7 +131,7 @@ def write_revision(message: str, directory: Path | None = None) -> Path:
                 config,
                 message=message,
                 autogenerate=True,
-                rev_id=f"{len(known_revisions()) + 1:04d}",
+                rev_id=f"{max(int(r) for r in known_revisions()) + 1:04d}",  # not a count: ids may skip
                 version_path=str(directory) if directory is not None else None,
             )
         engine.dispose()

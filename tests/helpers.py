@@ -43,6 +43,20 @@ def new_order_id() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
 
+def luhn_number(prefix: str, length: int) -> str:
+    """A random digit string of `length` starting with `prefix` whose last digit makes it pass
+    Luhn: shaped like a card number, as one generated id or barcode in ten is."""
+    free = length - 1 - len(prefix)
+    body = prefix + str(uuid.uuid4().int % 10**free).zfill(free)
+    total = 0
+    for i, ch in enumerate(reversed(body)):  # the check digit will sit at the odd position 0
+        d = int(ch)
+        if i % 2 == 0:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return body + str((10 - total % 10) % 10)
+
+
 async def eventually(
     check: Callable[[], Awaitable[T | None]],
     within: float = 10.0,

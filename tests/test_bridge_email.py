@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from sqlalchemy.engine import Engine
 
+from app import embedded
 from app.smtp_sink import SmtpSink
 from bridge.dlq import DeadLetterQueue
 from bridge.job import Job
@@ -55,7 +57,7 @@ async def test_order_confirmation_is_rendered_and_delivered(
         await eventually(lambda: _completed(spec, redis_url, 2))
     [mail] = sink.store.messages(to="asha@example.com")
     assert mail.subject == "Order Confirmed — o-1001"
-    assert mail.message_id == message_id_for(spec.name, job_id)
+    assert mail.message_id == message_id_for(spec.name, job_id, ORDER_MAIL)
     assert mail.header("X-Orderflow-Job") == f"{spec.name}/send-order-confirmation/{job_id}"
     assert "o-1001" in mail.text and "₹999.50" in mail.text and "MUG-1 x 2" in mail.text
     assert "<script>alert(1)</script>" in mail.text  # plain text is not escaped ...
@@ -130,7 +132,7 @@ async def test_kill_9_mid_job_delivers_exactly_one_email(
     async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
         await eventually(lambda: _completed(spec, redis_url, 1), within=15)
     deliveries = [m for m in sink.store.deliveries() if m.message_id == message_id_for(
-        spec.name, job_id)]  # fmt: skip
+        spec.name, job_id, ORDER_MAIL)]  # fmt: skip
     assert len(deliveries) == 1
     queue = bull_queue(spec, redis_url)
     job = await queue.getJob(job_id)
@@ -177,7 +179,7 @@ async def test_redis_sigkilled_between_smtp_accept_and_job_completion_still_give
 
         async with running(spec, crash_after_smtp, redis.url):
             await eventually(lambda: _completed(spec, redis.url, 1), within=20)
-        message_id = message_id_for(spec.name, job_id)
+        message_id = message_id_for(spec.name, job_id, ORDER_MAIL)
         deliveries = [m for m in sink.store.deliveries() if m.message_id == message_id]
         assert len(deliveries) == 1
         assert len(runs) == 2 and runs[1].get("duplicate") is True  # it did run again
@@ -185,3 +187,143 @@ async def test_redis_sigkilled_between_smtp_accept_and_job_completion_still_give
         await producer.close()
     finally:
         redis.stop()
+
+
+class SilentRelay:
+    """An SMTP relay that takes the message after DATA and never answers it (a lost reply)."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.port = embedded.free_port()
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, ready_timeout=10)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append(envelope.original_content or envelope.content)
+        await asyncio.sleep(3600)  # the reply to the message never comes
+        return "250 too late"
+
+    def __enter__(self) -> SilentRelay:
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()
+
+
+def reset_mail(to: str, link: str) -> dict[str, Any]:
+    """A password-reset job as the seed's Node producer writes it."""
+    return {"to": to, "subject": "Reset your password", "template": "password_reset",
+            "data": {"resetUrl": link}}  # fmt: skip
+
+
+async def test_a_node_job_id_handed_out_again_after_redis_lost_writes_sends_the_new_mail(
+    mail_engine: Engine, settings: Settings, sink: SmtpSink, redis_url: str
+) -> None:
+    """Node producers use auto ids 1, 2, ...; a Redis that lost its last second gives them again."""
+    spec = unique_spec(settings)
+    producer = QueueProducer.connect(spec, redis_url)
+    first = await producer.add(
+        "send-password-reset", reset_mail("asha@example.com", "https://shop.example/help/1")
+    )
+    async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
+        await eventually(lambda: _completed(spec, redis_url, 1))
+    queue = bull_queue(spec, redis_url)
+    await queue.obliterate(force=True)  # the queue as a failover to a lagging replica left it
+    await queue.close()
+    second = await producer.add(
+        "send-password-reset", reset_mail("ravi@example.com", "https://shop.example/help/2")
+    )
+    assert first == second == "1"
+    async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
+        await eventually(lambda: _completed(spec, redis_url, 1))
+    [mail] = await sink.store.wait_for(1, to="ravi@example.com")
+    assert "https://shop.example/help/2" in mail.text
+    assert len(sink.store.messages(to="asha@example.com")) == 1
+    await producer.close()
+
+
+async def test_a_relay_that_takes_the_message_but_never_answers_gets_it_once_and_the_job_says_why(
+    mail_engine: Engine, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mail.processor.SMTP_TIMEOUT_SECONDS", 1.0)
+    with SilentRelay() as relay:
+        settings = Settings(redis_url=redis_url, smtp_host="127.0.0.1", smtp_port=relay.port)
+        spec = unique_spec(settings, attempts=3, backoff={"type": "fixed", "delay": 100})
+        producer = QueueProducer.connect(spec, redis_url)
+        job_id = await producer.add("send-order-confirmation", ORDER_MAIL, {"jobId": "oc-silent"})
+        client = RedisClient(redis_url)
+        dlq = DeadLetterQueue(spec, client)
+        async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
+            await eventually(lambda: _dlq_count(dlq, 1), within=20)
+            [entry] = await dlq.list()
+            assert entry.attempts_made == 1  # not retried: a retry would send it again
+            await dlq.redrive(job_id)  # an operator retries it at once: still not sent again
+
+            async def failed_again() -> bool:
+                return await dlq.count() == 1 and (await counts(spec, redis_url))["failed"] == 1
+
+            await eventually(failed_again, within=20)
+        assert len(relay.received) == 1
+        [entry] = await dlq.list()
+        message_id = message_id_for(spec.name, job_id, ORDER_MAIL)
+        assert "outcome unknown" in entry.failed_reason and message_id in entry.failed_reason
+        assert "no reply to DATA" in entry.failed_reason
+        assert "not sent again" in entry.failed_reason
+        status = await asyncio.to_thread(
+            EmailProcessor(settings, spec, mail_engine).deliveries.status, message_id
+        )
+        assert status == "UNKNOWN"
+        await producer.close()
+        await client.close()
+
+
+async def test_the_same_job_added_again_after_it_was_sent_is_sent_once(
+    mail_engine: Engine, settings: Settings, sink: SmtpSink, redis_url: str
+) -> None:
+    """Our notify activity re-adds its job with the same id and data when retried."""
+    spec = unique_spec(settings)
+    producer = QueueProducer.connect(spec, redis_url)
+    queue = bull_queue(spec, redis_url)
+    for _ in range(2):
+        await producer.add("send-order-confirmation", ORDER_MAIL, {"jobId": "oc-again"})
+        async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
+            await eventually(lambda: _completed(spec, redis_url, 1))
+        job = await queue.getJob("oc-again")
+        await queue.obliterate(force=True)  # gone from Redis: the next add is a new job
+    assert job.returnvalue["duplicate"] is True
+    message_id = message_id_for(spec.name, "oc-again", ORDER_MAIL)
+    assert [m.message_id for m in sink.store.deliveries()] == [message_id]
+    await queue.close()
+    await producer.close()
+
+
+async def test_a_relay_that_refuses_the_connection_gets_the_mail_on_the_retry(
+    mail_engine: Engine, redis_url: str, tmp_path: Path
+) -> None:
+    """Nothing was handed over: the claim is released and the next attempt sends."""
+    port = embedded.free_port()
+    settings = Settings(redis_url=redis_url, smtp_host="127.0.0.1", smtp_port=port)
+    spec = unique_spec(settings, attempts=5, backoff={"type": "fixed", "delay": 300})
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add("send-order-confirmation", ORDER_MAIL, {"jobId": "oc-refused"})
+    queue = bull_queue(spec, redis_url)
+    async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
+
+        async def tried() -> bool:
+            job = await queue.getJob("oc-refused")
+            return job is not None and job.attemptsMade >= 1
+
+        await eventually(tried, what="a first attempt refused at connect")
+        sink = SmtpSink(tmp_path / "late", "127.0.0.1", port).start()
+        try:
+            await eventually(lambda: _completed(spec, redis_url, 1), within=20)
+        finally:
+            sink.stop()
+    job = await queue.getJob("oc-refused")
+    assert job.returnvalue == {
+        "sent": True,
+        "messageId": message_id_for(spec.name, "oc-refused", ORDER_MAIL),
+    }
+    assert len(sink.store.deliveries()) == 1
+    await queue.close()
+    await producer.close()

@@ -79,7 +79,7 @@ async def test_node_producer_job_is_processed_by_our_email_worker(
     assert job["state"] == "completed" and job["attemptsMade"] == 1
     assert job["returnvalue"] == {
         "sent": True,
-        "messageId": message_id_for(spec.name, "welcome-neha"),
+        "messageId": message_id_for(spec.name, "welcome-neha", data),
     }
     await client.close()
 

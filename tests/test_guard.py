@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import uuid
+from dataclasses import fields
 from typing import Any
 
 import pytest
 
 from bridge.errors import PayloadRejectedError
 from bridge.guard import PayloadGuard, luhn_valid
-from payments.events import parse_event
+from bridge.producer import QueueProducer
+from bridge.specs import email_spec, webhook_spec
+from orderflow.settings import Settings
+from payments.events import GatewayEvent, parse_event
 from payments.samples import razorpay_payment_captured, stripe_payment_succeeded
 
 GUARD = PayloadGuard("email-queue", 64 * 1024)
@@ -101,3 +106,52 @@ def test_a_luhn_valid_digit_run_inside_an_id_is_not_a_card_number(value: str) ->
     """Random gateway ids carry long digit runs; one in ten of them passes Luhn."""
     assert luhn_valid("26889374496954")
     check({**MAIL, "data": {"event_id": value}})
+
+
+async def test_the_guard_screens_typed_text_not_the_ids_and_skus_the_system_generates(
+    redis_url: str,
+) -> None:
+    """One generated id or barcode in ten passes Luhn; only free text is screened for cards."""
+    settings = Settings(redis_url=redis_url)
+    tag = uuid.uuid4().hex[:8]
+    email = QueueProducer.connect(
+        email_spec(settings).with_(prefix=f"g{tag}", name="mail"), redis_url
+    )
+    order_id, sku, tracking = "5234567890124", "5901234123457", "4000123456789017"
+    assert all(luhn_valid(n) for n in (order_id, sku, tracking))
+    mail = {
+        "to": f"{order_id}@example.com",
+        "subject": f"Order Confirmed — {order_id}",
+        "template": "send-order-confirmation",
+        "data": {
+            "orderNumber": order_id,
+            "invoiceNumber": f"INV-{order_id}",
+            "items": [{"sku": sku, "quantity": 1, "unitPrice": "499.00", "unitPriceMinor": 49900}],
+            "total": "499.00",
+            "totalMinor": 49900,
+            "carrier": "Delhivery",
+            "trackingNumber": tracking,
+        },
+    }
+    await email.add("send-order-confirmation", mail, {"jobId": f"oc-{tag}"})
+    # free text is still screened, and names everywhere
+    with pytest.raises(PayloadRejectedError, match=r"data\.data\.note .*card number"):
+        await email.add("send-order-cancelled", {**mail, "data": {"note": f"card {tracking}"}})
+    with pytest.raises(PayloadRejectedError, match=r"data\.data\.items\[0\]\.cardNumber"):
+        await email.add("send-welcome", {**mail, "data": {"items": [{"cardNumber": "x"}]}})
+    hooks = QueueProducer.connect(
+        webhook_spec(settings).with_(prefix=f"g{tag}", name="h"), redis_url
+    )
+    event = parse_event("stripe", stripe_payment_succeeded(order_id, 129900))
+    await hooks.add(event.job_name, event.to_job(), {"jobId": event.job_id})
+    event.reason = f"card {tracking} declined"
+    with pytest.raises(PayloadRejectedError, match=r"data\.reason .*card number"):
+        await hooks.add(event.job_name, event.to_job(), {"jobId": f"{event.job_id}-2"})
+    await email.close()
+    await hooks.close()
+
+
+def test_every_webhook_job_field_but_the_gateway_text_is_declared_system_generated() -> None:
+    """A new field of GatewayEvent must be decided: generated (name screen) or free text."""
+    spec = webhook_spec(Settings())
+    assert spec.system_fields == {f.name for f in fields(GatewayEvent)} - {"reason"}

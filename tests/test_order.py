@@ -222,7 +222,10 @@ async def test_shipped_order_releases_reserved_stock_and_mails(
         order = session.get(Order, order_id)
         assert order is not None and order.status == "SHIPPED"
     job = await wait_job(email_queue, f"shipping-notification-{order_id}")
-    assert "BD123" in job.data["data"]["note"]
+    assert (job.data["data"]["carrier"], job.data["data"]["trackingNumber"]) == (
+        "BlueDart",
+        "BD123",
+    )
 
 
 async def test_payment_that_does_not_match_the_total_is_refused(

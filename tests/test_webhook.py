@@ -24,7 +24,7 @@ from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
 from bridge.specs import QueueSpec, email_spec, webhook_spec
 from orderflow.contracts.mail import EMAIL_QUEUE
-from orderflow.db import Payment
+from orderflow.db import Payment, WebhookEvent
 from orderflow.settings import Settings
 from payments.events import parse_razorpay, parse_stripe
 from payments.processor import OrderNotYetKnownError, WebhookEventError, WebhookProcessor
@@ -40,7 +40,7 @@ from payments.samples import (
 )
 from payments.signatures import signed_headers
 from tests.bridge_helpers import bull_queue, counts, eventually, running
-from tests.helpers import event_row, payments, pending_order, wait_status
+from tests.helpers import event_row, luhn_number, payments, pending_order, wait_status
 from workers.bridge import build_webhook_processor, run_bridge_workers
 
 Catalogue = Callable[..., dict[str, str]]
@@ -334,6 +334,38 @@ async def test_signed_stripe_webhook_confirms_the_order_and_mails_once(
     with Session(engine) as session:
         rows = session.exec(select(Payment).where(Payment.order_id == order_id)).all()
     assert len(rows) == 1
+
+
+async def test_a_signed_stripe_event_whose_order_id_passes_luhn_is_recorded(
+    system: tuple[httpx.AsyncClient, QueueSpec, Settings],
+    orders: OrderClient,
+    catalogue: Catalogue,
+    engine: Engine,
+) -> None:
+    """A generated id passes Luhn one time in ten: the money moved, the event must be kept."""
+    http, _, settings = system
+    order_id = luhn_number("5", 13)  # shaped like 5234567890124: a Mastercard-looking run
+    skus = catalogue(item=(129_900, 5))
+    await pending_order(orders, [(skus["item"], 1)], order_id=order_id)
+    event_id = f"evt_luhn_{order_id}"
+    body = stripe_payment_succeeded(order_id, 129900, event_id=event_id)
+    response = await http.post(
+        "/webhooks/stripe", content=body, headers=signed_headers("stripe", body, settings)
+    )
+    assert response.status_code == 200, response.text
+    state = await wait_status(orders, order_id, "CONFIRMED")
+    assert state.payment_id == parse_stripe(body).payment_id
+    row = await eventually(
+        lambda: _applied(engine, event_id), 20, f"event {event_id} recorded as APPLIED"
+    )
+    assert (row.order_id, row.amount, row.currency) == (order_id, 129_900, "INR")
+    assert payments(engine, order_id) == [("capture", "succeeded", 129_900)]
+
+
+async def _applied(engine: Engine, event_id: str) -> WebhookEvent | None:
+    with Session(engine) as session:
+        row = session.exec(select(WebhookEvent).where(WebhookEvent.event_id == event_id)).first()
+    return row if row is not None and row.status == "APPLIED" else None
 
 
 async def _dlq_has(dlq: DeadLetterQueue, n: int) -> bool:

@@ -71,6 +71,15 @@ _Arg = TypeVar("_Arg")
 _Ret = TypeVar("_Ret")
 
 DB_TIMEOUT = timedelta(seconds=30)
+# a mail is retried for about a minute and a half (a Redis failover), then given up and noted:
+# no mail may hold an order. Each interval stays under the local-retry threshold (1 min), so
+# retries add no timer commands
+NOTIFY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=8,
+)
 PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING)
 # workflow.patched ids: each guards a change that adds commands (docs/VERSIONING.md)
 EARLY_PAYMENT_AMOUNT_CHECK = "early-payment-amount-check"
@@ -176,7 +185,7 @@ class OrderWorkflow:
             OrderStatus.SHIPPED,
             f"{self._shipment.carrier} {self._shipment.tracking_number}".strip(),
         )
-        await self._notify(NotificationKind.SHIPPING, self._history[-1].note)
+        await self._notify(NotificationKind.SHIPPING, shipment=self._shipment)
         return await self._end()
 
     async def _check_early_payment(self) -> None:
@@ -518,12 +527,33 @@ class OrderWorkflow:
             cause = err.cause if isinstance(err, ActivityError) else err
             self._note(f"ERP sync failed after {self._order.policy.erp_attempts} attempts: {cause}")
 
-    async def _notify(self, kind: NotificationKind, note: str = "") -> None:
-        await workflow.execute_local_activity_method(
-            NotificationActivities.notify,
-            NotifyInput(order_id=self._order.order_id, kind=kind, note=note),
-            start_to_close_timeout=DB_TIMEOUT,
-        )
+    async def _notify(
+        self, kind: NotificationKind, note: str = "", *, shipment: Shipment | None = None
+    ) -> None:
+        """Send one mail; one that cannot be sent is noted in the history, never the order's end.
+
+        `note` is free text (screened by the email queue's guard); a shipment's carrier and
+        tracking number are generated data and go in fields of their own.
+        """
+        try:
+            await workflow.execute_local_activity_method(
+                NotificationActivities.notify,
+                NotifyInput(
+                    order_id=self._order.order_id,
+                    kind=kind,
+                    note=note,
+                    carrier=shipment.carrier if shipment else "",
+                    tracking_number=shipment.tracking_number if shipment else "",
+                ),
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=NOTIFY_RETRY,
+            )
+        except (ActivityError, ApplicationError) as err:  # a local activity raises the latter
+            cause = err.cause if isinstance(err, ActivityError) and err.cause else err
+            workflow.logger.warning(
+                "order %s: %s mail not sent: %s", self._order.order_id, kind, cause
+            )
+            self._note(f"{kind.name.lower()} mail not sent: {cause}")
 
     async def _act(self, method: Callable[[Any, _Arg], _Ret], arg: _Arg) -> _Ret:
         """One database step of the order, as a local activity."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import math
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 # the rate limit is asked no longer: a Redis that accepts but does not answer must not hold the
 # request (the enqueue then answers 503 within settings.webhook_enqueue_timeout_seconds)
 RATE_LIMIT_SECONDS = 1.0
+# the one free-text field of a webhook job (the gateway's message); every other field is an id,
+# an amount or a kind the guard does not screen by value (WEBHOOK_SYSTEM_FIELDS)
+FREE_TEXT_FIELD = "data.reason"
 
 
 class JobQueue(Protocol):
@@ -161,12 +165,26 @@ def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
             )
         return await enqueue(event)
 
+    async def add(event: GatewayEvent) -> None:
+        try:
+            await queue.add(event.job_name, event.to_job(), {"jobId": event.job_id})
+        except PayloadRejectedError as err:
+            if err.field != FREE_TEXT_FIELD:
+                raise
+            # a signed event after the money moved is kept: only the gateway's text, which
+            # echoed something that must not sit in Redis, is withheld
+            log.warning(
+                "%s event %s: its text is withheld from the queue: %s",
+                event.provider,
+                event.event_id,
+                err.problem,
+            )
+            kept = dataclasses.replace(event, reason=f"[withheld: {err.problem}]")
+            await queue.add(kept.job_name, kept.to_job(), {"jobId": kept.job_id})
+
     async def enqueue(event: GatewayEvent) -> JSONResponse:
         try:
-            await asyncio.wait_for(
-                queue.add(event.job_name, event.to_job(), {"jobId": event.job_id}),
-                settings.webhook_enqueue_timeout_seconds,
-            )
+            await asyncio.wait_for(add(event), settings.webhook_enqueue_timeout_seconds)
         except (InvalidJobOptionsError, PayloadRejectedError) as err:
             # the queue refuses this event for good (too large, a secret in it, an impossible id):
             # a 4xx with the reason, not a 503 that the gateway would redeliver for days

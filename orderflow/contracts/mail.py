@@ -22,6 +22,9 @@ class MailDeliveryStatus(StrEnum):
 
     SENDING = "SENDING"  # an attempt is in the SMTP conversation (or died in it)
     SENT = "SENT"  # the relay accepted it: no attempt of this job sends it again
+    # the message was handed over (DATA) but the relay's answer never came: it may have been
+    # sent, so no attempt resends it automatically (UNKNOWN_HOLD_SECONDS, mail/processor.py)
+    UNKNOWN = "UNKNOWN"
 
 
 # The seed's template name of each email job; data.template may give either name
@@ -55,3 +58,17 @@ REQUIRED_FIELDS: dict[EmailJob, tuple[str, ...]] = {
     EmailJob.WELCOME: (),
     EmailJob.ORDER_CANCELLED: ("orderNumber",),
 }
+
+# Fields of an email job that its producers generate (addresses, ids, SKUs, amounts, carrier
+# data): the payload guard screens them by name only, since one generated number in ten passes
+# Luhn; every other value (data.note, a reason a person typed ...) is free text and is screened
+# for card numbers, token links and JWTs too (bridge/guard.py)
+EMAIL_SYSTEM_FIELDS = frozenset(
+    {
+        "to", "subject", "template",
+        *(f"data.{name}" for name in ("orderNumber", "invoiceNumber", "currency", "carrier",
+                                      "trackingNumber", *TOTAL_MINOR, *TOTAL_MAJOR)),
+        *(f"data.items[].{name}" for name in ("sku", *ITEM_QUANTITY, *ITEM_PRICE_MINOR,
+                                              *ITEM_PRICE_MAJOR, *ITEM_LABEL)),
+    }
+)  # fmt: skip

@@ -223,7 +223,9 @@ class NotifyInput:
 
     order_id: str
     kind: NotificationKind
-    note: str = ""
+    note: str = ""  # free text (a cancellation reason a person may have typed)
+    carrier: str = ""  # the warehouse's shipment (generated, like the tracking number)
+    tracking_number: str = ""
 
 
 @dataclass

@@ -34,6 +34,15 @@ class WebhookJob(StrEnum):
     RECONCILIATION = "payment-reconciliation"
 
 
+# Fields of a webhook job (payments.events.GatewayEvent) taken from the gateway's signed body or
+# made by us: ids, amounts, kinds. The payload guard screens them by name only; `reason` (the
+# gateway's text, which may echo what a customer typed) is free text and screened by value too
+WEBHOOK_SYSTEM_FIELDS = frozenset(
+    {"provider", "event_id", "type", "kind", "order_id", "payment_id", "amount_minor", "currency",
+     "refund_id", "flagged", "attempt_id", "refund_cumulative"}
+)  # fmt: skip
+
+
 class PaymentKind(StrEnum):
     """What the gateway is asked to do."""
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from temporalio import activity, workflow
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import (
     Interceptor,
@@ -33,6 +34,7 @@ from orderflow.contracts.order import (
     ConfirmInput,
     ConfirmResult,
     ErpSyncResult,
+    NotificationKind,
     NotifyInput,
     NotifyResult,
     OrderInput,
@@ -93,6 +95,7 @@ class Stubs:
     # set: every capture waits for it, so a test can act while one is at the gateway
     capture_gate: asyncio.Event | None = None
     capturing: asyncio.Event = field(default_factory=asyncio.Event)  # a capture is in flight
+    refused_mail: set[NotificationKind] = field(default_factory=set)  # the queue refuses these
     calls: list[tuple[str, Any]] = field(default_factory=list)
 
     def called(self, name: str) -> list[Any]:
@@ -147,6 +150,12 @@ class Stubs:
     @activity.defn(name="notify")
     async def notify(self, data: NotifyInput) -> NotifyResult:
         self.calls.append(("notify", data))
+        if data.kind in self.refused_mail:
+            raise ApplicationError(
+                f"{data.kind} mail of order {data.order_id} refused by the queue: stub",
+                type="MailRefused",
+                non_retryable=True,
+            )
         return NotifyResult(job_id=f"{data.kind.value}-{data.order_id}", channel="stub")
 
     @activity.defn(name="call_gateway")

@@ -50,6 +50,22 @@ async def test_paid_order_is_confirmed_then_shipped(unit_orders: OrderClient, st
     assert len(stubs.called("ship_reservation")) == 1 and not stubs.called("release_reservation")
 
 
+async def test_a_refused_confirmation_mail_is_noted_and_the_order_ships(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    stubs.refused_mail = {NotificationKind.CONFIRMATION}
+    order = await pending_order(unit_orders, [("mug", 1)])
+    await unit_orders.payment_received(order.id, PaymentReceived(payment_id="p", amount=10_000))
+    await wait_status(unit_orders, order.id, "CONFIRMED")
+    await unit_orders.shipped(order.id, Shipment(carrier="DTDC", tracking_number="X1"))
+    result = await asyncio.wait_for(order.handle.result(), 20)
+    assert result.status == "SHIPPED"
+    history = (await unit_orders.status(order.id)).history
+    [note] = [h.note for h in history if "mail" in h.note]
+    assert note.startswith("confirmation mail not sent: ") and "refused by the queue" in note
+    assert len(stubs.called("notify")) == 2  # not retried: the shipping mail came next
+
+
 async def test_unpaid_order_is_cancelled_after_the_hour(
     env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
 ) -> None:
