@@ -206,3 +206,74 @@ async def test_a_razorpay_payment_authorised_for_a_manual_capture_order_is_captu
     assert row.detail == gateway_idempotency_key(
         order.id, PaymentKind.CAPTURE, 1, paid["id"], held=True
     )
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 hole 2: a refund row conflict is a gateway error")
+async def test_a_razorpay_refund_the_webhook_records_before_the_activity_commits_is_paid_once(
+    razorpay_api: FakeRazorpay, gateway: RazorpayGateway, engine: Engine
+) -> None:
+    """The refund is made but its answer is lost; the webhook worker records it from
+    `refund.processed` before Temporal's retry of the activity commits its own row."""
+    order_id = new_order_id()
+    checkout = gateway.create_checkout(CheckoutRequest(order_id, 80_000, "INR"))
+    paid = razorpay_api.pay(checkout.payment_id)  # the order auto-captures
+    activities = PaymentActivities(engine, gateway)
+
+    def attempt(n: int) -> GatewayRequest:
+        key = gateway_idempotency_key(order_id, PaymentKind.REFUND, n, paid["id"])
+        return GatewayRequest(order_id, PaymentKind.REFUND, 80_000, n, key, "INR", paid["id"])
+
+    razorpay_api.lose_refund_answers = 1
+    with pytest.raises(GatewayUnavailableError):
+        await asyncio.to_thread(activities.call_gateway, attempt(1))
+    [refund] = [r for r in razorpay_api.refunds.values() if r["payment_id"] == paid["id"]]
+    body = json.dumps(
+        {"entity": "event", "event": "refund.processed",
+         "payload": {"refund": {"entity": refund}, "payment": {"entity": paid}}}
+    ).encode()  # fmt: skip
+    event = parse_event("razorpay", body, razorpay_event_id_header=f"evt_{refund['id']}")
+    await WebhookProcessor(_NoOrders(), engine).apply(event)  # the webhook's row lands first
+
+    retried = await asyncio.to_thread(activities.call_gateway, attempt(1))  # Temporal's retry
+    assert (retried.succeeded, retried.payment_id) == (True, refund["id"])
+    again = await asyncio.to_thread(activities.call_gateway, attempt(2))  # the next attempt
+    assert (again.succeeded, again.payment_id) == (True, refund["id"])
+    assert [r["id"] for r in razorpay_api.refunds.values() if r["payment_id"] == paid["id"]] == [
+        refund["id"]
+    ]
+    assert payments(engine, order_id) == [("refund", "succeeded", 80_000)]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 hole 2: a new attempt refunds again")
+def test_a_razorpay_refund_attempt_after_one_whose_answer_was_lost_pays_nothing_more(
+    razorpay_api: FakeRazorpay, gateway: RazorpayGateway, engine: Engine
+) -> None:
+    """Every try of attempt 1 lost its answer; attempt 2 has another receipt and must find the
+    refund attempt 1 made (a partial refund would otherwise be paid twice)."""
+    order_id = new_order_id()
+    checkout = gateway.create_checkout(CheckoutRequest(order_id, 90_000, "INR"))
+    paid = razorpay_api.pay(checkout.payment_id)
+    activities = PaymentActivities(engine, gateway)
+
+    def attempt(n: int) -> GatewayRequest:
+        key = gateway_idempotency_key(order_id, PaymentKind.REFUND, n, paid["id"])
+        return GatewayRequest(order_id, PaymentKind.REFUND, 30_000, n, key, "INR", paid["id"])
+
+    razorpay_api.lose_refund_answers = 1
+    with pytest.raises(GatewayUnavailableError):
+        activities.call_gateway(attempt(1))
+    answer = activities.call_gateway(attempt(2))
+    assert answer.succeeded, answer.detail
+    refunds = [r for r in razorpay_api.refunds.values() if r["payment_id"] == paid["id"]]
+    assert [(r["id"], r["amount"]) for r in refunds] == [(answer.payment_id, 30_000)]
+    assert payments(engine, order_id) == [("refund", "succeeded", 30_000)]
+
+
+class _NoOrders:
+    """The webhook worker's order client, for events that never reach an order (refunds)."""
+
+    async def payment_received(self, order_id: str, payment: Any) -> Any:
+        raise AssertionError(f"no payment expected for order {order_id}")
+
+    async def payment_failed(self, order_id: str, failure: Any) -> None:
+        raise AssertionError(f"no failure expected for order {order_id}")

@@ -75,6 +75,7 @@ class StripeSystem:
     stripe: stripe.StripeClient
     localstripe: LocalStripe
     spec: QueueSpec
+    proxy: StallingProxy  # between the workers and localstripe: passes all until a test arms it
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +88,12 @@ async def system(
     redis_url: str,
 ) -> AsyncIterator[StripeSystem]:
     """The whole loop: checkout at localstripe → its signed webhook → HTTP app → queue → order."""
+    proxy = StallingProxy(localstripe.url, stall=0).start()
     local = settings.model_copy(
         update={
             "gateway": GatewayName.STRIPE,
             "stripe_api_key": STRIPE_TEST_KEY,
-            "stripe_api_base": localstripe.url,
+            "stripe_api_base": proxy.url,
             "payment_retry_attempts": 4,
             "payment_retry_interval_seconds": 2.0,
             "http_host": "127.0.0.1",
@@ -127,12 +129,13 @@ async def system(
         )
         processor = build_webhook_processor(local, orders, engine)
         async with running(spec, processor, redis_url):
-            yield StripeSystem(env, orders, local, client, localstripe, spec)
+            yield StripeSystem(env, orders, local, client, localstripe, spec, proxy)
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
         await producer.close()
         await asyncio.gather(*(w.shutdown() for w in workers))
         await asyncio.gather(*tasks, return_exceptions=True)
+    proxy.stop()
 
 
 def card(system: StripeSystem, number: str, customer: str = "") -> str:
@@ -779,3 +782,90 @@ async def test_an_authorisation_of_the_failed_intent_during_its_retries_is_captu
     assert [(a.succeeded, a.payment_id) for a in capture.attempts] == [(True, intent.id)]
     assert system.stripe.v1.payment_intents.retrieve(intent.id).status == "succeeded"
     assert payments(engine, order.id)[-1] == ("capture", "succeeded", 42_000)
+
+
+# --- refunds whose answer or row is lost (issue 18 hole 2) ---
+
+
+def refunds_at_stripe(system: StripeSystem, payment_intent: str) -> list[tuple[str, int, str]]:
+    """(id, amount, status) of every refund localstripe holds for the PaymentIntent."""
+    found = system.stripe.v1.refunds.list(params={"payment_intent": payment_intent}).data
+    return [(r.id, r.amount, r.status) for r in found]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 hole 2: a refund row conflict is a gateway error")
+async def test_a_refund_the_webhook_records_before_the_activity_commits_is_paid_once_and_cancels(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine
+) -> None:
+    """The refund lands at Stripe, its answer is late, and meanwhile the webhook worker records
+    it from `charge.refunded`: the activity's own row then conflicts with the webhook's."""
+    skus = catalogue(item=(59_900, 5))
+    order = await pending_order(system.orders, [(skus["item"], 1)])
+    checkout = await system.orders.create_checkout(order.id, payment_method=card(system, GOOD_CARD))
+    await wait_status(system.orders, order.id, "CONFIRMED")
+    proxy = system.proxy
+    proxy.release.clear()
+    proxy.stall_suffix, proxy.stall_method, proxy.deliver, proxy.stall = (
+        "/v1/refunds",
+        "POST",
+        True,
+        1,
+    )
+    try:
+        await system.orders.cancel(order.id, "customer changed their mind")
+
+        async def refunded() -> list[tuple[str, int, str]]:
+            return refunds_at_stripe(system, checkout.payment_id)
+
+        [(refund_id, _, _)] = await eventually(refunded, 20, "the refund made at localstripe")
+        intent = system.stripe.v1.payment_intents.retrieve(checkout.payment_id)
+        charge = system.stripe.v1.charges.retrieve(_id(intent.latest_charge))
+        await post_event(system, "charge.refunded", charge.to_dict())  # localstripe sends none
+
+        async def recorded() -> bool:
+            return ("refund", "succeeded", 59_900) in payments(engine, order.id)
+
+        await eventually(recorded, 20, "the webhook's refund row")
+    finally:
+        proxy.release.set()  # the activity's answer arrives after the webhook's row
+    state = await wait_status(system.orders, order.id, "CANCELLED", timeout=30)
+    assert refunds_at_stripe(system, checkout.payment_id) == [(refund_id, 59_900, "succeeded")]
+    assert payments(engine, order.id) == [
+        ("capture", "succeeded", 59_900),
+        ("refund", "succeeded", 59_900),
+    ]
+    assert any(f"refunded {refund_id}" in h.note for h in state.history)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 hole 2: a new attempt refunds again")
+async def test_a_refund_attempt_after_one_whose_answer_was_lost_finds_it_and_pays_nothing_more(
+    system: StripeSystem, engine: Engine
+) -> None:
+    """Every try of attempt 1 reached Stripe and lost its answer (the attempt failed as a gateway
+    error); attempt 2, with its own key, must find that refund, not pay the customer again."""
+    direct = StripeGateway(STRIPE_TEST_KEY, api_base=system.localstripe.url)
+    order_id = new_order_id()
+    paid = await asyncio.to_thread(
+        direct.create_checkout,
+        CheckoutRequest(order_id, 50_000, "INR", payment_method=card(system, GOOD_CARD)),
+    )
+    assert paid.status == "succeeded"
+
+    def attempt(n: int) -> GatewayRequest:
+        key = gateway_idempotency_key(order_id, PaymentKind.REFUND, n, paid.payment_id)
+        return GatewayRequest(order_id, PaymentKind.REFUND, 20_000, n, key, "INR", paid.payment_id)
+
+    proxy = StallingProxy(
+        system.localstripe.url, stall_suffix="/v1/refunds", stall_method="POST"
+    ).start()
+    try:
+        lost = StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url, timeout=1.0)
+        with pytest.raises(GatewayUnavailableError):  # its last try: Stripe refunded, no answer
+            await asyncio.to_thread(PaymentActivities(engine, lost).call_gateway, attempt(1))
+    finally:
+        proxy.release.set()
+        proxy.stop()
+    answer = await asyncio.to_thread(PaymentActivities(engine, direct).call_gateway, attempt(2))
+    assert answer.succeeded, answer.detail
+    assert refunds_at_stripe(system, paid.payment_id) == [(answer.payment_id, 20_000, "succeeded")]
+    assert payments(engine, order_id) == [("refund", "succeeded", 20_000)]
