@@ -96,8 +96,18 @@ class RazorpayGateway:
             return self._declined(self._unknown(request))
         pid = payment["id"]
         earlier = self.client.payment.fetch_multiple_refund(pid, {}, timeout=self.timeout)
-        refund = next(
-            (r for r in earlier.get("items", []) if r.get("receipt") == request.idempotency_key),
+        items = earlier.get("items", [])
+        # this attempt's own refund (its receipt), else one an earlier attempt of the order made
+        # whose answer was lost: the next attempt's receipt differs, only looking finds it
+        refund = next((r for r in items if r.get("receipt") == request.idempotency_key), None)
+        refund = refund or next(
+            (
+                r
+                for r in items
+                if _notes(r).get("order_id") == request.order_id
+                and int(r.get("amount", 0)) == request.amount
+                and r.get("status") != "failed"
+            ),
             None,
         )
         if refund is None:

@@ -23,6 +23,7 @@ from payments.gateway import GatewayConfigError, GatewayUnavailableError
 T = TypeVar("T")
 PAGE = 100  # Stripe's largest list page
 CHARGE_PREFIX = "ch_"  # a payment made with the legacy Charges API (no PaymentIntent)
+REFUND_GONE = ("failed", "canceled")  # a refund in these states gave nothing back
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -212,7 +213,7 @@ class StripeGateway:
             paid = {"payment_intent": intent.id}
         if not paid:
             return self._declined(self._unknown(request))
-        refund = self.client.v1.refunds.create(
+        refund = self._earlier_refund(paid, request) or self.client.v1.refunds.create(
             params={
                 **paid,
                 "amount": request.amount,
@@ -229,6 +230,23 @@ class StripeGateway:
                 provider=self.name,
             )
         return self._declined(f"refund {refund.id} of {of} is {refund.status}")
+
+    def _earlier_refund(self, paid: dict[str, str], request: GatewayRequest) -> Any:
+        """A refund of this payment an earlier attempt made for the order, else None.
+
+        Each attempt has its own idempotency key: an attempt whose every answer was lost
+        refunded all the same, and the next one must find that refund, not pay again. One
+        that failed or was cancelled moved no money and does not count.
+        """
+        found = self.client.v1.refunds.list(params={**paid, "limit": PAGE})  # type: ignore[arg-type]
+        for refund in found.data:
+            if (
+                _field(_field(refund, "metadata", {}), "order_id") == request.order_id
+                and int(_field(refund, "amount", 0)) == request.amount
+                and _field(refund, "status") not in REFUND_GONE
+            ):
+                return refund
+        return None
 
     def release(self, request: GatewayRequest) -> GatewayResponse:
         """Cancel the uncaptured PaymentIntent `request.payment_id`: the hold is released."""

@@ -208,7 +208,6 @@ async def test_a_razorpay_payment_authorised_for_a_manual_capture_order_is_captu
     )
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 2: a refund row conflict is a gateway error")
 async def test_a_razorpay_refund_the_webhook_records_before_the_activity_commits_is_paid_once(
     razorpay_api: FakeRazorpay, gateway: RazorpayGateway, engine: Engine
 ) -> None:
@@ -244,7 +243,6 @@ async def test_a_razorpay_refund_the_webhook_records_before_the_activity_commits
     assert payments(engine, order_id) == [("refund", "succeeded", 80_000)]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 2: a new attempt refunds again")
 def test_a_razorpay_refund_attempt_after_one_whose_answer_was_lost_pays_nothing_more(
     razorpay_api: FakeRazorpay, gateway: RazorpayGateway, engine: Engine
 ) -> None:

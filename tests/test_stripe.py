@@ -793,7 +793,6 @@ def refunds_at_stripe(system: StripeSystem, payment_intent: str) -> list[tuple[s
     return [(r.id, r.amount, r.status) for r in found]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 2: a refund row conflict is a gateway error")
 async def test_a_refund_the_webhook_records_before_the_activity_commits_is_paid_once_and_cancels(
     system: StripeSystem, catalogue: Catalogue, engine: Engine
 ) -> None:
@@ -837,7 +836,6 @@ async def test_a_refund_the_webhook_records_before_the_activity_commits_is_paid_
     assert any(f"refunded {refund_id}" in h.note for h in state.history)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 2: a new attempt refunds again")
 async def test_a_refund_attempt_after_one_whose_answer_was_lost_finds_it_and_pays_nothing_more(
     system: StripeSystem, engine: Engine
 ) -> None:
