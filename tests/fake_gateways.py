@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -93,6 +94,9 @@ class StallingProxy:
         self.deliver = deliver
         # statuses to answer (in order) instead of forwarding, before any stall: 429, 500 ...
         self.refuse: list[int] = []
+        # (method, path, body) -> body: how the gateway's answers are changed on their way back
+        # (a state localstripe never reaches, e.g. a refund in `requires_action`)
+        self.rewrite: Callable[[str, str, bytes], bytes] | None = None
         self.seen: list[tuple[str, str, str]] = []  # (method, path, Idempotency-Key)
         self.release = threading.Event()
         proxy = self
@@ -135,11 +139,14 @@ class StallingProxy:
                     proxy.release.wait(60)  # the gateway acted; its answer is lost (or late)
                     if not proxy.deliver:
                         return
+                content = answer.content
+                if proxy.rewrite is not None:
+                    content = proxy.rewrite(self.command, urlparse(self.path).path, content)
                 self.send_response(answer.status_code)
                 self.send_header("Content-Type", answer.headers.get("content-type", ""))
-                self.send_header("Content-Length", str(len(answer.content)))
+                self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
-                self.wfile.write(answer.content)
+                self.wfile.write(content)
 
             do_GET = do_POST = do_DELETE = _forward
 

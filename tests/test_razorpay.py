@@ -23,11 +23,11 @@ from orderflow.contracts.payment import (
     PaymentKind,
     gateway_idempotency_key,
 )
-from orderflow.db import Payment
+from orderflow.db import Order, Payment
 from orderflow.settings import Settings
 from payments.events import parse_event
 from payments.gateway import GatewayUnavailableError
-from payments.processor import WebhookProcessor
+from payments.processor import WebhookEventError, WebhookProcessor
 from payments.razorpay_gateway import RazorpayGateway
 from payments.reconciliation import reconcile
 from tests import temporal_env
@@ -275,3 +275,43 @@ class _NoOrders:
 
     async def payment_failed(self, order_id: str, failure: Any) -> None:
         raise AssertionError(f"no failure expected for order {order_id}")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 hole 11: a refund that fails later is ignored")
+async def test_a_razorpay_refund_that_fails_after_the_order_was_cancelled_makes_it_refund_failed(
+    razorpay_api: FakeRazorpay,
+    razorpay_orders: OrderClient,
+    catalogue: Callable[..., dict[str, str]],
+    engine: Engine,
+) -> None:
+    skus = catalogue(item=(27_500, 5))
+    order = await pending_order(razorpay_orders, [(skus["item"], 1)])
+    checkout = await razorpay_orders.create_checkout(order.id)
+    paid = razorpay_api.pay(checkout.payment_id)  # the order auto-captures
+    processor = WebhookProcessor(razorpay_orders, engine)
+    captured = json.dumps(
+        {"entity": "event", "event": "payment.captured", "payload": {"payment": {"entity": paid}}}
+    ).encode()
+    await processor.apply(
+        parse_event("razorpay", captured, razorpay_event_id_header=f"e_{paid['id']}")
+    )
+    await wait_status(razorpay_orders, order.id, "CONFIRMED")
+    await razorpay_orders.cancel(order.id, "customer changed their mind")
+    await wait_status(razorpay_orders, order.id, "CANCELLED")
+    [refund] = [r for r in razorpay_api.refunds.values() if r["payment_id"] == paid["id"]]
+
+    failed = {**refund, "status": "failed"}
+    body = json.dumps(
+        {"entity": "event", "event": "refund.failed",
+         "payload": {"refund": {"entity": failed}, "payment": {"entity": paid}}}
+    ).encode()  # fmt: skip
+    event = parse_event("razorpay", body, razorpay_event_id_header=f"evt_f_{refund['id']}")
+    with pytest.raises(WebhookEventError) as put:  # to the dead-letter queue, for an operator
+        await processor.apply(event)
+    assert refund["id"] in str(put.value) and order.id in str(put.value)
+    assert "₹275.00" in str(put.value)
+    with Session(engine) as session:
+        row = session.exec(select(Payment).where(Payment.payment_id == refund["id"])).one()
+        placed = session.get(Order, order.id)
+    assert row.status == "failed"
+    assert placed is not None and placed.status == "REFUND_FAILED"
