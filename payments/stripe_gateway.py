@@ -24,6 +24,8 @@ T = TypeVar("T")
 PAGE = 100  # Stripe's largest list page
 CHARGE_PREFIX = "ch_"  # a payment made with the legacy Charges API (no PaymentIntent)
 REFUND_GONE = ("failed", "canceled")  # a refund in these states gave nothing back
+# a refund in these states is neither done nor declined: waiting on the bank or on the customer
+REFUND_UNDER_WAY = ("pending", "requires_action")
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -222,11 +224,21 @@ class StripeGateway:
             options={"idempotency_key": request.idempotency_key},
         )
         [of] = paid.values()
-        if refund.status in ("succeeded", "pending"):  # pending: Stripe finishes it, no retry
+        if refund.status == "succeeded":
             return GatewayResponse(
                 succeeded=True,
                 payment_id=refund.id,
-                detail=f"refunded {of} ({refund.status})",
+                detail=f"refunded {of} (succeeded)",
+                provider=self.name,
+            )
+        if refund.status in REFUND_UNDER_WAY:
+            # not a decline: money may still move, and a new attempt would start a second
+            # refund. Stripe ends it by itself; its refund.failed (or charge.refund.updated)
+            # comes as a webhook and puts the order to REFUND_FAILED (payments/processor.py)
+            return GatewayResponse(
+                succeeded=True,
+                payment_id=refund.id,
+                detail=f"refund of {of} under way ({refund.status}): Stripe reports its end",
                 provider=self.name,
             )
         return self._declined(f"refund {refund.id} of {of} is {refund.status}")

@@ -914,7 +914,6 @@ async def test_a_refund_that_fails_after_the_order_was_cancelled_makes_it_refund
     assert dead and refund_id in dead[0].failed_reason  # `orderflow queues dlq` lists it
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 11: requires_action is read as a decline")
 async def test_a_refund_that_needs_the_customers_action_is_not_refunded_again_by_the_next_attempt(
     system: StripeSystem, engine: Engine
 ) -> None:
