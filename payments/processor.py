@@ -21,7 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from bridge.errors import MalformedJobError, RetryLater
 from bridge.job import Job
-from orderflow.contracts.order import PaymentAck, PaymentFailed, PaymentReceived
+from orderflow.contracts.order import OrderStatus, PaymentAck, PaymentFailed, PaymentReceived
 from orderflow.contracts.payment import (
     WEBHOOK_QUEUE,
     PaymentKind,
@@ -29,7 +29,7 @@ from orderflow.contracts.payment import (
     WebhookEventStatus,
     WebhookJob,
 )
-from orderflow.db import Payment, WebhookEvent
+from orderflow.db import Order, Payment, WebhookEvent
 from orderflow.errors import OrderClosedError, OrderflowError, UnknownOrderError
 from orderflow.money import format_money
 from payments.events import EventKind, GatewayEvent, MalformedEventError
@@ -258,6 +258,7 @@ class WebhookProcessor:
             EventKind.PAYMENT_AUTHORISED: self._payment_received,  # the order captures it
             EventKind.PAYMENT_FAILED: self._payment_failed,
             EventKind.REFUND: self._refund,
+            EventKind.REFUND_FAILED: self._refund_failed,
         }
 
     async def _payment_received(
@@ -314,6 +315,17 @@ class WebhookProcessor:
 
     async def _refund(self, event: GatewayEvent, final: bool) -> tuple[WebhookEventStatus, str]:
         return await asyncio.to_thread(self._record_refund, event)
+
+    async def _refund_failed(
+        self, event: GatewayEvent, final: bool
+    ) -> tuple[WebhookEventStatus, str]:
+        """A refund that ended without paying out: the money is owed again, an operator repays.
+
+        Its row is marked FAILED and the order REFUND_FAILED (as /ops and the reconciliation
+        show it); the event is recorded UNAPPLIED and its job dead-lettered with the reason.
+        """
+        problem = await asyncio.to_thread(self._record_refund_failure, event)
+        raise _unapplied(event, problem)
 
     # ---- database (run in a thread: SQLAlchemy sessions block) ------------------------------
 
@@ -409,6 +421,52 @@ class WebhookProcessor:
         return (
             WebhookEventStatus.APPLIED,
             f"refund {refund_id} of {format_money(amount, event.currency)} recorded",
+        )
+
+    def _record_refund_failure(self, event: GatewayEvent) -> str:
+        amount = _minor_amount(event)
+        if not event.refund_id:
+            raise WebhookEventError(
+                event, f"a failed refund of payment {event.payment_id} with no refund id"
+            )
+        reason = event.reason or f"{event.type} from {event.provider}"
+        with Session(self.engine) as session:
+            row = session.exec(
+                select(Payment).where(
+                    Payment.provider == event.provider, Payment.payment_id == event.refund_id
+                )
+            ).first()
+            order_id = event.order_id or (row.order_id if row is not None else "")
+            if not order_id:
+                raise WebhookEventError(
+                    event,
+                    f"failed refund {event.refund_id} of payment {event.payment_id}: no order known",
+                )
+            if row is None:  # the refund's own row is not in yet (or it was made elsewhere)
+                row = Payment(
+                    order_id=order_id,
+                    provider=event.provider,
+                    payment_id=event.refund_id,
+                    kind=PaymentKind.REFUND,
+                    amount=amount,
+                    currency=event.currency,
+                    status=PaymentStatus.FAILED,
+                    refund_of=event.payment_id,
+                )
+            row.status = PaymentStatus.FAILED
+            row.detail = f"{event.type} {event.event_id}: {reason}"[:2000]
+            session.add(row)
+            order = session.get(Order, order_id)
+            if order is not None:
+                order.status = OrderStatus.REFUND_FAILED
+                order.updated_at = datetime.now(UTC)
+                session.add(order)
+            money = format_money(row.amount, row.currency or event.currency)
+            session.commit()
+        return (
+            f"refund {event.refund_id} of {money} for payment {event.payment_id} failed at"
+            f" {event.provider} ({reason}): order {order_id} is REFUND_FAILED, repay the"
+            " customer by hand"
         )
 
     def _order_of(self, event: GatewayEvent) -> str:

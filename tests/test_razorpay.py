@@ -277,7 +277,6 @@ class _NoOrders:
         raise AssertionError(f"no failure expected for order {order_id}")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 11: a refund that fails later is ignored")
 async def test_a_razorpay_refund_that_fails_after_the_order_was_cancelled_makes_it_refund_failed(
     razorpay_api: FakeRazorpay,
     razorpay_orders: OrderClient,

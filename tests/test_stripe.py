@@ -876,7 +876,6 @@ async def test_a_refund_attempt_after_one_whose_answer_was_lost_finds_it_and_pay
 # --- refunds that end later, or slowly (issue 18 hole 11) ---
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 11: a refund that fails later is ignored")
 @pytest.mark.parametrize("etype", ["refund.failed", "charge.refund.updated"])
 async def test_a_refund_that_fails_after_the_order_was_cancelled_makes_it_refund_failed(
     system: StripeSystem, catalogue: Catalogue, engine: Engine, redis_url: str, etype: str
