@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -88,6 +88,10 @@ class GatewayEvent:
     attempt_id: str = ""  # one try at the card (a Stripe charge); failures count per attempt
     # a refund given as the payment's running total (Stripe's amount_refunded, list not expanded)
     refund_cumulative: bool = False
+    # every refund the event lists ({"id", "amount", "status"}: Stripe's charge.refunds) and the
+    # running total then: each refund is recorded by its own id, once
+    refunds_listed: list[dict[str, Any]] = field(default_factory=list)
+    refunded_total: Any = None
 
     @property
     def job_id(self) -> str:
@@ -182,6 +186,12 @@ def parse_stripe(body: bytes) -> GatewayEvent:
         parsed.refund_id = _str(latest.get("id")) or f"{_str(obj.get('id'))}-refunded-{refunded}"
         parsed.amount_minor = latest.get("amount", refunded)
         parsed.refund_cumulative = not latest
+        parsed.refunded_total = refunded
+        parsed.refunds_listed = [
+            {"id": _str(r.get("id")), "amount": r.get("amount"), "status": _str(r.get("status"))}
+            for r in (map(_obj, refunds) if isinstance(refunds, list) else ())
+            if _str(r.get("id"))
+        ]
     return parsed
 
 

@@ -15,6 +15,7 @@ from orderflow.contracts.payment import (
     CheckoutRequest,
     GatewayName,
     GatewayPayment,
+    GatewayRefund,
     GatewayRequest,
     GatewayResponse,
 )
@@ -168,6 +169,26 @@ class RazorpayGateway:
     def list_payments(self, since: datetime) -> list[GatewayPayment]:
         """Every payment created since `since`, page by page."""
         return self._guard("-", "listing", lambda: list(self._payments(since)))
+
+    def list_refunds(self, payment_id: str) -> list[GatewayRefund]:
+        """The refunds of one payment."""
+
+        def read() -> list[GatewayRefund]:
+            found = self.client.payment.fetch_multiple_refund(payment_id, {}, timeout=self.timeout)
+            return [
+                GatewayRefund(
+                    provider=self.name,
+                    refund_id=str(r.get("id", "")),
+                    payment_id=payment_id,
+                    order_id=str(_notes(r).get("order_id", "")),
+                    amount=int(r.get("amount", 0)),
+                    currency=str(r.get("currency", "")).upper(),
+                    status=str(r.get("status", "")),
+                )
+                for r in found.get("items", [])
+            ]
+
+        return self._guard("-", f"refunds of {payment_id}", read)
 
     def _payments(self, since: datetime) -> Iterator[GatewayPayment]:
         skip = 0

@@ -14,6 +14,7 @@ from orderflow.contracts.payment import (
     CheckoutRequest,
     GatewayName,
     GatewayPayment,
+    GatewayRefund,
     GatewayRequest,
     GatewayResponse,
 )
@@ -306,6 +307,27 @@ class StripeGateway:
     def list_payments(self, since: datetime) -> list[GatewayPayment]:
         """Every charge since `since`, one payment per PaymentIntent (captured and refunded)."""
         return self._guard("-", "listing", lambda: list(self._payments(since)))
+
+    def list_refunds(self, payment_id: str) -> list[GatewayRefund]:
+        """The refunds of a PaymentIntent (or of a bare `ch_` charge), newest first."""
+        of = "charge" if payment_id.startswith(CHARGE_PREFIX) else "payment_intent"
+
+        def read() -> list[GatewayRefund]:
+            found = self.client.v1.refunds.list(params={of: payment_id, "limit": PAGE})  # type: ignore[arg-type]
+            return [
+                GatewayRefund(
+                    provider=self.name,
+                    refund_id=str(r.id),
+                    payment_id=payment_id,
+                    order_id=str(_field(_field(r, "metadata", {}), "order_id", "")),
+                    amount=int(_field(r, "amount", 0)),
+                    currency=str(_field(r, "currency", "")).upper(),
+                    status=str(_field(r, "status", "")),
+                )
+                for r in found.data
+            ]
+
+        return self._guard("-", f"refunds of {payment_id}", read)
 
     def _payments(self, since: datetime) -> Iterator[GatewayPayment]:
         seen: set[str] = set()

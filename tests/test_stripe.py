@@ -975,7 +975,6 @@ class _NoOrders:
         raise AssertionError(f"no failure expected for order {order_id}")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 11: cumulative charge.refunded doubles")
 async def test_a_cumulative_charge_refunded_before_the_activitys_row_records_the_refund_once(
     system: StripeSystem, engine: Engine
 ) -> None:
