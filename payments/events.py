@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -20,6 +20,7 @@ class EventKind(StrEnum):
     PAYMENT_AUTHORISED = "payment_authorised"  # manual capture: held, the order captures it
     PAYMENT_FAILED = "payment_failed"
     REFUND = "refund"
+    REFUND_FAILED = "refund_failed"  # a refund the gateway accepted ended without paying out
     IGNORED = "ignored"
 
 
@@ -40,7 +41,11 @@ RAZORPAY_KINDS = {
     "payment.authorized": EventKind.PAYMENT_AUTHORISED,
     "payment.failed": EventKind.PAYMENT_FAILED,
     "refund.processed": EventKind.REFUND,
+    "refund.failed": EventKind.REFUND_FAILED,
 }
+# Stripe events whose object is a Refund: a failed or cancelled one gave nothing back
+STRIPE_REFUND_EVENTS = ("refund.failed", "refund.updated", "charge.refund.updated")
+STRIPE_REFUND_ENDED = ("failed", "canceled")
 # metadata key on a PaymentIntent the capture retries made themselves (payments/stripe_gateway.py):
 # the retry workflow already has its outcome from the API, so its webhooks are not news
 STRIPE_RETRY_METADATA = "orderflow_retry_attempt"
@@ -83,6 +88,10 @@ class GatewayEvent:
     attempt_id: str = ""  # one try at the card (a Stripe charge); failures count per attempt
     # a refund given as the payment's running total (Stripe's amount_refunded, list not expanded)
     refund_cumulative: bool = False
+    # every refund the event lists ({"id", "amount", "status"}: Stripe's charge.refunds) and the
+    # running total then: each refund is recorded by its own id, once
+    refunds_listed: list[dict[str, Any]] = field(default_factory=list)
+    refunded_total: Any = None
 
     @property
     def job_id(self) -> str:
@@ -138,6 +147,8 @@ def parse_stripe(body: bytes) -> GatewayEvent:
         raise MalformedEventError("stripe", event_id, "no event type")
     kind = STRIPE_KINDS.get(etype, EventKind.IGNORED)
     obj = _obj(_obj(event.get("data")).get("object"))
+    if etype in STRIPE_REFUND_EVENTS:
+        return _stripe_refund_event(event_id, etype, obj)
     if etype == "charge.succeeded" and obj.get("captured") is False:
         kind = EventKind.PAYMENT_AUTHORISED  # authorised, not taken: amount_captured is 0
     if kind is not EventKind.REFUND and STRIPE_RETRY_METADATA in _obj(obj.get("metadata")):
@@ -175,7 +186,34 @@ def parse_stripe(body: bytes) -> GatewayEvent:
         parsed.refund_id = _str(latest.get("id")) or f"{_str(obj.get('id'))}-refunded-{refunded}"
         parsed.amount_minor = latest.get("amount", refunded)
         parsed.refund_cumulative = not latest
+        parsed.refunded_total = refunded
+        parsed.refunds_listed = [
+            {"id": _str(r.get("id")), "amount": r.get("amount"), "status": _str(r.get("status"))}
+            for r in (map(_obj, refunds) if isinstance(refunds, list) else ())
+            if _str(r.get("id"))
+        ]
     return parsed
+
+
+def _stripe_refund_event(event_id: str, etype: str, refund: dict[str, Any]) -> GatewayEvent:
+    """An event about one Refund: REFUND_FAILED once it failed or was cancelled, else IGNORED."""
+    status = _str(refund.get("status"))
+    ended = etype == "refund.failed" or status in STRIPE_REFUND_ENDED
+    charge = refund.get("charge")
+    charge_id = _str(_obj(charge).get("id") if isinstance(charge, dict) else charge)
+    reason = _str(refund.get("failure_reason")) or f"refund is {status or 'failed'}"
+    return GatewayEvent(
+        provider="stripe",
+        event_id=event_id,
+        type=etype,
+        kind=(EventKind.REFUND_FAILED if ended else EventKind.IGNORED).value,
+        order_id=_str(_obj(refund.get("metadata")).get("order_id")),
+        payment_id=_str(refund.get("payment_intent")) or charge_id,
+        amount_minor=refund.get("amount"),
+        currency=_str(refund.get("currency")).upper(),
+        reason=reason[:REASON_CHARS],
+        refund_id=_str(refund.get("id")),
+    )
 
 
 def razorpay_event_id(body: bytes, header: str | None) -> str:
@@ -198,7 +236,7 @@ def parse_razorpay(body: bytes, event_id_header: str | None = None) -> GatewayEv
     payload = _obj(event.get("payload"))
     payment = _obj(_obj(payload.get("payment")).get("entity"))
     refund = _obj(_obj(payload.get("refund")).get("entity"))
-    entity = refund if kind is EventKind.REFUND else payment
+    entity = refund if kind in (EventKind.REFUND, EventKind.REFUND_FAILED) else payment
     order_id = _str(_obj(entity.get("notes")).get("order_id")) or _str(
         _obj(payment.get("notes")).get("order_id")
     )
@@ -211,7 +249,11 @@ def parse_razorpay(body: bytes, event_id_header: str | None = None) -> GatewayEv
         payment_id=_str(refund.get("payment_id")) if refund else _str(payment.get("id")),
         amount_minor=entity.get("amount"),
         currency=_str(entity.get("currency")).upper(),
-        reason=_str(payment.get("error_description"))[:REASON_CHARS],
+        reason=(
+            f"refund {_str(refund.get('id'))} is {_str(refund.get('status')) or 'failed'}"
+            if kind is EventKind.REFUND_FAILED
+            else _str(payment.get("error_description"))[:REASON_CHARS]
+        ),
         refund_id=_str(refund.get("id")),
         attempt_id=_str(payment.get("id")),  # Razorpay makes a new payment per attempt
     )

@@ -14,6 +14,7 @@ from orderflow.contracts.payment import (
     CheckoutRequest,
     GatewayName,
     GatewayPayment,
+    GatewayRefund,
     GatewayRequest,
     GatewayResponse,
     PaymentKind,
@@ -82,6 +83,10 @@ class PaymentGateway(Protocol):
 
     def list_payments(self, since: datetime) -> list[GatewayPayment]:
         """Every payment the gateway made since `since` (the reconciliation's other side)."""
+        ...
+
+    def list_refunds(self, payment_id: str) -> list[GatewayRefund]:
+        """Every refund of one payment, each by its own id (newest first)."""
         ...
 
     def create_checkout(self, request: CheckoutRequest) -> Checkout:
@@ -164,6 +169,10 @@ class SimulatedGateway:
 
     def list_payments(self, since: datetime) -> list[GatewayPayment]:
         """Nothing to reconcile against (see fetch)."""
+        return []
+
+    def list_refunds(self, payment_id: str) -> list[GatewayRefund]:
+        """Nothing to list (see fetch)."""
         return []
 
     def create_checkout(self, request: CheckoutRequest) -> Checkout:

@@ -21,7 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from bridge.errors import MalformedJobError, RetryLater
 from bridge.job import Job
-from orderflow.contracts.order import PaymentAck, PaymentFailed, PaymentReceived
+from orderflow.contracts.order import OrderStatus, PaymentAck, PaymentFailed, PaymentReceived
 from orderflow.contracts.payment import (
     WEBHOOK_QUEUE,
     PaymentKind,
@@ -29,11 +29,11 @@ from orderflow.contracts.payment import (
     WebhookEventStatus,
     WebhookJob,
 )
-from orderflow.db import Payment, WebhookEvent
+from orderflow.db import Order, Payment, WebhookEvent
 from orderflow.errors import OrderClosedError, OrderflowError, UnknownOrderError
 from orderflow.money import format_money
 from payments.events import EventKind, GatewayEvent, MalformedEventError
-from payments.gateway import PaymentGateway
+from payments.gateway import GatewayConfigError, GatewayUnavailableError, PaymentGateway
 from payments.reconciliation import APPLY_GRACE_MINUTES, reconcile
 
 log = logging.getLogger("orderflow.webhooks")
@@ -41,6 +41,7 @@ log = logging.getLogger("orderflow.webhooks")
 OUTAGE_WINDOW_SECONDS = 2 * 3600.0  # an event rides out a Temporal/database outage this long
 UNKNOWN_ORDER_WINDOW_SECONDS = 600.0  # an order the workflow does not know yet may still start
 MAX_RETRY_DELAY_MS = 60_000  # the cap of the backoff while waiting
+REFUND_GONE = ("failed", "canceled")  # a listed refund in these states gave nothing back
 # events about one payment of an order: they must name the order
 PAYMENT_KINDS = (EventKind.PAYMENT_RECEIVED, EventKind.PAYMENT_AUTHORISED, EventKind.PAYMENT_FAILED)
 # gRPC codes of a server that is away or overloaded, not of a request that is wrong
@@ -258,6 +259,7 @@ class WebhookProcessor:
             EventKind.PAYMENT_AUTHORISED: self._payment_received,  # the order captures it
             EventKind.PAYMENT_FAILED: self._payment_failed,
             EventKind.REFUND: self._refund,
+            EventKind.REFUND_FAILED: self._refund_failed,
         }
 
     async def _payment_received(
@@ -314,6 +316,17 @@ class WebhookProcessor:
 
     async def _refund(self, event: GatewayEvent, final: bool) -> tuple[WebhookEventStatus, str]:
         return await asyncio.to_thread(self._record_refund, event)
+
+    async def _refund_failed(
+        self, event: GatewayEvent, final: bool
+    ) -> tuple[WebhookEventStatus, str]:
+        """A refund that ended without paying out: the money is owed again, an operator repays.
+
+        Its row is marked FAILED and the order REFUND_FAILED (as /ops and the reconciliation
+        show it); the event is recorded UNAPPLIED and its job dead-lettered with the reason.
+        """
+        problem = await asyncio.to_thread(self._record_refund_failure, event)
+        raise _unapplied(event, problem)
 
     # ---- database (run in a thread: SQLAlchemy sessions block) ------------------------------
 
@@ -373,6 +386,9 @@ class WebhookProcessor:
                 raise WebhookEventError(
                     event, f"refund {refund_id} of payment {event.payment_id}: no order known"
                 )
+            listed = self._refunds_listed(event)
+            if listed is not None:
+                return self._record_listed(session, event, order_id, *listed)
             exists = session.exec(
                 select(Payment).where(
                     Payment.provider == event.provider, Payment.payment_id == refund_id
@@ -411,6 +427,121 @@ class WebhookProcessor:
             f"refund {refund_id} of {format_money(amount, event.currency)} recorded",
         )
 
+    def _refunds_listed(self, event: GatewayEvent) -> tuple[list[tuple[str, int]], int] | None:
+        """(id, amount) of each refund of the payment that gave money back, and their total.
+
+        From the event's own list, or for a running total without one, from the gateway's list:
+        a running total alone cannot say which refund it adds, so recording it under an id of
+        its own counted a refund twice once its real row came in. None: neither is known.
+        """
+        given = [r for r in event.refunds_listed if r.get("status") not in REFUND_GONE]
+        listed = [(str(r["id"]), r["amount"]) for r in given if _is_amount(r.get("amount"))]
+        total = event.refunded_total
+        if not event.refunds_listed and event.refund_cumulative and self.gateway is not None:
+            try:
+                found = self.gateway.list_refunds(event.payment_id)
+            except (GatewayUnavailableError, GatewayConfigError) as err:
+                log.warning("%s; counting the running total instead", err)
+                return None
+            listed = [(r.refund_id, r.amount) for r in found if r.status not in REFUND_GONE]
+            total = sum(amount for _, amount in listed)
+        if not listed:
+            return None
+        return listed, total if _is_amount(total) else sum(amount for _, amount in listed)
+
+    def _record_listed(
+        self,
+        session: Session,
+        event: GatewayEvent,
+        order_id: str,
+        listed: list[tuple[str, int]],
+        total: int,
+    ) -> tuple[WebhookEventStatus, str]:
+        """Record each listed refund not yet in, by its own id, never past the running total."""
+        mine = select(Payment).where(
+            Payment.provider == event.provider,
+            Payment.kind == PaymentKind.REFUND,
+            Payment.refund_of == event.payment_id,
+        )
+        rows = session.exec(mine).all()
+        known = {r.payment_id for r in rows}
+        counted = sum(r.amount for r in rows if r.status == PaymentStatus.SUCCEEDED)
+        added = []
+        for refund_id, amount in reversed(listed):  # oldest first, as they were made
+            # over the total: the refund is in already under another id (a running-total row)
+            if refund_id in known or counted + amount > total:
+                continue
+            session.add(
+                Payment(
+                    order_id=order_id,
+                    provider=event.provider,
+                    payment_id=refund_id,
+                    kind=PaymentKind.REFUND,
+                    amount=amount,
+                    currency=event.currency,
+                    status=PaymentStatus.SUCCEEDED,
+                    detail=f"{event.type} {event.event_id} for payment {event.payment_id}",
+                    refund_of=event.payment_id,
+                )
+            )
+            try:
+                session.commit()
+            except IntegrityError:  # the activity recorded it meanwhile
+                session.rollback()
+                continue
+            counted += amount
+            added.append(f"{refund_id} of {format_money(amount, event.currency)}")
+        return (
+            WebhookEventStatus.APPLIED,
+            f"refund(s) of payment {event.payment_id} recorded: {', '.join(added) or 'none new'}",
+        )
+
+    def _record_refund_failure(self, event: GatewayEvent) -> str:
+        amount = _minor_amount(event)
+        if not event.refund_id:
+            raise WebhookEventError(
+                event, f"a failed refund of payment {event.payment_id} with no refund id"
+            )
+        reason = event.reason or f"{event.type} from {event.provider}"
+        with Session(self.engine) as session:
+            row = session.exec(
+                select(Payment).where(
+                    Payment.provider == event.provider, Payment.payment_id == event.refund_id
+                )
+            ).first()
+            order_id = event.order_id or (row.order_id if row is not None else "")
+            if not order_id:
+                raise WebhookEventError(
+                    event,
+                    f"failed refund {event.refund_id} of payment {event.payment_id}: no order known",
+                )
+            if row is None:  # the refund's own row is not in yet (or it was made elsewhere)
+                row = Payment(
+                    order_id=order_id,
+                    provider=event.provider,
+                    payment_id=event.refund_id,
+                    kind=PaymentKind.REFUND,
+                    amount=amount,
+                    currency=event.currency,
+                    status=PaymentStatus.FAILED,
+                    refund_of=event.payment_id,
+                )
+            row.status = PaymentStatus.FAILED
+            row.detail = f"{event.type} {event.event_id}: {reason}"[:2000]
+            session.add(row)
+            order = session.get(Order, order_id)
+            if order is not None:
+                order.status = OrderStatus.REFUND_FAILED
+                order.updated_at = datetime.now(UTC)
+                session.add(order)
+            money = format_money(row.amount, row.currency or event.currency)
+            session.commit()
+        return (
+            f"refund {event.refund_id} of {money} for payment {event.payment_id} failed at"
+            f" {event.provider} ({reason}): order {order_id} is REFUND_FAILED, repay the"
+            " customer by hand"
+        )
+
     def _order_of(self, event: GatewayEvent) -> str:
         """The order a gateway payment id belongs to, from the payments or earlier events."""
         with Session(self.engine) as session:
@@ -435,6 +566,10 @@ class WebhookProcessor:
             .order_by(col(WebhookEvent.id))
         ).first()
         return earlier or ""
+
+
+def _is_amount(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _unapplied(event: GatewayEvent, problem: str) -> WebhookEventError:

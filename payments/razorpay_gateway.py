@@ -15,6 +15,7 @@ from orderflow.contracts.payment import (
     CheckoutRequest,
     GatewayName,
     GatewayPayment,
+    GatewayRefund,
     GatewayRequest,
     GatewayResponse,
 )
@@ -96,8 +97,18 @@ class RazorpayGateway:
             return self._declined(self._unknown(request))
         pid = payment["id"]
         earlier = self.client.payment.fetch_multiple_refund(pid, {}, timeout=self.timeout)
-        refund = next(
-            (r for r in earlier.get("items", []) if r.get("receipt") == request.idempotency_key),
+        items = earlier.get("items", [])
+        # this attempt's own refund (its receipt), else one an earlier attempt of the order made
+        # whose answer was lost: the next attempt's receipt differs, only looking finds it
+        refund = next((r for r in items if r.get("receipt") == request.idempotency_key), None)
+        refund = refund or next(
+            (
+                r
+                for r in items
+                if _notes(r).get("order_id") == request.order_id
+                and int(r.get("amount", 0)) == request.amount
+                and r.get("status") != "failed"
+            ),
             None,
         )
         if refund is None:
@@ -158,6 +169,26 @@ class RazorpayGateway:
     def list_payments(self, since: datetime) -> list[GatewayPayment]:
         """Every payment created since `since`, page by page."""
         return self._guard("-", "listing", lambda: list(self._payments(since)))
+
+    def list_refunds(self, payment_id: str) -> list[GatewayRefund]:
+        """The refunds of one payment."""
+
+        def read() -> list[GatewayRefund]:
+            found = self.client.payment.fetch_multiple_refund(payment_id, {}, timeout=self.timeout)
+            return [
+                GatewayRefund(
+                    provider=self.name,
+                    refund_id=str(r.get("id", "")),
+                    payment_id=payment_id,
+                    order_id=str(_notes(r).get("order_id", "")),
+                    amount=int(r.get("amount", 0)),
+                    currency=str(r.get("currency", "")).upper(),
+                    status=str(r.get("status", "")),
+                )
+                for r in found.get("items", [])
+            ]
+
+        return self._guard("-", f"refunds of {payment_id}", read)
 
     def _payments(self, since: datetime) -> Iterator[GatewayPayment]:
         skip = 0

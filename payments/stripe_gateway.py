@@ -14,6 +14,7 @@ from orderflow.contracts.payment import (
     CheckoutRequest,
     GatewayName,
     GatewayPayment,
+    GatewayRefund,
     GatewayRequest,
     GatewayResponse,
 )
@@ -23,6 +24,9 @@ from payments.gateway import GatewayConfigError, GatewayUnavailableError
 T = TypeVar("T")
 PAGE = 100  # Stripe's largest list page
 CHARGE_PREFIX = "ch_"  # a payment made with the legacy Charges API (no PaymentIntent)
+REFUND_GONE = ("failed", "canceled")  # a refund in these states gave nothing back
+# a refund in these states is neither done nor declined: waiting on the bank or on the customer
+REFUND_UNDER_WAY = ("pending", "requires_action")
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -212,7 +216,7 @@ class StripeGateway:
             paid = {"payment_intent": intent.id}
         if not paid:
             return self._declined(self._unknown(request))
-        refund = self.client.v1.refunds.create(
+        refund = self._earlier_refund(paid, request) or self.client.v1.refunds.create(
             params={
                 **paid,
                 "amount": request.amount,
@@ -221,14 +225,41 @@ class StripeGateway:
             options={"idempotency_key": request.idempotency_key},
         )
         [of] = paid.values()
-        if refund.status in ("succeeded", "pending"):  # pending: Stripe finishes it, no retry
+        if refund.status == "succeeded":
             return GatewayResponse(
                 succeeded=True,
                 payment_id=refund.id,
-                detail=f"refunded {of} ({refund.status})",
+                detail=f"refunded {of} (succeeded)",
+                provider=self.name,
+            )
+        if refund.status in REFUND_UNDER_WAY:
+            # not a decline: money may still move, and a new attempt would start a second
+            # refund. Stripe ends it by itself; its refund.failed (or charge.refund.updated)
+            # comes as a webhook and puts the order to REFUND_FAILED (payments/processor.py)
+            return GatewayResponse(
+                succeeded=True,
+                payment_id=refund.id,
+                detail=f"refund of {of} under way ({refund.status}): Stripe reports its end",
                 provider=self.name,
             )
         return self._declined(f"refund {refund.id} of {of} is {refund.status}")
+
+    def _earlier_refund(self, paid: dict[str, str], request: GatewayRequest) -> Any:
+        """A refund of this payment an earlier attempt made for the order, else None.
+
+        Each attempt has its own idempotency key: an attempt whose every answer was lost
+        refunded all the same, and the next one must find that refund, not pay again. One
+        that failed or was cancelled moved no money and does not count.
+        """
+        found = self.client.v1.refunds.list(params={**paid, "limit": PAGE})  # type: ignore[arg-type]
+        for refund in found.data:
+            if (
+                _field(_field(refund, "metadata", {}), "order_id") == request.order_id
+                and int(_field(refund, "amount", 0)) == request.amount
+                and _field(refund, "status") not in REFUND_GONE
+            ):
+                return refund
+        return None
 
     def release(self, request: GatewayRequest) -> GatewayResponse:
         """Cancel the uncaptured PaymentIntent `request.payment_id`: the hold is released."""
@@ -276,6 +307,27 @@ class StripeGateway:
     def list_payments(self, since: datetime) -> list[GatewayPayment]:
         """Every charge since `since`, one payment per PaymentIntent (captured and refunded)."""
         return self._guard("-", "listing", lambda: list(self._payments(since)))
+
+    def list_refunds(self, payment_id: str) -> list[GatewayRefund]:
+        """The refunds of a PaymentIntent (or of a bare `ch_` charge), newest first."""
+        of = "charge" if payment_id.startswith(CHARGE_PREFIX) else "payment_intent"
+
+        def read() -> list[GatewayRefund]:
+            found = self.client.v1.refunds.list(params={of: payment_id, "limit": PAGE})  # type: ignore[arg-type]
+            return [
+                GatewayRefund(
+                    provider=self.name,
+                    refund_id=str(r.id),
+                    payment_id=payment_id,
+                    order_id=str(_field(_field(r, "metadata", {}), "order_id", "")),
+                    amount=int(_field(r, "amount", 0)),
+                    currency=str(_field(r, "currency", "")).upper(),
+                    status=str(_field(r, "status", "")),
+                )
+                for r in found.data
+            ]
+
+        return self._guard("-", f"refunds of {payment_id}", read)
 
     def _payments(self, since: datetime) -> Iterator[GatewayPayment]:
         seen: set[str] = set()

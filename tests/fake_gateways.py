@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -71,16 +72,31 @@ class LocalStripe:
 
 class StallingProxy:
     """A proxy in front of a gateway that records each request's Idempotency-Key and, for the
-    first `stall` requests whose path ends with `stall_suffix`, forwards them (so the gateway
-    acts) but withholds the answer until released: the client sees a read timeout. Statuses
-    put in `refuse` are answered instead, without forwarding (a rate limit, an outage)."""
+    first `stall` requests whose path ends with `stall_suffix` (and whose method is
+    `stall_method`, if set), forwards them (so the gateway acts) but withholds the answer until
+    released: the client sees a read timeout, or with `deliver` the answer once released (it
+    comes late: whatever happens meanwhile happens first). Statuses put in `refuse` are
+    answered instead, without forwarding (a rate limit, an outage)."""
 
-    def __init__(self, upstream: str, stall_suffix: str = "/capture", stall: int = 1) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        stall_suffix: str = "/capture",
+        stall: int = 1,
+        *,
+        stall_method: str = "",
+        deliver: bool = False,
+    ) -> None:
         self.upstream = upstream
         self.stall_suffix = stall_suffix
         self.stall = stall
+        self.stall_method = stall_method
+        self.deliver = deliver
         # statuses to answer (in order) instead of forwarding, before any stall: 429, 500 ...
         self.refuse: list[int] = []
+        # (method, path, body) -> body: how the gateway's answers are changed on their way back
+        # (a state localstripe never reaches, e.g. a refund in `requires_action`)
+        self.rewrite: Callable[[str, str, bytes], bytes] | None = None
         self.seen: list[tuple[str, str, str]] = []  # (method, path, Idempotency-Key)
         self.release = threading.Event()
         proxy = self
@@ -115,15 +131,22 @@ class StallingProxy:
                     content=body,
                     timeout=30,
                 )
-                if urlparse(self.path).path.endswith(proxy.stall_suffix) and proxy.stall > 0:
+                stalls = urlparse(self.path).path.endswith(proxy.stall_suffix) and (
+                    not proxy.stall_method or proxy.stall_method == self.command
+                )
+                if stalls and proxy.stall > 0:
                     proxy.stall -= 1
-                    proxy.release.wait(60)  # the gateway acted; its answer is lost
-                    return
+                    proxy.release.wait(60)  # the gateway acted; its answer is lost (or late)
+                    if not proxy.deliver:
+                        return
+                content = answer.content
+                if proxy.rewrite is not None:
+                    content = proxy.rewrite(self.command, urlparse(self.path).path, content)
                 self.send_response(answer.status_code)
                 self.send_header("Content-Type", answer.headers.get("content-type", ""))
-                self.send_header("Content-Length", str(len(answer.content)))
+                self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
-                self.wfile.write(answer.content)
+                self.wfile.write(content)
 
             do_GET = do_POST = do_DELETE = _forward
 
@@ -168,6 +191,7 @@ class FakeRazorpay:
     refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
     captures: int = 0  # capture calls that moved money
     fail_next: int = 0  # answer this many calls with 503 SERVER_ERROR first
+    lose_refund_answers: int = 0  # make this many refunds but answer 504 (the answer is lost)
 
     def __post_init__(self) -> None:
         fake = self
@@ -353,6 +377,9 @@ class FakeRazorpay:
                 payment["refund_status"] = "full" if full else "partial"
                 if full:
                     payment["status"] = "refunded"
+                if self.lose_refund_answers > 0:
+                    self.lose_refund_answers -= 1
+                    return _error(504, "SERVER_ERROR", "Gateway timeout")  # refunded all the same
                 return 200, refund
         return _error(400, "BAD_REQUEST_ERROR", f"The requested URL was not found: {parts}")
 

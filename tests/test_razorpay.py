@@ -23,11 +23,11 @@ from orderflow.contracts.payment import (
     PaymentKind,
     gateway_idempotency_key,
 )
-from orderflow.db import Payment
+from orderflow.db import Order, Payment
 from orderflow.settings import Settings
 from payments.events import parse_event
 from payments.gateway import GatewayUnavailableError
-from payments.processor import WebhookProcessor
+from payments.processor import WebhookEventError, WebhookProcessor
 from payments.razorpay_gateway import RazorpayGateway
 from payments.reconciliation import reconcile
 from tests import temporal_env
@@ -206,3 +206,111 @@ async def test_a_razorpay_payment_authorised_for_a_manual_capture_order_is_captu
     assert row.detail == gateway_idempotency_key(
         order.id, PaymentKind.CAPTURE, 1, paid["id"], held=True
     )
+
+
+async def test_a_razorpay_refund_the_webhook_records_before_the_activity_commits_is_paid_once(
+    razorpay_api: FakeRazorpay, gateway: RazorpayGateway, engine: Engine
+) -> None:
+    """The refund is made but its answer is lost; the webhook worker records it from
+    `refund.processed` before Temporal's retry of the activity commits its own row."""
+    order_id = new_order_id()
+    checkout = gateway.create_checkout(CheckoutRequest(order_id, 80_000, "INR"))
+    paid = razorpay_api.pay(checkout.payment_id)  # the order auto-captures
+    activities = PaymentActivities(engine, gateway)
+
+    def attempt(n: int) -> GatewayRequest:
+        key = gateway_idempotency_key(order_id, PaymentKind.REFUND, n, paid["id"])
+        return GatewayRequest(order_id, PaymentKind.REFUND, 80_000, n, key, "INR", paid["id"])
+
+    razorpay_api.lose_refund_answers = 1
+    with pytest.raises(GatewayUnavailableError):
+        await asyncio.to_thread(activities.call_gateway, attempt(1))
+    [refund] = [r for r in razorpay_api.refunds.values() if r["payment_id"] == paid["id"]]
+    body = json.dumps(
+        {"entity": "event", "event": "refund.processed",
+         "payload": {"refund": {"entity": refund}, "payment": {"entity": paid}}}
+    ).encode()  # fmt: skip
+    event = parse_event("razorpay", body, razorpay_event_id_header=f"evt_{refund['id']}")
+    await WebhookProcessor(_NoOrders(), engine).apply(event)  # the webhook's row lands first
+
+    retried = await asyncio.to_thread(activities.call_gateway, attempt(1))  # Temporal's retry
+    assert (retried.succeeded, retried.payment_id) == (True, refund["id"])
+    again = await asyncio.to_thread(activities.call_gateway, attempt(2))  # the next attempt
+    assert (again.succeeded, again.payment_id) == (True, refund["id"])
+    assert [r["id"] for r in razorpay_api.refunds.values() if r["payment_id"] == paid["id"]] == [
+        refund["id"]
+    ]
+    assert payments(engine, order_id) == [("refund", "succeeded", 80_000)]
+
+
+def test_a_razorpay_refund_attempt_after_one_whose_answer_was_lost_pays_nothing_more(
+    razorpay_api: FakeRazorpay, gateway: RazorpayGateway, engine: Engine
+) -> None:
+    """Every try of attempt 1 lost its answer; attempt 2 has another receipt and must find the
+    refund attempt 1 made (a partial refund would otherwise be paid twice)."""
+    order_id = new_order_id()
+    checkout = gateway.create_checkout(CheckoutRequest(order_id, 90_000, "INR"))
+    paid = razorpay_api.pay(checkout.payment_id)
+    activities = PaymentActivities(engine, gateway)
+
+    def attempt(n: int) -> GatewayRequest:
+        key = gateway_idempotency_key(order_id, PaymentKind.REFUND, n, paid["id"])
+        return GatewayRequest(order_id, PaymentKind.REFUND, 30_000, n, key, "INR", paid["id"])
+
+    razorpay_api.lose_refund_answers = 1
+    with pytest.raises(GatewayUnavailableError):
+        activities.call_gateway(attempt(1))
+    answer = activities.call_gateway(attempt(2))
+    assert answer.succeeded, answer.detail
+    refunds = [r for r in razorpay_api.refunds.values() if r["payment_id"] == paid["id"]]
+    assert [(r["id"], r["amount"]) for r in refunds] == [(answer.payment_id, 30_000)]
+    assert payments(engine, order_id) == [("refund", "succeeded", 30_000)]
+
+
+class _NoOrders:
+    """The webhook worker's order client, for events that never reach an order (refunds)."""
+
+    async def payment_received(self, order_id: str, payment: Any) -> Any:
+        raise AssertionError(f"no payment expected for order {order_id}")
+
+    async def payment_failed(self, order_id: str, failure: Any) -> None:
+        raise AssertionError(f"no failure expected for order {order_id}")
+
+
+async def test_a_razorpay_refund_that_fails_after_the_order_was_cancelled_makes_it_refund_failed(
+    razorpay_api: FakeRazorpay,
+    razorpay_orders: OrderClient,
+    catalogue: Callable[..., dict[str, str]],
+    engine: Engine,
+) -> None:
+    skus = catalogue(item=(27_500, 5))
+    order = await pending_order(razorpay_orders, [(skus["item"], 1)])
+    checkout = await razorpay_orders.create_checkout(order.id)
+    paid = razorpay_api.pay(checkout.payment_id)  # the order auto-captures
+    processor = WebhookProcessor(razorpay_orders, engine)
+    captured = json.dumps(
+        {"entity": "event", "event": "payment.captured", "payload": {"payment": {"entity": paid}}}
+    ).encode()
+    await processor.apply(
+        parse_event("razorpay", captured, razorpay_event_id_header=f"e_{paid['id']}")
+    )
+    await wait_status(razorpay_orders, order.id, "CONFIRMED")
+    await razorpay_orders.cancel(order.id, "customer changed their mind")
+    await wait_status(razorpay_orders, order.id, "CANCELLED")
+    [refund] = [r for r in razorpay_api.refunds.values() if r["payment_id"] == paid["id"]]
+
+    failed = {**refund, "status": "failed"}
+    body = json.dumps(
+        {"entity": "event", "event": "refund.failed",
+         "payload": {"refund": {"entity": failed}, "payment": {"entity": paid}}}
+    ).encode()  # fmt: skip
+    event = parse_event("razorpay", body, razorpay_event_id_header=f"evt_f_{refund['id']}")
+    with pytest.raises(WebhookEventError) as put:  # to the dead-letter queue, for an operator
+        await processor.apply(event)
+    assert refund["id"] in str(put.value) and order.id in str(put.value)
+    assert "₹275.00" in str(put.value)
+    with Session(engine) as session:
+        row = session.exec(select(Payment).where(Payment.payment_id == refund["id"])).one()
+        placed = session.get(Order, order.id)
+    assert row.status == "failed"
+    assert placed is not None and placed.status == "REFUND_FAILED"

@@ -32,6 +32,7 @@ from activities.payment import PaymentActivities
 from app import embedded
 from app.client import OrderClient, policy_from_settings
 from app.web.app import create_app, http_server
+from bridge.admin import QueueAdmin
 from bridge.producer import QueueProducer
 from bridge.specs import QueueSpec, webhook_spec
 from orderflow.contracts.payment import (
@@ -43,10 +44,13 @@ from orderflow.contracts.payment import (
     gateway_idempotency_key,
     payment_retry_workflow_id,
 )
-from orderflow.db import Payment, WebhookEvent
+from orderflow.db import Order, Payment, WebhookEvent
 from orderflow.settings import Settings
+from payments.events import parse_stripe
 from payments.gateway import GatewayConfigError, GatewayUnavailableError
+from payments.processor import WebhookProcessor
 from payments.reconciliation import enqueue_reconciliation
+from payments.samples import stripe_event
 from payments.signatures import sign_stripe
 from payments.stripe_gateway import StripeGateway
 from tests import temporal_env
@@ -75,6 +79,7 @@ class StripeSystem:
     stripe: stripe.StripeClient
     localstripe: LocalStripe
     spec: QueueSpec
+    proxy: StallingProxy  # between the workers and localstripe: passes all until a test arms it
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +92,12 @@ async def system(
     redis_url: str,
 ) -> AsyncIterator[StripeSystem]:
     """The whole loop: checkout at localstripe → its signed webhook → HTTP app → queue → order."""
+    proxy = StallingProxy(localstripe.url, stall=0).start()
     local = settings.model_copy(
         update={
             "gateway": GatewayName.STRIPE,
             "stripe_api_key": STRIPE_TEST_KEY,
-            "stripe_api_base": localstripe.url,
+            "stripe_api_base": proxy.url,
             "payment_retry_attempts": 4,
             "payment_retry_interval_seconds": 2.0,
             "http_host": "127.0.0.1",
@@ -127,12 +133,13 @@ async def system(
         )
         processor = build_webhook_processor(local, orders, engine)
         async with running(spec, processor, redis_url):
-            yield StripeSystem(env, orders, local, client, localstripe, spec)
+            yield StripeSystem(env, orders, local, client, localstripe, spec, proxy)
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
         await producer.close()
         await asyncio.gather(*(w.shutdown() for w in workers))
         await asyncio.gather(*tasks, return_exceptions=True)
+    proxy.stop()
 
 
 def card(system: StripeSystem, number: str, customer: str = "") -> str:
@@ -779,3 +786,248 @@ async def test_an_authorisation_of_the_failed_intent_during_its_retries_is_captu
     assert [(a.succeeded, a.payment_id) for a in capture.attempts] == [(True, intent.id)]
     assert system.stripe.v1.payment_intents.retrieve(intent.id).status == "succeeded"
     assert payments(engine, order.id)[-1] == ("capture", "succeeded", 42_000)
+
+
+# --- refunds whose answer or row is lost (issue 18 hole 2) ---
+
+
+def refunds_at_stripe(system: StripeSystem, payment_intent: str) -> list[tuple[str, int, str]]:
+    """(id, amount, status) of every refund localstripe holds for the PaymentIntent."""
+    found = system.stripe.v1.refunds.list(params={"payment_intent": payment_intent}).data
+    return [(r.id, r.amount, r.status) for r in found]
+
+
+async def test_a_refund_the_webhook_records_before_the_activity_commits_is_paid_once_and_cancels(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine
+) -> None:
+    """The refund lands at Stripe, its answer is late, and meanwhile the webhook worker records
+    it from `charge.refunded`: the activity's own row then conflicts with the webhook's."""
+    skus = catalogue(item=(59_900, 5))
+    order = await pending_order(system.orders, [(skus["item"], 1)])
+    checkout = await system.orders.create_checkout(order.id, payment_method=card(system, GOOD_CARD))
+    await wait_status(system.orders, order.id, "CONFIRMED")
+    proxy = system.proxy
+    proxy.release.clear()
+    proxy.stall_suffix, proxy.stall_method, proxy.deliver, proxy.stall = (
+        "/v1/refunds",
+        "POST",
+        True,
+        1,
+    )
+    try:
+        await system.orders.cancel(order.id, "customer changed their mind")
+
+        async def refunded() -> list[tuple[str, int, str]]:
+            return refunds_at_stripe(system, checkout.payment_id)
+
+        [(refund_id, _, _)] = await eventually(refunded, 20, "the refund made at localstripe")
+        intent = system.stripe.v1.payment_intents.retrieve(checkout.payment_id)
+        charge = system.stripe.v1.charges.retrieve(_id(intent.latest_charge))
+        await post_event(system, "charge.refunded", charge.to_dict())  # localstripe sends none
+
+        async def recorded() -> bool:
+            return ("refund", "succeeded", 59_900) in payments(engine, order.id)
+
+        await eventually(recorded, 20, "the webhook's refund row")
+    finally:
+        proxy.release.set()  # the activity's answer arrives after the webhook's row
+    state = await wait_status(system.orders, order.id, "CANCELLED", timeout=30)
+    assert refunds_at_stripe(system, checkout.payment_id) == [(refund_id, 59_900, "succeeded")]
+    assert payments(engine, order.id) == [
+        ("capture", "succeeded", 59_900),
+        ("refund", "succeeded", 59_900),
+    ]
+    assert any(f"refunded {refund_id}" in h.note for h in state.history)
+
+
+async def test_a_refund_attempt_after_one_whose_answer_was_lost_finds_it_and_pays_nothing_more(
+    system: StripeSystem, engine: Engine
+) -> None:
+    """Every try of attempt 1 reached Stripe and lost its answer (the attempt failed as a gateway
+    error); attempt 2, with its own key, must find that refund, not pay the customer again."""
+    direct = StripeGateway(STRIPE_TEST_KEY, api_base=system.localstripe.url)
+    order_id = new_order_id()
+    paid = await asyncio.to_thread(
+        direct.create_checkout,
+        CheckoutRequest(order_id, 50_000, "INR", payment_method=card(system, GOOD_CARD)),
+    )
+    assert paid.status == "succeeded"
+
+    def attempt(n: int) -> GatewayRequest:
+        key = gateway_idempotency_key(order_id, PaymentKind.REFUND, n, paid.payment_id)
+        return GatewayRequest(order_id, PaymentKind.REFUND, 20_000, n, key, "INR", paid.payment_id)
+
+    proxy = StallingProxy(
+        system.localstripe.url, stall_suffix="/v1/refunds", stall_method="POST"
+    ).start()
+    try:
+        lost = StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url, timeout=1.0)
+        with pytest.raises(GatewayUnavailableError):  # its last try: Stripe refunded, no answer
+            await asyncio.to_thread(PaymentActivities(engine, lost).call_gateway, attempt(1))
+    finally:
+        proxy.release.set()
+        proxy.stop()
+    answer = await asyncio.to_thread(PaymentActivities(engine, direct).call_gateway, attempt(2))
+    assert answer.succeeded, answer.detail
+    assert refunds_at_stripe(system, paid.payment_id) == [(answer.payment_id, 20_000, "succeeded")]
+    assert payments(engine, order_id) == [("refund", "succeeded", 20_000)]
+
+
+# --- refunds that end later, or slowly (issue 18 hole 11) ---
+
+
+@pytest.mark.parametrize("etype", ["refund.failed", "charge.refund.updated"])
+async def test_a_refund_that_fails_after_the_order_was_cancelled_makes_it_refund_failed(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine, redis_url: str, etype: str
+) -> None:
+    skus = catalogue(item=(24_900, 5))
+    order = await pending_order(system.orders, [(skus["item"], 1)])
+    checkout = await system.orders.create_checkout(order.id, payment_method=card(system, GOOD_CARD))
+    await wait_status(system.orders, order.id, "CONFIRMED")
+    await system.orders.cancel(order.id, "customer changed their mind")
+    await wait_status(system.orders, order.id, "CANCELLED")
+    [(refund_id, _, _)] = refunds_at_stripe(system, checkout.payment_id)
+
+    # days later the card's bank sends the money back to Stripe (localstripe sends no such event)
+    failed = system.stripe.v1.refunds.retrieve(refund_id).to_dict()
+    failed.update(status="failed", failure_reason="expired_or_canceled_card")
+    event_id = await post_event(system, etype, failed)
+
+    async def unapplied() -> WebhookEvent | None:
+        row = event_row(engine, event_id)
+        return row if row is not None and row.status == "UNAPPLIED" else None
+
+    row = await eventually(unapplied, 20, f"the {etype} event put to an operator")
+    assert refund_id in row.detail and order.id in row.detail
+    assert "expired_or_canceled_card" in row.detail and "₹249.00" in row.detail
+    with Session(engine) as session:
+        refund = session.exec(select(Payment).where(Payment.payment_id == refund_id)).one()
+        placed = session.get(Order, order.id)
+    assert refund.status == "failed" and "expired_or_canceled_card" in refund.detail
+    assert placed is not None and placed.status == "REFUND_FAILED"  # /ops shows it so
+    admin = QueueAdmin(system.spec, redis_url)
+    try:
+        dead = [d for d in await admin.dead_letters() if d.id == f"stripe-{event_id}"]
+    finally:
+        await admin.close()
+    assert dead and refund_id in dead[0].failed_reason  # `orderflow queues dlq` lists it
+
+
+async def test_a_refund_that_needs_the_customers_action_is_not_refunded_again_by_the_next_attempt(
+    system: StripeSystem, engine: Engine
+) -> None:
+    """Stripe answers `requires_action` (the customer must give bank details, say): money may
+    still move, so the next attempt must not start a second refund."""
+    direct = StripeGateway(STRIPE_TEST_KEY, api_base=system.localstripe.url)
+    order_id = new_order_id()
+    paid = await asyncio.to_thread(
+        direct.create_checkout,
+        CheckoutRequest(order_id, 40_000, "INR", payment_method=card(system, GOOD_CARD)),
+    )
+    proxy = StallingProxy(system.localstripe.url, stall=0).start()
+
+    def waiting(method: str, path: str, body: bytes) -> bytes:  # localstripe never waits
+        if not path.startswith("/v1/refunds"):
+            return body
+        return body.replace(b'"status": "succeeded"', b'"status": "requires_action"')
+
+    proxy.rewrite = waiting
+    queue = f"payments-refund-action-{order_id}"
+    try:
+        gateway = StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url)
+        async with Worker(
+            system.env.client,
+            task_queue=queue,
+            workflows=[PaymentRetryWorkflow],
+            activities=[PaymentActivities(engine, gateway).call_gateway],
+            activity_executor=ThreadPoolExecutor(max_workers=2),
+        ):
+            result = await system.env.client.execute_workflow(
+                PaymentRetryWorkflow.run,
+                PaymentRetryInput(
+                    order_id=order_id,
+                    kind=PaymentKind.REFUND,
+                    amount=15_000,
+                    attempts=2,
+                    interval_seconds=0.5,
+                    currency="INR",
+                    payment_id=paid.payment_id,
+                ),
+                id=f"refund-action-{order_id}",
+                task_queue=queue,
+            )
+    finally:
+        proxy.stop()
+    assert [(r[1], r[2]) for r in refunds_at_stripe(system, paid.payment_id)] == [
+        (15_000, "succeeded")
+    ]
+    assert result.succeeded, result.attempts
+    assert "requires_action" in result.attempts[-1].detail
+
+
+class _NoOrders:
+    """The webhook worker's order client for refund events (they never reach an order)."""
+
+    async def payment_received(self, order_id: str, payment: Any) -> Any:
+        raise AssertionError(f"no payment expected for order {order_id}")
+
+    async def payment_failed(self, order_id: str, failure: Any) -> None:
+        raise AssertionError(f"no failure expected for order {order_id}")
+
+
+async def test_a_cumulative_charge_refunded_before_the_activitys_row_records_the_refund_once(
+    system: StripeSystem, engine: Engine
+) -> None:
+    """An operator refunded ₹300 (recorded from its event); our refund of ₹200 lands, and
+    Stripe's `charge.refunded` without the refunds list (`amount_refunded` 50,000, the running
+    total) is processed before the activity's own row: one row per refund, by its own id."""
+    direct = StripeGateway(STRIPE_TEST_KEY, api_base=system.localstripe.url)
+    processor = WebhookProcessor(_NoOrders(), engine, gateway=direct)  # type: ignore[arg-type]
+    order_id = new_order_id()
+    paid = await asyncio.to_thread(
+        direct.create_checkout,
+        CheckoutRequest(order_id, 100_000, "INR", payment_method=card(system, GOOD_CARD)),
+    )
+    intent = system.stripe.v1.payment_intents.retrieve(paid.payment_id)
+    charge_id = _id(intent.latest_charge)
+
+    async def charge_refunded(listed: bool) -> None:
+        charge = system.stripe.v1.charges.retrieve(charge_id).to_dict()
+        charge["metadata"] = {"order_id": order_id}
+        if not listed:
+            charge.pop("refunds", None)  # newer API versions leave the list out
+        body = json.dumps(stripe_event("charge.refunded", charge)).encode()
+        await processor.apply(parse_stripe(body))
+
+    system.stripe.v1.refunds.create(params={"payment_intent": paid.payment_id, "amount": 30_000})
+    await charge_refunded(listed=True)
+
+    proxy = StallingProxy(
+        system.localstripe.url, stall_suffix="/v1/refunds", stall_method="POST", deliver=True
+    ).start()
+    try:
+        late = PaymentActivities(engine, StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url))
+        key = gateway_idempotency_key(order_id, PaymentKind.REFUND, 1, paid.payment_id)
+        request = GatewayRequest(
+            order_id, PaymentKind.REFUND, 20_000, 1, key, "INR", paid.payment_id
+        )
+        ours = asyncio.create_task(asyncio.to_thread(late.call_gateway, request))
+
+        async def landed() -> bool:
+            return len(refunds_at_stripe(system, paid.payment_id)) == 2
+
+        await eventually(landed, 20, "our refund at localstripe")
+        await charge_refunded(listed=False)  # before the activity's commit
+        proxy.release.set()
+        answer = await ours
+    finally:
+        proxy.release.set()
+        proxy.stop()
+    assert answer.succeeded, answer.detail
+    await charge_refunded(listed=True)  # a later delivery listing both changes nothing
+    at_stripe = sorted((r[0], r[1]) for r in refunds_at_stripe(system, paid.payment_id))
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Payment).where(Payment.order_id == order_id, Payment.kind == "refund")
+        ).all()
+    assert sorted((r.payment_id, r.amount) for r in rows) == at_stripe

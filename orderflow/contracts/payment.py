@@ -165,6 +165,19 @@ class GatewayPayment:
 
 
 @dataclass
+class GatewayRefund:
+    """One refund of a payment as the gateway lists it (each by its own id)."""
+
+    provider: str
+    refund_id: str
+    payment_id: str  # the payment it gives back
+    order_id: str  # from the refund's metadata / notes ("" if made elsewhere)
+    amount: int  # minor units of `currency`
+    currency: str
+    status: str  # the gateway's own word: succeeded, pending, processed, failed, ...
+
+
+@dataclass
 class CheckoutRequest:
     """A checkout at the gateway for one order's total (Stripe PaymentIntent, Razorpay order)."""
 
