@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from bullmq import Queue as BullQueue
@@ -353,7 +352,7 @@ def _placed_rows(engine: Engine, order_id: str) -> tuple[list[tuple[str, int]], 
 
 @pytest.mark.parametrize("units", [1, 5], ids=["the-last-unit", "plenty"])
 async def test_a_place_order_retried_while_its_overrun_first_attempt_commits_returns_its_result(
-    engine: Engine, catalogue: Callable[..., dict[str, str]], units: int, request: Any
+    engine: Engine, catalogue: Callable[..., dict[str, str]], units: int
 ) -> None:
     """The first attempt outlived its local-activity timeout and commits while the retry runs.
 
@@ -363,13 +362,6 @@ async def test_a_place_order_retried_while_its_overrun_first_attempt_commits_ret
     Either way the order is already placed: the retry must answer as the first attempt did.
     SQLite's write lock (BEGIN IMMEDIATE) serializes the two, so there the retry finds it.
     """
-    if engine.dialect.name == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="issue 18 hole 7: the retry's primary-key conflict rejects a placed order",
-            )
-        )
     sku = catalogue(lamp=(129_900, units))["lamp"]
     order = OrderInput(new_order_id(), "c-7", "c7@example.com", [OrderLine(sku, 1)])
     acts = OrderActivities(engine, LocalErp(engine))
@@ -392,7 +384,6 @@ async def _waiting(engine: Engine, sessions: int) -> bool:
     return await asyncio.to_thread(lock_waiters, engine) >= sessions
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 7: a placed order's id is not checked")
 def test_an_order_id_placed_again_with_other_items_is_refused_naming_the_order(
     engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:
@@ -444,7 +435,6 @@ def commit_of_order_held(engine: Engine, order_id: str) -> Iterator[None]:
                 ddl.execute(text(f"DROP FUNCTION {name}()"))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 7: the retry's conflict rejects the order")
 async def test_an_order_whose_first_place_order_attempt_overruns_its_timeout_waits_for_payment(
     orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:
