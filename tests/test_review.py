@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -12,8 +14,16 @@ from app.client import OrderClient
 from orderflow.contracts.order import PaymentReceived, Shipment
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import Order, Payment, Review
-from orderflow.errors import UnknownReviewError
-from tests.helpers import payments, pending_order, stock, wait_review, wait_status
+from orderflow.errors import UnknownOrderError, UnknownReviewError
+from tests.helpers import (
+    own_namespace,
+    payments,
+    pending_order,
+    stock,
+    wait_review,
+    wait_status,
+)
+from workers.temporal import Dependencies, build_workers
 
 
 async def _paid_high_value_order(
@@ -95,6 +105,81 @@ async def test_return_request_approved_refunds_the_payment_the_order_accepted_by
             select(Payment).where(Payment.order_id == order_id, Payment.kind == "refund")
         ).all()
     assert [(r.refund_of, r.amount) for r in refunds] == [(f"pay-{order_id}", 250_000)]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 hole 9: the payment id is asked of the workflow")
+async def test_a_return_of_a_shipped_order_whose_workflow_history_is_gone_refunds_its_payment(
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
+    deps: Dependencies,
+) -> None:
+    """The namespace keeps a closed workflow 72 h; a return asked on day 4 finds no workflow.
+
+    The payment comes from the payments table: the capture the order kept, not a duplicate
+    capture that was refunded (a retry's, recorded after the kept one).
+    """
+    skus = catalogue(coat=(1_250_000, 2))
+    order_id = (await pending_order(orders, [(skus["coat"], 1)])).id
+    kept = f"pay-{order_id}"
+    await orders.payment_received(order_id, PaymentReceived(payment_id=kept, amount=1_250_000))
+    await wait_status(orders, order_id, "CONFIRMED")
+    await orders.shipped(order_id, Shipment(carrier="DTDC", tracking_number="X9"))
+    assert (await orders.result(order_id)).status == "SHIPPED"
+    with Session(engine) as session:  # what a duplicate capture given back leaves behind
+        for kind, payment_id, refund_of in [
+            ("capture", f"dup-{order_id}", ""),
+            ("refund", f"re-dup-{order_id}", f"dup-{order_id}"),
+        ]:
+            session.add(
+                Payment(
+                    order_id=order_id,
+                    provider="simulated",
+                    payment_id=payment_id,
+                    kind=kind,
+                    amount=1_250_000,
+                    currency="INR",
+                    status="succeeded",
+                    refund_of=refund_of,
+                )
+            )
+        session.commit()
+    async with where_its_history_is_gone(orders, deps) as later:
+        with pytest.raises(UnknownOrderError):
+            await later.status(order_id)
+        review_id = await later.request_return(order_id, "too warm")
+        review = await wait_review(later, order_id)
+        assert review.review_id == review_id and review.kind == "RETURN"
+        await later.decide_review(review_id, ReviewDecision(approve=True, reviewer="meena"))
+        await later.client.get_workflow_handle(review_id).result()
+    with Session(engine) as session:
+        order = session.get(Order, order_id)
+        refunds = session.exec(
+            select(Payment).where(
+                Payment.order_id == order_id, Payment.kind == "refund", Payment.refund_of == kept
+            )
+        ).all()
+    assert order is not None and order.status == "RETURNED"
+    assert [(r.status, r.amount, r.currency) for r in refunds] == [("succeeded", 1_250_000, "INR")]
+
+
+@asynccontextmanager
+async def where_its_history_is_gone(
+    orders: OrderClient, deps: Dependencies
+) -> AsyncIterator[OrderClient]:
+    """An order client, with the workers, on a namespace that has never heard of the order.
+
+    What a client sees once the namespace's retention deleted a closed workflow (72 h): the
+    workflow id is unknown. (Deleting it through the API takes the dev server about 30 s.)
+    """
+    client = await own_namespace(orders.client, "forgot")
+    running = build_workers(client, orders.settings, deps)
+    tasks = [asyncio.create_task(w.run()) for w in running]
+    try:
+        yield OrderClient(client, orders.settings, orders.engine)
+    finally:
+        await asyncio.gather(*(w.shutdown() for w in running))
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_decision_needs_a_reviewer(
