@@ -29,8 +29,11 @@ from orderflow.contracts.order import (
     PlaceOrderResult,
     order_workflow_id,
 )
-from orderflow.db import Invoice, Order, OrderItem, Payment, Product, Reservation
+from orderflow.contracts.review import ReviewDecision
+from orderflow.db import Invoice, Order, OrderItem, Payment, Product, Reservation, WebhookEvent
 from orderflow.errors import InvalidOrderError
+from payments.events import EventKind, GatewayEvent
+from payments.processor import WebhookProcessor
 from tests.fake_erp import FakeErp
 from tests.helpers import (
     erp_received,
@@ -42,6 +45,7 @@ from tests.helpers import (
     start_with_payment,
     stock,
     wait_job,
+    wait_review,
     wait_status,
 )
 from workflows.order import DB_TIMEOUT, OrderWorkflow
@@ -456,3 +460,68 @@ async def test_an_order_whose_first_place_order_attempt_overruns_its_timeout_wai
     assert state.total == 249_900
     assert stock(engine, sku) == (2, 1)
     assert _placed_rows(engine, order_id) == ([(sku, 1)], ["RESERVED"])
+
+
+@pytest.mark.parametrize(
+    "price", [2_500_000_000, 2**63 - 1], ids=["two-and-a-half-crore", "the-largest-bigint"]
+)
+async def test_an_order_past_32_bit_paise_is_placed_paid_and_confirmed_to_the_paisa(
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
+    price: int,
+    request: pytest.FixtureRequest,
+) -> None:
+    """₹2.5 crore is 2,500,000,000 paise, past a 32-bit INTEGER (2^31 - 1 = 2,147,483,647)."""
+    if engine.dialect.name == "postgresql":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True, reason="issue 18 hole 10b: PostgreSQL money columns are 32-bit"
+            )
+        )
+    sku = catalogue(yacht=(price, 1))["yacht"]
+    order_id = (await pending_order(orders, [(sku, 1)])).id
+    event = GatewayEvent(
+        provider="stripe",
+        event_id=f"evt_{order_id}",
+        type="payment_intent.succeeded",
+        kind=EventKind.PAYMENT_RECEIVED,
+        order_id=order_id,
+        payment_id=f"pi_{order_id}",
+        amount_minor=price,
+        currency="INR",
+    )
+    applied = await WebhookProcessor(orders, engine).apply(event)
+    assert applied["status"] == "applied", applied
+    review = await wait_review(orders, order_id)  # far above the high-value threshold
+    await orders.decide_review(review.review_id, ReviewDecision(approve=True, reviewer="asha"))
+    state = await wait_status(orders, order_id, "CONFIRMED")
+    assert (state.total, state.payment_id) == (price, f"pi_{order_id}")
+    with Session(engine) as session:
+        order = session.get(Order, order_id)
+        [line] = session.exec(select(OrderItem).where(OrderItem.order_id == order_id)).all()
+        [paid] = session.exec(select(Payment).where(Payment.order_id == order_id)).all()
+        invoice = session.get(Invoice, order_id)
+        [recorded] = session.exec(
+            select(WebhookEvent).where(WebhookEvent.event_id == f"evt_{order_id}")
+        ).all()
+    assert order is not None and order.total == price and line.unit_price == price
+    assert (paid.payment_id, paid.amount) == (f"pi_{order_id}", price)
+    assert invoice is not None and invoice.total == price
+    assert (recorded.amount, recorded.status) == (price, "APPLIED")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 hole 10b: an overflowing total is a driver error")
+def test_an_order_whose_total_passes_the_money_columns_is_refused_naming_the_order(
+    engine: Engine, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    """Two of a 2^62-paise item come to 2^63: one more than a BIGINT (or SQLite's INTEGER) holds."""
+    sku = catalogue(moon=(2**62, 5))["moon"]
+    order_id = new_order_id()
+    acts = OrderActivities(engine, LocalErp(engine))
+    with pytest.raises(ApplicationError, match=f"order '{order_id}'.*2\\^63") as err:
+        acts.place_order(OrderInput(order_id, "c", "c@example.com", [OrderLine(sku, 2)]))
+    assert err.value.non_retryable
+    with Session(engine) as session:
+        assert session.get(Order, order_id) is None
+    assert stock(engine, sku) == (5, 0)
