@@ -26,7 +26,7 @@ from orderflow.contracts.order import (
 )
 from orderflow.contracts.payment import PaymentKind, PaymentStatus
 from orderflow.db import Invoice, Order, OrderItem, Payment, Product, Reservation, reader, table
-from orderflow.money import format_money
+from orderflow.money import MINOR_LIMIT, format_money
 from orderflow.templating import is_html_template
 
 
@@ -145,6 +145,13 @@ class OrderActivities:
                     continue
                 prices[line.sku] = product.price
                 total += product.price * line.quantity
+                if total >= MINOR_LIMIT:  # no money column (BIGINT) holds it, nor a gateway
+                    raise ApplicationError(
+                        f"order {order.order_id!r} cannot be placed: its total of"
+                        f" {total} minor units passes the largest amount, 2^63 - 1",
+                        type="OrderRejected",
+                        non_retryable=True,
+                    )
                 moved = conn.execute(
                     update(PRODUCTS)
                     .where(PRODUCTS.c.sku == line.sku, PRODUCTS.c.on_hand >= line.quantity)

@@ -10,7 +10,6 @@ import threading
 from pathlib import Path
 
 import httpx
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import BigInteger, text
@@ -184,7 +183,6 @@ MONEY_COLUMNS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 10b: money columns are 32-bit INTEGER")
 def test_every_money_column_is_listed_and_64_bit_in_the_models() -> None:
     """A new amount column joins MONEY_COLUMNS (and the migration that widens it)."""
     named = {
@@ -202,7 +200,6 @@ def test_every_money_column_is_listed_and_64_bit_in_the_models() -> None:
     assert narrow == set(), f"32-bit money columns in the models: {sorted(narrow)}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 10b: PostgreSQL money columns are 32-bit")
 def test_the_money_migration_widens_every_amount_to_bigint_and_keeps_them_on_postgresql(
     postgres: PostgresCluster,
 ) -> None:

@@ -470,15 +470,8 @@ async def test_an_order_past_32_bit_paise_is_placed_paid_and_confirmed_to_the_pa
     engine: Engine,
     catalogue: Callable[..., dict[str, str]],
     price: int,
-    request: pytest.FixtureRequest,
 ) -> None:
     """₹2.5 crore is 2,500,000,000 paise, past a 32-bit INTEGER (2^31 - 1 = 2,147,483,647)."""
-    if engine.dialect.name == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True, reason="issue 18 hole 10b: PostgreSQL money columns are 32-bit"
-            )
-        )
     sku = catalogue(yacht=(price, 1))["yacht"]
     order_id = (await pending_order(orders, [(sku, 1)])).id
     event = GatewayEvent(
@@ -511,7 +504,6 @@ async def test_an_order_past_32_bit_paise_is_placed_paid_and_confirmed_to_the_pa
     assert (recorded.amount, recorded.status) == (price, "APPLIED")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 10b: an overflowing total is a driver error")
 def test_an_order_whose_total_passes_the_money_columns_is_refused_naming_the_order(
     engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:
