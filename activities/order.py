@@ -26,7 +26,7 @@ from orderflow.contracts.order import (
 )
 from orderflow.contracts.payment import PaymentKind, PaymentStatus
 from orderflow.db import Invoice, Order, OrderItem, Payment, Product, Reservation, reader, table
-from orderflow.money import format_money
+from orderflow.money import MINOR_LIMIT, format_money
 from orderflow.templating import is_html_template
 
 
@@ -65,33 +65,69 @@ class OrderActivities:
 
         Lines of one SKU are merged into one; a bad line rejects the order with the reason.
         """
+        wanted: dict[str, int] = {}
+        for line in order.items:
+            wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
+        lines = [OrderLine(sku, quantity) for sku, quantity in wanted.items()]
         try:
-            return self._place(order)
-        except IntegrityError as err:  # the same input fails the same way: do not retry it
-            raise ApplicationError(
+            return self._place(order, lines)
+        except IntegrityError as err:
+            # an earlier attempt that outlived its timeout committed this order meanwhile (its
+            # thread is not stopped): the retry's insert meets that attempt's row
+            with self.reads.connect() as conn:
+                placed = self._placed(conn, order.order_id, lines)
+            if placed is not None:
+                return placed
+            raise ApplicationError(  # the same input fails the same way: do not retry it
                 f"order {order.order_id!r} cannot be placed: {err.orig}",
                 type="OrderRejected",
                 non_retryable=True,
             ) from err
 
-    def _place(self, order: OrderInput) -> PlaceOrderResult:
-        wanted: dict[str, int] = {}
-        for line in order.items:
-            wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
-        lines = [OrderLine(sku, quantity) for sku, quantity in wanted.items()]
+    def _placed(
+        self, conn: Connection, order_id: str, lines: list[OrderLine]
+    ) -> PlaceOrderResult | None:
+        """What placing the order answered, if an earlier attempt placed it; None if none did.
+
+        Raises:
+            ApplicationError: (non-retryable) the id belongs to an order of other items, or to
+                one already past placing: not a retry of this one.
+        """
+        existing = conn.execute(
+            select(ORDERS.c.status, ORDERS.c.total, ORDERS.c.currency).where(
+                ORDERS.c.id == order_id
+            )
+        ).first()
+        if existing is None:
+            return None
+        if existing.status == OrderStatus.REJECTED:  # no lines are kept for a rejected order
+            return PlaceOrderResult(
+                reserved=False,
+                total=existing.total,
+                currency=existing.currency,
+                reason=f"order {order_id!r} was rejected by an earlier attempt to place it",
+            )
+        stored = conn.execute(
+            select(ORDER_ITEMS.c.sku, ORDER_ITEMS.c.quantity).where(
+                ORDER_ITEMS.c.order_id == order_id
+            )
+        ).all()
+        kept = sorted((row.sku, row.quantity) for row in stored)
+        asked = sorted((line.sku, line.quantity) for line in lines)
+        if existing.status != OrderStatus.PENDING_PAYMENT or kept != asked:
+            raise ApplicationError(
+                f"order {order_id!r} is already placed, {existing.status} with items {kept};"
+                f" this order has {asked}: not a retry of it",
+                type="OrderRejected",
+                non_retryable=True,
+            )
+        return PlaceOrderResult(reserved=True, total=existing.total, currency=existing.currency)
+
+    def _place(self, order: OrderInput, lines: list[OrderLine]) -> PlaceOrderResult:
         with self.engine.connect() as conn:
-            existing = conn.execute(
-                select(ORDERS.c.status, ORDERS.c.total, ORDERS.c.currency).where(
-                    ORDERS.c.id == order.order_id
-                )
-            ).first()
-            if existing is not None:
-                return PlaceOrderResult(
-                    reserved=existing.status != OrderStatus.REJECTED,
-                    total=existing.total,
-                    currency=existing.currency,
-                    reason="" if existing.status != OrderStatus.REJECTED else "not enough stock",
-                )
+            placed = self._placed(conn, order.order_id, lines)
+            if placed is not None:
+                return placed
             total, shortages, invalid = 0, [], []
             prices: dict[str, int] = {}
             # rows locked in key order, as stock sync does, so concurrent orders never deadlock
@@ -109,6 +145,13 @@ class OrderActivities:
                     continue
                 prices[line.sku] = product.price
                 total += product.price * line.quantity
+                if total >= MINOR_LIMIT:  # no money column (BIGINT) holds it, nor a gateway
+                    raise ApplicationError(
+                        f"order {order.order_id!r} cannot be placed: its total of"
+                        f" {total} minor units passes the largest amount, 2^63 - 1",
+                        type="OrderRejected",
+                        non_retryable=True,
+                    )
                 moved = conn.execute(
                     update(PRODUCTS)
                     .where(PRODUCTS.c.sku == line.sku, PRODUCTS.c.on_hand >= line.quantity)

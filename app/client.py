@@ -39,7 +39,7 @@ from orderflow.contracts.order import (
     Shipment,
     order_workflow_id,
 )
-from orderflow.contracts.payment import Checkout, CheckoutRequest
+from orderflow.contracts.payment import Checkout, CheckoutRequest, PaymentKind, PaymentStatus
 from orderflow.contracts.review import (
     REVIEWS_TASK_QUEUE,
     PendingReview,
@@ -50,7 +50,7 @@ from orderflow.contracts.review import (
     ReviewStatus,
     review_workflow_id,
 )
-from orderflow.db import Order, Review, make_engine
+from orderflow.db import Order, Payment, Review, make_engine
 from orderflow.errors import (
     InvalidOrderError,
     OrderClosedError,
@@ -227,7 +227,7 @@ class OrderClient:
         review_id = review_workflow_id(order_id, ReviewKind.RETURN)
         # the payment the order kept: a real gateway asked for "the order's payment" picks its
         # newest, which may be a duplicate capture already refunded
-        accepted = (await self.status(order_id)).payment_id
+        accepted = await self._kept_payment(order_id)
         try:
             await self.client.start_workflow(
                 ManualReviewWorkflow.run,
@@ -294,6 +294,50 @@ class OrderClient:
             if info is not None:
                 found.append(info)
         return found
+
+    async def _kept_payment(self, order_id: str) -> str:
+        """The payment id of the capture the order kept.
+
+        From the payments table when there is a database: the workflow's history, which knows
+        it too, is deleted 72 h after the order closed (the namespace's retention).
+
+        Raises:
+            InvalidOrderError: no capture of the order is left unrefunded, or several are and
+                the workflow that knows which it kept is gone.
+        """
+        if self.engine is None:
+            return (await self.status(order_id)).payment_id
+        kept = await asyncio.to_thread(self._unrefunded_captures, self.engine, order_id)
+        if len(kept) == 1:
+            return kept[0]
+        if not kept:
+            raise InvalidOrderError(f"order {order_id!r} has no captured payment left to refund")
+        try:  # a duplicate capture whose refund has not landed yet
+            return (await self.status(order_id)).payment_id
+        except (UnknownOrderError, OrderClosedError) as err:
+            raise InvalidOrderError(
+                f"order {order_id!r} has {len(kept)} captures not refunded ({', '.join(kept)})"
+                " and its workflow is gone: refund the right one by hand"
+            ) from err
+
+    @staticmethod
+    def _unrefunded_captures(engine: Engine, order_id: str) -> list[str]:
+        """Payment ids of the order's succeeded captures not wholly given back, oldest first."""
+        with Session(engine) as session:
+            rows = session.exec(
+                select(Payment)
+                .where(Payment.order_id == order_id, Payment.status == PaymentStatus.SUCCEEDED)
+                .order_by(col(Payment.id))
+            ).all()
+        refunded: dict[str, int] = {}
+        for row in rows:
+            if row.kind == PaymentKind.REFUND:
+                refunded[row.refund_of] = refunded.get(row.refund_of, 0) + row.amount
+        return [
+            row.payment_id
+            for row in rows
+            if row.kind == PaymentKind.CAPTURE and row.amount > refunded.get(row.payment_id, 0)
+        ]
 
     async def _order_total_and_status(self, order_id: str) -> tuple[int, str, str]:
         """(total in minor units, currency, status) of an order."""

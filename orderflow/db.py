@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Table, Text, UniqueConstraint, event
+from sqlalchemy import BigInteger, Column, Table, Text, UniqueConstraint, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel, create_engine
 
@@ -21,12 +21,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Money columns (price, total, unit_price, amount) are BIGINT: a 32-bit INTEGER on PostgreSQL
+# ends at ₹2.1 crore in paise; a total past BIGINT is refused before it reaches one (MINOR_LIMIT)
+
+
 class Product(SQLModel, table=True):
     """A stock-keeping unit: on_hand is sellable, reserved is held for open orders."""
 
     sku: str = Field(primary_key=True)
     name: str
-    price: int  # minor units of the shop currency
+    price: int = Field(sa_type=BigInteger)  # minor units of the shop currency
     on_hand: int = Field(ge=0)
     reserved: int = Field(default=0, ge=0)
 
@@ -38,7 +42,7 @@ class Order(SQLModel, table=True):
     customer_id: str = Field(index=True)
     email: str
     status: str = Field(index=True)  # OrderStatus
-    total: int  # minor units of `currency`
+    total: int = Field(sa_type=BigInteger)  # minor units of `currency`
     currency: str
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -51,7 +55,7 @@ class OrderItem(SQLModel, table=True):
     order_id: str = Field(foreign_key="order.id", index=True)
     sku: str = Field(foreign_key="product.sku")
     quantity: int
-    unit_price: int  # minor units
+    unit_price: int = Field(sa_type=BigInteger)  # minor units
 
 
 class Reservation(SQLModel, table=True):
@@ -75,7 +79,7 @@ class Payment(SQLModel, table=True):
     provider: str
     payment_id: str
     kind: str  # PaymentKind
-    amount: int  # minor units of `currency`
+    amount: int = Field(sa_type=BigInteger)  # minor units of `currency`
     currency: str = ""
     status: str  # PaymentStatus
     refund_of: str = Field(default="", index=True)  # a refund: the captured payment it gives back
@@ -89,7 +93,7 @@ class Invoice(SQLModel, table=True):
     order_id: str = Field(primary_key=True)
     number: str = Field(unique=True)
     html: str = Field(sa_column=Column(Text, nullable=False))
-    total: int  # minor units
+    total: int = Field(sa_type=BigInteger)  # minor units
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -204,7 +208,7 @@ class WebhookEvent(SQLModel, table=True):
     type: str
     order_id: str = Field(default="", index=True)
     payment_id: str = Field(default="", index=True)
-    amount: int = 0  # minor units of `currency`, as the gateway sent it
+    amount: int = Field(default=0, sa_type=BigInteger)  # minor units of `currency`, as sent
     currency: str = ""
     status: str = WebhookEventStatus.RECEIVED.value  # WebhookEventStatus
     detail: str = ""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
@@ -157,6 +158,19 @@ def stock(engine: Engine, sku: str) -> tuple[int, int]:
         product = session.get(Product, sku)
         assert product is not None
         return product.on_hand, product.reserved
+
+
+def lock_waiters(engine: Engine) -> int:
+    """PostgreSQL: sessions of this database waiting for a lock (a row another one holds)."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        )
 
 
 def payments(engine: Engine, order_id: str) -> list[tuple[str, str, float]]:

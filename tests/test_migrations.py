@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import BigInteger, text
 from sqlmodel import Session, SQLModel
 from temporalio.testing import WorkflowEnvironment
 
@@ -170,3 +170,66 @@ async def test_ten_processes_starting_at_once_on_empty_postgresql_none_crashes(
         for log in logs:
             log.close()
     assert codes == [0] * 9, [log_of(i + 1) for i, c in enumerate(codes) if c]
+
+
+# every amount the schema keeps, in minor units: (table, column)
+MONEY_COLUMNS = {
+    ("product", "price"),
+    ("order", "total"),
+    ("orderitem", "unit_price"),
+    ("invoice", "total"),
+    ("payment", "amount"),
+    ("webhookevent", "amount"),
+}
+
+
+def test_every_money_column_is_listed_and_64_bit_in_the_models() -> None:
+    """A new amount column joins MONEY_COLUMNS (and the migration that widens it)."""
+    named = {
+        (table.name, column.name)
+        for table in SQLModel.metadata.tables.values()
+        for column in table.columns
+        if column.name in {"price", "total", "unit_price", "amount"}
+    }
+    assert named == MONEY_COLUMNS
+    narrow = {
+        (table, column)
+        for table, column in MONEY_COLUMNS
+        if not isinstance(SQLModel.metadata.tables[table].columns[column].type, BigInteger)
+    }
+    assert narrow == set(), f"32-bit money columns in the models: {sorted(narrow)}"
+
+
+def test_the_money_migration_widens_every_amount_to_bigint_and_keeps_them_on_postgresql(
+    postgres: PostgresCluster,
+) -> None:
+    """A database made before 0004: its amounts survive, and then hold more than 2^31."""
+    engine = make_engine(postgres.create_database())
+    upgrade(engine, "0003")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO product (sku, name, price, on_hand, reserved)"
+                          " VALUES ('OLD', 'old', 2147483647, 1, 0)"))  # fmt: skip
+        conn.execute(text("INSERT INTO webhookevent (provider, event_id, type, order_id,"
+                          " payment_id, amount, currency, status, detail, received_at)"
+                          " VALUES ('stripe', 'evt_old', 't', 'o', 'p', 12345, 'INR',"
+                          " 'APPLIED', '', now())"))  # fmt: skip
+    assert upgrade(engine) == head_revisions()
+    with engine.begin() as conn:
+        types = {
+            (table, column): conn.execute(
+                text(
+                    "SELECT data_type FROM information_schema.columns"
+                    " WHERE table_name = :table AND column_name = :column"
+                ),
+                {"table": table, "column": column},
+            ).scalar_one()
+            for table, column in MONEY_COLUMNS
+        }
+        assert set(types.values()) == {"bigint"}, types
+        kept = conn.execute(text("SELECT price FROM product WHERE sku = 'OLD'")).scalar_one()
+        event = conn.execute(text("SELECT amount FROM webhookevent")).scalar_one()
+        assert (kept, event) == (2_147_483_647, 12_345)
+        conn.execute(text("UPDATE product SET price = 9223372036854775807 WHERE sku = 'OLD'"))
+        wide = conn.execute(text("SELECT price FROM product WHERE sku = 'OLD'")).scalar_one()
+    engine.dispose()
+    assert wide == 2**63 - 1

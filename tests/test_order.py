@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
 from bullmq import Queue as BullQueue
+from sqlalchemy import text, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.erp import LocalErp
+from activities.order import OrderActivities
 from app.client import OrderClient
 from orderflow.contracts.order import (
     ORDERS_TASK_QUEUE,
@@ -19,23 +26,29 @@ from orderflow.contracts.order import (
     OrderPolicy,
     OrderState,
     PaymentReceived,
+    PlaceOrderResult,
     order_workflow_id,
 )
-from orderflow.db import Invoice, Order, Payment
+from orderflow.contracts.review import ReviewDecision
+from orderflow.db import Invoice, Order, OrderItem, Payment, Product, Reservation, WebhookEvent
 from orderflow.errors import InvalidOrderError
+from payments.events import EventKind, GatewayEvent
+from payments.processor import WebhookProcessor
 from tests.fake_erp import FakeErp
 from tests.helpers import (
     erp_received,
     eventually,
+    lock_waiters,
     new_order_id,
     payments,
     pending_order,
     start_with_payment,
     stock,
     wait_job,
+    wait_review,
     wait_status,
 )
-from workflows.order import OrderWorkflow
+from workflows.order import DB_TIMEOUT, OrderWorkflow
 
 
 async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
@@ -322,3 +335,188 @@ async def test_an_order_with_a_bad_quantity_is_rejected_with_the_reason(
     state = await orders.status(order_id)
     assert f"quantity 0 of {skus['fork']} is not a positive number" in state.history[-1].note
     assert stock(engine, skus["fork"]) == (10, 0)
+
+
+@contextmanager
+def product_row_held(engine: Engine, sku: str) -> Iterator[None]:
+    """Another transaction holds the product's row (SQLite: the write lock) until the block ends."""
+    with engine.connect() as holder:
+        if engine.dialect.name == "postgresql":
+            holder.execute(select(Product).where(col(Product.sku) == sku).with_for_update()).all()
+        else:  # BEGIN IMMEDIATE: every other writer waits at its BEGIN
+            holder.execute(update(Product).where(col(Product.sku) == sku).values(name="held"))
+        yield
+        holder.rollback()
+
+
+def _placed_rows(engine: Engine, order_id: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """(sku, quantity) of the order's lines, and its reservations' statuses."""
+    with Session(engine) as session:
+        lines = session.exec(select(OrderItem).where(OrderItem.order_id == order_id)).all()
+        held = session.exec(select(Reservation).where(Reservation.order_id == order_id)).all()
+    return [(i.sku, i.quantity) for i in lines], [r.status for r in held]
+
+
+@pytest.mark.parametrize("units", [1, 5], ids=["the-last-unit", "plenty"])
+async def test_a_place_order_retried_while_its_overrun_first_attempt_commits_returns_its_result(
+    engine: Engine, catalogue: Callable[..., dict[str, str]], units: int
+) -> None:
+    """The first attempt outlived its local-activity timeout and commits while the retry runs.
+
+    On PostgreSQL the retry's look for the order misses the row the first attempt has not
+    committed yet; then its insert hits the order's primary key. With the last unit the retry
+    finds no stock and tries to insert a REJECTED row; with plenty it has reserved again.
+    Either way the order is already placed: the retry must answer as the first attempt did.
+    SQLite's write lock (BEGIN IMMEDIATE) serializes the two, so there the retry finds it.
+    """
+    sku = catalogue(lamp=(129_900, units))["lamp"]
+    order = OrderInput(new_order_id(), "c-7", "c7@example.com", [OrderLine(sku, 1)])
+    acts = OrderActivities(engine, LocalErp(engine))
+    postgres = engine.dialect.name == "postgresql"
+    with product_row_held(engine, sku):
+        first = asyncio.create_task(asyncio.to_thread(acts.place_order, order))
+        if postgres:
+            await eventually(lambda: _waiting(engine, 1), what="the first attempt waits")
+        retry = asyncio.create_task(asyncio.to_thread(acts.place_order, order))
+        if postgres:  # the retry has looked for the order and found nothing yet
+            await eventually(lambda: _waiting(engine, 2), what="the retry waits behind it")
+    placed = await asyncio.wait_for(first, 30)
+    assert placed == PlaceOrderResult(reserved=True, total=129_900, currency="INR")
+    assert await asyncio.wait_for(retry, 30) == placed
+    assert stock(engine, sku) == (units - 1, 1)
+    assert _placed_rows(engine, order.order_id) == ([(sku, 1)], ["RESERVED"])
+
+
+async def _waiting(engine: Engine, sessions: int) -> bool:
+    return await asyncio.to_thread(lock_waiters, engine) >= sessions
+
+
+def test_an_order_id_placed_again_with_other_items_is_refused_naming_the_order(
+    engine: Engine, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    """A second place_order with the same id and other items is not "already placed"."""
+    skus = catalogue(jug=(40_000, 5), bowl=(20_000, 5))
+    order_id = new_order_id()
+    acts = OrderActivities(engine, LocalErp(engine))
+    acts.place_order(OrderInput(order_id, "c", "c@example.com", [OrderLine(skus["jug"], 1)]))
+    with pytest.raises(ApplicationError, match=f"order '{order_id}' is already placed") as err:
+        acts.place_order(OrderInput(order_id, "c", "c@example.com", [OrderLine(skus["bowl"], 2)]))
+    assert err.value.non_retryable
+    assert stock(engine, skus["jug"]) == (4, 1) and stock(engine, skus["bowl"]) == (5, 0)
+
+
+@contextmanager
+def commit_of_order_held(engine: Engine, order_id: str) -> Iterator[None]:
+    """PostgreSQL: a transaction inserting this order waits in its COMMIT until the block ends.
+
+    A deferred constraint trigger takes an advisory lock the test holds. Waiting in COMMIT is
+    what lets an attempt outlive its timeout: the SDK's cancel (an exception raised in the
+    activity's thread) reaches Python code only after the server has committed.
+    """
+    name = f"hold_{uuid.uuid4().hex[:8]}"
+    key = uuid.uuid4().int % 2**62
+    with engine.connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        holder.commit()  # the session keeps the lock
+        with engine.begin() as ddl:
+            ddl.execute(
+                text(
+                    f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                    f" IF NEW.id = '{order_id}' THEN PERFORM pg_advisory_xact_lock_shared({key});"
+                    " END IF; RETURN NULL; END $$"
+                )
+            )
+            ddl.execute(
+                text(
+                    f'CREATE CONSTRAINT TRIGGER {name} AFTER INSERT ON "order"'
+                    f" DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {name}()"
+                )
+            )
+        try:
+            yield
+        finally:
+            holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            holder.commit()
+            with engine.begin() as ddl:
+                ddl.execute(text(f'DROP TRIGGER {name} ON "order"'))
+                ddl.execute(text(f"DROP FUNCTION {name}()"))
+
+
+async def test_an_order_whose_first_place_order_attempt_overruns_its_timeout_waits_for_payment(
+    orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    """The first attempt's COMMIT waits past the local activity's 30 s; the retry starts, misses
+    the uncommitted order and waits for the stock row; the first commits, the retry conflicts."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serializes the attempts at BEGIN IMMEDIATE: no conflict to meet")
+    sku = catalogue(kettle=(249_900, 3))["kettle"]
+    order_id = new_order_id()
+    with commit_of_order_held(engine, order_id):
+        await orders.start_order(order_id, "c-7", "c7@example.com", [(sku, 1)])
+        await eventually(lambda: _waiting(engine, 1), what="the first attempt waits in COMMIT")
+        await eventually(
+            lambda: _waiting(engine, 2),
+            within=DB_TIMEOUT.total_seconds() + 30,
+            what="the second attempt, after the first one's timeout, waiting for the stock row",
+        )
+    state = await wait_status(orders, order_id, "PENDING_PAYMENT", timeout=30)
+    assert state.total == 249_900
+    assert stock(engine, sku) == (2, 1)
+    assert _placed_rows(engine, order_id) == ([(sku, 1)], ["RESERVED"])
+
+
+@pytest.mark.parametrize(
+    "price", [2_500_000_000, 2**63 - 1], ids=["two-and-a-half-crore", "the-largest-bigint"]
+)
+async def test_an_order_past_32_bit_paise_is_placed_paid_and_confirmed_to_the_paisa(
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Callable[..., dict[str, str]],
+    price: int,
+) -> None:
+    """₹2.5 crore is 2,500,000,000 paise, past a 32-bit INTEGER (2^31 - 1 = 2,147,483,647)."""
+    sku = catalogue(yacht=(price, 1))["yacht"]
+    order_id = (await pending_order(orders, [(sku, 1)])).id
+    event = GatewayEvent(
+        provider="stripe",
+        event_id=f"evt_{order_id}",
+        type="payment_intent.succeeded",
+        kind=EventKind.PAYMENT_RECEIVED,
+        order_id=order_id,
+        payment_id=f"pi_{order_id}",
+        amount_minor=price,
+        currency="INR",
+    )
+    applied = await WebhookProcessor(orders, engine).apply(event)
+    assert applied["status"] == "applied", applied
+    review = await wait_review(orders, order_id)  # far above the high-value threshold
+    await orders.decide_review(review.review_id, ReviewDecision(approve=True, reviewer="asha"))
+    state = await wait_status(orders, order_id, "CONFIRMED")
+    assert (state.total, state.payment_id) == (price, f"pi_{order_id}")
+    with Session(engine) as session:
+        order = session.get(Order, order_id)
+        [line] = session.exec(select(OrderItem).where(OrderItem.order_id == order_id)).all()
+        [paid] = session.exec(select(Payment).where(Payment.order_id == order_id)).all()
+        invoice = session.get(Invoice, order_id)
+        [recorded] = session.exec(
+            select(WebhookEvent).where(WebhookEvent.event_id == f"evt_{order_id}")
+        ).all()
+    assert order is not None and order.total == price and line.unit_price == price
+    assert (paid.payment_id, paid.amount) == (f"pi_{order_id}", price)
+    assert invoice is not None and invoice.total == price
+    assert (recorded.amount, recorded.status) == (price, "APPLIED")
+
+
+def test_an_order_whose_total_passes_the_money_columns_is_refused_naming_the_order(
+    engine: Engine, catalogue: Callable[..., dict[str, str]]
+) -> None:
+    """Two of a 2^62-paise item come to 2^63: one more than a BIGINT (or SQLite's INTEGER) holds."""
+    sku = catalogue(moon=(2**62, 5))["moon"]
+    order_id = new_order_id()
+    acts = OrderActivities(engine, LocalErp(engine))
+    with pytest.raises(ApplicationError, match=f"order '{order_id}'.*2\\^63") as err:
+        acts.place_order(OrderInput(order_id, "c", "c@example.com", [OrderLine(sku, 2)]))
+    assert err.value.non_retryable
+    with Session(engine) as session:
+        assert session.get(Order, order_id) is None
+    assert stock(engine, sku) == (5, 0)
