@@ -5,8 +5,8 @@ again (Node auto ids after Redis lost writes) is another delivery. Rows written 
 their old Message-IDs and have no digest.
 
 Revision ID: 0005
-Revises: 0003 (the lead re-chains it after 0004 at merge)
-Create Date: 2026-12-05
+Revises: 0004
+Create Date: 2026-12-03
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
