@@ -32,7 +32,14 @@ from orderflow.contracts.payment import (
 from orderflow.db import Payment, WebhookEvent
 from orderflow.errors import OrderClosedError, OrderflowError, UnknownOrderError
 from orderflow.money import format_money
-from payments.events import EventKind, GatewayEvent, MalformedEventError
+from payments.events import (
+    MONEY_KINDS,
+    EventKind,
+    GatewayEvent,
+    MalformedEventError,
+    amount_problem,
+    currency_problem,
+)
 from payments.gateway import PaymentGateway
 from payments.reconciliation import APPLY_GRACE_MINUTES, reconcile
 
@@ -124,8 +131,9 @@ class Orders(Protocol):
 
 def _minor_amount(event: GatewayEvent) -> int:
     amount = event.amount_minor
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
-        raise WebhookEventError(event, f"amount {amount!r} is not a non-negative integer")
+    if problem := amount_problem(amount):
+        raise WebhookEventError(event, f"amount {amount!r} is {problem}"[:300])
+    assert isinstance(amount, int)
     return amount
 
 
@@ -138,8 +146,11 @@ def check_event(event: GatewayEvent) -> None:
         raise WebhookEventError(event, f"no order_id in {where}")
     if not event.payment_id:
         raise WebhookEventError(event, "no payment id")
-    if event.kind in (EventKind.PAYMENT_RECEIVED, EventKind.PAYMENT_AUTHORISED, EventKind.REFUND):
+    if event.kind in MONEY_KINDS:
         _minor_amount(event)
+        if problem := currency_problem(event.currency):
+            code = "" if event.currency in ("", None) else f" {event.currency!r}"[:40]
+            raise WebhookEventError(event, f"currency{code} is {problem}")
 
 
 class WebhookProcessor:
@@ -318,9 +329,9 @@ class WebhookProcessor:
     # ---- database (run in a thread: SQLAlchemy sessions block) ------------------------------
 
     def _record(self, event: GatewayEvent) -> WebhookEvent:
-        amount = event.amount_minor
-        valid = isinstance(amount, int) and not isinstance(amount, bool) and amount >= 0
-        minor = amount if valid else 0
+        # an impossible amount is recorded as 0 (the check that follows rejects the event with
+        # it): the row must be written whatever was sent
+        minor = 0 if amount_problem(event.amount_minor) else event.amount_minor
         with Session(self.engine) as session:
             found = self._find(session, event)
             if found is not None:
