@@ -429,3 +429,44 @@ async def test_stripe_partial_refunds_without_the_refunds_list_are_counted_once_
         )
     refunds = [p for p in payments(engine, order_id) if p[0] == "refund"]
     assert sum(amount for _, _, amount in refunds) == 50_000, refunds
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 hole 3: a late duplicate is money to refund")
+async def test_a_late_charge_for_the_payment_a_shipped_order_kept_is_a_duplicate_not_a_refund(
+    settings: Settings, processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue,
+    engine: Engine, redis_url: str,
+) -> None:  # fmt: skip
+    order_id = await place(orders, catalogue, price=129_900)
+    paid = parse_stripe(stripe_payment_succeeded(order_id, 129_900))
+    await processor.apply(paid)
+    await wait_status(orders, order_id, "CONFIRMED")
+    await orders.shipped(order_id)
+    assert (await orders.result(order_id)).status == "SHIPPED"  # the workflow has closed
+    charge = {"id": f"ch_{order_id}", "object": "charge", "amount": 129_900,
+              "amount_captured": 129_900, "currency": "inr", "payment_intent": paid.payment_id,
+              "metadata": {"order_id": order_id}}  # fmt: skip
+    late = parse_stripe(json.dumps(stripe_event("charge.succeeded", charge)).encode())
+    # re-driven through the worker, as a redelivery or an operator's retry would be
+    spec = webhook_test_spec(settings)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add(late.job_name, late.to_job(), {"jobId": late.job_id})
+    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+    async with running(spec, WebhookProcessor(orders, engine, queue=spec.name), redis_url):
+
+        async def finished() -> bool:
+            return await _completed(spec, redis_url, 1) or await _dlq_has(dlq, 1)
+
+        await eventually(finished, what="the late charge's job")
+    assert [e.failed_reason for e in await dlq.list()] == []
+    row = event_row(engine, "stripe", late.event_id)
+    assert row.status == "DUPLICATE" and paid.payment_id in row.detail and order_id in row.detail
+    assert "refund" not in row.detail
+    assert payments(engine, order_id) == [("capture", "succeeded", 129_900)]
+    report = reconcile(engine, window_hours=1)
+    assert not [m for m in report["mismatches"] if m["order_id"] == order_id]
+    # a payment the closed order does not hold is still money to give back
+    other = parse_stripe(stripe_payment_succeeded(order_id, 129_900))
+    with pytest.raises(WebhookEventError, match="refund it"):
+        await processor.apply(other)
+    assert event_row(engine, "stripe", other.event_id).status == "UNAPPLIED"
+    await producer.close()
