@@ -48,6 +48,12 @@ log = logging.getLogger("orderflow.webhooks")
 OUTAGE_WINDOW_SECONDS = 2 * 3600.0  # an event rides out a Temporal/database outage this long
 UNKNOWN_ORDER_WINDOW_SECONDS = 600.0  # an order the workflow does not know yet may still start
 MAX_RETRY_DELAY_MS = 60_000  # the cap of the backoff while waiting
+# an event recorded with one of these was handled: a redelivery is a no-op
+DONE_STATUSES = (
+    WebhookEventStatus.APPLIED,
+    WebhookEventStatus.IGNORED,
+    WebhookEventStatus.DUPLICATE,
+)
 # events about one payment of an order: they must name the order
 PAYMENT_KINDS = (EventKind.PAYMENT_RECEIVED, EventKind.PAYMENT_AUTHORISED, EventKind.PAYMENT_FAILED)
 # gRPC codes of a server that is away or overloaded, not of a request that is wrong
@@ -231,7 +237,7 @@ class WebhookProcessor:
         (the caller retries); with final=True it is rejected for good.
         """
         row = await asyncio.to_thread(self._record, event)
-        if row.status in (WebhookEventStatus.APPLIED, WebhookEventStatus.IGNORED):
+        if row.status in DONE_STATUSES:
             return {"event_id": event.event_id, "status": "duplicate", "order_id": row.order_id}
         if not event.order_id and event.payment_id:
             event.order_id = await asyncio.to_thread(self._order_of, event)
@@ -295,9 +301,15 @@ class WebhookProcessor:
                 raise
             raise WebhookEventError(event, f"{money} for an unknown order ({err})") from err
         except OrderClosedError as err:
+            if kept := await asyncio.to_thread(self._kept, event):
+                return WebhookEventStatus.DUPLICATE, f"{money}: {kept}"
             closed = "; release it at the gateway" if held else todo  # no order left to do it
             raise _unapplied(event, f"{money} not applied: {err}{closed}") from err
         if not ack.accepted:
+            # a closed order refuses everything, its own payment too: only one it does not
+            # hold is money to give back
+            if kept := await asyncio.to_thread(self._kept, event):
+                return WebhookEventStatus.DUPLICATE, f"{money}: {kept}"
             raise _unapplied(event, f"{money} not applied: {ack.reason}{todo}")
         return (
             WebhookEventStatus.APPLIED,
@@ -420,6 +432,25 @@ class WebhookProcessor:
         return (
             WebhookEventStatus.APPLIED,
             f"refund {refund_id} of {format_money(amount, event.currency)} recorded",
+        )
+
+    def _kept(self, event: GatewayEvent) -> str:
+        """How the order already holds this payment ("" if it does not): its capture row."""
+        with Session(self.engine) as session:
+            row = session.exec(
+                select(Payment).where(
+                    Payment.provider == event.provider,
+                    Payment.payment_id == event.payment_id,
+                    Payment.order_id == event.order_id,
+                    Payment.kind == PaymentKind.CAPTURE,
+                )
+            ).first()
+        if row is None:
+            return ""
+        return (
+            f"order {event.order_id} already holds it (payments row {row.id},"
+            f" {row.status} {format_money(row.amount, row.currency)}): a late duplicate,"
+            " nothing to do"
         )
 
     def _order_of(self, event: GatewayEvent) -> str:

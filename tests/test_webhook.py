@@ -431,7 +431,6 @@ async def test_stripe_partial_refunds_without_the_refunds_list_are_counted_once_
     assert sum(amount for _, _, amount in refunds) == 50_000, refunds
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 3: a late duplicate is money to refund")
 async def test_a_late_charge_for_the_payment_a_shipped_order_kept_is_a_duplicate_not_a_refund(
     settings: Settings, processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue,
     engine: Engine, redis_url: str,

@@ -56,6 +56,8 @@ class WebhookEventStatus(StrEnum):
     APPLIED = "APPLIED"
     IGNORED = "IGNORED"  # nothing to do (a failure reported for an order that already ended)
     UNAPPLIED = "UNAPPLIED"  # money the order refused (closed, already paid): an operator acts
+    # a payment the order already holds in the payments table (a late redelivery): nothing to do
+    DUPLICATE = "DUPLICATE"
     REJECTED = "REJECTED"  # malformed, or for an order nobody knows
 
 
