@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -73,12 +74,21 @@ class StallingProxy:
     """A proxy in front of a gateway that records each request's Idempotency-Key and, for the
     first `stall` requests whose path ends with `stall_suffix`, forwards them (so the gateway
     acts) but withholds the answer until released: the client sees a read timeout. Statuses
-    put in `refuse` are answered instead, without forwarding (a rate limit, an outage)."""
+    put in `refuse` are answered instead, without forwarding (a rate limit, an outage).
+    `rewrite` changes the JSON answers of those paths (what localstripe leaves out, such as a
+    charge's Radar `outcome`)."""
 
-    def __init__(self, upstream: str, stall_suffix: str = "/capture", stall: int = 1) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        stall_suffix: str = "/capture",
+        stall: int = 1,
+        rewrite: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.upstream = upstream
         self.stall_suffix = stall_suffix
         self.stall = stall
+        self.rewrite = rewrite
         # statuses to answer (in order) instead of forwarding, before any stall: 429, 500 ...
         self.refuse: list[int] = []
         self.seen: list[tuple[str, str, str]] = []  # (method, path, Idempotency-Key)
@@ -115,15 +125,19 @@ class StallingProxy:
                     content=body,
                     timeout=30,
                 )
-                if urlparse(self.path).path.endswith(proxy.stall_suffix) and proxy.stall > 0:
+                ours = urlparse(self.path).path.endswith(proxy.stall_suffix)
+                if ours and proxy.stall > 0:
                     proxy.stall -= 1
                     proxy.release.wait(60)  # the gateway acted; its answer is lost
                     return
+                content = answer.content
+                if proxy.rewrite is not None and answer.status_code == 200 and ours:
+                    content = json.dumps(proxy.rewrite(answer.json())).encode()
                 self.send_response(answer.status_code)
                 self.send_header("Content-Type", answer.headers.get("content-type", ""))
-                self.send_header("Content-Length", str(len(answer.content)))
+                self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
-                self.wfile.write(answer.content)
+                self.wfile.write(content)
 
             do_GET = do_POST = do_DELETE = _forward
 
