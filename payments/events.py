@@ -87,6 +87,9 @@ class GatewayEvent:
     attempt_id: str = ""  # one try at the card (a Stripe charge); failures count per attempt
     # a refund given as the payment's running total (Stripe's amount_refunded, list not expanded)
     refund_cumulative: bool = False
+    # a charge whose Radar risk the worker reads before the order hears of the payment (a Stripe
+    # payment_intent.* event names its latest charge but carries no outcome of it)
+    risk_charge: str = ""
 
     @property
     def job_id(self) -> str:
@@ -218,6 +221,8 @@ def parse_stripe(body: bytes) -> GatewayEvent:
         parsed.reason = _str(error.get("message"))[:REASON_CHARS]
         charge = error.get("charge") or obj.get("latest_charge")
         parsed.attempt_id = _str(_obj(charge).get("id") if isinstance(charge, dict) else charge)
+        if kind in (EventKind.PAYMENT_RECEIVED, EventKind.PAYMENT_AUTHORISED):
+            _read_risk(parsed, obj.get("latest_charge"))
     elif etype.startswith("charge."):
         # a charge belongs to a PaymentIntent: one payment id for charge.* and payment_intent.*
         parsed.payment_id = _str(obj.get("payment_intent")) or _str(obj.get("id"))
@@ -226,7 +231,7 @@ def parse_stripe(body: bytes) -> GatewayEvent:
             amount = _first(obj, "data.object", "amount")
         parsed.reason = _str(obj.get("failure_message"))[:REASON_CHARS]
         parsed.attempt_id = _str(obj.get("id"))
-        parsed.flagged = _obj(obj.get("outcome")).get("risk_level") in RISKY_STRIPE_LEVELS
+        parsed.flagged = risky(_obj(obj.get("outcome")).get("risk_level"))
     if kind is EventKind.REFUND:
         refunds = _obj(obj.get("refunds")).get("data")
         latest = _obj(refunds[0]) if isinstance(refunds, list) and refunds else {}
@@ -242,6 +247,20 @@ def parse_stripe(body: bytes) -> GatewayEvent:
     if kind in MONEY_KINDS:
         _check_money("stripe", event_id, amount, (obj.get("currency"), "data.object.currency"))
     return parsed
+
+
+def risky(risk_level: Any) -> bool:
+    """Whether Radar's `outcome.risk_level` of a charge asks for a manual review."""
+    return risk_level in RISKY_STRIPE_LEVELS
+
+
+def _read_risk(parsed: GatewayEvent, charge: Any) -> None:
+    """The risk of a PaymentIntent's latest charge: from its outcome when the event expanded it
+    with one, else the worker asks Stripe for the charge (`risk_charge`) before the order hears."""
+    if isinstance(charge, dict) and isinstance(charge.get("outcome"), dict):
+        parsed.flagged = risky(charge["outcome"].get("risk_level"))
+    elif isinstance(charge, dict | str):
+        parsed.risk_charge = _str(_obj(charge).get("id") if isinstance(charge, dict) else charge)
 
 
 def razorpay_event_id(body: bytes, header: str | None) -> str:

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from bullmq import UnrecoverableError
 from sqlalchemy.engine import Engine
@@ -21,7 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from bridge.errors import MalformedJobError, RetryLater
 from bridge.job import Job
-from orderflow.contracts.order import PaymentAck, PaymentFailed, PaymentReceived
+from orderflow.contracts.order import PAID_STATUSES, PaymentAck, PaymentFailed, PaymentReceived
 from orderflow.contracts.payment import (
     WEBHOOK_QUEUE,
     PaymentKind,
@@ -39,6 +39,7 @@ from payments.events import (
     MalformedEventError,
     amount_problem,
     currency_problem,
+    risky,
 )
 from payments.gateway import PaymentGateway
 from payments.reconciliation import APPLY_GRACE_MINUTES, reconcile
@@ -70,8 +71,32 @@ OUTAGE_CODES = frozenset(
 )
 
 
+class RiskUnknownError(OrderflowError):
+    """Radar's risk of a payment's charge could not be read: the payment waits (retried like an
+    outage) rather than reach the order unflagged."""
+
+    def __init__(self, event: GatewayEvent, err: BaseException) -> None:
+        super().__init__(
+            f"{event.provider} event {event.event_id} ({event.type}): the Radar risk of charge"
+            f" {event.risk_charge} could not be read ({err}); payment {event.payment_id} is not"
+            f" passed to order {event.order_id or '(none)'} until it is"
+        )
+        self.event_id = event.event_id
+
+
+@runtime_checkable
+class RiskReader(Protocol):
+    """A gateway that can say how risky one of its charges is (StripeGateway)."""
+
+    def charge_risk(self, charge_id: str) -> str:
+        """Radar's risk level of the charge ("" if none); raises if Stripe cannot say."""
+        ...
+
+
 def is_outage(err: BaseException) -> bool:
     """Whether `err` says a server we need is away (retry) rather than the event being wrong."""
+    if isinstance(err, RiskUnknownError):
+        return True
     if isinstance(err, RPCError):
         return err.status in OUTAGE_CODES
     if isinstance(err, RPCTimeoutOrCancelledError | WorkflowUpdateRPCTimeoutOrCancelledError):
@@ -282,6 +307,7 @@ class WebhookProcessor:
     ) -> tuple[WebhookEventStatus, str]:
         amount = _minor_amount(event)
         held = event.kind == EventKind.PAYMENT_AUTHORISED
+        event.flagged = event.flagged or await self._radar_flag(event)
         payment = PaymentReceived(
             payment_id=event.payment_id,
             amount=amount,
@@ -311,10 +337,34 @@ class WebhookProcessor:
             if kept := await asyncio.to_thread(self._kept, event):
                 return WebhookEventStatus.DUPLICATE, f"{money}: {kept}"
             raise _unapplied(event, f"{money} not applied: {ack.reason}{todo}")
-        return (
-            WebhookEventStatus.APPLIED,
-            f"{money} accepted, order {ack.status} {ack.reason}".strip(),
-        )
+        detail = f"{money} accepted, order {ack.status} {ack.reason}".strip()
+        if event.flagged and ack.status in PAID_STATUSES:
+            # the review decision was taken without the flag: only a person can act on it now
+            detail = (
+                f"{money} flagged as risky after order {event.order_id} was {ack.status}:"
+                " review it before it ships (or refund it if it has)"
+            )
+            log.error("%s event %s: %s", event.provider, event.event_id, detail)
+        return WebhookEventStatus.APPLIED, detail
+
+    async def _radar_flag(self, event: GatewayEvent) -> bool:
+        """Whether Radar flags the charge the event names but does not describe (Stripe's
+        payment_intent.* events); a charge whose risk cannot be read holds the payment back."""
+        if not event.risk_charge:
+            return False
+        if not isinstance(self.gateway, RiskReader):
+            log.warning(
+                "%s event %s: no Stripe API configured to read the risk of charge %s: order %s"
+                " reviews payment %s",
+                event.provider, event.event_id, event.risk_charge, event.order_id,
+                event.payment_id,
+            )  # fmt: skip
+            return True
+        try:
+            level = await asyncio.to_thread(self.gateway.charge_risk, event.risk_charge)
+        except Exception as err:
+            raise RiskUnknownError(event, err) from err
+        return risky(level)
 
     async def _payment_failed(
         self, event: GatewayEvent, final: bool

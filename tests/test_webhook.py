@@ -480,11 +480,6 @@ async def test_a_late_charge_for_the_payment_a_shipped_order_kept_is_a_duplicate
 
 # ---- Stripe Radar: the risk of a PaymentIntent's charge is known before the order hears -----
 
-HOLE_4 = pytest.mark.xfail(
-    strict=True, reason="issue 18 hole 4: Radar's flag read only on charge.*"
-)
-
-
 def _radar(level: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """A rewrite of localstripe's charge answer: Radar's outcome, which localstripe leaves out."""
 
@@ -517,7 +512,6 @@ def _intent_succeeded(order_id: str, amount: int, intent_id: str, charge: object
     return parse_stripe(json.dumps(stripe_event("payment_intent.succeeded", obj)).encode())
 
 
-@HOLE_4
 async def test_payment_intent_succeeded_before_its_elevated_risk_charge_sends_the_order_to_review(
     orders: OrderClient, catalogue: Catalogue, engine: Engine, localstripe: LocalStripe
 ) -> None:
@@ -535,7 +529,6 @@ async def test_payment_intent_succeeded_before_its_elevated_risk_charge_sends_th
     proxy.stop()
 
 
-@HOLE_4
 async def test_payment_intent_whose_charge_risk_cannot_be_read_waits_and_is_not_passed_unflagged(
     orders: OrderClient, catalogue: Catalogue, engine: Engine, localstripe: LocalStripe
 ) -> None:
@@ -557,7 +550,6 @@ async def test_payment_intent_whose_charge_risk_cannot_be_read_waits_and_is_not_
     proxy.stop()
 
 
-@HOLE_4
 async def test_a_risky_charge_after_the_order_was_confirmed_is_surfaced_for_an_operator(
     processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue, engine: Engine
 ) -> None:
