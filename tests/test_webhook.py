@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from temporalio.client import Client
 from temporalio.service import RetryConfig
+from temporalio.testing import WorkflowEnvironment
 
 from app import embedded
 from app.client import OrderClient
@@ -48,6 +49,7 @@ from payments.stripe_gateway import StripeGateway
 from tests.bridge_helpers import bull_queue, counts, eventually, running
 from tests.fake_gateways import STRIPE_TEST_KEY, LocalStripe, StallingProxy
 from tests.helpers import event_row, payments, pending_order, wait_status
+from tests.unit.conftest import Stubs, stub_worker, unit_client
 from workers.bridge import build_webhook_processor, run_bridge_workers
 
 Catalogue = Callable[..., dict[str, str]]
@@ -480,6 +482,7 @@ async def test_a_late_charge_for_the_payment_a_shipped_order_kept_is_a_duplicate
 
 # ---- Stripe Radar: the risk of a PaymentIntent's charge is known before the order hears -----
 
+
 def _radar(level: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """A rewrite of localstripe's charge answer: Radar's outcome, which localstripe leaves out."""
 
@@ -566,3 +569,55 @@ async def test_a_risky_charge_after_the_order_was_confirmed_is_surfaced_for_an_o
     assert "flagged as risky after" in result["detail"] and "CONFIRMED" in result["detail"]
     assert "review it before it ships" in event_row(engine, "stripe", late.event_id).detail
     assert (await orders.status(order_id)).flagged
+
+
+# ---- a pay update that runs longer than the job's timeout ----------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 hole 11: the job times out into a second update")
+async def test_a_webhook_job_whose_refused_hold_is_still_being_released_waits_for_that_release(
+    env: WorkflowEnvironment, settings: Settings, engine: Engine, redis_url: str
+) -> None:
+    """A refused authorisation is released inside the `pay` update (up to ~10 min of gateway
+    retries): a job timing out meanwhile must not start a second update and a second release."""
+    stubs = Stubs(release_gate=asyncio.Event())
+    orders = unit_client(env)
+    short = settings.model_copy(update={"webhook_timeout_seconds": 2.0})
+    spec = webhook_test_spec(short, attempts=3, backoff={"type": "fixed", "delay": 10})
+    processor = build_webhook_processor(short, orders, engine)
+    runs = 0
+
+    async def counted(job: Job) -> Any:
+        nonlocal runs
+        runs += 1
+        return await processor(job)
+
+    async with stub_worker(env, stubs, orders.task_queue):
+        order = await pending_order(orders, [("bag", 1)])  # 10,000 paise; the hold is less
+        obj = {**stripe_payment_intent(order.id, 5_000, status="requires_capture"),
+               "amount_capturable": 5_000}  # fmt: skip
+        hold = parse_stripe(
+            json.dumps(stripe_event("payment_intent.amount_capturable_updated", obj)).encode()
+        )
+        producer = QueueProducer.connect(spec, redis_url)
+        await producer.add(hold.job_name, hold.to_job(), {"jobId": hold.job_id})
+        dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+        async with running(spec, counted, redis_url):
+            await eventually(lambda: _is_set(stubs.releasing), 20, "the release at the gateway")
+
+            async def past_the_timeout() -> bool:  # the job has outlived its 2 s timeout
+                return runs >= 3 or await _dlq_has(dlq, 1)
+
+            await eventually(past_the_timeout, 20, "the job run again while the update runs")
+            stubs.release_gate.set()  # the gateway answers at last
+            await eventually(lambda: _dlq_has(dlq, 1), 20, "the refused hold's event finished")
+        await producer.close()
+    assert len(stubs.called("release")) == 1  # one update, one release
+    [entry] = await dlq.list()
+    assert entry.attempts_made == 1 and entry.unrecoverable, entry.failed_reason
+    assert f"released {hold.payment_id}" in entry.failed_reason
+    assert "timed out" not in entry.failed_reason
+
+
+async def _is_set(event: asyncio.Event) -> bool:
+    return event.is_set()
