@@ -49,6 +49,11 @@ log = logging.getLogger("orderflow.webhooks")
 OUTAGE_WINDOW_SECONDS = 2 * 3600.0  # an event rides out a Temporal/database outage this long
 UNKNOWN_ORDER_WINDOW_SECONDS = 600.0  # an order the workflow does not know yet may still start
 MAX_RETRY_DELAY_MS = 60_000  # the cap of the backoff while waiting
+# the pay update answers in well under a second, unless it first releases a refused hold (up to
+# ~10 min of gateway retries, GATEWAY_CALL_RETRY): the job waits this long, then from the
+# delayed set, and asks again under the same update id (no second update, no timed-out attempt)
+UPDATE_WAIT_SECONDS = 20.0
+UPDATE_RECHECK_MS = 2000  # how soon a job whose update is still running asks again
 # an event recorded with one of these was handled: a redelivery is a no-op
 DONE_STATUSES = (
     WebhookEventStatus.APPLIED,
@@ -151,8 +156,19 @@ class OrderNotYetKnownError(OrderflowError):
 class Orders(Protocol):
     """The part of OrderClient the worker uses."""
 
-    async def payment_received(self, order_id: str, payment: PaymentReceived) -> PaymentAck:
-        """Report a payment; the answer says whether the order took it."""
+    async def payment_received(
+        self,
+        order_id: str,
+        payment: PaymentReceived,
+        *,
+        update_id: str = "",
+        wait_seconds: float | None = None,
+    ) -> PaymentAck:
+        """Report a payment; the answer says whether the order took it.
+
+        The same `update_id` again waits for that update; no answer within `wait_seconds`
+        raises WorkflowUpdateRPCTimeoutOrCancelledError.
+        """
         ...
 
     async def payment_failed(self, order_id: str, failure: PaymentFailed) -> None:
@@ -196,6 +212,7 @@ class WebhookProcessor:
         outage_window_seconds: float = OUTAGE_WINDOW_SECONDS,
         unknown_order_window_seconds: float = UNKNOWN_ORDER_WINDOW_SECONDS,
         gateway: PaymentGateway | None = None,
+        update_wait_seconds: float = UPDATE_WAIT_SECONDS,
     ) -> None:
         self.orders = orders
         self.gateway = gateway  # reconciliation compares with its list (None: simulated)
@@ -203,6 +220,7 @@ class WebhookProcessor:
         self.queue = queue
         self.outage_window_seconds = outage_window_seconds
         self.unknown_order_window_seconds = unknown_order_window_seconds
+        self.update_wait_seconds = update_wait_seconds  # keep it below the job's timeout
 
     async def __call__(self, job: Job) -> dict[str, Any]:
         """Run one job by its name."""
@@ -321,7 +339,18 @@ class WebhookProcessor:
         # a refused authorisation is released by the order: nothing was taken to refund
         todo = "" if held else "; refund it or reopen"
         try:
-            ack = await self.orders.payment_received(event.order_id, payment)
+            ack = await self.orders.payment_received(
+                event.order_id,
+                payment,
+                update_id=f"pay-{event.job_id}",
+                wait_seconds=self.update_wait_seconds,
+            )
+        except WorkflowUpdateRPCTimeoutOrCancelledError as err:
+            raise RetryLater(
+                UPDATE_RECHECK_MS,
+                f"{event.provider} event {event.event_id}: order {event.order_id} is still"
+                f" answering {money} (a refused hold being released); asking again",
+            ) from err
         except UnknownOrderError as err:
             if not final:
                 raise

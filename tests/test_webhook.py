@@ -574,7 +574,6 @@ async def test_a_risky_charge_after_the_order_was_confirmed_is_surfaced_for_an_o
 # ---- a pay update that runs longer than the job's timeout ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 11: the job times out into a second update")
 async def test_a_webhook_job_whose_refused_hold_is_still_being_released_waits_for_that_release(
     env: WorkflowEnvironment, settings: Settings, engine: Engine, redis_url: str
 ) -> None:
