@@ -38,6 +38,7 @@ from payments.reconciliation import enqueue_reconciliation, reconcile
 from payments.samples import (
     razorpay_payment_captured,
     razorpay_refund_processed,
+    sample_event,
     stripe_charge_refunded,
     stripe_event,
     stripe_payment_failed,
@@ -620,3 +621,41 @@ async def test_a_webhook_job_whose_refused_hold_is_still_being_released_waits_fo
 
 async def _is_set(event: asyncio.Event) -> bool:
     return event.is_set()
+
+
+async def test_a_usd_payment_for_an_inr_order_is_refused_and_left_for_an_operator_in_usd(
+    processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue, engine: Engine
+) -> None:
+    """The order refuses money in another currency; the event says what to give back, in the
+    payment's own currency, and an INR payment of the total is still taken afterwards."""
+    order_id = await place(orders, catalogue, price=129_900)
+    usd = parse_stripe(sample_event("stripe", order_id, 129_900, "USD"))
+    assert usd.currency == "USD"
+    with pytest.raises(WebhookEventError) as info:
+        await processor.apply(usd)
+    message = str(info.value)
+    assert "$1,299.00" in message and "₹1,299.00" in message and "refund it" in message
+    assert (await orders.status(order_id)).status == "PENDING_PAYMENT"
+    row = event_row(engine, "stripe", usd.event_id)
+    assert (row.status, row.amount, row.currency) == ("UNAPPLIED", 129_900, "USD")
+    [found] = [
+        m for m in reconcile(engine, window_hours=1)["mismatches"] if m["order_id"] == order_id
+    ]
+    assert found["kind"] == "payment_not_applied" and "$1,299.00" in found["detail"]
+    inr = parse_stripe(stripe_payment_succeeded(order_id, 129_900))
+    assert (await processor.apply(inr))["status"] == "applied"
+    state = await wait_status(orders, order_id, "CONFIRMED")
+    assert state.payment_id == inr.payment_id
+    assert payments(engine, order_id) == [("capture", "succeeded", 129_900)]
+    # the operator's refund of the USD payment, in USD, settles the mismatch
+    body = json.loads(stripe_charge_refunded(usd.payment_id, 129_900, order_id=order_id))
+    body["data"]["object"]["currency"] = "usd"
+    refund = parse_stripe(json.dumps(body).encode())
+    assert (await processor.apply(refund))["status"] == "applied"
+    with Session(engine) as session:
+        [given] = session.exec(
+            select(Payment).where(Payment.order_id == order_id, Payment.kind == "refund")
+        ).all()
+    assert (given.refund_of, given.amount, given.currency) == (usd.payment_id, 129_900, "USD")
+    assert not [m for m in reconcile(engine, window_hours=1)["mismatches"]
+                if m["order_id"] == order_id and m["kind"] == "payment_not_applied"]  # fmt: skip
