@@ -478,7 +478,7 @@ async def test_a_signed_event_with_an_impossible_amount_is_400_naming_the_field_
         headers={
             "X-Razorpay-Signature": sign_razorpay(body, RAZORPAY_SECRET),
             "X-Razorpay-Event-Id": "rzp_evt_big",
-        },  # fmt: skip
+        },
     )
     assert response.status_code == 400, response.text
     assert "rzp_evt_big" in response.json()["detail"]
@@ -508,7 +508,7 @@ async def test_a_signed_payment_with_an_empty_or_unknown_currency_is_400_naming_
         headers={
             "X-Razorpay-Signature": sign_razorpay(body, RAZORPAY_SECRET),
             "X-Razorpay-Event-Id": "rzp_evt_cur",
-        },  # fmt: skip
+        },
     )
     assert response.status_code == 400, response.text
     assert "rzp_evt_cur" in response.json()["detail"]
