@@ -13,6 +13,8 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
 )
 from temporalio.common import (
     SearchAttributePair,
@@ -170,10 +172,46 @@ class OrderClient:
         except WorkflowAlreadyStartedError:
             return self._handle(order_id)
 
-    async def payment_received(self, order_id: str, payment: PaymentReceived) -> PaymentAck:
-        """Report a payment and learn at once whether the order accepted it."""
+    async def payment_received(
+        self,
+        order_id: str,
+        payment: PaymentReceived,
+        *,
+        update_id: str = "",
+        wait_seconds: float | None = None,
+    ) -> PaymentAck:
+        """Report a payment and learn at once whether the order accepted it.
+
+        Args:
+            update_id: the `pay` update's id: a second call with it (a retried webhook job)
+                waits for the first one's update instead of sending another.
+            wait_seconds: wait this long for the answer at most (the update goes on).
+
+        Raises:
+            WorkflowUpdateRPCTimeoutOrCancelledError: no answer within `wait_seconds`.
+        """
+        handle = self._handle(order_id)
         try:
-            return await self._handle(order_id).execute_update(OrderWorkflow.pay, payment)
+            if not update_id and wait_seconds is None:
+                return await handle.execute_update(OrderWorkflow.pay, payment)
+            update = await handle.start_update(
+                OrderWorkflow.pay,
+                payment,
+                id=update_id or None,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            )
+            # the poll runs in a task of its own: cancelling it must not touch this task's
+            # cancellation state (the SDK turns a cancelled poll into another error)
+            poll = asyncio.ensure_future(update.result())
+            try:
+                done, _ = await asyncio.wait({poll}, timeout=wait_seconds)
+            finally:
+                if not poll.done():
+                    poll.cancel()
+                    poll.add_done_callback(_consumed)
+            if not done:
+                raise WorkflowUpdateRPCTimeoutOrCancelledError()
+            return poll.result()
         except WorkflowUpdateFailedError as err:
             return PaymentAck(accepted=False, status=None, reason=str(err.cause or err))
         except RPCError as err:
@@ -373,3 +411,9 @@ class OrderClient:
 def to_dict(obj: Any) -> dict[str, Any]:
     """A contract dataclass as plain JSON-able data (for the CLI's --json)."""
     return asdict(obj)
+
+
+def _consumed(task: asyncio.Future[Any]) -> None:
+    """Read a given-up task's outcome, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()

@@ -99,7 +99,9 @@ class Settings(BaseSettings):
     webhook_concurrency: int = 20  # seed: payment webhook concurrency 20 (fast processing)
     webhook_attempts: int = 5  # seed: 5 attempts, with idempotency
     webhook_backoff_ms: int = 1000  # exponential from 1 s: 1, 2, 4, 8 s
-    webhook_timeout_seconds: float = 60.0  # a workflow signal is sub-second; a minute is stuck
+    # a workflow signal is sub-second; a minute is stuck. A pay update still running at half of
+    # it (a refused hold being released) is waited for from the delayed set, not timed out
+    webhook_timeout_seconds: float = 60.0
     # an outage (Temporal, the database) is waited out this long before attempts are counted
     webhook_outage_window_seconds: float = 7200.0
     # an event for an order nobody started yet is retried this long, then dead-lettered

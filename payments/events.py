@@ -11,6 +11,7 @@ from typing import Any
 from bridge.producer import job_id_problem
 from orderflow.contracts.payment import WebhookJob
 from orderflow.errors import OrderflowError
+from orderflow.money import MINOR_LIMIT, MoneyError, exponent
 
 
 class EventKind(StrEnum):
@@ -51,6 +52,14 @@ STRIPE_REFUND_ENDED = ("failed", "canceled")
 STRIPE_RETRY_METADATA = "orderflow_retry_attempt"
 REASON_CHARS = 500  # a decline message is a sentence; keep job data small whatever is sent
 ID_SHOWN = 120  # characters of an event id shown in an error (ids are short; a long one is junk)
+# kinds that move money: their amount and currency must be ones a gateway can have moved
+MONEY_KINDS = (
+    EventKind.PAYMENT_RECEIVED,
+    EventKind.PAYMENT_AUTHORISED,
+    EventKind.REFUND,
+    EventKind.REFUND_FAILED,
+)
+VALUE_SHOWN = 40  # characters of a refused amount or currency shown in an error
 RISKY_STRIPE_LEVELS = (
     "elevated",
     "highest",
@@ -78,9 +87,9 @@ class GatewayEvent:
     kind: str
     order_id: str = ""
     payment_id: str = ""
-    amount_minor: Any = (
-        None  # validated by the worker, so a bad amount lands in the DLQ with its event
-    )
+    # checked at parse (the ingress answers 400) and again by the worker, for job data that
+    # came another way (a Node producer): see amount_problem
+    amount_minor: Any = None
     currency: str = ""
     reason: str = ""
     refund_id: str = ""
@@ -92,6 +101,9 @@ class GatewayEvent:
     # running total then: each refund is recorded by its own id, once
     refunds_listed: list[dict[str, Any]] = field(default_factory=list)
     refunded_total: Any = None
+    # a charge whose Radar risk the worker reads before the order hears of the payment (a Stripe
+    # payment_intent.* event names its latest charge but carries no outcome of it)
+    risk_charge: str = ""
 
     @property
     def job_id(self) -> str:
@@ -110,13 +122,67 @@ class GatewayEvent:
     @classmethod
     def from_job(cls, data: dict[str, Any]) -> GatewayEvent:
         """Read a job's data back, ignoring fields a newer producer may have added."""
-        known = {f.name for f in fields(cls)}
+        known = {f.name: f.type for f in fields(cls)}
+        provider, event_id = str(data.get("provider", "?")), str(data.get("event_id", ""))
+        for name, kind in known.items():
+            value = data.get(name)
+            wrong = (kind == "str" and not isinstance(value, str)) or (
+                kind == "bool" and not isinstance(value, bool)
+            )
+            if name in data and wrong:
+                raise MalformedEventError(
+                    provider, event_id, f"job data: {name} {_shown(value)} is not a {kind}"
+                )
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as err:
-            raise MalformedEventError(
-                str(data.get("provider", "?")), str(data.get("event_id", "")), f"job data: {err}"
-            ) from err
+            raise MalformedEventError(provider, event_id, f"job data: {err}") from err
+
+
+def amount_problem(amount: Any) -> str:
+    """Why `amount` cannot be an amount a gateway moved ("" if it can): whole minor units, 0 to
+    2^63-1 (a signed 64-bit column; Stripe's largest amount has 8 digits)."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount < MINOR_LIMIT:
+        return "not a whole number of minor units from 0 to 2^63-1"
+    return ""
+
+
+def currency_problem(currency: Any) -> str:
+    """Why `currency` cannot be the currency of money moved ("" if it can)."""
+    if currency == "" or currency is None:
+        return "empty: an amount means nothing without its currency"
+    if not isinstance(currency, str):
+        return "not an ISO 4217 currency code"
+    try:
+        exponent(currency)
+    except MoneyError:
+        return "not an ISO 4217 currency code"
+    return ""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= VALUE_SHOWN else f"{text[:VALUE_SHOWN]}..."
+
+
+def _check_money(
+    provider: str, event_id: str, amount: tuple[Any, str], currency: tuple[Any, str]
+) -> None:
+    """Refuse an event whose (value, field path) amount or currency no payment can have."""
+    (value, where), (code, code_where) = amount, currency
+    if problem := amount_problem(value):
+        raise MalformedEventError(provider, event_id, f"{where} {_shown(value)} is {problem}")
+    if problem := currency_problem(code):
+        shown = "" if code in ("", None) else f" {_shown(code)}"
+        raise MalformedEventError(provider, event_id, f"{code_where}{shown} is {problem}")
+
+
+def _first(obj: dict[str, Any], where: str, *names: str) -> tuple[Any, str]:
+    """The first of `names` that `obj` has (even if null), with its path; else None, the last."""
+    for name in names:
+        if name in obj:
+            return obj[name], f"{where}.{name}"
+    return None, f"{where}.{names[-1]}"
 
 
 def _load(provider: str, body: bytes, event_id: str = "") -> dict[str, Any]:
@@ -161,30 +227,37 @@ def parse_stripe(body: bytes) -> GatewayEvent:
         order_id=_str(_obj(obj.get("metadata")).get("order_id")),
         currency=_str(obj.get("currency")).upper(),
     )
+    amount: tuple[Any, str] = (None, "data.object.amount")
     if etype.startswith("payment_intent."):
         parsed.payment_id = _str(obj.get("id"))
-        parsed.amount_minor = obj.get("amount_received", obj.get("amount"))
+        amount = _first(obj, "data.object", "amount_received", "amount")
         if kind is EventKind.PAYMENT_AUTHORISED:
-            parsed.amount_minor = obj.get("amount_capturable", obj.get("amount"))
+            amount = _first(obj, "data.object", "amount_capturable", "amount")
         error = _obj(obj.get("last_payment_error"))
         parsed.reason = _str(error.get("message"))[:REASON_CHARS]
         charge = error.get("charge") or obj.get("latest_charge")
         parsed.attempt_id = _str(_obj(charge).get("id") if isinstance(charge, dict) else charge)
+        if kind in (EventKind.PAYMENT_RECEIVED, EventKind.PAYMENT_AUTHORISED):
+            _read_risk(parsed, obj.get("latest_charge"))
     elif etype.startswith("charge."):
         # a charge belongs to a PaymentIntent: one payment id for charge.* and payment_intent.*
         parsed.payment_id = _str(obj.get("payment_intent")) or _str(obj.get("id"))
-        parsed.amount_minor = obj.get("amount_captured", obj.get("amount"))
+        amount = _first(obj, "data.object", "amount_captured", "amount")
         if kind is EventKind.PAYMENT_AUTHORISED:
-            parsed.amount_minor = obj.get("amount")
+            amount = _first(obj, "data.object", "amount")
         parsed.reason = _str(obj.get("failure_message"))[:REASON_CHARS]
         parsed.attempt_id = _str(obj.get("id"))
-        parsed.flagged = _obj(obj.get("outcome")).get("risk_level") in RISKY_STRIPE_LEVELS
+        parsed.flagged = risky(_obj(obj.get("outcome")).get("risk_level"))
     if kind is EventKind.REFUND:
         refunds = _obj(obj.get("refunds")).get("data")
         latest = _obj(refunds[0]) if isinstance(refunds, list) and refunds else {}
         refunded = obj.get("amount_refunded")
         parsed.refund_id = _str(latest.get("id")) or f"{_str(obj.get('id'))}-refunded-{refunded}"
-        parsed.amount_minor = latest.get("amount", refunded)
+        amount = (
+            _first(latest, "data.object.refunds.data[0]", "amount")
+            if "amount" in latest
+            else _first(obj, "data.object", "amount_refunded")
+        )
         parsed.refund_cumulative = not latest
         parsed.refunded_total = refunded
         parsed.refunds_listed = [
@@ -192,7 +265,24 @@ def parse_stripe(body: bytes) -> GatewayEvent:
             for r in (map(_obj, refunds) if isinstance(refunds, list) else ())
             if _str(r.get("id"))
         ]
+    parsed.amount_minor = amount[0]
+    if kind in MONEY_KINDS:
+        _check_money("stripe", event_id, amount, (obj.get("currency"), "data.object.currency"))
     return parsed
+
+
+def risky(risk_level: Any) -> bool:
+    """Whether Radar's `outcome.risk_level` of a charge asks for a manual review."""
+    return risk_level in RISKY_STRIPE_LEVELS
+
+
+def _read_risk(parsed: GatewayEvent, charge: Any) -> None:
+    """The risk of a PaymentIntent's latest charge: from its outcome when the event expanded it
+    with one, else the worker asks Stripe for the charge (`risk_charge`) before the order hears."""
+    if isinstance(charge, dict) and isinstance(charge.get("outcome"), dict):
+        parsed.flagged = risky(charge["outcome"].get("risk_level"))
+    elif isinstance(charge, dict | str):
+        parsed.risk_charge = _str(_obj(charge).get("id") if isinstance(charge, dict) else charge)
 
 
 def _stripe_refund_event(event_id: str, etype: str, refund: dict[str, Any]) -> GatewayEvent:
@@ -202,6 +292,9 @@ def _stripe_refund_event(event_id: str, etype: str, refund: dict[str, Any]) -> G
     charge = refund.get("charge")
     charge_id = _str(_obj(charge).get("id") if isinstance(charge, dict) else charge)
     reason = _str(refund.get("failure_reason")) or f"refund is {status or 'failed'}"
+    if ended:
+        amount = _first(refund, "data.object", "amount")
+        _check_money("stripe", event_id, amount, (refund.get("currency"), "data.object.currency"))
     return GatewayEvent(
         provider="stripe",
         event_id=event_id,
@@ -240,6 +333,14 @@ def parse_razorpay(body: bytes, event_id_header: str | None = None) -> GatewayEv
     order_id = _str(_obj(entity.get("notes")).get("order_id")) or _str(
         _obj(payment.get("notes")).get("order_id")
     )
+    if kind in MONEY_KINDS:
+        where = f"payload.{'payment' if entity is payment else 'refund'}.entity"
+        _check_money(
+            "razorpay",
+            event_id,
+            (entity.get("amount"), f"{where}.amount"),
+            (entity.get("currency"), f"{where}.currency"),
+        )
     return GatewayEvent(
         provider="razorpay",
         event_id=event_id,

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from bullmq import UnrecoverableError
 from sqlalchemy.engine import Engine
@@ -21,7 +21,13 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from bridge.errors import MalformedJobError, RetryLater
 from bridge.job import Job
-from orderflow.contracts.order import OrderStatus, PaymentAck, PaymentFailed, PaymentReceived
+from orderflow.contracts.order import (
+    PAID_STATUSES,
+    OrderStatus,
+    PaymentAck,
+    PaymentFailed,
+    PaymentReceived,
+)
 from orderflow.contracts.payment import (
     WEBHOOK_QUEUE,
     PaymentKind,
@@ -32,7 +38,15 @@ from orderflow.contracts.payment import (
 from orderflow.db import Order, Payment, WebhookEvent
 from orderflow.errors import OrderClosedError, OrderflowError, UnknownOrderError
 from orderflow.money import format_money
-from payments.events import EventKind, GatewayEvent, MalformedEventError
+from payments.events import (
+    MONEY_KINDS,
+    EventKind,
+    GatewayEvent,
+    MalformedEventError,
+    amount_problem,
+    currency_problem,
+    risky,
+)
 from payments.gateway import GatewayConfigError, GatewayUnavailableError, PaymentGateway
 from payments.reconciliation import APPLY_GRACE_MINUTES, reconcile
 
@@ -42,6 +56,17 @@ OUTAGE_WINDOW_SECONDS = 2 * 3600.0  # an event rides out a Temporal/database out
 UNKNOWN_ORDER_WINDOW_SECONDS = 600.0  # an order the workflow does not know yet may still start
 MAX_RETRY_DELAY_MS = 60_000  # the cap of the backoff while waiting
 REFUND_GONE = ("failed", "canceled")  # a listed refund in these states gave nothing back
+# the pay update answers in well under a second, unless it first releases a refused hold (up to
+# ~10 min of gateway retries, GATEWAY_CALL_RETRY): the job waits this long, then from the
+# delayed set, and asks again under the same update id (no second update, no timed-out attempt)
+UPDATE_WAIT_SECONDS = 20.0
+UPDATE_RECHECK_MS = 2000  # how soon a job whose update is still running asks again
+# an event recorded with one of these was handled: a redelivery is a no-op
+DONE_STATUSES = (
+    WebhookEventStatus.APPLIED,
+    WebhookEventStatus.IGNORED,
+    WebhookEventStatus.DUPLICATE,
+)
 # events about one payment of an order: they must name the order
 PAYMENT_KINDS = (EventKind.PAYMENT_RECEIVED, EventKind.PAYMENT_AUTHORISED, EventKind.PAYMENT_FAILED)
 # gRPC codes of a server that is away or overloaded, not of a request that is wrong
@@ -58,8 +83,32 @@ OUTAGE_CODES = frozenset(
 )
 
 
+class RiskUnknownError(OrderflowError):
+    """Radar's risk of a payment's charge could not be read: the payment waits (retried like an
+    outage) rather than reach the order unflagged."""
+
+    def __init__(self, event: GatewayEvent, err: BaseException) -> None:
+        super().__init__(
+            f"{event.provider} event {event.event_id} ({event.type}): the Radar risk of charge"
+            f" {event.risk_charge} could not be read ({err}); payment {event.payment_id} is not"
+            f" passed to order {event.order_id or '(none)'} until it is"
+        )
+        self.event_id = event.event_id
+
+
+@runtime_checkable
+class RiskReader(Protocol):
+    """A gateway that can say how risky one of its charges is (StripeGateway)."""
+
+    def charge_risk(self, charge_id: str) -> str:
+        """Radar's risk level of the charge ("" if none); raises if Stripe cannot say."""
+        ...
+
+
 def is_outage(err: BaseException) -> bool:
     """Whether `err` says a server we need is away (retry) rather than the event being wrong."""
+    if isinstance(err, RiskUnknownError):
+        return True
     if isinstance(err, RPCError):
         return err.status in OUTAGE_CODES
     if isinstance(err, RPCTimeoutOrCancelledError | WorkflowUpdateRPCTimeoutOrCancelledError):
@@ -114,8 +163,19 @@ class OrderNotYetKnownError(OrderflowError):
 class Orders(Protocol):
     """The part of OrderClient the worker uses."""
 
-    async def payment_received(self, order_id: str, payment: PaymentReceived) -> PaymentAck:
-        """Report a payment; the answer says whether the order took it."""
+    async def payment_received(
+        self,
+        order_id: str,
+        payment: PaymentReceived,
+        *,
+        update_id: str = "",
+        wait_seconds: float | None = None,
+    ) -> PaymentAck:
+        """Report a payment; the answer says whether the order took it.
+
+        The same `update_id` again waits for that update; no answer within `wait_seconds`
+        raises WorkflowUpdateRPCTimeoutOrCancelledError.
+        """
         ...
 
     async def payment_failed(self, order_id: str, failure: PaymentFailed) -> None:
@@ -125,8 +185,9 @@ class Orders(Protocol):
 
 def _minor_amount(event: GatewayEvent) -> int:
     amount = event.amount_minor
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
-        raise WebhookEventError(event, f"amount {amount!r} is not a non-negative integer")
+    if problem := amount_problem(amount):
+        raise WebhookEventError(event, f"amount {amount!r} is {problem}"[:300])
+    assert isinstance(amount, int)
     return amount
 
 
@@ -139,8 +200,11 @@ def check_event(event: GatewayEvent) -> None:
         raise WebhookEventError(event, f"no order_id in {where}")
     if not event.payment_id:
         raise WebhookEventError(event, "no payment id")
-    if event.kind in (EventKind.PAYMENT_RECEIVED, EventKind.PAYMENT_AUTHORISED, EventKind.REFUND):
+    if event.kind in MONEY_KINDS:
         _minor_amount(event)
+        if problem := currency_problem(event.currency):
+            code = "" if event.currency in ("", None) else f" {event.currency!r}"[:40]
+            raise WebhookEventError(event, f"currency{code} is {problem}")
 
 
 class WebhookProcessor:
@@ -155,6 +219,7 @@ class WebhookProcessor:
         outage_window_seconds: float = OUTAGE_WINDOW_SECONDS,
         unknown_order_window_seconds: float = UNKNOWN_ORDER_WINDOW_SECONDS,
         gateway: PaymentGateway | None = None,
+        update_wait_seconds: float = UPDATE_WAIT_SECONDS,
     ) -> None:
         self.orders = orders
         self.gateway = gateway  # reconciliation compares with its list (None: simulated)
@@ -162,6 +227,7 @@ class WebhookProcessor:
         self.queue = queue
         self.outage_window_seconds = outage_window_seconds
         self.unknown_order_window_seconds = unknown_order_window_seconds
+        self.update_wait_seconds = update_wait_seconds  # keep it below the job's timeout
 
     async def __call__(self, job: Job) -> dict[str, Any]:
         """Run one job by its name."""
@@ -221,7 +287,7 @@ class WebhookProcessor:
         (the caller retries); with final=True it is rejected for good.
         """
         row = await asyncio.to_thread(self._record, event)
-        if row.status in (WebhookEventStatus.APPLIED, WebhookEventStatus.IGNORED):
+        if row.status in DONE_STATUSES:
             return {"event_id": event.event_id, "status": "duplicate", "order_id": row.order_id}
         if not event.order_id and event.payment_id:
             event.order_id = await asyncio.to_thread(self._order_of, event)
@@ -267,6 +333,7 @@ class WebhookProcessor:
     ) -> tuple[WebhookEventStatus, str]:
         amount = _minor_amount(event)
         held = event.kind == EventKind.PAYMENT_AUTHORISED
+        event.flagged = event.flagged or await self._radar_flag(event)
         payment = PaymentReceived(
             payment_id=event.payment_id,
             amount=amount,
@@ -280,20 +347,61 @@ class WebhookProcessor:
         # a refused authorisation is released by the order: nothing was taken to refund
         todo = "" if held else "; refund it or reopen"
         try:
-            ack = await self.orders.payment_received(event.order_id, payment)
+            ack = await self.orders.payment_received(
+                event.order_id,
+                payment,
+                update_id=f"pay-{event.job_id}",
+                wait_seconds=self.update_wait_seconds,
+            )
+        except WorkflowUpdateRPCTimeoutOrCancelledError as err:
+            raise RetryLater(
+                UPDATE_RECHECK_MS,
+                f"{event.provider} event {event.event_id}: order {event.order_id} is still"
+                f" answering {money} (a refused hold being released); asking again",
+            ) from err
         except UnknownOrderError as err:
             if not final:
                 raise
             raise WebhookEventError(event, f"{money} for an unknown order ({err})") from err
         except OrderClosedError as err:
+            if kept := await asyncio.to_thread(self._kept, event):
+                return WebhookEventStatus.DUPLICATE, f"{money}: {kept}"
             closed = "; release it at the gateway" if held else todo  # no order left to do it
             raise _unapplied(event, f"{money} not applied: {err}{closed}") from err
         if not ack.accepted:
+            # a closed order refuses everything, its own payment too: only one it does not
+            # hold is money to give back
+            if kept := await asyncio.to_thread(self._kept, event):
+                return WebhookEventStatus.DUPLICATE, f"{money}: {kept}"
             raise _unapplied(event, f"{money} not applied: {ack.reason}{todo}")
-        return (
-            WebhookEventStatus.APPLIED,
-            f"{money} accepted, order {ack.status} {ack.reason}".strip(),
-        )
+        detail = f"{money} accepted, order {ack.status} {ack.reason}".strip()
+        if event.flagged and ack.status in PAID_STATUSES:
+            # the review decision was taken without the flag: only a person can act on it now
+            detail = (
+                f"{money} flagged as risky after order {event.order_id} was {ack.status}:"
+                " review it before it ships (or refund it if it has)"
+            )
+            log.error("%s event %s: %s", event.provider, event.event_id, detail)
+        return WebhookEventStatus.APPLIED, detail
+
+    async def _radar_flag(self, event: GatewayEvent) -> bool:
+        """Whether Radar flags the charge the event names but does not describe (Stripe's
+        payment_intent.* events); a charge whose risk cannot be read holds the payment back."""
+        if not event.risk_charge:
+            return False
+        if not isinstance(self.gateway, RiskReader):
+            log.warning(
+                "%s event %s: no Stripe API configured to read the risk of charge %s: order %s"
+                " reviews payment %s",
+                event.provider, event.event_id, event.risk_charge, event.order_id,
+                event.payment_id,
+            )  # fmt: skip
+            return True
+        try:
+            level = await asyncio.to_thread(self.gateway.charge_risk, event.risk_charge)
+        except Exception as err:
+            raise RiskUnknownError(event, err) from err
+        return risky(level)
 
     async def _payment_failed(
         self, event: GatewayEvent, final: bool
@@ -331,9 +439,9 @@ class WebhookProcessor:
     # ---- database (run in a thread: SQLAlchemy sessions block) ------------------------------
 
     def _record(self, event: GatewayEvent) -> WebhookEvent:
-        amount = event.amount_minor
-        valid = isinstance(amount, int) and not isinstance(amount, bool) and amount >= 0
-        minor = amount if valid else 0
+        # an impossible amount is recorded as 0 (the check that follows rejects the event with
+        # it): the row must be written whatever was sent
+        minor = 0 if amount_problem(event.amount_minor) else event.amount_minor
         with Session(self.engine) as session:
             found = self._find(session, event)
             if found is not None:
@@ -540,6 +648,25 @@ class WebhookProcessor:
             f"refund {event.refund_id} of {money} for payment {event.payment_id} failed at"
             f" {event.provider} ({reason}): order {order_id} is REFUND_FAILED, repay the"
             " customer by hand"
+        )
+
+    def _kept(self, event: GatewayEvent) -> str:
+        """How the order already holds this payment ("" if it does not): its capture row."""
+        with Session(self.engine) as session:
+            row = session.exec(
+                select(Payment).where(
+                    Payment.provider == event.provider,
+                    Payment.payment_id == event.payment_id,
+                    Payment.order_id == event.order_id,
+                    Payment.kind == PaymentKind.CAPTURE,
+                )
+            ).first()
+        if row is None:
+            return ""
+        return (
+            f"order {event.order_id} already holds it (payments row {row.id},"
+            f" {row.status} {format_money(row.amount, row.currency)}): a late duplicate,"
+            " nothing to do"
         )
 
     def _order_of(self, event: GatewayEvent) -> str:

@@ -287,6 +287,20 @@ class StripeGateway:
 
     # --- reading ---
 
+    def charge_risk(self, charge_id: str) -> str:
+        """Radar's `outcome.risk_level` of a charge ("" if Radar gave none, e.g. not assessed yet).
+
+        Raises:
+            GatewayUnavailableError: Stripe did not answer (the caller retries).
+            GatewayConfigError: Stripe refused the call or knows no such charge.
+        """
+
+        def read() -> str:
+            charge = self.client.v1.charges.retrieve(charge_id)
+            return str(_field(_field(charge, "outcome", {}), "risk_level", ""))
+
+        return self._guard("-", f"risk of charge {charge_id}", read)
+
     def fetch(self, payment_id: str) -> GatewayPayment | None:
         """A PaymentIntent as a payment (None: Stripe does not know the id)."""
 

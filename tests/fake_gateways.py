@@ -76,7 +76,9 @@ class StallingProxy:
     `stall_method`, if set), forwards them (so the gateway acts) but withholds the answer until
     released: the client sees a read timeout, or with `deliver` the answer once released (it
     comes late: whatever happens meanwhile happens first). Statuses put in `refuse` are
-    answered instead, without forwarding (a rate limit, an outage)."""
+    answered instead, without forwarding (a rate limit, an outage). `rewrite` changes the
+    gateway's answers on their way back (what localstripe leaves out or never reaches, such as
+    a charge's Radar `outcome` or a refund in `requires_action`)."""
 
     def __init__(
         self,
@@ -86,6 +88,7 @@ class StallingProxy:
         *,
         stall_method: str = "",
         deliver: bool = False,
+        rewrite: Callable[[str, str, bytes], bytes] | None = None,
     ) -> None:
         self.upstream = upstream
         self.stall_suffix = stall_suffix
@@ -96,7 +99,7 @@ class StallingProxy:
         self.refuse: list[int] = []
         # (method, path, body) -> body: how the gateway's answers are changed on their way back
         # (a state localstripe never reaches, e.g. a refund in `requires_action`)
-        self.rewrite: Callable[[str, str, bytes], bytes] | None = None
+        self.rewrite = rewrite
         self.seen: list[tuple[str, str, str]] = []  # (method, path, Idempotency-Key)
         self.release = threading.Event()
         proxy = self

@@ -33,6 +33,7 @@ from orderflow.contracts.mail import EmailJob
 from orderflow.contracts.payment import WebhookJob
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
+from payments.events import MONEY_KINDS, amount_problem, currency_problem, parse_event
 from payments.processor import WebhookProcessor
 from payments.samples import razorpay_payment_captured, stripe_payment_succeeded
 from payments.signatures import sign_razorpay, sign_stripe
@@ -53,6 +54,7 @@ scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.sampled_from([2**63, 2**63 - 1, 10**30, -1])  # the edges of a 64-bit amount
     | st.floats()  # NaN and infinities too
     | st.text(max_size=40)
     | st.sampled_from(["evt:1", "a\nb", "\x00", "4242 4242 4242 4242", "https://x.test/reset?token=t",
@@ -167,6 +169,11 @@ def test_fuzz_webhook_endpoints_never_5xx_and_enqueue_nothing_for_a_bad_body(
         assert isinstance(answer, dict)
         if response.status_code == 200 and answer.get("status") == "accepted":
             accepted.add(answer["job_id"])
+            event = parse_event(provider, body, razorpay_event_id_header=headers.get(
+                "X-Razorpay-Event-Id"))  # fmt: skip
+            if event.kind in MONEY_KINDS:  # only money a gateway can have moved is queued
+                assert not amount_problem(event.amount_minor), event
+                assert not currency_problem(event.currency), event
         else:
             assert "job_id" not in answer
         assert await waiting() == len(accepted)  # nothing enqueued for a bad body
@@ -265,6 +272,15 @@ def webhook_jobs(draw: st.DrawFn) -> tuple[str, Any, dict[str, Any]]:
     fields = ["provider", "event_id", "type", "kind", "order_id", "payment_id", "amount_minor",
               "currency", "reason", "refund_id", "flagged", "window_hours"]  # fmt: skip
     data = draw(st.dictionaries(st.sampled_from(fields), json_values, max_size=8) | json_values)
+    if draw(st.booleans()):  # a real event's data with an amount of any size
+        event = {"provider": "stripe", "event_id": f"evt_{draw(st.integers(0, 10**9))}",
+                 "type": "payment_intent.succeeded", "kind": "payment_received",
+                 "order_id": "o-fuzz", "payment_id": "pi_fuzz", "currency": "INR"}  # fmt: skip
+        # refused (negative, 2^63 and past) or stored, whole, in the 64-bit money columns
+        stored = st.integers(0, 2**63 - 1) | st.integers(2**31 - 2, 2**31 + 2)
+        refused = st.integers(-(2**70), -1) | st.integers(2**63, 2**70) | st.just(10**30)
+        big = stored | refused
+        data = {**event, "amount_minor": draw(big)}
     return name, data, {"jobId": f"wh-{draw(st.integers(0, 10**9))}"}
 
 
@@ -343,9 +359,21 @@ def test_fuzz_webhook_job_data_is_refused_or_finished_and_the_worker_survives(
     producer = QueueProducer.connect(spec, redis_url)
     added, _ = _fuzz_producer(loop, producer, webhook_jobs())
     orders = OrderClient(env.client, config, engine)
-    worker = BridgeWorker(spec, WebhookProcessor(orders, engine, queue=spec.name), redis_url)
+    # an event for an order nobody started is rejected at once, not retried for ten minutes
+    processor = WebhookProcessor(orders, engine, queue=spec.name, unknown_order_window_seconds=0)
+    worker = BridgeWorker(spec, processor, redis_url)
     final = loop.run_until_complete(_drain(spec, worker, producer, len(added)))
     assert final["completed"] + final["failed"] == len(added), final
     assert final["waiting"] == final["active"] == 0
     assert final["failed"] > 100, final
+
+    async def failed_reasons() -> list[str]:
+        ids = await producer.client.execute("ZRANGE", f"{spec.prefix}:{spec.name}:failed", 0, -1)
+        return [str(await producer.client.execute(
+            "HGET", f"{spec.prefix}:{spec.name}:{i.decode() if isinstance(i, bytes) else i}",
+            "failedReason")) for i in ids]  # fmt: skip
+
+    # every dead-lettered job says why, in our words: never a database's overflow
+    for reason in loop.run_until_complete(failed_reasons()):
+        assert "too large to convert" not in reason and "out of range" not in reason, reason
     loop.run_until_complete(producer.close())

@@ -80,7 +80,9 @@ def test_an_event_left_received_past_the_grace_is_reported(engine: Engine) -> No
 class _NoOrders:
     """The reconciliation job never reports a payment to an order: any call is a test failure."""
 
-    async def payment_received(self, order_id: str, payment: PaymentReceived) -> PaymentAck:
+    async def payment_received(
+        self, order_id: str, payment: PaymentReceived, **_: object
+    ) -> PaymentAck:
         raise AssertionError(f"reconciliation reported a payment to order {order_id}")
 
     async def payment_failed(self, order_id: str, failure: PaymentFailed) -> None:

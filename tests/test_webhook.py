@@ -4,34 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
+import stripe
 from bullmq import UnrecoverableError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from temporalio.client import Client
 from temporalio.service import RetryConfig
+from temporalio.testing import WorkflowEnvironment
 
 from app import embedded
 from app.client import OrderClient
 from app.smtp_sink import SmtpSink
 from app.web.app import create_app
 from bridge.dlq import DeadLetterQueue
+from bridge.errors import RetryLater
+from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
 from bridge.specs import QueueSpec, email_spec, webhook_spec
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.db import Payment, WebhookEvent
 from orderflow.settings import Settings
-from payments.events import parse_razorpay, parse_stripe
+from payments.events import GatewayEvent, parse_razorpay, parse_stripe
 from payments.processor import OrderNotYetKnownError, WebhookEventError, WebhookProcessor
 from payments.reconciliation import enqueue_reconciliation, reconcile
 from payments.samples import (
     razorpay_payment_captured,
     razorpay_refund_processed,
+    sample_event,
     stripe_charge_refunded,
     stripe_event,
     stripe_payment_failed,
@@ -39,8 +46,11 @@ from payments.samples import (
     stripe_payment_succeeded,
 )
 from payments.signatures import signed_headers
+from payments.stripe_gateway import StripeGateway
 from tests.bridge_helpers import bull_queue, counts, eventually, running
+from tests.fake_gateways import STRIPE_TEST_KEY, LocalStripe, StallingProxy
 from tests.helpers import event_row, luhn_number, payments, pending_order, wait_status
+from tests.unit.conftest import Stubs, stub_worker, unit_client
 from workers.bridge import build_webhook_processor, run_bridge_workers
 
 Catalogue = Callable[..., dict[str, str]]
@@ -134,8 +144,6 @@ async def test_unknown_order_fails_unrecoverably_naming_event_and_order(
     ("obj_changes", "problem"),
     [
         ({"metadata": {}}, "no order_id in data.object.metadata"),
-        ({"amount_received": "12.50"}, "amount '12.50' is not a non-negative integer"),
-        ({"amount_received": -5}, "amount -5 is not a non-negative integer"),
         ({"id": None}, "no payment id"),
     ],
 )
@@ -151,6 +159,53 @@ async def test_malformed_events_fail_unrecoverably(
         await processor.apply(event)
     assert event_id in str(info.value)
     assert event_row(engine, "stripe", event_id).status == "REJECTED"
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"amount_minor": "12.50"}, "amount '12.50' is not"),
+        ({"amount_minor": -5}, "amount -5 is not"),
+        pytest.param({"amount_minor": 10**30}, f"amount {10**30} is not"),
+        pytest.param({"amount_minor": 2**63}, f"amount {2**63} is not"),
+        pytest.param({"currency": ""}, "currency is empty"),
+        pytest.param({"currency": "rupees"}, "currency 'rupees' is not"),
+    ],
+)
+async def test_job_data_with_an_impossible_amount_or_currency_is_recorded_and_rejected(
+    processor: WebhookProcessor, engine: Engine, changes: dict[str, object], problem: str
+) -> None:
+    """Job data from elsewhere (a Node producer, an older ingress) is checked by the worker."""
+    event_id = f"evt_odd_{uuid.uuid4().hex[:8]}"
+    data = parse_stripe(stripe_payment_succeeded("o-odd", 1000, event_id=event_id)).to_job()
+    event = GatewayEvent.from_job({**data, **changes})
+    with pytest.raises(WebhookEventError, match=problem) as info:
+        await processor.apply(event)
+    assert event_id in str(info.value) and "o-odd" in str(info.value)
+    row = event_row(engine, "stripe", event_id)
+    assert row.status == "REJECTED" and problem in row.detail
+
+
+async def test_a_job_with_an_amount_past_64_bits_is_dead_lettered_once_with_its_reason(
+    settings: Settings, engine: Engine, orders: OrderClient, redis_url: str
+) -> None:
+    spec = webhook_test_spec(settings, attempts=5, backoff={"type": "fixed", "delay": 10})
+    producer = QueueProducer.connect(spec, redis_url)
+    event_id = f"evt_huge_{uuid.uuid4().hex[:8]}"
+    data = parse_stripe(stripe_payment_succeeded("o-huge", 1000, event_id=event_id)).to_job()
+    await producer.add("stripe-webhook", {**data, "amount_minor": 10**30}, {"jobId": event_id})
+    client = RedisClient(redis_url)
+    dlq = DeadLetterQueue(spec, client)
+    async with running(spec, WebhookProcessor(orders, engine, queue=spec.name), redis_url):
+        await eventually(lambda: _dlq_has(dlq, 1))
+    [entry] = await dlq.list()
+    assert entry.attempts_made == 1 and entry.unrecoverable  # refused, not retried 5 times
+    assert event_id in entry.failed_reason and str(10**30) in entry.failed_reason
+    assert "too large to convert" not in entry.failed_reason
+    row = event_row(engine, "stripe", event_id)
+    assert (row.status, row.amount) == ("REJECTED", 0) and str(10**30) in row.detail
+    await producer.close()
+    await client.close()
 
 
 async def test_payment_for_a_cancelled_order_is_recorded_and_fails_loudly(
@@ -416,3 +471,226 @@ async def test_stripe_partial_refunds_without_the_refunds_list_are_counted_once_
         )
     refunds = [p for p in payments(engine, order_id) if p[0] == "refund"]
     assert sum(amount for _, _, amount in refunds) == 50_000, refunds
+
+
+async def test_a_late_charge_for_the_payment_a_shipped_order_kept_is_a_duplicate_not_a_refund(
+    settings: Settings, processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue,
+    engine: Engine, redis_url: str,
+) -> None:  # fmt: skip
+    order_id = await place(orders, catalogue, price=129_900)
+    paid = parse_stripe(stripe_payment_succeeded(order_id, 129_900))
+    await processor.apply(paid)
+    await wait_status(orders, order_id, "CONFIRMED")
+    await orders.shipped(order_id)
+    assert (await orders.result(order_id)).status == "SHIPPED"  # the workflow has closed
+    charge = {"id": f"ch_{order_id}", "object": "charge", "amount": 129_900,
+              "amount_captured": 129_900, "currency": "inr", "payment_intent": paid.payment_id,
+              "metadata": {"order_id": order_id}}  # fmt: skip
+    late = parse_stripe(json.dumps(stripe_event("charge.succeeded", charge)).encode())
+    # re-driven through the worker, as a redelivery or an operator's retry would be
+    spec = webhook_test_spec(settings)
+    producer = QueueProducer.connect(spec, redis_url)
+    await producer.add(late.job_name, late.to_job(), {"jobId": late.job_id})
+    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+    async with running(spec, WebhookProcessor(orders, engine, queue=spec.name), redis_url):
+
+        async def finished() -> bool:
+            return await _completed(spec, redis_url, 1) or await _dlq_has(dlq, 1)
+
+        await eventually(finished, what="the late charge's job")
+    assert [e.failed_reason for e in await dlq.list()] == []
+    row = event_row(engine, "stripe", late.event_id)
+    assert row.status == "DUPLICATE" and paid.payment_id in row.detail and order_id in row.detail
+    assert "refund" not in row.detail
+    assert payments(engine, order_id) == [("capture", "succeeded", 129_900)]
+    report = reconcile(engine, window_hours=1)
+    assert not [m for m in report["mismatches"] if m["order_id"] == order_id]
+    # a payment the closed order does not hold is still money to give back
+    other = parse_stripe(stripe_payment_succeeded(order_id, 129_900))
+    with pytest.raises(WebhookEventError, match="refund it"):
+        await processor.apply(other)
+    assert event_row(engine, "stripe", other.event_id).status == "UNAPPLIED"
+    await producer.close()
+
+
+# ---- Stripe Radar: the risk of a PaymentIntent's charge is known before the order hears -----
+
+
+def _radar(level: str) -> Callable[[str, str, bytes], bytes]:
+    """A rewrite of localstripe's charge answers: Radar's outcome, which localstripe leaves out."""
+
+    def add(method: str, path: str, body: bytes) -> bytes:
+        charge = json.loads(body) if path.startswith("/v1/charges/") else {}
+        if charge.get("object") != "charge":
+            return body
+        score = {"normal": 20, "elevated": 72, "highest": 90}[level]
+        outcome = {"type": "authorized", "risk_level": level, "risk_score": score}
+        return json.dumps({**charge, "outcome": outcome}).encode()
+
+    return add
+
+
+def _localstripe_charge(localstripe: LocalStripe, amount: int) -> tuple[str, str]:
+    """A PaymentIntent paid at localstripe (no order in its metadata): its id and its charge's."""
+    client = stripe.StripeClient(
+        STRIPE_TEST_KEY, base_addresses={"api": localstripe.url}, max_network_retries=0
+    )
+    card = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"}
+    method = client.v1.payment_methods.create(params={"type": "card", "card": card})
+    intent = client.v1.payment_intents.create(
+        params={"amount": amount, "currency": "inr", "payment_method": method.id, "confirm": True}
+    )
+    charge = intent.latest_charge
+    return intent.id, charge if isinstance(charge, str) else charge.id
+
+
+def _intent_succeeded(order_id: str, amount: int, intent_id: str, charge: object) -> GatewayEvent:
+    """payment_intent.succeeded as Stripe sends it: `latest_charge` is the charge's id."""
+    obj = {**stripe_payment_intent(order_id, amount, payment_intent_id=intent_id),
+           "latest_charge": charge}  # fmt: skip
+    return parse_stripe(json.dumps(stripe_event("payment_intent.succeeded", obj)).encode())
+
+
+async def test_payment_intent_succeeded_before_its_elevated_risk_charge_sends_the_order_to_review(
+    orders: OrderClient, catalogue: Catalogue, engine: Engine, localstripe: LocalStripe
+) -> None:
+    order_id = await place(orders, catalogue, price=129_900)
+    intent_id, charge_id = _localstripe_charge(localstripe, 129_900)
+    proxy = StallingProxy(localstripe.url, stall_suffix=charge_id, stall=0,
+                          rewrite=_radar("elevated")).start()  # fmt: skip
+    gateway = StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url)
+    processor = WebhookProcessor(orders, engine, gateway=gateway)
+    result = await processor.apply(_intent_succeeded(order_id, 129_900, intent_id, charge_id))
+    assert result["status"] == "applied", result
+    state = await wait_status(orders, order_id, "IN_REVIEW")
+    assert state.flagged and state.payment_id == intent_id
+    assert [p for _, p, _ in proxy.seen] == [f"/v1/charges/{charge_id}"]  # asked once
+    proxy.stop()
+
+
+async def test_payment_intent_whose_charge_risk_cannot_be_read_waits_and_is_not_passed_unflagged(
+    orders: OrderClient, catalogue: Catalogue, engine: Engine, localstripe: LocalStripe
+) -> None:
+    order_id = await place(orders, catalogue, price=129_900)
+    intent_id, charge_id = _localstripe_charge(localstripe, 129_900)
+    proxy = StallingProxy(localstripe.url, stall_suffix=charge_id, stall=0,
+                          rewrite=_radar("highest")).start()  # fmt: skip
+    proxy.refuse = [503]  # Stripe away while the event is processed
+    processor = WebhookProcessor(orders, engine, gateway=StripeGateway(STRIPE_TEST_KEY, api_base=proxy.url))  # fmt: skip
+    event = _intent_succeeded(order_id, 129_900, intent_id, {"id": charge_id, "object": "charge"})
+    job = Job(id=event.job_id, name=event.job_name, data=event.to_job(), opts={},
+              attempts_made=0, timestamp=int(time.time() * 1000), token="t", queue="q")  # fmt: skip
+    with pytest.raises(RetryLater, match=charge_id):  # waits in the delayed set, no attempt used
+        await processor(job)
+    assert event_row(engine, "stripe", event.event_id).status == "RECEIVED"
+    assert (await orders.status(order_id)).status == "PENDING_PAYMENT"  # the order heard nothing
+    assert (await processor(job))["status"] == "applied"  # Stripe back: the risk is known
+    assert (await wait_status(orders, order_id, "IN_REVIEW")).flagged
+    proxy.stop()
+
+
+async def test_a_risky_charge_after_the_order_was_confirmed_is_surfaced_for_an_operator(
+    processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue, engine: Engine
+) -> None:
+    order_id = await place(orders, catalogue, price=129_900)
+    paid = parse_stripe(stripe_payment_succeeded(order_id, 129_900))
+    await processor.apply(paid)
+    await wait_status(orders, order_id, "CONFIRMED")
+    charge = {"id": f"ch_{order_id}", "object": "charge", "amount": 129_900,
+              "amount_captured": 129_900, "currency": "inr", "payment_intent": paid.payment_id,
+              "metadata": {"order_id": order_id},
+              "outcome": {"risk_level": "elevated", "risk_score": 70}}  # fmt: skip
+    late = parse_stripe(json.dumps(stripe_event("charge.succeeded", charge)).encode())
+    result = await processor.apply(late)
+    assert "flagged as risky after" in result["detail"] and "CONFIRMED" in result["detail"]
+    assert "review it before it ships" in event_row(engine, "stripe", late.event_id).detail
+    assert (await orders.status(order_id)).flagged
+
+
+# ---- a pay update that runs longer than the job's timeout ----------------------------------
+
+
+async def test_a_webhook_job_whose_refused_hold_is_still_being_released_waits_for_that_release(
+    env: WorkflowEnvironment, settings: Settings, engine: Engine, redis_url: str
+) -> None:
+    """A refused authorisation is released inside the `pay` update (up to ~10 min of gateway
+    retries): a job timing out meanwhile must not start a second update and a second release."""
+    stubs = Stubs(release_gate=asyncio.Event())
+    orders = unit_client(env)
+    short = settings.model_copy(update={"webhook_timeout_seconds": 2.0})
+    spec = webhook_test_spec(short, attempts=3, backoff={"type": "fixed", "delay": 10})
+    processor = build_webhook_processor(short, orders, engine)
+    runs = 0
+
+    async def counted(job: Job) -> Any:
+        nonlocal runs
+        runs += 1
+        return await processor(job)
+
+    async with stub_worker(env, stubs, orders.task_queue):
+        order = await pending_order(orders, [("bag", 1)])  # 10,000 paise; the hold is less
+        obj = {**stripe_payment_intent(order.id, 5_000, status="requires_capture"),
+               "amount_capturable": 5_000}  # fmt: skip
+        hold = parse_stripe(
+            json.dumps(stripe_event("payment_intent.amount_capturable_updated", obj)).encode()
+        )
+        producer = QueueProducer.connect(spec, redis_url)
+        await producer.add(hold.job_name, hold.to_job(), {"jobId": hold.job_id})
+        dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+        async with running(spec, counted, redis_url):
+            await eventually(lambda: _is_set(stubs.releasing), 20, "the release at the gateway")
+
+            async def past_the_timeout() -> bool:  # the job has outlived its 2 s timeout
+                return runs >= 3 or await _dlq_has(dlq, 1)
+
+            await eventually(past_the_timeout, 20, "the job run again while the update runs")
+            stubs.release_gate.set()  # the gateway answers at last
+            await eventually(lambda: _dlq_has(dlq, 1), 20, "the refused hold's event finished")
+        await producer.close()
+    assert len(stubs.called("release")) == 1  # one update, one release
+    [entry] = await dlq.list()
+    assert entry.attempts_made == 1 and entry.unrecoverable, entry.failed_reason
+    assert f"released {hold.payment_id}" in entry.failed_reason
+    assert "timed out" not in entry.failed_reason
+
+
+async def _is_set(event: asyncio.Event) -> bool:
+    return event.is_set()
+
+
+async def test_a_usd_payment_for_an_inr_order_is_refused_and_left_for_an_operator_in_usd(
+    processor: WebhookProcessor, orders: OrderClient, catalogue: Catalogue, engine: Engine
+) -> None:
+    """The order refuses money in another currency; the event says what to give back, in the
+    payment's own currency, and an INR payment of the total is still taken afterwards."""
+    order_id = await place(orders, catalogue, price=129_900)
+    usd = parse_stripe(sample_event("stripe", order_id, 129_900, "USD"))
+    assert usd.currency == "USD"
+    with pytest.raises(WebhookEventError) as info:
+        await processor.apply(usd)
+    message = str(info.value)
+    assert "$1,299.00" in message and "₹1,299.00" in message and "refund it" in message
+    assert (await orders.status(order_id)).status == "PENDING_PAYMENT"
+    row = event_row(engine, "stripe", usd.event_id)
+    assert (row.status, row.amount, row.currency) == ("UNAPPLIED", 129_900, "USD")
+    [found] = [
+        m for m in reconcile(engine, window_hours=1)["mismatches"] if m["order_id"] == order_id
+    ]
+    assert found["kind"] == "payment_not_applied" and "$1,299.00" in found["detail"]
+    inr = parse_stripe(stripe_payment_succeeded(order_id, 129_900))
+    assert (await processor.apply(inr))["status"] == "applied"
+    state = await wait_status(orders, order_id, "CONFIRMED")
+    assert state.payment_id == inr.payment_id
+    assert payments(engine, order_id) == [("capture", "succeeded", 129_900)]
+    # the operator's refund of the USD payment, in USD, settles the mismatch
+    body = json.loads(stripe_charge_refunded(usd.payment_id, 129_900, order_id=order_id))
+    body["data"]["object"]["currency"] = "usd"
+    refund = parse_stripe(json.dumps(body).encode())
+    assert (await processor.apply(refund))["status"] == "applied"
+    with Session(engine) as session:
+        [given] = session.exec(
+            select(Payment).where(Payment.order_id == order_id, Payment.kind == "refund")
+        ).all()
+    assert (given.refund_of, given.amount, given.currency) == (usd.payment_id, 129_900, "USD")
+    assert not [m for m in reconcile(engine, window_hours=1)["mismatches"]
+                if m["order_id"] == order_id and m["kind"] == "payment_not_applied"]  # fmt: skip

@@ -447,3 +447,74 @@ async def test_a_webhook_posted_while_redis_is_stopped_or_frozen_is_503_and_take
         await producer.close()
         os.kill(redis.pid, signal.SIGCONT)
         embedded.stop(redis)
+
+
+def razorpay_captured(amount: object, currency: object = "INR") -> bytes:
+    """payment.captured with any amount and currency, as a sender might write them."""
+    entity = {"id": "pay_odd", "amount": amount, "currency": currency,
+              "notes": {"order_id": "o-1"}}  # fmt: skip
+    return json.dumps(
+        {"entity": "event", "event": "payment.captured", "payload": {"payment": {"entity": entity}}}
+    ).encode()
+
+
+@pytest.mark.parametrize("amount", [10**30, 2**63, -1, 12.5, "129900", True, None])
+async def test_a_signed_event_with_an_impossible_amount_is_400_naming_the_field_and_event(
+    http: httpx.AsyncClient, queue: Queue, amount: object
+) -> None:
+    event = json.loads(stripe_event("evt_big_amount"))
+    event["data"]["object"]["amount_received"] = amount
+    body = json.dumps(event).encode()
+    response = await http.post(
+        "/webhooks/stripe",
+        content=body,
+        headers={"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)},
+    )
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    assert answer["error"] == "malformed_event"
+    assert "evt_big_amount" in answer["detail"]
+    assert "data.object.amount_received" in answer["detail"]
+    body = razorpay_captured(amount)
+    response = await http.post(
+        "/webhooks/razorpay",
+        content=body,
+        headers={
+            "X-Razorpay-Signature": sign_razorpay(body, RAZORPAY_SECRET),
+            "X-Razorpay-Event-Id": "rzp_evt_big",
+        },
+    )
+    assert response.status_code == 400, response.text
+    assert "rzp_evt_big" in response.json()["detail"]
+    assert "payload.payment.entity.amount" in response.json()["detail"]
+    assert await total_jobs(queue) == 0
+
+
+@pytest.mark.parametrize("currency", ["", None, "rupees", "1NR"])
+async def test_a_signed_payment_with_an_empty_or_unknown_currency_is_400_naming_the_event(
+    http: httpx.AsyncClient, queue: Queue, currency: object
+) -> None:
+    event = json.loads(stripe_event("evt_no_currency"))
+    event["data"]["object"]["currency"] = currency
+    body = json.dumps(event).encode()
+    response = await http.post(
+        "/webhooks/stripe",
+        content=body,
+        headers={"Stripe-Signature": sign_stripe(body, STRIPE_SECRET)},
+    )
+    assert response.status_code == 400, response.text
+    assert "evt_no_currency" in response.json()["detail"]
+    assert "data.object.currency" in response.json()["detail"]
+    body = razorpay_captured(50_000, currency)
+    response = await http.post(
+        "/webhooks/razorpay",
+        content=body,
+        headers={
+            "X-Razorpay-Signature": sign_razorpay(body, RAZORPAY_SECRET),
+            "X-Razorpay-Event-Id": "rzp_evt_cur",
+        },
+    )
+    assert response.status_code == 400, response.text
+    assert "rzp_evt_cur" in response.json()["detail"]
+    assert "payload.payment.entity.currency" in response.json()["detail"]
+    assert await total_jobs(queue) == 0

@@ -20,7 +20,7 @@ from orderflow.contracts.payment import WEBHOOK_QUEUE, GatewayName
 from orderflow.db import make_engine
 from orderflow.settings import Settings
 from payments.gateway import make_gateway
-from payments.processor import Orders, WebhookProcessor
+from payments.processor import UPDATE_WAIT_SECONDS, Orders, WebhookProcessor
 
 log = logging.getLogger("orderflow.bridge")
 
@@ -73,6 +73,8 @@ def build_webhook_processor(settings: Settings, order_client: Orders, engine: En
         outage_window_seconds=settings.webhook_outage_window_seconds,
         unknown_order_window_seconds=settings.webhook_unknown_order_window_seconds,
         gateway=gateway,
+        # a pay update still running at half the job's timeout is waited for from the delayed set
+        update_wait_seconds=min(UPDATE_WAIT_SECONDS, settings.webhook_timeout_seconds / 2),
     )
 
 

@@ -39,7 +39,8 @@ class WebhookJob(StrEnum):
 # gateway's text, which may echo what a customer typed) is free text and screened by value too
 WEBHOOK_SYSTEM_FIELDS = frozenset(
     {"provider", "event_id", "type", "kind", "order_id", "payment_id", "amount_minor", "currency",
-     "refund_id", "flagged", "attempt_id", "refund_cumulative"}
+     "refund_id", "flagged", "attempt_id", "refund_cumulative", "refunds_listed",
+     "refunded_total", "risk_charge"}
 )  # fmt: skip
 
 
@@ -65,6 +66,8 @@ class WebhookEventStatus(StrEnum):
     APPLIED = "APPLIED"
     IGNORED = "IGNORED"  # nothing to do (a failure reported for an order that already ended)
     UNAPPLIED = "UNAPPLIED"  # money the order refused (closed, already paid): an operator acts
+    # a payment the order already holds in the payments table (a late redelivery): nothing to do
+    DUPLICATE = "DUPLICATE"
     REJECTED = "REJECTED"  # malformed, or for an order nobody knows
 
 

@@ -96,6 +96,8 @@ class Stubs:
     capture_gate: asyncio.Event | None = None
     capturing: asyncio.Event = field(default_factory=asyncio.Event)  # a capture is in flight
     refused_mail: set[NotificationKind] = field(default_factory=set)  # the queue refuses these
+    release_gate: asyncio.Event | None = None  # set: every release waits for it (a slow gateway)
+    releasing: asyncio.Event = field(default_factory=asyncio.Event)  # a release is in flight
     calls: list[tuple[str, Any]] = field(default_factory=list)
 
     def called(self, name: str) -> list[Any]:
@@ -179,6 +181,9 @@ class Stubs:
     @activity.defn(name="release")
     async def release(self, request: GatewayRequest) -> GatewayResponse:
         self.calls.append(("release", request))
+        if self.release_gate is not None:
+            self.releasing.set()
+            await self.release_gate.wait()
         if request.payment_id in self.captured_holds:  # the gateway has taken it: refund it
             return GatewayResponse(
                 succeeded=False, detail=f"{request.payment_id} is captured", provider="stub"
