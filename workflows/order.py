@@ -82,6 +82,9 @@ RETRY_CAPTURED_THE_HOLD = "retry-captured-the-hold"  # a retry's capture of an a
 # a refused hold that was captured after all is refunded by a child of its own id, beside the
 # order's own refund (the `pay` update runs beside the order's run)
 REFUSED_HOLD_REFUND_APART = "refused-hold-refund-apart"
+# a payment accepted in the activation that ends the capture retry or the auto-cancel timer
+PAID_AS_RETRY_ENDED = "paid-as-retry-ended"  # the retry's capture is then the duplicate
+PAID_AS_TIMER_FIRED = "paid-as-timer-fired"  # the payment came in time: the order is paid
 
 
 @workflow.defn
@@ -232,6 +235,8 @@ class OrderWorkflow:
                     timeout_summary="auto-cancel unpaid order",
                 )
             except TimeoutError:
+                if self._payment is not None and workflow.patched(PAID_AS_TIMER_FIRED):
+                    return True  # accepted in the activation the timer fired in
                 minutes = policy.payment_timeout_seconds / 60
                 self._cancel = CancelRequest(reason=f"not paid within {minutes:g} minutes")
                 return False
@@ -319,22 +324,34 @@ class OrderWorkflow:
             # an attempt may be at the gateway: stop further ones and hear how it ended
             why = "order paid" if self._payment is not None else "order cancelled"
             await self._tell(child.signal(PaymentRetryWorkflow.stop, why))
-            result = await child
-            if result.succeeded and self._payment is not None:
-                if self._payment.payment_id == result.payment_id and workflow.patched(
-                    RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE
-                ):
-                    # the gateway's webhook of this very capture came first; or its
-                    # authorisation did: the retry captured the hold, which is taken, not again
-                    if self._payment.authorised_only and workflow.patched(RETRY_CAPTURED_THE_HOLD):
-                        self._payment = dataclasses.replace(
-                            self._payment, amount=self._total, authorised_only=False
-                        )
-                    return None
-                await self._refund_duplicate(result)
-                return None
-            return result
+            return await self._beside_accepted_payment(await child)
+        # the child may end in the very activation a payment is accepted in (both kept, before)
+        if self._payment is not None and workflow.patched(PAID_AS_RETRY_ENDED):
+            return await self._beside_accepted_payment(child.result())
         return child.result()
+
+    async def _beside_accepted_payment(
+        self, result: PaymentRetryResult
+    ) -> PaymentRetryResult | None:
+        """The retry's result once a payment may have been accepted meanwhile.
+
+        None: the order is paid by the accepted payment, and a capture the retry made beside it
+        was given back (or was that very payment).
+        """
+        if result.succeeded and self._payment is not None:
+            if self._payment.payment_id == result.payment_id and workflow.patched(
+                RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE
+            ):
+                # the gateway's webhook of this very capture came first; or its
+                # authorisation did: the retry captured the hold, which is taken, not again
+                if self._payment.authorised_only and workflow.patched(RETRY_CAPTURED_THE_HOLD):
+                    self._payment = dataclasses.replace(
+                        self._payment, amount=self._total, authorised_only=False
+                    )
+                return None
+            await self._refund_duplicate(result)
+            return None
+        return result
 
     @staticmethod
     async def _tell(signal: Awaitable[None]) -> None:

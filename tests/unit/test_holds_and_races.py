@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -95,9 +94,6 @@ async def _single_batch_worker(
         yield worker
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 18 hole 8: a done retry's capture overwrites the payment"
-)
 async def test_a_payment_that_arrives_with_the_retrys_successful_capture_is_not_kept_twice(
     env: WorkflowEnvironment, stubs: Stubs
 ) -> None:
@@ -131,9 +127,6 @@ async def test_a_payment_that_arrives_with_the_retrys_successful_capture_is_not_
     assert refund.payment_id == f"capture-{order.id}-1"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 18 hole 8: the timer beats a payment of its activation"
-)
 async def test_a_payment_that_arrives_with_the_auto_cancel_timer_pays_the_order(
     env: WorkflowEnvironment, stubs: Stubs
 ) -> None:
