@@ -16,6 +16,8 @@ from orderflow.contracts.payment import (
     GatewayPayment,
     GatewayRequest,
     GatewayResponse,
+    HoldState,
+    HoldStatus,
 )
 from payments.events import STRIPE_RETRY_METADATA as RETRY_METADATA
 from payments.gateway import GatewayConfigError, GatewayUnavailableError
@@ -23,6 +25,13 @@ from payments.gateway import GatewayConfigError, GatewayUnavailableError
 T = TypeVar("T")
 PAGE = 100  # Stripe's largest list page
 CHARGE_PREFIX = "ch_"  # a payment made with the legacy Charges API (no PaymentIntent)
+# a PaymentIntent's status as a hold; any other (processing, requires_action, ...) is still held
+HOLD_STATES = {
+    "requires_capture": HoldState.HELD,
+    "succeeded": HoldState.CAPTURED,
+    "canceled": HoldState.RELEASED,
+    "requires_payment_method": HoldState.RELEASED,  # no card authorised it: nothing is held
+}
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -255,6 +264,27 @@ class StripeGateway:
         return self._declined(f"PaymentIntent {intent.id} is {intent.status}: not released")
 
     # --- reading ---
+
+    def hold_status(self, request: GatewayRequest) -> HoldStatus:
+        """The PaymentIntent `request.payment_id` as a hold: what it captured and refunded."""
+
+        def read() -> HoldStatus:
+            intent = self._intent_of(request) if request.payment_id else None
+            if intent is None:
+                return HoldStatus(
+                    request.payment_id, HoldState.UNKNOWN, detail=self._unknown(request)
+                )
+            payment = self._payment(intent)
+            return HoldStatus(
+                payment_id=intent.id,
+                state=HOLD_STATES.get(str(intent.status), HoldState.HELD),
+                captured=payment.captured,
+                refunded=payment.refunded,
+                currency=payment.currency,
+                detail=str(intent.status),
+            )
+
+        return self._guard(request.order_id, f"hold status of {request.payment_id}", read)
 
     def fetch(self, payment_id: str) -> GatewayPayment | None:
         """A PaymentIntent as a payment (None: Stripe does not know the id)."""

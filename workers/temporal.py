@@ -143,7 +143,7 @@ def build_workers(
             PAYMENTS_TASK_QUEUE,
             settings.payments_concurrency,
             [PaymentRetryWorkflow],
-            [payments.call_gateway, payments.release],
+            [payments.call_gateway, payments.release, payments.hold_status],
         ),
         worker(
             INVENTORY_TASK_QUEUE,

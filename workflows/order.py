@@ -48,8 +48,11 @@ with workflow.unsafe.imports_passed_through():
         StatusInput,
     )
     from orderflow.contracts.payment import (
+        PARTIAL_CAPTURE_PROVIDERS,
         PAYMENTS_TASK_QUEUE,
         GatewayRequest,
+        HoldState,
+        HoldStatus,
         PaymentKind,
         PaymentRetryInput,
         PaymentRetryResult,
@@ -85,6 +88,11 @@ REFUSED_HOLD_REFUND_APART = "refused-hold-refund-apart"
 # a payment accepted in the activation that ends the capture retry or the auto-cancel timer
 PAID_AS_RETRY_ENDED = "paid-as-retry-ended"  # the retry's capture is then the duplicate
 PAID_AS_TIMER_FIRED = "paid-as-timer-fired"  # the payment came in time: the order is paid
+# a hold that was not released is looked up at the gateway: captured → refunded what was
+# taken, in its currency; held or unknown → REFUND_FAILED for an operator (was: "it lapses")
+HOLD_LOOKED_UP = "hold-looked-up"
+# a hold above the total only where the provider can capture part of it (not Razorpay)
+WHOLE_HOLD_ONLY = "whole-hold-only"
 
 
 @workflow.defn
@@ -447,11 +455,18 @@ class OrderWorkflow:
         child_id = payment_retry_workflow_id(order_id, PaymentKind.REFUND)
         if payment.authorised_only and workflow.patched(MANUAL_CAPTURE):
             released = await self._release_hold(payment)
-            if released:
+            if isinstance(released, str):
                 return released
-            # captured after all (not by us): give back what was taken for the order
-            taken = min(payment.amount, self._total) if self._total else payment.amount
-            payment = dataclasses.replace(payment, amount=taken, authorised_only=False)
+            if released is None:  # orders from before the lookup: how much was taken is guessed
+                taken = min(payment.amount, self._total) if self._total else payment.amount
+                payment = dataclasses.replace(payment, amount=taken, authorised_only=False)
+            else:  # captured after all (not by us): what the gateway took, in the hold's currency
+                payment = dataclasses.replace(
+                    payment,
+                    amount=released.captured - released.refunded,
+                    currency=released.currency or payment.currency,
+                    authorised_only=False,
+                )
             if refused and workflow.patched(REFUSED_HOLD_REFUND_APART):
                 child_id = f"{child_id}-{payment.payment_id}"
         result = await workflow.execute_child_workflow(
@@ -480,8 +495,13 @@ class OrderWorkflow:
         )
         return "REFUND FAILED: needs an operator"
 
-    async def _release_hold(self, held: PaymentReceived) -> str:
-        """Cancel an uncaptured authorisation at the gateway; a note, or "" if it was captured."""
+    async def _release_hold(self, held: PaymentReceived) -> str | HoldStatus | None:
+        """Cancel an uncaptured authorisation at the gateway.
+
+        Returns a note when nothing is left to give back (released, or an operator's); the
+        gateway's record of a hold that was captured; None for a captured hold of an order
+        from before the lookup.
+        """
         order_id = self._order.order_id
         request = GatewayRequest(
             order_id=order_id,
@@ -503,12 +523,49 @@ class OrderWorkflow:
                 task_queue=PAYMENTS_TASK_QUEUE,
             )
         except ActivityError as err:
-            # the gateway lets an uncaptured hold lapse by itself; an operator may release it now
-            return f"RELEASE FAILED for {held.payment_id}: {err.cause}; the hold lapses by itself"
+            failed = f"RELEASE FAILED for {held.payment_id}: {err.cause}"
+            if not workflow.patched(HOLD_LOOKED_UP):
+                return f"{failed}; the hold lapses by itself"
+            return await self._look_up_hold(request, failed)
         if response.succeeded:
             return f"released {held.payment_id}"
         self._note(f"authorisation {held.payment_id} not released: {response.detail}")
-        return ""
+        if not workflow.patched(HOLD_LOOKED_UP):
+            return None
+        return await self._look_up_hold(request, f"authorisation {held.payment_id} not released")
+
+    async def _look_up_hold(self, request: GatewayRequest, failed: str) -> str | HoldStatus:
+        """Ask the gateway what became of a hold the release did not let go.
+
+        Returns its record when money was taken and is not yet given back, else a note; a hold
+        still held or of unknown fate makes the order REFUND_FAILED (money may be held).
+        """
+        held = request.payment_id
+        try:
+            status = await workflow.execute_activity_method(
+                PaymentActivities.hold_status,
+                request,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=GATEWAY_CALL_RETRY,
+                task_queue=PAYMENTS_TASK_QUEUE,
+            )
+        except ActivityError as err:
+            status = HoldStatus(held, HoldState.UNKNOWN, detail=f"lookup failed: {err.cause}")
+        if status.state is HoldState.RELEASED:
+            return f"released {held} ({status.detail})"
+        if status.state is HoldState.CAPTURED:
+            if status.captured > status.refunded:
+                return status
+            return f"{held} was captured and is refunded already ({status.detail})"
+        self._refund_failed = True
+        workflow.logger.error(
+            "order %s: authorisation %s is %s at the gateway (%s); release or refund it by hand",
+            self._order.order_id,
+            held,
+            status.state.value,
+            status.detail,
+        )
+        return f"{failed}; the hold is {status.state.value} ({status.detail}): needs an operator"
 
     async def _release(self, reason: str) -> None:
         try:
@@ -650,10 +707,18 @@ class OrderWorkflow:
         return payment.amount == self._total and payment.currency in ("", self._currency)
 
     def _acceptable(self, payment: PaymentReceived) -> bool:
-        """The total exactly; an authorisation may hold more (only the total is captured)."""
+        """The total exactly; an authorisation may hold more where only the total can be taken."""
         if payment.authorised_only:
-            return payment.amount >= self._total and payment.currency in ("", self._currency)
+            if payment.amount < self._total or payment.currency not in ("", self._currency):
+                return False
+            return payment.amount == self._total or self._captures_part(payment)
         return self._matches_total(payment)
+
+    def _captures_part(self, payment: PaymentReceived) -> bool:
+        """Can the payment's provider capture the total from a larger hold?"""
+        if payment.provider in PARTIAL_CAPTURE_PROVIDERS:
+            return True
+        return not workflow.patched(WHOLE_HOLD_ONLY)  # orders from before took any larger hold
 
     def _accept(self, payment: PaymentReceived) -> PaymentAck:
         order_id = self._order.order_id
@@ -681,6 +746,21 @@ class OrderWorkflow:
             )
         if self._status != OrderStatus.NEW and not self._acceptable(payment):
             paid = format_money(payment.amount, payment.currency or self._currency)
+            if payment.authorised_only and payment.amount > self._total:
+                total = format_money(self._total, self._currency)
+                self._note(
+                    f"refused authorisation {payment.payment_id}: {paid} is above {total}"
+                    f" ({payment.provider} captures only a whole hold)"
+                )
+                return PaymentAck(
+                    accepted=False,
+                    status=self._status,
+                    reason=(
+                        f"order {order_id}: authorisation {payment.payment_id} of {paid} is "
+                        f"above the order total {total} and {payment.provider} can capture only "
+                        "the whole hold: not captured"
+                    ),
+                )
             if payment.authorised_only:
                 total = format_money(self._total, self._currency)
                 self._note(f"refused authorisation {payment.payment_id}: {paid} is below {total}")

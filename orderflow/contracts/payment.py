@@ -17,6 +17,12 @@ class GatewayName(StrEnum):
     RAZORPAY = "razorpay"
 
 
+# providers whose capture can take part of a hold and let the rest go (Stripe's
+# amount_to_capture); Razorpay captures exactly the authorised amount or nothing, so a larger
+# hold there could never be captured
+PARTIAL_CAPTURE_PROVIDERS = frozenset({GatewayName.STRIPE.value, GatewayName.SIMULATED.value})
+
+
 class GatewayMode(StrEnum):
     """Whether the configured gateway moves real money, as its API key says."""
 

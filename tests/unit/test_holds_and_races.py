@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -164,7 +163,6 @@ async def _hold_in_review(
     return order.id, hold
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 5: a failed release is taken as a release")
 async def test_a_hold_whose_release_fails_but_that_was_captured_is_refunded(
     unit_orders: OrderClient, stubs: Stubs
 ) -> None:
@@ -179,7 +177,6 @@ async def test_a_hold_whose_release_fails_but_that_was_captured_is_refunded(
     assert (refund.payment_id, refund.amount) == (hold.payment_id, hold.amount)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 5: a failed release is taken as a release")
 async def test_a_hold_whose_release_fails_and_whose_state_cannot_be_learnt_ends_refund_failed(
     unit_orders: OrderClient, stubs: Stubs
 ) -> None:
@@ -192,7 +189,6 @@ async def test_a_hold_whose_release_fails_and_whose_state_cannot_be_learnt_ends_
     assert [s.status for s in stubs.called("set_status")][-1] == OrderStatus.REFUND_FAILED
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 11: taken = min(hold, total)")
 async def test_a_larger_hold_captured_whole_elsewhere_is_refunded_whole(
     unit_orders: OrderClient, stubs: Stubs
 ) -> None:
@@ -206,7 +202,6 @@ async def test_a_larger_hold_captured_whole_elsewhere_is_refunded_whole(
     assert (refund.amount, refund.currency) == (6_600_000, "INR")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 11: taken compares across currencies")
 async def test_a_refused_hold_in_another_currency_captured_after_all_is_refunded_in_it(
     unit_orders: OrderClient, stubs: Stubs
 ) -> None:
@@ -221,7 +216,6 @@ async def test_a_refused_hold_in_another_currency_captured_after_all_is_refunded
     assert (refund.payment_id, refund.amount, refund.currency) == ("pi_usd", 20_000, "USD")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 11: a Razorpay hold above the total")
 async def test_a_razorpay_hold_above_the_total_is_refused_and_released_at_once(
     unit_orders: OrderClient, stubs: Stubs
 ) -> None:
