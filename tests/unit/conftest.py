@@ -113,6 +113,7 @@ class Stubs:
         return [
             self.place_order,
             self.record_payment,
+            self.record_refused_payment,
             self.confirm_order,
             self.set_status,
             self.sync_erp,
@@ -139,6 +140,10 @@ class Stubs:
     @activity.defn(name="record_payment")
     async def record_payment(self, data: ConfirmInput) -> None:
         self.calls.append(("record_payment", data))
+
+    @activity.defn(name="record_refused_payment")
+    async def record_refused_payment(self, data: ConfirmInput) -> None:
+        self.calls.append(("record_refused_payment", data))
 
     @activity.defn(name="confirm_order")
     async def confirm_order(self, data: ConfirmInput) -> ConfirmResult:
