@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -31,7 +30,6 @@ def net_captured(engine: Engine, order_id: str) -> int:
     return sum(sign[PaymentKind(p.kind)] * p.amount for p in rows)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 10c: a refused payment has no row")
 async def test_a_refused_early_payment_and_its_refund_both_have_their_rows(
     orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:
@@ -52,7 +50,6 @@ async def test_a_refused_early_payment_and_its_refund_both_have_their_rows(
     assert net_captured(engine, order_id) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 10c: a refused payment has no row")
 async def test_a_payment_for_an_order_rejected_for_stock_and_its_refund_have_their_rows(
     orders: OrderClient, engine: Engine, catalogue: Callable[..., dict[str, str]]
 ) -> None:

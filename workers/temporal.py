@@ -130,6 +130,7 @@ def build_workers(
             [
                 orders.place_order,
                 orders.record_payment,
+                orders.record_refused_payment,
                 orders.confirm_order,
                 orders.set_status,
                 orders.sync_erp,

@@ -93,6 +93,8 @@ PAID_AS_TIMER_FIRED = "paid-as-timer-fired"  # the payment came in time: the ord
 HOLD_LOOKED_UP = "hold-looked-up"
 # a hold above the total only where the provider can capture part of it (not Razorpay)
 WHOLE_HOLD_ONLY = "whole-hold-only"
+# a payment the order refuses and refunds gets its row before its refund gets one
+REFUSED_PAYMENT_RECORDED = "refused-payment-recorded"
 
 
 @workflow.defn
@@ -125,14 +127,14 @@ class OrderWorkflow:
             cause = err.cause if isinstance(err, ActivityError) and err.cause else err
             self._set(OrderStatus.REJECTED, f"order could not be placed: {cause}")
             if self._payment is not None:
-                self._note(await self._refund(str(cause)))
+                self._note(await self._give_back(str(cause), self._payment))
             return await self._end()
         self._total, self._currency = placed.total, placed.currency
         workflow.upsert_search_attributes([ORDER_TOTAL.value_set(placed.total)])
         if not placed.reserved:
             self._set(OrderStatus.REJECTED, placed.reason)
             if self._payment is not None:  # paid before the stock check answered
-                self._note(await self._refund(placed.reason))
+                self._note(await self._give_back(placed.reason, self._payment))
             return await self._end()
         self._set(
             OrderStatus.PENDING_PAYMENT, f"{format_money(placed.total, placed.currency)} reserved"
@@ -203,7 +205,36 @@ class OrderWorkflow:
             f"{format_money(self._total, self._currency)}"
         )
         self._note(reason)
-        self._note(await self._refund(reason, early))
+        self._note(await self._give_back(reason, early))
+
+    async def _give_back(self, reason: str, payment: PaymentReceived) -> str:
+        """Refund a payment the order refused (a hold: release it), its own row written first."""
+        if problem := await self._record_given_back(payment):
+            return problem
+        return await self._refund(reason, payment)
+
+    async def _record_given_back(self, payment: PaymentReceived) -> str:
+        """Write the row of money the order is about to give back; "" or why it was not.
+
+        A hold moved no money and has no row. A payment the database holds for another order is
+        not refunded from this one: an operator finds out whose it is.
+        """
+        if payment.authorised_only or not workflow.patched(REFUSED_PAYMENT_RECORDED):
+            return ""
+        try:
+            await self._act(
+                OrderActivities.record_refused_payment, ConfirmInput(self._order.order_id, payment)
+            )
+        except (ActivityError, ApplicationError) as err:  # a local activity raises the latter
+            cause = err.cause if isinstance(err, ActivityError) and err.cause else err
+            workflow.logger.error(
+                "order %s: refused payment %s not recorded, so not refunded: %s",
+                self._order.order_id,
+                payment.payment_id,
+                cause,
+            )
+            return f"NOT REFUNDED: payment {payment.payment_id} not recorded ({cause}): needs an operator"
+        return ""
 
     async def _await_payment(self) -> bool:
         """Wait for payment under the auto-cancel timer; a failed payment runs the retries instead."""
@@ -461,12 +492,15 @@ class OrderWorkflow:
                 taken = min(payment.amount, self._total) if self._total else payment.amount
                 payment = dataclasses.replace(payment, amount=taken, authorised_only=False)
             else:  # captured after all (not by us): what the gateway took, in the hold's currency
-                payment = dataclasses.replace(
+                taken = dataclasses.replace(
                     payment,
-                    amount=released.captured - released.refunded,
+                    amount=released.captured,
                     currency=released.currency or payment.currency,
                     authorised_only=False,
                 )
+                if problem := await self._record_given_back(taken):
+                    return problem
+                payment = dataclasses.replace(taken, amount=released.captured - released.refunded)
             if refused and workflow.patched(REFUSED_HOLD_REFUND_APART):
                 child_id = f"{child_id}-{payment.payment_id}"
         result = await workflow.execute_child_workflow(

@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -242,7 +241,6 @@ async def test_a_stripe_hold_above_the_total_is_accepted_and_only_the_total_capt
     assert _calls(stubs, PaymentKind.CAPTURE) == [10_000]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 10c: a refused payment has no row")
 async def test_a_refused_hold_captured_after_all_is_recorded_before_its_refund(
     unit_orders: OrderClient, stubs: Stubs
 ) -> None:
