@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -259,3 +260,15 @@ async def test_a_refused_hold_captured_after_all_is_recorded_before_its_refund(
     assert not recorded.payment.authorised_only
     names = [name for name, _ in stubs.calls]
     assert names.index("record_refused_payment") < names.index("call_gateway")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 hole 11: a payment with no currency is accepted")
+async def test_a_payment_that_names_no_currency_is_refused(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    """Every sender inside fills the order's currency; an empty one is an event that lacks it."""
+    order = await pending_order(unit_orders, [("bag", 1)])
+    ack = await unit_orders.payment_received(order.id, PaymentReceived("pay-x", 10_000))
+    assert not ack.accepted and "no currency" in ack.reason and "INR" in ack.reason, ack.reason
+    assert (await unit_orders.status(order.id)).status == "PENDING_PAYMENT"
+    assert not stubs.called("confirm_order")
