@@ -95,6 +95,8 @@ HOLD_LOOKED_UP = "hold-looked-up"
 WHOLE_HOLD_ONLY = "whole-hold-only"
 # a payment the order refuses and refunds gets its row before its refund gets one
 REFUSED_PAYMENT_RECORDED = "refused-payment-recorded"
+# a payment that names no currency is refused (every sender inside names the order's)
+EMPTY_CURRENCY_REFUSED = "empty-currency-refused"
 
 
 @workflow.defn
@@ -203,6 +205,8 @@ class OrderWorkflow:
         reason = (
             f"refused payment {early.payment_id}: {paid} is not the total "
             f"{format_money(self._total, self._currency)}"
+            if self._in_currency(early)
+            else f"refused {self._currency_refusal(early)}"
         )
         self._note(reason)
         self._note(await self._give_back(reason, early))
@@ -737,13 +741,24 @@ class OrderWorkflow:
             )
 
     def _matches_total(self, payment: PaymentReceived) -> bool:
-        """Exactly the total, in the order's currency (empty: sent from inside, in that currency)."""
-        return payment.amount == self._total and payment.currency in ("", self._currency)
+        """Exactly the total, in the order's currency."""
+        return payment.amount == self._total and self._in_currency(payment)
+
+    def _in_currency(self, payment: PaymentReceived) -> bool:
+        """In the order's currency (orders from before took an empty one as the order's)."""
+        if payment.currency == self._currency:
+            return True
+        return payment.currency == "" and not workflow.patched(EMPTY_CURRENCY_REFUSED)
+
+    def _currency_refusal(self, payment: PaymentReceived) -> str:
+        """Why a payment's currency is not the order's."""
+        named = f"is in {payment.currency}" if payment.currency else "names no currency"
+        return f"payment {payment.payment_id} {named}, the order is in {self._currency}"
 
     def _acceptable(self, payment: PaymentReceived) -> bool:
         """The total exactly; an authorisation may hold more where only the total can be taken."""
         if payment.authorised_only:
-            if payment.amount < self._total or payment.currency not in ("", self._currency):
+            if payment.amount < self._total or not self._in_currency(payment):
                 return False
             return payment.amount == self._total or self._captures_part(payment)
         return self._matches_total(payment)
@@ -779,6 +794,13 @@ class OrderWorkflow:
                 reason=f"order {order_id} is {self._status}: payment refused",
             )
         if self._status != OrderStatus.NEW and not self._acceptable(payment):
+            if not self._in_currency(payment):
+                self._note(f"refused {self._currency_refusal(payment)}")
+                return PaymentAck(
+                    accepted=False,
+                    status=self._status,
+                    reason=f"order {order_id}: {self._currency_refusal(payment)}: refused",
+                )
             paid = format_money(payment.amount, payment.currency or self._currency)
             if payment.authorised_only and payment.amount > self._total:
                 total = format_money(self._total, self._currency)

@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -110,7 +109,9 @@ async def test_a_payment_that_arrives_with_the_retrys_successful_capture_is_not_
             await orders.payment_failed(order.id, PaymentFailed("pf", "declined"))
             await asyncio.wait_for(stubs.capturing.wait(), 20)
         # nobody serves the order now: the payment and the retry's end wait in its history
-        await orders.signal_payment_received(order.id, PaymentReceived("pay-card", 10_000))
+        await orders.signal_payment_received(
+            order.id, PaymentReceived("pay-card", 10_000, currency="INR")
+        )
         retry = await started_workflow(
             env.client, payment_retry_workflow_id(order.id, PaymentKind.CAPTURE)
         )
@@ -143,7 +144,9 @@ async def test_a_payment_that_arrives_with_the_auto_cancel_timer_pays_the_order(
         skip = asyncio.create_task(env.fast_forward(order.handle, timedelta(minutes=61)))
         try:
             await eventually(lambda: _timer_fired(order.handle), 20, "the auto-cancel timer fired")
-            await orders.signal_payment_received(order.id, PaymentReceived("pay-late", 10_000))
+            await orders.signal_payment_received(
+                order.id, PaymentReceived("pay-late", 10_000, currency="INR")
+            )
             async with _single_batch_worker(env, stubs, orders.task_queue, payments_queue):
                 state = await wait_status(orders, order.id, "CONFIRMED")
         finally:
@@ -262,13 +265,28 @@ async def test_a_refused_hold_captured_after_all_is_recorded_before_its_refund(
     assert names.index("record_refused_payment") < names.index("call_gateway")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 hole 11: a payment with no currency is accepted")
 async def test_a_payment_that_names_no_currency_is_refused(
     unit_orders: OrderClient, stubs: Stubs
 ) -> None:
     """Every sender inside fills the order's currency; an empty one is an event that lacks it."""
     order = await pending_order(unit_orders, [("bag", 1)])
-    ack = await unit_orders.payment_received(order.id, PaymentReceived("pay-x", 10_000))
+    ack = await unit_orders.payment_received(
+        order.id, PaymentReceived("pay-x", 10_000, currency="")
+    )
     assert not ack.accepted and "no currency" in ack.reason and "INR" in ack.reason, ack.reason
     assert (await unit_orders.status(order.id)).status == "PENDING_PAYMENT"
     assert not stubs.called("confirm_order")
+
+
+async def test_a_payment_in_another_currency_is_refused(
+    unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    order = await pending_order(unit_orders, [("bag", 1)])
+    usd = PaymentReceived("pay-usd", 10_000, currency="USD")
+    ack = await unit_orders.payment_received(order.id, usd)
+    assert not ack.accepted and "is in USD, the order is in INR" in ack.reason, ack.reason
+    ack = await unit_orders.payment_received(
+        order.id, PaymentReceived("pay-inr", 10_000, currency="INR")
+    )
+    assert ack.accepted, ack.reason
+    await wait_status(unit_orders, order.id, "CONFIRMED")
