@@ -496,15 +496,17 @@ class OrderWorkflow:
                 taken = min(payment.amount, self._total) if self._total else payment.amount
                 payment = dataclasses.replace(payment, amount=taken, authorised_only=False)
             else:  # captured after all (not by us): what the gateway took, in the hold's currency
-                taken = dataclasses.replace(
+                captured = dataclasses.replace(
                     payment,
                     amount=released.captured,
                     currency=released.currency or payment.currency,
                     authorised_only=False,
                 )
-                if problem := await self._record_given_back(taken):
+                if problem := await self._record_given_back(captured):
                     return problem
-                payment = dataclasses.replace(taken, amount=released.captured - released.refunded)
+                payment = dataclasses.replace(
+                    captured, amount=released.captured - released.refunded
+                )
             if refused and workflow.patched(REFUSED_HOLD_REFUND_APART):
                 child_id = f"{child_id}-{payment.payment_id}"
         result = await workflow.execute_child_workflow(
