@@ -223,6 +223,15 @@ class OrderActivities:
             self._set_status(conn, data.order_id, OrderStatus.PAID)
 
     @activity.defn
+    def record_refused_payment(self, data: ConfirmInput) -> None:
+        """Record a payment the order refused and gives back (its refund row follows).
+
+        The order's status stays as it is: the payment was never the order's.
+        """
+        with self.engine.begin() as conn:
+            self._record_payment(conn, data)
+
+    @activity.defn
     def confirm_order(self, data: ConfirmInput) -> ConfirmResult:
         """Record the payment, render and store the invoice, mark the order confirmed."""
         with self.engine.begin() as conn:

@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 from orderflow.contracts.payment import (
     GatewayRequest,
     GatewayResponse,
+    HoldStatus,
     PaymentKind,
     PaymentStatus,
 )
@@ -141,3 +142,11 @@ class PaymentActivities:
             raise ApplicationError(str(err), type="GatewayConfigError", non_retryable=True) from err
         response.provider = self.provider
         return response
+
+    @activity.defn
+    def hold_status(self, request: GatewayRequest) -> HoldStatus:
+        """What became of an authorisation at the gateway (asked when it was not released)."""
+        try:
+            return self.gateway.hold_status(request)
+        except GatewayConfigError as err:
+            raise ApplicationError(str(err), type="GatewayConfigError", non_retryable=True) from err

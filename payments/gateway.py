@@ -17,6 +17,8 @@ from orderflow.contracts.payment import (
     GatewayRefund,
     GatewayRequest,
     GatewayResponse,
+    HoldState,
+    HoldStatus,
     PaymentKind,
 )
 from orderflow.db import SimulatedGatewayAccount
@@ -75,6 +77,10 @@ class PaymentGateway(Protocol):
 
     def release(self, request: GatewayRequest) -> GatewayResponse:
         """Let an uncaptured authorisation go (declined: it was captured, refund it instead)."""
+        ...
+
+    def hold_status(self, request: GatewayRequest) -> HoldStatus:
+        """What became of the authorisation `request.payment_id`: held, released or captured."""
         ...
 
     def fetch(self, payment_id: str) -> GatewayPayment | None:
@@ -162,6 +168,10 @@ class SimulatedGateway:
         return GatewayResponse(
             succeeded=True, payment_id=request.payment_id, detail="released (simulated)"
         )
+
+    def hold_status(self, request: GatewayRequest) -> HoldStatus:
+        """The simulation holds no money: every hold is as good as released."""
+        return HoldStatus(request.payment_id, HoldState.RELEASED, detail="simulated: nothing held")
 
     def fetch(self, payment_id: str) -> GatewayPayment | None:
         """The simulation keeps no payments of its own: our table is the only record."""

@@ -18,6 +18,8 @@ from orderflow.contracts.payment import (
     GatewayRefund,
     GatewayRequest,
     GatewayResponse,
+    HoldState,
+    HoldStatus,
 )
 from payments.gateway import GatewayConfigError, GatewayUnavailableError
 
@@ -152,6 +154,38 @@ class RazorpayGateway:
         )
 
     # --- reading ---
+
+    def hold_status(self, request: GatewayRequest) -> HoldStatus:
+        """The payment `request.payment_id` as a hold (Razorpay's `authorized` is held).
+
+        An uncaptured payment Razorpay gave back by itself (its capture window ended) is
+        `refunded` with `captured` false: released, nothing was taken.
+        """
+
+        def read() -> HoldStatus:
+            payment = self._payment_of(request) if request.payment_id else None
+            if payment is None:
+                return HoldStatus(
+                    request.payment_id, HoldState.UNKNOWN, detail=self._unknown(request)
+                )
+            status = str(payment.get("status", ""))
+            if payment.get("captured") or status == "captured":
+                state = HoldState.CAPTURED
+            elif status == "authorized":
+                state = HoldState.HELD
+            else:  # failed, created, or refunded uncaptured
+                state = HoldState.RELEASED
+            taken = state is HoldState.CAPTURED
+            return HoldStatus(
+                payment_id=str(payment["id"]),
+                state=state,
+                captured=int(payment.get("amount", 0)) if taken else 0,
+                refunded=int(payment.get("amount_refunded", 0) or 0) if taken else 0,
+                currency=str(payment.get("currency", "")).upper(),
+                detail=status,
+            )
+
+        return self._guard(request.order_id, f"hold status of {request.payment_id}", read)
 
     def fetch(self, payment_id: str) -> GatewayPayment | None:
         """One payment (None: Razorpay does not know the id)."""

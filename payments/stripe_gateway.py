@@ -17,6 +17,8 @@ from orderflow.contracts.payment import (
     GatewayRefund,
     GatewayRequest,
     GatewayResponse,
+    HoldState,
+    HoldStatus,
 )
 from payments.events import STRIPE_RETRY_METADATA as RETRY_METADATA
 from payments.gateway import GatewayConfigError, GatewayUnavailableError
@@ -27,6 +29,13 @@ CHARGE_PREFIX = "ch_"  # a payment made with the legacy Charges API (no PaymentI
 REFUND_GONE = ("failed", "canceled")  # a refund in these states gave nothing back
 # a refund in these states is neither done nor declined: waiting on the bank or on the customer
 REFUND_UNDER_WAY = ("pending", "requires_action")
+# a PaymentIntent's status as a hold; any other (processing, requires_action, ...) is still held
+HOLD_STATES = {
+    "requires_capture": HoldState.HELD,
+    "succeeded": HoldState.CAPTURED,
+    "canceled": HoldState.RELEASED,
+    "requires_payment_method": HoldState.RELEASED,  # no card authorised it: nothing is held
+}
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -300,6 +309,27 @@ class StripeGateway:
             return str(_field(_field(charge, "outcome", {}), "risk_level", ""))
 
         return self._guard("-", f"risk of charge {charge_id}", read)
+
+    def hold_status(self, request: GatewayRequest) -> HoldStatus:
+        """The PaymentIntent `request.payment_id` as a hold: what it captured and refunded."""
+
+        def read() -> HoldStatus:
+            intent = self._intent_of(request) if request.payment_id else None
+            if intent is None:
+                return HoldStatus(
+                    request.payment_id, HoldState.UNKNOWN, detail=self._unknown(request)
+                )
+            payment = self._payment(intent)
+            return HoldStatus(
+                payment_id=intent.id,
+                state=HOLD_STATES.get(str(intent.status), HoldState.HELD),
+                captured=payment.captured,
+                refunded=payment.refunded,
+                currency=payment.currency,
+                detail=str(intent.status),
+            )
+
+        return self._guard(request.order_id, f"hold status of {request.payment_id}", read)
 
     def fetch(self, payment_id: str) -> GatewayPayment | None:
         """A PaymentIntent as a payment (None: Stripe does not know the id)."""

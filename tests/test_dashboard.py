@@ -141,7 +141,10 @@ async def test_approve_a_review_and_redrive_a_dlq_job_by_clicking(
     skus = catalogue(tv=(6_000_000, 3))
     order_id = (await pending_order(orders, [(skus["tv"], 1)], customer_id="cust-ops")).id
     ack = await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=6_000_000, provider="stripe")
+        order_id,
+        PaymentReceived(
+            payment_id=f"pay-{order_id}", amount=6_000_000, provider="stripe", currency="INR"
+        ),
     )
     assert ack.accepted
     review = await wait_review(orders, order_id)

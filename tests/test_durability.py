@@ -57,7 +57,7 @@ async def test_order_survives_a_worker_restart(
     running = asyncio.create_task(second.run())
     try:
         ack = await orders.payment_received(
-            order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=70_000)
+            order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=70_000, currency="INR")
         )
         assert ack.accepted, ack.reason
         await wait_status(orders, order_id, "CONFIRMED")
@@ -115,7 +115,8 @@ async def test_inventory_invariant_after_a_mixed_batch(
             return state.status  # REJECTED for lack of stock, or already expired
         if action in ("pay", "pay-cancel"):
             await orders.payment_received(
-                order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=state.total)
+                order_id,
+                PaymentReceived(payment_id=f"pay-{order_id}", amount=state.total, currency="INR"),
             )
             if action == "pay-cancel":
                 await wait_status(orders, order_id, "CONFIRMED")

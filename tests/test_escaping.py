@@ -69,7 +69,9 @@ def test_invoice_escapes_product_names_customer_ids_and_payment_ids(engine: Engi
         session.add(OrderItem(order_id=order_id, sku=sku, quantity=1, unit_price=10.0))
         session.commit()
     activities = OrderActivities(engine, LocalErp(engine))
-    payment = PaymentReceived(payment_id=f"pay-{tag}-{SCRIPT}", amount=10.0, provider="stripe")
+    payment = PaymentReceived(
+        payment_id=f"pay-{tag}-{SCRIPT}", amount=10.0, provider="stripe", currency="INR"
+    )
     number = activities.confirm_order(ConfirmInput(order_id=order_id, payment=payment))
     assert number.invoice_number == f"INV-{order_id}"
     with Session(engine) as session:

@@ -56,7 +56,9 @@ async def test_money_and_stock_invariant_over_a_mixed_batch(
             await webhooks.apply(event)
 
     async def pay(order_id: str, total: int) -> None:
-        ack = await orders.payment_received(order_id, PaymentReceived(f"pay-{order_id}", total))
+        ack = await orders.payment_received(
+            order_id, PaymentReceived(f"pay-{order_id}", total, currency="INR")
+        )
         assert ack.accepted, ack.reason
 
     async def decide(order_id: str, approve: bool) -> None:

@@ -64,7 +64,7 @@ async def test_paid_in_time_is_confirmed_with_invoice_erp_and_mail(
     assert stock(engine, skus["shirt"]) == (8, 2)
 
     ack = await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=159_800)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=159_800, currency="INR")
     )
     assert ack.accepted, ack.reason
 
@@ -115,7 +115,7 @@ async def test_paid_at_59_minutes_is_paid(
     order_id, handle = placed.id, placed.handle
     assert await env.fast_forward(handle, timedelta(minutes=59))
     ack = await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=120_000)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=120_000, currency="INR")
     )
     assert ack.accepted, ack.reason
     await wait_status(orders, order_id, "CONFIRMED")
@@ -147,13 +147,13 @@ async def test_duplicate_payment_signals_have_one_effect(
 ) -> None:
     skus = catalogue(book=(30_000, 5))
     order_id = (await pending_order(orders, [(skus["book"], 1)])).id
-    payment = PaymentReceived(payment_id=f"pay-{order_id}", amount=30_000)
+    payment = PaymentReceived(payment_id=f"pay-{order_id}", amount=30_000, currency="INR")
     for _ in range(3):
         await orders.signal_payment_received(order_id, payment)
     again = await orders.payment_received(order_id, payment)
     assert again.accepted and "duplicate" in again.reason
     other = await orders.payment_received(
-        order_id, PaymentReceived(payment_id="someone-else", amount=30_000)
+        order_id, PaymentReceived(payment_id="someone-else", amount=30_000, currency="INR")
     )
     assert not other.accepted and f"already paid by pay-{order_id}" in other.reason
     await wait_status(orders, order_id, "CONFIRMED")
@@ -181,7 +181,9 @@ async def test_payment_for_cancelled_order_is_refused(
     order_id, handle = placed.id, placed.handle
     await orders.cancel(order_id, "changed my mind")
     assert (await handle.result()).status == "CANCELLED"
-    ack = await orders.payment_received(order_id, PaymentReceived(payment_id="late", amount=19_800))
+    ack = await orders.payment_received(
+        order_id, PaymentReceived(payment_id="late", amount=19_800, currency="INR")
+    )
     assert not ack.accepted and order_id in ack.reason
     assert stock(engine, skus["sock"]) == (6, 0)
 
@@ -196,7 +198,7 @@ async def test_cancel_after_payment_refunds_and_releases(
     placed = await pending_order(orders, [(skus["chair"], 1)])
     order_id, handle = placed.id, placed.handle
     await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=450_000)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=450_000, currency="INR")
     )
     await wait_status(orders, order_id, "CONFIRMED")
     await orders.cancel(order_id, "customer cancelled before shipping")
@@ -225,7 +227,7 @@ async def test_shipped_order_releases_reserved_stock_and_mails(
     placed = await pending_order(orders, [(skus["desk"], 1)])
     order_id, handle = placed.id, placed.handle
     await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=900_000)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=900_000, currency="INR")
     )
     await wait_status(orders, order_id, "CONFIRMED")
     await orders.shipped(order_id, Shipment(carrier="BlueDart", tracking_number="BD123"))
@@ -247,12 +249,14 @@ async def test_payment_that_does_not_match_the_total_is_refused(
     skus = catalogue(hat=(35_000, 4))
     order_id = (await pending_order(orders, [(skus["hat"], 2)])).id
     short = await orders.payment_received(
-        order_id, PaymentReceived(payment_id="short", amount=35_000)
+        order_id, PaymentReceived(payment_id="short", amount=35_000, currency="INR")
     )
     assert not short.accepted
     assert order_id in short.reason and "₹350.00" in short.reason and "₹700.00" in short.reason
     assert (await orders.status(order_id)).status == "PENDING_PAYMENT"
-    ack = await orders.payment_received(order_id, PaymentReceived(payment_id="full", amount=70_000))
+    ack = await orders.payment_received(
+        order_id, PaymentReceived(payment_id="full", amount=70_000, currency="INR")
+    )
     assert ack.accepted, ack.reason
     await wait_status(orders, order_id, "CONFIRMED")
     assert payments(engine, order_id) == [("capture", "succeeded", 70_000)]
@@ -267,10 +271,16 @@ async def test_payment_arriving_with_the_start_of_a_rejected_order_is_refunded(
     skus = catalogue(clock=(99_900, 1))
     order_id = new_order_id()
     handle = await start_with_payment(  # the payment is in the first workflow task
-        orders, order_id, [(skus["clock"], 2)], PaymentReceived(f"pay-{order_id}", 199_800)
+        orders,
+        order_id,
+        [(skus["clock"], 2)],
+        PaymentReceived(f"pay-{order_id}", 199_800, currency="INR"),
     )
     assert (await handle.result()).status == "REJECTED"
-    assert payments(engine, order_id) == [("refund", "succeeded", 199_800)]
+    assert payments(engine, order_id) == [  # the payment has its row, then its refund
+        ("capture", "succeeded", 199_800),
+        ("refund", "succeeded", 199_800),
+    ]
     assert "refunded" in (await orders.status(order_id)).history[-1].note
     assert stock(engine, skus["clock"]) == (1, 0)
 
@@ -284,7 +294,10 @@ async def test_a_short_payment_sent_with_the_start_is_refunded_and_a_full_one_co
     skus = catalogue(radio=(199_800, 2))
     order_id = new_order_id()
     await start_with_payment(  # paid before the total is known
-        orders, order_id, [(skus["radio"], 1)], PaymentReceived(f"early-{order_id}", 100)
+        orders,
+        order_id,
+        [(skus["radio"], 1)],
+        PaymentReceived(f"early-{order_id}", 100, currency="INR"),
     )
 
     async def refunded() -> OrderState | None:
@@ -294,11 +307,17 @@ async def test_a_short_payment_sent_with_the_start_is_refunded_and_a_full_one_co
     state = await eventually(refunded, 20, f"the early ₹1.00 of order {order_id} refunded")
     assert state.status == "PENDING_PAYMENT" and state.payment_id == ""
     assert "₹1.00 is not the total ₹1,998.00" in state.history[-2].note
-    assert payments(engine, order_id) == [("refund", "succeeded", 100)]
-    ack = await orders.payment_received(order_id, PaymentReceived(f"pay-{order_id}", 199_800))
+    assert payments(engine, order_id) == [
+        ("capture", "succeeded", 100),
+        ("refund", "succeeded", 100),
+    ]
+    ack = await orders.payment_received(
+        order_id, PaymentReceived(f"pay-{order_id}", 199_800, currency="INR")
+    )
     assert ack.accepted, ack.reason
     await wait_status(orders, order_id, "CONFIRMED")
     assert payments(engine, order_id) == [
+        ("capture", "succeeded", 100),
         ("refund", "succeeded", 100),
         ("capture", "succeeded", 199_800),
     ]

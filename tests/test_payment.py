@@ -105,7 +105,7 @@ async def test_failed_payments_then_success_go_to_suspicious_review(
         order_id, PaymentFailed(payment_id="pf-3b", reason="declined")
     )  # redelivery
     ack = await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=300_000)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=300_000, currency="INR")
     )
     assert ack.accepted, ack.reason
     state = await wait_status(orders, order_id, "IN_REVIEW")

@@ -58,6 +58,8 @@ REQUIRED |= {
     "manual-capture": ["OrderWorkflow", "PaymentRetryWorkflow"],
     "manual-capture-released": ["OrderWorkflow"],
 }
+# issue 18: a refused early payment is recorded before its refund (refused-payment-recorded)
+REQUIRED["early-short-payment-recorded"] = ["OrderWorkflow", "PaymentRetryWorkflow"]
 
 
 def test_every_main_path_has_its_golden_histories() -> None:

@@ -36,7 +36,7 @@ async def _paid_high_value_order(
     skus = catalogue(tv=(6_500_000, 2))
     order_id = (await pending_order(orders, [(skus["tv"], 1)])).id
     ack = await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=6_500_000)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=6_500_000, currency="INR")
     )
     assert ack.accepted
     await wait_status(orders, order_id, "IN_REVIEW")
@@ -90,7 +90,7 @@ async def test_return_request_approved_refunds_the_payment_the_order_accepted_by
     skus = catalogue(shoe=(250_000, 3))
     order_id = (await pending_order(orders, [(skus["shoe"], 1)])).id
     await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=250_000)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=250_000, currency="INR")
     )
     await wait_status(orders, order_id, "CONFIRMED")
     await orders.shipped(order_id, Shipment(carrier="DTDC", tracking_number="X1"))
@@ -251,7 +251,7 @@ async def test_only_a_shipped_order_can_be_returned(
     skus = catalogue(belt=(90_000, 2))
     order_id = (await pending_order(orders, [(skus["belt"], 1)])).id
     await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=90_000)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=90_000, currency="INR")
     )
     await wait_status(orders, order_id, "CONFIRMED")
     with pytest.raises(

@@ -139,10 +139,14 @@ async def test_erp_sync_is_retried_once_then_noted(
     for order_id in (flaky, down):
         await pending_order(orders, [(skus["pot"], 1)], order_id=order_id)
     erp.fail_next = 1  # the seed's 2 attempts: one failure is absorbed
-    await orders.payment_received(flaky, PaymentReceived(payment_id=f"pay-{flaky}", amount=45_000))
+    await orders.payment_received(
+        flaky, PaymentReceived(payment_id=f"pay-{flaky}", amount=45_000, currency="INR")
+    )
     await erp_received(erp, flaky)
     erp.fail_next = 2  # both attempts fail: the order stands, the failure is in its history
-    await orders.payment_received(down, PaymentReceived(payment_id=f"pay-{down}", amount=45_000))
+    await orders.payment_received(
+        down, PaymentReceived(payment_id=f"pay-{down}", amount=45_000, currency="INR")
+    )
 
     async def noted() -> OrderState | None:
         state = await orders.status(down)

@@ -46,7 +46,10 @@ async def test_search_attributes_follow_the_order_and_the_readme_queries_find_it
     await pending_order(orders, [(skus["tv"], 1)], order_id=big, customer_id="cust-big")
     await pending_order(orders, [(skus["mug"], 2)], order_id=small, customer_id="cust-small")
     await orders.payment_received(
-        big, PaymentReceived(payment_id=f"pay-{big}", amount=6_000_000, provider="stripe")
+        big,
+        PaymentReceived(
+            payment_id=f"pay-{big}", amount=6_000_000, provider="stripe", currency="INR"
+        ),
     )
     await wait_review(orders, big)
     await orders.cancel(small, "changed my mind")

@@ -130,6 +130,7 @@ def build_workers(
             [
                 orders.place_order,
                 orders.record_payment,
+                orders.record_refused_payment,
                 orders.confirm_order,
                 orders.set_status,
                 orders.sync_erp,
@@ -143,7 +144,7 @@ def build_workers(
             PAYMENTS_TASK_QUEUE,
             settings.payments_concurrency,
             [PaymentRetryWorkflow],
-            [payments.call_gateway, payments.release],
+            [payments.call_gateway, payments.release, payments.hold_status],
         ),
         worker(
             INVENTORY_TASK_QUEUE,

@@ -48,8 +48,11 @@ with workflow.unsafe.imports_passed_through():
         StatusInput,
     )
     from orderflow.contracts.payment import (
+        PARTIAL_CAPTURE_PROVIDERS,
         PAYMENTS_TASK_QUEUE,
         GatewayRequest,
+        HoldState,
+        HoldStatus,
         PaymentKind,
         PaymentRetryInput,
         PaymentRetryResult,
@@ -91,6 +94,18 @@ RETRY_CAPTURED_THE_HOLD = "retry-captured-the-hold"  # a retry's capture of an a
 # a refused hold that was captured after all is refunded by a child of its own id, beside the
 # order's own refund (the `pay` update runs beside the order's run)
 REFUSED_HOLD_REFUND_APART = "refused-hold-refund-apart"
+# a payment accepted in the activation that ends the capture retry or the auto-cancel timer
+PAID_AS_RETRY_ENDED = "paid-as-retry-ended"  # the retry's capture is then the duplicate
+PAID_AS_TIMER_FIRED = "paid-as-timer-fired"  # the payment came in time: the order is paid
+# a hold that was not released is looked up at the gateway: captured → refunded what was
+# taken, in its currency; held or unknown → REFUND_FAILED for an operator (was: "it lapses")
+HOLD_LOOKED_UP = "hold-looked-up"
+# a hold above the total only where the provider can capture part of it (not Razorpay)
+WHOLE_HOLD_ONLY = "whole-hold-only"
+# a payment the order refuses and refunds gets its row before its refund gets one
+REFUSED_PAYMENT_RECORDED = "refused-payment-recorded"
+# a payment that names no currency is refused (every sender inside names the order's)
+EMPTY_CURRENCY_REFUSED = "empty-currency-refused"
 
 
 @workflow.defn
@@ -123,14 +138,14 @@ class OrderWorkflow:
             cause = err.cause if isinstance(err, ActivityError) and err.cause else err
             self._set(OrderStatus.REJECTED, f"order could not be placed: {cause}")
             if self._payment is not None:
-                self._note(await self._refund(str(cause)))
+                self._note(await self._give_back(str(cause), self._payment))
             return await self._end()
         self._total, self._currency = placed.total, placed.currency
         workflow.upsert_search_attributes([ORDER_TOTAL.value_set(placed.total)])
         if not placed.reserved:
             self._set(OrderStatus.REJECTED, placed.reason)
             if self._payment is not None:  # paid before the stock check answered
-                self._note(await self._refund(placed.reason))
+                self._note(await self._give_back(placed.reason, self._payment))
             return await self._end()
         self._set(
             OrderStatus.PENDING_PAYMENT, f"{format_money(placed.total, placed.currency)} reserved"
@@ -199,9 +214,40 @@ class OrderWorkflow:
         reason = (
             f"refused payment {early.payment_id}: {paid} is not the total "
             f"{format_money(self._total, self._currency)}"
+            if self._in_currency(early)
+            else f"refused {self._currency_refusal(early)}"
         )
         self._note(reason)
-        self._note(await self._refund(reason, early))
+        self._note(await self._give_back(reason, early))
+
+    async def _give_back(self, reason: str, payment: PaymentReceived) -> str:
+        """Refund a payment the order refused (a hold: release it), its own row written first."""
+        if problem := await self._record_given_back(payment):
+            return problem
+        return await self._refund(reason, payment)
+
+    async def _record_given_back(self, payment: PaymentReceived) -> str:
+        """Write the row of money the order is about to give back; "" or why it was not.
+
+        A hold moved no money and has no row. A payment the database holds for another order is
+        not refunded from this one: an operator finds out whose it is.
+        """
+        if payment.authorised_only or not workflow.patched(REFUSED_PAYMENT_RECORDED):
+            return ""
+        try:
+            await self._act(
+                OrderActivities.record_refused_payment, ConfirmInput(self._order.order_id, payment)
+            )
+        except (ActivityError, ApplicationError) as err:  # a local activity raises the latter
+            cause = err.cause if isinstance(err, ActivityError) and err.cause else err
+            workflow.logger.error(
+                "order %s: refused payment %s not recorded, so not refunded: %s",
+                self._order.order_id,
+                payment.payment_id,
+                cause,
+            )
+            return f"NOT REFUNDED: payment {payment.payment_id} not recorded ({cause}): needs an operator"
+        return ""
 
     async def _await_payment(self) -> bool:
         """Wait for payment under the auto-cancel timer; a failed payment runs the retries instead."""
@@ -241,6 +287,8 @@ class OrderWorkflow:
                     timeout_summary="auto-cancel unpaid order",
                 )
             except TimeoutError:
+                if self._payment is not None and workflow.patched(PAID_AS_TIMER_FIRED):
+                    return True  # accepted in the activation the timer fired in
                 minutes = policy.payment_timeout_seconds / 60
                 self._cancel = CancelRequest(reason=f"not paid within {minutes:g} minutes")
                 return False
@@ -328,22 +376,34 @@ class OrderWorkflow:
             # an attempt may be at the gateway: stop further ones and hear how it ended
             why = "order paid" if self._payment is not None else "order cancelled"
             await self._tell(child.signal(PaymentRetryWorkflow.stop, why))
-            result = await child
-            if result.succeeded and self._payment is not None:
-                if self._payment.payment_id == result.payment_id and workflow.patched(
-                    RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE
-                ):
-                    # the gateway's webhook of this very capture came first; or its
-                    # authorisation did: the retry captured the hold, which is taken, not again
-                    if self._payment.authorised_only and workflow.patched(RETRY_CAPTURED_THE_HOLD):
-                        self._payment = dataclasses.replace(
-                            self._payment, amount=self._total, authorised_only=False
-                        )
-                    return None
-                await self._refund_duplicate(result)
-                return None
-            return result
+            return await self._beside_accepted_payment(await child)
+        # the child may end in the very activation a payment is accepted in (both kept, before)
+        if self._payment is not None and workflow.patched(PAID_AS_RETRY_ENDED):
+            return await self._beside_accepted_payment(child.result())
         return child.result()
+
+    async def _beside_accepted_payment(
+        self, result: PaymentRetryResult
+    ) -> PaymentRetryResult | None:
+        """The retry's result once a payment may have been accepted meanwhile.
+
+        None: the order is paid by the accepted payment, and a capture the retry made beside it
+        was given back (or was that very payment).
+        """
+        if result.succeeded and self._payment is not None:
+            if self._payment.payment_id == result.payment_id and workflow.patched(
+                RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE
+            ):
+                # the gateway's webhook of this very capture came first; or its
+                # authorisation did: the retry captured the hold, which is taken, not again
+                if self._payment.authorised_only and workflow.patched(RETRY_CAPTURED_THE_HOLD):
+                    self._payment = dataclasses.replace(
+                        self._payment, amount=self._total, authorised_only=False
+                    )
+                return None
+            await self._refund_duplicate(result)
+            return None
+        return result
 
     @staticmethod
     async def _tell(signal: Awaitable[None]) -> None:
@@ -439,11 +499,23 @@ class OrderWorkflow:
         child_id = payment_retry_workflow_id(order_id, PaymentKind.REFUND)
         if payment.authorised_only and workflow.patched(MANUAL_CAPTURE):
             released = await self._release_hold(payment)
-            if released:
+            if isinstance(released, str):
                 return released
-            # captured after all (not by us): give back what was taken for the order
-            taken = min(payment.amount, self._total) if self._total else payment.amount
-            payment = dataclasses.replace(payment, amount=taken, authorised_only=False)
+            if released is None:  # orders from before the lookup: how much was taken is guessed
+                taken = min(payment.amount, self._total) if self._total else payment.amount
+                payment = dataclasses.replace(payment, amount=taken, authorised_only=False)
+            else:  # captured after all (not by us): what the gateway took, in the hold's currency
+                captured = dataclasses.replace(
+                    payment,
+                    amount=released.captured,
+                    currency=released.currency or payment.currency,
+                    authorised_only=False,
+                )
+                if problem := await self._record_given_back(captured):
+                    return problem
+                payment = dataclasses.replace(
+                    captured, amount=released.captured - released.refunded
+                )
             if refused and workflow.patched(REFUSED_HOLD_REFUND_APART):
                 child_id = f"{child_id}-{payment.payment_id}"
         result = await workflow.execute_child_workflow(
@@ -472,8 +544,13 @@ class OrderWorkflow:
         )
         return "REFUND FAILED: needs an operator"
 
-    async def _release_hold(self, held: PaymentReceived) -> str:
-        """Cancel an uncaptured authorisation at the gateway; a note, or "" if it was captured."""
+    async def _release_hold(self, held: PaymentReceived) -> str | HoldStatus | None:
+        """Cancel an uncaptured authorisation at the gateway.
+
+        Returns a note when nothing is left to give back (released, or an operator's); the
+        gateway's record of a hold that was captured; None for a captured hold of an order
+        from before the lookup.
+        """
         order_id = self._order.order_id
         request = GatewayRequest(
             order_id=order_id,
@@ -495,12 +572,49 @@ class OrderWorkflow:
                 task_queue=PAYMENTS_TASK_QUEUE,
             )
         except ActivityError as err:
-            # the gateway lets an uncaptured hold lapse by itself; an operator may release it now
-            return f"RELEASE FAILED for {held.payment_id}: {err.cause}; the hold lapses by itself"
+            failed = f"RELEASE FAILED for {held.payment_id}: {err.cause}"
+            if not workflow.patched(HOLD_LOOKED_UP):
+                return f"{failed}; the hold lapses by itself"
+            return await self._look_up_hold(request, failed)
         if response.succeeded:
             return f"released {held.payment_id}"
         self._note(f"authorisation {held.payment_id} not released: {response.detail}")
-        return ""
+        if not workflow.patched(HOLD_LOOKED_UP):
+            return None
+        return await self._look_up_hold(request, f"authorisation {held.payment_id} not released")
+
+    async def _look_up_hold(self, request: GatewayRequest, failed: str) -> str | HoldStatus:
+        """Ask the gateway what became of a hold the release did not let go.
+
+        Returns its record when money was taken and is not yet given back, else a note; a hold
+        still held or of unknown fate makes the order REFUND_FAILED (money may be held).
+        """
+        held = request.payment_id
+        try:
+            status = await workflow.execute_activity_method(
+                PaymentActivities.hold_status,
+                request,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=GATEWAY_CALL_RETRY,
+                task_queue=PAYMENTS_TASK_QUEUE,
+            )
+        except ActivityError as err:
+            status = HoldStatus(held, HoldState.UNKNOWN, detail=f"lookup failed: {err.cause}")
+        if status.state is HoldState.RELEASED:
+            return f"released {held} ({status.detail})"
+        if status.state is HoldState.CAPTURED:
+            if status.captured > status.refunded:
+                return status
+            return f"{held} was captured and is refunded already ({status.detail})"
+        self._refund_failed = True
+        workflow.logger.error(
+            "order %s: authorisation %s is %s at the gateway (%s); release or refund it by hand",
+            self._order.order_id,
+            held,
+            status.state.value,
+            status.detail,
+        )
+        return f"{failed}; the hold is {status.state.value} ({status.detail}): needs an operator"
 
     async def _release(self, reason: str) -> None:
         try:
@@ -659,14 +773,33 @@ class OrderWorkflow:
             )
 
     def _matches_total(self, payment: PaymentReceived) -> bool:
-        """Exactly the total, in the order's currency (empty: sent from inside, in that currency)."""
-        return payment.amount == self._total and payment.currency in ("", self._currency)
+        """Exactly the total, in the order's currency."""
+        return payment.amount == self._total and self._in_currency(payment)
+
+    def _in_currency(self, payment: PaymentReceived) -> bool:
+        """In the order's currency (orders from before took an empty one as the order's)."""
+        if payment.currency == self._currency:
+            return True
+        return payment.currency == "" and not workflow.patched(EMPTY_CURRENCY_REFUSED)
+
+    def _currency_refusal(self, payment: PaymentReceived) -> str:
+        """Why a payment's currency is not the order's."""
+        named = f"is in {payment.currency}" if payment.currency else "names no currency"
+        return f"payment {payment.payment_id} {named}, the order is in {self._currency}"
 
     def _acceptable(self, payment: PaymentReceived) -> bool:
-        """The total exactly; an authorisation may hold more (only the total is captured)."""
+        """The total exactly; an authorisation may hold more where only the total can be taken."""
         if payment.authorised_only:
-            return payment.amount >= self._total and payment.currency in ("", self._currency)
+            if payment.amount < self._total or not self._in_currency(payment):
+                return False
+            return payment.amount == self._total or self._captures_part(payment)
         return self._matches_total(payment)
+
+    def _captures_part(self, payment: PaymentReceived) -> bool:
+        """Can the payment's provider capture the total from a larger hold?"""
+        if payment.provider in PARTIAL_CAPTURE_PROVIDERS:
+            return True
+        return not workflow.patched(WHOLE_HOLD_ONLY)  # orders from before took any larger hold
 
     def _accept(self, payment: PaymentReceived) -> PaymentAck:
         order_id = self._order.order_id
@@ -693,7 +826,29 @@ class OrderWorkflow:
                 reason=f"order {order_id} is {self._status}: payment refused",
             )
         if self._status != OrderStatus.NEW and not self._acceptable(payment):
+            if not self._in_currency(payment):
+                self._note(f"refused {self._currency_refusal(payment)}")
+                return PaymentAck(
+                    accepted=False,
+                    status=self._status,
+                    reason=f"order {order_id}: {self._currency_refusal(payment)}: refused",
+                )
             paid = format_money(payment.amount, payment.currency or self._currency)
+            if payment.authorised_only and payment.amount > self._total:
+                total = format_money(self._total, self._currency)
+                self._note(
+                    f"refused authorisation {payment.payment_id}: {paid} is above {total}"
+                    f" ({payment.provider} captures only a whole hold)"
+                )
+                return PaymentAck(
+                    accepted=False,
+                    status=self._status,
+                    reason=(
+                        f"order {order_id}: authorisation {payment.payment_id} of {paid} is "
+                        f"above the order total {total} and {payment.provider} can capture only "
+                        "the whole hold: not captured"
+                    ),
+                )
             if payment.authorised_only:
                 total = format_money(self._total, self._currency)
                 self._note(f"refused authorisation {payment.payment_id}: {paid} is below {total}")

@@ -17,6 +17,12 @@ class GatewayName(StrEnum):
     RAZORPAY = "razorpay"
 
 
+# providers whose capture can take part of a hold and let the rest go (Stripe's
+# amount_to_capture); Razorpay captures exactly the authorised amount or nothing, so a larger
+# hold there could never be captured
+PARTIAL_CAPTURE_PROVIDERS = frozenset({GatewayName.STRIPE.value, GatewayName.SIMULATED.value})
+
+
 class GatewayMode(StrEnum):
     """Whether the configured gateway moves real money, as its API key says."""
 
@@ -151,6 +157,27 @@ class GatewayResponse:
     payment_id: str = ""
     detail: str = ""
     provider: str = ""
+
+
+class HoldState(StrEnum):
+    """What became of an authorisation at the gateway (PaymentActivities.hold_status)."""
+
+    HELD = "held"  # authorised, not captured: the money is still held on the card
+    RELEASED = "released"  # cancelled, failed or lapsed uncaptured: nothing held, nothing taken
+    CAPTURED = "captured"  # taken, in whole or in part (`captured`), perhaps partly refunded
+    UNKNOWN = "unknown"  # the gateway does not know the id
+
+
+@dataclass
+class HoldStatus:
+    """An authorisation as the gateway has it now; amounts in minor units of `currency`."""
+
+    payment_id: str
+    state: HoldState
+    captured: int = 0  # taken from the hold (a hold captured by someone else: maybe all of it)
+    refunded: int = 0  # already given back
+    currency: str = ""  # the hold's own, which may not be the order's
+    detail: str = ""  # the gateway's own word for it (requires_capture, authorized, ...)
 
 
 @dataclass

@@ -76,7 +76,9 @@ async def save(client: Client, path: str, *workflow_ids: str) -> None:
 
 async def pay_and_ship(orders: OrderClient, order_id: str, amount: int) -> None:
     """Pay in full, wait for the confirmation, ship."""
-    ack = await orders.payment_received(order_id, PaymentReceived(f"pay-{order_id}", amount))
+    ack = await orders.payment_received(
+        order_id, PaymentReceived(f"pay-{order_id}", amount, currency="INR")
+    )
     assert ack.accepted, ack.reason
     await wait_status(orders, order_id, "CONFIRMED")
     await orders.shipped(order_id, Shipment(carrier="BlueDart", tracking_number="BD1"))
@@ -116,7 +118,9 @@ async def test_declined_then_retried(
 async def test_reviewed(orders: OrderClient, catalogue: Catalogue) -> None:
     skus = catalogue(tv=(6_500_000, 2))
     order = await pending_order(orders, [(skus["tv"], 1)])
-    ack = await orders.payment_received(order.id, PaymentReceived(f"pay-{order.id}", 6_500_000))
+    ack = await orders.payment_received(
+        order.id, PaymentReceived(f"pay-{order.id}", 6_500_000, currency="INR")
+    )
     assert ack.accepted, ack.reason
     review = await wait_review(orders, order.id)
     await orders.decide_review(review.review_id, ReviewDecision(approve=True, reviewer="asha"))
@@ -129,7 +133,9 @@ async def test_reviewed(orders: OrderClient, catalogue: Catalogue) -> None:
 async def test_cancelled_with_refund(orders: OrderClient, catalogue: Catalogue) -> None:
     skus = catalogue(chair=(450_000, 3))
     order = await pending_order(orders, [(skus["chair"], 1)])
-    ack = await orders.payment_received(order.id, PaymentReceived(f"pay-{order.id}", 450_000))
+    ack = await orders.payment_received(
+        order.id, PaymentReceived(f"pay-{order.id}", 450_000, currency="INR")
+    )
     assert ack.accepted, ack.reason
     await wait_status(orders, order.id, "CONFIRMED")
     await orders.cancel(order.id, "customer cancelled before shipping")
@@ -160,7 +166,7 @@ async def start_with_early_payment(
     """An order of one item at `price`, `paid` arriving before the stock check."""
     skus = catalogue(clock=(price, 3))
     order_id = new_order_id()
-    payment = PaymentReceived(payment_id=f"early-{order_id}", amount=paid)
+    payment = PaymentReceived(payment_id=f"early-{order_id}", amount=paid, currency="INR")
     return await start_with_payment(orders, order_id, [(skus["clock"], 1)], payment)
 
 
@@ -191,11 +197,28 @@ async def test_early_short_payment_refused(orders: OrderClient, catalogue: Catal
     )
 
 
+async def test_early_short_payment_recorded(orders: OrderClient, catalogue: Catalogue) -> None:
+    """Issue 18: the refused ₹1.00 gets its payment row before its refund (marker
+    refused-payment-recorded); the full payment confirms, the order ships."""
+    handle = await start_with_early_payment(orders, catalogue, price=199_800, paid=100)
+    order_id = handle.id.removeprefix("order-")
+
+    async def refunded() -> bool:
+        return (await orders.status(order_id)).history[-1].note.startswith("refunded")
+
+    await eventually(refunded, 20, f"the early payment of order {order_id} refunded")
+    await pay_and_ship(orders, order_id, 199_800)
+    assert (await handle.result()).status == "SHIPPED"
+    await save(
+        orders.client, "early-short-payment-recorded", handle.id, f"payment-refund-{order_id}"
+    )
+
+
 async def test_manual_capture(orders: OrderClient, catalogue: Catalogue) -> None:
     """An authorisation (manual capture): reviewed, then captured for the total, shipped."""
     skus = catalogue(tv=(6_500_000, 2))
     order = await pending_order(orders, [(skus["tv"], 1)])
-    held = PaymentReceived(f"pi_held_{order.id}", 6_600_000, authorised_only=True)
+    held = PaymentReceived(f"pi_held_{order.id}", 6_600_000, authorised_only=True, currency="INR")
     ack = await orders.payment_received(order.id, held)
     assert ack.accepted, ack.reason
     review = await wait_review(orders, order.id)
@@ -210,9 +233,9 @@ async def test_manual_capture_released(orders: OrderClient, catalogue: Catalogue
     """An authorisation below the total refused and released, then one cancelled in review."""
     skus = catalogue(tv=(6_500_000, 2))
     order = await pending_order(orders, [(skus["tv"], 1)])
-    short = PaymentReceived(f"pi_short_{order.id}", 100, authorised_only=True)
+    short = PaymentReceived(f"pi_short_{order.id}", 100, authorised_only=True, currency="INR")
     assert not (await orders.payment_received(order.id, short)).accepted
-    held = PaymentReceived(f"pi_held_{order.id}", 6_500_000, authorised_only=True)
+    held = PaymentReceived(f"pi_held_{order.id}", 6_500_000, authorised_only=True, currency="INR")
     assert (await orders.payment_received(order.id, held)).accepted
     await wait_review(orders, order.id)
     await orders.cancel(order.id, "customer cancelled before capture")

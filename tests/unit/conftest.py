@@ -41,7 +41,13 @@ from orderflow.contracts.order import (
     PlaceOrderResult,
     StatusInput,
 )
-from orderflow.contracts.payment import GatewayRequest, GatewayResponse, PaymentKind
+from orderflow.contracts.payment import (
+    GatewayRequest,
+    GatewayResponse,
+    HoldState,
+    HoldStatus,
+    PaymentKind,
+)
 from orderflow.contracts.review import ReviewInput, ReviewOutcome
 from orderflow.settings import Settings
 from workflows.inventory import InventoryReleaseWorkflow
@@ -92,6 +98,8 @@ class Stubs:
     declines: int = 0  # captures declined before one succeeds
     refund_declines: int = 0  # refunds declined before one succeeds
     captured_holds: set[str] = field(default_factory=set)  # authorisations captured elsewhere
+    release_fails: bool = False  # every release raises (the gateway unreachable, a bad key)
+    lookup_fails: bool = False  # every hold_status raises too
     # set: every capture waits for it, so a test can act while one is at the gateway
     capture_gate: asyncio.Event | None = None
     capturing: asyncio.Event = field(default_factory=asyncio.Event)  # a capture is in flight
@@ -109,12 +117,14 @@ class Stubs:
         return [
             self.place_order,
             self.record_payment,
+            self.record_refused_payment,
             self.confirm_order,
             self.set_status,
             self.sync_erp,
             self.notify,
             self.call_gateway,
             self.release,
+            self.hold_status,
             self.open_review,
             self.close_review,
             self.release_reservation,
@@ -134,6 +144,10 @@ class Stubs:
     @activity.defn(name="record_payment")
     async def record_payment(self, data: ConfirmInput) -> None:
         self.calls.append(("record_payment", data))
+
+    @activity.defn(name="record_refused_payment")
+    async def record_refused_payment(self, data: ConfirmInput) -> None:
+        self.calls.append(("record_refused_payment", data))
 
     @activity.defn(name="confirm_order")
     async def confirm_order(self, data: ConfirmInput) -> ConfirmResult:
@@ -184,11 +198,25 @@ class Stubs:
         if self.release_gate is not None:
             self.releasing.set()
             await self.release_gate.wait()
+        if self.release_fails:
+            raise ApplicationError(f"release of {request.payment_id} refused", non_retryable=True)
         if request.payment_id in self.captured_holds:  # the gateway has taken it: refund it
             return GatewayResponse(
                 succeeded=False, detail=f"{request.payment_id} is captured", provider="stub"
             )
         return GatewayResponse(succeeded=True, payment_id=request.payment_id, provider="stub")
+
+    @activity.defn(name="hold_status")
+    async def hold_status(self, request: GatewayRequest) -> HoldStatus:
+        """A hold in `captured_holds` was captured whole; any other one was released."""
+        self.calls.append(("hold_status", request))
+        if self.lookup_fails:
+            raise ApplicationError(f"lookup of {request.payment_id} refused", non_retryable=True)
+        if request.payment_id in self.captured_holds:
+            return HoldStatus(
+                request.payment_id, HoldState.CAPTURED, request.amount, 0, request.currency
+            )
+        return HoldStatus(request.payment_id, HoldState.RELEASED, currency=request.currency)
 
     @activity.defn(name="open_review")
     async def open_review(self, data: ReviewInput) -> None:

@@ -45,7 +45,9 @@ async def test_a_payment_during_a_succeeding_capture_retry_is_not_charged_twice(
     env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
 ) -> None:
     order_id = await _retry_capturing(env, unit_orders, stubs)
-    ack = await unit_orders.payment_received(order_id, PaymentReceived("pay-card", 10_000))
+    ack = await unit_orders.payment_received(
+        order_id, PaymentReceived("pay-card", 10_000, currency="INR")
+    )
     assert ack.accepted, ack.reason
     assert stubs.capture_gate is not None
     stubs.capture_gate.set()  # the retry's capture succeeds at the gateway as well
@@ -65,7 +67,7 @@ async def test_the_gateway_webhook_of_the_retrys_own_capture_is_that_payment_not
 ) -> None:
     order_id = await _retry_capturing(env, unit_orders, stubs)
     # a real gateway reports the retry's capture by webhook too, and it may come first
-    own = PaymentReceived(f"capture-{order_id}-1", 10_000, provider="stub")
+    own = PaymentReceived(f"capture-{order_id}-1", 10_000, provider="stub", currency="INR")
     ack = await unit_orders.payment_received(order_id, own)
     assert ack.accepted, ack.reason
     assert stubs.capture_gate is not None
@@ -94,7 +96,9 @@ async def test_a_cancel_during_manual_review_ends_the_review_and_refunds(
 ) -> None:
     stubs.prices["tv"] = 6_500_000
     order = await pending_order(unit_orders, [("tv", 1)])
-    await unit_orders.payment_received(order.id, PaymentReceived("pay-tv", 6_500_000))
+    await unit_orders.payment_received(
+        order.id, PaymentReceived("pay-tv", 6_500_000, currency="INR")
+    )
     await wait_status(unit_orders, order.id, "IN_REVIEW")
     review = await started_workflow(
         unit_orders.client, review_workflow_id(order.id, ReviewKind.HIGH_VALUE)
@@ -124,7 +128,9 @@ async def test_repeated_declines_of_one_payment_intent_count_per_attempt(
         return (await unit_orders.status(order.id)).failed_payments
 
     assert await eventually(counted, 10, "two failures counted") == 2
-    ack = await unit_orders.payment_received(order.id, PaymentReceived("pi_1", 10_000))
+    ack = await unit_orders.payment_received(
+        order.id, PaymentReceived("pi_1", 10_000, currency="INR")
+    )
     assert ack.accepted, ack.reason
     await wait_status(unit_orders, order.id, "IN_REVIEW")  # 2 failures: suspicious
 
@@ -142,10 +148,11 @@ async def test_a_late_fraud_flag_sends_an_unconfirmed_order_to_review(
     orders = unit_client(env)
     order_id = new_order_id()
     await start_with_payment(
-        orders, order_id, [("tv", 1)], PaymentReceived("pi_9", 10_000, "stripe")
+        orders, order_id, [("tv", 1)], PaymentReceived("pi_9", 10_000, "stripe", currency="INR")
     )
     await orders.client.get_workflow_handle(order_workflow_id(order_id)).signal(
-        OrderWorkflow.payment_received, PaymentReceived("pi_9", 10_000, "stripe", flagged=True)
+        OrderWorkflow.payment_received,
+        PaymentReceived("pi_9", 10_000, "stripe", flagged=True, currency="INR"),
     )
     async with stub_worker(env, stubs, orders.task_queue):
         state = await wait_status(orders, order_id, "IN_REVIEW")
@@ -157,10 +164,12 @@ async def test_a_late_fraud_flag_on_a_confirmed_order_flags_it(
     unit_orders: OrderClient, stubs: Stubs
 ) -> None:
     order = await pending_order(unit_orders, [("lamp", 1)])
-    await unit_orders.payment_received(order.id, PaymentReceived("pi_7", 10_000, "stripe"))
+    await unit_orders.payment_received(
+        order.id, PaymentReceived("pi_7", 10_000, "stripe", currency="INR")
+    )
     await wait_status(unit_orders, order.id, "CONFIRMED")
     ack = await unit_orders.payment_received(
-        order.id, PaymentReceived("pi_7", 10_000, "stripe", flagged=True)
+        order.id, PaymentReceived("pi_7", 10_000, "stripe", flagged=True, currency="INR")
     )
     assert ack.accepted
     state = await unit_orders.status(order.id)
@@ -176,7 +185,7 @@ async def test_a_return_whose_refund_is_declined_every_time_is_not_marked_return
 
     stubs.refund_declines = 99
     order = await pending_order(unit_orders, [("lamp", 1)])
-    await unit_orders.payment_received(order.id, PaymentReceived("pay-l", 10_000))
+    await unit_orders.payment_received(order.id, PaymentReceived("pay-l", 10_000, currency="INR"))
     await wait_status(unit_orders, order.id, "CONFIRMED")
     await unit_orders.shipped(order.id, Shipment("DTDC", "X9"))
     await order.handle.result()

@@ -34,7 +34,7 @@ async def test_paid_order_is_confirmed_then_shipped(unit_orders: OrderClient, st
     order = await pending_order(unit_orders, [("shirt", 2)])
     assert order.state.total == 159_800
     ack = await unit_orders.payment_received(
-        order.id, PaymentReceived(payment_id="pay-1", amount=159_800)
+        order.id, PaymentReceived(payment_id="pay-1", amount=159_800, currency="INR")
     )
     assert ack.accepted, ack.reason
     state = await wait_status(unit_orders, order.id, "CONFIRMED")
@@ -105,7 +105,7 @@ async def test_high_value_order_waits_for_review_and_approval_confirms(
     stubs.prices["tv"] = 6_500_000
     order = await pending_order(unit_orders, [("tv", 1)])
     await unit_orders.payment_received(
-        order.id, PaymentReceived(payment_id="pay-tv", amount=6_500_000)
+        order.id, PaymentReceived(payment_id="pay-tv", amount=6_500_000, currency="INR")
     )
     await wait_status(unit_orders, order.id, "IN_REVIEW")
     review_id = review_workflow_id(order.id, ReviewKind.HIGH_VALUE)
@@ -126,7 +126,7 @@ async def test_rejected_review_refunds_and_releases(unit_orders: OrderClient, st
     stubs.prices["tv"] = 6_500_000
     order = await pending_order(unit_orders, [("tv", 1)])
     await unit_orders.payment_received(
-        order.id, PaymentReceived(payment_id="pay-tv", amount=6_500_000)
+        order.id, PaymentReceived(payment_id="pay-tv", amount=6_500_000, currency="INR")
     )
     review_id = review_workflow_id(order.id, ReviewKind.HIGH_VALUE)
     await started_workflow(unit_orders.client, review_id)
@@ -143,7 +143,9 @@ async def test_rejected_review_refunds_and_releases(unit_orders: OrderClient, st
 
 async def test_cancel_after_confirmation_refunds(unit_orders: OrderClient, stubs: Stubs) -> None:
     order = await pending_order(unit_orders, [("chair", 1)])
-    await unit_orders.payment_received(order.id, PaymentReceived(payment_id="p", amount=10_000))
+    await unit_orders.payment_received(
+        order.id, PaymentReceived(payment_id="p", amount=10_000, currency="INR")
+    )
     await wait_status(unit_orders, order.id, "CONFIRMED")
     await unit_orders.cancel(order.id, "changed my mind")
     assert (await order.handle.result()).status == "CANCELLED"
@@ -167,7 +169,10 @@ async def test_a_short_payment_sent_with_the_start_is_refunded_not_accepted(
     stubs.prices["laptop"] = 7_999_900
     order_id = new_order_id()
     await start_with_payment(
-        unit_orders, order_id, [("laptop", 1)], PaymentReceived(payment_id="pay-early", amount=100)
+        unit_orders,
+        order_id,
+        [("laptop", 1)],
+        PaymentReceived(payment_id="pay-early", amount=100, currency="INR"),
     )
 
     async def refunded() -> OrderState | None:
@@ -180,7 +185,9 @@ async def test_a_short_payment_sent_with_the_start_is_refunded_not_accepted(
     [refund] = stubs.called("call_gateway")
     assert (refund.kind, refund.amount) == (PaymentKind.REFUND, 100)
     assert not stubs.called("record_payment")
-    ack = await unit_orders.payment_received(order_id, PaymentReceived("pay-full", 7_999_900))
+    ack = await unit_orders.payment_received(
+        order_id, PaymentReceived("pay-full", 7_999_900, currency="INR")
+    )
     assert ack.accepted, ack.reason
     await wait_status(unit_orders, order_id, "IN_REVIEW")  # the full amount goes on as usual
     [recorded] = stubs.called("record_payment")
@@ -193,14 +200,19 @@ async def test_an_order_whose_early_payment_was_refunded_can_refund_again_on_can
     """The refund child's id is per order: a second refund starts once the first one ended."""
     order_id = new_order_id()
     handle = await start_with_payment(
-        unit_orders, order_id, [("lamp", 2)], PaymentReceived(payment_id="pay-early", amount=10_000)
+        unit_orders,
+        order_id,
+        [("lamp", 2)],
+        PaymentReceived(payment_id="pay-early", amount=10_000, currency="INR"),
     )
 
     async def refunded() -> bool:
         return (await unit_orders.status(order_id)).history[-1].note.startswith("refunded")
 
     await eventually(refunded, 10, "the early ₹100.00 refunded")
-    await unit_orders.payment_received(order_id, PaymentReceived("pay-full", 20_000))
+    await unit_orders.payment_received(
+        order_id, PaymentReceived("pay-full", 20_000, currency="INR")
+    )
     await wait_status(unit_orders, order_id, "CONFIRMED")
     await unit_orders.cancel(order_id, "changed my mind")
     assert (await handle.result()).status == "CANCELLED"
@@ -215,7 +227,9 @@ async def test_a_reviewed_authorisation_is_captured_for_the_total_only_after_app
 ) -> None:
     stubs.prices["tv"] = 6_500_000
     order = await pending_order(unit_orders, [("tv", 1)])
-    held = PaymentReceived(payment_id="pi_held", amount=6_600_000, authorised_only=True)
+    held = PaymentReceived(
+        payment_id="pi_held", amount=6_600_000, authorised_only=True, currency="INR"
+    )
     assert (await unit_orders.payment_received(order.id, held)).accepted
     review_id = review_workflow_id(order.id, ReviewKind.HIGH_VALUE)
     await started_workflow(unit_orders.client, review_id)
@@ -240,7 +254,9 @@ async def test_an_authorisation_that_cannot_be_captured_cancels_the_order_and_re
 ) -> None:
     stubs.declines = 99
     order = await pending_order(unit_orders, [("bag", 1)])
-    held = PaymentReceived(payment_id="pi_lapsed", amount=10_000, authorised_only=True)
+    held = PaymentReceived(
+        payment_id="pi_lapsed", amount=10_000, authorised_only=True, currency="INR"
+    )
     assert (await unit_orders.payment_received(order.id, held)).accepted
     retry = await started_workflow(
         env.client, payment_retry_workflow_id(order.id, PaymentKind.CAPTURE)
@@ -258,7 +274,9 @@ async def test_an_authorisation_below_the_total_is_refused_and_released_at_once(
     unit_orders: OrderClient, stubs: Stubs
 ) -> None:
     order = await pending_order(unit_orders, [("bag", 1)])
-    short = PaymentReceived(payment_id="pi_short", amount=9_999, authorised_only=True)
+    short = PaymentReceived(
+        payment_id="pi_short", amount=9_999, authorised_only=True, currency="INR"
+    )
     ack = await unit_orders.payment_received(order.id, short)
     assert not ack.accepted and "₹99.99" in ack.reason and "₹100.00" in ack.reason
     assert "released pi_short" in ack.reason
@@ -282,7 +300,10 @@ async def test_an_authorisation_the_retry_is_capturing_at_that_moment_is_not_cap
     await eventually(lambda: _is_set(stubs.capturing), 20, "the retry's capture at the gateway")
     # the stub's capture answers with this id: the retry is capturing this very intent
     held = PaymentReceived(
-        payment_id=f"capture-{order.id}-1", amount=order.state.total, authorised_only=True
+        payment_id=f"capture-{order.id}-1",
+        amount=order.state.total,
+        authorised_only=True,
+        currency="INR",
     )
     assert (await unit_orders.payment_received(order.id, held)).accepted
     stubs.capture_gate.set()
@@ -308,12 +329,12 @@ async def test_a_cancel_while_a_refused_authorisation_is_being_refunded_refunds_
     failed and with it the order)."""
     order = await pending_order(unit_orders, [("lamp", 1)])
     total = order.state.total
-    paid = PaymentReceived(payment_id="pay-1", amount=total)
+    paid = PaymentReceived(payment_id="pay-1", amount=total, currency="INR")
     assert (await unit_orders.payment_received(order.id, paid)).accepted
     await wait_status(unit_orders, order.id, "CONFIRMED")
     stubs.captured_holds.add("pay-2")
     stubs.refund_declines = 1
-    second = PaymentReceived(payment_id="pay-2", amount=total, authorised_only=True)
+    second = PaymentReceived(payment_id="pay-2", amount=total, authorised_only=True, currency="INR")
     answer = asyncio.create_task(unit_orders.payment_received(order.id, second))
     try:
         refund = await started_workflow(  # the refused payment's refund: an id of its own
