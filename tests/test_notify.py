@@ -88,7 +88,7 @@ async def confirmed(system: MailSystem, engine: Engine) -> PendingOrder:
     order = await pending_order(orders, [(barcode_product(engine), 1)])
     order_id = order.id
     ack = await orders.payment_received(
-        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=PRICE)
+        order_id, PaymentReceived(payment_id=f"pay-{order_id}", amount=PRICE, currency="INR")
     )
     assert ack.accepted, ack.reason
     await wait_status(orders, order_id, "CONFIRMED")

@@ -125,7 +125,9 @@ async def test_a_return_of_a_shipped_order_whose_workflow_history_is_gone_refund
     skus = catalogue(coat=(1_250_000, 2))
     order_id = (await pending_order(orders, [(skus["coat"], 1)])).id
     kept = f"pay-{order_id}"
-    await orders.payment_received(order_id, PaymentReceived(payment_id=kept, amount=1_250_000))
+    await orders.payment_received(
+        order_id, PaymentReceived(payment_id=kept, amount=1_250_000, currency="INR")
+    )
     await wait_status(orders, order_id, "CONFIRMED")
     await orders.shipped(order_id, Shipment(carrier="DTDC", tracking_number="X9"))
     assert (await orders.result(order_id)).status == "SHIPPED"

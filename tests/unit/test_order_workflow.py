@@ -55,7 +55,9 @@ async def test_a_refused_confirmation_mail_is_noted_and_the_order_ships(
 ) -> None:
     stubs.refused_mail = {NotificationKind.CONFIRMATION}
     order = await pending_order(unit_orders, [("mug", 1)])
-    await unit_orders.payment_received(order.id, PaymentReceived(payment_id="p", amount=10_000))
+    await unit_orders.payment_received(
+        order.id, PaymentReceived(payment_id="p", amount=10_000, currency="INR")
+    )
     await wait_status(unit_orders, order.id, "CONFIRMED")
     await unit_orders.shipped(order.id, Shipment(carrier="DTDC", tracking_number="X1"))
     result = await asyncio.wait_for(order.handle.result(), 20)
