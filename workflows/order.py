@@ -784,8 +784,14 @@ class OrderWorkflow:
 
     def _currency_refusal(self, payment: PaymentReceived) -> str:
         """Why a payment's currency is not the order's."""
-        named = f"is in {payment.currency}" if payment.currency else "names no currency"
-        return f"payment {payment.payment_id} {named}, the order is in {self._currency}"
+        total = f"{format_money(self._total, self._currency)} ({self._currency})"
+        if not payment.currency:
+            return (
+                f"payment {payment.payment_id} of {payment.amount} minor units names no"
+                f" currency; the order's total is {total}"
+            )
+        paid = format_money(payment.amount, payment.currency)
+        return f"payment {payment.payment_id} of {paid} is in {payment.currency}; the order's total is {total}"
 
     def _acceptable(self, payment: PaymentReceived) -> bool:
         """The total exactly; an authorisation may hold more where only the total can be taken."""

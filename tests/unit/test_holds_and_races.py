@@ -284,7 +284,8 @@ async def test_a_payment_in_another_currency_is_refused(
     order = await pending_order(unit_orders, [("bag", 1)])
     usd = PaymentReceived("pay-usd", 10_000, currency="USD")
     ack = await unit_orders.payment_received(order.id, usd)
-    assert not ack.accepted and "is in USD, the order is in INR" in ack.reason, ack.reason
+    assert not ack.accepted and "of $100.00 is in USD" in ack.reason, ack.reason
+    assert "₹100.00 (INR)" in ack.reason, ack.reason
     ack = await unit_orders.payment_received(
         order.id, PaymentReceived("pay-inr", 10_000, currency="INR")
     )
