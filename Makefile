@@ -6,7 +6,7 @@ NODE_DIR := tests/node
 # Node packages, each folder from its package-lock.json: the interop peers and bull-board
 NODE_DIRS := $(NODE_DIR) tools/bull-board
 
-.PHONY: install system-deps python-deps node-deps bull-board run test test-unit test-stress test-distributed lint format typecheck bench demo clean
+.PHONY: install system-deps python-deps node-deps bull-board run test test-unit test-money test-stress test-distributed lint format typecheck bench demo clean
 
 install: system-deps python-deps node-deps
 
@@ -52,6 +52,16 @@ test: install lint
 # the fast tier alone: workflows with stubbed activities on the time-skipping dev server (no Redis)
 test-unit: python-deps
 	$(VENV)/bin/pytest -q tests/unit
+
+# the stateful money test (tests/money_machine.py) for about ten minutes: many more examples and
+# steps on both tiers, shrinking a failure to its shortest sequence (`make test` runs a minute)
+MONEY_EXAMPLES ?= 150
+MONEY_STEPS ?= 25
+test-money: python-deps
+	ORDERFLOW_MONEY_EXAMPLES=$(MONEY_EXAMPLES) ORDERFLOW_MONEY_STEPS=$(MONEY_STEPS) \
+	  ORDERFLOW_MONEY_SHRINK=1 ORDERFLOW_MONEY_RANDOM=1 \
+	  $(VENV)/bin/pytest -q -p no:cacheprovider --runxfail -o timeout=1800 \
+	  tests/unit/test_money_stateful.py tests/test_money_stateful.py
 
 # the whole suite N times in a row, stopping at the first failure; LOAD=1 keeps one core busy
 N ?= 5
