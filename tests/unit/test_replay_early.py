@@ -1,0 +1,55 @@
+"""Orders paid before their stock check answers replay on a new worker (issue 18, found by the
+stateful money test): the first workflow task's local activity and the next task's patch marker.
+
+On the time-skipping server the first task ends with place_order's local-activity marker and the
+order's next commands (the early payment's patch marker among them) go in a new task; on replay
+the local activity resolves inside the first task, before the SDK has seen the next task's
+markers, so a `workflow.patched` call right after it answered False and the replay failed.
+"""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer, Worker
+
+from orderflow.contracts.order import OrderStatus, PaymentReceived, order_workflow_id
+from tests.helpers import new_order_id, start_with_payment, wait_status
+from tests.unit.conftest import UNIT_WORKFLOWS, OwnTaskQueue, Stubs, unit_client
+
+
+def _worker(env: WorkflowEnvironment, stubs: Stubs, task_queue: str, cache: bool) -> Worker:
+    return Worker(
+        env.client,
+        task_queue=task_queue,
+        workflows=UNIT_WORKFLOWS,
+        activities=stubs.activities(),
+        interceptors=[OwnTaskQueue()],
+        max_cached_workflows=1000 if cache else 0,
+    )
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18: the early payment's patch marker fails replay")
+@pytest.mark.parametrize(
+    ("amount", "status"),
+    [(10_000, OrderStatus.CONFIRMED), (9_999, OrderStatus.PENDING_PAYMENT)],
+    ids=["right", "short"],
+)
+async def test_an_order_paid_before_its_stock_check_replays_on_a_new_worker(
+    env: WorkflowEnvironment, amount: int, status: OrderStatus
+) -> None:
+    stubs = Stubs(prices={"bag": 10_000})
+    orders = unit_client(env)
+    order_id = new_order_id()
+    async with _worker(env, stubs, orders.task_queue, cache=True):
+        payment = PaymentReceived("pay_early", amount, "stub", currency="INR")
+        await start_with_payment(orders, order_id, [("bag", 1)], payment)
+        before = await wait_status(orders, order_id, status.value)
+    history = await env.client.get_workflow_handle(order_workflow_id(order_id)).fetch_history()
+    replayed = await Replayer(
+        workflows=UNIT_WORKFLOWS, interceptors=[OwnTaskQueue()]
+    ).replay_workflow(history, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None, f"order {order_id}: {replayed.replay_failure}"
+    async with _worker(env, stubs, orders.task_queue, cache=False):  # a restart: no cache
+        after = await orders.status(order_id)
+    assert (after.status, after.history) == (before.status, before.history)
