@@ -60,6 +60,8 @@ REQUIRED |= {
 }
 # issue 18: a refused early payment is recorded before its refund (refused-payment-recorded)
 REQUIRED["early-short-payment-recorded"] = ["OrderWorkflow", "PaymentRetryWorkflow"]
+# issue 18: every patch decided as the order starts (patches-decided-at-start)
+REQUIRED["early-short-payment-at-start"] = ["OrderWorkflow", "PaymentRetryWorkflow"]
 
 
 def test_every_main_path_has_its_golden_histories() -> None:

@@ -106,6 +106,29 @@ WHOLE_HOLD_ONLY = "whole-hold-only"
 REFUSED_PAYMENT_RECORDED = "refused-payment-recorded"
 # a payment that names no currency is refused (every sender inside names the order's)
 EMPTY_CURRENCY_REFUSED = "empty-currency-refused"
+# Every id above, decided once as the order starts: an order started with this marker has all
+# of those changes and records no other marker for them. A marker recorded right after
+# place_order (a local activity) failed replay where that activity's marker ended the workflow
+# task before it (seen on the time-skipping server): replay resolves the activity before it
+# learns of the next task's markers. Orders started before still ask each id where they did.
+PATCHES_AT_START = "patches-decided-at-start"
+FOLDED_PATCHES = frozenset(
+    {
+        EARLY_PAYMENT_AMOUNT_CHECK,
+        RETRY_FINISHES_CAPTURE,
+        REVIEW_ENDS_ON_CANCEL,
+        RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE,
+        MANUAL_CAPTURE,
+        RETRY_CAPTURED_THE_HOLD,
+        REFUSED_HOLD_REFUND_APART,
+        PAID_AS_RETRY_ENDED,
+        PAID_AS_TIMER_FIRED,
+        HOLD_LOOKED_UP,
+        WHOLE_HOLD_ONLY,
+        REFUSED_PAYMENT_RECORDED,
+        EMPTY_CURRENCY_REFUSED,
+    }
+)
 
 
 @workflow.defn
@@ -126,6 +149,13 @@ class OrderWorkflow:
         self._shipment: Shipment | None = None
         self._review_id = ""
         self._refund_failed = False
+        # before any handler or command of the first workflow task (FOLDED_PATCHES)
+        self._patches_at_start = workflow.patched(PATCHES_AT_START)
+
+    def _patched(self, change: str) -> bool:
+        """Whether this order has `change` (one of FOLDED_PATCHES; docs/VERSIONING.md)."""
+        assert change in FOLDED_PATCHES, f"{change} is not decided at start"
+        return self._patches_at_start or workflow.patched(change)
 
     # --- the run ---
 
@@ -151,7 +181,7 @@ class OrderWorkflow:
             OrderStatus.PENDING_PAYMENT, f"{format_money(placed.total, placed.currency)} reserved"
         )
         # orders started before this check have no marker and replay without it
-        if self._payment is not None and workflow.patched(EARLY_PAYMENT_AMOUNT_CHECK):
+        if self._payment is not None and self._patched(EARLY_PAYMENT_AMOUNT_CHECK):
             await self._check_early_payment()
 
         if not await self._await_payment():
@@ -171,7 +201,7 @@ class OrderWorkflow:
             if self._cancel is not None:  # cancelled while under review
                 return await self._cancel_order(refund=True)
         # only an authorisation takes this branch, and no order before it had one
-        if self._payment.authorised_only and workflow.patched(MANUAL_CAPTURE):
+        if self._payment.authorised_only and self._patched(MANUAL_CAPTURE):
             if self._cancel is not None or not await self._capture_authorisation():
                 return await self._cancel_order(refund=True)  # a hold is released, not refunded
 
@@ -232,7 +262,7 @@ class OrderWorkflow:
         A hold moved no money and has no row. A payment the database holds for another order is
         not refunded from this one: an operator finds out whose it is.
         """
-        if payment.authorised_only or not workflow.patched(REFUSED_PAYMENT_RECORDED):
+        if payment.authorised_only or not self._patched(REFUSED_PAYMENT_RECORDED):
             return ""
         try:
             await self._act(
@@ -287,7 +317,7 @@ class OrderWorkflow:
                     timeout_summary="auto-cancel unpaid order",
                 )
             except TimeoutError:
-                if self._payment is not None and workflow.patched(PAID_AS_TIMER_FIRED):
+                if self._payment is not None and self._patched(PAID_AS_TIMER_FIRED):
                     return True  # accepted in the activation the timer fired in
                 minutes = policy.payment_timeout_seconds / 60
                 self._cancel = CancelRequest(reason=f"not paid within {minutes:g} minutes")
@@ -366,7 +396,7 @@ class OrderWorkflow:
             lambda: child.done() or self._payment is not None or self._cancel is not None
         )
         if not child.done():
-            if not workflow.patched(RETRY_FINISHES_CAPTURE):
+            if not self._patched(RETRY_FINISHES_CAPTURE):
                 child.cancel()  # orders started before this fix: the capture's result is lost
                 try:
                     await child
@@ -378,7 +408,7 @@ class OrderWorkflow:
             await self._tell(child.signal(PaymentRetryWorkflow.stop, why))
             return await self._beside_accepted_payment(await child)
         # the child may end in the very activation a payment is accepted in (both kept, before)
-        if self._payment is not None and workflow.patched(PAID_AS_RETRY_ENDED):
+        if self._payment is not None and self._patched(PAID_AS_RETRY_ENDED):
             return await self._beside_accepted_payment(child.result())
         return child.result()
 
@@ -391,12 +421,12 @@ class OrderWorkflow:
         was given back (or was that very payment).
         """
         if result.succeeded and self._payment is not None:
-            if self._payment.payment_id == result.payment_id and workflow.patched(
+            if self._payment.payment_id == result.payment_id and self._patched(
                 RETRY_CAPTURE_IS_NOT_ITS_OWN_DUPLICATE
             ):
                 # the gateway's webhook of this very capture came first; or its
                 # authorisation did: the retry captured the hold, which is taken, not again
-                if self._payment.authorised_only and workflow.patched(RETRY_CAPTURED_THE_HOLD):
+                if self._payment.authorised_only and self._patched(RETRY_CAPTURED_THE_HOLD):
                     self._payment = dataclasses.replace(
                         self._payment, amount=self._total, authorised_only=False
                     )
@@ -458,7 +488,7 @@ class OrderWorkflow:
             task_queue=REVIEWS_TASK_QUEUE,
         )
         await workflow.wait_condition(lambda: review.done() or self._cancel is not None)
-        if not review.done() and workflow.patched(REVIEW_ENDS_ON_CANCEL):
+        if not review.done() and self._patched(REVIEW_ENDS_ON_CANCEL):
             assert self._cancel is not None  # nobody needs to decide a cancelled order
             why = f"order cancelled: {self._cancel.reason}"
             await self._tell(review.signal(ManualReviewWorkflow.withdraw, why))
@@ -497,7 +527,7 @@ class OrderWorkflow:
         assert payment is not None
         order_id = self._order.order_id
         child_id = payment_retry_workflow_id(order_id, PaymentKind.REFUND)
-        if payment.authorised_only and workflow.patched(MANUAL_CAPTURE):
+        if payment.authorised_only and self._patched(MANUAL_CAPTURE):
             released = await self._release_hold(payment)
             if isinstance(released, str):
                 return released
@@ -516,7 +546,7 @@ class OrderWorkflow:
                 payment = dataclasses.replace(
                     captured, amount=released.captured - released.refunded
                 )
-            if refused and workflow.patched(REFUSED_HOLD_REFUND_APART):
+            if refused and self._patched(REFUSED_HOLD_REFUND_APART):
                 child_id = f"{child_id}-{payment.payment_id}"
         result = await workflow.execute_child_workflow(
             PaymentRetryWorkflow.run,
@@ -573,13 +603,13 @@ class OrderWorkflow:
             )
         except ActivityError as err:
             failed = f"RELEASE FAILED for {held.payment_id}: {err.cause}"
-            if not workflow.patched(HOLD_LOOKED_UP):
+            if not self._patched(HOLD_LOOKED_UP):
                 return f"{failed}; the hold lapses by itself"
             return await self._look_up_hold(request, failed)
         if response.succeeded:
             return f"released {held.payment_id}"
         self._note(f"authorisation {held.payment_id} not released: {response.detail}")
-        if not workflow.patched(HOLD_LOOKED_UP):
+        if not self._patched(HOLD_LOOKED_UP):
             return None
         return await self._look_up_hold(request, f"authorisation {held.payment_id} not released")
 
@@ -701,7 +731,7 @@ class OrderWorkflow:
         An authorisation the order refuses is released before the answer: nothing else would.
         """
         ack = self._accept(payment)
-        if not ack.accepted and payment.authorised_only and workflow.patched(MANUAL_CAPTURE):
+        if not ack.accepted and payment.authorised_only and self._patched(MANUAL_CAPTURE):
             note = await self._refund(ack.reason, payment, refused=True)
             self._note(note)
             ack.reason = f"{ack.reason}; {note}"
@@ -780,7 +810,7 @@ class OrderWorkflow:
         """In the order's currency (orders from before took an empty one as the order's)."""
         if payment.currency == self._currency:
             return True
-        return payment.currency == "" and not workflow.patched(EMPTY_CURRENCY_REFUSED)
+        return payment.currency == "" and not self._patched(EMPTY_CURRENCY_REFUSED)
 
     def _currency_refusal(self, payment: PaymentReceived) -> str:
         """Why a payment's currency is not the order's."""
@@ -805,7 +835,7 @@ class OrderWorkflow:
         """Can the payment's provider capture the total from a larger hold?"""
         if payment.provider in PARTIAL_CAPTURE_PROVIDERS:
             return True
-        return not workflow.patched(WHOLE_HOLD_ONLY)  # orders from before took any larger hold
+        return not self._patched(WHOLE_HOLD_ONLY)  # orders from before took any larger hold
 
     def _accept(self, payment: PaymentReceived) -> PaymentAck:
         order_id = self._order.order_id

@@ -214,6 +214,23 @@ async def test_early_short_payment_recorded(orders: OrderClient, catalogue: Cata
     )
 
 
+async def test_early_short_payment_at_start(orders: OrderClient, catalogue: Catalogue) -> None:
+    """Issue 18: the same path with every patch decided as the order starts (marker
+    patches-decided-at-start, and no other marker)."""
+    handle = await start_with_early_payment(orders, catalogue, price=199_800, paid=100)
+    order_id = handle.id.removeprefix("order-")
+
+    async def refunded() -> bool:
+        return (await orders.status(order_id)).history[-1].note.startswith("refunded")
+
+    await eventually(refunded, 20, f"the early payment of order {order_id} refunded")
+    await pay_and_ship(orders, order_id, 199_800)
+    assert (await handle.result()).status == "SHIPPED"
+    await save(
+        orders.client, "early-short-payment-at-start", handle.id, f"payment-refund-{order_id}"
+    )
+
+
 async def test_manual_capture(orders: OrderClient, catalogue: Catalogue) -> None:
     """An authorisation (manual capture): reviewed, then captured for the total, shipped."""
     skus = catalogue(tv=(6_500_000, 2))
