@@ -60,7 +60,7 @@ MONEY_STEPS ?= 25
 test-money: python-deps
 	ORDERFLOW_MONEY_EXAMPLES=$(MONEY_EXAMPLES) ORDERFLOW_MONEY_STEPS=$(MONEY_STEPS) \
 	  ORDERFLOW_MONEY_SHRINK=1 ORDERFLOW_MONEY_RANDOM=1 \
-	  $(VENV)/bin/pytest -q -p no:cacheprovider --runxfail -o timeout=1800 \
+	  $(VENV)/bin/pytest -q -p no:cacheprovider --runxfail \
 	  tests/unit/test_money_stateful.py tests/test_money_stateful.py
 
 # the whole suite N times in a row, stopping at the first failure; LOAD=1 keeps one core busy

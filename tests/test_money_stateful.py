@@ -34,6 +34,7 @@ from orderflow.contracts.payment import (
     GatewayPayment,
     GatewayRequest,
     GatewayResponse,
+    HoldStatus,
     PaymentKind,
     PaymentStatus,
 )
@@ -43,6 +44,7 @@ from orderflow.settings import Settings
 from payments.gateway import GatewayConfigError, GatewayUnavailableError, SimulatedGateway
 from tests.money_machine import (
     HIGH_PRICE,
+    MONEY_TIMEOUT,
     PRICE,
     AnswerLost,
     GatewayDown,
@@ -82,6 +84,9 @@ class LedgerGateway:
             raise GatewayConfigError(self.name, request.order_id, str(err)) from err
 
     capture = refund = release = _call
+
+    def hold_status(self, request: GatewayRequest) -> HoldStatus:
+        return self.ledger.hold_status(request)
 
     def fetch(self, payment_id: str) -> GatewayPayment | None:
         return self.simulated.fetch(payment_id)
@@ -139,12 +144,14 @@ class RealWorld:
             activities=[
                 orders.place_order,
                 orders.record_payment,
+                orders.record_refused_payment,
                 orders.confirm_order,
                 orders.set_status,
                 orders.sync_erp,
                 notify.notify,
                 payments.call_gateway,
                 payments.release,
+                payments.hold_status,
                 inventory.release_reservation,
                 inventory.ship_reservation,
                 reviews.open_review,
@@ -230,11 +237,7 @@ class RealMachine(MoneyMachine):
             )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 18: fails until the replay of an order paid by signal-with-start is fixed "
-    "and holes 2, 5, 10c are merged (see the report)",
-)
+@pytest.mark.timeout(MONEY_TIMEOUT)
 async def test_money_is_conserved_on_the_real_activities(
     env: WorkflowEnvironment, settings: Settings, deps: Dependencies, catalogue: Catalogue
 ) -> None:
