@@ -105,6 +105,11 @@ class Stubs:
     capturing: asyncio.Event = field(default_factory=asyncio.Event)  # a capture is in flight
     refused_mail: set[NotificationKind] = field(default_factory=set)  # the queue refuses these
     release_gate: asyncio.Event | None = None  # set: every release waits for it (a slow gateway)
+    # this many captures move the money, then every try of their attempt fails (an outage): the
+    # attempt ends in an error; the same key asked again later answers what moved
+    capture_outage: int = 0
+    answered: dict[str, GatewayResponse] = field(default_factory=dict)  # by idempotency key
+    landed: list[GatewayRequest] = field(default_factory=list)  # captures of those outages
     releasing: asyncio.Event = field(default_factory=asyncio.Event)  # a release is in flight
     calls: list[tuple[str, Any]] = field(default_factory=list)
 
@@ -182,8 +187,21 @@ class Stubs:
         if request.kind is PaymentKind.CAPTURE and self.capture_gate is not None:
             self.capturing.set()
             await self.capture_gate.wait()
+        if request.idempotency_key in self.answered:
+            return self.answered[request.idempotency_key]
         if request.kind is PaymentKind.CAPTURE and captures <= self.declines:
             return GatewayResponse(succeeded=False, detail="declined", provider="stub")
+        if request.kind is PaymentKind.CAPTURE and self.capture_outage > 0:
+            self.capture_outage -= 1
+            self.landed.append(request)
+            self.answered[request.idempotency_key] = GatewayResponse(
+                succeeded=True, payment_id=f"capture-{request.idempotency_key}", provider="stub"
+            )
+            raise ApplicationError(
+                f"gateway unreachable after capture {request.idempotency_key} was sent",
+                type="GatewayUnavailable",
+                non_retryable=True,
+            )
         if request.kind is PaymentKind.REFUND and refunds <= self.refund_declines:
             return GatewayResponse(succeeded=False, detail="refund declined", provider="stub")
         return GatewayResponse(

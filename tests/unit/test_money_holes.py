@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from app.client import OrderClient
@@ -207,3 +208,52 @@ async def test_a_return_whose_refund_is_declined_every_time_is_not_marked_return
     statuses = [s.status for s in stubs.called("set_status")]
     assert OrderStatus.RETURNED not in statuses
     assert statuses[-1] == OrderStatus.REFUND_FAILED
+
+
+def _landed(stubs: Stubs) -> list[int]:
+    return [r.amount for r in stubs.landed]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18: the capture that landed is never looked up")
+async def test_a_capture_that_landed_while_its_attempt_failed_is_refunded_when_cancelled(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    """The retry's capture moved the money, then the gateway went down for every try: the
+    attempt is a gateway error. A cancel before the next attempt must give that money back."""
+    stubs.capture_outage = 1
+    order = await pending_order(unit_orders, [("bag", 1)])
+    await unit_orders.payment_failed(order.id, PaymentFailed(payment_id="pf", reason="declined"))
+    retry = payment_retry_workflow_id(order.id, PaymentKind.CAPTURE)
+    await started_workflow(env.client, retry)
+
+    async def failed_attempt() -> bool:
+        attempts = await env.client.get_workflow_handle(retry).query("attempts")
+        return any("gateway error" in a["detail"] for a in attempts)
+
+    await eventually(failed_attempt, 20, "the capture attempt failed as a gateway error")
+    assert _landed(stubs) == [10_000]
+    await unit_orders.cancel(order.id, "changed my mind")
+    assert (await order.handle.result()).status == OrderStatus.CANCELLED
+    assert _calls(stubs, PaymentKind.REFUND) == [10_000], stubs.called("call_gateway")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18: the capture that landed is never looked up")
+async def test_a_capture_that_landed_in_the_last_attempt_is_kept_not_lost(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    """The last attempt's capture moved the money and its answer was lost: the order is paid
+    by it (confirmed), not cancelled with the customer charged."""
+    stubs.declines = 1  # attempt 1 is declined
+    stubs.capture_outage = 1  # attempt 2 (of 2) lands, and fails
+    orders = OrderClient(
+        unit_orders.client,
+        unit_orders.settings.model_copy(update={"payment_retry_attempts": 2}),
+        task_queue=unit_orders.task_queue,
+    )
+    order = await pending_order(orders, [("bag", 1)])
+    await orders.payment_failed(order.id, PaymentFailed(payment_id="pf", reason="declined"))
+    retry = payment_retry_workflow_id(order.id, PaymentKind.CAPTURE)
+    await env.fast_forward(await started_workflow(env.client, retry))  # to its end
+    state = await wait_status(orders, order.id, "CONFIRMED")
+    assert _landed(stubs) == [10_000]
+    assert state.payment_id == next(r.payment_id for r in stubs.answered.values())
