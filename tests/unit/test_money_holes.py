@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from app.client import OrderClient
@@ -214,7 +213,6 @@ def _landed(stubs: Stubs) -> list[int]:
     return [r.amount for r in stubs.landed]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: the capture that landed is never looked up")
 async def test_a_capture_that_landed_while_its_attempt_failed_is_refunded_when_cancelled(
     env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
 ) -> None:
@@ -237,7 +235,6 @@ async def test_a_capture_that_landed_while_its_attempt_failed_is_refunded_when_c
     assert _calls(stubs, PaymentKind.REFUND) == [10_000], stubs.called("call_gateway")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18: the capture that landed is never looked up")
 async def test_a_capture_that_landed_in_the_last_attempt_is_kept_not_lost(
     env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
 ) -> None:
