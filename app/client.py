@@ -28,6 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from orderflow.contracts.order import (
     CUSTOMER_ID,
     ORDERS_TASK_QUEUE,
+    PAYABLE_STATUSES,
     CancelRequest,
     OrderInput,
     OrderLine,
@@ -118,7 +119,7 @@ class OrderClient:
         webhook finds the order. With `payment_method` (a saved card) it is confirmed at once.
         """
         state = await self.status(order_id)
-        if state.status not in (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING):
+        if state.status not in PAYABLE_STATUSES:
             raise OrderClosedError(order_id, f"it is {state.status}, no checkout to open")
         request = CheckoutRequest(
             order_id=order_id,

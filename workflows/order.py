@@ -32,6 +32,8 @@ with workflow.unsafe.imports_passed_through():
     from orderflow.contracts.order import (
         ORDER_STATUS,
         ORDER_TOTAL,
+        PAYABLE_STATUSES,
+        TRANSITIONS,
         CancelRequest,
         ConfirmInput,
         NotificationKind,
@@ -83,7 +85,6 @@ NOTIFY_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=8,
 )
-PAYABLE = (OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING)
 # workflow.patched ids: each guards a change that adds commands (docs/VERSIONING.md)
 EARLY_PAYMENT_AMOUNT_CHECK = "early-payment-amount-check"
 RETRY_FINISHES_CAPTURE = "retry-finishes-capture"
@@ -129,6 +130,10 @@ FOLDED_PATCHES = frozenset(
         EMPTY_CURRENCY_REFUSED,
     }
 )
+
+
+class IllegalTransition(RuntimeError):
+    """A status change TRANSITIONS does not allow: a defect in the workflow, never the input."""
 
 
 @workflow.defn
@@ -715,6 +720,11 @@ class OrderWorkflow:
         )
 
     def _set(self, status: OrderStatus, note: str = "") -> None:
+        if status not in TRANSITIONS[self._status]:
+            # not an ApplicationError: the workflow task fails and retries, the order waits
+            raise IllegalTransition(
+                f"order {self._order.order_id}: {self._status} → {status} is not in TRANSITIONS"
+            )
         self._status = status
         self._history.append(StatusChange(status=status, at=workflow.now(), note=note))
         workflow.upsert_search_attributes([ORDER_STATUS.value_set(status.value)])
@@ -794,7 +804,7 @@ class OrderWorkflow:
         assert self._payment is not None
         self._payment.flagged = True
         self._note(f"payment {payment.payment_id} flagged as risky by {payment.provider}")
-        if self._status not in (OrderStatus.NEW, *PAYABLE):
+        if self._status not in {OrderStatus.NEW, *PAYABLE_STATUSES}:
             workflow.logger.warning(
                 "order %s is %s and its payment %s was flagged as risky afterwards",
                 self._order.order_id,
@@ -854,7 +864,7 @@ class OrderWorkflow:
                 status=self._status,
                 reason=f"order {order_id} is already paid by {self._payment.payment_id}",
             )
-        if self._cancel is not None or self._status not in (OrderStatus.NEW, *PAYABLE):
+        if self._cancel is not None or self._status not in {OrderStatus.NEW, *PAYABLE_STATUSES}:
             self._note(f"refused payment {payment.payment_id}: order is {self._status}")
             return PaymentAck(
                 accepted=False,

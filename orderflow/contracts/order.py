@@ -40,9 +40,32 @@ class OrderStatus(StrEnum):
     REFUND_FAILED = "REFUND_FAILED"  # money is owed to the customer: an operator must act
 
 
+_S = OrderStatus
+# Every move an order's status may make: from → the statuses it may go to. OrderWorkflow._set
+# refuses any other (the workflow task fails, the order waits for a fixed worker); a new status
+# is one row here and the workflow step that sets it. SHIPPED's moves are made by a return's
+# review in the database after the order's workflow ended.
+TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    _S.NEW: frozenset({_S.PENDING_PAYMENT, _S.REJECTED}),
+    _S.PENDING_PAYMENT: frozenset(
+        {_S.PAYMENT_RETRYING, _S.IN_REVIEW, _S.CONFIRMED, _S.CANCELLED, _S.REFUND_FAILED}
+    ),
+    _S.PAYMENT_RETRYING: frozenset({_S.IN_REVIEW, _S.CONFIRMED, _S.CANCELLED, _S.REFUND_FAILED}),
+    _S.IN_REVIEW: frozenset({_S.PAID, _S.CANCELLED, _S.REFUND_FAILED}),
+    _S.PAID: frozenset({_S.CONFIRMED, _S.CANCELLED, _S.REFUND_FAILED}),
+    _S.CONFIRMED: frozenset({_S.SHIPPED, _S.CANCELLED, _S.REFUND_FAILED}),
+    _S.SHIPPED: frozenset({_S.RETURNED, _S.REFUND_FAILED}),
+    _S.REJECTED: frozenset(),
+    _S.CANCELLED: frozenset(),
+    _S.RETURNED: frozenset(),
+    _S.REFUND_FAILED: frozenset(),
+}
+# the order's workflow has ended (a return may still move SHIPPED on, see TRANSITIONS)
 FINAL_STATUSES = frozenset(
     {OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.SHIPPED, OrderStatus.REFUND_FAILED}
 )
+# waiting for its payment: a payment is taken (checked against the total), a failure retried
+PAYABLE_STATUSES = frozenset({OrderStatus.PENDING_PAYMENT, OrderStatus.PAYMENT_RETRYING})
 # paid and settled: the order has exactly its total captured (reconciliation checks this)
 PAID_STATUSES = frozenset({OrderStatus.PAID, OrderStatus.CONFIRMED, OrderStatus.SHIPPED})
 # money the shop has kept: paid (a review may still be deciding), not cancelled or returned
