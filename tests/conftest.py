@@ -30,6 +30,9 @@ from tests.fake_gateways import LocalStripe
 from tests.postgres import PostgresCluster
 from workers.temporal import Dependencies, build_workers
 
+# the Stripe loop on localstripe (`system`, module-scoped: one per module that asks for it)
+pytest_plugins = ["tests.stripe_system"]
+
 
 @pytest.fixture(scope="session")
 async def env() -> AsyncIterator[WorkflowEnvironment]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
@@ -20,7 +21,10 @@ from orderflow.db import Order, Payment, Product, Reservation
 from payments.events import parse_stripe
 from payments.processor import WebhookProcessor
 from payments.samples import stripe_payment_succeeded
+from payments.stripe_gateway import StripeGateway
+from tests.fake_gateways import STRIPE_TEST_KEY
 from tests.helpers import eventually, pending_order, started_workflow, wait_review, wait_status
+from tests.stripe_system import DECLINED_CARD, GOOD_CARD, StripeSystem, card, make_default
 from workers.temporal import Dependencies
 
 Catalogue = Callable[..., dict[str, str]]
@@ -152,3 +156,93 @@ async def test_money_and_stock_invariant_over_a_mixed_batch(
                 )
             ).one()
             assert product.on_hand + product.reserved + shipped == start[name], name
+
+
+def stripe_net(system: StripeSystem, order_id: str, since: datetime) -> tuple[int, int]:
+    """(captured, refunded) for one order as localstripe itself holds them: every charge of the
+    order's PaymentIntents (the checkout's and the retries' own, by metadata) and its refunds."""
+    gateway = StripeGateway(STRIPE_TEST_KEY, api_base=system.localstripe.url)
+    mine = [p for p in gateway.list_payments(since) if p.order_id == order_id]
+    refunds = [
+        r
+        for p in mine
+        for r in system.stripe.v1.refunds.list(params={"payment_intent": p.payment_id}).data
+        if r.status == "succeeded"
+    ]
+    return sum(p.captured for p in mine), sum(int(r.amount) for r in refunds)
+
+
+async def test_money_invariant_of_stripe_orders_read_from_localstripe(
+    system: StripeSystem, catalogue: Catalogue, engine: Engine
+) -> None:
+    """A mixed batch of Stripe orders; the money is counted twice, at localstripe (its charges
+    and refunds) and in our payments table, and both agree with where each order ended."""
+    since = datetime.now(UTC) - timedelta(seconds=2)
+    skus = catalogue(lamp=(45_000, 20))
+    orders = system.orders
+
+    async def run(plan: str) -> tuple[str, int]:
+        order = await pending_order(orders, [(skus["lamp"], 1)])
+        oid, total = order.id, order.state.total
+        if plan == "declined-then-new-card":
+            customer = system.stripe.v1.customers.create(params={"email": f"{oid}@example.com"})
+            declining = card(system, DECLINED_CARD, customer.id)
+            make_default(system, customer.id, declining)
+            await orders.create_checkout(oid, customer=customer.id, payment_method=declining)
+            await wait_status(orders, oid, "PAYMENT_RETRYING")
+            make_default(system, customer.id, card(system, GOOD_CARD, customer.id))
+            await wait_status(orders, oid, "CONFIRMED", timeout=40)
+            return oid, total
+        if plan == "cancel-unpaid":
+            await orders.cancel(oid, "changed my mind")
+            return oid, total
+        checkout = await orders.create_checkout(oid, payment_method=card(system, GOOD_CARD))
+        assert checkout.status == "succeeded", checkout
+        await wait_status(orders, oid, "CONFIRMED")
+        if plan == "ship":
+            await orders.shipped(oid, Shipment("DTDC", oid))
+        elif plan == "cancel-paid":
+            await orders.cancel(oid, "changed my mind")
+        elif plan == "return":
+            await orders.shipped(oid, Shipment("DTDC", oid))
+            await wait_status(orders, oid, "SHIPPED")
+            await orders.request_return(oid, "does not fit")
+            review = await wait_review(orders, oid)
+            await orders.decide_review(review.review_id, ReviewDecision(True, "qa"))
+        return oid, total
+
+    plans = ["pay", "ship", "cancel-paid", "cancel-unpaid", "return", "declined-then-new-card"]
+    done = await asyncio.gather(*(run(plan) for plan in plans))
+    expected_end = {
+        "pay": OrderStatus.CONFIRMED,
+        "ship": OrderStatus.SHIPPED,
+        "cancel-paid": OrderStatus.CANCELLED,
+        "cancel-unpaid": OrderStatus.CANCELLED,
+        "return": OrderStatus.RETURNED,
+        "declined-then-new-card": OrderStatus.CONFIRMED,
+    }
+    for plan, (order_id, total) in zip(plans, done, strict=True):
+
+        async def ended(order_id: str = order_id, plan: str = plan) -> OrderStatus | None:
+            with Session(engine) as session:
+                row = session.get(Order, order_id)
+            return OrderStatus(row.status) if row and row.status == expected_end[plan] else None
+
+        status = await eventually(ended, 60, f"{plan} order {order_id} {expected_end[plan]}")
+        kept = total if status in KEEPS_MONEY else 0
+
+        async def counted(order_id: str = order_id, kept: int = kept) -> tuple[int, int] | None:
+            captured, refunded = await asyncio.to_thread(stripe_net, system, order_id, since)
+            return (captured, refunded) if captured - refunded == kept else None
+
+        captured, refunded = await eventually(
+            counted, 20, f"{plan} order {order_id}: localstripe's net {kept}"
+        )
+        assert captured - refunded == kept == net_captured(engine, order_id), (
+            plan,
+            order_id,
+            status,
+            captured,
+            refunded,
+        )
+        assert plan == "cancel-unpaid" or captured == total, (plan, order_id, captured)

@@ -13,9 +13,8 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,20 +23,14 @@ import pytest
 import stripe
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.erp import HttpErp
 from activities.payment import PaymentActivities
-from app import embedded
-from app.client import OrderClient, policy_from_settings
-from app.web.app import create_app, http_server
+from app.client import policy_from_settings
 from bridge.admin import QueueAdmin
 from bridge.producer import QueueProducer
-from bridge.specs import QueueSpec, webhook_spec
 from orderflow.contracts.payment import (
     CheckoutRequest,
-    GatewayName,
     GatewayRequest,
     PaymentKind,
     PaymentRetryInput,
@@ -45,7 +38,6 @@ from orderflow.contracts.payment import (
     payment_retry_workflow_id,
 )
 from orderflow.db import Order, Payment, WebhookEvent
-from orderflow.settings import Settings
 from payments.events import parse_stripe
 from payments.gateway import GatewayConfigError, GatewayUnavailableError
 from payments.processor import WebhookProcessor
@@ -53,113 +45,13 @@ from payments.reconciliation import enqueue_reconciliation
 from payments.samples import stripe_event
 from payments.signatures import sign_stripe
 from payments.stripe_gateway import StripeGateway
-from tests import temporal_env
-from tests.bridge_helpers import bull_queue, running
-from tests.fake_erp import FakeErp
+from tests.bridge_helpers import bull_queue
 from tests.fake_gateways import STRIPE_TEST_KEY, LocalStripe, StallingProxy
 from tests.helpers import eventually, new_order_id, payments, pending_order, wait_status
-from workers.bridge import build_webhook_processor
-from workers.temporal import Dependencies, build_workers
+from tests.stripe_system import DECLINED_CARD, GOOD_CARD, StripeSystem, card, make_default
 from workflows.payment import PaymentRetryWorkflow
 
 Catalogue = Callable[..., dict[str, str]]
-GOOD_CARD = "4242424242424242"
-DECLINED_CARD = (
-    "4000000000000341"  # attaches to a customer, declines every charge (localstripe too)
-)
-
-
-@dataclass
-class StripeSystem:
-    """Workers, order client and HTTP app wired to the Stripe gateway at localstripe."""
-
-    env: WorkflowEnvironment
-    orders: OrderClient
-    settings: Settings
-    stripe: stripe.StripeClient
-    localstripe: LocalStripe
-    spec: QueueSpec
-    proxy: StallingProxy  # between the workers and localstripe: passes all until a test arms it
-
-
-@pytest.fixture(scope="module")
-async def system(
-    localstripe: LocalStripe,
-    settings: Settings,
-    engine: Engine,
-    email_queue: Any,
-    erp: FakeErp,
-    redis_url: str,
-) -> AsyncIterator[StripeSystem]:
-    """The whole loop: checkout at localstripe → its signed webhook → HTTP app → queue → order."""
-    proxy = StallingProxy(localstripe.url, stall=0).start()
-    local = settings.model_copy(
-        update={
-            "gateway": GatewayName.STRIPE,
-            "stripe_api_key": STRIPE_TEST_KEY,
-            "stripe_api_base": proxy.url,
-            "payment_retry_attempts": 4,
-            "payment_retry_interval_seconds": 2.0,
-            "http_host": "127.0.0.1",
-            "http_port": embedded.free_port(),
-            "webhook_unknown_order_window_seconds": 3.0,  # the ghost order's events end soon
-        }
-    )
-    async with await temporal_env.start_local() as env:
-        deps = dataclasses.replace(
-            Dependencies.from_settings(local, engine, email_queue), erp=HttpErp(erp.url)
-        )
-        assert isinstance(deps.gateway, StripeGateway)
-        workers = build_workers(env.client, local, deps)
-        tasks = [asyncio.create_task(w.run()) for w in workers]
-        orders = OrderClient(env.client, local, engine)
-        tag = uuid.uuid4().hex[:8]
-        spec = webhook_spec(local).with_(prefix=f"t{tag}", name=f"stripe-webhook-{tag}")
-        producer = QueueProducer.connect(spec, redis_url)
-        server = http_server(local, create_app(local, producer, orders=orders, engine=engine))
-        serving = asyncio.create_task(server.serve())
-
-        async def listening() -> bool:
-            return bool(getattr(server, "started", False))
-
-        await eventually(listening, what="the HTTP app listening")
-        localstripe.register_webhook(
-            "orderflow-tests",
-            f"http://127.0.0.1:{local.http_port}/webhooks/stripe",
-            local.stripe_webhook_secret,
-        )
-        client = stripe.StripeClient(
-            STRIPE_TEST_KEY, base_addresses={"api": localstripe.url}, max_network_retries=0
-        )
-        processor = build_webhook_processor(local, orders, engine)
-        async with running(spec, processor, redis_url):
-            yield StripeSystem(env, orders, local, client, localstripe, spec, proxy)
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
-        await producer.close()
-        await asyncio.gather(*(w.shutdown() for w in workers))
-        await asyncio.gather(*tasks, return_exceptions=True)
-    proxy.stop()
-
-
-def card(system: StripeSystem, number: str, customer: str = "") -> str:
-    """A card PaymentMethod (attached to `customer` if given)."""
-    method = system.stripe.v1.payment_methods.create(
-        params={
-            "type": "card",
-            "card": {"number": number, "exp_month": 12, "exp_year": 2031, "cvc": "123"},
-        }
-    )
-    if customer:
-        system.stripe.v1.payment_methods.attach(method.id, params={"customer": customer})
-    return method.id
-
-
-def make_default(system: StripeSystem, customer: str, method: str) -> None:
-    """The customer's saved card for off-session charges."""
-    system.stripe.v1.customers.update(
-        customer, params={"invoice_settings": {"default_payment_method": method}}
-    )
 
 
 async def test_checkout_payment_intent_confirmed_sends_a_signed_webhook_that_confirms_the_order(
