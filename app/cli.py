@@ -377,7 +377,9 @@ app.add_typer(webhooks_app, name="webhooks")
 @webhooks_app.command("sample")
 @_run
 async def webhooks_sample(
-    provider: Annotated[str, typer.Argument(help="stripe or razorpay")],
+    provider: Annotated[
+        str, typer.Argument(help="a webhook provider: stripe, razorpay (payments.providers)")
+    ],
     order_id: str,
     out: Annotated[
         str, typer.Option("--out", "-o", help="Where to write the event body")
@@ -407,7 +409,9 @@ async def webhooks_sample(
 
 @webhooks_app.command("sign")
 def webhooks_sign(
-    provider: Annotated[str, typer.Argument(help="stripe or razorpay")],
+    provider: Annotated[
+        str, typer.Argument(help="a webhook provider: stripe, razorpay (payments.providers)")
+    ],
     body_file: str,
     url: Annotated[str, typer.Option(help="Post somewhere else than the local HTTP app")] = "",
 ) -> None:

@@ -8,8 +8,6 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
-from bridge.producer import job_id_problem
-from orderflow.contracts.payment import WebhookJob
 from orderflow.errors import OrderflowError
 from orderflow.money import MINOR_LIMIT, MoneyError, exponent
 
@@ -112,8 +110,8 @@ class GatewayEvent:
 
     @property
     def job_name(self) -> str:
-        """The job name on payment-webhook-queue (`stripe-webhook`, `razorpay-webhook`)."""
-        return WebhookJob.STRIPE if self.provider == "stripe" else WebhookJob.RAZORPAY
+        """The job name on payment-webhook-queue: `<provider>-webhook` (payments.providers)."""
+        return f"{self.provider}-webhook"
 
     def to_job(self) -> dict[str, Any]:
         """The job's data."""
@@ -358,18 +356,3 @@ def parse_razorpay(body: bytes, event_id_header: str | None = None) -> GatewayEv
         refund_id=_str(refund.get("id")),
         attempt_id=_str(payment.get("id")),  # Razorpay makes a new payment per attempt
     )
-
-
-def parse_event(
-    provider: str, body: bytes, *, razorpay_event_id_header: str | None = None
-) -> GatewayEvent:
-    """Read a verified webhook body of either gateway; its id must make a valid job id."""
-    if provider == "stripe":
-        event = parse_stripe(body)
-    elif provider == "razorpay":
-        event = parse_razorpay(body, razorpay_event_id_header)
-    else:
-        raise MalformedEventError(provider, "", "unknown provider")
-    if why := job_id_problem(event.job_id):
-        raise MalformedEventError(provider, event.event_id, f"its id cannot be a job id: {why}")
-    return event

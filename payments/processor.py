@@ -38,6 +38,7 @@ from orderflow.contracts.payment import (
 from orderflow.db import Order, Payment, WebhookEvent
 from orderflow.errors import OrderClosedError, OrderflowError, UnknownOrderError
 from orderflow.money import format_money
+from payments import providers
 from payments.events import (
     MONEY_KINDS,
     EventKind,
@@ -196,7 +197,10 @@ def check_event(event: GatewayEvent) -> None:
     if event.kind not in {k.value for k in EventKind} or event.kind == EventKind.IGNORED:
         raise WebhookEventError(event, f"kind {event.kind!r} is not one the worker applies")
     if event.kind in PAYMENT_KINDS and not event.order_id:
-        where = "data.object.metadata" if event.provider == "stripe" else "payload.payment.notes"
+        try:
+            where = providers.get(event.provider).order_id_field
+        except providers.UnknownProviderError:
+            where = f"the event (provider {event.provider!r} is not registered)"
         raise WebhookEventError(event, f"no order_id in {where}")
     if not event.payment_id:
         raise WebhookEventError(event, "no payment id")
@@ -233,8 +237,13 @@ class WebhookProcessor:
         """Run one job by its name."""
         if job.name == WebhookJob.RECONCILIATION:
             return await self.reconcile(job)
-        if job.name not in (WebhookJob.STRIPE, WebhookJob.RAZORPAY):
-            raise MalformedJobError(self.queue, job.name, job.id, "unknown job name")
+        if providers.by_job_name(job.name) is None:
+            known = ", ".join(
+                [WebhookJob.RECONCILIATION, *(p.job_name for p in providers.all_providers())]
+            )
+            raise MalformedJobError(
+                self.queue, job.name, job.id, f"unknown job name (expected one of {known})"
+            )
         if not isinstance(job.data, dict):
             raise MalformedJobError(self.queue, job.name, job.id, "data is not an object")
         try:

@@ -22,7 +22,8 @@ from orderflow.contracts.payment import (
 )
 from orderflow.db import Order, Payment, WebhookEvent
 from orderflow.money import format_money
-from payments.events import RAZORPAY_KINDS, STRIPE_KINDS, EventKind
+from payments import providers
+from payments.events import EventKind
 from payments.gateway import GatewayConfigError, GatewayUnavailableError, PaymentGateway
 
 log = logging.getLogger("orderflow.reconciliation")
@@ -33,7 +34,7 @@ APPLY_GRACE_MINUTES = 30.0
 
 
 def _types(kind: EventKind) -> set[str]:
-    return {t for t, k in (*STRIPE_KINDS.items(), *RAZORPAY_KINDS.items()) if k is kind}
+    return providers.event_types(kind)
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 
@@ -156,14 +155,13 @@ def _dump(event: dict[str, Any]) -> bytes:
 def sample_event(
     provider: str, order_id: str, amount_minor: int, currency: str = "INR", *, outcome: str = "paid"
 ) -> bytes:
-    """A sample body for the CLI and README: `outcome` paid or failed, in the currency's minor units."""
-    makers: dict[tuple[str, str], Callable[[str, int], bytes]] = {
-        ("stripe", "paid"): stripe_payment_succeeded,
-        ("stripe", "failed"): stripe_payment_failed,
-        ("razorpay", "paid"): razorpay_payment_captured,
-        ("razorpay", "failed"): razorpay_payment_failed,
-    }
-    make = makers.get((provider, outcome))
+    """A sample body for the CLI and README: `outcome` paid or failed, in the currency's minor units.
+
+    Any provider in the registry (payments.providers, imported here: its modules import this one).
+    """
+    from payments import providers
+
+    make = providers.get(provider).samples.get(outcome)
     if make is None:
         raise ValueError(f"no sample for provider {provider!r} and outcome {outcome!r}")
     return _with_currency(make(order_id, amount_minor), currency)

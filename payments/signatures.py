@@ -17,7 +17,6 @@ RAZORPAY_SIGNATURE_HEADER = "X-Razorpay-Signature"
 RAZORPAY_EVENT_ID_HEADER = "X-Razorpay-Event-Id"
 STRIPE_SCHEME = "v1"  # the only scheme Stripe signs live events with; v0 is test-only and ignored
 DEFAULT_TOLERANCE_SECONDS = 300  # Stripe's own default window against replays
-PROVIDERS = ("stripe", "razorpay")
 
 
 class SignatureError(OrderflowError):
@@ -131,22 +130,12 @@ def signed_headers(
 ) -> dict[str, str]:
     """The headers a gateway would send with this body, signed with the configured secret.
 
-    For the CLI (`orderflow webhooks sign`), curl examples, tests and benchmarks.
+    For the CLI (`orderflow webhooks sign`), curl examples, tests and benchmarks. Any provider
+    in the registry (payments.providers, imported here: its modules import this one).
     """
-    if provider == "stripe":
-        header = sign_stripe(payload, settings.stripe_webhook_secret, timestamp)
-        return {"Content-Type": "application/json", STRIPE_SIGNATURE_HEADER: header}
-    if provider == "razorpay":
-        headers = {
-            "Content-Type": "application/json",
-            RAZORPAY_SIGNATURE_HEADER: sign_razorpay(payload, settings.razorpay_webhook_secret),
-        }
-        if event_id:
-            headers[RAZORPAY_EVENT_ID_HEADER] = event_id
-        return headers
-    raise OrderflowError(
-        f"unknown webhook provider {provider!r}: expected one of {', '.join(PROVIDERS)}"
-    )
+    from payments import providers
+
+    return providers.get(provider).sign(_as_bytes(payload), settings, timestamp, event_id)
 
 
 def curl_command(
@@ -170,10 +159,13 @@ def curl_command(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m payments.signatures stripe|razorpay BODY_FILE [URL]`: print a signed curl command."""
+    """`python -m payments.signatures PROVIDER BODY_FILE [URL]`: print a signed curl command."""
+    from payments import providers
+
     args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (2, 3) or args[0] not in PROVIDERS:
-        raise SystemExit("usage: python -m payments.signatures stripe|razorpay BODY_FILE [URL]")
+    if len(args) not in (2, 3) or args[0] not in providers.names():
+        names = "|".join(providers.names())
+        raise SystemExit(f"usage: python -m payments.signatures {names} BODY_FILE [URL]")
     print(
         curl_command(args[0], args[1], Settings.from_env(), url=args[2] if len(args) == 3 else "")
     )

@@ -14,7 +14,8 @@ from bridge.guard import PayloadGuard, luhn_valid
 from bridge.producer import QueueProducer
 from bridge.specs import email_spec, webhook_spec
 from orderflow.settings import Settings
-from payments.events import GatewayEvent, parse_event
+from payments.events import GatewayEvent
+from payments.providers import parse_event
 from payments.samples import razorpay_payment_captured, stripe_payment_succeeded
 
 GUARD = PayloadGuard("email-queue", 64 * 1024)
@@ -86,7 +87,7 @@ def test_guard_lets_every_sample_gateway_event_pass() -> None:
         ("stripe", stripe_payment_succeeded("o-1001", 159800)),
         ("razorpay", razorpay_payment_captured("o-1001", 159800)),
     ):
-        event = parse_event(provider, body, razorpay_event_id_header="evt-1")
+        event = parse_event(provider, body, headers={"X-Razorpay-Event-Id": "evt-1"})
         data = event.to_job()
         GUARD.check(event.job_name, event.job_id, data, json.dumps(data))
 

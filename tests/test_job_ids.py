@@ -7,7 +7,8 @@ import pytest
 from bridge.errors import InvalidJobOptionsError
 from bridge.producer import QueueProducer, check_job_id
 from orderflow.settings import Settings
-from payments.events import MalformedEventError, parse_event
+from payments.events import MalformedEventError
+from payments.providers import parse_event
 from payments.samples import stripe_payment_succeeded
 from tests.bridge_helpers import counts, unique_spec
 

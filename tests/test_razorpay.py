@@ -25,9 +25,9 @@ from orderflow.contracts.payment import (
 )
 from orderflow.db import Order, Payment
 from orderflow.settings import Settings
-from payments.events import parse_event
 from payments.gateway import GatewayUnavailableError
 from payments.processor import WebhookEventError, WebhookProcessor
+from payments.providers import parse_event
 from payments.razorpay_gateway import RazorpayGateway
 from payments.reconciliation import reconcile
 from tests import temporal_env
@@ -192,7 +192,7 @@ async def test_a_razorpay_payment_authorised_for_a_manual_capture_order_is_captu
         {"entity": "event", "event": "payment.authorized",
          "payload": {"payment": {"entity": paid}}, "created_at": paid["created_at"]}
     ).encode()  # fmt: skip
-    event = parse_event("razorpay", body, razorpay_event_id_header=f"evt_{paid['id']}")
+    event = parse_event("razorpay", body, headers={"X-Razorpay-Event-Id": f"evt_{paid['id']}"})
     applied = await WebhookProcessor(razorpay_orders, engine).apply(event)
     assert applied["status"] == "applied", applied
 
@@ -230,7 +230,7 @@ async def test_a_razorpay_refund_the_webhook_records_before_the_activity_commits
         {"entity": "event", "event": "refund.processed",
          "payload": {"refund": {"entity": refund}, "payment": {"entity": paid}}}
     ).encode()  # fmt: skip
-    event = parse_event("razorpay", body, razorpay_event_id_header=f"evt_{refund['id']}")
+    event = parse_event("razorpay", body, headers={"X-Razorpay-Event-Id": f"evt_{refund['id']}"})
     await WebhookProcessor(_NoOrders(), engine).apply(event)  # the webhook's row lands first
 
     retried = await asyncio.to_thread(activities.call_gateway, attempt(1))  # Temporal's retry
@@ -292,7 +292,7 @@ async def test_a_razorpay_refund_that_fails_after_the_order_was_cancelled_makes_
         {"entity": "event", "event": "payment.captured", "payload": {"payment": {"entity": paid}}}
     ).encode()
     await processor.apply(
-        parse_event("razorpay", captured, razorpay_event_id_header=f"e_{paid['id']}")
+        parse_event("razorpay", captured, headers={"X-Razorpay-Event-Id": f"e_{paid['id']}"})
     )
     await wait_status(razorpay_orders, order.id, "CONFIRMED")
     await razorpay_orders.cancel(order.id, "customer changed their mind")
@@ -304,7 +304,7 @@ async def test_a_razorpay_refund_that_fails_after_the_order_was_cancelled_makes_
         {"entity": "event", "event": "refund.failed",
          "payload": {"refund": {"entity": failed}, "payment": {"entity": paid}}}
     ).encode()  # fmt: skip
-    event = parse_event("razorpay", body, razorpay_event_id_header=f"evt_f_{refund['id']}")
+    event = parse_event("razorpay", body, headers={"X-Razorpay-Event-Id": f"evt_f_{refund['id']}"})
     with pytest.raises(WebhookEventError) as put:  # to the dead-letter queue, for an operator
         await processor.apply(event)
     assert refund["id"] in str(put.value) and order.id in str(put.value)

@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import math
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
@@ -17,15 +18,10 @@ from bridge.errors import InvalidJobOptionsError, PayloadRejectedError
 from bridge.redis_client import RedisClient
 from bridge.scripts import rate_limit_script
 from orderflow.settings import Settings
-from payments.events import EventKind, GatewayEvent, MalformedEventError, parse_event
-from payments.signatures import (
-    RAZORPAY_EVENT_ID_HEADER,
-    RAZORPAY_SIGNATURE_HEADER,
-    STRIPE_SIGNATURE_HEADER,
-    SignatureError,
-    verify_razorpay,
-    verify_stripe,
-)
+from payments import providers
+from payments.events import EventKind, GatewayEvent, MalformedEventError
+from payments.providers import WebhookProvider
+from payments.signatures import SignatureError
 
 log = logging.getLogger(__name__)
 # the rate limit is asked no longer: a Redis that accepts but does not answer must not hold the
@@ -117,11 +113,12 @@ class RateLimiter:
 
 
 def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
-    """`POST /webhooks/stripe` and `POST /webhooks/razorpay`."""
+    """`POST /webhooks/<name>` for every provider in the registry (payments.providers)."""
     router = APIRouter(prefix="/webhooks", tags=["webhooks"])
     limiter = RateLimiter(settings)
 
-    async def accept(provider: str, request: Request) -> JSONResponse:
+    async def accept(webhook: WebhookProvider, request: Request) -> JSONResponse:
+        provider = webhook.name
         who = client_address(request, settings.webhook_client_ip_header)
         if wait := await limiter.wait_seconds(who):
             return JSONResponse(
@@ -134,28 +131,12 @@ def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
         except PayloadTooLarge as err:
             return _error(413, "payload_too_large", f"{provider} webhook refused: {err}")
         try:
-            if provider == "stripe":
-                verify_stripe(
-                    body,
-                    request.headers.get(STRIPE_SIGNATURE_HEADER),
-                    settings.stripe_webhook_secret,
-                    tolerance=settings.webhook_tolerance_seconds,
-                )
-            else:
-                verify_razorpay(
-                    body,
-                    request.headers.get(RAZORPAY_SIGNATURE_HEADER),
-                    settings.razorpay_webhook_secret,
-                )
+            webhook.verify(body, request.headers, settings)
         except SignatureError as err:
             log.warning("%s", err)
             return _error(400, "invalid_signature", str(err), provider=provider)
         try:
-            event = parse_event(
-                provider,
-                body,
-                razorpay_event_id_header=request.headers.get(RAZORPAY_EVENT_ID_HEADER),
-            )
+            event = providers.parse_event(provider, body, request.headers)
         except MalformedEventError as err:
             log.warning("%s", err)
             return _error(400, "malformed_event", str(err), provider=provider)
@@ -215,14 +196,19 @@ def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
             }
         )
 
-    @router.post("/stripe")
-    async def stripe_webhook(request: Request) -> JSONResponse:
-        """A Stripe event, signed in `Stripe-Signature`."""
-        return await accept("stripe", request)
+    def route(webhook: WebhookProvider) -> Callable[[Request], Awaitable[JSONResponse]]:
+        async def receive(request: Request) -> JSONResponse:
+            return await accept(webhook, request)
 
-    @router.post("/razorpay")
-    async def razorpay_webhook(request: Request) -> JSONResponse:
-        """A Razorpay event, signed in `X-Razorpay-Signature`."""
-        return await accept("razorpay", request)
+        receive.__doc__ = f"A {webhook.title} event, signed in `{webhook.signature_header}`."
+        return receive
 
+    for webhook in providers.all_providers():
+        router.add_api_route(
+            f"/{webhook.name}",
+            route(webhook),
+            methods=["POST"],
+            name=f"{webhook.name}_webhook",
+            summary=f"{webhook.title} webhook",
+        )
     return router

@@ -40,10 +40,10 @@ from bridge.scripts import Keys
 from bridge.specs import QueueSpec
 from orderflow.db import Order
 from orderflow.settings import Settings
+from payments import providers
 
 log = logging.getLogger(__name__)
 # queue states reported by bullmq.queue.jobs (getJobCounts types plus the DLQ)
-KNOWN_PROVIDERS = ("stripe", "razorpay")  # label values; any other path counts as "other"
 DEPTH_STATES = (
     "waiting",
     "active",
@@ -217,5 +217,6 @@ class WebhookOutcomes:
             code = status.get("code", 500)
             outcome = "accepted" if code < 400 else "rejected" if code < 500 else "failed"
             provider = path[len(self.prefix) :].strip("/")
-            provider = provider if provider in KNOWN_PROVIDERS else "other"
+            # label values: the registered providers; any other path counts as "other"
+            provider = provider if provider in providers.names() else "other"
             self.counter.add(1, {"provider": provider, "outcome": outcome, "code": str(code)})
