@@ -703,6 +703,14 @@ class MoneyMachine(RuleBasedStateMachine):
         self.run(self._an_hour())
         self.settle()
 
+    @rule()
+    def a_day_passes(self) -> None:
+        """Hours pass until nothing of the order waits on a timer (every retry runs out)."""
+        self.note("a_day_passes")
+        for _ in range(6):  # the seed's three retries an hour apart, with room to spare
+            self.run(self._an_hour())
+            self.settle()
+
     async def _an_hour(self) -> None:
         # a workflow's timers are its own; one waiting on a running child is skipped through
         # the child (a fast-forward of a parent of a running child does not finish here)
