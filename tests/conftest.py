@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from bullmq import Queue as BullQueue
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio.testing import WorkflowEnvironment
@@ -21,6 +22,7 @@ from activities.erp import HttpErp
 from app import embedded
 from app.client import OrderClient
 from app.smtp_sink import SmtpSink
+from app.telemetry import Telemetry, setup_telemetry
 from orderflow.db import Product, make_engine
 from orderflow.schema import upgrade
 from orderflow.settings import Settings
@@ -178,3 +180,19 @@ def sink(tmp_path: Path) -> Iterator[SmtpSink]:
     server = SmtpSink(tmp_path / "mail", "127.0.0.1", embedded.free_port()).start()
     yield server
     server.stop()
+
+
+# session-wide: OTel installs its global providers once per process, and the tests that take
+# `engine` run twice (SQLite, PostgreSQL), which would otherwise set this module up again
+@pytest.fixture(scope="session")
+def spans() -> InMemorySpanExporter:
+    """Every span the process finishes from here on."""
+    return InMemorySpanExporter()
+
+
+@pytest.fixture(scope="session")
+def telemetry(settings: Settings, spans: InMemorySpanExporter) -> Iterator[Telemetry]:
+    """The process's OTel globals, as `orderflow run` installs them, plus an in-memory exporter."""
+    installed = setup_telemetry(settings, span_exporter=spans)
+    yield installed
+    installed.shutdown()

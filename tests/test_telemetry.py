@@ -6,7 +6,7 @@ import asyncio
 import json
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -25,7 +25,7 @@ from temporalio.worker import Worker
 from app import embedded
 from app.client import OrderClient
 from app.smtp_sink import SmtpSink
-from app.telemetry import Telemetry, setup_telemetry
+from app.telemetry import Telemetry
 from app.temporal_tracing import CausalTracingInterceptor
 from app.web.app import create_app
 from app.web.metrics import metrics_router, order_counts
@@ -47,22 +47,6 @@ from workers.bridge import build_webhook_processor
 from workers.temporal import Dependencies, build_workers
 
 Catalogue = Callable[..., dict[str, str]]
-
-
-# session-wide: OTel installs its global providers once per process, and the tests that take
-# `engine` run twice (SQLite, PostgreSQL), which would otherwise set this module up again
-@pytest.fixture(scope="session")
-def spans() -> InMemorySpanExporter:
-    """Every span the process finishes from here on."""
-    return InMemorySpanExporter()
-
-
-@pytest.fixture(scope="session")
-def telemetry(settings: Settings, spans: InMemorySpanExporter) -> Iterator[Telemetry]:
-    """The process's OTel globals, as `orderflow run` installs them, plus an in-memory exporter."""
-    installed = setup_telemetry(settings, span_exporter=spans)
-    yield installed
-    installed.shutdown()
 
 
 def unique(spec: QueueSpec, kind: str) -> QueueSpec:

@@ -1,0 +1,140 @@
+"""Webhook providers as plug-ins (issue 19): a third provider declared in one module
+(tests/examplepay.py) and registered gets its route, signature check, processing and metrics;
+every registered provider is complete."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import httpx
+import pytest
+from bullmq import Queue
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import Engine
+
+from app.client import OrderClient
+from app.telemetry import Telemetry
+from app.web.app import create_app
+from bridge.job import Job
+from orderflow.settings import Settings
+from payments import providers
+from payments.events import EventKind
+from payments.processor import WebhookProcessor
+from payments.samples import sample_event
+from payments.signatures import SignatureError, signed_headers
+from tests.examplepay import EXAMPLEPAY
+from tests.helpers import pending_order, wait_status
+
+Catalogue = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def examplepay() -> Iterator[providers.WebhookProvider]:
+    """ExamplePay in the registry for one test: its module, and this one line."""
+    providers.register(EXAMPLEPAY)
+    yield EXAMPLEPAY
+    providers.unregister(EXAMPLEPAY.name)
+
+
+@pytest.fixture
+async def queue(redis_url: str) -> AsyncIterator[Queue]:
+    q = Queue(f"providers-{uuid.uuid4().hex[:8]}", {"connection": redis_url})
+    yield q
+    await q.obliterate(force=True)
+    await q.close()
+
+
+def webhooks_answered(text: str, provider: str, outcome: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "orderflow_webhooks_total"
+        and s.labels.get("provider") == provider
+        and s.labels.get("outcome") == outcome
+    )
+
+
+async def test_a_third_provider_in_one_module_gets_route_check_processing_and_metrics(
+    examplepay: providers.WebhookProvider,
+    settings: Settings,
+    queue: Queue,
+    orders: OrderClient,
+    engine: Engine,
+    catalogue: Catalogue,
+    telemetry: Telemetry,
+) -> None:
+    skus = catalogue(kite=(45_000, 5))
+    order = await pending_order(orders, [(skus["kite"], 1)])
+    fresh = settings.model_copy(update={"metrics_cache_seconds": 0})
+    app = create_app(fresh, queue, telemetry=telemetry)
+    body = sample_event("examplepay", order.id, 45_000)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as http:
+        before = (await http.get("/metrics")).text
+        forged = await http.post(
+            "/webhooks/examplepay", content=body, headers={"X-Examplepay-Signature": "00"}
+        )
+        accepted = await http.post(
+            "/webhooks/examplepay", content=body, headers=signed_headers("examplepay", body, fresh)
+        )
+        metrics = (await http.get("/metrics")).text
+    assert forged.status_code == 400 and forged.json()["error"] == "invalid_signature"
+    assert accepted.status_code == 200, accepted.text
+    job_id = accepted.json()["job_id"]
+    assert job_id == f"examplepay-ex_evt_payment.done_{order.id}"
+    for outcome in ("accepted", "rejected"):  # the session's counters: what this test added
+        added = webhooks_answered(metrics, "examplepay", outcome)
+        assert added - webhooks_answered(before, "examplepay", outcome) == 1, outcome
+
+    queued = await queue.getJob(job_id)
+    assert queued is not None and queued.name == "examplepay-webhook"
+    job = Job(id=job_id, name=queued.name, data=queued.data, opts={}, attempts_made=0,
+              timestamp=int(time.time() * 1000), token="t", queue=queue.name)  # fmt: skip
+    outcome = await WebhookProcessor(orders, engine)(job)
+    assert outcome["status"] == "applied", outcome
+    state = await wait_status(orders, order.id, "CONFIRMED")
+    assert state.payment_id == f"ex_pay_{order.id}"
+
+
+async def test_an_unregistered_provider_has_no_route_and_its_jobs_are_refused(
+    settings: Settings, queue: Queue, orders: OrderClient, engine: Engine
+) -> None:
+    app = create_app(settings, queue)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as http:
+        missing = await http.post("/webhooks/examplepay", content=b"{}")
+    assert missing.status_code in (404, 405)
+    job = Job(id="examplepay-x", name="examplepay-webhook", data={}, opts={}, attempts_made=0,
+              timestamp=int(time.time() * 1000), token="t", queue=queue.name)  # fmt: skip
+    with pytest.raises(Exception, match="unknown job name"):
+        await WebhookProcessor(orders, engine)(job)
+    with pytest.raises(providers.UnknownProviderError, match="expected one of"):
+        signed_headers("examplepay", b"{}", settings)
+
+
+@pytest.mark.parametrize("name", providers.names())
+def test_every_registered_provider_is_complete(name: str, settings: Settings) -> None:
+    """Signs what it verifies, refuses a forged signature, reads its own samples as their kind,
+    and names where its order id lives."""
+    provider = providers.get(name)
+    assert provider.job_name == f"{name}-webhook" and provider.order_id_field
+    assert set(provider.samples) >= {"paid", "failed"}, f"{name}: samples"
+    expected = {"paid": EventKind.PAYMENT_RECEIVED, "failed": EventKind.PAYMENT_FAILED}
+    for outcome, make in provider.samples.items():
+        body = make("o-complete", 12_300)
+        headers = provider.sign(body, settings, None, f"evt_{outcome}")
+        provider.verify(body, headers, settings)
+        with pytest.raises(SignatureError):
+            provider.verify(body + b" ", headers, settings)
+        event = providers.parse_event(name, body, headers)
+        assert (event.provider, event.kind, event.order_id) == (
+            name,
+            expected[outcome],
+            "o-complete",
+        ), f"{name} {outcome}"
+        assert event.type in provider.kinds
