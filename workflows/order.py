@@ -50,7 +50,6 @@ with workflow.unsafe.imports_passed_through():
         StatusInput,
     )
     from orderflow.contracts.payment import (
-        PARTIAL_CAPTURE_PROVIDERS,
         PAYMENTS_TASK_QUEUE,
         GatewayRequest,
         HoldState,
@@ -68,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         review_workflow_id,
     )
     from orderflow.money import format_money
+    from workflows import acceptance
     from workflows.inventory import InventoryReleaseWorkflow
     from workflows.payment import GATEWAY_CALL_RETRY, PaymentRetryWorkflow
     from workflows.review import ManualReviewWorkflow
@@ -812,40 +812,24 @@ class OrderWorkflow:
                 payment.payment_id,
             )
 
-    def _matches_total(self, payment: PaymentReceived) -> bool:
-        """Exactly the total, in the order's currency."""
-        return payment.amount == self._total and self._in_currency(payment)
+    def _due(self) -> acceptance.Due:
+        """What this order is owed, for the acceptance rules (workflows/acceptance.py)."""
+        return acceptance.Due(
+            order_id=self._order.order_id,
+            total=self._total,
+            currency=self._currency,
+            refuses_empty_currency=lambda: self._patched(EMPTY_CURRENCY_REFUSED),
+            whole_hold_only=lambda: self._patched(WHOLE_HOLD_ONLY),
+        )
 
     def _in_currency(self, payment: PaymentReceived) -> bool:
-        """In the order's currency (orders from before took an empty one as the order's)."""
-        if payment.currency == self._currency:
-            return True
-        return payment.currency == "" and not self._patched(EMPTY_CURRENCY_REFUSED)
+        return acceptance.in_currency(payment, self._due())
 
     def _currency_refusal(self, payment: PaymentReceived) -> str:
-        """Why a payment's currency is not the order's."""
-        total = f"{format_money(self._total, self._currency)} ({self._currency})"
-        if not payment.currency:
-            return (
-                f"payment {payment.payment_id} of {payment.amount} minor units names no"
-                f" currency; the order's total is {total}"
-            )
-        paid = format_money(payment.amount, payment.currency)
-        return f"payment {payment.payment_id} of {paid} is in {payment.currency}; the order's total is {total}"
+        return acceptance.currency_refusal(payment, self._due())
 
     def _acceptable(self, payment: PaymentReceived) -> bool:
-        """The total exactly; an authorisation may hold more where only the total can be taken."""
-        if payment.authorised_only:
-            if payment.amount < self._total or not self._in_currency(payment):
-                return False
-            return payment.amount == self._total or self._captures_part(payment)
-        return self._matches_total(payment)
-
-    def _captures_part(self, payment: PaymentReceived) -> bool:
-        """Can the payment's provider capture the total from a larger hold?"""
-        if payment.provider in PARTIAL_CAPTURE_PROVIDERS:
-            return True
-        return not self._patched(WHOLE_HOLD_ONLY)  # orders from before took any larger hold
+        return acceptance.acceptable(payment, self._due())
 
     def _accept(self, payment: PaymentReceived) -> PaymentAck:
         order_id = self._order.order_id
@@ -871,50 +855,11 @@ class OrderWorkflow:
                 status=self._status,
                 reason=f"order {order_id} is {self._status}: payment refused",
             )
-        if self._status != OrderStatus.NEW and not self._acceptable(payment):
-            if not self._in_currency(payment):
-                self._note(f"refused {self._currency_refusal(payment)}")
-                return PaymentAck(
-                    accepted=False,
-                    status=self._status,
-                    reason=f"order {order_id}: {self._currency_refusal(payment)}: refused",
-                )
-            paid = format_money(payment.amount, payment.currency or self._currency)
-            if payment.authorised_only and payment.amount > self._total:
-                total = format_money(self._total, self._currency)
-                self._note(
-                    f"refused authorisation {payment.payment_id}: {paid} is above {total}"
-                    f" ({payment.provider} captures only a whole hold)"
-                )
-                return PaymentAck(
-                    accepted=False,
-                    status=self._status,
-                    reason=(
-                        f"order {order_id}: authorisation {payment.payment_id} of {paid} is "
-                        f"above the order total {total} and {payment.provider} can capture only "
-                        "the whole hold: not captured"
-                    ),
-                )
-            if payment.authorised_only:
-                total = format_money(self._total, self._currency)
-                self._note(f"refused authorisation {payment.payment_id}: {paid} is below {total}")
-                return PaymentAck(
-                    accepted=False,
-                    status=self._status,
-                    reason=(
-                        f"order {order_id}: authorisation {payment.payment_id} of {paid} "
-                        f"does not cover the order total {total}: not captured"
-                    ),
-                )
-            self._note(f"refused payment {payment.payment_id}: {paid} is not the total")
-            return PaymentAck(
-                accepted=False,
-                status=self._status,
-                reason=(
-                    f"order {order_id}: payment {payment.payment_id} of {paid} "
-                    f"does not match the order total {format_money(self._total, self._currency)}"
-                ),
-            )
+        if self._status != OrderStatus.NEW and (
+            refused := acceptance.refusal(payment, self._due())
+        ):
+            self._note(refused.note)
+            return PaymentAck(accepted=False, status=self._status, reason=refused.reason)
         self._payment = payment
         self._note(
             f"payment {payment.payment_id} received"
