@@ -395,8 +395,7 @@ async def webhooks_sample(
     from asyncio import to_thread
     from pathlib import Path
 
-    from payments.samples import sample_event
-    from payments.signatures import curl_command
+    from payments.providers import curl_command, sample_event
 
     state = await (await _client()).status(order_id)
     total = state.total if amount is None else to_minor(amount, state.currency)
@@ -416,7 +415,7 @@ def webhooks_sign(
     url: Annotated[str, typer.Option(help="Post somewhere else than the local HTTP app")] = "",
 ) -> None:
     """Print a curl command that posts BODY_FILE signed with the configured webhook secret."""
-    from payments.signatures import curl_command
+    from payments.providers import curl_command
 
     typer.echo(curl_command(provider, body_file, _settings(), url=url))
 

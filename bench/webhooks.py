@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app import embedded
 from app.client import OrderClient
 from orderflow.settings import Settings
+from payments.providers import signed_headers
 from payments.samples import stripe_payment_succeeded
-from payments.signatures import signed_headers
 
 STATUS_POLL_SECONDS = 0.005  # the CONFIRMED wait polls the status query this often
 SKU = "BENCH-WEBHOOK-SKU"

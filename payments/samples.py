@@ -150,35 +150,3 @@ def razorpay_refund_processed(payment_id: str, amount_minor: int, *, order_id: s
 
 def _dump(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
-
-
-def sample_event(
-    provider: str, order_id: str, amount_minor: int, currency: str = "INR", *, outcome: str = "paid"
-) -> bytes:
-    """A sample body for the CLI and README: `outcome` paid or failed, in the currency's minor units.
-
-    Any provider in the registry (payments.providers, imported here: its modules import this one).
-    """
-    from payments import providers
-
-    make = providers.get(provider).samples.get(outcome)
-    if make is None:
-        raise ValueError(f"no sample for provider {provider!r} and outcome {outcome!r}")
-    return _with_currency(make(order_id, amount_minor), currency)
-
-
-def _with_currency(body: bytes, currency: str) -> bytes:
-    """The sample with its object's currency set (Stripe writes it lower case, Razorpay upper)."""
-    event = json.loads(body)
-    for obj in _objects(event):
-        if "currency" in obj:
-            obj["currency"] = currency.lower() if obj["currency"].islower() else currency.upper()
-    return _dump(event)
-
-
-def _objects(value: Any) -> list[dict[str, Any]]:
-    if isinstance(value, dict):
-        return [value, *(o for v in value.values() for o in _objects(v))]
-    if isinstance(value, list):
-        return [o for v in value for o in _objects(v)]
-    return []

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import shlex
-import sys
 import time
-from pathlib import Path
 
 from orderflow.errors import OrderflowError
-from orderflow.settings import Settings
 
 STRIPE_SIGNATURE_HEADER = "Stripe-Signature"
 RAZORPAY_SIGNATURE_HEADER = "X-Razorpay-Signature"
@@ -118,58 +114,3 @@ def verify_razorpay(payload: bytes | str, header: str | None, secret: str) -> No
         raise SignatureError(
             "razorpay", "the signature does not match the body and the webhook secret"
         )
-
-
-def signed_headers(
-    provider: str,
-    payload: bytes | str,
-    settings: Settings,
-    *,
-    timestamp: int | None = None,
-    event_id: str | None = None,
-) -> dict[str, str]:
-    """The headers a gateway would send with this body, signed with the configured secret.
-
-    For the CLI (`orderflow webhooks sign`), curl examples, tests and benchmarks. Any provider
-    in the registry (payments.providers, imported here: its modules import this one).
-    """
-    from payments import providers
-
-    return providers.get(provider).sign(_as_bytes(payload), settings, timestamp, event_id)
-
-
-def curl_command(
-    provider: str,
-    body_file: str | Path,
-    settings: Settings,
-    *,
-    url: str = "",
-    timestamp: int | None = None,
-    event_id: str | None = None,
-) -> str:
-    """A curl command that posts `body_file` to the app, signed now (Stripe allows 300 s)."""
-    payload = Path(body_file).read_bytes()
-    url = url or f"http://{settings.http_host}:{settings.http_port}/webhooks/{provider}"
-    headers = signed_headers(provider, payload, settings, timestamp=timestamp, event_id=event_id)
-    parts = ["curl", "-sS", "-X", "POST", shlex.quote(url)]
-    for name, value in headers.items():
-        parts += ["-H", shlex.quote(f"{name}: {value}")]
-    parts += ["--data-binary", shlex.quote(f"@{body_file}")]
-    return " ".join(parts)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m payments.signatures PROVIDER BODY_FILE [URL]`: print a signed curl command."""
-    from payments import providers
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (2, 3) or args[0] not in providers.names():
-        names = "|".join(providers.names())
-        raise SystemExit(f"usage: python -m payments.signatures {names} BODY_FILE [URL]")
-    print(
-        curl_command(args[0], args[1], Settings.from_env(), url=args[2] if len(args) == 3 else "")
-    )
-
-
-if __name__ == "__main__":
-    main()

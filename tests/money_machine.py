@@ -372,6 +372,9 @@ class MoneyMachine(RuleBasedStateMachine):
 
     world: World
     loop: asyncio.AbstractEventLoop
+    # set when the test's coroutine ends however it ends, so the machine's thread (which
+    # `asyncio.to_thread` cannot cancel) stops instead of driving the shared loop on
+    abandoned: threading.Event
     counter = 0
 
     def __init__(self) -> None:
@@ -390,6 +393,9 @@ class MoneyMachine(RuleBasedStateMachine):
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run one coroutine on the test's event loop and wait for it."""
+        if self.abandoned.is_set():  # the test ended (a timeout): stop here, touch nothing more
+            coro.close()
+            raise RuntimeError("the money test ended; this machine stops")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(CALL_TIMEOUT)
 
     @property

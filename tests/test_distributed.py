@@ -40,8 +40,7 @@ from orderflow.contracts.order import OrderStatus
 from orderflow.db import MailDelivery, Order, Product, Reservation, make_engine
 from orderflow.schema import upgrade
 from orderflow.settings import Settings
-from payments.samples import sample_event
-from payments.signatures import signed_headers
+from payments.providers import sample_event, signed_headers
 from tests.helpers import eventually
 from tests.postgres import PostgresCluster
 from tests.test_bridge_email import ORDER_MAIL

@@ -9,6 +9,7 @@ Slower than the unit tier: `make test` runs a few examples, `make test-money` ma
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -249,4 +250,8 @@ async def test_money_is_conserved_on_the_real_activities(
 
     Machine.world = RealWorld(env, settings, deps, catalogue)
     Machine.loop = loop
-    await asyncio.to_thread(run_state_machine_as_test, Machine, settings=money_settings(4, 10))
+    Machine.abandoned = threading.Event()
+    try:
+        await asyncio.to_thread(run_state_machine_as_test, Machine, settings=money_settings(4, 10))
+    finally:
+        Machine.abandoned.set()

@@ -22,8 +22,8 @@ from orderflow.settings import Settings
 from payments import providers
 from payments.events import EventKind
 from payments.processor import WebhookProcessor
-from payments.samples import sample_event
-from payments.signatures import SignatureError, signed_headers
+from payments.providers import sample_event, signed_headers
+from payments.signatures import SignatureError
 from tests.examplepay import EXAMPLEPAY
 from tests.helpers import pending_order, wait_status
 

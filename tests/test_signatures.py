@@ -14,12 +14,12 @@ import stripe
 
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
+from payments.providers import signed_headers
 from payments.signatures import (
     SignatureError,
     parse_stripe_header,
     sign_razorpay,
     sign_stripe,
-    signed_headers,
     verify_razorpay,
     verify_stripe,
 )

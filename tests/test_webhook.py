@@ -34,18 +34,17 @@ from orderflow.db import Payment, WebhookEvent
 from orderflow.settings import Settings
 from payments.events import GatewayEvent, parse_razorpay, parse_stripe
 from payments.processor import OrderNotYetKnownError, WebhookEventError, WebhookProcessor
+from payments.providers import sample_event, signed_headers
 from payments.reconciliation import enqueue_reconciliation, reconcile
 from payments.samples import (
     razorpay_payment_captured,
     razorpay_refund_processed,
-    sample_event,
     stripe_charge_refunded,
     stripe_event,
     stripe_payment_failed,
     stripe_payment_intent,
     stripe_payment_succeeded,
 )
-from payments.signatures import signed_headers
 from payments.stripe_gateway import StripeGateway
 from tests.bridge_helpers import bull_queue, counts, eventually, running
 from tests.fake_gateways import STRIPE_TEST_KEY, LocalStripe, StallingProxy

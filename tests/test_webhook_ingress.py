@@ -23,14 +23,8 @@ from app.web.app import create_app, http_server
 from bridge.producer import QueueProducer
 from bridge.specs import webhook_spec
 from orderflow.settings import Settings
-from payments.samples import sample_event
-from payments.signatures import (
-    curl_command,
-    sign_razorpay,
-    sign_stripe,
-    signed_headers,
-    verify_stripe,
-)
+from payments.providers import curl_command, sample_event, signed_headers
+from payments.signatures import sign_razorpay, sign_stripe, verify_stripe
 from tests.bridge_helpers import counts
 
 STRIPE_SECRET = "whsec_ingress_test"

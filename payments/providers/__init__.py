@@ -9,113 +9,123 @@ reconciliation's event kinds all come from here; nothing else names a provider. 
 docs/EXTENDING.md.
 """
 
-from __future__ import annotations
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-
-from bridge.producer import job_id_problem
-from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
-from payments.events import EventKind, GatewayEvent, MalformedEventError
+from payments.providers.base import (
+    Headers,
+    UnknownProviderError,
+    WebhookProvider,
+    all_providers,
+    by_job_name,
+    event_types,
+    get,
+    names,
+    parse_event,
+    register,
+    unregister,
+)
 
-Headers = Mapping[str, str]  # a request's headers (Starlette's are case-insensitive)
-
-
-@dataclass(frozen=True)
-class WebhookProvider:
-    """Everything the webhook side knows about one payment provider."""
-
-    name: str
-    """The route `/webhooks/<name>`, the metrics label and every event's `provider`."""
-    title: str
-    """How people write it (`Stripe`), for messages and docs."""
-    signature_header: str
-    """The header that carries the signature (`Stripe-Signature`)."""
-    verify: Callable[[bytes, Headers, Settings], None]
-    """Check a raw body's signature against the configured secret; raises SignatureError."""
-    sign: Callable[[bytes, Settings, int | None, str | None], dict[str, str]]
-    """The headers the provider would send with a body (payload, settings, timestamp, event
-    id), signed with the configured secret: for tests, curl examples and benchmarks."""
-    parse: Callable[[bytes, Headers], GatewayEvent]
-    """Read a verified body (and its headers) into a GatewayEvent; raises MalformedEventError."""
-    kinds: Mapping[str, EventKind]
-    """Event type → what it means for an order (types not listed are IGNORED)."""
-    order_id_field: str
-    """Where its payloads carry our order id, named in errors (`data.object.metadata`)."""
-    samples: Mapping[str, Callable[[str, int], bytes]] = field(default_factory=dict)
-    """Sample bodies by outcome (`paid`, `failed`): maker(order_id, amount_minor)."""
-
-    @property
-    def job_name(self) -> str:
-        """Its events' job name on payment-webhook-queue (`stripe-webhook`)."""
-        return f"{self.name}-webhook"
-
-
-class UnknownProviderError(OrderflowError):
-    """A provider name the registry does not hold."""
-
-    def __init__(self, name: str) -> None:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
-        super().__init__(f"unknown webhook provider {name!r}: expected one of {known}")
-        self.name = name
-
-
-_REGISTRY: dict[str, WebhookProvider] = {}
-
-
-def register(provider: WebhookProvider) -> WebhookProvider:
-    """Add a provider (a module does this once, at import); the same name twice is a defect."""
-    if provider.name in _REGISTRY and _REGISTRY[provider.name] is not provider:
-        raise ValueError(f"webhook provider {provider.name!r} is registered twice")
-    _REGISTRY[provider.name] = provider
-    return provider
-
-
-def unregister(name: str) -> None:
-    """Remove a provider (tests that register a throwaway one)."""
-    _REGISTRY.pop(name, None)
-
-
-def get(name: str) -> WebhookProvider:
-    """The provider of this name, or UnknownProviderError naming the known ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownProviderError(name) from None
-
-
-def names() -> list[str]:
-    """Every registered provider's name, in registration order."""
-    return list(_REGISTRY)
-
-
-def all_providers() -> list[WebhookProvider]:
-    """Every registered provider, in registration order."""
-    return list(_REGISTRY.values())
-
-
-def by_job_name(job_name: str) -> WebhookProvider | None:
-    """The provider whose events carry this job name, if any."""
-    return next((p for p in _REGISTRY.values() if p.job_name == job_name), None)
-
-
-def parse_event(name: str, body: bytes, headers: Headers | None = None) -> GatewayEvent:
-    """Read a verified webhook body of a registered provider; its id must make a valid job id."""
-    try:
-        provider = get(name)
-    except UnknownProviderError as err:
-        raise MalformedEventError(name, "", str(err)) from None
-    event = provider.parse(body, headers or {})
-    if why := job_id_problem(event.job_id):
-        raise MalformedEventError(name, event.event_id, f"its id cannot be a job id: {why}")
-    return event
-
-
-def event_types(kind: EventKind) -> set[str]:
-    """Every provider's event types that mean `kind`."""
-    return {t for p in _REGISTRY.values() for t, k in p.kinds.items() if k is kind}
-
+__all__ = [
+    "Headers",
+    "UnknownProviderError",
+    "WebhookProvider",
+    "all_providers",
+    "by_job_name",
+    "curl_command",
+    "event_types",
+    "get",
+    "names",
+    "parse_event",
+    "register",
+    "sample_event",
+    "signed_headers",
+    "unregister",
+]
 
 # --- the registry: one line per provider module ---
-from payments.providers import razorpay, stripe  # noqa: E402, F401  (each registers itself)
+from payments.providers import razorpay, stripe  # noqa: F401  (each registers itself)
+
+# --- what every provider offers, by name: signed requests and sample bodies ---
+
+
+def signed_headers(
+    provider: str,
+    payload: bytes | str,
+    settings: Settings,
+    *,
+    timestamp: int | None = None,
+    event_id: str | None = None,
+) -> dict[str, str]:
+    """The headers a gateway would send with this body, signed with the configured secret.
+
+    For the CLI (`orderflow webhooks sign`), curl examples, tests and benchmarks. Any provider
+    in the registry.
+    """
+    body = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+    return get(provider).sign(body, settings, timestamp, event_id)
+
+
+def curl_command(
+    provider: str,
+    body_file: str | Path,
+    settings: Settings,
+    *,
+    url: str = "",
+    timestamp: int | None = None,
+    event_id: str | None = None,
+) -> str:
+    """A curl command that posts `body_file` to the app, signed now (Stripe allows 300 s)."""
+    payload = Path(body_file).read_bytes()
+    url = url or f"http://{settings.http_host}:{settings.http_port}/webhooks/{provider}"
+    headers = signed_headers(provider, payload, settings, timestamp=timestamp, event_id=event_id)
+    parts = ["curl", "-sS", "-X", "POST", shlex.quote(url)]
+    for name, value in headers.items():
+        parts += ["-H", shlex.quote(f"{name}: {value}")]
+    parts += ["--data-binary", shlex.quote(f"@{body_file}")]
+    return " ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m payments.providers PROVIDER BODY_FILE [URL]`: print a signed curl command."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (2, 3) or args[0] not in names():
+        known = "|".join(names())
+        raise SystemExit(f"usage: python -m payments.providers {known} BODY_FILE [URL]")
+    print(
+        curl_command(args[0], args[1], Settings.from_env(), url=args[2] if len(args) == 3 else "")
+    )
+
+
+def sample_event(
+    provider: str, order_id: str, amount_minor: int, currency: str = "INR", *, outcome: str = "paid"
+) -> bytes:
+    """A sample body for the CLI and README: `outcome` paid or failed, in the currency's minor units.
+
+    Any provider in the registry.
+    """
+    make = get(provider).samples.get(outcome)
+    if make is None:
+        raise ValueError(f"no sample for provider {provider!r} and outcome {outcome!r}")
+    return _with_currency(make(order_id, amount_minor), currency)
+
+
+def _with_currency(body: bytes, currency: str) -> bytes:
+    """The sample with its object's currency set (Stripe writes it lower case, Razorpay upper)."""
+    event = json.loads(body)
+    for obj in _objects(event):
+        if "currency" in obj:
+            obj["currency"] = currency.lower() if obj["currency"].islower() else currency.upper()
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def _objects(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, dict):
+        return [value, *(o for v in value.values() for o in _objects(v))]
+    if isinstance(value, list):
+        return [o for v in value for o in _objects(v)]
+    return []

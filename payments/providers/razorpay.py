@@ -6,7 +6,7 @@ from __future__ import annotations
 from orderflow.contracts.payment import GatewayName
 from orderflow.settings import Settings
 from payments.events import RAZORPAY_KINDS, parse_razorpay
-from payments.providers import Headers, WebhookProvider, register
+from payments.providers.base import Headers, WebhookProvider, register
 from payments.samples import razorpay_payment_captured, razorpay_payment_failed
 from payments.signatures import (
     RAZORPAY_EVENT_ID_HEADER,

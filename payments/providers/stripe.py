@@ -6,7 +6,7 @@ from __future__ import annotations
 from orderflow.contracts.payment import GatewayName
 from orderflow.settings import Settings
 from payments.events import STRIPE_KINDS, parse_stripe
-from payments.providers import Headers, WebhookProvider, register
+from payments.providers.base import Headers, WebhookProvider, register
 from payments.samples import stripe_payment_failed, stripe_payment_succeeded
 from payments.signatures import STRIPE_SIGNATURE_HEADER, sign_stripe, verify_stripe
 

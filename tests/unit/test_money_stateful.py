@@ -8,6 +8,7 @@ activities stubbed, the gateway a ledger of real money movements (tests/money_ma
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from hypothesis.stateful import run_state_machine_as_test
@@ -194,4 +195,8 @@ async def test_money_is_conserved_whatever_happens_to_an_order(env: WorkflowEnvi
 
     Machine.world = UnitWorld(env)
     Machine.loop = loop
-    await asyncio.to_thread(run_state_machine_as_test, Machine, settings=money_settings(8, 10))
+    Machine.abandoned = threading.Event()
+    try:
+        await asyncio.to_thread(run_state_machine_as_test, Machine, settings=money_settings(8, 10))
+    finally:
+        Machine.abandoned.set()
