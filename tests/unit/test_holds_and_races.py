@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -291,3 +292,31 @@ async def test_a_payment_in_another_currency_is_refused(
     )
     assert ack.accepted, ack.reason
     await wait_status(unit_orders, order.id, "CONFIRMED")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 18 review: the hold is sent for capture again")
+async def test_a_hold_whose_capture_attempt_failed_is_released_not_captured_again_on_cancel(
+    env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
+) -> None:
+    """The hold's capture attempt errored (its outcome unknown) and the order is cancelled
+    before the next attempt: the hold is released (and looked up if that fails), never sent
+    for capture again, which would charge a cancelled customer only to refund them."""
+    from orderflow.contracts.review import ReviewDecision
+
+    order_id, hold = await _hold_in_review(unit_orders, stubs)
+    stubs.capture_outage = 1
+    review = await unit_orders.status(order_id)
+    await unit_orders.decide_review(review.review_id, ReviewDecision(True, "qa"))
+    retry = payment_retry_workflow_id(order_id, PaymentKind.CAPTURE)
+    await started_workflow(env.client, retry)
+
+    async def errored() -> bool:
+        attempts = await env.client.get_workflow_handle(retry).query("attempts")
+        return any("gateway error" in a["detail"] for a in attempts)
+
+    await eventually(errored, 20, "the hold's capture attempt failed as a gateway error")
+    await unit_orders.cancel(order_id, "changed my mind")
+    assert (await unit_orders.result(order_id)).status == OrderStatus.CANCELLED
+    captures = [r for r in stubs.called("call_gateway") if r.kind is PaymentKind.CAPTURE]
+    assert len(captures) == 1, captures
+    assert [r.payment_id for r in stubs.called("release")] == [hold.payment_id]
