@@ -27,12 +27,13 @@ GATEWAY_CALL_RETRY = RetryPolicy(
     maximum_attempts=10,
 )
 # asking again under the key of a capture whose outcome is unknown: until the gateway answers
-# (a refusal of our setup still ends it), every few minutes at most
+# (a refusal of our setup still ends it), every few minutes at most, for an hour at most
 ASK_AGAIN_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
     maximum_interval=timedelta(minutes=5),
     maximum_attempts=0,
 )
+ASK_AGAIN_FOR = timedelta(hours=1)
 # workflow.patched id: a capture attempt that ended in a gateway error may have moved the money;
 # before the retries end with it (stopped, or the last attempt) it is asked again under its key
 UNKNOWN_CAPTURE_ASKED_AGAIN = "unknown-capture-asked-again"
@@ -99,9 +100,12 @@ class PaymentRetryWorkflow:
                 )
         # the next attempt would have found what an errored one moved (the gateway looks for an
         # earlier retry's payment); without one, only asking again under its key can tell
+        # a hold is not asked again: the order releases it, and looks up what became of it when
+        # the release fails (a capture that landed is then refunded, nothing new is taken)
         if (
             unknown is not None
             and data.kind is PaymentKind.CAPTURE
+            and not data.authorisation
             and workflow.patched(UNKNOWN_CAPTURE_ASKED_AGAIN)
         ):
             found = await self._ask_again(unknown)
@@ -152,6 +156,8 @@ class PaymentRetryWorkflow:
                 PaymentActivities.call_gateway,
                 request,
                 start_to_close_timeout=timedelta(seconds=30),
+                # well inside the gateways' idempotency window (Stripe: 24 h); then unknown
+                schedule_to_close_timeout=ASK_AGAIN_FOR,
                 retry_policy=ASK_AGAIN_RETRY,
             )
         except ActivityError as err:

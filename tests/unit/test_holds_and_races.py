@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -294,7 +293,6 @@ async def test_a_payment_in_another_currency_is_refused(
     await wait_status(unit_orders, order.id, "CONFIRMED")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 review: the hold is sent for capture again")
 async def test_a_hold_whose_capture_attempt_failed_is_released_not_captured_again_on_cancel(
     env: WorkflowEnvironment, unit_orders: OrderClient, stubs: Stubs
 ) -> None:
