@@ -117,10 +117,14 @@ async def test_an_unregistered_provider_has_no_route_and_its_jobs_are_refused(
         signed_headers("examplepay", b"{}", settings)
 
 
-@pytest.mark.parametrize("name", providers.names())
-def test_every_registered_provider_is_complete(name: str, settings: Settings) -> None:
+@pytest.mark.parametrize("name", [*providers.names(), EXAMPLEPAY.name])
+def test_every_registered_provider_is_complete(
+    name: str, settings: Settings, request: pytest.FixtureRequest
+) -> None:
     """Signs what it verifies, refuses a forged signature, reads its own samples as their kind,
-    and names where its order id lives."""
+    and names where its order id lives (the built-in ones, and the plug-in of the tests)."""
+    if name == EXAMPLEPAY.name:
+        request.getfixturevalue("examplepay")
     provider = providers.get(name)
     assert provider.job_name == f"{name}-webhook" and provider.order_id_field
     assert set(provider.samples) >= {"paid", "failed"}, f"{name}: samples"
