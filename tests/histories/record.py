@@ -197,9 +197,8 @@ async def test_early_short_payment_refused(orders: OrderClient, catalogue: Catal
     )
 
 
-async def test_early_short_payment_recorded(orders: OrderClient, catalogue: Catalogue) -> None:
-    """Issue 18: the refused ₹1.00 gets its payment row before its refund (marker
-    refused-payment-recorded); the full payment confirms, the order ships."""
+async def refused_then_paid(orders: OrderClient, catalogue: Catalogue, path: str) -> None:
+    """The early ₹1.00 refused and refunded, the full payment confirms, the order ships; saved."""
     handle = await start_with_early_payment(orders, catalogue, price=199_800, paid=100)
     order_id = handle.id.removeprefix("order-")
 
@@ -209,26 +208,19 @@ async def test_early_short_payment_recorded(orders: OrderClient, catalogue: Cata
     await eventually(refunded, 20, f"the early payment of order {order_id} refunded")
     await pay_and_ship(orders, order_id, 199_800)
     assert (await handle.result()).status == "SHIPPED"
-    await save(
-        orders.client, "early-short-payment-recorded", handle.id, f"payment-refund-{order_id}"
-    )
+    await save(orders.client, path, handle.id, f"payment-refund-{order_id}")
+
+
+async def test_early_short_payment_recorded(orders: OrderClient, catalogue: Catalogue) -> None:
+    """Issue 18: the refused ₹1.00 gets its payment row before its refund (marker
+    refused-payment-recorded); the full payment confirms, the order ships."""
+    await refused_then_paid(orders, catalogue, "early-short-payment-recorded")
 
 
 async def test_early_short_payment_at_start(orders: OrderClient, catalogue: Catalogue) -> None:
     """Issue 18: the same path with every patch decided as the order starts (marker
     patches-decided-at-start, and no other marker)."""
-    handle = await start_with_early_payment(orders, catalogue, price=199_800, paid=100)
-    order_id = handle.id.removeprefix("order-")
-
-    async def refunded() -> bool:
-        return (await orders.status(order_id)).history[-1].note.startswith("refunded")
-
-    await eventually(refunded, 20, f"the early payment of order {order_id} refunded")
-    await pay_and_ship(orders, order_id, 199_800)
-    assert (await handle.result()).status == "SHIPPED"
-    await save(
-        orders.client, "early-short-payment-at-start", handle.id, f"payment-refund-{order_id}"
-    )
+    await refused_then_paid(orders, catalogue, "early-short-payment-at-start")
 
 
 async def test_manual_capture(orders: OrderClient, catalogue: Catalogue) -> None:

@@ -267,14 +267,20 @@ def unit_client(env: WorkflowEnvironment) -> OrderClient:
     return OrderClient(env.client, settings, task_queue=f"unit-{uuid.uuid4().hex[:10]}")
 
 
-def stub_worker(env: WorkflowEnvironment, stubs: Stubs, task_queue: str) -> Worker:
-    """The one worker of a unit test: every workflow, the stubs, children on the same queue."""
+def stub_worker(
+    env: WorkflowEnvironment, stubs: Stubs, task_queue: str, *, cache: bool = True
+) -> Worker:
+    """The one worker of a unit test: every workflow, the stubs, children on the same queue.
+
+    cache=False: no workflow stays in memory, so every task replays its history (a restart).
+    """
     return Worker(
         env.client,
         task_queue=task_queue,
         workflows=UNIT_WORKFLOWS,
         activities=stubs.activities(),
         interceptors=[OwnTaskQueue()],
+        **({} if cache else {"max_cached_workflows": 0}),
     )
 
 

@@ -11,22 +11,11 @@ from __future__ import annotations
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Replayer
 
 from orderflow.contracts.order import OrderState, OrderStatus, PaymentReceived, order_workflow_id
 from tests.helpers import eventually, new_order_id, start_with_payment
-from tests.unit.conftest import UNIT_WORKFLOWS, OwnTaskQueue, Stubs, unit_client
-
-
-def _worker(env: WorkflowEnvironment, stubs: Stubs, task_queue: str, cache: bool) -> Worker:
-    return Worker(
-        env.client,
-        task_queue=task_queue,
-        workflows=UNIT_WORKFLOWS,
-        activities=stubs.activities(),
-        interceptors=[OwnTaskQueue()],
-        max_cached_workflows=1000 if cache else 0,
-    )
+from tests.unit.conftest import UNIT_WORKFLOWS, OwnTaskQueue, Stubs, stub_worker, unit_client
 
 
 @pytest.mark.parametrize(
@@ -40,7 +29,7 @@ async def test_an_order_paid_before_its_stock_check_replays_on_a_new_worker(
     stubs = Stubs(prices={"bag": 10_000})
     orders = unit_client(env)
     order_id = new_order_id()
-    async with _worker(env, stubs, orders.task_queue, cache=True):
+    async with stub_worker(env, stubs, orders.task_queue):
         payment = PaymentReceived("pay_early", amount, "stub", currency="INR")
         await start_with_payment(orders, order_id, [("bag", 1)], payment)
 
@@ -55,7 +44,7 @@ async def test_an_order_paid_before_its_stock_check_replays_on_a_new_worker(
         workflows=UNIT_WORKFLOWS, interceptors=[OwnTaskQueue()]
     ).replay_workflow(history, raise_on_replay_failure=False)
     assert replayed.replay_failure is None, f"order {order_id}: {replayed.replay_failure}"
-    async with _worker(env, stubs, orders.task_queue, cache=False):  # a restart: no cache
+    async with stub_worker(env, stubs, orders.task_queue, cache=False):  # a restart: no cache
         after = await orders.status(order_id)
 
     def notes(state: OrderState) -> list[tuple[OrderStatus, str]]:
