@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import subprocess
+import threading
 from collections.abc import Collection
 from contextlib import AsyncExitStack
 from urllib.parse import urlparse
@@ -65,12 +66,30 @@ def start_servers(settings: Settings, stack: AsyncExitStack) -> None:
         stack.callback(embedded.stop, proc)
 
 
-def prepare_schema(settings: Settings, engine: Engine) -> None:
+def prepare_schema(
+    settings: Settings, engine: Engine, abandoned: threading.Event | None = None
+) -> None:
     """Migrate (embedded default) or wait for the migration job (distributed engine)."""
     if settings.migrate_on_start:
         log.info("database schema at %s", ", ".join(sorted(schema.upgrade(engine))))
     else:
-        schema.wait_for_schema(engine, settings.schema_wait_seconds)
+        schema.wait_for_schema(engine, settings.schema_wait_seconds, abandoned)
+
+
+async def _prepare_schema_in_thread(settings: Settings, engine: Engine) -> None:
+    """`prepare_schema` off the event loop, its thread ended before a cancellation goes on.
+
+    A thread cannot be cancelled: a cancelled start would otherwise dispose of the engine while
+    the thread still migrates or polls on it. A migration runs to its end; a wait stops polling.
+    """
+    abandoned = threading.Event()
+    work = asyncio.ensure_future(asyncio.to_thread(prepare_schema, settings, engine, abandoned))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        abandoned.set()
+        await asyncio.gather(work, return_exceptions=True)
+        raise
 
 
 PARTS = ("workflows", "bridge", "http")  # Temporal workers + schedules, bridge workers, HTTP app
@@ -116,7 +135,7 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
             )
         engine = make_engine(settings.db_url)
         stack.callback(engine.dispose)
-        await asyncio.to_thread(prepare_schema, settings, engine)
+        await _prepare_schema_in_thread(settings, engine)
         if settings.seed_catalogue and (added := catalogue.seed(engine)):
             log.info("seeded %d starter products", added)
         telemetry = setup_telemetry(settings)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -83,8 +84,17 @@ def upgrade(engine: Engine, revision: str = "head") -> set[str]:
     return current_revisions(engine)
 
 
-def wait_for_schema(engine: Engine, timeout: float) -> None:
-    """Block until the database is at this code's head; fail after `timeout` seconds."""
+def wait_for_schema(
+    engine: Engine, timeout: float, abandoned: threading.Event | None = None
+) -> None:
+    """Block until the database is at this code's head; fail after `timeout` seconds.
+
+    Args:
+        engine: the database to watch.
+        timeout: seconds to wait before failing with `OrderflowError`.
+        abandoned: set by a caller that gave up (a cancelled start); the wait then ends at its
+            next poll with `OrderflowError`, instead of polling on in a thread nobody awaits.
+    """
     heads = head_revisions()
     deadline = time.monotonic() + timeout
     logged = False
@@ -108,7 +118,10 @@ def wait_for_schema(engine: Engine, timeout: float) -> None:
         if not logged:
             log.info("waiting for the migration job: schema %s", reason)
             logged = True
-        time.sleep(SCHEMA_POLL_SECONDS)
+        if abandoned is None:
+            time.sleep(SCHEMA_POLL_SECONDS)
+        elif abandoned.wait(SCHEMA_POLL_SECONDS):
+            raise OrderflowError("the start was cancelled while it waited for the schema")
 
 
 def write_revision(message: str, directory: Path | None = None) -> Path:

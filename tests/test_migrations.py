@@ -236,9 +236,6 @@ def test_the_money_migration_widens_every_amount_to_bigint_and_keeps_them_on_pos
     assert wide == 2**63 - 1
 
 
-@pytest.mark.xfail(
-    reason="red: the cancelled start leaves its schema-wait thread polling", strict=True
-)
 async def test_a_start_cancelled_while_waiting_for_the_schema_leaves_no_thread_polling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
