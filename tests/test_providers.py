@@ -4,6 +4,7 @@ every registered provider is complete."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -57,7 +58,7 @@ def webhooks_answered(text: str, provider: str, outcome: str) -> float:
     )
 
 
-async def test_a_third_provider_in_one_module_gets_route_check_processing_and_metrics(
+async def test_a_third_provider_in_one_module_gets_route_check_processing_metrics_and_ops(
     examplepay: providers.WebhookProvider,
     settings: Settings,
     queue: Queue,
@@ -69,7 +70,7 @@ async def test_a_third_provider_in_one_module_gets_route_check_processing_and_me
     skus = catalogue(kite=(45_000, 5))
     order = await pending_order(orders, [(skus["kite"], 1)])
     fresh = settings.model_copy(update={"metrics_cache_seconds": 0})
-    app = create_app(fresh, queue, telemetry=telemetry)
+    app = create_app(fresh, queue, orders=orders, engine=engine, telemetry=telemetry)
     body = sample_event("examplepay", order.id, 45_000)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://test"
@@ -98,6 +99,18 @@ async def test_a_third_provider_in_one_module_gets_route_check_processing_and_me
     assert outcome["status"] == "applied", outcome
     state = await wait_status(orders, order.id, "CONFIRMED")
     assert state.payment_id == f"ex_pay_{order.id}"
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as http:
+        ops = await http.get("/ops", auth=(fresh.admin_user, fresh.admin_password))
+    assert ops.status_code == 200
+    rows = re.findall(r"<tr data-provider=\"examplepay\">.*?</tr>", ops.text, re.S)
+    assert len(rows) == 1, ops.text[ops.text.find("providers") :][:1500]
+    [row] = rows
+    assert "ExamplePay" in row and "<code>POST /webhooks/examplepay</code>" in row
+    assert "<code>X-Examplepay-Signature</code>" in row
+    assert re.search(r'data-status="APPLIED">APPLIED: [1-9]', row), row
 
 
 async def test_an_unregistered_provider_has_no_route_and_its_jobs_are_refused(

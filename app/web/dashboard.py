@@ -12,8 +12,9 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import Awaitable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -25,7 +26,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from app.backends import (
     DATABASE,
@@ -46,16 +47,18 @@ from bridge.specs import QueueSpec
 from orderflow.contracts.order import order_workflow_id
 from orderflow.contracts.payment import GatewayMode
 from orderflow.contracts.review import PendingReview, ReviewDecision
-from orderflow.db import Order
+from orderflow.db import Order, WebhookEvent
 from orderflow.errors import OrderflowError
 from orderflow.money import format_money
 from orderflow.settings import Settings
 from orderflow.templating import is_html_template
+from payments import providers
 
 TEMPLATES = Path(__file__).parent / "templates"
 RECENT_ORDERS = 50  # orders listed on the dashboard, newest first
 LISTED_JOBS = 20  # failed jobs and DLQ entries shown per queue
 CHART_MINUTES = 60  # the throughput charts cover the last hour, a bar per minute
+PROVIDER_WINDOW = timedelta(hours=24)  # the providers' event counts on /ops cover the last day
 TIMED_WINDOW_SECONDS = 3600  # processing-time percentiles of the last hour's completed jobs
 FORM_TOKEN_TTL_SECONDS = 12 * 3600  # a dashboard left open over a shift can still post
 FORM_TOKEN_SKEW_SECONDS = 300  # replicas' clocks may differ this much
@@ -132,6 +135,164 @@ def admin_guard(settings: Settings) -> Any:
     return check
 
 
+@dataclass(frozen=True)
+class ProviderRow:
+    """One registered webhook provider on `/ops`: its route and the last day's events."""
+
+    name: str
+    title: str
+    route: str
+    signature_header: str
+    by_status: dict[str, int]
+    last_received: datetime | None
+
+
+def webhook_providers(engine: Engine, now: datetime | None = None) -> list[ProviderRow]:
+    """Every registered provider with its events of the last PROVIDER_WINDOW, by status.
+
+    A provider registered but never heard from shows zeros: a webhook URL not yet set up at the
+    provider looks exactly like that. Events of a provider no longer registered are listed too.
+    """
+    since = (now or datetime.now(UTC)) - PROVIDER_WINDOW
+    counts: dict[str, dict[str, int]] = {}
+    last: dict[str, datetime] = {}
+    with Session(engine) as session:
+        rows = session.exec(
+            select(
+                WebhookEvent.provider,
+                WebhookEvent.status,
+                func.count(),
+                func.max(WebhookEvent.received_at),
+            )
+            .where(col(WebhookEvent.received_at) >= since)
+            .group_by(col(WebhookEvent.provider), col(WebhookEvent.status))
+        ).all()
+    for provider, status, n, latest in rows:
+        counts.setdefault(provider, {})[status] = n
+        if latest is not None and (provider not in last or latest > last[provider]):
+            last[provider] = latest
+    registered = {p.name: p for p in providers.all_providers()}
+    return [
+        ProviderRow(
+            name=name,
+            title=registered[name].title if name in registered else f"{name} (not registered)",
+            route=f"/webhooks/{name}" if name in registered else "",
+            signature_header=registered[name].signature_header if name in registered else "",
+            by_status=counts.get(name, {}),
+            last_received=last.get(name),
+        )
+        for name in sorted(registered.keys() | counts.keys())
+    ]
+
+
+@dataclass(frozen=True)
+class DatabaseReads:
+    """The database's part of `/ops`."""
+
+    reviews: list[PendingReview] = field(default_factory=list)
+    latest: list[Order] = field(default_factory=list)
+    today: dict[int, dict[str, int]] = field(default_factory=dict)
+    providers: list[ProviderRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OpsReads:
+    """What `/ops` reads from each backend, for one settings/engine pair."""
+
+    settings: Settings
+    specs: Mapping[str, QueueSpec]
+    engine: Engine
+    zone: ZoneInfo
+
+    async def bridge_queues(self) -> list[dict[str, Any]]:
+        """Every bridge queue's counts, failed jobs, DLQ and charts (Redis)."""
+        await check_redis(self.settings.redis_url, OPS_READ_SECONDS)  # refused: say so at once
+        found = []
+        for spec in self.specs.values():
+            admin = QueueAdmin(spec, self.settings.redis_url)
+            try:
+                found.append(await self._queue(admin))
+            finally:
+                await admin.close()
+        return found
+
+    async def _queue(self, admin: QueueAdmin) -> dict[str, Any]:
+        return {
+            "counts": await admin.counts(),
+            "failed": await admin.failed(LISTED_JOBS),
+            "dlq": await admin.dead_letters(LISTED_JOBS),
+            "throughput": charts.throughput_chart(await admin.throughput(CHART_MINUTES), self.zone),
+            "processing": charts.processing_chart(
+                await admin.processing_times(TIMED_WINDOW_SECONDS)
+            ),
+            "depth": charts.depth_history_chart(
+                await admin.depth_history(CHART_MINUTES), self.zone
+            ),
+        }
+
+    def database(self) -> DatabaseReads:
+        """Pending reviews, recent orders, today's orders by hour and the providers, on one thread."""
+        return DatabaseReads(
+            OrderClient._pending_reviews_from_db(self.engine),
+            recent_orders(self.engine),
+            charts.orders_today(self.engine, self.zone),
+            webhook_providers(self.engine),
+        )
+
+
+class Outages:
+    """The backends that did not answer while one page was read."""
+
+    def __init__(self) -> None:
+        self.found: list[BackendUnavailableError] = []
+
+    async def read(self, backend: str, where: str, work: Awaitable[T], empty: T) -> T:
+        """What `work` read, or `empty` with the outage noted, within OPS_READ_SECONDS."""
+        try:
+            return await within(backend, where, work, OPS_READ_SECONDS)
+        except BackendUnavailableError as err:
+            self.found.append(err)
+        except OrderflowError as err:  # e.g. a task queue Temporal did not describe
+            self.found.append(BackendUnavailableError(backend, where, str(err)))
+        return empty
+
+
+def page_context(
+    settings: Settings,
+    user: str,
+    queues: list[dict[str, Any]],
+    tasks: list[Any],
+    db: DatabaseReads,
+    outages: Outages,
+    zone: ZoneInfo,
+) -> dict[str, Any]:
+    """The template's context for one `/ops` page (msg and error are added by the route)."""
+    down = sorted(outages.found, key=lambda err: err.backend)
+    by_status: dict[str, int] = {}
+    for order in db.latest:
+        by_status[order.status] = by_status.get(order.status, 0) + 1
+    return {
+        "user": user,
+        "token": form_token(settings.dashboard_secret, user, int(time.time())),
+        "queues": queues,
+        "task_queues": tasks,
+        "outages": down,
+        "down": {err.backend for err in down},
+        "depth_chart": charts.depth_chart([q["counts"] for q in queues], tasks),
+        "orders_chart": charts.orders_chart(db.today, zone),
+        "zone": zone.key,
+        "gateway": f"{settings.gateway.value} ({MODE_LABELS[settings.gateway_mode]})",
+        "providers": db.providers,
+        "reviews": db.reviews,
+        "orders": [(o, order_run_url(settings, o.id)) for o in db.latest],
+        "by_status": sorted(by_status.items()),
+        "now": datetime.now().astimezone(),
+        "ms_time": lambda ms: (
+            datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else ""
+        ),
+    }
+
+
 def dashboard_router(
     settings: Settings,
     specs: Mapping[str, QueueSpec],
@@ -146,6 +307,9 @@ def dashboard_router(
     templates.env.filters["money"] = format_money
     router = APIRouter(prefix="/ops", include_in_schema=False)
     Admin = Annotated[str, Depends(admin_guard(settings))]
+    zone = ZoneInfo(settings.report_timezone)
+    reads = OpsReads(settings, specs, engine, zone)
+    redis_at = redact_url(settings.redis_url)
 
     def back(message: str, error: bool = False) -> RedirectResponse:
         return RedirectResponse(
@@ -156,130 +320,59 @@ def dashboard_router(
         if not valid_form_token(settings.dashboard_secret, user, token, time.time()):
             raise HTTPException(403, "stale or foreign form: reload the dashboard and try again")
 
-    async def bridge_queues() -> list[dict[str, Any]]:
-        """Every bridge queue's counts, failed jobs, DLQ and charts (Redis)."""
-        await check_redis(settings.redis_url, OPS_READ_SECONDS)  # refused: say so at once
-        found = []
-        for spec in specs.values():
-            admin = QueueAdmin(spec, settings.redis_url)
-            try:
-                counts = await admin.counts()
-                found.append(
-                    {
-                        "counts": counts,
-                        "failed": await admin.failed(LISTED_JOBS),
-                        "dlq": await admin.dead_letters(LISTED_JOBS),
-                        "throughput": charts.throughput_chart(
-                            await admin.throughput(CHART_MINUTES), zone
-                        ),
-                        "processing": charts.processing_chart(
-                            await admin.processing_times(TIMED_WINDOW_SECONDS)
-                        ),
-                        "depth": charts.depth_history_chart(
-                            await admin.depth_history(CHART_MINUTES), zone
-                        ),
-                    }
-                )
-            finally:
-                await admin.close()
-        return found
-
-    def database_reads() -> tuple[list[PendingReview], list[Order], dict[int, dict[str, int]]]:
-        """Pending reviews, recent orders and today's orders by hour, on one thread."""
-        return (
-            OrderClient._pending_reviews_from_db(engine),
-            recent_orders(engine),
-            charts.orders_today(engine, zone),
-        )
-
-    zone = ZoneInfo(settings.report_timezone)
+    async def on_queue(queue: str, act: Callable[[QueueAdmin], Awaitable[Any]], done: str) -> Any:
+        """One queue action within OPS_READ_SECONDS, answered as a flash message."""
+        admin = QueueAdmin(find_spec(dict(specs), queue), settings.redis_url)
+        try:
+            await within(REDIS, redis_at, act(admin), OPS_READ_SECONDS)
+        except OrderflowError as err:
+            return back(str(err), error=True)
+        finally:
+            await admin.close()
+        return back(done)
 
     @router.get("", response_class=HTMLResponse)
     async def page(request: Request, user: Admin) -> HTMLResponse:
         """The dashboard: what each backend answers within OPS_READ_SECONDS; the rest is named."""
-        outages: list[BackendUnavailableError] = []
-
-        async def read(backend: str, where: str, work: Awaitable[T], empty: T) -> T:
-            """What `work` read, or `empty` with the outage noted, within OPS_READ_SECONDS."""
-            try:
-                return await within(backend, where, work, OPS_READ_SECONDS)
-            except BackendUnavailableError as err:
-                outages.append(err)
-            except OrderflowError as err:  # e.g. a task queue Temporal did not describe
-                outages.append(BackendUnavailableError(backend, where, str(err)))
-            return empty
-
+        outages = Outages()
         # the three backends are asked at once: an outage costs the page one time limit, not three
-        queues, tasks, (reviews, latest, today) = await asyncio.gather(
-            read(REDIS, redact_url(settings.redis_url), bridge_queues(), []),
-            read(
+        queues, tasks, db = await asyncio.gather(
+            outages.read(REDIS, redis_at, reads.bridge_queues(), []),
+            outages.read(
                 TEMPORAL,
                 temporal_location(settings),
                 describe_task_queues(orders.client, task_queues),
                 [],
             ),
-            read(
+            outages.read(
                 DATABASE,
                 database_location(engine),
-                asyncio.to_thread(database_reads),
-                ([], [], {}),
+                asyncio.to_thread(reads.database),
+                DatabaseReads(),
             ),
         )
-        down = sorted(outages, key=lambda err: err.backend)
-        by_status: dict[str, int] = {}
-        for order in latest:
-            by_status[order.status] = by_status.get(order.status, 0) + 1
-        context = {
-            "user": user,
-            "token": form_token(settings.dashboard_secret, user, int(time.time())),
-            "queues": queues,
-            "task_queues": tasks,
-            "outages": down,
-            "down": {err.backend for err in down},
-            "depth_chart": charts.depth_chart([q["counts"] for q in queues], tasks),
-            "orders_chart": charts.orders_chart(today, zone),
-            "zone": zone.key,
-            "gateway": f"{settings.gateway.value} ({MODE_LABELS[settings.gateway_mode]})",
-            "reviews": reviews,
-            "orders": [(o, order_run_url(settings, o.id)) for o in latest],
-            "by_status": sorted(by_status.items()),
-            "msg": request.query_params.get("msg", ""),
-            "error": request.query_params.get("error", ""),
-            "now": datetime.now().astimezone(),
-            "ms_time": lambda ms: (
-                datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else ""
-            ),
-        }
+        context = page_context(settings, user, queues, tasks, db, outages, zone)
+        context["msg"] = request.query_params.get("msg", "")
+        context["error"] = request.query_params.get("error", "")
         return templates.TemplateResponse(request, "dashboard.html.j2", context)
 
     @router.post("/queues/{queue}/jobs/{job_id}/retry")
     async def retry(queue: str, job_id: str, user: Admin, token: Annotated[str, Form()]) -> Any:
         """Retry a failed job."""
         check_token(user, token)
-        admin = QueueAdmin(find_spec(dict(specs), queue), settings.redis_url)
-        try:
-            await within(
-                REDIS, redact_url(settings.redis_url), admin.retry(job_id), OPS_READ_SECONDS
-            )
-        except OrderflowError as err:
-            return back(str(err), error=True)
-        finally:
-            await admin.close()
-        return back(f"{queue}: job {job_id} retried by {user}")
+        return await on_queue(
+            queue, lambda admin: admin.retry(job_id), f"{queue}: job {job_id} retried by {user}"
+        )
 
     @router.post("/queues/{queue}/dlq/{job_id}/redrive")
     async def redrive(queue: str, job_id: str, user: Admin, token: Annotated[str, Form()]) -> Any:
         """Re-drive a dead-lettered job."""
         check_token(user, token)
-        admin = QueueAdmin(find_spec(dict(specs), queue), settings.redis_url)
-        try:
-            redrive = admin.dlq.redrive(job_id)
-            await within(REDIS, redact_url(settings.redis_url), redrive, OPS_READ_SECONDS)
-        except OrderflowError as err:
-            return back(str(err), error=True)
-        finally:
-            await admin.close()
-        return back(f"{queue}: job {job_id} re-driven by {user}")
+        return await on_queue(
+            queue,
+            lambda admin: admin.dlq.redrive(job_id),
+            f"{queue}: job {job_id} re-driven by {user}",
+        )
 
     @router.post("/reviews/{review_id}/decide")
     async def decide(
