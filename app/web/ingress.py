@@ -112,15 +112,19 @@ class RateLimiter:
         return math.ceil(answer / 1000) if answer > 0 else 0
 
 
-def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
-    """`POST /webhooks/<name>` for every provider in the registry (payments.providers)."""
-    router = APIRouter(prefix="/webhooks", tags=["webhooks"])
-    limiter = RateLimiter(settings)
+class WebhookIngress:
+    """Receives one provider's webhook: rate limit, size, signature, parse, then the queue."""
 
-    async def accept(webhook: WebhookProvider, request: Request) -> JSONResponse:
-        provider = webhook.name
+    def __init__(self, settings: Settings, queue: JobQueue) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.limiter = RateLimiter(settings)
+
+    async def accept(self, webhook: WebhookProvider, request: Request) -> JSONResponse:
+        """Answer one delivery: 2xx once the event is queued (or ignored), else why not."""
+        provider, settings = webhook.name, self.settings
         who = client_address(request, settings.webhook_client_ip_header)
-        if wait := await limiter.wait_seconds(who):
+        if wait := await self.limiter.wait_seconds(who):
             return JSONResponse(
                 {"error": "rate_limited", "detail": f"too many requests from {who}; retry later"},
                 status_code=429,
@@ -144,11 +148,12 @@ def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
             return JSONResponse(
                 {"status": "ignored", "event_id": event.event_id, "type": event.type}
             )
-        return await enqueue(event)
+        return await self.enqueue(event)
 
-    async def add(event: GatewayEvent) -> None:
+    async def add(self, event: GatewayEvent) -> None:
+        """Queue the event; text the payload guard refuses is withheld, the event is kept."""
         try:
-            await queue.add(event.job_name, event.to_job(), {"jobId": event.job_id})
+            await self.queue.add(event.job_name, event.to_job(), {"jobId": event.job_id})
         except PayloadRejectedError as err:
             if err.field != FREE_TEXT_FIELD:
                 raise
@@ -161,11 +166,13 @@ def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
                 err.problem,
             )
             kept = dataclasses.replace(event, reason=f"[withheld: {err.problem}]")
-            await queue.add(kept.job_name, kept.to_job(), {"jobId": kept.job_id})
+            await self.queue.add(kept.job_name, kept.to_job(), {"jobId": kept.job_id})
 
-    async def enqueue(event: GatewayEvent) -> JSONResponse:
+    async def enqueue(self, event: GatewayEvent) -> JSONResponse:
+        """Queue the event within the timeout: 200, a 422 the gateway need not retry, or 503."""
+        timeout = self.settings.webhook_enqueue_timeout_seconds
         try:
-            await asyncio.wait_for(add(event), settings.webhook_enqueue_timeout_seconds)
+            await asyncio.wait_for(self.add(event), timeout)
         except (InvalidJobOptionsError, PayloadRejectedError) as err:
             # the queue refuses this event for good (too large, a secret in it, an impossible id):
             # a 4xx with the reason, not a 503 that the gateway would redeliver for days
@@ -180,7 +187,7 @@ def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
             # the gateway redelivers on any non-2xx: a 503 loses nothing
             log.exception("could not enqueue %s event %s", event.provider, event.event_id)
             if isinstance(err, TimeoutError):
-                err = TimeoutError(f"no answer within {settings.webhook_enqueue_timeout_seconds}s")
+                err = TimeoutError(f"no answer within {timeout}s")
             return _error(
                 503,
                 "enqueue_failed",
@@ -196,17 +203,24 @@ def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
             }
         )
 
-    def route(webhook: WebhookProvider) -> Callable[[Request], Awaitable[JSONResponse]]:
+    def route(self, webhook: WebhookProvider) -> Callable[[Request], Awaitable[JSONResponse]]:
+        """The endpoint of one provider."""
+
         async def receive(request: Request) -> JSONResponse:
-            return await accept(webhook, request)
+            return await self.accept(webhook, request)
 
         receive.__doc__ = f"A {webhook.title} event, signed in `{webhook.signature_header}`."
         return receive
 
+
+def webhook_router(settings: Settings, queue: JobQueue) -> APIRouter:
+    """`POST /webhooks/<name>` for every provider in the registry (payments.providers)."""
+    router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+    ingress = WebhookIngress(settings, queue)
     for webhook in providers.all_providers():
         router.add_api_route(
             f"/{webhook.name}",
-            route(webhook),
+            ingress.route(webhook),
             methods=["POST"],
             name=f"{webhook.name}_webhook",
             summary=f"{webhook.title} webhook",
