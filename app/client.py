@@ -80,7 +80,16 @@ def policy_from_settings(settings: Settings) -> OrderPolicy:
 
 
 class OrderClient:
-    """Start orders, tell them about payments, cancellations and shipments, and read their state."""
+    """Start orders, tell them about payments, cancellations and shipments, and read their state.
+
+    Args:
+        client: a connected Temporal client (`app.temporal.connect`).
+        settings: the order rules and the gateway come from here.
+        engine: the orders database; without it the gateway opens its own and pending reviews
+            are listed from Temporal's visibility instead.
+        task_queue: where order workflows run (`orders`).
+        gateway: the gateway checkouts are opened at; default the configured one.
+    """
 
     def __init__(
         self,
@@ -117,6 +126,20 @@ class OrderClient:
 
         The PaymentIntent (Razorpay: order) carries `metadata.order_id`, so the gateway's
         webhook finds the order. With `payment_method` (a saved card) it is confirmed at once.
+
+        Args:
+            order_id: the order to pay.
+            customer: the gateway's customer id, if the shop keeps one.
+            payment_method: a saved payment method: the checkout is confirmed at once.
+            capture_manually: authorise only (a hold); the order captures its total later.
+
+        Returns:
+            The gateway's checkout (its id and the client secret or key the page needs).
+
+        Raises:
+            OrderClosedError: the order is not waiting for payment.
+            UnknownOrderError: no such order.
+            GatewayUnavailableError: the gateway did not answer; retrying is safe.
         """
         state = await self.status(order_id)
         if state.status not in PAYABLE_STATUSES:
@@ -144,7 +167,22 @@ class OrderClient:
         payment_timeout_seconds: float | None = None,
         policy: OrderPolicy | None = None,
     ) -> WorkflowHandle[OrderWorkflow, OrderResult]:
-        """Start the order's workflow; starting the same order again returns the same run."""
+        """Start the order's workflow; starting the same order again returns the same run.
+
+        Args:
+            order_id: the order service's id; the workflow id is derived from it.
+            customer_id: kept as the `CustomerId` search attribute.
+            email: where the order's mails go.
+            items: (sku, quantity) pairs or `OrderLine`s; prices come from the catalogue.
+            payment_timeout_seconds: this order's auto-cancel timer instead of the setting's.
+            policy: the whole rule set for this order instead of the settings'.
+
+        Returns:
+            The workflow's handle (the existing run's for an order started before).
+
+        Raises:
+            InvalidOrderError: no id, no lines, or a line without SKU or quantity.
+        """
         lines = [
             i if isinstance(i, OrderLine) else OrderLine(sku=i[0], quantity=i[1]) for i in items
         ]
@@ -184,12 +222,19 @@ class OrderClient:
         """Report a payment and learn at once whether the order accepted it.
 
         Args:
+            order_id: the order paid for.
+            payment: what the gateway captured (payment id, amount, currency).
             update_id: the `pay` update's id: a second call with it (a retried webhook job)
                 waits for the first one's update instead of sending another.
             wait_seconds: wait this long for the answer at most (the update goes on).
 
+        Returns:
+            Whether the order accepted the payment, its status, and why not if it refused.
+            A closed order refuses (accepted False) rather than raising.
+
         Raises:
             WorkflowUpdateRPCTimeoutOrCancelledError: no answer within `wait_seconds`.
+            UnknownOrderError: no such order.
         """
         handle = self._handle(order_id)
         try:
@@ -228,23 +273,55 @@ class OrderClient:
             raise
 
     async def signal_payment_received(self, order_id: str, payment: PaymentReceived) -> None:
-        """Report a payment without waiting for the workflow (fire-and-forget signal)."""
+        """Report a payment without waiting for the workflow (fire-and-forget signal).
+
+        Raises:
+            UnknownOrderError: no such order.
+            OrderClosedError: its workflow has ended.
+        """
         await self._signal(order_id, OrderWorkflow.payment_received, payment)
 
     async def payment_failed(self, order_id: str, failure: PaymentFailed) -> None:
-        """Report a failed capture: the order starts its payment retries."""
+        """Report a failed capture: the order starts its payment retries.
+
+        Raises:
+            UnknownOrderError: no such order.
+            OrderClosedError: its workflow has ended.
+        """
         await self._signal(order_id, OrderWorkflow.payment_failed, failure)
 
     async def cancel(self, order_id: str, reason: str = "cancelled by customer") -> None:
-        """Cancel the order (a paid one is refunded)."""
+        """Cancel the order (a paid one is refunded, a hold released).
+
+        Args:
+            order_id: the order to cancel.
+            reason: kept in its history and put in the cancellation mail.
+
+        Raises:
+            UnknownOrderError: no such order.
+            OrderClosedError: its workflow has ended.
+        """
         await self._signal(order_id, OrderWorkflow.cancel, CancelRequest(reason=reason))
 
     async def shipped(self, order_id: str, shipment: Shipment | None = None) -> None:
-        """The warehouse shipped a confirmed order."""
+        """The warehouse shipped a confirmed order.
+
+        Args:
+            order_id: the shipped order.
+            shipment: carrier and tracking number, for the shipping mail.
+
+        Raises:
+            UnknownOrderError: no such order.
+            OrderClosedError: its workflow has ended.
+        """
         await self._signal(order_id, OrderWorkflow.shipped, shipment or Shipment())
 
     async def status(self, order_id: str) -> OrderState:
-        """The order's status and its history (works after the workflow ended too)."""
+        """The order's status and its history (works after the workflow ended too).
+
+        Raises:
+            UnknownOrderError: no such order.
+        """
         try:
             return await self._handle(order_id).query(OrderWorkflow.status)
         except RPCError as err:
@@ -256,7 +333,19 @@ class OrderClient:
         return await self._handle(order_id).result()
 
     async def request_return(self, order_id: str, reason: str) -> str:
-        """Open a manual review for a return request on a shipped order; approval refunds it."""
+        """Open a manual review for a return request on a shipped order; approval refunds it.
+
+        Args:
+            order_id: the shipped order.
+            reason: the customer's reason, shown to the reviewer.
+
+        Returns:
+            The review's id (the same for a second request on the same order).
+
+        Raises:
+            InvalidOrderError: the order is not shipped.
+            UnknownOrderError: no such order.
+        """
         total, currency, status = await self._order_total_and_status(order_id)
         if status != OrderStatus.SHIPPED:
             raise InvalidOrderError(
@@ -314,7 +403,18 @@ class OrderClient:
         ]
 
     async def decide_review(self, review_id: str, decision: ReviewDecision) -> ReviewOutcome:
-        """Approve or reject a pending review."""
+        """Approve or reject a pending review.
+
+        Args:
+            review_id: the review (`orderflow reviews list` shows them).
+            decision: approve or reject, who decided and their note.
+
+        Returns:
+            What the decision did (approved, and the refund if one was made).
+
+        Raises:
+            UnknownReviewError: no such review pending.
+        """
         handle = self.client.get_workflow_handle(review_id)
         try:
             return await handle.execute_update(ManualReviewWorkflow.decide, decision)
