@@ -79,19 +79,27 @@ class OrderLine:
     """A SKU and how many; the price comes from the catalogue."""
 
     sku: str
+    """The catalogue's stock-keeping unit."""
     quantity: int
+    """How many, more than 0."""
 
 
 @dataclass
 class OrderPolicy:
     """The rules an order runs under; the client fills them from the settings (seed defaults)."""
 
-    payment_timeout_seconds: float = 3600.0  # auto-cancel an unpaid order after 1 hour
-    high_value_threshold: int = 5_000_000  # minor units: manual review above ₹50,000
-    suspicious_failed_attempts: int = 2  # failed payments before a success that flag it
+    payment_timeout_seconds: float = 3600.0
+    """Auto-cancel an unpaid order after this long (the seed's 1 hour)."""
+    high_value_threshold: int = 5_000_000
+    """Minor units: a paid order above this (₹50,000) waits for a manual review."""
+    suspicious_failed_attempts: int = 2
+    """Failed payments before a success that make it suspicious (a manual review)."""
     payment_retry_attempts: int = 3
+    """Captures asked again after a failed payment, before the order is cancelled."""
     payment_retry_interval_seconds: float = 3600.0
+    """Time between those attempts (the seed's hour; durable across restarts)."""
     erp_attempts: int = 2
+    """Tries of the ERP sync before the order goes on without it (logged, not failed)."""
 
 
 @dataclass
@@ -99,10 +107,15 @@ class OrderInput:
     """What the order service starts an order with."""
 
     order_id: str
+    """The order service's id; the workflow id is `order-<order_id>`."""
     customer_id: str
+    """Kept as the `CustomerId` search attribute."""
     email: str
+    """Where the order's mails go."""
     items: list[OrderLine]
+    """At least one line."""
     policy: OrderPolicy = field(default_factory=OrderPolicy)
+    """The rules this order runs under."""
 
 
 @dataclass
@@ -110,12 +123,17 @@ class PaymentReceived:
     """The gateway took the customer's money (signal or update `payment_received`)."""
 
     payment_id: str
-    amount: int  # minor units of `currency`
+    """The gateway's id of the payment (Stripe: the PaymentIntent; Razorpay: the payment)."""
+    amount: int
+    """Minor units of `currency`."""
     provider: str = "simulated"
-    flagged: bool = False  # the gateway's or a rule's fraud flag: forces manual review
-    currency: str = ""  # ISO 4217; must be the order's
-    # a manual-capture authorisation: the money is held, the order captures its total later
+    """The provider's registry name (`stripe`, `razorpay`)."""
+    flagged: bool = False
+    """The gateway's or a rule's fraud flag: forces a manual review."""
+    currency: str = ""
+    """ISO 4217; must be the order's (empty is refused; orders from before took it as theirs)."""
     authorised_only: bool = False
+    """A manual-capture authorisation: the money is held, the order captures its total later."""
 
 
 @dataclass
@@ -123,10 +141,13 @@ class PaymentFailed:
     """A capture attempt failed at the gateway; the order starts payment retries."""
 
     payment_id: str
+    """The gateway's id of the payment that failed."""
     reason: str
+    """The gateway's reason (a decline code, "insufficient funds")."""
     provider: str = "simulated"
-    # the failed attempt itself (Stripe: the charge; one PaymentIntent id spans many attempts)
+    """The provider's registry name."""
     attempt_id: str = ""
+    """The failed attempt itself (Stripe: the charge; one PaymentIntent spans many attempts)."""
 
 
 @dataclass
@@ -134,8 +155,11 @@ class PaymentAck:
     """The answer to the payment update: accepted or refused, and why."""
 
     accepted: bool
-    status: OrderStatus | None  # None when the order could not be asked
+    """Whether the order took the payment (a refused one is refunded or released)."""
+    status: OrderStatus | None
+    """The order's status after it; None when the order could not be asked."""
     reason: str = ""
+    """Why it was refused."""
 
 
 @dataclass
@@ -143,6 +167,7 @@ class CancelRequest:
     """A customer or operator cancels the order."""
 
     reason: str = "cancelled by customer"
+    """Kept in the history and put in the cancellation mail."""
 
 
 @dataclass
@@ -150,7 +175,9 @@ class Shipment:
     """The warehouse shipped the order."""
 
     carrier: str = ""
+    """The carrier's name, for the shipping mail."""
     tracking_number: str = ""
+    """The carrier's tracking number, for the shipping mail."""
 
 
 @dataclass
@@ -158,8 +185,11 @@ class StatusChange:
     """One entry of an order's history."""
 
     status: OrderStatus
+    """The status the order moved to."""
     at: datetime
+    """When (workflow time, UTC)."""
     note: str = ""
+    """Why, in words (a refusal's reason, the review's outcome)."""
 
 
 @dataclass
@@ -167,14 +197,23 @@ class OrderState:
     """The status query's answer."""
 
     order_id: str
+    """The order."""
     status: OrderStatus
-    total: int  # minor units of the order's currency
+    """Where it is now."""
+    total: int
+    """Minor units of `currency`."""
     currency: str
+    """ISO 4217."""
     history: list[StatusChange] = field(default_factory=list)
+    """Every status it went through, oldest first."""
     payment_id: str = ""
+    """The payment it kept (empty until paid)."""
     failed_payments: int = 0
+    """Failed payments reported so far."""
     review_id: str = ""
-    flagged: bool = False  # the gateway flagged the payment as risky (possibly after confirming)
+    """Its manual review, if one was opened."""
+    flagged: bool = False
+    """The gateway flagged the payment as risky (possibly after confirming)."""
 
 
 @dataclass
@@ -182,9 +221,13 @@ class OrderResult:
     """How an order ended."""
 
     order_id: str
+    """The order."""
     status: OrderStatus
-    total: int  # minor units of the order's currency
+    """Its final status (one of FINAL_STATUSES)."""
+    total: int
+    """Minor units of `currency`."""
     currency: str = ""
+    """ISO 4217."""
 
 
 # --- activity payloads ---
