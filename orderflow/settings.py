@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orderflow.contracts.payment import GatewayMode, GatewayName
@@ -14,6 +16,10 @@ from orderflow.errors import GatewaySettingsError, InsecureSettingsError
 
 ENV_PREFIX = "ORDERFLOW_"
 # Secrets a production-shaped start must not run with: their defaults are in this public repo
+# the order API's local key: in the README's curl examples, refused by a production-shaped start
+LOCAL_API_KEY = "of_local_dev_api_key"
+LOCAL_API_KEY_HASH = hashlib.sha256(LOCAL_API_KEY.encode()).hexdigest()
+API_KEY_DIGEST = re.compile(r"[0-9a-f]{64}")
 GUARDED_SECRETS = (
     "admin_password",
     "dashboard_secret",
@@ -28,7 +34,10 @@ WEAK_SECRETS = frozenset({"admin", "password", "secret", "orderflow", "redis", "
 class Settings(BaseSettings):
     """Everything configurable, with local defaults for the embedded engine."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+    # a value that fails validation is never echoed: it may be a secret in the wrong variable
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     data_dir: Path = Path("data")
     seed_catalogue: bool = True  # add the starter products on start (switch off in production)
@@ -130,6 +139,13 @@ class Settings(BaseSettings):
     webhook_client_ip_header: str = ""
     webhook_max_body_bytes: int = 512 * 1024  # events are a few KiB; refuse far larger
     webhook_enqueue_timeout_seconds: float = 5.0  # answer 503 (gateway redelivers) if Redis stalls
+    # HTTP order API (/api/v1, app/web/orders_api.py): the SHA-256 hex digests of its bearer
+    # keys, comma-separated, several at once so a key can be rotated (`orderflow api-keys new`
+    # makes a key and its digest). The default is LOCAL_API_KEY's, for `make run` and the
+    # tests; a production-shaped start refuses it
+    api_key_hashes: str = LOCAL_API_KEY_HASH
+    api_rate_limit: int = Field(default=1200, ge=0)  # requests per key per window; 0: no limit
+    api_rate_window_seconds: int = Field(default=60, ge=1)
     # Operations: telemetry, dashboard, cleanup (app/telemetry.py, app/web/dashboard.py)
     service_name: str = "orderflow"  # OTel resource service.name
     allow_insecure_secrets: bool = False  # only for throwaway topologies on loopback (tests)
@@ -159,6 +175,24 @@ class Settings(BaseSettings):
         """The database URL, defaulting to a SQLite file in the data folder."""
         return self.database_url or f"sqlite:///{self.data_dir / 'orderflow.db'}"
 
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _api_key_digests(cls, value: str) -> str:
+        for position, entry in enumerate(value.split(","), 1):
+            digest = entry.strip().lower()
+            if digest and not API_KEY_DIGEST.fullmatch(digest):
+                # never echoed: it may be a key pasted here by mistake
+                raise ValueError(
+                    f"{ENV_PREFIX}API_KEY_HASHES entry {position} is not a SHA-256 hex digest"
+                    " (64 hex characters); `orderflow api-keys hash` prints a key's digest"
+                )
+        return value
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """The SHA-256 hex digests of the order API's bearer keys."""
+        return tuple(d for e in self.api_key_hashes.split(",") if (d := e.strip().lower()))
+
     @model_validator(mode="after")
     def _encode_redis_url(self) -> Settings:
         self.redis_url = normalize_redis_url(self.redis_url, self.redis_password)
@@ -177,6 +211,10 @@ class Settings(BaseSettings):
             default = type(self).model_fields[name].default
             if why := _weak(value, default):
                 problems.append(f"{ENV_PREFIX}{name.upper()} is {why}")
+        if not self.api_keys:
+            problems.append(f"{ENV_PREFIX}API_KEY_HASHES is empty")
+        elif LOCAL_API_KEY_HASH in self.api_keys:
+            problems.append(f"{ENV_PREFIX}API_KEY_HASHES holds the local default key's digest")
         if not self.embedded_redis:
             password = urlparse(self.redis_url).password
             why = _weak(unquote(password or ""), None) if password else "missing"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -15,16 +16,20 @@ from app.cli import app as cli
 from app.runner import run
 from orderflow.db import make_engine
 from orderflow.errors import GatewaySettingsError, InsecureSettingsError
-from orderflow.settings import Settings
+from orderflow.settings import LOCAL_API_KEY_HASH, Settings
 from payments.gateway import SimulatedGateway, make_gateway
 from tests.helpers import eventually
 
+REAL_KEY_HASH = hashlib.sha256(b"of_3k9Qx7-real-key").hexdigest()
 REAL = {
     "admin_password": "9f2c-real-admin-passphrase",
     "dashboard_secret": "c1d5e0b6a8f74f4c9a8e7c3d2b1a0f9e",
     "stripe_webhook_secret": "whsec_3b1f9c0d7e2a4c58b6e1",
     "razorpay_webhook_secret": "rzp_9d8c7b6a5f4e3d2c1b0a",
     "redis_url": "redis://:Xq7-redis-pass@redis.internal:6379/0",
+    # the digest of a real key (`orderflow api-keys new`) beside the next one, being rotated in
+    "api_key_hashes": f"{REAL_KEY_HASH},"
+    f" {hashlib.sha256(b'of_8Zt2-next-key').hexdigest()}",
 }
 PRODUCTION = {"embedded_temporal": False, "embedded_redis": False, "embedded_smtp": False}
 DEFAULTS = Settings()
@@ -55,6 +60,8 @@ def test_real_secrets_start_and_the_laptop_defaults_still_do() -> None:
         ({"redis_url": "redis://redis:6379/0"}, "the Redis password (ORDERFLOW_REDIS_PASSWORD or in ORDERFLOW_REDIS_URL) is missing"),
         ({"redis_url": "redis://redis:6379/0", "redis_password": "change-me"}, "the Redis password (ORDERFLOW_REDIS_PASSWORD or in ORDERFLOW_REDIS_URL) is a placeholder"),
         ({"redis_url": DEFAULTS.redis_url}, "the Redis password (ORDERFLOW_REDIS_PASSWORD or in ORDERFLOW_REDIS_URL) is missing"),
+        ({"api_key_hashes": ""}, "ORDERFLOW_API_KEY_HASHES is empty"),
+        ({"api_key_hashes": f"{REAL_KEY_HASH},{LOCAL_API_KEY_HASH}"}, "ORDERFLOW_API_KEY_HASHES holds the local default key's digest"),
     ],
 )  # fmt: skip
 async def test_production_shaped_start_with_a_default_secret_refuses_to_start(
@@ -88,14 +95,14 @@ def test_orderflow_run_in_the_image_with_defaults_exits_naming_each_setting(
     result = CliRunner().invoke(cli, ["run", "--part", "http"])
     assert result.exit_code == 1
     for variable in ("ADMIN_PASSWORD", "DASHBOARD_SECRET", "STRIPE_WEBHOOK_SECRET",
-                     "RAZORPAY_WEBHOOK_SECRET", "REDIS_URL"):  # fmt: skip
+                     "RAZORPAY_WEBHOOK_SECRET", "REDIS_URL", "API_KEY_HASHES"):  # fmt: skip
         assert f"ORDERFLOW_{variable}" in result.output
 
 
 def test_compose_requires_every_secret_and_publishes_operator_ports_on_loopback() -> None:
     text = COMPOSE.read_text()
     for variable in ("REDIS_PASSWORD", "STRIPE_WEBHOOK_SECRET", "RAZORPAY_WEBHOOK_SECRET",
-                     "ADMIN_PASSWORD", "DASHBOARD_SECRET"):  # fmt: skip
+                     "ADMIN_PASSWORD", "DASHBOARD_SECRET", "API_KEY_HASHES"):  # fmt: skip
         assert f"${{{variable}:?" in text, variable  # compose stops when it is not set
     assert "change-me" not in text and "change_me" not in text
     published = re.findall(r"^\s+ports: \[(.*)\]", text, re.MULTILINE)

@@ -25,8 +25,11 @@ from app.backends import (
 )
 from app.client import OrderClient
 from app.telemetry import Telemetry
+from app.web.api_problems import PREFIX as API_PREFIX
+from app.web.api_problems import install_problem_handlers
 from app.web.ingress import JobQueue, webhook_router
 from app.web.ops import add_operations
+from app.web.orders_api import orders_router
 from bridge.specs import QueueSpec
 from orderflow.settings import Settings
 
@@ -50,9 +53,28 @@ def create_app(
     the per-process probe, app.web.probe); with an order client (and its engine) the `/ops`
     dashboard; queues default to every bridge queue, task_queues to every worker's (app.web.ops).
     """
-    app = FastAPI(title="orderflow", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="orderflow",
+        summary="The order API: start orders, report payments, cancel, ship, return, review.",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        openapi_tags=[
+            {"name": "orders", "description": "For order services: bearer API keys."},
+            {
+                "name": "webhooks",
+                "description": "For payment providers only, signed by them: not for order"
+                " services (no API key opens them).",
+            },
+            {"name": "operations", "description": "Health for probes and load balancers."},
+        ],
+    )
     app.state.settings = settings
     app.include_router(webhook_router(settings, webhook_queue))
+    if orders is not None:  # the order API (app/web/orders_api.py)
+        install_problem_handlers(app)
+        app.include_router(orders_router(settings, orders, engine or orders.engine))
     add_operations(
         app,
         settings,
@@ -63,7 +85,7 @@ def create_app(
         task_queues=task_queues,
     )
 
-    @app.get("/healthz")
+    @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
         """Liveness: the app answers."""
         return {"status": "ok"}
@@ -77,7 +99,7 @@ def create_app(
     if database is not None:
         checks[DATABASE] = lambda: check_database(database)
 
-    @app.get("/readyz")
+    @app.get("/readyz", tags=["operations"])
     async def readyz() -> JSONResponse:
         """Readiness: every backend this app uses answers (asked at once, each within 5 s).
 

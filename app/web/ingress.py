@@ -81,11 +81,28 @@ class RateLimiter:
     by itself).
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self.limit = settings.webhook_rate_limit
-        self.window_ms = settings.webhook_rate_window_seconds * 1000
-        self.prefix = f"{settings.queue_prefix}:orderflow-ingress-rate:"
-        self.client = RedisClient(settings.redis_url, name="orderflow:ingress-rate")
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        limit: int | None = None,
+        window_seconds: int | None = None,
+        scope: str = "ingress",
+    ) -> None:
+        """A limiter of the webhook endpoints, or of another `scope` with its own budget.
+
+        Args:
+            settings: Redis and, by default, the webhook budget (webhook_rate_limit per
+                webhook_rate_window_seconds).
+            limit: requests per window for this scope; 0 switches it off.
+            window_seconds: the window's length.
+            scope: names the Redis keys, so each scope counts apart (`api`: the order API).
+        """
+        self.limit = settings.webhook_rate_limit if limit is None else limit
+        window = settings.webhook_rate_window_seconds if window_seconds is None else window_seconds
+        self.window_ms = window * 1000
+        self.prefix = f"{settings.queue_prefix}:orderflow-{scope}-rate:"
+        self.client = RedisClient(settings.redis_url, name=f"orderflow:{scope}-rate")
         self.script = self.client.register(rate_limit_script())
         self.failing = False
 

@@ -1,0 +1,87 @@
+"""The order API's request and answer bodies (what its OpenAPI document shows)."""
+
+# no `from __future__ import annotations`: FastAPI reads these models' annotations
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+MAX_AMOUNT = 10**15  # minor units: far above any order, far below a 64-bit overflow
+ORDER_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # also a valid BullMQ job id part
+
+
+class LineIn(BaseModel):
+    """One line of a new order."""
+
+    model_config = ConfigDict(extra="forbid")
+    sku: str = Field(min_length=1, max_length=64, description="A SKU of the catalogue.")
+    quantity: StrictInt = Field(ge=1, le=10_000, description="How many, 1 to 10,000.")
+
+
+class OrderCreate(BaseModel):
+    """A new order. Its id comes from here or from the `Idempotency-Key` header."""
+
+    model_config = ConfigDict(extra="forbid")
+    order_id: str | None = Field(None, pattern=ORDER_ID, description="The order service's id.")
+    customer_id: str = Field(min_length=1, max_length=128)
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)
+    items: list[LineIn] = Field(min_length=1, max_length=100)
+    currency: str | None = Field(
+        None,
+        pattern=r"^[A-Z]{3}$",
+        description="ISO 4217; must be the shop's (ORDERFLOW_CURRENCY).",
+    )
+
+
+class PaymentIn(BaseModel):
+    """A payment the gateway took for the order."""
+
+    model_config = ConfigDict(extra="forbid")
+    provider: str = Field(min_length=1, max_length=32, description="`stripe`, `razorpay`, ...")
+    payment_id: str = Field(min_length=1, max_length=255, description="The gateway's payment id.")
+    amount: StrictInt = Field(ge=1, le=MAX_AMOUNT, description="Minor units of `currency`.")
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217; must be the order's.")
+    flagged: StrictBool = Field(False, description="The gateway flagged it as risky: a review.")
+
+
+class CancelIn(BaseModel):
+    """Why the order is cancelled."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(default="cancelled by customer", min_length=1, max_length=500)
+
+
+class ShipmentIn(BaseModel):
+    """The warehouse's shipment."""
+
+    model_config = ConfigDict(extra="forbid")
+    carrier: str = Field(default="", max_length=64)
+    tracking_number: str = Field(default="", max_length=64)
+
+
+class ReturnIn(BaseModel):
+    """A return request for a shipped order."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class DecisionIn(BaseModel):
+    """A reviewer's decision."""
+
+    model_config = ConfigDict(extra="forbid")
+    approve: StrictBool
+    reviewer: str = Field(min_length=1, max_length=128)
+    note: str = Field(default="", max_length=1000)
+
+
+class Accepted(BaseModel):
+    """The request was taken; the order acts on it in its own time."""
+
+    order_id: str
+    status: str = Field(description="`accepted`")
+    detail: str = ""
+
+
+class ReturnOpened(BaseModel):
+    """The review a return request opened."""
+
+    order_id: str
+    review_id: str

@@ -1,0 +1,387 @@
+"""The HTTP order API (`/api/v1`): what an order service in any language calls.
+
+The same operations as `OrderClient`, on the same contracts (orderflow/contracts/), behind
+bearer API keys (settings.api_key_hashes, SHA-256 digests compared in constant time). Every
+error is `application/problem+json` (RFC 9457) naming the field and the order.
+"""
+
+# no `from __future__ import annotations`: FastAPI must see the local dependency types
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.service import RPCError, RPCStatusCode
+
+from app.client import OrderClient
+from app.web.api_models import (
+    ORDER_ID,
+    Accepted,
+    CancelIn,
+    DecisionIn,
+    OrderCreate,
+    PaymentIn,
+    ReturnIn,
+    ReturnOpened,
+    ShipmentIn,
+)
+from app.web.api_problems import (
+    PREFIX,
+    RETRY_AFTER_SECONDS,
+    ApiProblem,
+    known_problem,
+    problem_responses,
+    unavailable,
+)
+from app.web.ingress import RateLimiter
+from orderflow.contracts.order import (
+    OrderInput,
+    OrderLine,
+    OrderState,
+    PaymentAck,
+    PaymentReceived,
+    Shipment,
+    order_workflow_id,
+)
+from orderflow.contracts.review import PendingReview, ReviewDecision, ReviewOutcome
+from orderflow.db import Product, table
+from orderflow.errors import (
+    OrderflowError,
+)
+from orderflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATE_WAIT_SECONDS = 5.0  # a new order's state is read this long at most, else 202
+PAYMENT_WAIT_SECONDS = 10.0  # the payment update's answer is awaited this long at most
+PRODUCTS = table(Product)
+
+
+class OrdersApi:
+    """The API's operations over one `OrderClient`."""
+
+    def __init__(self, settings: Settings, orders: OrderClient, engine: Engine | None) -> None:
+        self.settings, self.orders, self.engine = settings, orders, engine
+
+    async def call(self, what: str, work: Any, order_id: str = "") -> Any:
+        """`await work`, its domain errors as problems and an unreachable backend as a 503."""
+        try:
+            return await work
+        except ApiProblem:
+            raise
+        except OrderflowError as err:
+            raise known_problem(err, order_id) from err
+        except (RPCError, OSError, TimeoutError, RuntimeError) as err:
+            if isinstance(err, RPCError) and err.status == RPCStatusCode.INVALID_ARGUMENT:
+                raise ApiProblem(422, "refused", "Refused", err.message, order_id=order_id) from err
+            raise unavailable(what, err, order_id) from err
+
+    async def started_input(self, order_id: str) -> OrderInput | None:
+        """What the order's workflow was started with, or None if it never was."""
+        client: Client = self.orders.client
+        handle = client.get_workflow_handle(order_workflow_id(order_id))
+        try:
+            async for event in handle.fetch_history_events():
+                attributes = event.workflow_execution_started_event_attributes
+                values = await client.data_converter.decode(attributes.input.payloads, [OrderInput])
+                started: OrderInput = values[0]
+                return started
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        return None
+
+    def check_lines(self, order_id: str, body: OrderCreate) -> None:
+        """422 naming the first line whose SKU the catalogue does not have."""
+        if self.engine is None:
+            return
+        with self.engine.connect() as conn:
+            wanted = {line.sku for line in body.items}
+            known = set(
+                conn.execute(select(PRODUCTS.c.sku).where(PRODUCTS.c.sku.in_(wanted))).scalars()
+            )
+        for i, line in enumerate(body.items):
+            if line.sku not in known:
+                raise ApiProblem(
+                    422,
+                    "unknown-sku",
+                    "Unknown SKU",
+                    f"order {order_id}: items[{i}].sku {line.sku!r} is not in the catalogue",
+                    field=f"items[{i}].sku",
+                    order_id=order_id,
+                )
+
+    async def create(self, order_id: str, body: OrderCreate) -> tuple[int, OrderState | None]:
+        """Start the order (201), or find the same one started before (200); 409 if it differs."""
+        if body.currency is not None and body.currency != self.settings.currency:
+            raise ApiProblem(
+                422,
+                "wrong-currency",
+                "Wrong currency",
+                f"order {order_id}: currency {body.currency} is not the shop's"
+                f" ({self.settings.currency})",
+                field="currency",
+                order_id=order_id,
+            )
+        before = await self.call("reading the order", self.started_input(order_id), order_id)
+        if before is None:
+            await self.call(
+                "checking the catalogue",
+                asyncio.to_thread(self.check_lines, order_id, body),
+                order_id,
+            )
+            lines = [OrderLine(sku=line.sku, quantity=line.quantity) for line in body.items]
+            start = self.orders.start_order(order_id, body.customer_id, body.email, lines)
+            await self.call("starting the order", start, order_id)
+            # two requests for a new id at once: one started it, the other must match it
+            before = await self.call("reading the order", self.started_input(order_id), order_id)
+            created = True
+        else:
+            created = False
+        if before is not None and (differs := _differences(before, body)):
+            raise ApiProblem(
+                409,
+                "id-reused",
+                "Order id already used",
+                f"order {order_id} was started with another {', '.join(differs)}",
+                field=differs[0],
+                order_id=order_id,
+            )
+        try:
+            state = await asyncio.wait_for(self.orders.status(order_id), STATE_WAIT_SECONDS)
+        except (TimeoutError, RPCError, OrderflowError):
+            state = None  # started: its workers have not answered yet
+        return (201 if created else 200), state
+
+
+def _differences(started: OrderInput, body: OrderCreate) -> list[str]:
+    """The fields of `body` that differ from what the order was started with."""
+    differs = []
+    if started.customer_id != body.customer_id:
+        differs.append("customer_id")
+    if started.email != body.email:
+        differs.append("email")
+    if [(i.sku, i.quantity) for i in started.items] != [(i.sku, i.quantity) for i in body.items]:
+        differs.append("items")
+    return differs
+
+
+def api_key_guard(settings: Settings) -> Any:
+    """A dependency: the caller's key id (a digest prefix), or 401; then its rate budget."""
+    bearer = HTTPBearer(
+        auto_error=False,
+        scheme_name="ApiKey",
+        description="`Authorization: Bearer <key>`; the key's SHA-256 digest is one of"
+        " ORDERFLOW_API_KEY_HASHES.",
+    )
+    limiter = RateLimiter(
+        settings,
+        limit=settings.api_rate_limit,
+        window_seconds=settings.api_rate_window_seconds,
+        scope="api",
+    )
+
+    async def check(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> str:
+        given = credentials.credentials if credentials is not None else ""
+        digest = hashlib.sha256(given.encode()).hexdigest()
+        matched = False
+        for known in settings.api_keys:  # every digest compared: no early exit to time
+            matched |= hmac.compare_digest(digest, known)
+        if not given or not matched:
+            raise ApiProblem(
+                401,
+                "unauthorized",
+                "Unauthorized",
+                "an API key is required: `Authorization: Bearer <key>`"
+                if not given
+                else "this API key is not one of ORDERFLOW_API_KEY_HASHES",
+                headers={"WWW-Authenticate": 'Bearer realm="orderflow"'},
+            )
+        key_id = digest[:12]
+        if wait := await limiter.wait_seconds(key_id):
+            raise ApiProblem(
+                429,
+                "rate-limited",
+                "Too many requests",
+                f"key {key_id}…: over {settings.api_rate_limit} requests in"
+                f" {settings.api_rate_window_seconds}s; retry in {wait}s",
+                headers={"Retry-After": str(wait)},
+            )
+        return key_id
+
+    return check
+
+
+def _order_id(body: OrderCreate, idempotency_key: str | None) -> str:
+    """The order's id: the body's or the `Idempotency-Key` header's, the same if both."""
+    key = (idempotency_key or "").strip()
+    if key and not re.fullmatch(ORDER_ID, key):
+        raise ApiProblem(
+            422,
+            "invalid-request",
+            "Invalid request",
+            "Idempotency-Key: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or"
+            " digit (it becomes the order id)",
+            field="Idempotency-Key",
+        )
+    if body.order_id and key and body.order_id != key:
+        raise ApiProblem(
+            422,
+            "invalid-request",
+            "Invalid request",
+            f"order_id {body.order_id} and Idempotency-Key {key} differ: give one, or both alike",
+            field="order_id",
+            order_id=body.order_id,
+        )
+    if not (order_id := body.order_id or key):
+        raise ApiProblem(
+            422,
+            "invalid-request",
+            "Invalid request",
+            "an order needs its id: `order_id` in the body or an `Idempotency-Key` header",
+            field="order_id",
+        )
+    return order_id
+
+
+def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None) -> APIRouter:
+    """`/api/v1`: orders, their payments, cancellation, shipment, returns; reviews."""
+    api = OrdersApi(settings, orders, engine)
+    router = APIRouter(
+        prefix=PREFIX,
+        tags=["orders"],
+        dependencies=[Depends(api_key_guard(settings))],
+        responses=problem_responses(),
+    )
+
+    @router.post(
+        "/orders",
+        status_code=201,
+        response_model=OrderState | Accepted,
+        responses={
+            200: {"model": OrderState, "description": "The same order, started before."},
+            202: {"model": Accepted, "description": "Started; its state is not read yet."},
+            **problem_responses(409),
+        },
+    )
+    async def create_order(
+        body: OrderCreate,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        """Start an order: 201 with it; the same request again answers 200 with the same order."""
+        order_id = _order_id(body, idempotency_key)
+        status, state = await api.create(order_id, body)
+        response.headers["Location"] = f"{PREFIX}/orders/{order_id}"
+        if state is None:
+            response.status_code = 202
+            return Accepted(order_id=order_id, status="accepted", detail="started; GET it soon")
+        response.status_code = status
+        return state
+
+    @router.get("/orders/{order_id}", response_model=OrderState, responses=problem_responses(404))
+    async def get_order(order_id: str) -> Any:
+        """The order's status, total (minor units and currency), history, payment and review."""
+        return await api.call("reading the order", orders.status(order_id), order_id)
+
+    @router.post(
+        "/orders/{order_id}/payments",
+        response_model=PaymentAck,
+        responses=problem_responses(404, 409),
+    )
+    async def report_payment(order_id: str, body: PaymentIn) -> Any:
+        """Report a payment and learn at once whether the order took it (the `pay` update).
+
+        Accepted, the order's 1-hour timer is cancelled in the same call. Refused (another
+        amount or currency, a closed order), `accepted` is false and `reason` says why.
+        Reporting the same payment again gives the first answer.
+        """
+        payment = PaymentReceived(
+            payment_id=body.payment_id,
+            amount=body.amount,
+            provider=body.provider,
+            flagged=body.flagged,
+            currency=body.currency,
+        )
+        work = orders.payment_received(
+            order_id,
+            payment,
+            update_id=f"api-pay-{body.provider}-{body.payment_id}"[:200],
+            wait_seconds=PAYMENT_WAIT_SECONDS,
+        )
+        try:
+            return await api.call("reporting the payment", work, order_id)
+        except WorkflowUpdateRPCTimeoutOrCancelledError as err:
+            raise ApiProblem(
+                503,
+                "unavailable",
+                "Service unavailable",
+                f"order {order_id}: payment {body.payment_id} was handed to the order, which has"
+                f" not answered within {PAYMENT_WAIT_SECONDS:.0f}s; report it again to learn the"
+                " answer (the same payment is not applied twice)",
+                order_id=order_id,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from err
+
+    @router.post(
+        "/orders/{order_id}/cancel",
+        status_code=202,
+        response_model=Accepted,
+        responses=problem_responses(404, 409),
+    )
+    async def cancel_order(order_id: str, body: CancelIn | None = None) -> Any:
+        """Cancel the order: a paid one is refunded, a hold released."""
+        reason = body.reason if body is not None else CancelIn().reason
+        await api.call("cancelling the order", orders.cancel(order_id, reason), order_id)
+        return Accepted(order_id=order_id, status="accepted", detail="cancellation sent")
+
+    @router.post(
+        "/orders/{order_id}/shipment",
+        status_code=202,
+        response_model=Accepted,
+        responses=problem_responses(404, 409),
+    )
+    async def ship_order(order_id: str, body: ShipmentIn | None = None) -> Any:
+        """The warehouse shipped a confirmed order (carrier and tracking go in the mail)."""
+        shipment = Shipment(**(body or ShipmentIn()).model_dump())
+        await api.call("reporting the shipment", orders.shipped(order_id, shipment), order_id)
+        return Accepted(order_id=order_id, status="accepted", detail="shipment sent")
+
+    @router.post(
+        "/orders/{order_id}/returns",
+        status_code=201,
+        response_model=ReturnOpened,
+        responses=problem_responses(404, 409),
+    )
+    async def request_return(order_id: str, body: ReturnIn) -> Any:
+        """Ask to return a shipped order: a manual review opens; approval refunds it."""
+        work = orders.request_return(order_id, body.reason)
+        review_id = await api.call("opening the return", work, order_id)
+        return ReturnOpened(order_id=order_id, review_id=review_id)
+
+    @router.get("/reviews", response_model=list[PendingReview])
+    async def list_reviews() -> Any:
+        """Reviews waiting for a decision, oldest first."""
+        return await api.call("listing reviews", orders.pending_reviews())
+
+    @router.post(
+        "/reviews/{review_id}/decision",
+        response_model=ReviewOutcome,
+        responses=problem_responses(404),
+    )
+    async def decide_review(review_id: str, body: DecisionIn) -> Any:
+        """Approve or reject a pending review."""
+        decision = ReviewDecision(approve=body.approve, reviewer=body.reviewer, note=body.note)
+        return await api.call("deciding the review", orders.decide_review(review_id, decision))
+
+    return router

@@ -1,0 +1,263 @@
+"""The HTTP order API (`/api/v1`, issue 20) on the real stack: the Temporal dev server, the
+session's workers, Redis and both databases. An order service in any language starts, pays,
+cancels, ships and returns orders through it; every error is problem+json naming the field."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from bullmq import Queue
+from openapi_spec_validator import validate
+from sqlalchemy.engine import Engine
+
+from app.client import OrderClient
+from app.web.app import create_app
+from orderflow.settings import LOCAL_API_KEY, Settings
+from tests.helpers import eventually, wait_status
+
+Catalogue = Callable[..., dict[str, str]]
+KEY = {"Authorization": f"Bearer {LOCAL_API_KEY}"}
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+async def api(
+    settings: Settings, redis_url: str, orders: OrderClient, engine: Engine
+) -> AsyncIterator[httpx.AsyncClient]:
+    queue = Queue(f"api-{uuid.uuid4().hex[:8]}", {"connection": redis_url})
+    app = create_app(settings, queue, orders=orders, engine=engine)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop", headers=KEY) as http:
+        yield http
+    await queue.obliterate(force=True)
+    await queue.close()
+
+
+def new_id() -> str:
+    return f"api-{uuid.uuid4().hex[:10]}"
+
+
+def problem(answer: httpx.Response, status: int) -> dict[str, Any]:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == PROBLEM, answer.headers
+    body: dict[str, Any] = answer.json()
+    assert body["status"] == status and body["type"].startswith("/api/v1/problems#")
+    return body
+
+
+async def test_an_order_started_again_is_the_same_order_and_its_id_for_another_is_refused(
+    api: httpx.AsyncClient, catalogue: Catalogue
+) -> None:
+    skus = catalogue(kite=(45_000, 5), reel=(9_900, 5))
+    order_id = new_id()
+    body = {
+        "customer_id": "c-7",
+        "email": "meera@example.com",
+        "items": [{"sku": skus["kite"], "quantity": 1}, {"sku": skus["reel"], "quantity": 2}],
+    }
+    first = await api.post("/api/v1/orders", json=body, headers={"Idempotency-Key": order_id})
+    assert first.status_code == 201, first.text
+    assert first.headers["location"] == f"/api/v1/orders/{order_id}"
+    again = await api.post("/api/v1/orders", json={**body, "order_id": order_id})
+    assert again.status_code == 200, again.text
+    assert again.json()["order_id"] == order_id
+    other = {**body, "items": [{"sku": skus["kite"], "quantity": 3}]}
+    refused = problem(
+        await api.post("/api/v1/orders", json=other, headers={"Idempotency-Key": order_id}), 409
+    )
+    assert refused["order_id"] == order_id and refused["field"] == "items"
+    assert "started with another items" in refused["detail"]
+
+
+async def test_an_order_paid_over_http_is_confirmed_in_the_same_call_and_a_wrong_total_refused(
+    api: httpx.AsyncClient, catalogue: Catalogue, orders: OrderClient
+) -> None:
+    skus = catalogue(kite=(45_000, 5))
+    order_id = new_id()
+    body = {
+        "order_id": order_id,
+        "customer_id": "c-8",
+        "email": "ravi@example.com",
+        "items": [{"sku": skus["kite"], "quantity": 2}],
+        "currency": "INR",
+    }
+    assert (await api.post("/api/v1/orders", json=body)).status_code == 201
+
+    async def pending() -> dict[str, Any] | None:
+        state: dict[str, Any] = (await api.get(f"/api/v1/orders/{order_id}")).json()
+        return state if state["status"] == "PENDING_PAYMENT" else None
+
+    state = await eventually(pending, 20, "the order waiting for payment")
+    assert state["total"] == 90_000 and state["currency"] == "INR"
+    short = {"provider": "stripe", "payment_id": "pi_short", "amount": 89_999, "currency": "INR"}
+    answer = await api.post(f"/api/v1/orders/{order_id}/payments", json=short)
+    assert answer.status_code == 200 and answer.json()["accepted"] is False, answer.text
+    assert "900.00" in answer.json()["reason"] or "90,000" in answer.json()["reason"]
+    paid = {"provider": "stripe", "payment_id": "pi_whole", "amount": 90_000, "currency": "INR"}
+    answer = await api.post(f"/api/v1/orders/{order_id}/payments", json=paid)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] is True
+    assert (await orders.status(order_id)).payment_id == "pi_whole"
+    again = await api.post(f"/api/v1/orders/{order_id}/payments", json=paid)
+    assert again.json()["accepted"] is True  # the same payment reported twice: the same answer
+
+
+async def test_an_order_cancelled_over_http_ends_cancelled(
+    api: httpx.AsyncClient, catalogue: Catalogue, orders: OrderClient
+) -> None:
+    skus = catalogue(cap=(1_250, 5))
+    order_id = new_id()
+    body = {
+        "order_id": order_id,
+        "customer_id": "c-9",
+        "email": "asha@example.com",
+        "items": [{"sku": skus["cap"], "quantity": 1}],
+    }
+    assert (await api.post("/api/v1/orders", json=body)).status_code == 201
+    await wait_status(orders, order_id, "PENDING_PAYMENT")
+    answer = await api.post(f"/api/v1/orders/{order_id}/cancel", json={"reason": "changed mind"})
+    assert answer.status_code == 202, answer.text
+    state = await wait_status(orders, order_id, "CANCELLED")
+    assert any("changed mind" in change.note for change in state.history)
+    closed = problem(await api.post(f"/api/v1/orders/{order_id}/cancel"), 409)
+    assert closed["order_id"] == order_id
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"items": [{"sku": "X", "quantity": 0}]}, "items[0].quantity"),
+        ({"items": [{"sku": "X", "quantity": "2"}]}, "items[0].quantity"),
+        ({"items": []}, "items"),
+        ({"email": "not-an-address"}, "email"),
+        ({"currency": "usd"}, "currency"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+async def test_a_malformed_order_gets_a_problem_naming_the_field_and_starts_nothing(
+    api: httpx.AsyncClient, orders: OrderClient, change: dict[str, Any], field: str
+) -> None:
+    order_id = new_id()
+    body = {
+        "order_id": order_id,
+        "customer_id": "c-1",
+        "email": "a@example.com",
+        "items": [{"sku": "X", "quantity": 1}],
+        **change,
+    }
+    found = problem(await api.post("/api/v1/orders", json=body), 422)
+    assert found["field"] == field and found["order_id"] == order_id, found
+    assert field in found["detail"]
+    problem(await api.get(f"/api/v1/orders/{order_id}"), 404)  # nothing was started
+
+
+async def test_an_unknown_sku_a_foreign_currency_and_a_missing_id_are_named(
+    api: httpx.AsyncClient, catalogue: Catalogue
+) -> None:
+    skus = catalogue(kite=(45_000, 5))
+    order_id = new_id()
+    body = {
+        "order_id": order_id,
+        "customer_id": "c-1",
+        "email": "a@example.com",
+        "items": [{"sku": skus["kite"], "quantity": 1}, {"sku": "NO-SUCH-SKU", "quantity": 1}],
+    }
+    unknown = problem(await api.post("/api/v1/orders", json=body), 422)
+    assert unknown["field"] == "items[1].sku" and "NO-SUCH-SKU" in unknown["detail"]
+    foreign = {**body, "items": body["items"][:1], "currency": "USD"}
+    wrong = problem(await api.post("/api/v1/orders", json=foreign), 422)
+    assert wrong["field"] == "currency" and "INR" in wrong["detail"]
+    unnamed = {k: v for k, v in body.items() if k != "order_id"}
+    missing = problem(await api.post("/api/v1/orders", json=unnamed), 422)
+    assert missing["field"] == "order_id"
+    problem(await api.get(f"/api/v1/orders/{order_id}"), 404)
+
+
+@pytest.mark.parametrize(
+    "amount",
+    ["90000", 900.5, 0, -1, 10**16, True],
+    ids=["text", "float", "zero", "negative", "huge", "bool"],
+)
+async def test_a_payment_amount_that_is_not_a_whole_positive_minor_unit_count_is_refused(
+    api: httpx.AsyncClient, amount: Any
+) -> None:
+    order_id = new_id()
+    payment = {"provider": "stripe", "payment_id": "pi_1", "amount": amount, "currency": "INR"}
+    found = problem(await api.post(f"/api/v1/orders/{order_id}/payments", json=payment), 422)
+    assert found["field"] == "amount" and found["order_id"] == order_id
+
+
+async def test_an_unknown_order_is_a_404_naming_it(api: httpx.AsyncClient) -> None:
+    found = problem(await api.get("/api/v1/orders/api-nobody"), 404)
+    assert found["order_id"] == "api-nobody" and "api-nobody" in found["detail"]
+    paid = {"provider": "stripe", "payment_id": "pi_1", "amount": 100, "currency": "INR"}
+    problem(await api.post("/api/v1/orders/api-nobody/payments", json=paid), 404)
+
+
+async def test_no_key_a_wrong_key_or_the_dashboards_credentials_get_401(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer of_wrong_key"}):
+        answer = await api.get("/api/v1/reviews", headers=headers)
+        found = problem(answer, 401)
+        assert answer.headers["www-authenticate"].startswith("Bearer")
+        assert "of_wrong_key" not in found["detail"]
+    basic = await api.get(
+        "/api/v1/reviews",
+        headers={"Authorization": ""},
+        auth=(settings.admin_user, settings.admin_password),
+    )
+    problem(basic, 401)
+    assert (await api.get("/api/v1/reviews")).status_code == 200
+
+
+async def test_a_rotated_key_works_beside_the_old_and_a_key_over_its_budget_waits(
+    settings: Settings, redis_url: str, orders: OrderClient, engine: Engine
+) -> None:
+    old_key, new_key = f"of_{uuid.uuid4().hex}", f"of_{uuid.uuid4().hex}"
+    both = ",".join(hashlib.sha256(k.encode()).hexdigest() for k in (old_key, new_key))
+    local = settings.model_copy(update={"api_key_hashes": both, "api_rate_limit": 3})
+    queue = Queue(f"api-{uuid.uuid4().hex[:8]}", {"connection": redis_url})
+    app = create_app(local, queue, orders=orders, engine=engine)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
+            rotated = {"Authorization": f"Bearer {new_key}"}
+            answers = [await http.get("/api/v1/reviews", headers=rotated) for _ in range(4)]
+            assert [a.status_code for a in answers[:3]] == [200, 200, 200]
+            limited = problem(answers[3], 429)
+            assert int(answers[3].headers["retry-after"]) >= 1 and "retry in" in limited["detail"]
+            # the budget is the key's: the old key still has its own
+            old = {"Authorization": f"Bearer {old_key}"}
+            assert (await http.get("/api/v1/reviews", headers=old)).status_code == 200
+            # and the local key is not one of this app's keys any more
+            problem(await http.get("/api/v1/reviews", headers=KEY), 401)
+    finally:
+        await queue.obliterate(force=True)
+        await queue.close()
+
+
+async def test_the_openapi_document_is_valid_and_describes_every_route_error_and_the_auth(
+    api: httpx.AsyncClient,
+) -> None:
+    answer = await api.get("/api/v1/openapi.json", headers={"Authorization": ""})
+    assert answer.status_code == 200
+    document = answer.json()
+    validate(document)  # openapi-spec-validator: the OpenAPI 3.1 schema
+    assert document["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
+    api_paths = [p for p in document["paths"] if p.startswith("/api/v1/")]
+    assert len(api_paths) == 8
+    for path in api_paths:
+        for method, operation in document["paths"][path].items():
+            answers = operation["responses"]
+            for code in ("401", "422", "429", "503"):
+                assert code in answers, (method, path, code)
+                assert answers[code]["content"].keys() == {PROBLEM}, (method, path, code)
+    assert not any(p.startswith("/ops") for p in document["paths"])
+    for path in ("/webhooks/stripe", "/webhooks/razorpay"):
+        assert document["paths"][path]["post"]["tags"] == ["webhooks"]
