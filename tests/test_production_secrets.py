@@ -28,8 +28,7 @@ REAL = {
     "razorpay_webhook_secret": "rzp_9d8c7b6a5f4e3d2c1b0a",
     "redis_url": "redis://:Xq7-redis-pass@redis.internal:6379/0",
     # the digest of a real key (`orderflow api-keys new`) beside the next one, being rotated in
-    "api_key_hashes": f"{REAL_KEY_HASH},"
-    f" {hashlib.sha256(b'of_8Zt2-next-key').hexdigest()}",
+    "api_key_hashes": f"{REAL_KEY_HASH}, {hashlib.sha256(b'of_8Zt2-next-key').hexdigest()}",
 }
 PRODUCTION = {"embedded_temporal": False, "embedded_redis": False, "embedded_smtp": False}
 DEFAULTS = Settings()
