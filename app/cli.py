@@ -420,6 +420,44 @@ def webhooks_sign(
     typer.echo(curl_command(provider, body_file, _settings(), url=url))
 
 
+api_keys_app = typer.Typer(
+    help="Bearer keys of the order API (/api/v1): make one, or print a key's digest.",
+    no_args_is_help=True,
+)
+app.add_typer(api_keys_app, name="api-keys")
+
+
+@api_keys_app.command("new")
+def api_keys_new() -> None:
+    """Make a random key: give the key to the order service, its digest to ORDERFLOW_API_KEY_HASHES."""
+    import hashlib
+    import secrets
+
+    key = f"of_{secrets.token_urlsafe(32)}"
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    typer.echo(f"key:    {key}")
+    typer.echo(f"digest: {digest}")
+    typer.echo(
+        "Add the digest to ORDERFLOW_API_KEY_HASHES (comma-separated: keep the old key's digest"
+        " there until every caller has the new key). The key is shown only now."
+    )
+
+
+@api_keys_app.command("hash")
+def api_keys_hash(
+    key: Annotated[
+        str, typer.Argument(help="the key; default: read from standard input (no shell history)")
+    ] = "",
+) -> None:
+    """Print the SHA-256 digest of a key, for ORDERFLOW_API_KEY_HASHES."""
+    import hashlib
+
+    given = (key or sys.stdin.readline()).strip()
+    if not given:
+        raise typer.BadParameter("no key given (as the argument or on standard input)")
+    typer.echo(hashlib.sha256(given.encode()).hexdigest())
+
+
 def main() -> None:
     """Console entry point: run the CLI, then exit without interpreter teardown.
 

@@ -5,6 +5,7 @@ cancels, ships and returns orders through it; every error is problem+json naming
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,7 +15,9 @@ import pytest
 from bullmq import Queue
 from openapi_spec_validator import validate
 from sqlalchemy.engine import Engine
+from typer.testing import CliRunner
 
+from app.cli import app as cli
 from app.client import OrderClient
 from app.web.app import create_app
 from orderflow.settings import LOCAL_API_KEY, Settings
@@ -261,3 +264,29 @@ async def test_the_openapi_document_is_valid_and_describes_every_route_error_and
     assert not any(p.startswith("/ops") for p in document["paths"])
     for path in ("/webhooks/stripe", "/webhooks/razorpay"):
         assert document["paths"][path]["post"]["tags"] == ["webhooks"]
+
+
+async def test_a_key_made_by_the_cli_opens_the_api_once_its_digest_is_configured(
+    settings: Settings, redis_url: str, orders: OrderClient, engine: Engine
+) -> None:
+    made = CliRunner().invoke(cli, ["api-keys", "new"])
+    assert made.exit_code == 0, made.output
+    key = re.search(r"^key:\s+(\S+)$", made.output, re.M)
+    digest = re.search(r"^digest:\s+([0-9a-f]{64})$", made.output, re.M)
+    assert key and digest and hashlib.sha256(key[1].encode()).hexdigest() == digest[1]
+    hashed = CliRunner().invoke(cli, ["api-keys", "hash"], input=f"{key[1]}\n")
+    assert hashed.exit_code == 0 and hashed.output.strip() == digest[1]
+    local = settings.model_copy(update={"api_key_hashes": digest[1]})
+    queue = Queue(f"api-{uuid.uuid4().hex[:8]}", {"connection": redis_url})
+    app = create_app(local, queue, orders=orders, engine=engine)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://shop"
+        ) as http:
+            opened = await http.get(
+                "/api/v1/reviews", headers={"Authorization": f"Bearer {key[1]}"}
+            )
+            assert opened.status_code == 200, opened.text
+    finally:
+        await queue.obliterate(force=True)
+        await queue.close()
