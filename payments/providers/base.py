@@ -184,7 +184,14 @@ def all_providers() -> list[WebhookProvider]:
 
 
 def by_job_name(job_name: str) -> WebhookProvider | None:
-    """The provider whose events carry this job name, if any."""
+    """The provider whose events carry this job name.
+
+    Args:
+        job_name: a job's name on payment-webhook-queue (`stripe-webhook`).
+
+    Returns:
+        The provider, or None when no registered provider's events are named so.
+    """
     return next((p for p in _REGISTRY.values() if p.job_name == job_name), None)
 
 
@@ -214,5 +221,12 @@ def parse_event(name: str, body: bytes, headers: Headers | None = None) -> Gatew
 
 
 def event_types(kind: EventKind) -> set[str]:
-    """Every provider's event types that mean `kind`."""
+    """Every provider's event types that mean one kind.
+
+    Args:
+        kind: what the events mean for an order.
+
+    Returns:
+        The event types, of every registered provider, mapped to `kind`.
+    """
     return {t for p in _REGISTRY.values() for t, k in p.kinds.items() if k is kind}
