@@ -38,7 +38,7 @@ from app import embedded
 from app.client import OrderClient
 from orderflow.settings import Settings
 from payments.providers import signed_headers
-from payments.samples import stripe_payment_succeeded
+from payments.providers.stripe import stripe_payment_succeeded
 
 STATUS_POLL_SECONDS = 0.005  # the CONFIRMED wait polls the status query this often
 SKU = "BENCH-WEBHOOK-SKU"

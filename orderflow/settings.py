@@ -11,7 +11,12 @@ from urllib.parse import quote, unquote, urlparse
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orderflow.contracts.payment import GatewayMode, GatewayName
+from orderflow.contracts.payment import (
+    GATEWAY_SETTINGS,
+    GatewayMode,
+    GatewayName,
+    GatewaySettingsSpec,
+)
 from orderflow.errors import GatewaySettingsError, InsecureSettingsError
 
 ENV_PREFIX = "ORDERFLOW_"
@@ -23,8 +28,7 @@ API_KEY_DIGEST = re.compile(r"[0-9a-f]{64}")
 GUARDED_SECRETS = (
     "admin_password",
     "dashboard_secret",
-    "stripe_webhook_secret",
-    "razorpay_webhook_secret",
+    *(spec.webhook_secret for spec in GATEWAY_SETTINGS.values()),
 )
 # Placeholders seen in compose files and docs; a secret containing one is not a secret
 PLACEHOLDERS = ("change-me", "change_me", "changeme", "orderflow-local", "local_dev", "local-dev")
@@ -81,6 +85,8 @@ class Settings(BaseSettings):
     gateway: GatewayName = GatewayName.SIMULATED
     # a production-shaped start refuses the simulated gateway unless this says it is a throwaway
     allow_simulated_gateway: bool = False
+    # each real gateway's keys: which it needs and what they start with in GATEWAY_SETTINGS
+    # (orderflow/contracts/payment.py)
     stripe_api_key: str = ""  # sk_test_... for test mode, sk_live_... (or a restricted rk_...)
     stripe_api_base: str = ""  # empty: Stripe's own API; a localstripe URL in the tests
     razorpay_key_id: str = ""  # rzp_test_... / rzp_live_...
@@ -242,6 +248,7 @@ class Settings(BaseSettings):
         if self.gateway is GatewayName.SIMULATED:
             if not self.production_shaped or self.allow_simulated_gateway:
                 return []
+            real = " or ".join(f"{name}={gateway.value}" for gateway in GATEWAY_SETTINGS)
             off = [
                 f"{ENV_PREFIX}EMBEDDED_{part.upper()}=false"
                 for part in ("temporal", "redis", "smtp")
@@ -249,17 +256,15 @@ class Settings(BaseSettings):
             ]
             return [
                 f"{name} is simulated (it moves no money) in a production-shaped start"
-                f" ({', '.join(off)}): set {name}=stripe or {name}=razorpay with its API keys,"
+                f" ({', '.join(off)}): set {real} with its API keys,"
                 f" or {ENV_PREFIX}ALLOW_SIMULATED_GATEWAY=true for a throwaway topology"
             ]
-        keys = {
-            GatewayName.STRIPE: ("stripe_api_key",),
-            GatewayName.RAZORPAY: ("razorpay_key_id", "razorpay_key_secret"),
-        }[self.gateway]
+        spec = GATEWAY_SETTINGS[self.gateway]
+        values = {key: getattr(self, key) for key in spec.keys}
         return [
             f"{ENV_PREFIX}{key.upper()} is {why} ({name}={self.gateway.value})"
-            for key in keys
-            if (why := _weak(getattr(self, key), None) or _wrong_kind(key, getattr(self, key)))
+            for key, value in values.items()
+            if (why := _weak(value, None) or _wrong_kind(spec, key, value))
         ]
 
     @property
@@ -267,17 +272,19 @@ class Settings(BaseSettings):
         """Live, test or simulated, from the gateway's key (shown on /ops, warned of at start)."""
         if self.gateway is GatewayName.SIMULATED:
             return GatewayMode.SIMULATED
-        key = getattr(self, GATEWAY_MODE_KEY[self.gateway]).strip()
-        for mode, prefixes in MODE_PREFIXES.items():
-            if key.startswith(prefixes):
-                return mode
+        spec = GATEWAY_SETTINGS[self.gateway]
+        key = getattr(self, spec.mode_key).strip()
+        if key.startswith(spec.live_prefixes):
+            return GatewayMode.LIVE
+        if key.startswith(spec.test_prefixes):
+            return GatewayMode.TEST
         return GatewayMode.UNKNOWN
 
     def test_mode_keys(self) -> list[str]:
         """The settings (variable names, never values) holding a test-mode gateway key, or []."""
         if self.gateway_mode is not GatewayMode.TEST:
             return []
-        return [f"{ENV_PREFIX}{GATEWAY_MODE_KEY[self.gateway].upper()}"]
+        return [f"{ENV_PREFIX}{GATEWAY_SETTINGS[self.gateway].mode_key.upper()}"]
 
     def check_gateway(self) -> None:
         """Raise GatewaySettingsError when the gateway cannot run (see gateway_problems)."""
@@ -309,26 +316,11 @@ def normalize_redis_url(url: str, password: str = "") -> str:
     return f"{scheme}://{quote(unquote(user), safe='')}:{quote(secret, safe='')}@{host}"
 
 
-# what each gateway key starts with; another key in its place fails every call at the gateway
-KEY_PREFIXES = {
-    "stripe_api_key": (("sk_", "rk_"), "a secret key (sk_… or restricted rk_…)"),
-    "razorpay_key_id": (("rzp_",), "a key id (rzp_test_… or rzp_live_…)"),
-}
-
-
-# the key whose prefix says the gateway's mode, and the prefixes of each mode
-GATEWAY_MODE_KEY = {GatewayName.STRIPE: "stripe_api_key", GatewayName.RAZORPAY: "razorpay_key_id"}
-MODE_PREFIXES = {
-    GatewayMode.LIVE: ("sk_live_", "rk_live_", "rzp_live_"),
-    GatewayMode.TEST: ("sk_test_", "rk_test_", "rzp_test_"),
-}
-
-
-def _wrong_kind(setting: str, value: str) -> str:
+def _wrong_kind(spec: GatewaySettingsSpec, setting: str, value: str) -> str:
     """Why `value` is not the kind of key `setting` holds (a publishable pk_…), or ""."""
-    prefixes, kind = KEY_PREFIXES.get(setting, ((), ""))
-    if prefixes and not value.strip().startswith(prefixes):
-        return f"not {kind}"
+    kind = spec.key_kinds.get(setting)
+    if kind and not value.strip().startswith(kind.prefixes):
+        return f"not {kind.description}"
     return ""
 
 

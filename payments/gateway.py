@@ -1,8 +1,11 @@
-"""The payment gateway behind one interface: Stripe, Razorpay, or the simulated local default."""
+"""The payment gateway behind one interface: a registered provider's, or the simulated default.
+
+Each real gateway is declared by its provider module (payments/providers/<name>.py: its
+factory and key patterns); `make_gateway` and `without_keys` read the registry.
+"""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Protocol
 
@@ -24,14 +27,19 @@ from orderflow.contracts.payment import (
 from orderflow.db import SimulatedGatewayAccount
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
-
-# an API key or key id, should a gateway's error message ever echo one (Stripe's and Razorpay's)
-API_KEY = re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_\w+|\brzp_(?:live|test)_\w+")
+from payments.providers.base import build_gateway, key_pattern
 
 
 def without_keys(reason: str) -> str:
-    """`reason` with anything shaped like an API key blanked: gateway errors reach logs and jobs."""
-    return API_KEY.sub("[key]", reason)
+    """`reason` with anything shaped like an API key blanked: gateway errors reach logs and jobs.
+
+    Args:
+        reason: a gateway's error text, which may echo a key.
+
+    Returns:
+        The text with every registered provider's key patterns replaced by `[key]`.
+    """
+    return key_pattern().sub("[key]", reason)
 
 
 class GatewayUnavailableError(OrderflowError):
@@ -63,40 +71,132 @@ class PaymentGateway(Protocol):
     """Capture, refund, fetch and list; a decline is an answer, a network failure an exception.
 
     Every call that moves money sends `request.idempotency_key`, so a retried call is one charge.
+    Every method may raise GatewayUnavailableError (the gateway could not answer: retry with
+    the same key) or GatewayConfigError (it refused our credentials: retrying won't help).
     """
 
-    name: str  # the provider, as in the payments table and webhook events
+    name: str
+    """The provider, as in the payments table and webhook events (its registry name)."""
 
     def capture(self, request: GatewayRequest) -> GatewayResponse:
-        """Take the order's money."""
+        """Take the order's money.
+
+        Args:
+            request: the order, amount (minor units), currency, attempt and idempotency key.
+
+        Returns:
+            The answer: `succeeded` with the gateway's payment id, or declined with its reason.
+
+        Raises:
+            GatewayUnavailableError: no answer (network, timeout, rate limit, its 5xx).
+            GatewayConfigError: the gateway refused our keys or permissions.
+        """
         ...
 
     def refund(self, request: GatewayRequest) -> GatewayResponse:
-        """Give the order's money back."""
+        """Give the order's money back.
+
+        Args:
+            request: the amount to give back and `payment_id`, the captured payment it refunds.
+
+        Returns:
+            The answer: `succeeded` with the refund's id, or refused with the gateway's reason.
+
+        Raises:
+            GatewayUnavailableError: no answer; retry with the same key.
+            GatewayConfigError: the gateway refused our keys or permissions.
+        """
         ...
 
     def release(self, request: GatewayRequest) -> GatewayResponse:
-        """Let an uncaptured authorisation go (declined: it was captured, refund it instead)."""
+        """Let an uncaptured authorisation go.
+
+        Args:
+            request: `payment_id` names the authorisation (hold).
+
+        Returns:
+            Succeeded when nothing is held any more; declined when it was captured (refund it
+            instead).
+
+        Raises:
+            GatewayUnavailableError: no answer; retry with the same key.
+            GatewayConfigError: the gateway refused our keys or permissions.
+        """
         ...
 
     def hold_status(self, request: GatewayRequest) -> HoldStatus:
-        """What became of the authorisation `request.payment_id`: held, released or captured."""
+        """What became of an authorisation.
+
+        Args:
+            request: `payment_id` names the authorisation.
+
+        Returns:
+            Held, released, captured (with the amounts taken and refunded) or unknown.
+
+        Raises:
+            GatewayUnavailableError: no answer.
+            GatewayConfigError: the gateway refused our keys or permissions.
+        """
         ...
 
     def fetch(self, payment_id: str) -> GatewayPayment | None:
-        """One payment as the gateway has it (None: it does not know the id)."""
+        """One payment as the gateway has it.
+
+        Args:
+            payment_id: the gateway's id of the payment.
+
+        Returns:
+            The payment, or None when the gateway does not know the id.
+
+        Raises:
+            GatewayUnavailableError: no answer.
+            GatewayConfigError: the gateway refused our keys or permissions.
+        """
         ...
 
     def list_payments(self, since: datetime) -> list[GatewayPayment]:
-        """Every payment the gateway made since `since` (the reconciliation's other side)."""
+        """Every payment the gateway made since a time (the reconciliation's other side).
+
+        Args:
+            since: the earliest creation time listed.
+
+        Returns:
+            The payments, each with our order id where the gateway carries it.
+
+        Raises:
+            GatewayUnavailableError: no answer.
+            GatewayConfigError: the gateway refused our keys or permissions.
+        """
         ...
 
     def list_refunds(self, payment_id: str) -> list[GatewayRefund]:
-        """Every refund of one payment, each by its own id (newest first)."""
+        """Every refund of one payment, each by its own id.
+
+        Args:
+            payment_id: the gateway's id of the refunded payment.
+
+        Returns:
+            The refunds, newest first.
+
+        Raises:
+            GatewayUnavailableError: no answer.
+            GatewayConfigError: the gateway refused our keys or permissions.
+        """
         ...
 
     def create_checkout(self, request: CheckoutRequest) -> Checkout:
-        """Open the checkout the storefront completes, carrying the order id."""
+        """Open the checkout the storefront completes, carrying the order id.
+
+        Args:
+            request: the order, its total and currency, and how to capture.
+
+        Returns:
+            What the storefront needs (the gateway's id, status, client secret).
+
+        Raises:
+            GatewayUnavailableError: no answer.
+            GatewayConfigError: the gateway refused our keys or permissions.
+        """
         ...
 
 
@@ -107,7 +207,7 @@ class SimulatedGateway:
     before accepting, `decline_all` declines every capture; `set_rule` overrides both per order.
     """
 
-    name = "simulated"
+    name = GatewayName.SIMULATED.value
 
     def __init__(
         self, engine: Engine, *, fail_captures: int = 0, decline_all: bool = False
@@ -197,30 +297,27 @@ class SimulatedGateway:
 
 
 def make_gateway(settings: Settings, engine: Engine) -> PaymentGateway:
-    """The gateway `ORDERFLOW_GATEWAY` names, with its keys from the settings."""
+    """The gateway `ORDERFLOW_GATEWAY` names, with its keys from the settings.
+
+    Args:
+        settings: `gateway` names it; the provider's factory reads its keys from the rest.
+        engine: the database the simulated gateway keeps its scripted failures in.
+
+    Returns:
+        The simulated gateway, or the registered provider's.
+
+    Raises:
+        UnknownProviderError: no provider of that name is registered.
+        NoGatewayError: the provider of that name declares webhooks only.
+    """
     chosen = GatewayName(settings.gateway)
-    if chosen is GatewayName.STRIPE:
-        from payments.stripe_gateway import StripeGateway
-
-        return StripeGateway(
-            settings.stripe_api_key,
-            api_base=settings.stripe_api_base,
-            timeout=settings.gateway_timeout_seconds,
+    if chosen is GatewayName.SIMULATED:
+        return SimulatedGateway(
+            engine,
+            fail_captures=settings.gateway_fail_captures,
+            decline_all=settings.gateway_decline_all,
         )
-    if chosen is GatewayName.RAZORPAY:
-        from payments.razorpay_gateway import RazorpayGateway
-
-        return RazorpayGateway(
-            settings.razorpay_key_id,
-            settings.razorpay_key_secret,
-            api_base=settings.razorpay_api_base,
-            timeout=settings.gateway_timeout_seconds,
-        )
-    return SimulatedGateway(
-        engine,
-        fail_captures=settings.gateway_fail_captures,
-        decline_all=settings.gateway_decline_all,
-    )
+    return build_gateway(chosen.value, settings)
 
 
 def call(gateway: PaymentGateway, request: GatewayRequest) -> GatewayResponse:

@@ -1,8 +1,10 @@
 """A throwaway third payment provider for the tests (issue 19): everything the webhook side
-needs, declared in this one module, as a real provider's module in payments/providers/ does.
+and the API side need, declared in this one module, as a real provider's module in
+payments/providers/ does.
 
 Its events: `{"id", "type", "order", "payment", "amount", "currency"}`, signed with a hex
-HMAC-SHA256 of the body in `X-Examplepay-Signature`. `register` it (and `unregister` after).
+HMAC-SHA256 of the body in `X-Examplepay-Signature`; its keys `exp_live_…`/`exp_test_…`; its
+gateway a fake that accepts every call. `register` it (and `unregister` after).
 """
 
 from __future__ import annotations
@@ -10,7 +12,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from datetime import datetime
 
+from orderflow.contracts.payment import (
+    Checkout,
+    CheckoutRequest,
+    GatewayPayment,
+    GatewayRefund,
+    GatewayRequest,
+    GatewayResponse,
+    HoldState,
+    HoldStatus,
+)
 from orderflow.settings import Settings
 from payments.events import EventKind, GatewayEvent, MalformedEventError
 from payments.providers import Headers, WebhookProvider
@@ -67,6 +80,42 @@ def _event(etype: str, order_id: str, amount_minor: int) -> bytes:
     return json.dumps(body).encode()
 
 
+class FakeGateway:
+    """ExamplePay's API, outside the system: every call is accepted, nothing is kept."""
+
+    name = NAME
+
+    def capture(self, request: GatewayRequest) -> GatewayResponse:
+        return GatewayResponse(True, f"ex_pay_{request.order_id}", "captured", NAME)
+
+    def refund(self, request: GatewayRequest) -> GatewayResponse:
+        return GatewayResponse(True, f"ex_ref_{request.idempotency_key}", "refunded", NAME)
+
+    def release(self, request: GatewayRequest) -> GatewayResponse:
+        return GatewayResponse(True, request.payment_id, "released", NAME)
+
+    def hold_status(self, request: GatewayRequest) -> HoldStatus:
+        return HoldStatus(request.payment_id, HoldState.RELEASED)
+
+    def fetch(self, payment_id: str) -> GatewayPayment | None:
+        return None
+
+    def list_payments(self, since: datetime) -> list[GatewayPayment]:
+        return []
+
+    def list_refunds(self, payment_id: str) -> list[GatewayRefund]:
+        return []
+
+    def create_checkout(self, request: CheckoutRequest) -> Checkout:
+        return Checkout(
+            provider=NAME,
+            payment_id=f"ex_chk_{request.order_id}",
+            status="open",
+            amount=request.amount,
+            currency=request.currency,
+        )
+
+
 EXAMPLEPAY = WebhookProvider(
     name=NAME,
     title="ExamplePay",
@@ -80,4 +129,6 @@ EXAMPLEPAY = WebhookProvider(
         "paid": lambda order_id, amount: _event("payment.done", order_id, amount),
         "failed": lambda order_id, amount: _event("payment.failed", order_id, amount),
     },
+    gateway=lambda settings: FakeGateway(),
+    key_patterns=(r"\bexp_(?:live|test)_\w+",),
 )

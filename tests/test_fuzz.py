@@ -36,8 +36,8 @@ from orderflow.settings import Settings
 from payments.events import MONEY_KINDS, amount_problem, currency_problem
 from payments.processor import WebhookProcessor
 from payments.providers import parse_event
-from payments.samples import razorpay_payment_captured, stripe_payment_succeeded
-from payments.signatures import sign_razorpay, sign_stripe
+from payments.providers.razorpay import razorpay_payment_captured, sign_razorpay
+from payments.providers.stripe import sign_stripe, stripe_payment_succeeded
 
 STRIPE_SECRET = "whsec_fuzz_secret"
 RAZORPAY_SECRET = "rzp_fuzz_secret"

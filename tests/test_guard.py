@@ -16,7 +16,8 @@ from bridge.specs import email_spec, webhook_spec
 from orderflow.settings import Settings
 from payments.events import GatewayEvent
 from payments.providers import parse_event
-from payments.samples import razorpay_payment_captured, stripe_payment_succeeded
+from payments.providers.razorpay import razorpay_payment_captured
+from payments.providers.stripe import stripe_payment_succeeded
 
 GUARD = PayloadGuard("email-queue", 64 * 1024)
 MAIL = {"to": "asha@example.com", "subject": "Your order", "data": {"orderNumber": "o-1001"}}

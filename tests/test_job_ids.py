@@ -9,7 +9,7 @@ from bridge.producer import QueueProducer, check_job_id
 from orderflow.settings import Settings
 from payments.events import MalformedEventError
 from payments.providers import parse_event
-from payments.samples import stripe_payment_succeeded
+from payments.providers.stripe import stripe_payment_succeeded
 from tests.bridge_helpers import counts, unique_spec
 
 

@@ -18,9 +18,8 @@ from orderflow.contracts.order import OrderStatus, PaymentFailed, PaymentReceive
 from orderflow.contracts.payment import PaymentKind, PaymentStatus, payment_retry_workflow_id
 from orderflow.contracts.review import ReviewDecision
 from orderflow.db import Order, Payment, Product, Reservation
-from payments.events import parse_stripe
 from payments.processor import WebhookProcessor
-from payments.samples import stripe_payment_succeeded
+from payments.providers.stripe import parse_stripe, stripe_payment_succeeded
 from payments.stripe_gateway import StripeGateway
 from tests.fake_gateways import STRIPE_TEST_KEY
 from tests.helpers import eventually, pending_order, started_workflow, wait_review, wait_status

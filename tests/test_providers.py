@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -19,9 +20,17 @@ from app.client import OrderClient
 from app.telemetry import Telemetry
 from app.web.app import create_app
 from bridge.job import Job
-from orderflow.settings import Settings
+from orderflow.contracts.payment import (
+    GATEWAY_SETTINGS,
+    GatewayMode,
+    GatewayName,
+    GatewayRequest,
+    PaymentKind,
+)
+from orderflow.settings import GUARDED_SECRETS, Settings
 from payments import providers
 from payments.events import EventKind
+from payments.gateway import without_keys
 from payments.processor import WebhookProcessor
 from payments.providers import sample_event, signed_headers
 from payments.signatures import SignatureError
@@ -155,3 +164,55 @@ def test_every_registered_provider_is_complete(
             "o-complete",
         ), f"{name} {outcome}"
         assert event.type in provider.kinds
+
+
+@pytest.mark.parametrize("name", [g for g in GatewayName if g is not GatewayName.SIMULATED])
+def test_every_real_gateway_has_its_settings_row_and_a_provider_that_builds_it(
+    name: GatewayName,
+) -> None:
+    """Its row in GATEWAY_SETTINGS names Settings fields; its provider points at that row,
+    builds its gateway from test-mode keys and redacts every kind of its keys."""
+    spec = GATEWAY_SETTINGS[name]
+    provider = providers.get(name.value)
+    assert spec.name is name and provider.settings is spec and provider.gateway
+    named = {*spec.keys, spec.mode_key, spec.webhook_secret, *spec.key_kinds}
+    assert named <= set(Settings.model_fields) and spec.mode_key in spec.keys, name
+    assert spec.webhook_secret in GUARDED_SECRETS
+    assert spec.live_prefixes and spec.test_prefixes and provider.key_patterns
+    for prefix in (*spec.live_prefixes, *spec.test_prefixes):
+        assert without_keys(f"bad key {prefix}Zz9 here") == "bad key [key] here", prefix
+    keys = {key: f"{spec.test_prefixes[0]}51Pq8xYz" for key in spec.keys}
+    configured = Settings(gateway=name, **keys)
+    configured.check_gateway()
+    assert configured.gateway_mode is GatewayMode.TEST
+    live = configured.model_copy(update={spec.mode_key: f"{spec.live_prefixes[0]}51Pq8xYz"})
+    assert live.gateway_mode is GatewayMode.LIVE
+    assert providers.build_gateway(name.value, configured).name == name.value
+
+
+def test_the_gateway_names_the_settings_and_the_providers_agree() -> None:
+    """Every real GatewayName has a settings row and a provider with a gateway, and nothing
+    else has either: no name falls through to another gateway."""
+    real = {g for g in GatewayName if g is not GatewayName.SIMULATED}
+    assert set(GATEWAY_SETTINGS) == real
+    assert {p.name for p in providers.all_providers() if p.gateway} == {g.value for g in real}
+    assert {p.name for p in providers.all_providers() if p.settings} == {g.value for g in real}
+
+
+def test_a_third_providers_gateway_and_keys_come_from_its_module(
+    examplepay: providers.WebhookProvider, settings: Settings
+) -> None:
+    gateway = providers.build_gateway("examplepay", settings)
+    request = GatewayRequest("o-ex", PaymentKind.CAPTURE, 500, 1, "o-ex-capture-1")
+    assert gateway.name == "examplepay" and gateway.capture(request).succeeded
+    assert without_keys("refused exp_live_4f2a9") == "refused [key]"
+    providers.unregister("examplepay")
+    assert without_keys("refused exp_live_4f2a9") == "refused exp_live_4f2a9"
+    with pytest.raises(providers.UnknownProviderError):
+        providers.build_gateway("examplepay", settings)
+    hooks_only = providers.register(replace(EXAMPLEPAY, name="examplehooks", gateway=None))
+    try:
+        with pytest.raises(providers.NoGatewayError, match="declares no gateway"):
+            providers.build_gateway(hooks_only.name, settings)
+    finally:
+        providers.unregister(hooks_only.name)

@@ -15,14 +15,9 @@ import stripe
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
 from payments.providers import signed_headers
-from payments.signatures import (
-    SignatureError,
-    parse_stripe_header,
-    sign_razorpay,
-    sign_stripe,
-    verify_razorpay,
-    verify_stripe,
-)
+from payments.providers.razorpay import sign_razorpay, verify_razorpay
+from payments.providers.stripe import parse_stripe_header, sign_stripe, verify_stripe
+from payments.signatures import SignatureError
 
 SECRET = "whsec_test_secret"
 BODY = json.dumps(

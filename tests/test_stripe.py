@@ -38,12 +38,10 @@ from orderflow.contracts.payment import (
     payment_retry_workflow_id,
 )
 from orderflow.db import Order, Payment, WebhookEvent
-from payments.events import parse_stripe
 from payments.gateway import GatewayConfigError, GatewayUnavailableError
 from payments.processor import WebhookProcessor
+from payments.providers.stripe import parse_stripe, sign_stripe, stripe_event
 from payments.reconciliation import enqueue_reconciliation
-from payments.samples import stripe_event
-from payments.signatures import sign_stripe
 from payments.stripe_gateway import StripeGateway
 from tests.bridge_helpers import bull_queue
 from tests.fake_gateways import STRIPE_TEST_KEY, LocalStripe, StallingProxy

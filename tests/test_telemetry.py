@@ -39,7 +39,7 @@ from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.db import Order
 from orderflow.settings import Settings
 from payments.providers import signed_headers
-from payments.samples import stripe_payment_succeeded
+from payments.providers.stripe import stripe_payment_succeeded
 from tests.bridge_helpers import eventually, running
 from tests.helpers import new_order_id, pending_order, wait_status
 from tests.test_bridge_node import node, run_node, where  # noqa: F401 (node is a fixture)

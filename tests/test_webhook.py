@@ -32,19 +32,23 @@ from bridge.specs import QueueSpec, email_spec, webhook_spec
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.db import Payment, WebhookEvent
 from orderflow.settings import Settings
-from payments.events import GatewayEvent, parse_razorpay, parse_stripe
+from payments.events import GatewayEvent
 from payments.processor import OrderNotYetKnownError, WebhookEventError, WebhookProcessor
 from payments.providers import sample_event, signed_headers
-from payments.reconciliation import enqueue_reconciliation, reconcile
-from payments.samples import (
+from payments.providers.razorpay import (
+    parse_razorpay,
     razorpay_payment_captured,
     razorpay_refund_processed,
+)
+from payments.providers.stripe import (
+    parse_stripe,
     stripe_charge_refunded,
     stripe_event,
     stripe_payment_failed,
     stripe_payment_intent,
     stripe_payment_succeeded,
 )
+from payments.reconciliation import enqueue_reconciliation, reconcile
 from payments.stripe_gateway import StripeGateway
 from tests.bridge_helpers import bull_queue, counts, eventually, running
 from tests.fake_gateways import STRIPE_TEST_KEY, LocalStripe, StallingProxy

@@ -20,8 +20,7 @@ from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
 from bridge.specs import QueueSpec, webhook_spec
 from orderflow.settings import Settings
-from payments.events import parse_stripe
-from payments.samples import stripe_event, stripe_payment_succeeded
+from payments.providers.stripe import parse_stripe, stripe_event, stripe_payment_succeeded
 from tests.bridge_helpers import counts, running
 from tests.helpers import event_row, eventually, new_order_id, pending_order, wait_status
 from workers.bridge import build_webhook_processor

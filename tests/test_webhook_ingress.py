@@ -24,7 +24,8 @@ from bridge.producer import QueueProducer
 from bridge.specs import webhook_spec
 from orderflow.settings import Settings
 from payments.providers import curl_command, sample_event, signed_headers
-from payments.signatures import sign_razorpay, sign_stripe, verify_stripe
+from payments.providers.razorpay import sign_razorpay
+from payments.providers.stripe import sign_stripe, verify_stripe
 from tests.bridge_helpers import counts
 
 STRIPE_SECRET = "whsec_ingress_test"

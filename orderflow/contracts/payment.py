@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 PAYMENTS_TASK_QUEUE = "payments"
 WEBHOOK_QUEUE = "payment-webhook-queue"  # the seed's bridge queue name, shared with Node producers
@@ -17,19 +19,87 @@ class GatewayName(StrEnum):
     RAZORPAY = "razorpay"
 
 
-# providers whose capture can take part of a hold and let the rest go (Stripe's
-# amount_to_capture); Razorpay captures exactly the authorised amount or nothing, so a larger
-# hold there could never be captured
-PARTIAL_CAPTURE_PROVIDERS = frozenset({GatewayName.STRIPE.value, GatewayName.SIMULATED.value})
-
-
 class GatewayMode(StrEnum):
     """Whether the configured gateway moves real money, as its API key says."""
 
-    LIVE = "live"  # sk_live_… / rk_live_… / rzp_live_…: real money
-    TEST = "test"  # sk_test_… / rk_test_… / rzp_test_…: the gateway's test mode (staging)
+    LIVE = "live"  # a live_prefixes key (GatewaySettingsSpec): real money
+    TEST = "test"  # a test_prefixes key: the gateway's test mode (staging)
     SIMULATED = "simulated"  # no gateway at all
     UNKNOWN = "unknown"  # a key of neither prefix (the gateway decides)
+
+
+@dataclass(frozen=True)
+class KeyKind:
+    """The kind of key one setting holds, told by how it starts."""
+
+    prefixes: tuple[str, ...]
+    """What the key starts with (`sk_`, `rk_`); another key there fails every call."""
+    description: str
+    """The kind in words, for the refusal (`a secret key (sk_… or restricted rk_…)`)."""
+
+
+@dataclass(frozen=True)
+class GatewaySettingsSpec:
+    """The settings of one real gateway, by name: orderflow/settings.py checks them at start.
+
+    The foundation cannot read payments/, so the table lives here; each provider module in
+    payments/providers/ points at its row.
+    """
+
+    name: GatewayName
+    """`ORDERFLOW_GATEWAY`'s value that selects it, and its provider's registry name."""
+    keys: tuple[str, ...]
+    """The Settings fields it cannot start without (`stripe_api_key`), in the order named."""
+    mode_key: str
+    """The Settings field whose prefix says live or test mode (one of `keys`)."""
+    live_prefixes: tuple[str, ...]
+    """What a live-mode key in `mode_key` starts with (`sk_live_`): it moves real money."""
+    test_prefixes: tuple[str, ...]
+    """What a test-mode key in `mode_key` starts with (`sk_test_`): staging."""
+    webhook_secret: str
+    """The Settings field of its webhook signing secret (a guarded secret)."""
+    key_kinds: Mapping[str, KeyKind] = field(default_factory=dict)
+    """Settings field → the kind of key it must hold (fields not listed take any value)."""
+    partial_capture: bool = False
+    """Its capture can take part of a hold and let the rest go (Stripe's amount_to_capture)."""
+
+
+GATEWAY_SETTINGS: Mapping[GatewayName, GatewaySettingsSpec] = MappingProxyType(
+    {
+        GatewayName.STRIPE: GatewaySettingsSpec(
+            name=GatewayName.STRIPE,
+            keys=("stripe_api_key",),
+            mode_key="stripe_api_key",
+            live_prefixes=("sk_live_", "rk_live_"),
+            test_prefixes=("sk_test_", "rk_test_"),
+            webhook_secret="stripe_webhook_secret",
+            key_kinds={
+                "stripe_api_key": KeyKind(("sk_", "rk_"), "a secret key (sk_… or restricted rk_…)")
+            },
+            partial_capture=True,
+        ),
+        # Razorpay captures exactly the authorised amount or nothing, so a larger hold there
+        # could never be captured
+        GatewayName.RAZORPAY: GatewaySettingsSpec(
+            name=GatewayName.RAZORPAY,
+            keys=("razorpay_key_id", "razorpay_key_secret"),
+            mode_key="razorpay_key_id",
+            live_prefixes=("rzp_live_",),
+            test_prefixes=("rzp_test_",),
+            webhook_secret="razorpay_webhook_secret",
+            key_kinds={
+                "razorpay_key_id": KeyKind(("rzp_",), "a key id (rzp_test_… or rzp_live_…)")
+            },
+        ),
+    }
+)
+
+# providers whose capture can take part of a hold and let the rest go; the simulated gateway
+# holds nothing, so any part of its "hold" can be taken
+PARTIAL_CAPTURE_PROVIDERS = frozenset(
+    {GatewayName.SIMULATED.value}
+    | {name.value for name, spec in GATEWAY_SETTINGS.items() if spec.partial_capture}
+)
 
 
 class WebhookJob(StrEnum):

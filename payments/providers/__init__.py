@@ -1,12 +1,13 @@
-"""Webhook providers as plug-ins: one module per gateway declares everything the webhook side
-needs, and one registry keyed by the provider's name serves the rest of the system.
+"""Payment providers as plug-ins: one module per gateway declares everything the system needs
+of it, and one registry keyed by the provider's name serves the rest of the system.
 
 A provider module builds a `WebhookProvider` (how its signature is checked and made, how its
 events are read and what each event type means, where its payloads carry the order id, sample
-bodies) and `register`s it. The ingress routes (`POST /webhooks/<name>`), the webhook worker's
-job names, signing for tests and `orderflow webhooks sign`, sample events, metrics labels and
-reconciliation's event kinds all come from here; nothing else names a provider. Adding one:
-docs/EXTENDING.md.
+bodies; its gateway factory, key patterns and settings row) and `register`s it. The ingress
+routes (`POST /webhooks/<name>`), the webhook worker's job names, signing for tests and
+`orderflow webhooks sign`, sample events, metrics labels, reconciliation's event kinds,
+`make_gateway` and key redaction all come from here; nothing else names a provider. Adding
+one: docs/EXTENDING.md.
 """
 
 import json
@@ -18,12 +19,15 @@ from typing import Any
 from orderflow.settings import Settings
 from payments.providers.base import (
     Headers,
+    NoGatewayError,
     UnknownProviderError,
     WebhookProvider,
     all_providers,
+    build_gateway,
     by_job_name,
     event_types,
     get,
+    key_pattern,
     names,
     parse_event,
     register,
@@ -32,13 +36,16 @@ from payments.providers.base import (
 
 __all__ = [
     "Headers",
+    "NoGatewayError",
     "UnknownProviderError",
     "WebhookProvider",
     "all_providers",
+    "build_gateway",
     "by_job_name",
     "curl_command",
     "event_types",
     "get",
+    "key_pattern",
     "names",
     "parse_event",
     "register",

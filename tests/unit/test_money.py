@@ -7,8 +7,7 @@ import json
 import pytest
 
 from orderflow.money import MoneyError, format_money, round_major, to_major, to_minor
-from payments.events import parse_stripe
-from payments.samples import stripe_event
+from payments.providers.stripe import parse_stripe, stripe_event
 
 
 def test_amounts_parse_exactly_into_minor_units() -> None:
