@@ -5,6 +5,8 @@ and primitives of `workflows/order_core.py`: taking the payment (`order_payments
 money back (`order_refunds.py`), the review and the cancellation (`order_steps.py`), the
 signals, update and query (`order_handlers.py`), the ERP sync and the mails
 (`order_effects.py`). The patch ids are in `order_patches.py` (docs/VERSIONING.md).
+Those modules are imported into the sandbox, never passed through: their imports of the
+contracts must reach it, or the type hints of a child's result do not resolve there.
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class OrderWorkflow(OrderHandlers, OrderPayments, OrderSteps):
         return await self._end()
 
     def _set(self, status: OrderStatus, note: str = "") -> None:
+        """Move to `status` if TRANSITIONS allows it (this module's name: a test replaces it)."""
         if status not in TRANSITIONS[self._status]:
             # not an ApplicationError: the workflow task fails and retries, the order waits
             raise IllegalTransition(
