@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from jinja2 import Environment, PackageLoader
 from sqlalchemy import Row, insert, select, update
@@ -45,6 +45,15 @@ PRODUCTS = table(Product)
 RESERVATIONS = table(Reservation)
 PAYMENTS = table(Payment)
 INVOICES = table(Invoice)
+
+
+class _Reserved(NamedTuple):
+    """What reserving an order's lines found: its total, the unit prices, what is wrong."""
+
+    total: int
+    prices: dict[str, int]
+    shortages: list[str]
+    invalid: list[str]
 
 
 class OrderActivities:
@@ -128,42 +137,7 @@ class OrderActivities:
             placed = self._placed(conn, order.order_id, lines)
             if placed is not None:
                 return placed
-            total, shortages, invalid = 0, [], []
-            prices: dict[str, int] = {}
-            # rows locked in key order, as stock sync does, so concurrent orders never deadlock
-            for line in sorted(lines, key=lambda line: line.sku):
-                if line.quantity <= 0:
-                    invalid.append(
-                        f"quantity {line.quantity} of {line.sku} is not a positive number"
-                    )
-                    continue
-                product = conn.execute(
-                    select(PRODUCTS.c.price, PRODUCTS.c.on_hand).where(PRODUCTS.c.sku == line.sku)
-                ).first()
-                if product is None:
-                    shortages.append(f"unknown SKU {line.sku!r}")
-                    continue
-                prices[line.sku] = product.price
-                total += product.price * line.quantity
-                if total >= MINOR_LIMIT:  # no money column (BIGINT) holds it, nor a gateway
-                    raise ApplicationError(
-                        f"order {order.order_id!r} cannot be placed: its total of"
-                        f" {total} minor units passes the largest amount, 2^63 - 1",
-                        type="OrderRejected",
-                        non_retryable=True,
-                    )
-                moved = conn.execute(
-                    update(PRODUCTS)
-                    .where(PRODUCTS.c.sku == line.sku, PRODUCTS.c.on_hand >= line.quantity)
-                    .values(
-                        on_hand=PRODUCTS.c.on_hand - line.quantity,
-                        reserved=PRODUCTS.c.reserved + line.quantity,
-                    )
-                )
-                if moved.rowcount != 1:
-                    shortages.append(
-                        f"{line.sku}: {line.quantity} wanted, {product.on_hand} on hand"
-                    )
+            total, prices, shortages, invalid = self._reserve(conn, order.order_id, lines)
             now = datetime.now(UTC)
             row = {
                 "id": order.order_id,
@@ -214,6 +188,47 @@ class OrderActivities:
             )
             conn.commit()
         return PlaceOrderResult(reserved=True, total=total, currency=self.currency)
+
+    def _reserve(self, conn: Connection, order_id: str, lines: list[OrderLine]) -> _Reserved:
+        """Price each line and move its quantity from on hand to reserved, where there is stock.
+
+        Raises:
+            ApplicationError: (non-retryable) the total passes the largest amount a money
+                column or a gateway holds.
+        """
+        total, shortages, invalid = 0, [], []
+        prices: dict[str, int] = {}
+        # rows locked in key order, as stock sync does, so concurrent orders never deadlock
+        for line in sorted(lines, key=lambda line: line.sku):
+            if line.quantity <= 0:
+                invalid.append(f"quantity {line.quantity} of {line.sku} is not a positive number")
+                continue
+            product = conn.execute(
+                select(PRODUCTS.c.price, PRODUCTS.c.on_hand).where(PRODUCTS.c.sku == line.sku)
+            ).first()
+            if product is None:
+                shortages.append(f"unknown SKU {line.sku!r}")
+                continue
+            prices[line.sku] = product.price
+            total += product.price * line.quantity
+            if total >= MINOR_LIMIT:  # no money column (BIGINT) holds it, nor a gateway
+                raise ApplicationError(
+                    f"order {order_id!r} cannot be placed: its total of"
+                    f" {total} minor units passes the largest amount, 2^63 - 1",
+                    type="OrderRejected",
+                    non_retryable=True,
+                )
+            moved = conn.execute(
+                update(PRODUCTS)
+                .where(PRODUCTS.c.sku == line.sku, PRODUCTS.c.on_hand >= line.quantity)
+                .values(
+                    on_hand=PRODUCTS.c.on_hand - line.quantity,
+                    reserved=PRODUCTS.c.reserved + line.quantity,
+                )
+            )
+            if moved.rowcount != 1:
+                shortages.append(f"{line.sku}: {line.quantity} wanted, {product.on_hand} on hand")
+        return _Reserved(total, prices, shortages, invalid)
 
     @activity.defn
     def record_payment(self, data: ConfirmInput) -> None:

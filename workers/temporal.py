@@ -76,15 +76,17 @@ def workflow_runner(settings: Settings) -> WorkflowRunner:
     return SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
 
 
-def build_workers(
-    client: Client,
-    settings: Settings,
-    deps: Dependencies,
-    *,
-    task_queue_suffix: str = "",
-    queues: Collection[str] | None = None,
-) -> list[Worker]:
-    """The orders, payments, inventory and reviews workers (or just `queues`; suffix for tests)."""
+@dataclass(frozen=True)
+class _QueueWork:
+    """What one task queue's worker runs, and how many activities of it at once."""
+
+    concurrency: int
+    workflows: list[type]
+    activities: list[Callable[..., Any]]
+
+
+def _queue_work(settings: Settings, deps: Dependencies) -> dict[str, _QueueWork]:
+    """The workflows and activities each task queue serves, the activities built from `deps`."""
     orders = OrderActivities(deps.engine, deps.erp, currency=settings.currency)
     notify = NotificationActivities(deps.engine, deps.email_queue)
     reports = ReportActivities(deps.engine, currency=settings.currency)
@@ -94,32 +96,8 @@ def build_workers(
     inventory = InventoryActivities(deps.engine)
     stock_sync = StockSyncActivities(deps.engine, deps.erp)
     reviews = ReviewActivities(deps.engine)
-    grace = timedelta(seconds=settings.graceful_shutdown_seconds)
-    runner = workflow_runner(settings)
-
-    def worker(
-        queue: str, concurrency: int, workflows: list[type], activities: list[Callable[..., Any]]
-    ) -> Worker | None:
-        if queues is not None and queue not in queues:
-            return None
-        return Worker(
-            client,
-            task_queue=queue + task_queue_suffix,
-            workflows=workflows,
-            activities=activities,
-            workflow_runner=runner,
-            max_cached_workflows=settings.max_cached_workflows,
-            max_concurrent_activities=concurrency,
-            max_concurrent_local_activities=concurrency,  # the seed's number holds for both kinds
-            activity_executor=ThreadPoolExecutor(
-                max_workers=concurrency, thread_name_prefix=f"{queue}-activity"
-            ),
-            graceful_shutdown_timeout=grace,
-        )
-
-    built = [
-        worker(
-            ORDERS_TASK_QUEUE,
+    return {
+        ORDERS_TASK_QUEUE: _QueueWork(
             settings.orders_concurrency,
             [
                 OrderWorkflow,
@@ -140,23 +118,51 @@ def build_workers(
                 reconciliation.request_reconciliation,
             ],
         ),
-        worker(
-            PAYMENTS_TASK_QUEUE,
+        PAYMENTS_TASK_QUEUE: _QueueWork(
             settings.payments_concurrency,
             [PaymentRetryWorkflow],
             [payments.call_gateway, payments.release, payments.hold_status],
         ),
-        worker(
-            INVENTORY_TASK_QUEUE,
+        INVENTORY_TASK_QUEUE: _QueueWork(
             settings.inventory_concurrency,
             [InventoryReleaseWorkflow, StockSyncWorkflow],
             [inventory.release_reservation, inventory.ship_reservation, stock_sync.sync_stock],
         ),
-        worker(
-            REVIEWS_TASK_QUEUE,
+        REVIEWS_TASK_QUEUE: _QueueWork(
             settings.reviews_concurrency,
             [ManualReviewWorkflow],
             [reviews.open_review, reviews.close_review],
         ),
+    }
+
+
+def build_workers(
+    client: Client,
+    settings: Settings,
+    deps: Dependencies,
+    *,
+    task_queue_suffix: str = "",
+    queues: Collection[str] | None = None,
+) -> list[Worker]:
+    """The orders, payments, inventory and reviews workers (or just `queues`; suffix for tests)."""
+    grace = timedelta(seconds=settings.graceful_shutdown_seconds)
+    runner = workflow_runner(settings)
+    return [
+        Worker(
+            client,
+            task_queue=queue + task_queue_suffix,
+            workflows=work.workflows,
+            activities=work.activities,
+            workflow_runner=runner,
+            max_cached_workflows=settings.max_cached_workflows,
+            max_concurrent_activities=work.concurrency,
+            # the seed's number holds for both kinds
+            max_concurrent_local_activities=work.concurrency,
+            activity_executor=ThreadPoolExecutor(
+                max_workers=work.concurrency, thread_name_prefix=f"{queue}-activity"
+            ),
+            graceful_shutdown_timeout=grace,
+        )
+        for queue, work in _queue_work(settings, deps).items()
+        if queues is None or queue in queues
     ]
-    return [w for w in built if w is not None]
