@@ -8,6 +8,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,10 +16,13 @@ import pytest
 from bullmq import Queue
 from openapi_spec_validator import validate
 from sqlalchemy.engine import Engine
+from temporalio.client import Client
 from typer.testing import CliRunner
 
+from app import embedded
 from app.cli import app as cli
 from app.client import OrderClient
+from app.web import orders_api
 from app.web.app import create_app
 from orderflow.settings import LOCAL_API_KEY, Settings
 from tests.helpers import eventually, wait_status
@@ -287,6 +291,42 @@ async def test_a_key_made_by_the_cli_opens_the_api_once_its_digest_is_configured
                 "/api/v1/reviews", headers={"Authorization": f"Bearer {key[1]}"}
             )
             assert opened.status_code == 200, opened.text
+    finally:
+        await queue.obliterate(force=True)
+        await queue.close()
+
+
+async def test_with_temporal_stopped_the_api_answers_503_with_retry_after_naming_the_order(
+    settings: Settings, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(orders_api, "BACKEND_WAIT_SECONDS", 3.0)  # not the 15 s of production
+    port = embedded.free_port()
+    server = embedded.start_temporal(port=port, ui_port=None, db_file=None, log=tmp_path / "t.log")
+    try:
+        client = await Client.connect(f"127.0.0.1:{port}")
+        local = OrderClient(client, settings)
+    finally:
+        embedded.stop(server)
+    queue = Queue(f"api-{uuid.uuid4().hex[:8]}", {"connection": redis_url})
+    app = create_app(settings, queue, orders=local)
+    order_id = new_id()
+    body = {
+        "order_id": order_id,
+        "customer_id": "c-1",
+        "email": "a@example.com",
+        "items": [{"sku": "X", "quantity": 1}],
+    }
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://shop", headers=KEY
+        ) as http:
+            for answer in (
+                await http.post("/api/v1/orders", json=body),
+                await http.get(f"/api/v1/orders/{order_id}"),
+            ):
+                down = problem(answer, 503)
+                assert answer.headers["retry-after"] == "5"
+                assert down["order_id"] == order_id and "order" in down["detail"]
     finally:
         await queue.obliterate(force=True)
         await queue.close()

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 STATE_WAIT_SECONDS = 5.0  # a new order's state is read this long at most, else 202
 PAYMENT_WAIT_SECONDS = 10.0  # the payment update's answer is awaited this long at most
+BACKEND_WAIT_SECONDS = 15.0  # any one call to Temporal or the database, then a 503
 PRODUCTS = table(Product)
 
 
@@ -71,9 +72,13 @@ class OrdersApi:
         self.settings, self.orders, self.engine = settings, orders, engine
 
     async def call(self, what: str, work: Any, order_id: str = "") -> Any:
-        """`await work`, its domain errors as problems and an unreachable backend as a 503."""
+        """`await work`, its domain errors as problems and an unreachable backend as a 503.
+
+        A backend that does not answer within BACKEND_WAIT_SECONDS is a 503 too: the SDK
+        would otherwise retry a stopped Temporal for as long as the caller waits.
+        """
         try:
-            return await work
+            return await asyncio.wait_for(work, BACKEND_WAIT_SECONDS)
         except ApiProblem:
             raise
         except OrderflowError as err:
