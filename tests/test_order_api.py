@@ -15,6 +15,7 @@ import httpx
 import pytest
 from bullmq import Queue
 from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from typer.testing import CliRunner
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 from app import embedded
 from app.cli import app as cli
 from app.client import OrderClient
+from app.telemetry import Telemetry
 from app.web import orders_api
 from app.web.app import create_app
 from orderflow.settings import LOCAL_API_KEY, Settings
@@ -330,3 +332,59 @@ async def test_with_temporal_stopped_the_api_answers_503_with_retry_after_naming
     finally:
         await queue.obliterate(force=True)
         await queue.close()
+
+
+def api_requests(text: str, route: str, code: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "orderflow_api_requests_total"
+        and s.labels.get("route") == route
+        and s.labels.get("code") == code
+    )
+
+
+async def test_the_api_answers_are_counted_on_metrics_by_route_template_and_code(
+    settings: Settings, redis_url: str, orders: OrderClient, engine: Engine, telemetry: Telemetry
+) -> None:
+    fresh = settings.model_copy(update={"metrics_cache_seconds": 0})
+    queue = Queue(f"api-{uuid.uuid4().hex[:8]}", {"connection": redis_url})
+    app = create_app(fresh, queue, orders=orders, engine=engine, telemetry=telemetry)
+    route = "/api/v1/orders/{order_id}"
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://shop", headers=KEY
+        ) as http:
+            before = (await http.get("/metrics")).text
+            for _ in range(2):
+                problem(await http.get(f"/api/v1/orders/{new_id()}"), 404)
+            problem(await http.get("/api/v1/reviews", headers={"Authorization": ""}), 401)
+            after = (await http.get("/metrics")).text
+    finally:
+        await queue.obliterate(force=True)
+        await queue.close()
+    assert api_requests(after, route, "404") - api_requests(before, route, "404") == 2
+    reviews = "/api/v1/reviews"
+    assert api_requests(after, reviews, "401") - api_requests(before, reviews, "401") == 1
+
+
+async def test_ops_names_the_order_api_and_how_many_keys_open_it(
+    settings: Settings, redis_url: str, orders: OrderClient, engine: Engine
+) -> None:
+    keys = ",".join(hashlib.sha256(f"of_{n}".encode()).hexdigest() for n in range(2))
+    local = settings.model_copy(update={"api_key_hashes": keys})
+    queue = Queue(f"api-{uuid.uuid4().hex[:8]}", {"connection": redis_url})
+    app = create_app(local, queue, orders=orders, engine=engine)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://shop"
+        ) as http:
+            ops = await http.get("/ops", auth=(local.admin_user, local.admin_password))
+    finally:
+        await queue.obliterate(force=True)
+        await queue.close()
+    assert ops.status_code == 200
+    [line] = re.findall(r'<span id="order-api">(.*?)</span>', ops.text)
+    assert '<a href="/api/v1/openapi.json">/api/v1</a>, 2 keys' in line
+    assert keys.split(",")[0] not in ops.text  # the digests are not shown

@@ -282,6 +282,7 @@ def page_context(
         "orders_chart": charts.orders_chart(db.today, zone),
         "zone": zone.key,
         "gateway": f"{settings.gateway.value} ({MODE_LABELS[settings.gateway_mode]})",
+        "api_keys": len(settings.api_keys),
         "providers": db.providers,
         "reviews": db.reviews,
         "orders": [(o, order_run_url(settings, o.id)) for o in db.latest],

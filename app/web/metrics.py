@@ -220,3 +220,34 @@ class WebhookOutcomes:
             # label values: the registered providers; any other path counts as "other"
             provider = provider if provider in providers.names() else "other"
             self.counter.add(1, {"provider": provider, "outcome": outcome, "code": str(code)})
+
+
+class ApiRequests:
+    """ASGI middleware counting the order API's answers by operation and status code."""
+
+    def __init__(self, app: ASGIApp, prefix: str = "/api/v1/") -> None:
+        self.app = app
+        self.prefix = prefix
+        self.counter = metrics.get_meter("orderflow.web").create_counter(
+            "orderflow.api.requests",
+            description="Order API requests answered, by method, route template and status code",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on and count its answer under its route's template."""
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not path.startswith(self.prefix):
+            return await self.app(scope, receive, send)
+        status: dict[str, Any] = {}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = getattr(scope.get("route"), "path", "") or "other"  # a template: bounded
+            labels = {"method": scope.get("method", ""), "route": route}
+            self.counter.add(1, {**labels, "code": str(status.get("code", 500))})

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from app.client import OrderClient
 from app.telemetry import Telemetry
 from app.web.dashboard import dashboard_router
-from app.web.metrics import WebhookOutcomes, metrics_router
+from app.web.metrics import ApiRequests, WebhookOutcomes, metrics_router
 from bridge.specs import QueueSpec, queue_specs
 from orderflow.settings import Settings
 from workers.temporal import TASK_QUEUES
@@ -35,6 +35,7 @@ def add_operations(
     specs = dict(queues or queue_specs(settings))
     engine = engine if engine is not None else (orders.engine if orders is not None else None)
     app.add_middleware(WebhookOutcomes)
+    app.add_middleware(ApiRequests)
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=telemetry.tracer_provider if telemetry else None,
