@@ -293,7 +293,7 @@ class RazorpayGateway:
     def _payment_of(self, request: GatewayRequest) -> dict[str, Any] | None:
         """The payment the request names, else the order's captured or authorised one.
 
-        A payment id of another provider names nothing here (see StripeGateway._intent_of).
+        A payment id of another provider names nothing here (see stripe_objects.intent_of).
         """
         if request.payment_id and not request.payment_id.startswith("pay_"):
             return None

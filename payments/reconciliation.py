@@ -133,27 +133,7 @@ def gateway_mismatches(
     differ; refund_not_at_gateway / refund_not_recorded: the refunded sums differ.
     """
     theirs = {p.payment_id: p for p in listed}
-    with Session(engine) as session:
-        rows = session.exec(
-            select(Payment).where(
-                Payment.provider == gateway.name,
-                Payment.status == PaymentStatus.SUCCEEDED,
-                or_(
-                    col(Payment.created_at) >= since,
-                    col(Payment.payment_id).in_(list(theirs)),
-                    col(Payment.refund_of).in_(list(theirs)),
-                ),
-            )
-        ).all()
-    captures = {p.payment_id: p for p in rows if p.kind == PaymentKind.CAPTURE}
-    by_order: dict[str, list[str]] = defaultdict(list)
-    for p in captures.values():
-        by_order[p.order_id].append(p.payment_id)
-    refunded: dict[str, int] = defaultdict(int)  # per captured payment id
-    for p in rows:
-        if p.kind == PaymentKind.REFUND:
-            of = p.refund_of or (by_order[p.order_id][0] if len(by_order[p.order_id]) == 1 else "")
-            refunded[of or f"order:{p.order_id}"] += p.amount
+    captures, refunded = _our_books(engine, gateway.name, list(theirs), since)
     found: list[Mismatch] = []
     for payment_id in captures:
         if payment_id not in theirs:
@@ -207,6 +187,39 @@ def gateway_mismatches(
                 )
             )
     return found
+
+
+def _our_books(
+    engine: Engine, provider: str, theirs: list[str], since: datetime
+) -> tuple[dict[str, Payment], dict[str, int]]:
+    """Our side of a gateway comparison: its captures by payment id, refunded sums per capture.
+
+    The rows are the provider's successful payments made since `since` or about a payment the
+    gateway listed. A refund that names no payment counts against its order's only capture,
+    else under `order:<id>` (no capture of the gateway's matches it).
+    """
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Payment).where(
+                Payment.provider == provider,
+                Payment.status == PaymentStatus.SUCCEEDED,
+                or_(
+                    col(Payment.created_at) >= since,
+                    col(Payment.payment_id).in_(theirs),
+                    col(Payment.refund_of).in_(theirs),
+                ),
+            )
+        ).all()
+    captures = {p.payment_id: p for p in rows if p.kind == PaymentKind.CAPTURE}
+    by_order: dict[str, list[str]] = defaultdict(list)
+    for p in captures.values():
+        by_order[p.order_id].append(p.payment_id)
+    refunded: dict[str, int] = defaultdict(int)  # per captured payment id
+    for p in rows:
+        if p.kind == PaymentKind.REFUND:
+            of = p.refund_of or (by_order[p.order_id][0] if len(by_order[p.order_id]) == 1 else "")
+            refunded[of or f"order:{p.order_id}"] += p.amount
+    return captures, refunded
 
 
 def _unapplied_by_order(

@@ -26,10 +26,11 @@ from orderflow.contracts.payment import (
 from orderflow.db import Order, Payment
 from orderflow.settings import Settings
 from payments.gateway import GatewayUnavailableError
-from payments.processor import WebhookEventError, WebhookProcessor
+from payments.processor import WebhookProcessor
 from payments.providers import parse_event
 from payments.razorpay_gateway import RazorpayGateway
 from payments.reconciliation import reconcile
+from payments.webhook_errors import WebhookEventError
 from tests import temporal_env
 from tests.fake_erp import FakeErp
 from tests.fake_gateways import FakeRazorpay

@@ -33,7 +33,7 @@ from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.db import Payment, WebhookEvent
 from orderflow.settings import Settings
 from payments.events import GatewayEvent
-from payments.processor import OrderNotYetKnownError, WebhookEventError, WebhookProcessor
+from payments.processor import WebhookProcessor
 from payments.providers import sample_event, signed_headers
 from payments.providers.razorpay import (
     parse_razorpay,
@@ -50,6 +50,7 @@ from payments.providers.stripe import (
 )
 from payments.reconciliation import enqueue_reconciliation, reconcile
 from payments.stripe_gateway import StripeGateway
+from payments.webhook_errors import OrderNotYetKnownError, WebhookEventError
 from tests.bridge_helpers import bull_queue, counts, eventually, running
 from tests.fake_gateways import STRIPE_TEST_KEY, LocalStripe, StallingProxy
 from tests.helpers import event_row, luhn_number, payments, pending_order, wait_status

@@ -20,7 +20,8 @@ from orderflow.contracts.payment import WEBHOOK_QUEUE, GatewayName
 from orderflow.db import make_engine
 from orderflow.settings import Settings
 from payments.gateway import make_gateway
-from payments.processor import UPDATE_WAIT_SECONDS, Orders, WebhookProcessor
+from payments.payment_events import Orders
+from payments.processor import UPDATE_WAIT_SECONDS, WebhookProcessor
 
 log = logging.getLogger("orderflow.bridge")
 
