@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio.client import (
     Client,
+    WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
@@ -183,6 +184,25 @@ class OrderClient:
         Raises:
             InvalidOrderError: no id, no lines, or a line without SKU or quantity.
         """
+        order = self._order_input(
+            order_id, customer_id, email, items, payment_timeout_seconds, policy
+        )
+        try:
+            return await self.client.start_workflow(
+                OrderWorkflow.run, order, **self._start_options(order)
+            )
+        except WorkflowAlreadyStartedError:
+            return self._handle(order_id)
+
+    def _order_input(
+        self,
+        order_id: str,
+        customer_id: str,
+        email: str,
+        items: list[OrderLine] | list[tuple[str, int]],
+        payment_timeout_seconds: float | None = None,
+        policy: OrderPolicy | None = None,
+    ) -> OrderInput:
         lines = [
             i if isinstance(i, OrderLine) else OrderLine(sku=i[0], quantity=i[1]) for i in items
         ]
@@ -193,23 +213,78 @@ class OrderClient:
         policy = policy or policy_from_settings(self.settings)
         if payment_timeout_seconds is not None:
             policy.payment_timeout_seconds = payment_timeout_seconds
-        order = OrderInput(
+        return OrderInput(
             order_id=order_id, customer_id=customer_id, email=email, items=lines, policy=policy
         )
+
+    def _start_options(self, order: OrderInput) -> dict[str, Any]:
+        """How an order's workflow is started: one run per order id, ever."""
+        return {
+            "id": order_workflow_id(order.order_id),
+            "task_queue": self.task_queue,
+            "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+            "search_attributes": TypedSearchAttributes(
+                [SearchAttributePair(CUSTOMER_ID, order.customer_id)]
+            ),
+        }
+
+    async def checkout(
+        self,
+        order_id: str,
+        customer_id: str,
+        email: str,
+        items: list[OrderLine] | list[tuple[str, int]],
+        *,
+        customer: str = "",
+        payment_method: str = "",
+        capture_manually: bool = False,
+    ) -> tuple[OrderState, Checkout]:
+        """Start the order if it is not running and open its checkout, in one round trip.
+
+        The start and the `placed` update go to Temporal together (update-with-start): the
+        answer is the order's state once its stock is reserved, and the gateway's checkout is
+        opened for exactly its total. An order started before is used as it is.
+
+        Args:
+            order_id: the order service's id.
+            customer_id: kept as the `CustomerId` search attribute.
+            email: where the order's mails go.
+            items: (sku, quantity) pairs or `OrderLine`s.
+            customer: the gateway's customer id, if the shop keeps one.
+            payment_method: a saved payment method: the checkout is confirmed at once.
+            capture_manually: authorise only; the order captures its total later.
+
+        Returns:
+            The order's state (PENDING_PAYMENT) and the gateway's checkout.
+
+        Raises:
+            InvalidOrderError: no id, no lines, or a line without SKU or quantity.
+            OrderClosedError: the order was rejected (no stock) or is past payment.
+            GatewayUnavailableError: the gateway did not answer; calling again is safe.
+        """
+        order = self._order_input(order_id, customer_id, email, items)
+        start = WithStartWorkflowOperation(OrderWorkflow.run, order, **self._start_options(order))
         try:
-            return await self.client.start_workflow(
-                OrderWorkflow.run,
-                order,
-                id=order_workflow_id(order_id),
-                task_queue=self.task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                search_attributes=TypedSearchAttributes(
-                    [SearchAttributePair(CUSTOMER_ID, customer_id)]
-                ),
+            state = await self.client.execute_update_with_start_workflow(
+                OrderWorkflow.placed, start_workflow_operation=start
             )
-        except WorkflowAlreadyStartedError:
-            return self._handle(order_id)
+        except (WorkflowAlreadyStartedError, RPCError, WorkflowUpdateFailedError):
+            state = await self.status(order_id)  # a closed order: say what it is
+        if state.status not in PAYABLE_STATUSES:
+            detail = (state.history[-1].note if state.history else "") or state.status
+            raise OrderClosedError(
+                order_id, f"it is {state.status} ({detail}), no checkout to open"
+            )
+        request = CheckoutRequest(
+            order_id=order_id,
+            amount=state.total,
+            currency=state.currency,
+            customer=customer,
+            payment_method=payment_method,
+            capture_manually=capture_manually,
+        )
+        return state, await asyncio.to_thread(self.gateway.create_checkout, request)
 
     async def payment_received(
         self,

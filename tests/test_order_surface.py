@@ -12,4 +12,4 @@ def test_the_workflow_keeps_its_name_and_handlers() -> None:
     assert defn.name == "OrderWorkflow"
     assert set(defn.signals) == {"payment_received", "payment_failed", "cancel", "shipped"}
     assert set(defn.queries) == {"status"}
-    assert set(defn.updates) == {"pay"}
+    assert set(defn.updates) == {"pay", "placed"}  # placed: checkout in one call (issue 20)

@@ -38,6 +38,17 @@ class OrderHandlers(OrderRefunds):
             ack.reason = f"{ack.reason}; {note}"
         return ack
 
+    @workflow.update
+    async def placed(self) -> OrderState:
+        """Wait until the stock check has answered, then give the order's state.
+
+        Sent with the start (update-with-start, `OrderClient.checkout`): the caller learns the
+        order's total, or that it was REJECTED, in the round trip that starts it, and opens the
+        gateway's checkout for exactly that total. Changes nothing in the order.
+        """
+        await workflow.wait_condition(lambda: self._status != OrderStatus.NEW)
+        return self.status()
+
     @workflow.signal
     def payment_received(self, payment: PaymentReceived) -> None:
         """Report a payment (fire-and-forget)."""

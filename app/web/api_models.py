@@ -3,6 +3,9 @@
 # no `from __future__ import annotations`: FastAPI reads these models' annotations
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from orderflow.contracts.order import OrderState
+from orderflow.contracts.payment import Checkout
+
 MAX_AMOUNT = 10**15  # minor units: far above any order, far below a 64-bit overflow
 ORDER_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # also a valid BullMQ job id part
 
@@ -85,3 +88,29 @@ class ReturnOpened(BaseModel):
 
     order_id: str
     review_id: str
+
+
+class CheckoutIn(BaseModel):
+    """An order and how its checkout opens: the order is started if it is not running."""
+
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = Field(min_length=1, max_length=128)
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)
+    items: list[LineIn] = Field(min_length=1, max_length=100)
+    currency: str | None = Field(
+        default=None, pattern=r"^[A-Z]{3}$", description="ISO 4217; must be the shop's."
+    )
+    customer: str = Field(default="", max_length=255, description="The gateway's customer id.")
+    payment_method: str = Field(
+        default="", max_length=255, description="A saved payment method: confirmed at once."
+    )
+    capture_manually: StrictBool = Field(
+        default=False, description="Authorise only; the order captures its total later."
+    )
+
+
+class CheckoutAnswer(BaseModel):
+    """The order (waiting for payment) and the gateway's checkout for its total."""
+
+    order: OrderState
+    checkout: Checkout

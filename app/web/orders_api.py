@@ -25,6 +25,8 @@ from app.web.api_models import (
     ORDER_ID,
     Accepted,
     CancelIn,
+    CheckoutAnswer,
+    CheckoutIn,
     DecisionIn,
     OrderCreate,
     PaymentIn,
@@ -124,8 +126,8 @@ class OrdersApi:
                     order_id=order_id,
                 )
 
-    async def create(self, order_id: str, body: OrderCreate) -> tuple[int, OrderState | None]:
-        """Start the order (201), or find the same one started before (200); 409 if it differs."""
+    def check_currency(self, order_id: str, body: OrderCreate) -> None:
+        """422 unless the order names no currency or the shop's."""
         if body.currency is not None and body.currency != self.settings.currency:
             raise ApiProblem(
                 422,
@@ -136,6 +138,10 @@ class OrdersApi:
                 field="currency",
                 order_id=order_id,
             )
+
+    async def create(self, order_id: str, body: OrderCreate) -> tuple[int, OrderState | None]:
+        """Start the order (201), or find the same one started before (200); 409 if it differs."""
+        self.check_currency(order_id, body)
         before = await self.call("reading the order", self.started_input(order_id), order_id)
         if before is None:
             await self.call(
@@ -293,6 +299,45 @@ def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None
             return Accepted(order_id=order_id, status="accepted", detail="started; GET it soon")
         response.status_code = status
         return state
+
+    @router.post(
+        "/orders/{order_id}/checkout",
+        response_model=CheckoutAnswer,
+        responses=problem_responses(404, 409),
+    )
+    async def checkout(order_id: str, body: CheckoutIn) -> Any:
+        """Start the order if it is not running and open its checkout, in one round trip.
+
+        Update-with-start: the order's start and the wait for its stock reservation are one
+        call to Temporal; the answer carries the gateway's checkout (Stripe's `client_secret`,
+        Razorpay's order id) for exactly the order's total.
+        """
+        if not re.fullmatch(ORDER_ID, order_id):
+            raise ApiProblem(
+                422,
+                "invalid-request",
+                "Invalid request",
+                f"order id {order_id!r}: 1 to 64 letters, digits, '.', '_' or '-'",
+                field="order_id",
+            )
+        create = OrderCreate(
+            **body.model_dump(include={"customer_id", "email", "items", "currency"})
+        )
+        api.check_currency(order_id, create)
+        await api.call(
+            "checking the catalogue", asyncio.to_thread(api.check_lines, order_id, create), order_id
+        )
+        work = orders.checkout(
+            order_id,
+            body.customer_id,
+            body.email,
+            [OrderLine(sku=line.sku, quantity=line.quantity) for line in body.items],
+            customer=body.customer,
+            payment_method=body.payment_method,
+            capture_manually=body.capture_manually,
+        )
+        state, opened = await api.call("opening the checkout", work, order_id)
+        return CheckoutAnswer(order=state, checkout=opened)
 
     @router.get("/orders/{order_id}", response_model=OrderState, responses=problem_responses(404))
     async def get_order(order_id: str) -> Any:
