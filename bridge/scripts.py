@@ -1,4 +1,9 @@
-"""BullMQ's own Lua scripts (shipped with the `bullmq` package) and the bridge's few additions."""
+"""BullMQ's own Lua scripts (shipped with the `bullmq` package), the bridge's few additions.
+
+And every call a worker makes of them: `WorkerScripts` builds each call's keys and args (as
+bullmq's `scripts.py` does, e.g. `moveToFinishedArgs`); the worker only decides when. The Lua
+of our own scripts is in bridge/lua.py.
+"""
 
 from __future__ import annotations
 
