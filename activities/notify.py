@@ -34,7 +34,19 @@ class JobQueue(Protocol):
     """What the activity needs of a queue producer (BullMQ's `add`)."""
 
     async def add(self, name: str, data: dict[str, Any], opts: dict[str, Any] | None = None) -> str:
-        """Add a job; a repeated jobId adds nothing."""
+        """Add a job; a repeated jobId adds nothing.
+
+        Args:
+            name: The email job name (an `EmailJob`).
+            data: The job's data, plain JSON.
+            opts: BullMQ job options; the activity passes a jobId made from the notification.
+
+        Returns:
+            The job's id.
+
+        Raises:
+            Exception: Whatever the queue raises fails the activity, and Temporal retries it.
+        """
         ...
 
 

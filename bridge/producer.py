@@ -174,7 +174,26 @@ class QueueProducer:
 
     @traced_add
     async def add(self, name: str, data: Any, opts: Mapping[str, Any] | None = None) -> str:
-        """Add one job and return its id; with an existing jobId nothing new is added."""
+        """Add one job, exactly as Node BullMQ's `Queue.add` would; returns its id.
+
+        Args:
+            name: The job name (the queue's processor dispatches on it).
+            data: The job's data: plain JSON, screened by the queue's payload guard.
+            opts: BullMQ job options (jobId, delay, priority, attempts, backoff,
+                removeOnComplete, removeOnFail ...) over the spec's defaults.
+
+        Returns:
+            The job's id; with an existing jobId, that job's id, and nothing new is added.
+
+        Raises:
+            InvalidJobOptionsError: The options are refused (a jobId Node BullMQ refuses, a
+                backoff without a type, a negative delay, priority or attempts ...).
+            PayloadRejectedError: The data is not plain JSON, is over the spec's
+                max_payload_bytes, or holds what looks like a secret (bridge/guard.py).
+            ConnectionError: Redis could not be reached (the job may or may not be added; with
+                a jobId, adding it again is safe).
+            RedisReplyError: Redis answered with an error (e.g. READONLY, OOM).
+        """
         command = self._command(name, data, opts)
         self._scripts()
         [result] = await self.client.send_encoded([command])

@@ -36,7 +36,23 @@ class JobQueue(Protocol):
     """Where accepted events go: BullMQ's `add(name, data, opts)` (a producer or a Queue)."""
 
     async def add(self, name: str, data: Any, opts: Any = ...) -> Any:
-        """Add one job; an existing jobId makes it a no-op."""
+        """Add one job; an existing jobId makes it a no-op.
+
+        Args:
+            name: The webhook job name (a `WebhookJob`).
+            data: The job's data, plain JSON.
+            opts: BullMQ job options; the ingress passes the jobId made from the event id.
+
+        Returns:
+            The job's id (ignored by the ingress).
+
+        Raises:
+            InvalidJobOptionsError: The queue refuses the job for good (answered 422).
+            PayloadRejectedError: The queue refuses the data for good (answered 422, except a
+                secret in the gateway's free text, which is withheld and the job added again).
+            Exception: Anything else (Redis down, no answer in time) is answered 503, so the
+                gateway delivers the event again.
+        """
         ...
 
 
