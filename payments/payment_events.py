@@ -42,13 +42,28 @@ class Orders(Protocol):
     ) -> PaymentAck:
         """Report a payment; the answer says whether the order took it.
 
-        The same `update_id` again waits for that update; no answer within `wait_seconds`
-        raises WorkflowUpdateRPCTimeoutOrCancelledError.
+        Args:
+            order_id: the order the event names.
+            payment: the captured payment.
+            update_id: the same id again waits for that update instead of sending another.
+            wait_seconds: how long to wait for the answer at most.
+
+        Returns:
+            Whether the order accepted the payment, and why not.
+
+        Raises:
+            WorkflowUpdateRPCTimeoutOrCancelledError: no answer within `wait_seconds`.
+            UnknownOrderError: no such order (yet).
         """
         ...
 
     async def payment_failed(self, order_id: str, failure: PaymentFailed) -> None:
-        """Report a failed capture."""
+        """Report a failed capture.
+
+        Raises:
+            UnknownOrderError: no such order (yet).
+            OrderClosedError: the order has ended.
+        """
         ...
 
 
@@ -158,8 +173,11 @@ class PaymentEvents:
         return WebhookEventStatus.APPLIED, f"payment {event.payment_id} failed: {failure.reason}"
 
     async def _radar_flag(self, event: GatewayEvent) -> bool:
-        """Whether Radar flags the charge the event names but does not describe (Stripe's
-        payment_intent.* events); a charge whose risk cannot be read holds the payment back."""
+        """Whether Radar flags the charge the event names but does not describe.
+
+        Stripe's payment_intent.* events name a charge without its risk; a charge whose risk
+        cannot be read holds the payment back.
+        """
         if not event.risk_charge:
             return False
         if not isinstance(self.gateway, RiskReader):
