@@ -101,6 +101,7 @@ bench: install
 	$(VENV)/bin/python bench/bridge.py
 	$(VENV)/bin/python bench/webhooks.py
 	$(VENV)/bin/python bench/cli.py
+	$(VENV)/bin/python bench/checkout.py
 
 clean:
 	rm -rf data .pytest_cache
