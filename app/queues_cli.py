@@ -80,8 +80,8 @@ def _emit(data: Any, as_json: bool, text: Callable[[], str]) -> None:
 
 
 def _settings_and_specs() -> tuple[Settings, dict[str, QueueSpec]]:
-    from bridge.specs import queue_specs
     from orderflow.settings import Settings
+    from workers.queues import queue_specs
 
     settings = Settings.from_env()
     return settings, queue_specs(settings)

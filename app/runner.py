@@ -9,28 +9,32 @@ import subprocess
 import threading
 from collections.abc import Collection
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
+import uvicorn
 from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.worker import Worker
 
 from app import catalogue, embedded
 from app.client import OrderClient
 from app.schedules import ensure_maintenance_schedules, ensure_schedules
 from app.smtp_sink import start_smtp_sink, stop_smtp_sink
-from app.telemetry import setup_telemetry
+from app.telemetry import Telemetry, setup_telemetry
 from app.temporal import connect
 from app.web.app import create_app, http_server
 from app.web.metrics import metrics_router
 from app.web.probe import probe_app, probe_server
-from bridge.producer import producer_for
-from bridge.specs import queue_specs
 from orderflow import schema
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.payment import WEBHOOK_QUEUE
 from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
-from workers.bridge import run_bridge_workers, webhook_processors
+from workers.bridge import run_bridge_workers
+from workers.queues import producer_for, queue_specs
 from workers.temporal import Dependencies, build_workers
 
 log = logging.getLogger("orderflow")
@@ -95,12 +99,22 @@ async def _prepare_schema_in_thread(settings: Settings, engine: Engine) -> None:
 PARTS = ("workflows", "bridge", "http")  # Temporal workers + schedules, bridge workers, HTTP app
 
 
-async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
-    """Bring the parts up, wait for a stop signal, shut down gracefully in reverse order.
+@dataclass
+class Running:
+    """What a start brought up, for the shutdown to take down in reverse order."""
 
-    On the distributed engine each host runs the parts it should (e.g. only "bridge"),
-    with the embedded servers switched off in the settings.
-    """
+    workers: list[Worker] = field(default_factory=list)
+    """The Temporal workers (the workflows part)."""
+    servers: list[uvicorn.Server] = field(default_factory=list)
+    """The HTTP app's server (served by the http part only)."""
+    probe: uvicorn.Server | None = None
+    """This process's /metrics and /healthz on metrics_port, if set."""
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    """Every running part: a failed one stops the process."""
+
+
+def check_start(settings: Settings, parts: Collection[str]) -> None:
+    """Refuse an unknown part, a public secret or an unusable gateway; warn of what is allowed."""
     if unknown := set(parts) - set(PARTS):
         raise OrderflowError(f"unknown part(s) {sorted(unknown)}: choose from {', '.join(PARTS)}")
     settings.check_production_secrets()
@@ -117,103 +131,130 @@ async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
             " and ".join(keys),
             settings.gateway.value,
         )
+
+
+async def start_backends(
+    settings: Settings, parts: Collection[str], stack: AsyncExitStack
+) -> tuple[Engine, Telemetry, Client]:
+    """The embedded servers, the schema, telemetry, Temporal and (workflows part) the schedules."""
+    start_servers(settings, stack)
+    if settings.embedded_smtp:
+        sink = start_smtp_sink(settings)
+        stack.callback(stop_smtp_sink, sink)
+        log.info(
+            "SMTP sink on %s:%d, mail kept in %s",
+            settings.smtp_host,
+            settings.smtp_port,
+            sink.folder,
+        )
+    engine = make_engine(settings.db_url)
+    stack.callback(engine.dispose)
+    await _prepare_schema_in_thread(settings, engine)
+    if settings.seed_catalogue and (added := catalogue.seed(engine)):
+        log.info("seeded %d starter products", added)
+    telemetry = setup_telemetry(settings)
+    stack.callback(telemetry.shutdown)
+    client = await connect(settings, runtime=telemetry.temporal_runtime)
+    await stack.enter_async_context(telemetry.temporal_metrics())
+    if "workflows" in parts:
+        log.info("schedules: %s", ", ".join(await ensure_schedules(client, settings)))
+        log.info("maintenance: %s", ", ".join(await ensure_maintenance_schedules(client, settings)))
+    return engine, telemetry, client
+
+
+async def start_parts(
+    settings: Settings,
+    parts: Collection[str],
+    stack: AsyncExitStack,
+    stop: asyncio.Event,
+    backends: tuple[Engine, Telemetry, Client],
+) -> Running:
+    """Start the Temporal workers, the bridge worker of every registered queue and the HTTP app."""
+    engine, telemetry, client = backends
+    email_queue = producer_for(settings, EMAIL_QUEUE)
+    webhook_queue = producer_for(settings, WEBHOOK_QUEUE)
+    stack.push_async_callback(email_queue.close)
+    stack.push_async_callback(webhook_queue.close)
+    running = Running()
+    if "workflows" in parts:
+        deps = Dependencies.from_settings(settings, engine, email_queue)
+        running.workers = build_workers(client, settings, deps)
+    running.tasks = [
+        asyncio.create_task(w.run(), name=f"worker-{w.task_queue}") for w in running.workers
+    ]
+    order_client = OrderClient(client, settings, engine)
+    if "bridge" in parts:
+        bridge = run_bridge_workers(settings, stop, orders=order_client, engine=engine)
+        running.tasks.append(asyncio.create_task(bridge, name="bridge"))
+    app = create_app(
+        settings, webhook_queue, orders=order_client, engine=engine, telemetry=telemetry
+    )
+    running.servers = [http_server(settings, app)]
+    if "http" in parts:
+        running.tasks.append(asyncio.create_task(running.servers[0].serve(), name="http"))
+        log.info(
+            "HTTP app on http://%s:%d (webhooks, health, /metrics, /ops dashboard)",
+            settings.http_host,
+            settings.http_port,
+        )
+    if settings.metrics_port:
+        # the http part adds the queue and order gauges to the process's own metrics
+        http_part = "http" in parts
+        specs = queue_specs(settings) if http_part else {}
+        router = metrics_router(telemetry, specs, settings, engine if http_part else None)
+        running.probe = probe_server(settings, probe_app(parts, router))
+        running.tasks.append(asyncio.create_task(running.probe.serve(), name="probe"))
+        log.info(
+            "metrics and health on http://%s:%d/metrics, /healthz",
+            settings.metrics_host,
+            settings.metrics_port,
+        )
+    return running
+
+
+async def shut_down(settings: Settings, stop: asyncio.Event, running: Running) -> None:
+    """Wait for a stop signal or a failed part, then stop every part, the probe last."""
+    done, _ = await asyncio.wait(
+        [asyncio.create_task(stop.wait()), *running.tasks], return_when=asyncio.FIRST_COMPLETED
+    )
+    for task in done:
+        if task in running.tasks and task.exception() is not None:
+            log.error("%s failed: %s", task.get_name(), task.exception())
+    log.info(
+        "stopping: no new tasks, in-flight work gets %.0fs", settings.graceful_shutdown_seconds
+    )
+    stop.set()
+    for server in running.servers:
+        server.should_exit = True
+    await asyncio.gather(*(w.shutdown() for w in running.workers), return_exceptions=True)
+    if running.probe is not None:  # healthy until the workers have handed their work back
+        running.probe.should_exit = True
+    await asyncio.gather(*running.tasks, return_exceptions=True)
+
+
+async def run(settings: Settings, parts: Collection[str] = PARTS) -> None:
+    """Bring the parts up, wait for a stop signal, shut down gracefully in reverse order.
+
+    On the distributed engine each host runs the parts it should (e.g. only "bridge"),
+    with the embedded servers switched off in the settings.
+
+    Args:
+        settings: The process's settings.
+        parts: Which of PARTS this process runs.
+
+    Raises:
+        OrderflowError: An unknown part, a public secret in a production-shaped start
+            (InsecureSettingsError) or a gateway that cannot run (GatewaySettingsError).
+    """
+    check_start(settings, parts)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
-        start_servers(settings, stack)
-        if settings.embedded_smtp:
-            sink = start_smtp_sink(settings)
-            stack.callback(stop_smtp_sink, sink)
-            log.info(
-                "SMTP sink on %s:%d, mail kept in %s",
-                settings.smtp_host,
-                settings.smtp_port,
-                sink.folder,
-            )
-        engine = make_engine(settings.db_url)
-        stack.callback(engine.dispose)
-        await _prepare_schema_in_thread(settings, engine)
-        if settings.seed_catalogue and (added := catalogue.seed(engine)):
-            log.info("seeded %d starter products", added)
-        telemetry = setup_telemetry(settings)
-        stack.callback(telemetry.shutdown)
-        client = await connect(settings, runtime=telemetry.temporal_runtime)
-        await stack.enter_async_context(telemetry.temporal_metrics())
-        if "workflows" in parts:
-            log.info("schedules: %s", ", ".join(await ensure_schedules(client, settings)))
-            log.info(
-                "maintenance: %s", ", ".join(await ensure_maintenance_schedules(client, settings))
-            )
-
-        email_queue = producer_for(settings, EMAIL_QUEUE)
-        webhook_queue = producer_for(settings, WEBHOOK_QUEUE)
-        stack.push_async_callback(email_queue.close)
-        stack.push_async_callback(webhook_queue.close)
-        workers = (
-            build_workers(
-                client, settings, Dependencies.from_settings(settings, engine, email_queue)
-            )
-            if "workflows" in parts
-            else []
-        )
-        order_client = OrderClient(client, settings, engine)
-        processors = webhook_processors(settings, order_client, engine)
-
-        app = create_app(
-            settings, webhook_queue, orders=order_client, engine=engine, telemetry=telemetry
-        )
-        servers = [http_server(settings, app)]
-        tasks = [asyncio.create_task(w.run(), name=f"worker-{w.task_queue}") for w in workers]
-        if "bridge" in parts:
-            tasks.append(
-                asyncio.create_task(
-                    run_bridge_workers(settings, stop, processors, engine=engine), name="bridge"
-                )
-            )
-        if "http" in parts:
-            for server, name in zip(servers, ("http",), strict=True):
-                tasks.append(asyncio.create_task(server.serve(), name=name))
-            log.info(
-                "HTTP app on http://%s:%d (webhooks, health, /metrics, /ops dashboard)",
-                settings.http_host,
-                settings.http_port,
-            )
-        probe = None
-        if settings.metrics_port:
-            # the http part adds the queue and order gauges to the process's own metrics
-            http_part = "http" in parts
-            router = metrics_router(
-                telemetry,
-                queue_specs(settings) if http_part else {},
-                settings,
-                engine if http_part else None,
-            )
-            probe = probe_server(settings, probe_app(parts, router))
-            tasks.append(asyncio.create_task(probe.serve(), name="probe"))
-            log.info(
-                "metrics and health on http://%s:%d/metrics, /healthz",
-                settings.metrics_host,
-                settings.metrics_port,
-            )
+        backends = await start_backends(settings, parts, stack)
+        running = await start_parts(settings, parts, stack, stop, backends)
         log.info("orderflow is up (%s); Ctrl-C to stop", ", ".join(parts))
-
-        done, _ = await asyncio.wait(
-            [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
-        )
-        for task in done:
-            if task in tasks and task.exception() is not None:
-                log.error("%s failed: %s", task.get_name(), task.exception())
-        log.info(
-            "stopping: no new tasks, in-flight work gets %.0fs", settings.graceful_shutdown_seconds
-        )
-        stop.set()
-        for server in servers:
-            server.should_exit = True
-        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
-        if probe is not None:  # healthy until the workers have handed their work back
-            probe.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await shut_down(settings, stop, running)
     log.info("stopped")

@@ -30,8 +30,9 @@ from bridge.job import Job
 from bridge.producer import BulkJob, QueueProducer
 from bridge.redis_client import RedisClient
 from bridge.runtime import BridgeWorker
-from bridge.specs import METRICS_MAX_DATA_POINTS, email_spec
+from bridge.specs import METRICS_MAX_DATA_POINTS
 from orderflow.settings import Settings
+from workers.queues import email_spec
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "tests" / "node"
 BATCH = 1000  # jobs per addBulk call, on both sides

@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app import embedded
 from app.client import OrderClient
 from bench.noop_workflow import NoopWorkflow
-from bridge.producer import producer_for
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.db import Product, make_engine
 from orderflow.schema import upgrade
 from orderflow.settings import Settings
+from workers.queues import producer_for
 from workers.temporal import Dependencies, build_workers, workflow_runner
 
 NOOP_QUEUE = "bench-noop"

@@ -40,12 +40,12 @@ from app import embedded
 from app.client import OrderClient
 from app.temporal import connect
 from bench.noop_workflow import NoopWorkflow
-from bridge.producer import producer_for
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.order import PaymentReceived
 from orderflow.db import Order, Product, make_engine, reader
 from orderflow.schema import upgrade
 from orderflow.settings import Settings
+from workers.queues import producer_for
 from workers.temporal import Dependencies, build_workers, workflow_runner
 
 NOOP_QUEUE = "bench-noop"

@@ -28,12 +28,12 @@ from temporalio.client import Client
 
 from app import embedded
 from app.client import OrderClient
-from bridge.producer import producer_for
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.order import ORDERS_TASK_QUEUE, OrderStatus
 from orderflow.db import Order, Product, make_engine, reader
 from orderflow.schema import upgrade
 from orderflow.settings import Settings
+from workers.queues import producer_for
 from workers.temporal import Dependencies, build_workers
 
 SKU = "PENDING-SKU"

@@ -58,12 +58,12 @@ async def serve(mode: str) -> None:
     from app.client import OrderClient
     from app.temporal import connect
     from app.web.app import create_app, http_server
-    from bridge.producer import producer_for
     from orderflow.contracts.mail import EMAIL_QUEUE
     from orderflow.contracts.payment import WEBHOOK_QUEUE
     from orderflow.db import make_engine
     from orderflow.schema import upgrade
-    from workers.bridge import run_bridge_workers, webhook_processors
+    from workers.bridge import run_bridge_workers
+    from workers.queues import producer_for
     from workers.temporal import Dependencies, build_workers
 
     settings = Settings.from_env()
@@ -80,8 +80,8 @@ async def serve(mode: str) -> None:
         deps = Dependencies.from_settings(settings, engine, email_queue)
         workers = build_workers(client, settings, deps)
         tasks += [asyncio.create_task(w.run()) for w in workers]
-        processors = webhook_processors(settings, OrderClient(client, settings, engine), engine)
-        tasks.append(asyncio.create_task(run_bridge_workers(settings, stop, processors)))
+        orders = OrderClient(client, settings, engine)
+        tasks.append(asyncio.create_task(run_bridge_workers(settings, stop, orders=orders)))
     server = http_server(settings, create_app(settings, webhook_queue))
     tasks.append(asyncio.create_task(server.serve()))
     await stop.wait()

@@ -15,9 +15,8 @@ from bridge.errors import InvalidJobOptionsError, PayloadRejectedError
 from bridge.guard import PayloadGuard
 from bridge.redis_client import Arg, PreparedCall, RedisClient, RedisReplyError
 from bridge.scripts import Keys, bullmq_script
-from bridge.specs import QueueSpec, queue_specs
+from bridge.specs import QueueSpec
 from bridge.tracing import inject_trace, trace_current, traced_add
-from orderflow.settings import Settings
 
 PRIORITY_LIMIT = 2**21  # BullMQ's highest priority value (it packs priority into a zset score)
 BACKOFF_TYPES = ("fixed", "exponential")  # built in; any other type needs a worker strategy
@@ -246,8 +245,3 @@ def _job_id(result: Any, name: str) -> str:
     if isinstance(result, int) and result < 0:
         raise InvalidJobOptionsError(f"adding {name} failed with BullMQ code {result}")
     return str(result)
-
-
-def producer_for(settings: Settings, queue: str) -> QueueProducer:
-    """A producer for a bridge queue by name (e.g. specs.EMAIL_QUEUE), configured from settings."""
-    return QueueProducer.connect(queue_specs(settings)[queue], settings.redis_url)

@@ -1,13 +1,15 @@
-"""The bridge's queues in one table: the seed's numbers and the DLQ of each (names: contracts)."""
+"""What a bridge queue's producers and workers agree on, and the numbers every queue shares.
+
+Which queues there are is declared by their domains (workers/queues.py), not here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from orderflow.contracts.mail import EMAIL_QUEUE, EMAIL_SYSTEM_FIELDS, EmailJob
-from orderflow.contracts.payment import WEBHOOK_QUEUE, WEBHOOK_SYSTEM_FIELDS, WebhookJob
-from orderflow.settings import Settings
+from orderflow.settings import QueueSettings, Settings
 
 DLQ_SUFFIX = "-dlq"  # a sibling namespace under the prefix, so obliterating a queue keeps its DLQ
 
@@ -81,38 +83,38 @@ class QueueSpec:
         return replace(self, **changes)
 
 
-def email_spec(settings: Settings) -> QueueSpec:
-    """The email queue: concurrency 5, 3 attempts, exponential from 2 s, 100 jobs/s (seed)."""
+def configured_spec(
+    name: str,
+    job_names: Iterable[str],
+    queue: QueueSettings,
+    settings: Settings,
+    *,
+    system_fields: frozenset[str] = frozenset(),
+) -> QueueSpec:
+    """The spec of one queue from its settings group and the settings every queue shares.
+
+    Args:
+        name: The queue's name (its domain's contract holds it).
+        job_names: The job names its producers add and its processor takes.
+        queue: Its numbers: concurrency, attempts, exponential backoff, limiter, timeout.
+        settings: The key prefix and the payload limit every queue shares.
+        system_fields: Job-data fields its producers generate (bridge/guard.py).
+
+    Returns:
+        The spec its producers and workers agree on.
+    """
+    rate_limit = (
+        None if queue.rate_max is None else RateLimit(queue.rate_max, queue.rate_duration_ms)
+    )
     return QueueSpec(
-        name=EMAIL_QUEUE,
-        job_names=tuple(EmailJob),
-        concurrency=settings.email_concurrency,
-        attempts=settings.email_attempts,
-        backoff={"type": "exponential", "delay": settings.email_backoff_ms},
-        rate_limit=RateLimit(settings.email_rate_max, settings.email_rate_duration_ms),
-        timeout_seconds=settings.email_timeout_seconds,
+        name=name,
+        job_names=tuple(job_names),
+        concurrency=queue.concurrency,
+        attempts=queue.attempts,
+        backoff={"type": "exponential", "delay": queue.backoff_ms},
+        rate_limit=rate_limit,
+        timeout_seconds=queue.timeout_seconds,
         prefix=settings.queue_prefix,
         max_payload_bytes=settings.job_max_payload_bytes,
-        system_fields=EMAIL_SYSTEM_FIELDS,
+        system_fields=system_fields,
     )
-
-
-def webhook_spec(settings: Settings) -> QueueSpec:
-    """The payment webhook queue: concurrency 20, 5 attempts (seed), exponential from 1 s."""
-    return QueueSpec(
-        name=WEBHOOK_QUEUE,
-        job_names=tuple(WebhookJob),
-        concurrency=settings.webhook_concurrency,
-        attempts=settings.webhook_attempts,
-        backoff={"type": "exponential", "delay": settings.webhook_backoff_ms},
-        rate_limit=None,
-        timeout_seconds=settings.webhook_timeout_seconds,
-        prefix=settings.queue_prefix,
-        max_payload_bytes=settings.job_max_payload_bytes,
-        system_fields=WEBHOOK_SYSTEM_FIELDS,
-    )
-
-
-def queue_specs(settings: Settings) -> dict[str, QueueSpec]:
-    """Every bridge queue by name."""
-    return {spec.name: spec for spec in (email_spec(settings), webhook_spec(settings))}

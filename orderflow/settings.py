@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orderflow.contracts.payment import (
@@ -35,12 +35,52 @@ PLACEHOLDERS = ("change-me", "change_me", "changeme", "orderflow-local", "local_
 WEAK_SECRETS = frozenset({"admin", "password", "secret", "orderflow", "redis", "test", "whsec_"})
 
 
+class QueueSettings(BaseModel):
+    """One bridge queue's numbers: a group of `Settings`, read from ORDERFLOW_<GROUP>_<FIELD>.
+
+    A flat setting of the same group prefix that is no field here (ORDERFLOW_WEBHOOK_RATE_LIMIT,
+    the ingress budget) stays a setting of its own: the group ignores it.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    concurrency: int
+    """Jobs one worker runs at once."""
+    attempts: int
+    """Tries of a job before it fails (and goes to the DLQ)."""
+    backoff_ms: int
+    """First retry's delay; each next one doubles it (BullMQ's exponential backoff)."""
+    timeout_seconds: float
+    """A job running longer is hung: it fails this attempt."""
+    rate_max: int | None = None
+    """At most this many job starts per `rate_duration_ms` across workers; None: no limiter."""
+    rate_duration_ms: int = 1000
+    """The limiter's sliding window."""
+
+
+class WebhookQueueSettings(QueueSettings):
+    """The payment webhook queue's group: its outage and unknown-order windows too."""
+
+    outage_window_seconds: float = 7200.0
+    """An outage (Temporal, the database) is waited out this long before attempts count."""
+    unknown_order_window_seconds: float = 600.0
+    """An event for an order nobody started yet is retried this long, then dead-lettered."""
+
+
 class Settings(BaseSettings):
     """Everything configurable, with local defaults for the embedded engine."""
 
     # a value that fails validation is never echoed: it may be a secret in the wrong variable
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", hide_input_in_errors=True
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        hide_input_in_errors=True,
+        # a group's fields keep their flat names: ORDERFLOW_EMAIL_RATE_MAX is email.rate_max,
+        # and one of them set leaves the group's other defaults as they are
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        nested_model_default_partial_update=True,
     )
 
     data_dir: Path = Path("data")
@@ -104,23 +144,24 @@ class Settings(BaseSettings):
     redis_password: str = ""
     embedded_redis: bool = True  # start a local redis-server (AOF on, noeviction)
     queue_prefix: str = "bull"  # BullMQ's default key prefix, shared with Node producers/consumers
-    # Bridge queues: the seed's numbers (bridge/specs.py); override per queue by environment
-    email_concurrency: int = 5  # seed: email worker concurrency 5 (I/O bound)
-    email_attempts: int = 3  # seed: 3 attempts ...
-    email_backoff_ms: int = 2000  # ... exponential from 2 s: 2 s, 4 s
-    email_rate_max: int = 100  # seed limiter: at most 100 emails ...
-    email_rate_duration_ms: int = 1000  # ... per second (the SMTP relay's budget)
-    email_timeout_seconds: float = 30.0  # an SMTP hand-off takes under a second; 30 s is hung
-    webhook_concurrency: int = 20  # seed: payment webhook concurrency 20 (fast processing)
-    webhook_attempts: int = 5  # seed: 5 attempts, with idempotency
-    webhook_backoff_ms: int = 1000  # exponential from 1 s: 1, 2, 4, 8 s
-    # a workflow signal is sub-second; a minute is stuck. A pay update still running at half of
-    # it (a refused hold being released) is waited for from the delayed set, not timed out
-    webhook_timeout_seconds: float = 60.0
-    # an outage (Temporal, the database) is waited out this long before attempts are counted
-    webhook_outage_window_seconds: float = 7200.0
-    # an event for an order nobody started yet is retried this long, then dead-lettered
-    webhook_unknown_order_window_seconds: float = 600.0
+    # Bridge queues: one group per queue (QueueSettings), the seed's numbers as defaults;
+    # ORDERFLOW_<GROUP>_<FIELD> overrides one field (ORDERFLOW_EMAIL_CONCURRENCY=10)
+    email: QueueSettings = QueueSettings(
+        concurrency=5,  # seed: email worker concurrency 5 (I/O bound)
+        attempts=3,  # seed: 3 attempts ...
+        backoff_ms=2000,  # ... exponential from 2 s: 2 s, 4 s
+        rate_max=100,  # seed limiter: at most 100 emails ...
+        rate_duration_ms=1000,  # ... per second (the SMTP relay's budget)
+        timeout_seconds=30.0,  # an SMTP hand-off takes under a second; 30 s is hung
+    )
+    webhook: WebhookQueueSettings = WebhookQueueSettings(
+        concurrency=20,  # seed: payment webhook concurrency 20 (fast processing)
+        attempts=5,  # seed: 5 attempts, with idempotency
+        backoff_ms=1000,  # exponential from 1 s: 1, 2, 4, 8 s
+        # a workflow signal is sub-second; a minute is stuck. A pay update still running at half
+        # of it (a refused hold being released) is waited for from the delayed set, not timed out
+        timeout_seconds=60.0,
+    )
     job_max_payload_bytes: int = 64 * 1024  # seed: small payloads; store large data in the DB
     bridge_grace_seconds: float = 20.0  # finish active jobs on SIGTERM before handing them back
     # SMTP

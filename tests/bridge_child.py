@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridge.job import Job
 from bridge.runtime import BridgeWorker
-from bridge.specs import email_spec
 from mail.processor import EmailProcessor
 from orderflow.db import make_engine
 from orderflow.settings import Settings
+from workers.queues import email_spec
 
 
 def _mark(marker: Path, job_id: str) -> None:

@@ -15,9 +15,10 @@ from bullmq import Queue
 from app import embedded
 from bridge.job import Job
 from bridge.runtime import BackoffStrategy, BridgeWorker
-from bridge.specs import QueueSpec, email_spec
+from bridge.specs import QueueSpec
 from orderflow.settings import Settings
 from tests.helpers import eventually
+from workers.queues import email_spec
 
 __all__ = ["OwnRedis", "bull_queue", "counts", "eventually", "running", "unique_spec"]
 

@@ -21,7 +21,7 @@ from app import embedded
 from app.client import OrderClient, policy_from_settings
 from app.web.app import create_app, http_server
 from bridge.producer import QueueProducer
-from bridge.specs import QueueSpec, email_spec
+from bridge.specs import QueueSpec
 from orderflow.contracts.order import (
     OrderInput,
     OrderLine,
@@ -34,6 +34,7 @@ from orderflow.contracts.review import PendingReview
 from orderflow.db import Payment, Product, WebhookEvent
 from orderflow.settings import Settings
 from tests.fake_erp import FakeErp
+from workers.queues import email_spec
 from workflows.order import OrderWorkflow
 
 T = TypeVar("T")

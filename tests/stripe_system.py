@@ -21,7 +21,7 @@ from app import embedded
 from app.client import OrderClient
 from app.web.app import create_app, http_server
 from bridge.producer import QueueProducer
-from bridge.specs import QueueSpec, webhook_spec
+from bridge.specs import QueueSpec
 from orderflow.contracts.payment import GatewayName
 from orderflow.settings import Settings
 from payments.stripe_gateway import StripeGateway
@@ -30,7 +30,7 @@ from tests.bridge_helpers import running
 from tests.fake_erp import FakeErp
 from tests.fake_gateways import STRIPE_TEST_KEY, LocalStripe, StallingProxy
 from tests.helpers import eventually
-from workers.bridge import build_webhook_processor
+from workers.queues import build_webhook_processor, webhook_spec
 from workers.temporal import Dependencies, build_workers
 
 GOOD_CARD = "4242424242424242"
@@ -72,7 +72,8 @@ async def system(
             "payment_retry_interval_seconds": 2.0,
             "http_host": "127.0.0.1",
             "http_port": embedded.free_port(),
-            "webhook_unknown_order_window_seconds": 3.0,  # the ghost order's events end soon
+            # the ghost order's events end soon
+            "webhook": settings.webhook.model_copy(update={"unknown_order_window_seconds": 3.0}),
         }
     )
     async with await temporal_env.start_local() as env:

@@ -21,12 +21,13 @@ from app.embedded import free_port
 from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
-from bridge.specs import QueueSpec, queue_specs
+from bridge.specs import QueueSpec
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.payment import WEBHOOK_QUEUE, WebhookJob
 from orderflow.settings import Settings
 from tests import test_dashboard
 from tests.bridge_helpers import eventually, running
+from workers.queues import queue_specs
 
 BOARD = Path(__file__).resolve().parent.parent / "tools" / "bull-board"
 AUTH = ("admin", "board-test-password")

@@ -13,13 +13,14 @@ from app.schedules import ensure_maintenance_schedules
 from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
-from bridge.specs import KEEP_COMPLETED, email_spec, queue_specs
+from bridge.specs import KEEP_COMPLETED
 from orderflow.contracts.cleanup import QUEUE_CLEANUP_SCHEDULE_ID, QueueCleanupInput
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.contracts.payment import WEBHOOK_QUEUE
 from orderflow.contracts.reconciliation import PAYMENT_RECONCILIATION_SCHEDULE_ID
 from orderflow.settings import Settings
 from tests.bridge_helpers import eventually, running
+from workers.queues import email_spec, queue_specs
 from workflows.cleanup import QueueCleanupWorkflow
 
 DAY_MS = 86_400_000

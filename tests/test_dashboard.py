@@ -31,13 +31,14 @@ from bridge.admin import MINUTE_MS, QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.runtime import BridgeWorker
-from bridge.specs import QueueSpec, email_spec
+from bridge.specs import QueueSpec
 from orderflow.contracts.order import ORDERS_TASK_QUEUE, OrderStatus, PaymentReceived
 from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE, GatewayName
 from orderflow.db import Order
 from orderflow.settings import Settings
 from tests.bridge_helpers import eventually, running
 from tests.helpers import pending_order, served_ops, wait_review, wait_status
+from workers.queues import email_spec
 from workflows.order import OrderWorkflow
 
 CHROMIUM = "/usr/bin/chromium"

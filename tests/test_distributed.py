@@ -33,7 +33,6 @@ from app.client import OrderClient
 from app.smtp_sink import SmtpSink
 from bridge.admin import QueueAdmin
 from bridge.producer import QueueProducer
-from bridge.specs import email_spec
 from orderflow.contracts.inventory import ReservationStatus
 from orderflow.contracts.mail import MailDeliveryStatus
 from orderflow.contracts.order import OrderStatus
@@ -44,6 +43,7 @@ from payments.providers import sample_event, signed_headers
 from tests.helpers import eventually
 from tests.postgres import PostgresCluster
 from tests.test_bridge_email import ORDER_MAIL
+from workers.queues import email_spec
 
 ORDERFLOW = str(Path(sys.executable).parent / "orderflow")
 STOP_WITHIN = 60.0  # seconds a process gets to exit after SIGTERM (its grace is 5 s here)
@@ -442,7 +442,7 @@ async def test_two_hundred_webhook_paid_orders_survive_a_sigkill_of_each_process
         to: ids for to, ids in per_order.items() if len(ids) != 1
     }
     # only mails in the SMTP conversation of the one bridge process killed can be UNKNOWN
-    assert len(unknown_mails) <= stack.settings.email_concurrency, unknown_mails
+    assert len(unknown_mails) <= stack.settings.email.concurrency, unknown_mails
     resent = len(sent) - len(per_order)
     with Session(engine) as session:
         product = session.get(Product, sku)

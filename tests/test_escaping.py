@@ -26,7 +26,7 @@ from bridge.admin import ProcessingTimes, QueueCounts, Throughput
 from bridge.errors import MalformedJobError
 from bridge.job import Job
 from bridge.producer import QueueProducer
-from bridge.specs import QueueSpec, email_spec
+from bridge.specs import QueueSpec
 from mail.processor import EmailProcessor
 from orderflow.contracts.order import ConfirmInput, OrderStatus, PaymentReceived
 from orderflow.contracts.review import ReviewKind
@@ -36,6 +36,7 @@ from orderflow.templating import is_html_template
 from tests.bridge_helpers import counts, eventually, running
 from tests.helpers import served_ops
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+from workers.queues import email_spec
 
 # Each probe sets window.pwned if a browser ever runs it.
 SCRIPT = "<script>window.pwned='script'</script>"

@@ -27,7 +27,7 @@ from app.smtp_sink import SmtpSink
 from app.web.app import create_app
 from bridge.producer import QueueProducer
 from bridge.runtime import BridgeWorker
-from bridge.specs import QueueSpec, email_spec, webhook_spec
+from bridge.specs import QueueSpec
 from mail.processor import EmailProcessor
 from orderflow.contracts.mail import EmailJob
 from orderflow.contracts.payment import WebhookJob
@@ -38,6 +38,7 @@ from payments.processor import WebhookProcessor
 from payments.providers import parse_event
 from payments.providers.razorpay import razorpay_payment_captured, sign_razorpay
 from payments.providers.stripe import sign_stripe, stripe_payment_succeeded
+from workers.queues import email_spec, webhook_spec
 
 STRIPE_SECRET = "whsec_fuzz_secret"
 RAZORPAY_SECRET = "rzp_fuzz_secret"

@@ -12,12 +12,12 @@ import pytest
 from bridge.errors import PayloadRejectedError
 from bridge.guard import PayloadGuard, luhn_valid
 from bridge.producer import QueueProducer
-from bridge.specs import email_spec, webhook_spec
 from orderflow.settings import Settings
 from payments.events import GatewayEvent
 from payments.providers import parse_event
 from payments.providers.razorpay import razorpay_payment_captured
 from payments.providers.stripe import stripe_payment_succeeded
+from workers.queues import email_spec, webhook_spec
 
 GUARD = PayloadGuard("email-queue", 64 * 1024)
 MAIL = {"to": "asha@example.com", "subject": "Your order", "data": {"orderNumber": "o-1001"}}

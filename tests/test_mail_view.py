@@ -10,9 +10,9 @@ from sqlalchemy.engine import Engine
 
 from bridge.errors import MalformedJobError
 from bridge.job import Job
-from bridge.specs import email_spec
 from mail.processor import EmailProcessor
 from orderflow.settings import Settings
+from workers.queues import email_spec
 
 SEED_ITEMS = [
     {"sku": "TSHIRT-M", "name": "T-shirt (M)", "qty": 2, "price": 799},

@@ -19,7 +19,7 @@ from app.client import OrderClient
 from app.smtp_sink import SmtpSink
 from bridge.guard import luhn_valid
 from bridge.producer import QueueProducer
-from bridge.specs import QueueSpec, email_spec
+from bridge.specs import QueueSpec
 from mail.processor import EmailProcessor
 from orderflow.contracts.order import PaymentReceived, Shipment
 from orderflow.db import Product
@@ -28,6 +28,7 @@ from tests import temporal_env
 from tests.bridge_helpers import bull_queue, running
 from tests.fake_erp import FakeErp
 from tests.helpers import PendingOrder, luhn_number, payments, pending_order, wait_status
+from workers.queues import email_spec
 from workers.temporal import Dependencies, build_workers
 
 GS1_EAN13 = "5901234123457"  # the GS1 example barcode: a valid EAN-13 that also passes Luhn

@@ -28,12 +28,12 @@ from app.telemetry import setup_telemetry
 from app.web.app import create_app
 from app.web.dashboard import form_token
 from bridge.producer import QueueProducer
-from bridge.specs import email_spec
 from orderflow.db import make_engine
 from orderflow.settings import Settings
 from tests.helpers import pending_order, served_ops
 from tests.postgres import PostgresCluster
 from tests.test_telemetry import add_orders, sample
+from workers.queues import email_spec
 
 ANSWER_WITHIN = 10.0  # generous: the page's own limit per backend is 5 s, asked at once
 Catalogue = Callable[..., dict[str, str]]

@@ -19,13 +19,13 @@ from app.embedded import free_port
 from bridge.admin import QueueAdmin
 from bridge.job import Job
 from bridge.producer import QueueProducer
-from bridge.specs import queue_specs
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE
 from orderflow.settings import Settings
 from tests.bridge_helpers import eventually, running
 from tests.helpers import own_namespace
+from workers.queues import queue_specs
 from workflows.order import OrderWorkflow
 
 

@@ -12,7 +12,6 @@ from sqlmodel import Session
 
 from app import embedded
 from bridge.producer import QueueProducer
-from bridge.specs import webhook_spec
 from orderflow.contracts.order import OrderStatus, PaymentAck, PaymentFailed, PaymentReceived
 from orderflow.contracts.payment import PaymentKind, PaymentStatus, WebhookEventStatus
 from orderflow.db import Order, Payment, WebhookEvent
@@ -23,6 +22,7 @@ from payments.stripe_gateway import StripeGateway
 from tests.bridge_helpers import bull_queue, running
 from tests.fake_gateways import STRIPE_TEST_KEY, LocalStripe
 from tests.helpers import eventually
+from workers.queues import webhook_spec
 
 
 def _order(session: Session, status: OrderStatus, total: int = 50_000) -> str:

@@ -33,7 +33,7 @@ from app.web.probe import probe_app
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
-from bridge.specs import QueueSpec, email_spec, webhook_spec
+from bridge.specs import QueueSpec
 from mail.processor import EmailProcessor
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.db import Order
@@ -43,7 +43,7 @@ from payments.providers.stripe import stripe_payment_succeeded
 from tests.bridge_helpers import eventually, running
 from tests.helpers import new_order_id, pending_order, wait_status
 from tests.test_bridge_node import node, run_node, where  # noqa: F401 (node is a fixture)
-from workers.bridge import build_webhook_processor
+from workers.queues import build_webhook_processor, email_spec, webhook_spec
 from workers.temporal import Dependencies, build_workers
 
 Catalogue = Callable[..., dict[str, str]]

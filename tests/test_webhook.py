@@ -28,7 +28,7 @@ from bridge.errors import RetryLater
 from bridge.job import Job
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
-from bridge.specs import QueueSpec, email_spec, webhook_spec
+from bridge.specs import QueueSpec
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.db import Payment, WebhookEvent
 from orderflow.settings import Settings
@@ -55,7 +55,8 @@ from tests.bridge_helpers import bull_queue, counts, eventually, running
 from tests.fake_gateways import STRIPE_TEST_KEY, LocalStripe, StallingProxy
 from tests.helpers import event_row, luhn_number, payments, pending_order, wait_status
 from tests.unit.conftest import Stubs, stub_worker, unit_client
-from workers.bridge import build_webhook_processor, run_bridge_workers
+from workers.bridge import run_bridge_workers
+from workers.queues import build_webhook_processor, email_spec, webhook_spec
 
 Catalogue = Callable[..., dict[str, str]]
 
@@ -287,7 +288,9 @@ async def test_worker_dead_letters_unrecoverable_and_retries_transient(
     await producer.add("mystery-job", {}, {"jobId": "bad-name"})
     client = RedisClient(redis_url)
     dlq = DeadLetterQueue(spec, client)
-    at_once = settings.model_copy(update={"webhook_unknown_order_window_seconds": 0})
+    at_once = settings.model_copy(
+        update={"webhook": settings.webhook.model_copy(update={"unknown_order_window_seconds": 0})}
+    )
     async with running(spec, build_webhook_processor(at_once, orders, engine), redis_url):
         await eventually(lambda: _dlq_has(dlq, 3))
     entries = {e.id: e for e in await dlq.list()}
@@ -621,7 +624,9 @@ async def test_a_webhook_job_whose_refused_hold_is_still_being_released_waits_fo
     retries): a job timing out meanwhile must not start a second update and a second release."""
     stubs = Stubs(release_gate=asyncio.Event())
     orders = unit_client(env)
-    short = settings.model_copy(update={"webhook_timeout_seconds": 2.0})
+    short = settings.model_copy(
+        update={"webhook": settings.webhook.model_copy(update={"timeout_seconds": 2.0})}
+    )
     spec = webhook_test_spec(short, attempts=3, backoff={"type": "fixed", "delay": 10})
     processor = build_webhook_processor(short, orders, engine)
     runs = 0

@@ -18,12 +18,12 @@ from app.client import OrderClient
 from bridge.dlq import DeadLetterQueue
 from bridge.producer import QueueProducer
 from bridge.redis_client import RedisClient
-from bridge.specs import QueueSpec, webhook_spec
+from bridge.specs import QueueSpec
 from orderflow.settings import Settings
 from payments.providers.stripe import parse_stripe, stripe_event, stripe_payment_succeeded
 from tests.bridge_helpers import counts, running
 from tests.helpers import event_row, eventually, new_order_id, pending_order, wait_status
-from workers.bridge import build_webhook_processor
+from workers.queues import build_webhook_processor, webhook_spec
 from workers.temporal import Dependencies, build_workers
 
 Catalogue = Callable[..., dict[str, str]]
@@ -115,7 +115,9 @@ async def test_a_webhook_for_an_order_started_a_moment_later_is_applied(
 async def test_a_charge_naming_no_order_is_rejected_in_its_row_when_dead_lettered(
     settings: Settings, engine: Engine, orders: OrderClient, redis_url: str
 ) -> None:
-    at_once = settings.model_copy(update={"webhook_unknown_order_window_seconds": 0})
+    at_once = settings.model_copy(
+        update={"webhook": settings.webhook.model_copy(update={"unknown_order_window_seconds": 0})}
+    )
     spec = _spec(settings)
     charge = {"id": f"ch_{uuid.uuid4().hex[:12]}", "object": "charge", "amount": 500,
               "amount_captured": 500, "currency": "inr", "payment_intent": "pi_nobody",

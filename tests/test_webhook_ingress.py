@@ -21,12 +21,12 @@ from pydantic import ValidationError
 from app import embedded
 from app.web.app import create_app, http_server
 from bridge.producer import QueueProducer
-from bridge.specs import webhook_spec
 from orderflow.settings import Settings
 from payments.providers import curl_command, sample_event, signed_headers
 from payments.providers.razorpay import sign_razorpay
 from payments.providers.stripe import sign_stripe, verify_stripe
 from tests.bridge_helpers import counts
+from workers.queues import webhook_spec
 
 STRIPE_SECRET = "whsec_ingress_test"
 RAZORPAY_SECRET = "rzp_ingress_test"
@@ -287,7 +287,7 @@ async def test_a_signed_event_too_large_to_queue_is_refused_for_good_not_503(
 ) -> None:
     """503 makes the gateway redeliver for days; a payload the guard refuses never fits."""
     from bridge.producer import QueueProducer
-    from bridge.specs import webhook_spec
+    from workers.queues import webhook_spec
 
     tag = uuid.uuid4().hex[:8]
     spec = webhook_spec(settings).with_(

@@ -1,4 +1,4 @@
-"""Bridge workers: the email worker, and the payment webhook worker when given its processor.
+"""Bridge workers: one per registered queue (workers/queues.py) whose processor can be built.
 
 Run by `orderflow run` (or `orderflow run --part bridge` on a host of their own).
 """
@@ -13,15 +13,11 @@ from sqlalchemy.engine import Engine
 
 from bridge.job import Processor
 from bridge.runtime import BackoffStrategy, BridgeWorker
-from bridge.specs import QueueSpec, queue_specs
-from mail.processor import EmailProcessor
-from orderflow.contracts.mail import EMAIL_QUEUE
-from orderflow.contracts.payment import WEBHOOK_QUEUE, GatewayName
+from bridge.specs import QueueSpec
 from orderflow.db import make_engine
 from orderflow.settings import Settings
-from payments.gateway import make_gateway
 from payments.payment_events import Orders
-from payments.processor import UPDATE_WAIT_SECONDS, WebhookProcessor
+from workers.queues import Wiring, find, queue_specs
 
 log = logging.getLogger("orderflow.bridge")
 
@@ -31,24 +27,38 @@ async def run_bridge_workers(
     stop: asyncio.Event,
     processors: Mapping[str, Processor] | None = None,
     *,
+    orders: Orders | None = None,
     specs: Mapping[str, QueueSpec] | None = None,
     backoff_strategies: Mapping[str, BackoffStrategy] | None = None,
     engine: Engine | None = None,
 ) -> None:
     """Run one BridgeWorker per queue until `stop` is set, then shut down gracefully.
 
-    processors: queue name -> processor; the email queue gets EmailProcessor unless given one,
-    and the payment webhook queue runs only when its processor is given
-    (e.g. `{WEBHOOK_QUEUE: webhook_processor}`). specs default to queue_specs(settings); the
-    email processor records deliveries in `engine` (default: the settings' database).
-    After `stop`, active jobs get settings.bridge_grace_seconds to finish; the rest go back
-    to the queue for another worker. Returns when every worker has stopped.
+    Each queue gets the processor given for it, else the one its registered factory builds; a
+    queue whose factory cannot build one here (the payment webhook queue without `orders`) runs
+    no worker. After `stop`, active jobs get settings.bridge_grace_seconds to finish; the rest go
+    back to the queue for another worker.
+
+    Args:
+        settings: The process's settings (Redis, the queues' groups, the grace period).
+        stop: Set it to shut the workers down.
+        processors: Queue name -> processor, instead of the factory's (tests, benchmarks).
+        orders: The order client the factories may use (the webhook queue needs it).
+        specs: Queue name -> spec; default every registered queue's (`queue_specs(settings)`).
+        backoff_strategies: Queue name -> a custom backoff strategy.
+        engine: The database the factories use (default: the settings' database).
+
+    Returns:
+        When every worker has stopped.
     """
     specs = dict(specs or queue_specs(settings))
     chosen = dict(processors or {})
-    if EMAIL_QUEUE not in chosen and EMAIL_QUEUE in specs:
+    for name, spec in specs.items():
+        if name in chosen or (queue := find(name)) is None:
+            continue
         engine = engine if engine is not None else make_engine(settings.db_url)
-        chosen[EMAIL_QUEUE] = EmailProcessor(settings, specs[EMAIL_QUEUE], engine)
+        if (processor := queue.processor(Wiring(settings, spec, engine, orders))) is not None:
+            chosen[name] = processor
     strategies = backoff_strategies or {}
     workers = [
         BridgeWorker(
@@ -58,29 +68,3 @@ async def run_bridge_workers(
     ]
     log.info("bridge workers running: %s", ", ".join(w.spec.name for w in workers))
     await asyncio.gather(*(w.run(stop, settings.bridge_grace_seconds) for w in workers))
-
-
-def build_webhook_processor(settings: Settings, order_client: Orders, engine: Engine) -> Processor:
-    """The processor of payment-webhook-queue: `{WEBHOOK_QUEUE: build_webhook_processor(...)}`.
-
-    Its reconciliation job compares with the configured gateway's own list (not the simulated
-    one's: it keeps no books).
-    """
-    gateway = None if settings.gateway == GatewayName.SIMULATED else make_gateway(settings, engine)
-    return WebhookProcessor(
-        order_client,
-        engine,
-        queue=WEBHOOK_QUEUE,
-        outage_window_seconds=settings.webhook_outage_window_seconds,
-        unknown_order_window_seconds=settings.webhook_unknown_order_window_seconds,
-        gateway=gateway,
-        # a pay update still running at half the job's timeout is waited for from the delayed set
-        update_wait_seconds=min(UPDATE_WAIT_SECONDS, settings.webhook_timeout_seconds / 2),
-    )
-
-
-def webhook_processors(
-    settings: Settings, order_client: Orders, engine: Engine
-) -> dict[str, Processor]:
-    """The mapping `run_bridge_workers(settings, stop, processors)` takes, for the webhook queue."""
-    return {WEBHOOK_QUEUE: build_webhook_processor(settings, order_client, engine)}

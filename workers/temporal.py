@@ -23,13 +23,13 @@ from activities.reconciliation import ReconciliationActivities
 from activities.reports import ReportActivities
 from activities.review import ReviewActivities
 from activities.stock_sync import StockSyncActivities
-from bridge.specs import queue_specs, webhook_spec
 from orderflow.contracts.inventory import INVENTORY_TASK_QUEUE
 from orderflow.contracts.order import ORDERS_TASK_QUEUE
 from orderflow.contracts.payment import PAYMENTS_TASK_QUEUE
 from orderflow.contracts.review import REVIEWS_TASK_QUEUE
 from orderflow.settings import Settings
 from payments.gateway import PaymentGateway, make_gateway
+from workers.queues import WEBHOOK, queue_specs
 from workflows.cleanup import QueueCleanupWorkflow
 from workflows.inventory import InventoryReleaseWorkflow
 from workflows.order import OrderWorkflow
@@ -91,7 +91,7 @@ def _queue_work(settings: Settings, deps: Dependencies) -> dict[str, _QueueWork]
     notify = NotificationActivities(deps.engine, deps.email_queue)
     reports = ReportActivities(deps.engine, currency=settings.currency)
     cleanup = CleanupActivities(queue_specs(settings), settings.redis_url)
-    reconciliation = ReconciliationActivities(webhook_spec(settings), settings.redis_url)
+    reconciliation = ReconciliationActivities(WEBHOOK.spec(settings), settings.redis_url)
     payments = PaymentActivities(deps.engine, deps.gateway)
     inventory = InventoryActivities(deps.engine)
     stock_sync = StockSyncActivities(deps.engine, deps.erp)

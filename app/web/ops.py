@@ -12,8 +12,9 @@ from app.client import OrderClient
 from app.telemetry import Telemetry
 from app.web.dashboard import dashboard_router
 from app.web.metrics import ApiRequests, WebhookOutcomes, metrics_router
-from bridge.specs import QueueSpec, queue_specs
+from bridge.specs import QueueSpec
 from orderflow.settings import Settings
+from workers.queues import queue_specs
 from workers.temporal import TASK_QUEUES
 
 

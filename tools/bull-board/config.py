@@ -13,8 +13,8 @@ import json
 import os
 import sys
 
-from bridge.specs import queue_specs
 from orderflow.settings import ENV_PREFIX, Settings
+from workers.queues import queue_specs
 
 DEFAULT_HOST = "127.0.0.1"  # server.js listens here unless BULL_BOARD_HOST says otherwise
 
