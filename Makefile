@@ -3,8 +3,9 @@ SHELL := /bin/bash
 UV := python3 -m uv
 VENV := .venv
 NODE_DIR := tests/node
-# Node packages, each folder from its package-lock.json: the interop peers and bull-board
-NODE_DIRS := $(NODE_DIR) tools/bull-board
+# Node packages, each folder from its package-lock.json: the interop peers, bull-board and the
+# Node order client
+NODE_DIRS := $(NODE_DIR) tools/bull-board clients/node
 
 .PHONY: install system-deps python-deps node-deps bull-board schemas run test test-unit test-money test-stress test-distributed lint format typecheck bench demo clean
 
