@@ -274,6 +274,14 @@ def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None
         dependencies=[Depends(api_key_guard(settings))],
         responses=problem_responses(),
     )
+    _starting_routes(router, api, orders)
+    _change_routes(router, api, orders)
+    _review_routes(router, api, orders)
+    return router
+
+
+def _starting_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> None:
+    """Start an order, open its checkout (starting it), read it."""
 
     @router.post(
         "/orders",
@@ -343,6 +351,10 @@ def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None
     async def get_order(order_id: str) -> Any:
         """The order's status, total (minor units and currency), history, payment and review."""
         return await api.call("reading the order", orders.status(order_id), order_id)
+
+
+def _change_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> None:
+    """What happens to a started order: its payment, cancellation, shipment, return."""
 
     @router.post(
         "/orders/{order_id}/payments",
@@ -419,6 +431,10 @@ def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None
         review_id = await api.call("opening the return", work, order_id)
         return ReturnOpened(order_id=order_id, review_id=review_id)
 
+
+def _review_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> None:
+    """Manual reviews: the pending ones, and a decision."""
+
     @router.get("/reviews", response_model=list[PendingReview])
     async def list_reviews() -> Any:
         """Reviews waiting for a decision, oldest first."""
@@ -433,5 +449,3 @@ def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None
         """Approve or reject a pending review."""
         decision = ReviewDecision(approve=body.approve, reviewer=body.reviewer, note=body.note)
         return await api.call("deciding the review", orders.decide_review(review_id, decision))
-
-    return router
