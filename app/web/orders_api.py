@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.client import OrderClient
+from app.client import OrderClient, policy_from_settings
 from app.web.api_models import (
     ORDER_ID,
     Accepted,
@@ -29,6 +29,7 @@ from app.web.api_models import (
     CheckoutIn,
     DecisionIn,
     OrderCreate,
+    PaymentFailureIn,
     PaymentIn,
     ReturnIn,
     ReturnOpened,
@@ -48,6 +49,7 @@ from orderflow.contracts.order import (
     OrderLine,
     OrderState,
     PaymentAck,
+    PaymentFailed,
     PaymentReceived,
     Shipment,
     order_workflow_id,
@@ -150,7 +152,14 @@ class OrdersApi:
                 order_id,
             )
             lines = [OrderLine(sku=line.sku, quantity=line.quantity) for line in body.items]
-            start = self.orders.start_order(order_id, body.customer_id, body.email, lines)
+            policy = policy_from_settings(self.settings)
+            if body.payment_timeout_seconds is not None:
+                policy.payment_timeout_seconds = body.payment_timeout_seconds
+            if body.payment_retry_interval_seconds is not None:
+                policy.payment_retry_interval_seconds = body.payment_retry_interval_seconds
+            start = self.orders.start_order(
+                order_id, body.customer_id, body.email, lines, policy=policy
+            )
             await self.call("starting the order", start, order_id)
             # two requests for a new id at once: one started it, the other must match it
             before = await self.call("reading the order", self.started_input(order_id), order_id)
@@ -275,6 +284,7 @@ def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None
         responses=problem_responses(),
     )
     _starting_routes(router, api, orders)
+    _payment_routes(router, api, orders)
     _change_routes(router, api, orders)
     _review_routes(router, api, orders)
     return router
@@ -353,8 +363,8 @@ def _starting_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> 
         return await api.call("reading the order", orders.status(order_id), order_id)
 
 
-def _change_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> None:
-    """What happens to a started order: its payment, cancellation, shipment, return."""
+def _payment_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> None:
+    """A started order's payment: taken (answered at once) or failed (retried)."""
 
     @router.post(
         "/orders/{order_id}/payments",
@@ -394,6 +404,27 @@ def _change_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> No
                 order_id=order_id,
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             ) from err
+
+    @router.post(
+        "/orders/{order_id}/payment-failures",
+        status_code=202,
+        response_model=Accepted,
+        responses=problem_responses(404, 409),
+    )
+    async def report_payment_failure(order_id: str, body: PaymentFailureIn) -> Any:
+        """Report a failed capture: the order asks the gateway again, on its retry schedule."""
+        failure = PaymentFailed(
+            payment_id=body.payment_id,
+            reason=body.reason,
+            provider=body.provider,
+            attempt_id=body.attempt_id,
+        )
+        await api.call("reporting the failure", orders.payment_failed(order_id, failure), order_id)
+        return Accepted(order_id=order_id, status="accepted", detail="payment failure sent")
+
+
+def _change_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> None:
+    """What else happens to a started order: its cancellation, shipment, return."""
 
     @router.post(
         "/orders/{order_id}/cancel",
