@@ -32,7 +32,7 @@ async def test_the_demo_runs_every_scenario_through_the_order_api(
             product.on_hand += 10
             session.add(product)
         session.commit()
-    async with served_ops(settings, redis_url, orders, engine, "demo") as (base, local, _):
+    async with served_ops(settings, redis_url, orders, engine, "demo") as (_, local, _):
         for name, value in {
             "DATABASE_URL": engine.url.render_as_string(hide_password=False),
             "REDIS_URL": redis_url,
