@@ -108,6 +108,7 @@ bench: install
 	$(VENV)/bin/python bench/webhooks.py
 	$(VENV)/bin/python bench/cli.py
 	$(VENV)/bin/python bench/checkout.py
+	$(VENV)/bin/python bench/order_api.py
 
 clean:
 	rm -rf data .pytest_cache
