@@ -3,10 +3,11 @@ SHELL := /bin/bash
 UV := python3 -m uv
 VENV := .venv
 NODE_DIR := tests/node
-# Node packages, each folder from its package-lock.json: the interop peers and bull-board
-NODE_DIRS := $(NODE_DIR) tools/bull-board
+# Node packages, each folder from its package-lock.json: the interop peers, bull-board and the
+# Node order client
+NODE_DIRS := $(NODE_DIR) tools/bull-board clients/node
 
-.PHONY: install system-deps python-deps node-deps bull-board run test test-unit test-money test-stress test-distributed lint format typecheck bench demo clean
+.PHONY: install system-deps python-deps node-deps bull-board schemas run test test-unit test-money test-stress test-distributed lint format typecheck bench demo clean
 
 install: system-deps python-deps node-deps
 
@@ -42,6 +43,11 @@ node-deps:
 bull-board: python-deps node-deps
 	@config="$$($(VENV)/bin/python tools/bull-board/config.py)" && \
 	  BULL_BOARD_CONFIG="$$config" node tools/bull-board/server.js
+
+# the JSON Schemas of the wire types (orderflow/contracts/wire.py), committed; tests/test_wire.py
+# fails when they differ from the code
+schemas: python-deps
+	$(VENV)/bin/python -m orderflow.contracts.wire contracts/schemas
 
 run: install
 	$(VENV)/bin/orderflow run
@@ -102,6 +108,7 @@ bench: install
 	$(VENV)/bin/python bench/webhooks.py
 	$(VENV)/bin/python bench/cli.py
 	$(VENV)/bin/python bench/checkout.py
+	$(VENV)/bin/python bench/order_api.py
 
 clean:
 	rm -rf data .pytest_cache

@@ -115,11 +115,19 @@ def run(
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    via: Annotated[
+        str, typer.Option(help="client: Python's OrderClient on Temporal; http: the order API")
+    ] = "client",
+    api_key: Annotated[
+        str,
+        typer.Option(envvar="ORDERFLOW_API_KEY", help="The order API's key, for --via http"),
+    ] = "of_local_dev_api_key",
+) -> None:
     """Against a running system: a paid, an expired, an approved high-value and a retried order."""
     from app.demo import run_demo
 
-    _run(run_demo)()
+    _run(run_demo)(via, api_key)
 
 
 @orders_app.command("start")

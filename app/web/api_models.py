@@ -31,6 +31,30 @@ class OrderCreate(BaseModel):
         pattern=r"^[A-Z]{3}$",
         description="ISO 4217; must be the shop's (ORDERFLOW_CURRENCY).",
     )
+    payment_timeout_seconds: float | None = Field(
+        default=None,
+        ge=1,
+        le=7 * 86_400,
+        description="This order's own auto-cancel timer (default ORDERFLOW_PAYMENT_TIMEOUT_SECONDS).",
+    )
+    payment_retry_interval_seconds: float | None = Field(
+        default=None,
+        ge=1,
+        le=86_400,
+        description="This order's time between capture retries after a failed payment.",
+    )
+
+
+class PaymentFailureIn(BaseModel):
+    """A capture attempt the gateway reported as failed: the order starts its retries."""
+
+    model_config = ConfigDict(extra="forbid")
+    provider: str = Field(min_length=1, max_length=32)
+    payment_id: str = Field(min_length=1, max_length=255)
+    reason: str = Field(min_length=1, max_length=500, description="The gateway's reason.")
+    attempt_id: str = Field(
+        default="", max_length=255, description="The failed attempt (Stripe: the charge)."
+    )
 
 
 class PaymentIn(BaseModel):

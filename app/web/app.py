@@ -90,6 +90,14 @@ def create_app(
         """Liveness: the app answers."""
         return {"status": "ok"}
 
+    add_readiness(app, settings, orders, engine)
+    return app
+
+
+def add_readiness(
+    app: FastAPI, settings: Settings, orders: OrderClient | None, engine: Engine | None
+) -> None:
+    """`GET /readyz`: Redis, and Temporal and the database where the app uses them, answer."""
     checks: dict[str, Callable[[], Awaitable[None]]] = {
         REDIS: lambda: check_redis(settings.redis_url)
     }
@@ -120,8 +128,6 @@ def create_app(
         if down:
             return JSONResponse({"status": "unavailable", "backends": checked, "down": down}, 503)
         return JSONResponse({"status": "ready", "backends": checked})
-
-    return app
 
 
 class EmbeddedServer(uvicorn.Server):

@@ -294,6 +294,19 @@ def page_context(
     }
 
 
+def back(message: str, error: bool = False) -> RedirectResponse:
+    """Back to the dashboard with a flash message (or an error)."""
+    return RedirectResponse(
+        "/ops?" + urlencode({"error" if error else "msg": message}), status_code=303
+    )
+
+
+def check_form_token(settings: Settings, user: str, token: str) -> None:
+    """403 unless the form's token was signed for this user and is fresh."""
+    if not valid_form_token(settings.dashboard_secret, user, token, time.time()):
+        raise HTTPException(403, "stale or foreign form: reload the dashboard and try again")
+
+
 def dashboard_router(
     settings: Settings,
     specs: Mapping[str, QueueSpec],
@@ -312,14 +325,8 @@ def dashboard_router(
     reads = OpsReads(settings, specs, engine, zone)
     redis_at = redact_url(settings.redis_url)
 
-    def back(message: str, error: bool = False) -> RedirectResponse:
-        return RedirectResponse(
-            "/ops?" + urlencode({"error" if error else "msg": message}), status_code=303
-        )
-
     def check_token(user: str, token: str) -> None:
-        if not valid_form_token(settings.dashboard_secret, user, token, time.time()):
-            raise HTTPException(403, "stale or foreign form: reload the dashboard and try again")
+        check_form_token(settings, user, token)
 
     async def on_queue(queue: str, act: Callable[[QueueAdmin], Awaitable[Any]], done: str) -> Any:
         """One queue action within OPS_READ_SECONDS, answered as a flash message."""
@@ -375,6 +382,14 @@ def dashboard_router(
             f"{queue}: job {job_id} re-driven by {user}",
         )
 
+    _decide_route(router, settings, orders)
+    return router
+
+
+def _decide_route(router: APIRouter, settings: Settings, orders: OrderClient) -> None:
+    """`POST /ops/reviews/{id}/decide`: a reviewer's decision, from the dashboard's form."""
+    Admin = Annotated[str, Depends(admin_guard(settings))]
+
     @router.post("/reviews/{review_id}/decide")
     async def decide(
         review_id: str,
@@ -384,7 +399,7 @@ def dashboard_router(
         note: Annotated[str, Form()] = "",
     ) -> Any:
         """Approve or reject a pending review."""
-        check_token(user, token)
+        check_form_token(settings, user, token)
         decision = ReviewDecision(approve=approve, reviewer=user, note=note)
         try:
             outcome = await within(
@@ -397,5 +412,3 @@ def dashboard_router(
             return back(str(err), error=True)
         verdict = "approved" if outcome.approved else "rejected"
         return back(f"review {review_id} {verdict} by {user}")
-
-    return router

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.client import OrderClient
+from app.client import OrderClient, policy_from_settings
 from app.web.api_models import (
     ORDER_ID,
     Accepted,
@@ -29,6 +29,7 @@ from app.web.api_models import (
     CheckoutIn,
     DecisionIn,
     OrderCreate,
+    PaymentFailureIn,
     PaymentIn,
     ReturnIn,
     ReturnOpened,
@@ -48,6 +49,7 @@ from orderflow.contracts.order import (
     OrderLine,
     OrderState,
     PaymentAck,
+    PaymentFailed,
     PaymentReceived,
     Shipment,
     order_workflow_id,
@@ -150,7 +152,14 @@ class OrdersApi:
                 order_id,
             )
             lines = [OrderLine(sku=line.sku, quantity=line.quantity) for line in body.items]
-            start = self.orders.start_order(order_id, body.customer_id, body.email, lines)
+            policy = policy_from_settings(self.settings)
+            if body.payment_timeout_seconds is not None:
+                policy.payment_timeout_seconds = body.payment_timeout_seconds
+            if body.payment_retry_interval_seconds is not None:
+                policy.payment_retry_interval_seconds = body.payment_retry_interval_seconds
+            start = self.orders.start_order(
+                order_id, body.customer_id, body.email, lines, policy=policy
+            )
             await self.call("starting the order", start, order_id)
             # two requests for a new id at once: one started it, the other must match it
             before = await self.call("reading the order", self.started_input(order_id), order_id)
@@ -274,6 +283,15 @@ def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None
         dependencies=[Depends(api_key_guard(settings))],
         responses=problem_responses(),
     )
+    _starting_routes(router, api, orders)
+    _payment_routes(router, api, orders)
+    _change_routes(router, api, orders)
+    _review_routes(router, api, orders)
+    return router
+
+
+def _starting_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> None:
+    """Start an order, open its checkout (starting it), read it."""
 
     @router.post(
         "/orders",
@@ -344,6 +362,10 @@ def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None
         """The order's status, total (minor units and currency), history, payment and review."""
         return await api.call("reading the order", orders.status(order_id), order_id)
 
+
+def _payment_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> None:
+    """A started order's payment: taken (answered at once) or failed (retried)."""
+
     @router.post(
         "/orders/{order_id}/payments",
         response_model=PaymentAck,
@@ -384,6 +406,27 @@ def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None
             ) from err
 
     @router.post(
+        "/orders/{order_id}/payment-failures",
+        status_code=202,
+        response_model=Accepted,
+        responses=problem_responses(404, 409),
+    )
+    async def report_payment_failure(order_id: str, body: PaymentFailureIn) -> Any:
+        """Report a failed capture: the order asks the gateway again, on its retry schedule."""
+        failure = PaymentFailed(
+            payment_id=body.payment_id,
+            reason=body.reason,
+            provider=body.provider,
+            attempt_id=body.attempt_id,
+        )
+        await api.call("reporting the failure", orders.payment_failed(order_id, failure), order_id)
+        return Accepted(order_id=order_id, status="accepted", detail="payment failure sent")
+
+
+def _change_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> None:
+    """What else happens to a started order: its cancellation, shipment, return."""
+
+    @router.post(
         "/orders/{order_id}/cancel",
         status_code=202,
         response_model=Accepted,
@@ -419,6 +462,10 @@ def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None
         review_id = await api.call("opening the return", work, order_id)
         return ReturnOpened(order_id=order_id, review_id=review_id)
 
+
+def _review_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> None:
+    """Manual reviews: the pending ones, and a decision."""
+
     @router.get("/reviews", response_model=list[PendingReview])
     async def list_reviews() -> Any:
         """Reviews waiting for a decision, oldest first."""
@@ -433,5 +480,3 @@ def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None
         """Approve or reject a pending review."""
         decision = ReviewDecision(approve=body.approve, reviewer=body.reviewer, note=body.note)
         return await api.call("deciding the review", orders.decide_review(review_id, decision))
-
-    return router

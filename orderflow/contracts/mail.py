@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 EMAIL_QUEUE = "email-queue"  # the seed's queue name, shared with Node producers
 
@@ -35,6 +37,24 @@ TEMPLATE_ALIASES: dict[str, str] = {
     "welcome": EmailJob.WELCOME,
     "order_cancelled": EmailJob.ORDER_CANCELLED,
 }
+
+
+@dataclass
+class EmailJobData:
+    """An email job's data as every producer writes it (the seed's `{to, subject, template?, data}`).
+
+    mail/processor.py checks `to` and `subject`; what is inside `data` is checked per template
+    (REQUIRED_FIELDS in orderflow/contracts/mail.py, mail/view.py).
+    """
+
+    to: str
+    """The recipient's address (one line)."""
+    subject: str
+    """The subject line (one line, not blank)."""
+    template: str = ""
+    """An EmailJob value or the seed's name for it (TEMPLATE_ALIASES); empty: the job's name."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """What the template reads: its REQUIRED_FIELDS, items and totals (orderNumber, totalMinor)."""
 
 
 # The job data each template reads, as producers write it: the seed's Node code and ours name
