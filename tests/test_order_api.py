@@ -260,7 +260,8 @@ async def test_the_openapi_document_is_valid_and_describes_every_route_error_and
     validate(document)  # openapi-spec-validator: the OpenAPI 3.1 schema
     assert document["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
     api_paths = [p for p in document["paths"] if p.startswith("/api/v1/")]
-    assert len(api_paths) == 9  # orders, checkout, one order, payments, cancel, shipment, returns, reviews, decision
+    assert len(api_paths) == 10  # orders, checkout, one order, payments, payment-failures,
+    # cancel, shipment, returns, reviews, a decision
     for path in api_paths:
         for method, operation in document["paths"][path].items():
             answers = operation["responses"]
