@@ -142,30 +142,39 @@ class OrdersApi:
             )
 
     async def create(self, order_id: str, body: OrderCreate) -> tuple[int, OrderState | None]:
-        """Start the order (201), or find the same one started before (200); 409 if it differs."""
+        """Start the order (201), or find the same one started before (200); 409 if it differs.
+
+        A new order costs one check of the catalogue and one start: only an id Temporal already
+        knows has its first input read back and compared.
+        """
         self.check_currency(order_id, body)
-        before = await self.call("reading the order", self.started_input(order_id), order_id)
-        if before is None:
+        try:
             await self.call(
                 "checking the catalogue",
                 asyncio.to_thread(self.check_lines, order_id, body),
                 order_id,
             )
-            lines = [OrderLine(sku=line.sku, quantity=line.quantity) for line in body.items]
-            policy = policy_from_settings(self.settings)
-            if body.payment_timeout_seconds is not None:
-                policy.payment_timeout_seconds = body.payment_timeout_seconds
-            if body.payment_retry_interval_seconds is not None:
-                policy.payment_retry_interval_seconds = body.payment_retry_interval_seconds
-            start = self.orders.start_order(
-                order_id, body.customer_id, body.email, lines, policy=policy
-            )
-            await self.call("starting the order", start, order_id)
-            # two requests for a new id at once: one started it, the other must match it
-            before = await self.call("reading the order", self.started_input(order_id), order_id)
-            created = True
-        else:
-            created = False
+        except ApiProblem:
+            if await self.call("reading the order", self.started_input(order_id), order_id):
+                return await self._again(order_id, body)  # the catalogue changed since
+            raise
+        lines = [OrderLine(sku=line.sku, quantity=line.quantity) for line in body.items]
+        policy = policy_from_settings(self.settings)
+        if body.payment_timeout_seconds is not None:
+            policy.payment_timeout_seconds = body.payment_timeout_seconds
+        if body.payment_retry_interval_seconds is not None:
+            policy.payment_retry_interval_seconds = body.payment_retry_interval_seconds
+        start = self.orders.start_order(
+            order_id, body.customer_id, body.email, lines, policy=policy
+        )
+        handle = await self.call("starting the order", start, order_id)
+        if not _started_now(handle):
+            return await self._again(order_id, body)
+        return 201, await self._state(order_id)
+
+    async def _again(self, order_id: str, body: OrderCreate) -> tuple[int, OrderState | None]:
+        """The id is known: 200 with the order if it was started with this body, else 409."""
+        before = await self.call("reading the order", self.started_input(order_id), order_id)
         if before is not None and (differs := _differences(before, body)):
             raise ApiProblem(
                 409,
@@ -175,11 +184,24 @@ class OrdersApi:
                 field=differs[0],
                 order_id=order_id,
             )
+        return 200, await self._state(order_id)
+
+    async def _state(self, order_id: str) -> OrderState | None:
+        """The order's state, or None if its workers do not answer within STATE_WAIT_SECONDS."""
         try:
-            state = await asyncio.wait_for(self.orders.status(order_id), STATE_WAIT_SECONDS)
+            return await asyncio.wait_for(self.orders.status(order_id), STATE_WAIT_SECONDS)
         except (TimeoutError, RPCError, OrderflowError):
-            state = None  # started: its workers have not answered yet
-        return (201 if created else 200), state
+            return None  # started: its workers have not answered yet
+
+
+def _started_now(handle: Any) -> bool:
+    """Whether this start created the run (False: USE_EXISTING found one, or it had closed).
+
+    Temporal's StartWorkflowExecution answer says so (`started`); the SDK keeps that answer on
+    the handle. A handle without it (the closed-run path) was not started now.
+    """
+    response = getattr(handle, "_start_workflow_response", None)
+    return bool(getattr(response, "started", False))
 
 
 def _differences(started: OrderInput, body: OrderCreate) -> list[str]:
