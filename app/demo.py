@@ -186,15 +186,19 @@ async def run_demo(via: str = "client", api_key: str = LOCAL_API_KEY) -> None:
         "capture retried": retried,
     }
     results = await asyncio.gather(*(fn() for fn in scenarios.values()), return_exceptions=True)
+    if not _report(list(scenarios), results):
+        raise typer.Exit(1)
+
+
+def _report(names: list[str], results: list[OrderState | BaseException]) -> bool:
+    """Print each scenario's final status and history; False if any failed."""
     failed = False
-    for name, result in zip(scenarios, results, strict=True):
+    for name, result in zip(names, results, strict=True):
         if isinstance(result, BaseException):
             failed = True
             typer.echo(f"{name:<20} FAILED: {result}")
         else:
-            typer.echo(
-                f"{name:<20} {result.order_id:<24} {result.status:<10} {format_money(result.total, result.currency):>14}"
-            )
+            money = format_money(result.total, result.currency)
+            typer.echo(f"{name:<20} {result.order_id:<24} {result.status:<10} {money:>14}")
             typer.echo(f"{'':<20} history: " + " → ".join(h.status for h in result.history))
-    if failed:
-        raise typer.Exit(1)
+    return not failed

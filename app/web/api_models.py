@@ -1,8 +1,11 @@
 """The order API's request and answer bodies (what its OpenAPI document shows)."""
 
 # no `from __future__ import annotations`: FastAPI reads these models' annotations
+import re
+
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from app.web.api_problems import ApiProblem
 from orderflow.contracts.order import OrderState
 from orderflow.contracts.payment import Checkout
 
@@ -138,3 +141,35 @@ class CheckoutAnswer(BaseModel):
 
     order: OrderState
     checkout: Checkout
+
+
+def order_id_of(body: OrderCreate, idempotency_key: str | None) -> str:
+    """The order's id: the body's or the `Idempotency-Key` header's, the same if both."""
+    key = (idempotency_key or "").strip()
+    if key and not re.fullmatch(ORDER_ID, key):
+        raise ApiProblem(
+            422,
+            "invalid-request",
+            "Invalid request",
+            "Idempotency-Key: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or"
+            " digit (it becomes the order id)",
+            field="Idempotency-Key",
+        )
+    if body.order_id and key and body.order_id != key:
+        raise ApiProblem(
+            422,
+            "invalid-request",
+            "Invalid request",
+            f"order_id {body.order_id} and Idempotency-Key {key} differ: give one, or both alike",
+            field="order_id",
+            order_id=body.order_id,
+        )
+    if not (order_id := body.order_id or key):
+        raise ApiProblem(
+            422,
+            "invalid-request",
+            "Invalid request",
+            "an order needs its id: `order_id` in the body or an `Idempotency-Key` header",
+            field="order_id",
+        )
+    return order_id

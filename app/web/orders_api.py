@@ -34,6 +34,7 @@ from app.web.api_models import (
     ReturnIn,
     ReturnOpened,
     ShipmentIn,
+    order_id_of,
 )
 from app.web.api_problems import (
     PREFIX,
@@ -264,38 +265,6 @@ def api_key_guard(settings: Settings) -> Any:
     return check
 
 
-def _order_id(body: OrderCreate, idempotency_key: str | None) -> str:
-    """The order's id: the body's or the `Idempotency-Key` header's, the same if both."""
-    key = (idempotency_key or "").strip()
-    if key and not re.fullmatch(ORDER_ID, key):
-        raise ApiProblem(
-            422,
-            "invalid-request",
-            "Invalid request",
-            "Idempotency-Key: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or"
-            " digit (it becomes the order id)",
-            field="Idempotency-Key",
-        )
-    if body.order_id and key and body.order_id != key:
-        raise ApiProblem(
-            422,
-            "invalid-request",
-            "Invalid request",
-            f"order_id {body.order_id} and Idempotency-Key {key} differ: give one, or both alike",
-            field="order_id",
-            order_id=body.order_id,
-        )
-    if not (order_id := body.order_id or key):
-        raise ApiProblem(
-            422,
-            "invalid-request",
-            "Invalid request",
-            "an order needs its id: `order_id` in the body or an `Idempotency-Key` header",
-            field="order_id",
-        )
-    return order_id
-
-
 def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None) -> APIRouter:
     """`/api/v1`: orders, their payments, cancellation, shipment, returns; reviews."""
     api = OrdersApi(settings, orders, engine)
@@ -331,7 +300,7 @@ def _starting_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> 
         idempotency_key: Annotated[str | None, Header()] = None,
     ) -> Any:
         """Start an order: 201 with it; the same request again answers 200 with the same order."""
-        order_id = _order_id(body, idempotency_key)
+        order_id = order_id_of(body, idempotency_key)
         status, state = await api.create(order_id, body)
         response.headers["Location"] = f"{PREFIX}/orders/{order_id}"
         if state is None:
