@@ -181,6 +181,46 @@ class OrderClient(OrderReviews):
         except WorkflowAlreadyStartedError:
             return self._handle(order_id)
 
+    async def place(
+        self,
+        order_id: str,
+        customer_id: str,
+        email: str,
+        items: list[OrderLine] | list[tuple[str, int]],
+        *,
+        policy: OrderPolicy | None = None,
+    ) -> OrderState:
+        """Start a new order and answer its state once the stock check has answered, in one call.
+
+        The start and the `placed` update go to Temporal together (update-with-start): the
+        update is handled in the order's first workflow task, so the state costs no extra task.
+        Unlike `start_order`, an id started before is not used: it raises.
+
+        Args:
+            order_id: the order service's id.
+            customer_id: kept as the `CustomerId` search attribute.
+            email: where the order's mails go.
+            items: (sku, quantity) pairs or `OrderLine`s; prices come from the catalogue.
+            policy: the whole rule set for this order instead of the settings'.
+
+        Returns:
+            The new order's state: PENDING_PAYMENT with its total, or REJECTED.
+
+        Raises:
+            InvalidOrderError: no id, no lines, or a line without SKU or quantity.
+            WorkflowAlreadyStartedError: the id was started before (running or closed).
+        """
+        order = self._order_input(order_id, customer_id, email, items, policy=policy)
+        options = self._start_options(order) | {"id_conflict_policy": WorkflowIDConflictPolicy.FAIL}
+        start = WithStartWorkflowOperation(OrderWorkflow.run, order, **options)
+        try:
+            state: OrderState = await self.client.execute_update_with_start_workflow(
+                OrderWorkflow.placed, start_workflow_operation=start
+            )
+        except WorkflowUpdateFailedError:
+            state = await self.status(order_id)  # it ended in its first task (REJECTED)
+        return state
+
     def _order_input(
         self,
         order_id: str,

@@ -1,10 +1,13 @@
 """Orders/s through the HTTP order API against orders/s through `OrderClient`, same run.
 
 Starts its own file-backed Temporal dev server, a redis-server and a SQLite database in a
-temporary folder, runs the real workers and the HTTP app (uvicorn, loopback) in this process,
-and drives N orders each way with C in flight, in alternating rounds: start the order, report
-its payment (the `pay` update, answered at once), and wait until it is CONFIRMED. Prints both
-rates, their ratio and this process's CPU per order (workers, app and driver together).
+temporary folder, and runs the real workers and the HTTP app (uvicorn, loopback) in this
+process: the orderflow side. The order service is another process, as it is in a shop: for
+each round a driver process (this script with `--drive client|http`) runs N orders with C in
+flight one way: start the order, report its payment (the `pay` update, answered at once), and
+wait until it is CONFIRMED (both ways poll the status with the same Temporal query, so the
+instrument costs the same). Rounds alternate between the two ways. Prints both rates, their
+ratio, the orderflow process's CPU per order and the driver's.
 Usage: python bench/order_api.py [--orders N] [--in-flight C] [--rounds R] [--json]
 """
 
@@ -13,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -55,6 +60,135 @@ async def bounded(n: int, in_flight: int, one: Callable[[int], Awaitable[None]])
     return time.perf_counter() - started
 
 
+async def drive(way: str, n: int, in_flight: int, temporal: str, base: str) -> None:
+    """The order service's side: warm up, say `ready`, wait for `go`, run n orders `way`.
+
+    Prints one JSON line: the wall seconds of the n orders and this process's CPU for them.
+    """
+    settings = Settings(temporal_address=temporal)
+    orders = OrderClient(await Client.connect(temporal), settings)
+    headers = {"Authorization": f"Bearer {LOCAL_API_KEY}"}
+    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+    http = httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60)
+    tag = uuid.uuid4().hex[:6]
+    phases: dict[str, list[float]] = {"start": [], "pay": [], "confirm": []}
+
+    def took(phase: str, since: float) -> float:
+        now = time.perf_counter()
+        phases[phase].append(now - since)
+        return now
+
+    async def confirmed(order_id: str) -> None:
+        while True:  # the order's confirm path runs after the update's answer
+            if (await orders.status(order_id)).status == "CONFIRMED":
+                return
+            await asyncio.sleep(0.05)
+
+    async def via_client(i: int) -> None:
+        order_id, since = f"c-{tag}-{i}", time.perf_counter()
+        await orders.start_order(order_id, "bench", "bench@example.com", [(SKU, 1)])
+        since = took("start", since)
+        payment = PaymentReceived(payment_id=f"p-{order_id}", amount=PRICE, currency="INR")
+        ack = await orders.payment_received(order_id, payment)
+        assert ack.accepted, ack
+        since = took("pay", since)
+        await confirmed(order_id)
+        took("confirm", since)
+
+    async def via_http(i: int) -> None:
+        order_id, since = f"h-{tag}-{i}", time.perf_counter()
+        body = {
+            "order_id": order_id,
+            "customer_id": "bench",
+            "email": "bench@example.com",
+            "items": [{"sku": SKU, "quantity": 1}],
+        }
+        assert (await http.post("/orders", json=body)).status_code in (201, 202)
+        since = took("start", since)
+        payment: dict[str, str | int] = {"provider": "simulated", "payment_id": f"p-{order_id}"}
+        payment |= {"amount": PRICE, "currency": "INR"}
+        answer = await http.post(f"/orders/{order_id}/payments", json=payment)
+        assert answer.status_code == 200 and answer.json()["accepted"], answer.text
+        since = took("pay", since)
+        await confirmed(order_id)
+        took("confirm", since)
+
+    one = via_http if way == "http" else via_client
+    await bounded(10, 5, lambda i: one(n + i))  # warm up: connections, caches
+    for spans in phases.values():
+        spans.clear()
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    spent = time.process_time()
+    seconds = await bounded(n, in_flight, one)
+    found = {"seconds": seconds, "cpu": time.process_time() - spent}
+    for phase, spans in phases.items():  # the mean wait of each step, summed over the rounds
+        found[f"{phase}_ms"] = statistics.fmean(spans) * 1000
+    print(json.dumps(found), flush=True)
+    await http.aclose()
+
+
+async def round_of(
+    way: str, n: int, in_flight: int, temporal: str, base: str, app_pid: int | None
+) -> dict[str, float]:
+    """One driver process's round: its wall seconds and CPU, and orderflow's meanwhile (this
+    process's workers, and the HTTP app's process when it has its own)."""
+    argv = [sys.executable, __file__, "--drive", way, "--orders", str(n)]
+    argv += ["--in-flight", str(in_flight), "--temporal", temporal, "--base", base]
+    driver = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert driver.stdin is not None and driver.stdout is not None
+    line = await driver.stdout.readline()
+    assert line.strip() == b"ready", line
+    ours = time.process_time() + (cpu_seconds(app_pid) if app_pid else 0.0)
+    driver.stdin.write(b"go\n")
+    await driver.stdin.drain()
+    found = json.loads(await driver.stdout.readline())
+    found["server_cpu"] = time.process_time() + (cpu_seconds(app_pid) if app_pid else 0) - ours
+    assert await driver.wait() == 0
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def app_process(settings: Settings, tmp: Path) -> asyncio.subprocess.Process:
+    """`orderflow run --part http` on the bench's servers, as the compose file runs it."""
+    env = os.environ | {
+        "ORDERFLOW_DATA_DIR": str(tmp),
+        "ORDERFLOW_TEMPORAL_ADDRESS": settings.temporal_address,
+        "ORDERFLOW_REDIS_URL": settings.redis_url,
+        "ORDERFLOW_HTTP_PORT": str(settings.http_port),
+        "ORDERFLOW_API_RATE_LIMIT": "0",
+        "ORDERFLOW_EMBEDDED_TEMPORAL": "false",
+        "ORDERFLOW_EMBEDDED_REDIS": "false",
+        "ORDERFLOW_EMBEDDED_SMTP": "false",
+        "ORDERFLOW_ALLOW_INSECURE_SECRETS": "true",  # a throwaway topology on loopback
+        "ORDERFLOW_ALLOW_SIMULATED_GATEWAY": "true",
+    }
+    command = [str(Path(sys.executable).with_name("orderflow")), "run", "--part", "http"]
+    log = (tmp / "http.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
+    )
+    async with httpx.AsyncClient(timeout=2) as http:
+        for _ in range(600):  # up to a minute
+            try:
+                if (await http.get(f"http://127.0.0.1:{settings.http_port}/healthz")).is_success:
+                    return proc
+            except httpx.TransportError:
+                pass
+            if proc.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"the HTTP app did not start; see {tmp / 'http.log'}")
+
+
 async def main() -> None:
     """Alternate API and client rounds on one server; print the rates and their ratio."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -62,7 +196,18 @@ async def main() -> None:
     parser.add_argument("--in-flight", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--app-in-process",
+        action="store_true",
+        help="run the HTTP app in the workers' process (default: its own, `run --part http`)",
+    )
+    parser.add_argument("--drive", choices=("client", "http"), help=argparse.SUPPRESS)
+    parser.add_argument("--temporal", help=argparse.SUPPRESS)
+    parser.add_argument("--base", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.drive:
+        await drive(args.drive, args.orders, args.in_flight, args.temporal, args.base)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="orderflow-bench-api-"))
     port = embedded.free_port()
     temporal = embedded.start_temporal(
@@ -70,6 +215,8 @@ async def main() -> None:
     )
     redis_url = f"redis://127.0.0.1:{embedded.free_port()}/0"
     redis = embedded.start_redis(url=redis_url, data_dir=tmp / "redis", log=tmp / "redis.log")
+    per_round = max(1, args.orders // args.rounds)
+    totals = {way: {"seconds": 0.0, "cpu": 0.0, "server_cpu": 0.0} for way in ("client", "http")}
     try:
         settings = Settings(
             data_dir=tmp,
@@ -81,7 +228,8 @@ async def main() -> None:
         engine = make_engine(settings.db_url)
         upgrade(engine)
         with Session(engine) as session:
-            session.add(Product(sku=SKU, name="bench", price=PRICE, on_hand=10 * args.orders))
+            stock = 10 * args.orders + 100
+            session.add(Product(sku=SKU, name="bench", price=PRICE, on_hand=stock))
             session.commit()
         client = await Client.connect(settings.temporal_address)
         email_queue = producer_for(settings, EMAIL_QUEUE)
@@ -90,64 +238,36 @@ async def main() -> None:
             client, settings, Dependencies.from_settings(settings, engine, email_queue)
         )
         tasks = [asyncio.create_task(w.run()) for w in workers]
-        orders = OrderClient(client, settings, engine)
-        server = http_server(settings, create_app(settings, webhook_queue, orders=orders))
-        tasks.append(asyncio.create_task(server.serve()))
-        while True:  # uvicorn sets `started` once it listens
-            if getattr(server, "started", False):
-                break
-            await asyncio.sleep(0.05)
-        tag = uuid.uuid4().hex[:6]
-        base = f"http://127.0.0.1:{settings.http_port}/api/v1"
-        headers = {"Authorization": f"Bearer {LOCAL_API_KEY}"}
-        limits = httpx.Limits(max_connections=args.in_flight)
-        http = httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60)
-
-        async def confirmed(order_id: str) -> None:
-            while True:  # the order's confirm path runs after the update's answer
-                if (await orders.status(order_id)).status == "CONFIRMED":
-                    return
+        app: asyncio.subprocess.Process | None = None
+        server = None
+        if args.app_in_process:  # the old shape: workers and the HTTP app share one process
+            orders = OrderClient(client, settings, engine)
+            server = http_server(settings, create_app(settings, webhook_queue, orders=orders))
+            tasks.append(asyncio.create_task(server.serve()))
+            while True:  # uvicorn sets `started` once it listens
+                if getattr(server, "started", False):
+                    break
                 await asyncio.sleep(0.05)
-
-        async def via_client(i: int) -> None:
-            order_id = f"c-{tag}-{uuid.uuid4().hex[:8]}"
-            await orders.start_order(order_id, "bench", "bench@example.com", [(SKU, 1)])
-            payment = PaymentReceived(payment_id=f"p-{order_id}", amount=PRICE, currency="INR")
-            ack = await orders.payment_received(order_id, payment)
-            assert ack.accepted, ack
-            await confirmed(order_id)
-
-        async def via_http(i: int) -> None:
-            order_id = f"h-{tag}-{uuid.uuid4().hex[:8]}"
-            body = {
-                "order_id": order_id,
-                "customer_id": "bench",
-                "email": "bench@example.com",
-                "items": [{"sku": SKU, "quantity": 1}],
-            }
-            assert (await http.post("/orders", json=body)).status_code in (201, 202)
-            payment = {
-                "provider": "simulated",
-                "payment_id": f"p-{order_id}",
-                "amount": PRICE,
-                "currency": "INR",
-            }
-            answer = await http.post(f"/orders/{order_id}/payments", json=payment)
-            assert answer.status_code == 200 and answer.json()["accepted"], answer.text
-            await confirmed(order_id)
-
-        await bounded(10, 5, via_client)  # warm up both ways
-        await bounded(10, 5, via_http)
-        seconds = {"client": 0.0, "http": 0.0}
-        cpu = {"client": 0.0, "http": 0.0}
-        per_round = max(1, args.orders // args.rounds)
+        else:
+            app = await app_process(settings, tmp)
+        base = f"http://127.0.0.1:{settings.http_port}/api/v1"
         for _ in range(args.rounds):
-            for name, way in (("client", via_client), ("http", via_http)):
-                spent = time.process_time()
-                seconds[name] += await bounded(per_round, args.in_flight, way)
-                cpu[name] += time.process_time() - spent
-        await http.aclose()
-        server.should_exit = True
+            for way in ("client", "http"):
+                found = await round_of(
+                    way,
+                    per_round,
+                    args.in_flight,
+                    settings.temporal_address,
+                    base,
+                    app.pid if app else None,
+                )
+                for key, value in found.items():
+                    totals[way][key] = totals[way].get(key, 0.0) + value
+        if app is not None:
+            app.terminate()
+            await asyncio.wait_for(app.wait(), 30)
+        if server is not None:
+            server.should_exit = True
         for worker in workers:
             await worker.shutdown()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -156,17 +276,29 @@ async def main() -> None:
     finally:
         embedded.stop(temporal)
         embedded.stop(redis)
-    n = per_round * args.rounds
-    rates = {name: n / spent for name, spent in seconds.items()}
-    found = {
+    topology = "one process" if args.app_in_process else "app apart"
+    report(totals, per_round * args.rounds, args.rounds, args.json, topology)
+
+
+def report(
+    totals: dict[str, dict[str, float]], n: int, rounds: int, as_json: bool, topology: str
+) -> None:
+    """Print the rates, their ratio and CPU per order (orderflow's process, the driver's)."""
+    rates = {way: n / spent["seconds"] for way, spent in totals.items()}
+    found: dict[str, float | int | str] = {
+        "topology": topology,
         "orders_per_way": n,
         "client_orders_per_s": round(rates["client"], 2),
         "http_orders_per_s": round(rates["http"], 2),
         "http_over_client": round(rates["http"] / rates["client"], 3),
-        "cpu_ms_per_order_client": round(cpu["client"] * 1000 / n, 2),
-        "cpu_ms_per_order_http": round(cpu["http"] * 1000 / n, 2),
     }
-    if args.json:
+    for way, spent in totals.items():
+        found[f"server_cpu_ms_per_order_{way}"] = round(spent["server_cpu"] * 1000 / n, 2)
+        found[f"driver_cpu_ms_per_order_{way}"] = round(spent["cpu"] * 1000 / n, 2)
+        for phase in ("start", "pay", "confirm"):  # the mean of the rounds' means
+            found[f"{phase}_ms_{way}"] = round(spent[f"{phase}_ms"] / rounds, 1)
+    found["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    if as_json:
         print(json.dumps(found))
         return
     for name, value in found.items():

@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.client import OrderClient, policy_from_settings
@@ -145,8 +146,10 @@ class OrdersApi:
     async def create(self, order_id: str, body: OrderCreate) -> tuple[int, OrderState | None]:
         """Start the order (201), or find the same one started before (200); 409 if it differs.
 
-        A new order costs one check of the catalogue and one start: only an id Temporal already
-        knows has its first input read back and compared.
+        A new order costs one check of the catalogue and one call to Temporal, which starts it
+        and answers its state (update-with-start, handled in its first workflow task): only an
+        id Temporal already knows has its first input read back and compared. If the order's
+        workers do not answer within STATE_WAIT_SECONDS, it is 202 once its start is known.
         """
         self.check_currency(order_id, body)
         try:
@@ -165,16 +168,27 @@ class OrdersApi:
             policy.payment_timeout_seconds = body.payment_timeout_seconds
         if body.payment_retry_interval_seconds is not None:
             policy.payment_retry_interval_seconds = body.payment_retry_interval_seconds
-        start = self.orders.start_order(
-            order_id, body.customer_id, body.email, lines, policy=policy
-        )
-        handle = await self.call("starting the order", start, order_id)
-        if not _started_now(handle):
+        place = self.orders.place(order_id, body.customer_id, body.email, lines, policy=policy)
+        try:
+            state = await asyncio.wait_for(place, STATE_WAIT_SECONDS)
+        except WorkflowAlreadyStartedError:
             return await self._again(order_id, body)
-        return 201, await self._state(order_id)
+        except (TimeoutError, RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
+            # started or not? Temporal says; an order it knows is the caller's (same body: 202)
+            if await self._known_as(order_id, body):
+                return 202, None
+            raise unavailable("starting the order", err, order_id) from err
+        except OrderflowError as err:
+            raise known_problem(err, order_id) from err
+        return 201, state
 
     async def _again(self, order_id: str, body: OrderCreate) -> tuple[int, OrderState | None]:
         """The id is known: 200 with the order if it was started with this body, else 409."""
+        await self._known_as(order_id, body)
+        return 200, await self._state(order_id)
+
+    async def _known_as(self, order_id: str, body: OrderCreate) -> bool:
+        """Whether Temporal knows the order; 409 if it was started with another body."""
         before = await self.call("reading the order", self.started_input(order_id), order_id)
         if before is not None and (differs := _differences(before, body)):
             raise ApiProblem(
@@ -185,7 +199,7 @@ class OrdersApi:
                 field=differs[0],
                 order_id=order_id,
             )
-        return 200, await self._state(order_id)
+        return before is not None
 
     async def _state(self, order_id: str) -> OrderState | None:
         """The order's state, or None if its workers do not answer within STATE_WAIT_SECONDS."""
@@ -193,16 +207,6 @@ class OrdersApi:
             return await asyncio.wait_for(self.orders.status(order_id), STATE_WAIT_SECONDS)
         except (TimeoutError, RPCError, OrderflowError):
             return None  # started: its workers have not answered yet
-
-
-def _started_now(handle: Any) -> bool:
-    """Whether this start created the run (False: USE_EXISTING found one, or it had closed).
-
-    Temporal's StartWorkflowExecution answer says so (`started`); the SDK keeps that answer on
-    the handle. A handle without it (the closed-run path) was not started now.
-    """
-    response = getattr(handle, "_start_workflow_response", None)
-    return bool(getattr(response, "started", False))
 
 
 def _differences(started: OrderInput, body: OrderCreate) -> list[str]:
