@@ -211,14 +211,21 @@ class OrderClient(OrderReviews):
             WorkflowAlreadyStartedError: the id was started before (running or closed).
         """
         order = self._order_input(order_id, customer_id, email, items, policy=policy)
-        options = self._start_options(order) | {"id_conflict_policy": WorkflowIDConflictPolicy.FAIL}
-        start = WithStartWorkflowOperation(OrderWorkflow.run, order, **options)
         try:
-            state: OrderState = await self.client.execute_update_with_start_workflow(
-                OrderWorkflow.placed, start_workflow_operation=start
-            )
+            state = await self._placed_with_start(order, WorkflowIDConflictPolicy.FAIL)
         except WorkflowUpdateFailedError:
             state = await self.status(order_id)  # it ended in its first task (REJECTED)
+        return state
+
+    async def _placed_with_start(
+        self, order: OrderInput, conflict: WorkflowIDConflictPolicy
+    ) -> OrderState:
+        """Start `order` and send its `placed` update together (update-with-start)."""
+        options = self._start_options(order) | {"id_conflict_policy": conflict}
+        start = WithStartWorkflowOperation(OrderWorkflow.run, order, **options)
+        state: OrderState = await self.client.execute_update_with_start_workflow(
+            OrderWorkflow.placed, start_workflow_operation=start
+        )
         return state
 
     def _order_input(
@@ -291,11 +298,8 @@ class OrderClient(OrderReviews):
             GatewayUnavailableError: the gateway did not answer; calling again is safe.
         """
         order = self._order_input(order_id, customer_id, email, items)
-        start = WithStartWorkflowOperation(OrderWorkflow.run, order, **self._start_options(order))
         try:
-            state = await self.client.execute_update_with_start_workflow(
-                OrderWorkflow.placed, start_workflow_operation=start
-            )
+            state = await self._placed_with_start(order, WorkflowIDConflictPolicy.USE_EXISTING)
         except (WorkflowAlreadyStartedError, RPCError, WorkflowUpdateFailedError):
             state = await self.status(order_id)  # a closed order: say what it is
         if state.status not in PAYABLE_STATUSES:
