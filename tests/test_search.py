@@ -9,6 +9,7 @@ from pathlib import Path
 from temporalio.client import Client
 
 from app.client import OrderClient
+from orderflow.codec import customer_hash
 from orderflow.contracts.order import (
     CUSTOMER_ID,
     ORDER_STATUS,
@@ -61,7 +62,9 @@ async def test_search_attributes_follow_the_order_and_the_readme_queries_find_it
     desc = await client.get_workflow_handle(small_id).describe()
     attrs = desc.typed_search_attributes
     assert attrs.get(ORDER_STATUS) == "CANCELLED"
-    assert attrs.get(ORDER_TOTAL) == 60_000 and attrs.get(CUSTOMER_ID) == "cust-small"
+    # the index holds the customer's keyed hash, never the id itself (it may be an email)
+    small_hash = customer_hash("cust-small", orders.settings.customer_hash_secret)
+    assert attrs.get(ORDER_TOTAL) == 60_000 and attrs.get(CUSTOMER_ID) == small_hash
     attrs = (await client.get_workflow_handle(big_id).describe()).typed_search_attributes
     assert (attrs.get(ORDER_STATUS), attrs.get(ORDER_TOTAL)) == ("IN_REVIEW", 6_000_000)
 
@@ -70,7 +73,8 @@ async def test_search_attributes_follow_the_order_and_the_readme_queries_find_it
     assert small_id in cancelled and big_id not in cancelled
     in_review = await ids(client, HIGH_VALUE_IN_REVIEW, {big_id})
     assert big_id in in_review and small_id not in in_review
-    by_customer = await ids(client, "CustomerId = 'cust-big'", {big_id})
+    big_hash = customer_hash("cust-big", orders.settings.customer_hash_secret)
+    by_customer = await ids(client, f"CustomerId = '{big_hash}'", {big_id})
     assert big_id in by_customer
 
     readme = README.read_text()

@@ -41,7 +41,9 @@ async def test_an_order_paid_before_its_stock_check_replays_on_a_new_worker(
         before = await eventually(settled, 20, f"order {order_id} {status}, then {last}")
     history = await env.client.get_workflow_handle(order_workflow_id(order_id)).fetch_history()
     replayed = await Replayer(
-        workflows=UNIT_WORKFLOWS, interceptors=[OwnTaskQueue()]
+        workflows=UNIT_WORKFLOWS,
+        interceptors=[OwnTaskQueue()],
+        data_converter=env.client.data_converter,
     ).replay_workflow(history, raise_on_replay_failure=False)
     assert replayed.replay_failure is None, f"order {order_id}: {replayed.replay_failure}"
     async with stub_worker(env, stubs, orders.task_queue, cache=False):  # a restart: no cache
