@@ -283,4 +283,8 @@ async def own_namespace(client: Client, name: str) -> Client:
             namespace=namespace, workflow_execution_retention_period=Duration(seconds=86400)
         )
     )
-    return await Client.connect(client.service_client.config.target_host, namespace=namespace)
+    return await Client.connect(
+        client.service_client.config.target_host,
+        namespace=namespace,
+        data_converter=client.data_converter,  # the suite's codec, as every client has
+    )
