@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from temporalio.contrib.opentelemetry import MetricsExporter
 from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
 
+from orderflow.errors import OrderflowError
 from orderflow.settings import Settings
 
 log = logging.getLogger("orderflow.telemetry")
@@ -41,6 +42,7 @@ class GaugeReadings:
 
     queue_jobs: dict[tuple[str, str], int] = field(default_factory=dict)  # (queue, state) -> n
     orders: dict[str, int] = field(default_factory=dict)  # status -> n
+    codec_keys: list[str] = field(default_factory=list)  # key ids, the current one first
 
     def observe_queue_jobs(self, _: CallbackOptions) -> Iterable[Observation]:
         """bullmq.queue.jobs{bullmq.queue.name, state}."""
@@ -51,6 +53,11 @@ class GaugeReadings:
         """orderflow.orders{status}."""
         for status, n in sorted(self.orders.items()):
             yield Observation(n, {"status": status})
+
+    def observe_codec_keys(self, _: CallbackOptions) -> Iterable[Observation]:
+        """orderflow.codec.keys{key_id, role}: 1 per key this process holds (ids, no secrets)."""
+        for position, key_id in enumerate(self.codec_keys):
+            yield Observation(1, {"key_id": key_id, "role": "old" if position else "current"})
 
 
 @dataclass
@@ -114,5 +121,14 @@ def setup_telemetry(
     )
     meter.create_observable_gauge(
         "orderflow.orders", callbacks=[gauges.observe_orders], description="Orders by status"
+    )
+    try:
+        gauges.codec_keys = settings.codec_keyring().ids
+    except OrderflowError as err:  # the start fails on it with its own message; no gauge then
+        log.warning("codec keys not shown on /metrics: %s", err)
+    meter.create_observable_gauge(
+        "orderflow.codec.keys",
+        callbacks=[gauges.observe_codec_keys],
+        description="Codec keys this process holds: the current one encrypts, old ones decrypt",
     )
     return Telemetry(tracer_provider, meter_provider, registry, runtime, buffer, gauges)

@@ -283,6 +283,7 @@ def page_context(
         "zone": zone.key,
         "gateway": f"{settings.gateway.value} ({MODE_LABELS[settings.gateway_mode]})",
         "api_keys": len(settings.api_keys),
+        "codec": codec_label(settings),
         "providers": db.providers,
         "reviews": db.reviews,
         "orders": [(o, order_run_url(settings, o.id)) for o in db.latest],
@@ -292,6 +293,16 @@ def page_context(
             datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else ""
         ),
     }
+
+
+def codec_label(settings: Settings) -> str:
+    """The codec keys in use, by id (never a secret): the current one and how many old ones."""
+    try:
+        ring = settings.codec_keyring()
+    except OrderflowError as err:  # the process could not start like this; say so anyway
+        return f"unusable ({err})"
+    old = len(ring.ids) - 1
+    return f"key {ring.current.key_id}" + (f" (+{old} old)" if old else "")
 
 
 def back(message: str, error: bool = False) -> RedirectResponse:
