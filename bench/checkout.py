@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -25,14 +26,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from sqlmodel import Session
-from temporalio.client import Client
 from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import embedded
 from app.client import OrderClient
+from app.temporal import connect
 from bench.noop_workflow import NoopWorkflow
+from orderflow import codec
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.db import Product, make_engine
 from orderflow.schema import upgrade
@@ -82,7 +84,7 @@ async def main() -> None:
         with Session(engine) as session:
             session.add(Product(sku=SKU, name="bench", price=10_000, on_hand=10 * args.orders))
             session.commit()
-        client = await Client.connect(settings.temporal_address)
+        client = await connect(settings)
         email_queue = producer_for(settings, EMAIL_QUEUE)
         workers = build_workers(
             client, settings, Dependencies.from_settings(settings, engine, email_queue)
@@ -172,4 +174,6 @@ def report(
 
 
 if __name__ == "__main__":
+    # customer data encrypted, as a shop runs it; child processes inherit the same key
+    os.environ.setdefault("ORDERFLOW_CODEC_KEY", codec.new_key("bench").spec())
     asyncio.run(main())

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import httpx
 from sqlmodel import Session
-from temporalio.client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import embedded
 from app.client import OrderClient
+from app.temporal import connect
 from app.web.app import create_app, http_server
+from orderflow import codec
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.order import PaymentReceived
 from orderflow.contracts.payment import WEBHOOK_QUEUE
@@ -66,7 +67,7 @@ async def drive(way: str, n: int, in_flight: int, temporal: str, base: str) -> N
     Prints one JSON line: the wall seconds of the n orders and this process's CPU for them.
     """
     settings = Settings(temporal_address=temporal)
-    orders = OrderClient(await Client.connect(temporal), settings)
+    orders = OrderClient(await connect(settings), settings)
     headers = {"Authorization": f"Bearer {LOCAL_API_KEY}"}
     limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
     http = httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60)
@@ -231,7 +232,7 @@ async def main() -> None:
             stock = 10 * args.orders + 100
             session.add(Product(sku=SKU, name="bench", price=PRICE, on_hand=stock))
             session.commit()
-        client = await Client.connect(settings.temporal_address)
+        client = await connect(settings)
         email_queue = producer_for(settings, EMAIL_QUEUE)
         webhook_queue = producer_for(settings, WEBHOOK_QUEUE)
         workers = build_workers(
@@ -306,4 +307,6 @@ def report(
 
 
 if __name__ == "__main__":
+    # customer data encrypted, as a shop runs it; child processes inherit the same key
+    os.environ.setdefault("ORDERFLOW_CODEC_KEY", codec.new_key("bench").spec())
     asyncio.run(main())

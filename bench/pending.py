@@ -24,10 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlmodel import Session, col, func, select
-from temporalio.client import Client
 
 from app import embedded
 from app.client import OrderClient
+from app.temporal import connect
+from orderflow import codec
 from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.order import ORDERS_TASK_QUEUE, OrderStatus
 from orderflow.db import Order, Product, make_engine, reader
@@ -50,7 +51,7 @@ def rss_mib(pid: int) -> float:
 async def serve(settings: Settings) -> None:
     """The orders worker alone (this is the child process)."""
     engine = make_engine(settings.db_url)
-    client = await Client.connect(settings.temporal_address)
+    client = await connect(settings)
     email_queue = producer_for(settings, EMAIL_QUEUE)
     (worker,) = build_workers(
         client,
@@ -98,7 +99,7 @@ async def drive(args: argparse.Namespace) -> dict[str, object]:
             session.add(Product(sku=SKU, name="pending", price=1_000, on_hand=checkpoints[-1] * 2))
             session.commit()
         worker = start_worker(env)
-        client = await Client.connect(settings.temporal_address)
+        client = await connect(settings)
         orders = OrderClient(client, settings, engine)
         reads = reader(engine)
         tag = uuid.uuid4().hex[:6]
@@ -182,4 +183,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # customer data encrypted, as a shop runs it; child processes inherit the same key
+    os.environ.setdefault("ORDERFLOW_CODEC_KEY", codec.new_key("bench").spec())
     main()
