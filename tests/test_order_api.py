@@ -4,6 +4,7 @@ cancels, ships and returns orders through it; every error is problem+json naming
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import uuid
@@ -185,6 +186,25 @@ async def test_an_unknown_sku_a_foreign_currency_and_a_missing_id_are_named(
     missing = problem(await api.post("/api/v1/orders", json=unnamed), 422)
     assert missing["field"] == "order_id"
     problem(await api.get(f"/api/v1/orders/{order_id}"), 404)
+
+
+@pytest.mark.xfail(reason="red first: the SKU check opens a write transaction", strict=True)
+async def test_the_catalogue_check_does_not_queue_behind_a_worker_writing_the_database(
+    api: httpx.AsyncClient, catalogue: Catalogue, engine: Engine
+) -> None:
+    """On SQLite a write transaction holds the write lock; checking the SKUs only reads."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL readers never wait for the write lock")
+    skus = catalogue(kite=(45_000, 5))
+    body = {
+        "order_id": new_id(),
+        "customer_id": "c-1",
+        "email": "a@example.com",
+        "items": [{"sku": skus["kite"], "quantity": 1}, {"sku": "NO-SUCH-SKU", "quantity": 1}],
+    }
+    with engine.connect() as writer, writer.begin():  # BEGIN IMMEDIATE: the write lock, held
+        answer = await asyncio.wait_for(api.post("/api/v1/orders", json=body), 10)
+    assert problem(answer, 422)["field"] == "items[1].sku"
 
 
 @pytest.mark.parametrize(
