@@ -188,7 +188,6 @@ async def test_an_unknown_sku_a_foreign_currency_and_a_missing_id_are_named(
     problem(await api.get(f"/api/v1/orders/{order_id}"), 404)
 
 
-@pytest.mark.xfail(reason="red first: the SKU check opens a write transaction", strict=True)
 async def test_the_catalogue_check_does_not_queue_behind_a_worker_writing_the_database(
     api: httpx.AsyncClient, catalogue: Catalogue, engine: Engine
 ) -> None:

@@ -57,7 +57,7 @@ from orderflow.contracts.order import (
     order_workflow_id,
 )
 from orderflow.contracts.review import PendingReview, ReviewDecision, ReviewOutcome
-from orderflow.db import Product, table
+from orderflow.db import Product, reader, table
 from orderflow.errors import (
     OrderflowError,
 )
@@ -76,6 +76,9 @@ class OrdersApi:
 
     def __init__(self, settings: Settings, orders: OrderClient, engine: Engine | None) -> None:
         self.settings, self.orders, self.engine = settings, orders, engine
+        # the API only reads the database: on SQLite its transactions take no write lock, so a
+        # catalogue check never waits for a worker's write
+        self.reads = reader(engine) if engine is not None else None
 
     async def call(self, what: str, work: Any, order_id: str = "") -> Any:
         """`await work`, its domain errors as problems and an unreachable backend as a 503.
@@ -112,9 +115,9 @@ class OrdersApi:
 
     def check_lines(self, order_id: str, body: OrderCreate) -> None:
         """422 naming the first line whose SKU the catalogue does not have."""
-        if self.engine is None:
+        if self.reads is None:
             return
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             wanted = {line.sku for line in body.items}
             known = set(
                 conn.execute(select(PRODUCTS.c.sku).where(PRODUCTS.c.sku.in_(wanted))).scalars()
