@@ -218,6 +218,28 @@ class OrderClient(OrderReviews):
             state = await self.status(order_id)  # it ended in its first task (REJECTED)
         return state
 
+    async def start_new(
+        self,
+        order_id: str,
+        customer_id: str,
+        email: str,
+        items: list[OrderLine] | list[tuple[str, int]],
+        *,
+        policy: OrderPolicy | None = None,
+    ) -> None:
+        """Start a new order without waiting for anything (its stock check answers later).
+
+        Like `place`, an id started before is not used: it raises; unlike it, nothing is
+        answered but that Temporal has the start (the HTTP API's `Prefer: return=minimal`).
+
+        Raises:
+            InvalidOrderError: no id, no lines, or a line without SKU or quantity.
+            WorkflowAlreadyStartedError: the id was started before (running or closed).
+        """
+        order = self._order_input(order_id, customer_id, email, items, policy=policy)
+        options = self._start_options(order) | {"id_conflict_policy": WorkflowIDConflictPolicy.FAIL}
+        await self.client.start_workflow(OrderWorkflow.run, order, **options)
+
     async def _placed_with_start(
         self, order: OrderInput, conflict: WorkflowIDConflictPolicy
     ) -> OrderState:

@@ -1,13 +1,14 @@
 """Orders/s through the HTTP order API against orders/s through `OrderClient`, same run.
 
 Starts its own file-backed Temporal dev server, a redis-server and a SQLite database in a
-temporary folder, and runs the real workers and the HTTP app (uvicorn, loopback) in this
-process: the orderflow side. The order service is another process, as it is in a shop: for
-each round a driver process (this script with `--drive client|http`) runs N orders with C in
-flight one way: start the order, report its payment (the `pay` update, answered at once), and
-wait until it is CONFIRMED (both ways poll the status with the same Temporal query, so the
-instrument costs the same). Rounds alternate between the two ways. Prints both rates, their
-ratio, the orderflow process's CPU per order and the driver's.
+temporary folder, runs the real workers in this process and the HTTP app as `orderflow run
+--part http` (its own process, as compose runs it; `--app-in-process` for one process). The
+order service is another process, as it is in a shop: for each round a driver process (this
+script with `--drive WAY`) runs N orders with C in flight one way (WAYS: two pairs, each with
+the same answer both ways): start the order, report its payment (the `pay` update, answered at
+once), and wait until it is CONFIRMED (every way polls the status with the same Temporal query,
+so the instrument costs the same). Rounds alternate between the ways. Prints the rates, each
+pair's ratio, the orderflow processes' CPU per order and the driver's.
 Usage: python bench/order_api.py [--orders N] [--in-flight C] [--rounds R] [--json]
 """
 
@@ -46,6 +47,11 @@ from workers.temporal import Dependencies, build_workers
 
 SKU = "BENCH-API"
 PRICE = 10_000
+# Two pairs, each the same answer both ways. client: OrderClient.start_order, and http: POST
+# /api/v1/orders with `Prefer: return=minimal` (both answer once Temporal has the start);
+# place: OrderClient.place, and http-place: the POST's default answer (both wait for the
+# order's state once its stock is checked, update-with-start)
+WAYS = ("client", "http", "place", "http-place")
 
 
 async def bounded(n: int, in_flight: int, one: Callable[[int], Awaitable[None]]) -> float:
@@ -96,7 +102,7 @@ async def drive(way: str, n: int, in_flight: int, temporal: str, base: str) -> N
         await confirmed(order_id)
         took("confirm", since)
 
-    async def via_http(i: int) -> None:
+    async def via_http(i: int, minimal: bool = True) -> None:
         order_id, since = f"h-{tag}-{i}", time.perf_counter()
         body = {
             "order_id": order_id,
@@ -104,7 +110,9 @@ async def drive(way: str, n: int, in_flight: int, temporal: str, base: str) -> N
             "email": "bench@example.com",
             "items": [{"sku": SKU, "quantity": 1}],
         }
-        assert (await http.post("/orders", json=body)).status_code in (201, 202)
+        prefer = {"Prefer": "return=minimal"} if minimal else {}
+        started = await http.post("/orders", json=body, headers=prefer)
+        assert started.status_code == (202 if minimal else 201), started.text
         since = took("start", since)
         payment: dict[str, str | int] = {"provider": "simulated", "payment_id": f"p-{order_id}"}
         payment |= {"amount": PRICE, "currency": "INR"}
@@ -114,7 +122,23 @@ async def drive(way: str, n: int, in_flight: int, temporal: str, base: str) -> N
         await confirmed(order_id)
         took("confirm", since)
 
-    one = via_http if way == "http" else via_client
+    async def via_place(i: int) -> None:  # the API's answer (the state once stock is checked)
+        order_id, since = f"p-{tag}-{i}", time.perf_counter()
+        state = await orders.place(order_id, "bench", "bench@example.com", [(SKU, 1)])
+        assert state.status == "PENDING_PAYMENT", state
+        since = took("start", since)
+        payment = PaymentReceived(payment_id=f"p-{order_id}", amount=PRICE, currency="INR")
+        ack = await orders.payment_received(order_id, payment)
+        assert ack.accepted, ack
+        since = took("pay", since)
+        await confirmed(order_id)
+        took("confirm", since)
+
+    async def via_http_place(i: int) -> None:
+        await via_http(i, minimal=False)
+
+    one = {"client": via_client, "http": via_http, "place": via_place, "http-place": via_http_place}
+    one = one[way]
     await bounded(10, 5, lambda i: one(n + i))  # warm up: connections, caches
     for spans in phases.values():
         spans.clear()
@@ -202,7 +226,7 @@ async def main() -> None:
         action="store_true",
         help="run the HTTP app in the workers' process (default: its own, `run --part http`)",
     )
-    parser.add_argument("--drive", choices=("client", "http"), help=argparse.SUPPRESS)
+    parser.add_argument("--drive", choices=WAYS, help=argparse.SUPPRESS)
     parser.add_argument("--temporal", help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -217,7 +241,7 @@ async def main() -> None:
     redis_url = f"redis://127.0.0.1:{embedded.free_port()}/0"
     redis = embedded.start_redis(url=redis_url, data_dir=tmp / "redis", log=tmp / "redis.log")
     per_round = max(1, args.orders // args.rounds)
-    totals = {way: {"seconds": 0.0, "cpu": 0.0, "server_cpu": 0.0} for way in ("client", "http")}
+    totals = {way: {"seconds": 0.0, "cpu": 0.0, "server_cpu": 0.0} for way in WAYS}
     try:
         settings = Settings(
             data_dir=tmp,
@@ -253,7 +277,7 @@ async def main() -> None:
             app = await app_process(settings, tmp)
         base = f"http://127.0.0.1:{settings.http_port}/api/v1"
         for _ in range(args.rounds):
-            for way in ("client", "http"):
+            for way in WAYS:
                 found = await round_of(
                     way,
                     per_round,
@@ -292,8 +316,13 @@ def report(
         "client_orders_per_s": round(rates["client"], 2),
         "http_orders_per_s": round(rates["http"], 2),
         "http_over_client": round(rates["http"] / rates["client"], 3),
+        # the pair that waits for the order's state (the POST without a Prefer header)
+        "place_orders_per_s": round(rates["place"], 2),
+        "http_place_orders_per_s": round(rates["http-place"], 2),
+        "http_place_over_place": round(rates["http-place"] / rates["place"], 3),
     }
-    for way, spent in totals.items():
+    for way_name, spent in totals.items():
+        way = way_name.replace("-", "_")
         found[f"server_cpu_ms_per_order_{way}"] = round(spent["server_cpu"] * 1000 / n, 2)
         found[f"driver_cpu_ms_per_order_{way}"] = round(spent["cpu"] * 1000 / n, 2)
         for phase in ("start", "pay", "confirm"):  # the mean of the rounds' means

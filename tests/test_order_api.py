@@ -84,6 +84,47 @@ async def test_an_order_started_again_is_the_same_order_and_its_id_for_another_i
     assert "started with another items" in refused["detail"]
 
 
+async def test_an_order_started_with_prefer_minimal_is_answered_at_once_and_compared_again(
+    api: httpx.AsyncClient, catalogue: Catalogue
+) -> None:
+    skus = catalogue(kite=(45_000, 5))
+    order_id = new_id()
+    body = {
+        "order_id": order_id,
+        "customer_id": "c-8",
+        "email": "ravi@example.com",
+        "items": [{"sku": skus["kite"], "quantity": 2}],
+    }
+    minimal = {"Prefer": "respond-async, return=minimal"}
+    first = await api.post("/api/v1/orders", json=body, headers=minimal)
+    assert first.status_code == 202, first.text
+    assert first.headers["preference-applied"] == "return=minimal"
+    assert first.headers["location"] == f"/api/v1/orders/{order_id}"
+    assert first.json()["order_id"] == order_id
+
+    async def reserved() -> dict[str, Any] | None:
+        state: dict[str, Any] = (await api.get(f"/api/v1/orders/{order_id}")).json()
+        return state if state["status"] == "PENDING_PAYMENT" else None
+
+    state = await eventually(reserved, 20, f"order {order_id} PENDING_PAYMENT")
+    assert (state["total"], state["currency"]) == (90_000, "INR")
+    again = await api.post("/api/v1/orders", json=body, headers=minimal)
+    assert again.status_code == 200 and again.json()["status"] == "PENDING_PAYMENT", again.text
+    other = {**body, "items": [{"sku": skus["kite"], "quantity": 1}]}
+    refused = problem(await api.post("/api/v1/orders", json=other, headers=minimal), 409)
+    assert refused["field"] == "items" and refused["order_id"] == order_id
+
+
+@pytest.mark.parametrize(
+    ("prefer", "minimal"),
+    [(None, False), ("return=minimal", True), ("Return = Minimal; x=1", True),
+     ("handling=lenient, return=minimal", True), ("return=representation", False),
+     ("return=minimalist", False)],
+)  # fmt: skip
+def test_the_prefer_header_is_read_as_rfc_7240_writes_it(prefer: str | None, minimal: bool) -> None:
+    assert orders_api.wants_minimal(prefer) is minimal
+
+
 async def test_an_order_paid_over_http_is_confirmed_in_the_same_call_and_a_wrong_total_refused(
     api: httpx.AsyncClient, catalogue: Catalogue, orders: OrderClient
 ) -> None:

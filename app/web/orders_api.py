@@ -146,13 +146,16 @@ class OrdersApi:
                 order_id=order_id,
             )
 
-    async def create(self, order_id: str, body: OrderCreate) -> tuple[int, OrderState | None]:
+    async def create(
+        self, order_id: str, body: OrderCreate, *, minimal: bool = False
+    ) -> tuple[int, OrderState | None]:
         """Start the order (201), or find the same one started before (200); 409 if it differs.
 
         A new order costs one check of the catalogue and one call to Temporal, which starts it
         and answers its state (update-with-start, handled in its first workflow task): only an
         id Temporal already knows has its first input read back and compared. If the order's
         workers do not answer within STATE_WAIT_SECONDS, it is 202 once its start is known.
+        `minimal` (the caller's `Prefer: return=minimal`): a plain start, answered 202 at once.
         """
         self.check_currency(order_id, body)
         try:
@@ -171,8 +174,14 @@ class OrdersApi:
             policy.payment_timeout_seconds = body.payment_timeout_seconds
         if body.payment_retry_interval_seconds is not None:
             policy.payment_retry_interval_seconds = body.payment_retry_interval_seconds
-        place = self.orders.place(order_id, body.customer_id, body.email, lines, policy=policy)
+        args = (order_id, body.customer_id, body.email, lines)
         try:
+            if minimal:  # started, nothing waited for: 202 (the same id again is compared below)
+                await asyncio.wait_for(
+                    self.orders.start_new(*args, policy=policy), STATE_WAIT_SECONDS
+                )
+                return 202, None
+            place = self.orders.place(*args, policy=policy)
             state = await asyncio.wait_for(place, STATE_WAIT_SECONDS)
         except WorkflowAlreadyStartedError:
             return await self._again(order_id, body)
@@ -210,6 +219,16 @@ class OrdersApi:
             return await asyncio.wait_for(self.orders.status(order_id), STATE_WAIT_SECONDS)
         except (TimeoutError, RPCError, OrderflowError):
             return None  # started: its workers have not answered yet
+
+
+def wants_minimal(prefer: str | None) -> bool:
+    """Whether a `Prefer` header (RFC 7240: comma-separated, parameters after ';') asks for
+    `return=minimal`."""
+    for preference in (prefer or "").split(","):
+        token = preference.split(";", 1)[0].strip().lower().replace(" ", "")
+        if token == "return=minimal":
+            return True
+    return False
 
 
 def _differences(started: OrderInput, body: OrderCreate) -> list[str]:
@@ -305,14 +324,25 @@ def _starting_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> 
         body: OrderCreate,
         response: Response,
         idempotency_key: Annotated[str | None, Header()] = None,
+        prefer: Annotated[
+            str | None,
+            Header(
+                description="`return=minimal` (RFC 7240): answer 202 once the order is started,"
+                " without waiting for its stock check (GET it, or use checkout, for the total)"
+            ),
+        ] = None,
     ) -> Any:
         """Start an order: 201 with it; the same request again answers 200 with the same order."""
         order_id = order_id_of(body, idempotency_key)
-        status, state = await api.create(order_id, body)
+        minimal = wants_minimal(prefer)
+        status, state = await api.create(order_id, body, minimal=minimal)
         response.headers["Location"] = f"{PREFIX}/orders/{order_id}"
+        if minimal:
+            response.headers["Preference-Applied"] = "return=minimal"
         if state is None:
             response.status_code = 202
-            return Accepted(order_id=order_id, status="accepted", detail="started; GET it soon")
+            detail = "started; its stock check answers soon: GET it"
+            return Accepted(order_id=order_id, status="accepted", detail=detail)
         response.status_code = status
         return state
 
