@@ -1,6 +1,7 @@
 // Orders through Temporal directly: start OrderWorkflow by name on the `orders` task queue with
 // the JSON contract, report payments with its `pay` update, query `status`, signal `cancel`.
-// The same choices as app/client.py's OrderClient (ids, id policies, search attribute).
+// The same choices as app/client.py's OrderClient (ids, id policies, search attribute), and the
+// same encryption (codec.js): every payload sent is encrypted, `CustomerId` is a keyed hash.
 
 import {
   Client,
@@ -13,6 +14,7 @@ import {
 } from '@temporalio/client';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 
+import { codecDataConverter, customerHash, customerHashSecret, loadKeyring } from './codec.js';
 import { loadContract, orderLines } from './contract.js';
 import { OrderClosedError, OrderflowError, UnknownOrderError } from './errors.js';
 
@@ -39,26 +41,45 @@ export class TemporalOrders {
    * @param {object} [options]
    * @param {string} [options.taskQueue] where order workflows run (`orders`)
    * @param {import('./contract.js').Contract} [options.contract] the wire types' validators
+   * @param {string} [options.customerHashSecret] keys the `CustomerId` hash (default
+   *   ORDERFLOW_CUSTOMER_HASH_SECRET, else the local start's default)
    */
-  constructor(client, { taskQueue = ORDERS_TASK_QUEUE, contract = loadContract() } = {}) {
+  constructor(
+    client,
+    { taskQueue = ORDERS_TASK_QUEUE, contract = loadContract(), customerHashSecret: secret } = {},
+  ) {
     this.client = client;
     this.taskQueue = taskQueue;
     this.contract = contract;
+    this.customerHashSecret = customerHashSecret(secret);
   }
 
   /**
-   * Connect to a Temporal frontend.
+   * Connect to a Temporal frontend with a client that encrypts every payload (codec.js).
    *
    * @param {object} [options]
    * @param {string} [options.address] host:port of the frontend (`localhost:7233`)
    * @param {string} [options.namespace] the namespace (`default`)
+   * @param {string} [options.codecKey] the current key, `<id>:<base64 of 32 bytes>` (default
+   *   ORDERFLOW_CODEC_KEY): the workers' key
+   * @param {string} [options.codecOldKeys] older keys that still decrypt, comma-separated
+   *   (default ORDERFLOW_CODEC_OLD_KEYS)
+   * @param {string} [options.customerHashSecret]
    * @param {string} [options.taskQueue]
    * @param {import('./contract.js').Contract} [options.contract]
    * @returns {Promise<TemporalOrders>}
+   * @throws {import('./codec.js').CodecKeyError} no key, or a malformed one (before connecting)
    */
-  static async connect({ address = 'localhost:7233', namespace = 'default', ...options } = {}) {
+  static async connect({
+    address = 'localhost:7233',
+    namespace = 'default',
+    codecKey,
+    codecOldKeys,
+    ...options
+  } = {}) {
+    const dataConverter = codecDataConverter(loadKeyring({ key: codecKey, oldKeys: codecOldKeys }));
     const connection = await Connection.connect({ address });
-    return new TemporalOrders(new Client({ connection, namespace }), options);
+    return new TemporalOrders(new Client({ connection, namespace, dataConverter }), options);
   }
 
   /** Close the connection (a client made by `connect`). */
@@ -74,7 +95,8 @@ export class TemporalOrders {
    *   the catalogue
    * @param {string} email where the order's mails go
    * @param {object} [options]
-   * @param {string} [options.customerId] the `CustomerId` search attribute (default the email)
+   * @param {string} [options.customerId] the customer (default the email); the `CustomerId`
+   *   search attribute is its keyed hash (codec.js customerHash), never the id itself
    * @param {object} [options.policy] OrderPolicy fields for this order (default the seed's rules)
    * @returns {Promise<import('@temporalio/client').WorkflowHandle>} the order's workflow
    * @throws {ContractError} the order is not a valid OrderInput (nothing is started)
@@ -100,7 +122,9 @@ export class TemporalOrders {
         taskQueue: this.taskQueue,
         workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
         workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
-        typedSearchAttributes: [{ key: CUSTOMER_ID, value: customerId }],
+        typedSearchAttributes: [
+          { key: CUSTOMER_ID, value: customerHash(customerId, this.customerHashSecret) },
+        ],
       });
     } catch (err) {
       if (err instanceof WorkflowExecutionAlreadyStartedError) return this.handle(orderId);

@@ -6,8 +6,11 @@
 //                its confirmation mail job on the email queue)
 //   wait-status  wait until the order has `status`
 //   refuse       send values that break the contract: each is refused before anything is sent
+//   raw-update   send update `update` with `args` past the contract checks; the error it got
 // CONFIG: {door: "temporal" | "http", address, namespace | baseUrl, apiKey, orderId, sku,
-//          quantity, email, short?, status?, redisUrl?, prefix?, queue?}
+//          quantity, email, short?, status?, redisUrl?, prefix?, queue?, update?, args?}
+// The codec key comes from ORDERFLOW_CODEC_KEY (and _OLD_KEYS), the CustomerId hash's secret
+// from ORDERFLOW_CUSTOMER_HASH_SECRET, as for any caller of TemporalOrders.connect.
 
 import { Queue } from 'bullmq';
 import IORedis from 'ioredis';
@@ -77,6 +80,17 @@ const scenarios = {
 
   async 'wait-status'(orders, config) {
     return { state: await reaches(orders, config.orderId, config.status) };
+  },
+
+  async 'raw-update'(orders, config) {
+    const handle = orders.handle(config.orderId);
+    try {
+      return { answer: await handle.executeUpdate(config.update, { args: config.args }) };
+    } catch (err) {
+      const { name, message, stack } = err.cause ?? {};
+      const cause = err.cause && { name, message, stack };
+      return { error: { name: err.name, message: err.message, cause } };
+    }
   },
 
   async refuse(_, config) {
