@@ -32,7 +32,9 @@ from tests.fake_gateways import LocalStripe
 from tests.postgres import PostgresCluster
 from workers.temporal import Dependencies, build_workers
 
-os.environ.setdefault("ORDERFLOW_CODEC_KEY", temporal_env.TEST_CODEC_KEY.spec())
+# every Settings and child process has the suite's codec key, whatever the developer's shell has
+os.environ["ORDERFLOW_CODEC_KEY"] = temporal_env.TEST_CODEC_KEY.spec()
+os.environ.pop("ORDERFLOW_CODEC_OLD_KEYS", None)
 
 # the Stripe loop on localstripe (`system`, module-scoped: one per module that asks for it)
 pytest_plugins = ["tests.stripe_system"]
