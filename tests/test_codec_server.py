@@ -151,6 +151,11 @@ async def test_cors_answers_the_temporal_ui_origin_only(http: httpx.AsyncClient)
     }
     anonymous = await http.post("/codec/decode", json=as_json(), headers={"Origin": UI}, auth=None)  # type: ignore[arg-type]
     assert anonymous.status_code == 401 and cors(anonymous)["access-control-allow-origin"] == UI
+    # ... without a Basic challenge: Chromium would hold the UI's fetch open for a sign-in dialog
+    assert "www-authenticate" not in anonymous.headers
+    assert anonymous.json()["detail"] == (
+        "the ops credentials are required: sign this browser in by opening http://ops/codec once"
+    )
     assert "access-control-allow-origin" not in cors(
         await http.get("/healthz", headers={"Origin": UI})
     )

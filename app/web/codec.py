@@ -14,7 +14,8 @@ headers, with credentials allowed; the preflight (OPTIONS) is answered without c
 browsers send none on it. The UI sends the Basic credentials only with its "include
 cross-origin credentials" setting on (the dev server's UI has no flag for it: it is set in the
 UI's Codec Server dialog, in the browser), and only those the browser already holds for this
-origin: sign in once at `GET /codec` (or `/ops`) in the same browser.
+origin: sign in once at `GET /codec` in the same browser (the UI's own fetch gets a 401
+without a challenge, so no sign-in dialog holds it: `refused`).
 """
 
 from __future__ import annotations
@@ -191,15 +192,30 @@ def basic_user(settings: Settings, authorization: str) -> str | None:
     return user if sep and ok else None
 
 
+def refused(request: Request, err: CodecProblem) -> Response:
+    """The problem; a 401 challenges for Basic credentials unless a web page's fetch asked.
+
+    A page's fetch (it sends `Origin`) gets no challenge: Chromium would hold the UI's request
+    open for a sign-in dialog (headless, for ever) instead of answering it. The browser signs in
+    by opening `GET /codec` (a navigation: no `Origin`, so challenged) and then sends the
+    credentials it keeps for this origin with the UI's calls.
+    """
+    challenge = err.status == 401 and "origin" not in request.headers
+    return err.response({"WWW-Authenticate": f'Basic realm="{REALM}"'} if challenge else None)
+
+
 def codec_router(settings: Settings, keyring: Keyring) -> APIRouter:
     """`POST /codec/encode`, `POST /codec/decode` and `GET /codec`, behind the ops credentials."""
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
     codec = EncryptionCodec(keyring)
-    challenge = {"WWW-Authenticate": f'Basic realm="{REALM}"'}
 
     def signed_in(request: Request) -> None:
         if basic_user(settings, request.headers.get("authorization", "")) is None:
-            raise CodecProblem(401, "unauthorized", "the ops credentials are required")
+            why = "the ops credentials are required"
+            if "origin" in request.headers:  # a page's fetch: see `refused`
+                here = str(request.base_url).rstrip("/") + PREFIX
+                why += f": sign this browser in by opening {here} once"
+            raise CodecProblem(401, "unauthorized", why)
 
     async def convert(request: Request, work: Callable[[list[Payload]], list[Payload]]) -> Any:
         try:
@@ -209,7 +225,7 @@ def codec_router(settings: Settings, keyring: Keyring) -> APIRouter:
         except PayloadTooLarge as err:
             return CodecProblem(413, "too-large", str(err)).response()
         except CodecProblem as err:
-            return err.response(challenge if err.status == 401 else None)
+            return refused(request, err)
 
     @router.post("/decode")
     async def decode(request: Request) -> Response:
@@ -227,7 +243,7 @@ def codec_router(settings: Settings, keyring: Keyring) -> APIRouter:
         try:
             signed_in(request)
         except CodecProblem as err:
-            return err.response(challenge)
+            return refused(request, err)
         return JSONResponse({"status": "ok", "keys": keyring.ids, "ui_origin": ui_origin(settings)})
 
     return router
