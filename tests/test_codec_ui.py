@@ -120,20 +120,23 @@ async def sign_in(page: Page, stack: Stack) -> None:
 
 
 async def include_credentials(page: Page, stack: Stack) -> None:
-    """The UI's Codec Server dialog, as the browser keeps it: "include cross-origin credentials"
-    on, for the endpoint the dev server's UI names (`make run`'s `--ui-codec-endpoint`; the UI
-    takes the setting only beside a browser endpoint, and the dev server has no flag for it)."""
+    """In the UI's Codec Server dialog (its top bar's codec icon): this browser's endpoint, the
+    one the dev server's UI names (`make run`'s `--ui-codec-endpoint`), with "Include
+    cross-origin credentials" on. The UI takes that switch only beside a browser endpoint, and
+    the dev server has no flag for it."""
     await page.goto(stack.ui)
     endpoint = await page.evaluate(
-        """async () => {
-            const endpoint = (await (await fetch('/api/v1/settings')).json()).Codec.Endpoint;
-            localStorage.setItem('overrideRemoteCodecConfiguration', 'true');
-            localStorage.setItem('endpoint', JSON.stringify(endpoint));
-            localStorage.setItem('includeCredentials', 'true');
-            return endpoint;
-        }"""
+        "async () => (await (await fetch('/api/v1/settings')).json()).Codec.Endpoint"
     )
     assert endpoint == f"{stack.http}/codec"  # the runner pointed the UI at the HTTP app
+    await page.locator('[data-testid^="data-encoder-status"]').first.click()
+    dialog = page.get_by_role("dialog")
+    await dialog.get_by_text("Use my browser setting").click()
+    await dialog.locator("#data-encoder-endpoint-input").fill(endpoint)
+    await dialog.get_by_text("Include cross-origin credentials").click()
+    await dialog.get_by_role("button", name="Apply").click()
+    stored = await page.evaluate("() => localStorage.getItem('includeCredentials')")
+    assert stored == "true"
 
 
 async def open_order(page: Page, stack: Stack) -> int:
@@ -153,12 +156,22 @@ async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
     await context.close()
 
 
-async def test_signed_in_the_ui_shows_the_orders_input_decoded(
+async def encrypted(page: Page, stack: Stack) -> None:
+    """The page shows the UI's codec error and the input as Temporal stores it, no email."""
+    body = page.locator("body")
+    await expect(body).to_contain_text(COULD_NOT_CONNECT, timeout=SHOWN_WITHIN_MS)
+    await expect(body).to_contain_text(stack.ciphertext)
+    assert EMAIL not in await page.content()
+
+
+async def test_the_ui_shows_the_orders_input_decoded_once_the_browser_signed_in(
     stack: Stack, context: BrowserContext
 ) -> None:
     page = await context.new_page()
-    await sign_in(page, stack)
     await include_credentials(page, stack)
+    assert await open_order(page, stack) == 401  # the switch alone opens nothing
+    await encrypted(page, stack)
+    await sign_in(page, stack)
     assert await open_order(page, stack) == 200
     body = page.locator("body")
     await expect(body).to_contain_text(EMAIL, timeout=SHOWN_WITHIN_MS)
@@ -167,20 +180,11 @@ async def test_signed_in_the_ui_shows_the_orders_input_decoded(
     assert stack.ciphertext not in await body.inner_text()
 
 
-@pytest.mark.parametrize(
-    "access",
-    ["no credentials", "credentials but not included (the dev server's default)"],
-)
-async def test_without_codec_access_the_ui_shows_only_the_ciphertext(
-    stack: Stack, context: BrowserContext, access: str
+async def test_signed_in_with_the_dev_servers_default_the_ui_shows_only_the_ciphertext(
+    stack: Stack, context: BrowserContext
 ) -> None:
+    """The UI's default sends no cross-origin credentials: the codec refuses it."""
     page = await context.new_page()
-    if access == "no credentials":
-        await include_credentials(page, stack)
-    else:
-        await sign_in(page, stack)
+    await sign_in(page, stack)
     assert await open_order(page, stack) == 401
-    body = page.locator("body")
-    await expect(body).to_contain_text(COULD_NOT_CONNECT, timeout=SHOWN_WITHIN_MS)
-    await expect(body).to_contain_text(stack.ciphertext)  # the input, as Temporal stores it
-    assert EMAIL not in await page.content()
+    await encrypted(page, stack)
