@@ -106,7 +106,7 @@ def test_orderflow_run_in_the_image_with_defaults_exits_naming_each_setting(
 def test_compose_requires_every_secret_and_publishes_operator_ports_on_loopback() -> None:
     text = COMPOSE.read_text()
     for variable in ("REDIS_PASSWORD", "STRIPE_WEBHOOK_SECRET", "RAZORPAY_WEBHOOK_SECRET",
-                     "ADMIN_PASSWORD", "DASHBOARD_SECRET", "API_KEY_HASHES"):  # fmt: skip
+                     "ADMIN_PASSWORD", "DASHBOARD_SECRET", "API_KEY_HASHES", "CODEC_KEY"):  # fmt: skip
         assert f"${{{variable}:?" in text, variable  # compose stops when it is not set
     assert "change-me" not in text and "change_me" not in text
     published = re.findall(r"^\s+ports: \[(.*)\]", text, re.MULTILINE)
