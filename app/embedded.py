@@ -72,15 +72,23 @@ def ensure_port_free(port: int, what: str, setting: str) -> None:
 
 
 def temporal_dev_server_args(
-    *, port: int, ui_port: int | None, db_file: Path | None, extra: Sequence[str] = ()
+    *,
+    port: int,
+    ui_port: int | None,
+    db_file: Path | None,
+    extra: Sequence[str] = (),
+    codec_endpoint: str = "",
 ) -> list[str]:
-    """Arguments for `temporal server start-dev` with our search attributes registered."""
+    """Arguments for `temporal server start-dev` with our search attributes registered; with a
+    UI and `codec_endpoint`, the UI decodes payloads there (app/web/codec.py)."""
     args = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port)]
     args += ["--log-level", "warn"]
     if ui_port is None:
         args.append("--headless")
     else:
         args += ["--ui-port", str(ui_port)]
+        if codec_endpoint:
+            args += ["--ui-codec-endpoint", codec_endpoint]
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
         # WAL: about 1.5x faster file-backed, and as safe as the default on a process crash
@@ -91,14 +99,17 @@ def temporal_dev_server_args(
 
 
 def start_temporal(
-    *, port: int, ui_port: int | None, db_file: Path | None, log: Path
+    *, port: int, ui_port: int | None, db_file: Path | None, log: Path, codec_endpoint: str = ""
 ) -> subprocess.Popen:
-    """Start the Temporal dev server and wait until its frontend listens."""
+    """Start the Temporal dev server and wait until its frontend listens (its UI decoding at
+    `codec_endpoint`, when given)."""
     ensure_port_free(port, "Temporal dev server", "ORDERFLOW_EMBEDDED_TEMPORAL")
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            temporal_dev_server_args(port=port, ui_port=ui_port, db_file=db_file),
+            temporal_dev_server_args(
+                port=port, ui_port=ui_port, db_file=db_file, codec_endpoint=codec_endpoint
+            ),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -25,6 +25,7 @@ from app.smtp_sink import start_smtp_sink, stop_smtp_sink
 from app.telemetry import Telemetry, setup_telemetry
 from app.temporal import connect
 from app.web.app import create_app, http_server
+from app.web.codec import codec_endpoint
 from app.web.metrics import metrics_router
 from app.web.probe import probe_app, probe_server
 from orderflow import schema
@@ -52,12 +53,14 @@ def start_servers(settings: Settings, stack: AsyncExitStack) -> None:
                 ui_port=settings.temporal_ui_port,
                 db_file=settings.data_dir / "temporal.db",
                 log=logs / "temporal.log",
+                codec_endpoint=codec_endpoint(settings),
             )
         )
         log.info(
-            "Temporal dev server on %s, Web UI http://localhost:%d",
+            "Temporal dev server on %s, Web UI http://localhost:%d (decoding at %s)",
             settings.temporal_address,
             settings.temporal_ui_port,
+            codec_endpoint(settings),
         )
     if settings.embedded_redis:
         procs.append(

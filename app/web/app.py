@@ -27,6 +27,7 @@ from app.client import OrderClient
 from app.telemetry import Telemetry
 from app.web.api_problems import PREFIX as API_PREFIX
 from app.web.api_problems import install_problem_handlers
+from app.web.codec import add_codec
 from app.web.ingress import JobQueue, webhook_router
 from app.web.ops import add_operations
 from app.web.orders_api import orders_router
@@ -52,6 +53,8 @@ def create_app(
     With telemetry also `GET /metrics` (unless settings.metrics_port moves it to
     the per-process probe, app.web.probe); with an order client (and its engine) the `/ops`
     dashboard; queues default to every bridge queue, task_queues to every worker's (app.web.ops).
+    Always `POST /codec/{encode,decode}`, the remote codec of the Temporal UI and CLI, behind the
+    ops credentials (app.web.codec).
     """
     app = FastAPI(
         title="orderflow",
@@ -91,6 +94,7 @@ def create_app(
         return {"status": "ok"}
 
     add_readiness(app, settings, orders, engine)
+    add_codec(app, settings)  # the Temporal UI's and CLI's codec server (app/web/codec.py)
     return app
 
 

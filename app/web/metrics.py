@@ -251,3 +251,39 @@ class ApiRequests:
             route = getattr(scope.get("route"), "path", "") or "other"  # a template: bounded
             labels = {"method": scope.get("method", ""), "route": route}
             self.counter.add(1, {**labels, "code": str(status.get("code", 500))})
+
+
+class CodecRequests:
+    """ASGI middleware counting the codec endpoints' answers (app/web/codec.py) by operation
+    (decode, encode, status, preflight), method and status code."""
+
+    def __init__(self, app: ASGIApp, prefix: str = "/codec") -> None:
+        self.app = app
+        self.prefix = prefix
+        self.counter = metrics.get_meter("orderflow.web").create_counter(
+            "orderflow.codec.requests",
+            description="Codec requests (Temporal UI, CLI) answered, by operation and status code",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on and count its answer under its operation."""
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == self.prefix or path.startswith(self.prefix + "/")):
+            return await self.app(scope, receive, send)
+        status: dict[str, Any] = {}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = int(message["status"])
+            await send(message)
+
+        method = scope.get("method", "")
+        rest = path[len(self.prefix) :].strip("/")
+        operation = rest if rest in ("decode", "encode") else "status" if not rest else "other"
+        if method == "OPTIONS":
+            operation = "preflight"
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            labels = {"operation": operation, "method": method}
+            self.counter.add(1, {**labels, "code": str(status.get("code", 500))})

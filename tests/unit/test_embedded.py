@@ -10,7 +10,9 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from app import embedded
+from app.web.codec import codec_endpoint
 from orderflow.errors import OrderflowError
+from orderflow.settings import Settings
 from tests import temporal_env
 
 
@@ -49,3 +51,17 @@ async def test_the_suites_temporal_server_starts_on_a_machine_that_needs_more_th
     slow.chmod(0o755)
     async with await start(str(slow)) as environment:
         assert await environment.client.count_workflows() is not None
+
+
+def test_the_dev_servers_ui_decodes_at_the_codec_endpoint_and_a_headless_one_has_none() -> None:
+    """`make run` points the UI at the HTTP app's codec (app/runner.py, app/web/codec.py)."""
+    endpoint = codec_endpoint(Settings(http_port=8123))
+    assert endpoint == "http://localhost:8123/codec"
+    args = embedded.temporal_dev_server_args(
+        port=7233, ui_port=8233, db_file=None, codec_endpoint=endpoint
+    )
+    assert args[args.index("--ui-codec-endpoint") + 1] == endpoint
+    headless = embedded.temporal_dev_server_args(
+        port=7233, ui_port=None, db_file=None, codec_endpoint=endpoint
+    )
+    assert "--headless" in headless and "--ui-codec-endpoint" not in headless
