@@ -32,6 +32,7 @@ from pathlib import Path
 import temporalio.converter
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
+from temporalio.api.failure.v1 import Failure
 
 from orderflow.errors import OrderflowError
 
@@ -167,12 +168,29 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         return inner
 
 
+class FailureConverter(temporalio.converter.DefaultFailureConverterWithEncodedAttributes):
+    """Failures' messages and stack traces as encoded attributes (sealed by the codec), except
+    a codec key error's message: it names key ids only, and an operator must read it without
+    the key it is about (the workflow task failure a missing key causes, in the UI or CLI)."""
+
+    def to_failure(
+        self,
+        exception: BaseException,
+        payload_converter: temporalio.converter.PayloadConverter,
+        failure: Failure,
+    ) -> None:
+        super().to_failure(exception, payload_converter, failure)
+        if isinstance(exception, CodecKeyError):
+            failure.message = str(exception)
+
+
 def data_converter(keyring: Keyring) -> temporalio.converter.DataConverter:
     """The SDK's default converter with the codec, and failures whose message and stack trace
-    travel as encoded attributes (an error that quotes an email is not in clear either)."""
+    travel as encoded attributes (an error that quotes an email is not in clear either; a codec
+    key error's message is, `FailureConverter`)."""
     return temporalio.converter.DataConverter(
         payload_codec=EncryptionCodec(keyring),
-        failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
+        failure_converter_class=FailureConverter,
     )
 
 

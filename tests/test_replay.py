@@ -15,7 +15,8 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from orderflow import codec
-from tests.temporal_env import TEST_KEYRING
+from tests.payload_walk import cleartext_payloads, leaks, payloads
+from tests.temporal_env import TEST_CODEC_KEY, TEST_KEYRING
 from workflows.cleanup import QueueCleanupWorkflow
 from workflows.inventory import InventoryReleaseWorkflow
 from workflows.order import EARLY_PAYMENT_AMOUNT_CHECK, OrderWorkflow
@@ -67,6 +68,11 @@ REQUIRED |= {
 REQUIRED["early-short-payment-recorded"] = ["OrderWorkflow", "PaymentRetryWorkflow"]
 # issue 18: every patch decided as the order starts (patches-decided-at-start)
 REQUIRED["early-short-payment-at-start"] = ["OrderWorkflow", "PaymentRetryWorkflow"]
+# issue 21: customer data encrypted (orderflow/codec.py, the suite's key TEST_CODEC_KEY): the
+# main paths, the current start (every patch decided at start) and a manual capture again
+ENCRYPTED_PATHS = [*list(REQUIRED)[:6], "early-short-payment-at-start", "manual-capture"]
+REQUIRED |= {f"codec.{path}": REQUIRED[path] for path in ENCRYPTED_PATHS}
+ENCRYPTED = sorted(HISTORIES.glob("codec.*.json"))
 
 
 def test_every_main_path_has_its_golden_histories() -> None:
@@ -119,3 +125,55 @@ async def test_an_order_started_before_the_early_payment_check_replays_on_the_pa
         outcome = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         failure = outcome.replay_failure
         assert failure is None, f"{history.workflow_id}: {str(failure)[:400]}"
+
+
+# what record.py gives every order: emails, payment ids, carriers (SKUs are <name>-<hex>)
+CUSTOMER_DATA = ["@example.com", "pay-", "pi_held_", "BlueDart", "DTDC", "wrong size"]
+
+
+@pytest.mark.parametrize("golden", ENCRYPTED, ids=[path.stem for path in ENCRYPTED])
+def test_an_encrypted_golden_history_holds_no_customer_data_in_clear(golden: Path) -> None:
+    history = load(golden)
+    found = payloads(history)
+    assert not cleartext_payloads(history), cleartext_payloads(history)
+    assert {f.key_id for f in found if f.encrypted} == {TEST_CODEC_KEY.key_id}
+    assert not leaks(history, CUSTOMER_DATA), leaks(history, CUSTOMER_DATA)
+    assert "@example.com" not in golden.read_text()
+    # the same path recorded in clear shows what would be there (the check can fail)
+    clear = load(HISTORIES / golden.name.removeprefix("codec."))
+    if clear.events[0].workflow_execution_started_event_attributes.workflow_type.name == (
+        "OrderWorkflow"
+    ):
+        assert leaks(clear, ["@example.com"]), f"{golden.name}'s clear twin has no email"
+        opened = b"".join(
+            codec.EncryptionCodec(TEST_KEYRING).decode_one(f.payload).data
+            for f in found
+            if f.encrypted
+        )
+        assert b"@example.com" in opened, f"{golden.name}: no email under the codec either"
+
+
+@pytest.mark.parametrize(
+    ("keyring", "error"),
+    [
+        (
+            codec.Keyring(codec.new_key("other")),
+            f"payload encrypted with codec key {TEST_CODEC_KEY.key_id!r}, which this process"
+            " does not have (it has 'other')",
+        ),
+        (
+            codec.Keyring(codec.CodecKey(TEST_CODEC_KEY.key_id, bytes(32))),
+            f"payload under codec key {TEST_CODEC_KEY.key_id!r} does not decrypt",
+        ),
+    ],
+    ids=["unknown-key-id", "same-id-other-secret"],
+)
+async def test_an_encrypted_golden_does_not_replay_with_a_wrong_key_and_the_error_names_it(
+    keyring: codec.Keyring, error: str
+) -> None:
+    replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=codec.data_converter(keyring))
+    for path in ENCRYPTED_PATHS[:2]:
+        history = load(HISTORIES / f"codec.{path}.OrderWorkflow.json")
+        outcome = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        assert outcome.replay_failure is not None, f"codec.{path} replayed with a wrong key"
+        assert error in str(outcome.replay_failure), str(outcome.replay_failure)[:400]

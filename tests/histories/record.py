@@ -50,7 +50,9 @@ from workflows.order import OrderWorkflow
 
 HERE = Path(__file__).resolve().parent
 # a release whose payloads changed records its own set beside the older ones, e.g.
-# ORDERFLOW_RECORD_RELEASE=minor-units writes minor-units.paid.OrderWorkflow.json
+# ORDERFLOW_RECORD_RELEASE=minor-units writes minor-units.paid.OrderWorkflow.json; the `codec`
+# set was recorded encrypted, under the suite's key (tests/temporal_env.py TEST_CODEC_KEY, which
+# every server the suite starts gets): -k "sqlite and (test_paid or ...)", see REQUIRED
 RELEASE = (
     f"{os.environ['ORDERFLOW_RECORD_RELEASE']}."
     if os.environ.get("ORDERFLOW_RECORD_RELEASE")
