@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 import httpx
 from bullmq import Queue
@@ -92,3 +93,41 @@ def test_a_malformed_key_setting_is_refused_naming_it_and_not_echoing_it() -> No
     assert secret not in str(refused.value)
     with pytest.raises(ValidationError, match="ORDERFLOW_CODEC_OLD_KEYS entry 2: a key is"):
         Settings(codec_old_keys=f"{OLD.spec()},garbage")
+
+
+async def test_ops_finds_a_customers_orders_by_the_hash_it_computes_and_escapes_the_id(
+    settings: Settings, redis_url: str, orders: OrderClient, engine: Engine, catalogue: Any
+) -> None:
+    from tests.helpers import eventually, new_order_id, pending_order
+
+    customer = f"meera-{uuid.uuid4().hex[:6]}@example.com"
+    skus = catalogue(kite=(45_000, 5))
+    order_id = new_order_id()
+    await pending_order(orders, [(skus["kite"], 1)], order_id=order_id, customer_id=customer)
+    queue = Queue(f"codec-{uuid.uuid4().hex[:8]}", {"connection": redis_url})
+    app = create_app(settings, queue, orders=orders, engine=engine)
+    auth = (settings.admin_user, settings.admin_password)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://shop"
+        ) as http:
+
+            async def listed() -> str | None:
+                page = await http.get("/ops/customers", params={"id": customer.upper()}, auth=auth)
+                assert page.status_code == 200, page.text
+                return page.text if f"order-{order_id}" in page.text else None
+
+            text = await eventually(listed, 20, f"order {order_id} under its customer's hash")
+            evil = await http.get("/ops/customers", params={"id": "<script>x</script>"}, auth=auth)
+            anonymous = await http.get("/ops/customers", params={"id": customer})
+    finally:
+        await queue.obliterate(force=True)
+        await queue.close()
+    [shown] = re.findall(r'<code id="customer-hash">(.*?)</code>', text)
+    assert shown == codec.customer_hash(customer, settings.customer_hash_secret)
+    assert "PENDING_PAYMENT" in text and "45000" in text
+    assert "CustomerId%20%3D%20%27" + shown in text  # the Web UI link runs the same search
+    assert (
+        evil.status_code == 200 and "<script>x" not in evil.text and "&lt;script&gt;" in evil.text
+    )
+    assert anonymous.status_code == 401

@@ -42,6 +42,7 @@ from app.backends import (
 from app.client import OrderClient
 from app.task_queues import describe_task_queues
 from app.web import charts
+from app.web.ops_customers import customers_route
 from bridge.admin import QueueAdmin, find_spec
 from bridge.specs import QueueSpec
 from orderflow.contracts.order import order_workflow_id
@@ -349,6 +350,8 @@ def dashboard_router(
         finally:
             await admin.close()
         return back(done)
+
+    customers_route(router, settings, orders.client, templates, admin_guard(settings))
 
     @router.get("", response_class=HTMLResponse)
     async def page(request: Request, user: Admin) -> HTMLResponse:
