@@ -6,6 +6,8 @@ serves it), so the load generator does not share its CPU budget with the event l
 
 1. ingest: `--requests` distinct signed Stripe events, `--concurrency` at a time, against the
    HTTP app alone (no worker draining the queue); then the same events again (all deduplicated).
+   Then the same requests, by the same generator, against the baseline, bench/minimal_ingest.py
+   (verify the HMAC, one SET NX + LPUSH); `ingest_ratio` is orderflow's rate ÷ the baseline's.
 2. confirm: `--orders` orders one at a time (latency at low load, not queueing): start the order,
    wait for PENDING_PAYMENT, POST a signed `payment_intent.succeeded`, poll until CONFIRMED.
    The child runs the HTTP app, the bridge workers (webhook + email) and the Temporal workers.
@@ -91,6 +93,30 @@ async def serve(mode: str) -> None:
     await webhook_queue.close()
 
 
+MINIMAL_PORT = [0]
+
+
+def start_minimal(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """The baseline app (bench/minimal_ingest.py) on a free port, once it listens."""
+    MINIMAL_PORT[0] = port = embedded.free_port()
+    script = Path(__file__).with_name("minimal_ingest.py")
+    argv = [sys.executable, str(script), str(port), settings.redis_url]
+    argv += [settings.stripe_webhook_secret, str(settings.webhook_tolerance_seconds)]
+    proc = subprocess.Popen(argv, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    embedded.wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
+    return proc
+
+
+def ingest_ratios() -> None:
+    """orderflow's ingest ÷ the minimal app's, driven by the same generator in the same run."""
+    ours, base = RESULTS["ingest"], RESULTS["minimal"]
+    assert isinstance(ours, dict) and isinstance(base, dict)
+    for label in ("new_events", "redeliveries"):
+        ratio = ours[label]["per_second"] / base[label]["per_second"]
+        RESULTS.setdefault("ingest_ratio", {})[label] = round(ratio, 3)  # type: ignore[index]
+        say(f"ingest ÷ minimal ({label}): {ratio:.3f}×")
+
+
 def start_child(mode: str, settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     """The child process serving the app on settings.http_port, once it listens."""
     env = {
@@ -161,15 +187,18 @@ def say(line: str) -> None:
         print(line)
 
 
-async def ingest(settings: Settings, requests: int, concurrency: int) -> None:
+async def ingest(
+    settings: Settings, requests: int, concurrency: int, port: int = 0, app: str = "ingest"
+) -> None:
     """POST `requests` distinct signed events, then all again; print rates and queue counts.
 
     The load comes from `concurrency` raw keep-alive connections: httpx's client tops out near
-    400 requests/s on this machine and would measure itself, not the app.
+    400 requests/s on this machine and would measure itself, not the app. `port`: another app
+    driven by the same generator (the minimal baseline), its results under `app`.
     """
     from bullmq import Queue
 
-    host, port = settings.http_host, settings.http_port
+    host, port = settings.http_host, port or settings.http_port
     wire = []
     for i in range(requests):
         body = stripe_payment_succeeded(f"bench-{i}", 10000, event_id=f"evt_bench_{i}")
@@ -186,18 +215,20 @@ async def ingest(settings: Settings, requests: int, concurrency: int) -> None:
             )
         )
         elapsed = time.perf_counter() - started
-        RESULTS.setdefault("ingest", {})[label.replace(" ", "_")] = {  # type: ignore[index]
+        RESULTS.setdefault(app, {})[label.replace(" ", "_")] = {  # type: ignore[index]
             "per_second": round(requests / elapsed),
             "p50_ms": round(pct(latencies, 50) * 1000, 1),
             "p99_ms": round(pct(latencies, 99) * 1000, 1),
             "statuses": statuses,
         }
         say(
-            f"ingest ({label}): {requests} signed webhooks in {elapsed:.2f}s = "
+            f"{app} ({label}): {requests} signed webhooks in {elapsed:.2f}s = "
             f"{requests / elapsed:,.0f}/s accepted over {concurrency} connections; "
             f"response p50 {pct(latencies, 50) * 1000:.1f} ms, "
             f"p99 {pct(latencies, 99) * 1000:.1f} ms; status codes {statuses}"
         )
+    if app != "ingest":
+        return
     queue = Queue("payment-webhook-queue", {"connection": settings.redis_url})
     waiting = (await queue.getJobCounts("waiting"))["waiting"]
     await queue.obliterate(force=True)  # the confirm phase must not drain these first
@@ -289,6 +320,10 @@ async def main() -> None:
         child = start_child("http", settings, tmp / "http.log")
         await ingest(settings, args.requests, args.concurrency)
         embedded.stop(child)
+        child = start_minimal(settings, tmp / "minimal.log")
+        await ingest(settings, args.requests, args.concurrency, MINIMAL_PORT[0], "minimal")
+        embedded.stop(child)
+        ingest_ratios()
         settings = settings.model_copy(update={"http_port": embedded.free_port()})
         child = start_child("full", settings, tmp / "full.log")
         await confirm(settings, args.orders)
