@@ -7,7 +7,7 @@ JSON safely. Each provider's own parser is in its module (payments/providers/<na
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -95,8 +95,11 @@ class GatewayEvent:
         return f"{self.provider}-webhook"
 
     def to_job(self) -> dict[str, Any]:
-        """The job's data."""
-        return asdict(self)
+        """The job's data: every field, the listed refunds copied (what `asdict` gives, without
+        its recursive walk over every value: this runs once per webhook on the ingress)."""
+        data = {name: getattr(self, name) for name in _JOB_FIELDS}
+        data["refunds_listed"] = [dict(refund) for refund in self.refunds_listed]
+        return data
 
     @classmethod
     def from_job(cls, data: dict[str, Any]) -> GatewayEvent:
@@ -116,6 +119,9 @@ class GatewayEvent:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as err:
             raise MalformedEventError(provider, event_id, f"job data: {err}") from err
+
+
+_JOB_FIELDS = tuple(f.name for f in fields(GatewayEvent))
 
 
 def amount_problem(amount: Any) -> str:
