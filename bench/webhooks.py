@@ -6,8 +6,9 @@ serves it), so the load generator does not share its CPU budget with the event l
 
 1. ingest: `--requests` distinct signed Stripe events, `--concurrency` at a time, against the
    HTTP app alone (no worker draining the queue); then the same events again (all deduplicated).
-   Then the same requests, by the same generator, against the baseline, bench/minimal_ingest.py
-   (verify the HMAC, one SET NX + LPUSH); `ingest_ratio` is orderflow's rate ÷ the baseline's.
+   The baseline, bench/minimal_ingest.py (verify the HMAC, one SET NX + LPUSH), takes the same
+   requests from the same generator by turns with it; `ingest_ratio` is orderflow's rate ÷ the
+   baseline's.
 2. confirm: `--orders` orders one at a time (latency at low load, not queueing): start the order,
    wait for PENDING_PAYMENT, POST a signed `payment_intent.succeeded`, poll until CONFIRMED.
    The child runs the HTTP app, the bridge workers (webhook + email) and the Temporal workers.
@@ -187,54 +188,67 @@ def say(line: str) -> None:
         print(line)
 
 
-async def ingest(
-    settings: Settings, requests: int, concurrency: int, port: int = 0, app: str = "ingest"
-) -> None:
-    """POST `requests` distinct signed events, then all again; print rates and queue counts.
+INGEST_ROUNDS = 4  # the two apps take turns, a slice of the events each turn
+
+
+async def ingest(settings: Settings, requests: int, concurrency: int, minimal_port: int) -> None:
+    """POST `requests` distinct signed events, then all again, to orderflow and to the minimal
+    app by turns (INGEST_ROUNDS slices each, so a change in the machine's load hits both); print
+    each one's rates, orderflow's ÷ the minimal app's, and the jobs queued.
 
     The load comes from `concurrency` raw keep-alive connections: httpx's client tops out near
-    400 requests/s on this machine and would measure itself, not the app. `port`: another app
-    driven by the same generator (the minimal baseline), its results under `app`.
+    400 requests/s on this machine and would measure itself, not the app.
     """
     from bullmq import Queue
 
-    host, port = settings.http_host, port or settings.http_port
-    wire = []
+    host = settings.http_host
+    apps = {"ingest": settings.http_port, "minimal": minimal_port}
+    wire: dict[str, list[bytes]] = {app: [] for app in apps}
     for i in range(requests):
-        body = stripe_payment_succeeded(f"bench-{i}", 10000, event_id=f"evt_bench_{i}")
-        headers = {"Content-Type": "application/json", **signed_headers("stripe", body, settings)}
-        wire.append(raw_post(host, port, "/webhooks/stripe", body, headers))
+        for app, port in apps.items():
+            event_id = f"evt_bench_{app}_{i}"
+            body = stripe_payment_succeeded(f"bench-{i}", 10000, event_id=event_id)
+            headers = {
+                "Content-Type": "application/json",
+                **signed_headers("stripe", body, settings),
+            }
+            wire[app].append(raw_post(host, port, "/webhooks/stripe", body, headers))
     for label in ("new events", "redeliveries"):
-        latencies: list[float] = []
-        statuses: dict[int, int] = {}
-        started = time.perf_counter()
-        await asyncio.gather(
-            *(
-                connection(host, port, wire[k::concurrency], latencies, statuses)
-                for k in range(concurrency)
+        spent = dict.fromkeys(apps, 0.0)
+        latencies: dict[str, list[float]] = {app: [] for app in apps}
+        statuses: dict[str, dict[int, int]] = {app: {} for app in apps}
+        for turn in range(INGEST_ROUNDS):
+            for app, port in apps.items():
+                batch = wire[app][turn::INGEST_ROUNDS]
+                started = time.perf_counter()
+                await asyncio.gather(
+                    *(
+                        connection(host, port, batch[k::concurrency], latencies[app], statuses[app])
+                        for k in range(concurrency)
+                    )
+                )
+                spent[app] += time.perf_counter() - started
+        for app in apps:
+            found = latencies[app]
+            RESULTS.setdefault(app, {})[label.replace(" ", "_")] = {  # type: ignore[index]
+                "per_second": round(requests / spent[app]),
+                "p50_ms": round(pct(found, 50) * 1000, 1),
+                "p99_ms": round(pct(found, 99) * 1000, 1),
+                "statuses": statuses[app],
+            }
+            say(
+                f"{app} ({label}): {requests} signed webhooks in {spent[app]:.2f}s = "
+                f"{requests / spent[app]:,.0f}/s accepted over {concurrency} connections; "
+                f"response p50 {pct(found, 50) * 1000:.1f} ms, "
+                f"p99 {pct(found, 99) * 1000:.1f} ms; status codes {statuses[app]}"
             )
-        )
-        elapsed = time.perf_counter() - started
-        RESULTS.setdefault(app, {})[label.replace(" ", "_")] = {  # type: ignore[index]
-            "per_second": round(requests / elapsed),
-            "p50_ms": round(pct(latencies, 50) * 1000, 1),
-            "p99_ms": round(pct(latencies, 99) * 1000, 1),
-            "statuses": statuses,
-        }
-        say(
-            f"{app} ({label}): {requests} signed webhooks in {elapsed:.2f}s = "
-            f"{requests / elapsed:,.0f}/s accepted over {concurrency} connections; "
-            f"response p50 {pct(latencies, 50) * 1000:.1f} ms, "
-            f"p99 {pct(latencies, 99) * 1000:.1f} ms; status codes {statuses}"
-        )
-    if app != "ingest":
-        return
     queue = Queue("payment-webhook-queue", {"connection": settings.redis_url})
     waiting = (await queue.getJobCounts("waiting"))["waiting"]
     await queue.obliterate(force=True)  # the confirm phase must not drain these first
     await queue.close()
     RESULTS.setdefault("ingest", {})["jobs_queued"] = waiting  # type: ignore[index]
     say(f"ingest: {waiting} jobs on payment-webhook-queue for {2 * requests} POSTs")
+    ingest_ratios()
 
 
 async def confirm(settings: Settings, orders_n: int) -> None:
@@ -318,12 +332,12 @@ async def main() -> None:
     child = None
     try:
         child = start_child("http", settings, tmp / "http.log")
-        await ingest(settings, args.requests, args.concurrency)
+        minimal = start_minimal(settings, tmp / "minimal.log")
+        try:
+            await ingest(settings, args.requests, args.concurrency, MINIMAL_PORT[0])
+        finally:
+            embedded.stop(minimal)
         embedded.stop(child)
-        child = start_minimal(settings, tmp / "minimal.log")
-        await ingest(settings, args.requests, args.concurrency, MINIMAL_PORT[0], "minimal")
-        embedded.stop(child)
-        ingest_ratios()
         settings = settings.model_copy(update={"http_port": embedded.free_port()})
         child = start_child("full", settings, tmp / "full.log")
         await confirm(settings, args.orders)
