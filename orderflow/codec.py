@@ -195,16 +195,28 @@ def data_converter(keyring: Keyring) -> temporalio.converter.DataConverter:
 
 
 def local_key(data_dir: Path) -> CodecKey:
-    """The local start's key under the data folder: read, or made once and kept (mode 0600)."""
+    """The local start's key under the data folder: read, or made once and kept (mode 0600).
+
+    Made whole in a file of its own, then linked into place: two processes starting at once
+    (`orderflow run --part …` each) agree on one key and never read half a file.
+    """
     path = data_dir / LOCAL_KEY_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         key = new_key("local-" + os.urandom(4).hex())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        draft = data_dir / f".{LOCAL_KEY_FILE}.{os.getpid()}.{os.urandom(4).hex()}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, (key.spec() + "\n").encode())
+            os.fsync(fd)
         finally:
             os.close(fd)
+        try:
+            os.link(draft, path)  # fails if another process put its key there first
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
     return parse_key(path.read_text(), str(path))
 
 
