@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,14 @@ from orderflow.redis_url import SentinelUrl, is_sentinel_url, parse_sentinel_url
 # One question to one Sentinel: a dead one is skipped after this long, so a producer fails
 # fast (ConnectionError) rather than hanging while the Sentinels agree on a new primary
 SENTINEL_SECONDS = 1.0
-WATCH_RETRY_SECONDS = 1.0  # a lost subscription to +switch-master is made again after this
+WATCH_RETRY_SECONDS = 1.0  # a lost subscription to the Sentinel's events is made again after this
+# From the moment a Sentinel starts promoting a replica until it announces the new primary, the
+# old one still answers as primary and every write it takes is lost: no connection is made then
+# (callers get ConnectionError at once), for at most this long
+HOLD_SECONDS = 5.0
+PROMOTING = "+failover-state-send-slaveof-noone"  # "slave <name> <ip> <port> @ <master> ..."
+SWITCHED = "+switch-master"  # "<master> <old ip> <old port> <new ip> <new port>"
+ABORTED = "-failover-abort-*"
 
 log = logging.getLogger("orderflow.bridge")
 
@@ -37,6 +45,7 @@ class PrimaryLocator:
         self._sentinel: Sentinel | None = None
         self.lookups = 0  # how many times the primary was looked up (tests, logs)
         self._watcher: asyncio.Task[None] | None = None
+        self._hold_until = 0.0  # no lookups before this (monotonic): a promotion is under way
 
     def _client(self) -> Sentinel:
         if self._sentinel is None:
@@ -53,6 +62,8 @@ class PrimaryLocator:
     async def primary(self) -> tuple[str, int]:
         """The primary's (host, port); ConnectionError while no Sentinel names a healthy one."""
         self.lookups += 1
+        if time.monotonic() < self._hold_until:
+            raise ConnectionError(f"Sentinel is promoting a new primary for {self.target.master!r}")
         try:
             host, port = await self._client().discover_master(self.target.master)
         except MasterNotFoundError:
@@ -86,18 +97,35 @@ class PrimaryLocator:
             )
             try:
                 async with client.pubsub() as pubsub:
-                    await pubsub.subscribe("+switch-master")
+                    await pubsub.subscribe(PROMOTING, SWITCHED)
+                    await pubsub.psubscribe(ABORTED)
                     async for message in pubsub.listen():
-                        data = message.get("data")
-                        name = data.split(b" ", 1)[0] if isinstance(data, bytes) else b""
-                        if message.get("type") == "message" and name == self.target.master.encode():
-                            log.warning("Sentinel: %s has a new primary", self.target.master)
-                            switched()
+                        if message.get("type") in ("message", "pmessage"):
+                            self._event(message, switched)
             except (RedisPyError, OSError):
                 await asyncio.sleep(WATCH_RETRY_SECONDS)
             finally:
                 with contextlib.suppress(RedisPyError, OSError):
                     await client.aclose()
+
+    def _event(self, message: dict[str, Any], switched: Callable[[], None]) -> None:
+        channel = message.get("channel", b"")
+        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+        data = message.get("data")
+        words = data.decode(errors="replace").split() if isinstance(data, bytes) else []
+        master = self.target.master
+        if channel == SWITCHED and words[:1] == [master]:
+            self._hold_until = 0.0
+            log.warning("Sentinel: %s has a new primary", master)
+            switched()
+        elif (
+            channel == PROMOTING and "@" in words and words[words.index("@") + 1 :][:1] == [master]
+        ):
+            self._hold_until = time.monotonic() + HOLD_SECONDS
+            log.warning("Sentinel: promoting a replica of %s; leaving the old primary", master)
+            switched()
+        elif channel.startswith("-failover-abort") and master in words:
+            self._hold_until = 0.0
 
     async def close(self) -> None:
         """Stop watching and close the connections to the Sentinels."""

@@ -40,7 +40,8 @@ class SentinelTopology:
     def start(self) -> SentinelTopology:
         first, second, sentinel = self.ports
         for port in (first, second):
-            args = embedded.redis_server_args(port=port, data_dir=self.folder / str(port))
+            args = [*embedded.redis_server_args(port=port, data_dir=self.folder / str(port)),
+                    "--repl-diskless-sync-delay", "0"]  # fmt: skip
             self._spawn(port, args if port == first else [*args, "--replicaof", "127.0.0.1", str(first)])  # fmt: skip
         conf = self.folder / "sentinel.conf"
         conf.write_text(
@@ -50,6 +51,7 @@ class SentinelTopology:
             f"sentinel failover-timeout {MASTER} 10000\n"
         )
         self._spawn(sentinel, [embedded.redis_binary(), str(conf), "--sentinel"])
+        self.wait_until(lambda: self.in_sync(second), "the replica's first sync")
         self.wait_until(lambda: self.replicas_known() >= 1, "the Sentinel to see the replica")
         return self
 
@@ -59,6 +61,10 @@ class SentinelTopology:
     def primary_port(self) -> int:
         with self.sentinel() as s:
             return int(s.execute_command("SENTINEL", "get-master-addr-by-name", MASTER)[1])
+
+    def in_sync(self, port: int) -> bool:
+        with redis.Redis(port=port, decode_responses=True, socket_timeout=2) as r:
+            return str(r.info("replication").get("master_link_status")) == "up"
 
     def replicas_known(self) -> int:
         with self.sentinel() as s:
