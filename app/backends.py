@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
 from orderflow.errors import OrderflowError
+from orderflow.redis_url import is_sentinel_url, redact_sentinel_url
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -46,6 +47,9 @@ class BackendUnavailableError(OrderflowError):
 def redact_url(url: str) -> str:
     """`url` without its user and password (safe to print)."""
     from urllib.parse import urlsplit, urlunsplit
+
+    if is_sentinel_url(url):
+        return redact_sentinel_url(url)
 
     parts = urlsplit(url)
     host = parts.hostname or ""

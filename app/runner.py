@@ -33,6 +33,7 @@ from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.payment import WEBHOOK_QUEUE
 from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
+from orderflow.redis_url import is_sentinel_url
 from orderflow.settings import Settings
 from workers.bridge import run_bridge_workers
 from workers.queues import producer_for, queue_specs
@@ -63,6 +64,11 @@ def start_servers(settings: Settings, stack: AsyncExitStack) -> None:
             codec_endpoint(settings),
         )
     if settings.embedded_redis:
+        if is_sentinel_url(settings.redis_url):
+            raise OrderflowError(
+                "ORDERFLOW_REDIS_URL is a Sentinel URL, which the embedded redis-server cannot"
+                " serve: set ORDERFLOW_EMBEDDED_REDIS=false"
+            )
         procs.append(
             embedded.start_redis(
                 url=settings.redis_url, data_dir=settings.data_dir / "redis", log=logs / "redis.log"

@@ -17,6 +17,7 @@ from bullmq import Queue
 from bridge.dlq import DeadLetter, DeadLetterQueue
 from bridge.redis_client import Arg, RedisClient
 from bridge.scripts import DEPTH_KEY, DEPTH_TYPES, Keys, clean_script
+from bridge.sentinel import bullmq_connection
 from bridge.specs import QueueSpec
 from orderflow.errors import OrderflowError
 
@@ -210,7 +211,8 @@ class QueueAdmin:
 
     def __init__(self, spec: QueueSpec, redis_url: str) -> None:
         self.spec = spec
-        self.queue = Queue(spec.name, {"connection": redis_url, "prefix": spec.prefix})
+        connection = bullmq_connection(redis_url)  # a Sentinel URL: a client following the primary
+        self.queue = Queue(spec.name, {"connection": connection, "prefix": spec.prefix})
         self.client = RedisClient(redis_url, name=f"orderflow:admin:{spec.name}")
         self.dlq = DeadLetterQueue(spec, self.client)
         self.keys = Keys(spec.prefix, spec.name)

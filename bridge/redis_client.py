@@ -2,6 +2,12 @@
 
 Like ioredis in Node, commands from all tasks are written back to back and answered in order, so
 a worker with many jobs in flight pays for round trips once, not once per job.
+
+With a `redis+sentinel://` URL the address of the primary comes from Sentinel (redis-py's
+discovery, bridge/sentinel.py) at each (re)connection; the new connection checks with ROLE that
+it reached a primary, and a READONLY reply (the node was demoted) drops the connection, so the
+next call asks Sentinel again. Commands are never queued while no connection is up: a caller
+gets ConnectionError at once (producers fail fast) and its next call uses the new primary.
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
 
+from bridge.sentinel import PrimaryLocator
+from orderflow.redis_url import is_sentinel_url, parse_sentinel_url
+
 Arg = str | bytes | int | float
+CONNECT_SECONDS = 5.0  # opening a connection (TCP, TLS): an unreachable host fails, not hangs
 
 
 class RedisReplyError(Exception):
@@ -117,6 +127,7 @@ class _Protocol(asyncio.Protocol):
         self.buffer: list[bytes] = []
         self.flush_scheduled = False
         self.lost: Exception | None = None
+        self.drop_on_readonly = False  # behind Sentinel: a demoted node's connection is useless
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -130,6 +141,8 @@ class _Protocol(asyncio.Protocol):
             if fut.done():
                 continue
             if isinstance(reply, RedisReplyError):
+                if self.drop_on_readonly and str(reply).startswith("READONLY"):
+                    self._drop("the node became a replica (READONLY)")
                 fut.set_exception(reply)
             else:
                 fut.set_result(reply)
@@ -140,6 +153,13 @@ class _Protocol(asyncio.Protocol):
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(self.lost)
+
+    def _drop(self, why: str) -> None:
+        """Take this connection out of use now (later replies still reach their callers)."""
+        if self.lost is None:
+            self.lost = ConnectionError(f"redis connection dropped: {why}")
+            if self.transport is not None:
+                self.transport.close()
 
     def send(self, payload: bytes, futures: Sequence[asyncio.Future[Any]]) -> None:
         if self.lost is not None or self.transport is None:
@@ -165,6 +185,11 @@ def _fatal_setup_error(command: Sequence[Arg], reply: Any) -> bool:
     return command[0] in ("AUTH", "SELECT") or str(reply).startswith("LOADING")
 
 
+def _not_primary(command: Sequence[Arg], reply: Any) -> bool:
+    """ROLE answered by a replica (or a Sentinel) rather than a primary."""
+    return command[0] == "ROLE" and isinstance(reply, list) and reply[:1] != ["master"]
+
+
 def tls_context(scheme: str, query: dict[str, list[str]]) -> ssl.SSLContext | None:
     """TLS for rediss:// URLs, with redis-py's query options (ssl_ca_certs, ssl_cert_reqs ...)."""
     if scheme != "rediss":
@@ -183,13 +208,22 @@ class RedisClient:
     """One pipelined connection to Redis, reconnecting on the next call after a loss."""
 
     def __init__(self, url: str, name: str = "") -> None:
-        parsed = urlparse(url)
-        self.host = parsed.hostname or "localhost"
-        self.port = parsed.port or 6379
-        self.password = unquote(parsed.password) if parsed.password else None
-        self.username = unquote(parsed.username) if parsed.username else None
-        self.db = int(parsed.path.strip("/") or 0)
-        self.tls = tls_context(parsed.scheme, parse_qs(parsed.query))
+        self.locator: PrimaryLocator | None = None
+        if is_sentinel_url(url):
+            target = parse_sentinel_url(url)
+            self.locator = PrimaryLocator(target)
+            self.host, self.port = "", 0  # the primary's, once Sentinel has named it
+            self.password, self.username, self.db = target.password, target.username, target.db
+            options = {k: [v] for k, v in target.options}
+            self.tls = tls_context("rediss" if target.tls else "redis", options)
+        else:
+            parsed = urlparse(url)
+            self.host = parsed.hostname or "localhost"
+            self.port = parsed.port or 6379
+            self.password = unquote(parsed.password) if parsed.password else None
+            self.username = unquote(parsed.username) if parsed.username else None
+            self.db = int(parsed.path.strip("/") or 0)
+            self.tls = tls_context(parsed.scheme, parse_qs(parsed.query))
         self.name = name
         self._proto: _Protocol | None = None
         self._lock = asyncio.Lock()
@@ -205,33 +239,57 @@ class RedisClient:
                 return self._proto
             if self.closed:
                 raise ConnectionError("redis client is closed")
+            if self.locator is not None:
+                self.locator.watch(self._switched)
+                self.host, self.port = await self.locator.primary()
             loop = asyncio.get_running_loop()
-            _, proto = await loop.create_connection(
-                _Protocol,
-                self.host,
-                self.port,
-                ssl=self.tls,
-                server_hostname=self.host if self.tls else None,
+            _, new = await asyncio.wait_for(
+                loop.create_connection(
+                    _Protocol,
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.host if self.tls else None,
+                ),
+                CONNECT_SECONDS,
             )
-            setup: list[list[Arg]] = []
-            if self.password:
-                auth: list[Arg] = ["AUTH", self.password]
-                setup.append(auth if not self.username else ["AUTH", self.username, self.password])
-            if self.db:
-                setup.append(["SELECT", self.db])
-            if self.name:
-                setup.append(["CLIENT", "SETNAME", self.name])
-            setup += [["SCRIPT", "LOAD", s.source] for s in self._scripts.values()]
-            if setup:
-                replies = await self._send(proto, setup)
-                for command, reply in zip(setup, replies, strict=True):
-                    if _fatal_setup_error(command, reply):
-                        # a wrong password, or a Redis still loading: this connection is not ready
-                        if proto.transport is not None:
-                            proto.transport.close()
+            await self._setup(new)
+            new.drop_on_readonly = self.locator is not None
+            self._proto = new
+            return new
+
+    def _switched(self) -> None:
+        """Sentinel named a new primary: leave the old one now, the next call finds the new."""
+        if self._proto is not None:
+            self._proto._drop("Sentinel switched the primary")
+
+    async def _setup(self, proto: _Protocol) -> None:
+        """Authenticate, select, name the connection, load the scripts; behind Sentinel, check
+        that the node is the primary (Sentinel may not have seen the switch yet)."""
+        setup: list[list[Arg]] = []
+        if self.password:
+            auth: list[Arg] = ["AUTH", self.password]
+            setup.append(auth if not self.username else ["AUTH", self.username, self.password])
+        if self.db:
+            setup.append(["SELECT", self.db])
+        if self.name:
+            setup.append(["CLIENT", "SETNAME", self.name])
+        if self.locator is not None:
+            setup.append(["ROLE"])
+        setup += [["SCRIPT", "LOAD", s.source] for s in self._scripts.values()]
+        if setup:
+            replies = await self._send(proto, setup)
+            for command, reply in zip(setup, replies, strict=True):
+                if _fatal_setup_error(command, reply) or _not_primary(command, reply):
+                    # a wrong password, or a Redis still loading: this connection is not ready
+                    if proto.transport is not None:
+                        proto.transport.close()
+                    if isinstance(reply, BaseException):
                         raise reply
-            self._proto = proto
-            return proto
+                    raise ConnectionError(
+                        f"redis at {self.host}:{self.port} is a {reply[0]}, not the primary"
+                        " yet (Sentinel has not seen the switch)"
+                    )
 
     @staticmethod
     async def _send(proto: _Protocol, commands: Sequence[Sequence[Arg]]) -> list[Any]:
@@ -322,3 +380,5 @@ class RedisClient:
         if self._proto is not None and self._proto.transport is not None:
             self._proto.transport.close()
         self._proto = None
+        if self.locator is not None:
+            await self.locator.close()

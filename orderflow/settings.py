@@ -6,7 +6,7 @@ import hashlib
 import re
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import unquote, urlparse
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,12 @@ from orderflow.contracts.payment import (
     GatewaySettingsSpec,
 )
 from orderflow.errors import GatewaySettingsError, InsecureSettingsError
+from orderflow.redis_url import (
+    RedisUrlError,
+    is_sentinel_url,
+    normalize_redis_url,
+    parse_sentinel_url,
+)
 
 ENV_PREFIX = "ORDERFLOW_"
 # Secrets a production-shaped start must not run with: their defaults are in this public repo
@@ -149,8 +155,11 @@ class Settings(BaseSettings):
     # redis:// or rediss:// (TLS; ?ssl_ca_certs=/path/ca.pem, ?ssl_cert_reqs=none for no check).
     # A password in it may hold any character (# / @ : ...), raw or percent-encoded; or give it
     # in redis_password instead, which needs no encoding and wins over the URL's
+    # or a primary found through Sentinel (orderflow/redis_url.py, docs/redis.md):
+    # redis+sentinel://[:SENTINELPASS@]host:26379,host2:26379/MASTERNAME/DB
     redis_url: str = "redis://localhost:6379/0"
-    redis_password: str = ""
+    redis_password: str = ""  # the data nodes' (with Sentinel too)
+    redis_sentinel_password: str = ""  # the Sentinels' own, when they want one (requirepass)
     embedded_redis: bool = True  # start a local redis-server (AOF on, noeviction)
     queue_prefix: str = "bull"  # BullMQ's default key prefix, shared with Node producers/consumers
     # Bridge queues: one group per queue (QueueSettings), the seed's numbers as defaults;
@@ -288,8 +297,21 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _encode_redis_url(self) -> Settings:
-        self.redis_url = normalize_redis_url(self.redis_url, self.redis_password)
+        try:
+            self.redis_url = normalize_redis_url(
+                self.redis_url, self.redis_password, self.redis_sentinel_password
+            )
+        except RedisUrlError as error:  # names the setting, never the URL (it holds passwords)
+            raise ValueError(str(error)) from None
         return self
+
+    @property
+    def redis_data_password(self) -> str | None:
+        """The data nodes' password, from either kind of URL (None without one)."""
+        if is_sentinel_url(self.redis_url):
+            return parse_sentinel_url(self.redis_url).password
+        password = urlparse(self.redis_url).password
+        return unquote(password) if password else None
 
     @property
     def production_shaped(self) -> bool:
@@ -314,8 +336,8 @@ class Settings(BaseSettings):
                 " with a key made on this machine only; `orderflow codec new-key` makes one)"
             )
         if not self.embedded_redis:
-            password = urlparse(self.redis_url).password
-            why = _weak(unquote(password or ""), None) if password else "missing"
+            password = self.redis_data_password
+            why = _weak(password, None) if password else "missing"
             if why:
                 problems.append(
                     f"the Redis password ({ENV_PREFIX}REDIS_PASSWORD or in {ENV_PREFIX}REDIS_URL)"
@@ -387,25 +409,6 @@ class Settings(BaseSettings):
     def from_env(cls) -> Settings:
         """Read the settings from the environment (and a .env file if present)."""
         return cls()
-
-
-def normalize_redis_url(url: str, password: str = "") -> str:
-    """The Redis URL with its user and password percent-encoded, `password` (if given) put in.
-
-    The password ends at the last '@', so one written raw with '#', '/', '@' or ':' in it (which
-    break a URL parser) reads the same as its percent-encoded form; an encoded one is unchanged.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("redis", "rediss"):
-        return url
-    userinfo, at, host = rest.rpartition("@")
-    if not at:
-        userinfo, host = "", rest
-    user, _, secret = userinfo.partition(":")
-    secret = password or unquote(secret)
-    if not user and not secret:
-        return f"{scheme}://{host}"
-    return f"{scheme}://{quote(unquote(user), safe='')}:{quote(secret, safe='')}@{host}"
 
 
 def _wrong_kind(spec: GatewaySettingsSpec, setting: str, value: str) -> str:

@@ -15,6 +15,7 @@ from bullmq import Queue
 from app import embedded
 from bridge.job import Job
 from bridge.runtime import BackoffStrategy, BridgeWorker
+from bridge.sentinel import bullmq_connection
 from bridge.specs import QueueSpec
 from orderflow.settings import Settings
 from tests.helpers import eventually
@@ -50,7 +51,7 @@ async def running(
 
 def bull_queue(spec: QueueSpec, redis_url: str) -> Queue:
     """The Python port's Queue on the same keys, to read jobs as any BullMQ client would."""
-    return Queue(spec.name, {"connection": redis_url, "prefix": spec.prefix})
+    return Queue(spec.name, {"connection": bullmq_connection(redis_url), "prefix": spec.prefix})
 
 
 async def counts(spec: QueueSpec, redis_url: str) -> dict[str, int]:

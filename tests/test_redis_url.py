@@ -122,3 +122,20 @@ async def _round_trip(settings: Settings) -> None:
 
 async def _has(done: list[str]) -> bool:
     return bool(done)
+
+
+def test_sentinel_url_keeps_the_two_passwords_apart_and_errors_never_echo_them() -> None:
+    from orderflow.redis_url import parse_sentinel_url
+
+    settings = Settings(
+        redis_url="redis+sentinel://:s#nt@10.0.0.1:26379,10.0.0.2/mymaster/2",
+        redis_password=HARD,
+    )
+    target = parse_sentinel_url(settings.redis_url)
+    assert target.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26379))
+    assert (target.master, target.db) == ("mymaster", 2)
+    assert (target.sentinel_password, target.password) == ("s#nt", HARD)
+    assert settings.redis_data_password == HARD
+    with pytest.raises(ValueError) as err:
+        Settings(redis_url="redis+sentinel://:hunter2secret@h:26379")
+    assert "ORDERFLOW_REDIS_URL" in str(err.value) and "hunter2secret" not in str(err.value)
