@@ -15,6 +15,7 @@ import typer
 from app.cli_support import connect_or_explain
 from app.cli_support import run_command as _run
 from app.codec_cli import codec_app
+from app.deploy_cli import deploy_app
 from app.queues_cli import queues_app
 from orderflow.contracts.review import ReviewDecision
 from orderflow.errors import OrderflowError
@@ -46,6 +47,7 @@ app.add_typer(products_app, name="products")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(queues_app, name="queues")
 app.add_typer(codec_app, name="codec")
+app.add_typer(deploy_app, name="deploy")
 
 T = TypeVar("T")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]

@@ -20,6 +20,7 @@ from temporalio.worker import Worker
 
 from app import catalogue, embedded
 from app.client import OrderClient
+from app.deployments import log_routing
 from app.schedules import ensure_maintenance_schedules, ensure_schedules
 from app.smtp_sink import start_smtp_sink, stop_smtp_sink
 from app.telemetry import Telemetry, setup_telemetry
@@ -188,6 +189,8 @@ async def start_parts(
     if "workflows" in parts:
         deps = Dependencies.from_settings(settings, engine, email_queue)
         running.workers = build_workers(client, settings, deps)
+        if settings.worker_versioning:  # a build no one promoted takes no new orders: say so
+            await log_routing(client, settings)
     running.tasks = [
         asyncio.create_task(w.run(), name=f"worker-{w.task_queue}") for w in running.workers
     ]

@@ -19,6 +19,13 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orderflow.codec import CodecKeyError, Keyring, local_key, parse_key
+from orderflow.contracts.deployment import (
+    BUILD_ID_PATTERN,
+    BUILD_ID_RULE,
+    DEFAULT_DEPLOYMENT_NAME,
+    DEPLOYMENT_NAME_PATTERN,
+    DEPLOYMENT_NAME_RULE,
+)
 from orderflow.contracts.payment import (
     GATEWAY_SETTINGS,
     GatewayMode,
@@ -107,6 +114,12 @@ class Settings(BaseSettings):
     embedded_temporal: bool = (
         True  # start `temporal server start-dev`; false on the distributed engine
     )
+    # Worker Deployment Versioning (docs/VERSIONING.md): with a build id (the image's tag or git
+    # sha) the Temporal workers poll as version <deployment_name>.<build_id>; pinned workflows
+    # stay on the build they started on, and `orderflow deploy promote <build>` sends new runs
+    # to a build. Empty (the default, as the SDK's): unversioned workers, patches only
+    deployment_name: str = DEFAULT_DEPLOYMENT_NAME
+    build_id: str = ""
     # Database: SQLite file by default, any SQLAlchemy URL (postgresql+psycopg://...) otherwise
     database_url: str = ""
     # Schema: the embedded default migrates on start; where a migration job runs (compose), the
@@ -263,6 +276,23 @@ class Settings(BaseSettings):
                 except CodecKeyError as error:  # never echoed: the message names no secret
                     raise ValueError(str(error)) from None
         return value
+
+    @field_validator("deployment_name", "build_id")
+    @classmethod
+    def _deployment_names(cls, value: str, info: ValidationInfo) -> str:
+        # never echoed, as every value that fails validation here (it may be a misplaced secret)
+        setting = f"{ENV_PREFIX}{(info.field_name or '').upper()}"
+        if info.field_name == "build_id":
+            if value and not BUILD_ID_PATTERN.fullmatch(value):
+                raise ValueError(f"{setting} is not a build id: use {BUILD_ID_RULE}")
+        elif not DEPLOYMENT_NAME_PATTERN.fullmatch(value):
+            raise ValueError(f"{setting} is not a deployment name: use {DEPLOYMENT_NAME_RULE}")
+        return value
+
+    @property
+    def worker_versioning(self) -> bool:
+        """True when the workers poll as a Worker Deployment Version (a build id is set)."""
+        return bool(self.build_id)
 
     @field_validator("api_key_hashes")
     @classmethod

@@ -40,6 +40,8 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
         ["reviews", "--help"],
         ["db", "--help"],
         ["webhooks", "--help"],
+        ["deploy", "--help"],
+        ["deploy", "drained", "--help"],
     ],
     ids=lambda argv: " ".join(argv),
 )
