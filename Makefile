@@ -103,12 +103,7 @@ demo: python-deps
 	$(VENV)/bin/orderflow demo
 
 bench: install
-	$(VENV)/bin/python bench/orders.py
-	$(VENV)/bin/python bench/bridge.py
-	$(VENV)/bin/python bench/webhooks.py
-	$(VENV)/bin/python bench/cli.py
-	$(VENV)/bin/python bench/checkout.py
-	$(VENV)/bin/python bench/order_api.py
+	$(VENV)/bin/python bench/summary.py
 
 clean:
 	rm -rf data .pytest_cache
