@@ -2,9 +2,11 @@
 
 A change to a workflow that would break an order already running (a command added, removed or
 reordered without `workflow.patched`) fails here, naming the file and the first mismatching
-command. It also fails when a workflow type of workflows/ (found by import) has no golden.
-tests/histories/record.py records the files; docs/VERSIONING.md says how to change a workflow
-safely.
+command. It also fails when a workflow type of workflows/ (found by import) has no golden, when a
+patch id the code asks has no golden of its branch before the patch (one where `patched` answers
+False on replay), and when every such golden would replay with the guard removed as well.
+tests/histories/record.py and record_prepatch.py record the files; docs/VERSIONING.md says how
+to change a workflow safely.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from temporalio.worker import Replayer
 from orderflow import codec
 from orderflow.contracts.order import OrderInput
 from tests.goldens import (
+    patch_always_on,
+    patch_ids_in_code,
     patched_answers,
     recorded_patch_ids,
     replay_failure_message,
@@ -70,7 +74,8 @@ REQUIRED["early-short-payment-at-start"] = ["OrderWorkflow", "PaymentRetryWorkfl
 ENCRYPTED_PATHS = [*list(REQUIRED)[:6], "early-short-payment-at-start", "manual-capture"]
 REQUIRED |= {f"codec.{path}": REQUIRED[path] for path in ENCRYPTED_PATHS}
 ENCRYPTED = sorted(HISTORIES.glob("codec.*.json"))
-# issue 23: the scheduled workflows, run as their schedules start them (record.py); encrypted
+# issue 23: the scheduled workflows, run as their schedules start them (record.py), and the
+# branch before each patch, recorded with that patch off (record_prepatch.py); encrypted
 REQUIRED |= {
     f"codec.{name}": [kind]
     for name, kind in [
@@ -79,6 +84,22 @@ REQUIRED |= {
         ("queue-cleanup", "QueueCleanupWorkflow"),
         ("payment-reconciliation", "PaymentReconciliationWorkflow"),
     ]
+}
+ORDER_AND_RETRY = ["OrderWorkflow", "PaymentRetryWorkflow"]
+CANCELLED_IN_REVIEW = [*ORDER_AND_RETRY, "ManualReviewWorkflow", "InventoryReleaseWorkflow"]
+REQUIRED |= {
+    "codec.before-retry-finishes-capture": ORDER_AND_RETRY,
+    "codec.before-review-ends-on-cancel": CANCELLED_IN_REVIEW,
+    "codec.before-retry-capture-is-not-its-own-duplicate": ORDER_AND_RETRY,
+    "codec.before-retry-capture-is-not-its-own-duplicate-refund": ["PaymentRetryWorkflow"],
+    "codec.before-manual-capture": ["OrderWorkflow"],
+    "codec.before-retry-captured-the-hold": ORDER_AND_RETRY,
+    "codec.before-refused-hold-refund-apart": ORDER_AND_RETRY,
+    "codec.before-hold-looked-up": CANCELLED_IN_REVIEW,
+    "codec.before-whole-hold-only": ORDER_AND_RETRY,
+    "codec.before-unknown-capture-asked-again": [*ORDER_AND_RETRY, "InventoryReleaseWorkflow"],
+    "codec.before-paid-as-retry-ended": ORDER_AND_RETRY,
+    "codec.before-paid-as-timer-fired": [*ORDER_AND_RETRY, "InventoryReleaseWorkflow"],
 }
 
 
@@ -212,6 +233,48 @@ def test_every_workflow_type_has_a_golden_history() -> None:
     assert not missing, (
         f"workflow types in workflows/ with no golden history in {HISTORIES}: {missing};"
         " record one (tests/histories/record.py) and name it <path>.<WorkflowType>.json"
+    )
+
+
+async def test_every_patch_in_the_code_has_a_golden_of_its_old_branch() -> None:
+    """Every id the workflows ask `workflow.patched` (or `self._patched`) has a golden that
+    replays through the branch before it: one where `patched` answers False (no marker)."""
+    asked = patch_ids_in_code()
+    assert len(asked) >= 15, f"patch ids found in workflows/: {sorted(asked)}"
+    old_branch: dict[str, str] = {}
+    for golden in GOLDEN:
+        for patch_id in (await replay(golden)).old_branches:
+            old_branch.setdefault(patch_id, golden.name)
+    missing = {patch_id: where for patch_id, where in asked.items() if patch_id not in old_branch}
+    assert not missing, (
+        "patch ids whose branch before the patch no golden history replays (patched() never"
+        f" answered False), with where the code asks them: {missing}; record one with"
+        " tests/histories/record_prepatch.py"
+    )
+
+
+async def test_every_patch_guard_is_needed_by_a_golden_of_its_old_branch() -> None:
+    """With a patch's `workflow.patched` answering True and recording nothing (the change
+    shipped without its guard), one of the goldens of its old branch no longer replays: the
+    golden covers what the patch changes (docs/VERSIONING.md, checklist step 4)."""
+    unguarded = []
+    for patch_id in patch_ids_in_code():
+        olds = [g for g in GOLDEN if patch_id in (await replay(g)).old_branches]
+        if not olds:
+            continue  # told by the test above
+        replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=TEST_CONVERTER)
+        for golden in olds:
+            with patch_always_on(patch_id):
+                outcome = await replayer.replay_workflow(
+                    load(golden), raise_on_replay_failure=False
+                )
+            if outcome.replay_failure is not None:
+                break
+        else:
+            unguarded.append(f"{patch_id}: {[g.name for g in olds]}")
+    assert not unguarded, (
+        "patches whose old-branch goldens all replay with the new branch as well (record a path"
+        f" that the patch changes): {unguarded}"
     )
 
 
