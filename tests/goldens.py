@@ -124,13 +124,20 @@ def patched_answers(workflow_id: str) -> Iterator[set[tuple[str, bool]]]:
 
 
 @contextmanager
-def patch_always_on(patch_id: str) -> Iterator[None]:
-    """Inside the block `workflow.patched(patch_id)` answers True and records no marker: the
-    code as if the change had shipped without its guard."""
+def patch_always_on(patch_id: str, workflow_id: str) -> Iterator[None]:
+    """Inside the block `workflow.patched(patch_id)` answers True and records no marker in the
+    workflow `workflow_id` while it replays: the code as if the change had shipped without its
+    guard. Any other workflow this process runs meanwhile gets the real answer."""
     real = temporalio.workflow.patched
 
     def unguarded(asked: str, **kwargs: Any) -> bool:
-        return True if asked == patch_id else real(asked, **kwargs)
+        if (
+            asked == patch_id
+            and temporalio.workflow.unsafe.is_replaying()
+            and temporalio.workflow.info().workflow_id == workflow_id
+        ):
+            return True
+        return real(asked, **kwargs)
 
     temporalio.workflow.patched = unguarded  # type: ignore[assignment]
     try:

@@ -264,10 +264,9 @@ async def test_every_patch_guard_is_needed_by_a_golden_of_its_old_branch() -> No
             continue  # told by the test above
         replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=TEST_CONVERTER)
         for golden in olds:
-            with patch_always_on(patch_id):
-                outcome = await replayer.replay_workflow(
-                    load(golden), raise_on_replay_failure=False
-                )
+            history = load(golden)
+            with patch_always_on(patch_id, history.workflow_id):
+                outcome = await replayer.replay_workflow(history, raise_on_replay_failure=False)
             if outcome.replay_failure is not None:
                 break
         else:
