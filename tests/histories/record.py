@@ -8,7 +8,14 @@ Run by hand, never by `make test` (the file name is not test_*.py, so pytest ski
 Each path drives orders through the session fixtures of tests/conftest.py (the time-skipping dev
 server, Redis, the database, the fake ERP, the real workers) and writes the history of every
 workflow it ran, children included, to tests/histories/<path>.<WorkflowType>.json.
-tests/test_replay.py replays each file against the current code on every run.
+tests/test_replay.py replays each file against the current code on every run, and fails when a
+workflow type of workflows/ has no file. The scheduled workflows (daily report, stock sync, queue
+cleanup, payment reconciliation) are recorded at the end, started as their schedules start them;
+the branches before each patch are in record_prepatch.py. Every recording since the codec is
+encrypted: name it with ORDERFLOW_RECORD_RELEASE=codec, e.g.
+
+    ORDERFLOW_RECORD_RELEASE=codec .venv/bin/pytest -q -p no:cacheprovider \
+        tests/histories/record.py -k "sqlite and scheduled"
 
 A golden history stands for orders already running in production: an existing file is never
 overwritten (set ORDERFLOW_RECORD_OVERWRITE=1 only to re-record a file that no release ran).
@@ -18,24 +25,28 @@ See docs/VERSIONING.md.
 
 from __future__ import annotations
 
-import json
-import os
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import ScheduleActionStartWorkflow, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from app.client import OrderClient
+from app.schedules import maintenance_schedules, schedules
+from orderflow.contracts.cleanup import QUEUE_CLEANUP_SCHEDULE_ID
 from orderflow.contracts.order import (
     OrderResult,
     PaymentFailed,
     PaymentReceived,
     Shipment,
 )
+from orderflow.contracts.reconciliation import PAYMENT_RECONCILIATION_SCHEDULE_ID
+from orderflow.contracts.reports import DAILY_REPORT_SCHEDULE_ID
 from orderflow.contracts.review import ReviewDecision
+from orderflow.contracts.stock_sync import STOCK_SYNC_SCHEDULE_ID
+from orderflow.settings import Settings
 from tests.helpers import (
     eventually,
     new_order_id,
@@ -45,45 +56,11 @@ from tests.helpers import (
     wait_review,
     wait_status,
 )
+from tests.histories.recording import pay_and_ship, save
 from workers.temporal import Dependencies
 from workflows.order import OrderWorkflow
 
-HERE = Path(__file__).resolve().parent
-# a release whose payloads changed records its own set beside the older ones, e.g.
-# ORDERFLOW_RECORD_RELEASE=minor-units writes minor-units.paid.OrderWorkflow.json; the `codec`
-# set was recorded encrypted, under the suite's key (tests/temporal_env.py TEST_CODEC_KEY, which
-# every server the suite starts gets): -k "sqlite and (test_paid or ...)", see REQUIRED
-RELEASE = (
-    f"{os.environ['ORDERFLOW_RECORD_RELEASE']}."
-    if os.environ.get("ORDERFLOW_RECORD_RELEASE")
-    else ""
-)
 Catalogue = Callable[..., dict[str, str]]
-
-
-async def save(client: Client, path: str, *workflow_ids: str) -> None:
-    """Write the history of each (finished) workflow as <path>.<WorkflowType>.json."""
-    for workflow_id in workflow_ids:
-        handle = client.get_workflow_handle(workflow_id)
-        await handle.result()
-        kind = (await handle.describe()).workflow_type
-        target = HERE / f"{RELEASE}{path}.{kind}.json"
-        if target.exists() and not os.environ.get("ORDERFLOW_RECORD_OVERWRITE"):
-            print(f"kept {target.name} (a golden history is never overwritten)")
-            continue
-        history = await handle.fetch_history()
-        target.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
-        print(f"wrote {target.name}: {len(history.events)} events")
-
-
-async def pay_and_ship(orders: OrderClient, order_id: str, amount: int) -> None:
-    """Pay in full, wait for the confirmation, ship."""
-    ack = await orders.payment_received(
-        order_id, PaymentReceived(f"pay-{order_id}", amount, currency="INR")
-    )
-    assert ack.accepted, ack.reason
-    await wait_status(orders, order_id, "CONFIRMED")
-    await orders.shipped(order_id, Shipment(carrier="BlueDart", tracking_number="BD1"))
 
 
 async def test_paid(orders: OrderClient, catalogue: Catalogue) -> None:
@@ -252,3 +229,33 @@ async def test_manual_capture_released(orders: OrderClient, catalogue: Catalogue
     await orders.cancel(order.id, "customer cancelled before capture")
     assert (await order.handle.result()).status == "CANCELLED"
     await save(orders.client, "manual-capture-released", order.handle.id)
+
+
+@pytest.mark.parametrize(
+    ("path", "schedule_id"),
+    [
+        ("daily-report", DAILY_REPORT_SCHEDULE_ID),
+        ("stock-sync", STOCK_SYNC_SCHEDULE_ID),
+        ("queue-cleanup", QUEUE_CLEANUP_SCHEDULE_ID),
+        ("payment-reconciliation", PAYMENT_RECONCILIATION_SCHEDULE_ID),
+    ],
+)
+async def test_scheduled(
+    settings: Settings,
+    orders: OrderClient,
+    path: str,
+    schedule_id: str,
+) -> None:
+    """A scheduled workflow run once, with the workflow, input and task queue its schedule
+    (app/schedules.py) starts it with, on an id of its own."""
+    action = (schedules(settings) | maintenance_schedules(settings))[schedule_id].action
+    assert isinstance(action, ScheduleActionStartWorkflow)
+    assert action.task_queue is not None, f"schedule {schedule_id} names no task queue"
+    handle = await orders.client.start_workflow(
+        action.workflow,
+        args=action.args,
+        id=f"{action.id}-golden-{uuid.uuid4().hex[:6]}",
+        task_queue=action.task_queue,
+    )
+    await handle.result()
+    await save(orders.client, path, handle.id)
