@@ -434,7 +434,6 @@ async def test_the_depth_chart_shows_the_samples_the_workers_recorded(
     )
 
 
-@pytest.mark.xfail(reason="red first: /ops reads the database in write transactions", strict=True)
 async def test_ops_reads_the_database_while_a_worker_holds_the_write_lock(
     settings: Settings, redis_url: str, orders: OrderClient, engine: Engine
 ) -> None:

@@ -48,7 +48,7 @@ from bridge.specs import QueueSpec
 from orderflow.contracts.order import order_workflow_id
 from orderflow.contracts.payment import GatewayMode
 from orderflow.contracts.review import PendingReview, ReviewDecision
-from orderflow.db import Order, WebhookEvent
+from orderflow.db import Order, WebhookEvent, reader
 from orderflow.errors import OrderflowError
 from orderflow.money import format_money
 from orderflow.settings import Settings
@@ -232,12 +232,17 @@ class OpsReads:
         }
 
     def database(self) -> DatabaseReads:
-        """Pending reviews, recent orders, today's orders by hour and the providers, on one thread."""
+        """Pending reviews, recent orders, today's orders by hour and the providers, on one thread.
+
+        Read-only transactions: on SQLite they take no write lock, so a worker's write never
+        makes the page wait (and report the database down).
+        """
+        reads = reader(self.engine)
         return DatabaseReads(
-            OrderClient._pending_reviews_from_db(self.engine),
-            recent_orders(self.engine),
-            charts.orders_today(self.engine, self.zone),
-            webhook_providers(self.engine),
+            OrderClient._pending_reviews_from_db(reads),
+            recent_orders(reads),
+            charts.orders_today(reads, self.zone),
+            webhook_providers(reads),
         )
 
 
