@@ -362,3 +362,12 @@ async def test_node_refuses_what_breaks_the_contract_before_sending_it(node: str
     assert "/items/0 must have required property 'quantity'" in refused["misspeltLine"]["message"]
     assert "/amount must be integer" in refused["moneyAsText"]["message"]
     assert "additional properties (paymentId)" in refused["camelCase"]["message"]
+
+
+async def test_the_node_http_client_asks_for_a_minimal_answer_when_told(node: str) -> None:
+    """`node --test test/http.test.js`: HttpOrders.start({minimal: true}) sends RFC 7240's
+    `Prefer: return=minimal` and hands back the 202 answer; without it, no Prefer header."""
+    code, stdout, stderr = await run_node(node, "--test", "test/http.test.js", env=node_env())
+    assert code == 0, stdout + stderr
+    counts = dict(line.split()[1:3] for line in stdout.splitlines() if line.startswith("# "))
+    assert counts["pass"] == "2" and counts["fail"] == "0", stdout

@@ -32,15 +32,18 @@ export class HttpOrders {
    * @param {object} [options]
    * @param {string} [options.customerId] default the email
    * @param {string} [options.currency] ISO 4217: refused unless it is the shop's
+   * @param {boolean} [options.minimal] send `Prefer: return=minimal`: answered once the order is
+   *   started, without waiting for its stock check (`{order_id, status: 'accepted'}`)
    * @returns {Promise<object>} the OrderState, or `{order_id, status: 'accepted'}` when the
-   *   order started but had not answered yet
+   *   order started but had not answered yet (always, with `minimal`)
    * @throws {ApiProblemError} 409 id reused, 422 unknown SKU or bad line (naming it), 503
    */
-  async start(orderId, items, email, { customerId = email, currency } = {}) {
+  async start(orderId, items, email, { customerId = email, currency, minimal = false } = {}) {
     const order = { order_id: orderId, customer_id: customerId, email, items: orderLines(items) };
     this.contract.check('OrderInput', order, 'the order to start', orderId);
     const body = { ...order, ...(currency ? { currency } : {}) };
-    const { status, json } = await this.#call('POST', '/orders', orderId, body);
+    const prefer = minimal ? { prefer: 'return=minimal' } : {};
+    const { status, json } = await this.#call('POST', '/orders', orderId, body, prefer);
     if (status === 202) return json;
     return this.contract.check('OrderState', json, 'the order started', orderId);
   }
@@ -104,13 +107,14 @@ export class HttpOrders {
     await this.#call('POST', `/orders/${encodeURIComponent(orderId)}/shipment`, orderId, shipment);
   }
 
-  async #call(method, path, orderId, body) {
+  async #call(method, path, orderId, body, extraHeaders = {}) {
     const answer = await this.fetch(`${this.baseUrl}${API_PREFIX}${path}`, {
       method,
       headers: {
         authorization: `Bearer ${this.apiKey}`,
         accept: 'application/json',
         ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+        ...extraHeaders,
       },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
