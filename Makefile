@@ -53,7 +53,7 @@ run: install
 	$(VENV)/bin/orderflow run
 
 test: install lint
-	tools/backtrace-on-crash $(VENV)/bin/pytest -q
+	tools/backtrace-on-crash $(VENV)/bin/pytest -q --durations=20
 
 # the fast tier alone: workflows with stubbed activities on the time-skipping dev server (no Redis)
 test-unit: python-deps
