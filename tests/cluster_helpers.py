@@ -13,7 +13,7 @@ from redis.crc import key_slot
 
 from app import embedded
 
-MIGRATE_BATCH = 20  # keys per MIGRATE, as `redis-cli --cluster reshard --pipeline` does (10)
+MIGRATE_BATCH = 10  # keys per MIGRATE, as `redis-cli --cluster reshard` does (--cluster-pipeline)
 
 
 def _free(port: int) -> bool:
@@ -88,9 +88,12 @@ class ClusterTopology:
                     return int(primary[1])
         raise AssertionError(f"slot {slot} not covered")
 
-    def move_slot(self, key: str, to: int | None = None) -> tuple[int, int, int]:
+    def move_slot(
+        self, key: str, to: int | None = None, batch: int = MIGRATE_BATCH, pause: float = 0.0
+    ) -> tuple[int, int, int]:
         """Migrate the slot of `key` and its keys to another primary, as `redis-cli --cluster
         reshard` does (SETSLOT IMPORTING/MIGRATING, MIGRATE in batches, SETSLOT NODE).
+        `pause` seconds between batches keep the slot half-migrated longer (ASK, TRYAGAIN).
         (source port, target port, keys moved)."""
         slot = key_slot(key.encode())
         source = self.owner(key)
@@ -100,9 +103,10 @@ class ClusterTopology:
         with self.node(source) as src, self.node(target) as dst:
             dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
             src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, MIGRATE_BATCH):
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
                 src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
                 moved += len(keys)
+                time.sleep(pause)
             for port in (target, source, *[p for p in self.ports if p not in (source, target)]):
                 with self.node(port) as r:
                     r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
