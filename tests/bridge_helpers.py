@@ -13,9 +13,9 @@ from typing import Any
 from bullmq import Queue
 
 from app import embedded
+from bridge.connect import bullmq_connection
 from bridge.job import Job
 from bridge.runtime import BackoffStrategy, BridgeWorker
-from bridge.connect import bullmq_connection
 from bridge.specs import QueueSpec
 from orderflow.settings import Settings
 from tests.helpers import eventually

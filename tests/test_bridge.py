@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from bullmq import UnrecoverableError
 
+from bridge.connect import redis_client
 from bridge.dlq import DeadLetterQueue
 from bridge.errors import PayloadRejectedError, RetryLater
 from bridge.job import Job
 from bridge.producer import BulkJob, QueueProducer
-from bridge.connect import redis_client
 from bridge.runtime import BridgeWorker
 from bridge.specs import RateLimit
 from orderflow.settings import Settings

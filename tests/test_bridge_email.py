@@ -14,10 +14,10 @@ from sqlalchemy.engine import Engine
 
 from app import embedded
 from app.smtp_sink import SmtpSink
+from bridge.connect import redis_client
 from bridge.dlq import DeadLetterQueue
 from bridge.job import Job
 from bridge.producer import QueueProducer
-from bridge.connect import redis_client
 from bridge.redis_client import RedisClient
 from mail.processor import EmailProcessor, message_id_for
 from orderflow.settings import Settings
