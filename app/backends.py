@@ -14,7 +14,12 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
 from orderflow.errors import OrderflowError
-from orderflow.redis_url import is_sentinel_url, redact_sentinel_url
+from orderflow.redis_url import (
+    is_cluster_url,
+    is_sentinel_url,
+    redact_cluster_url,
+    redact_sentinel_url,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -50,6 +55,8 @@ def redact_url(url: str) -> str:
 
     if is_sentinel_url(url):
         return redact_sentinel_url(url)
+    if is_cluster_url(url):
+        return redact_cluster_url(url)
 
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -96,9 +103,9 @@ async def check_redis(redis_url: str, seconds: float = BACKEND_SECONDS) -> None:
     BullMQ's reads (redis-py) retry a refused connection without end; this says at once that
     Redis is not there.
     """
-    from bridge.redis_client import RedisClient
+    from bridge.connect import redis_client
 
-    client = RedisClient(redis_url, name="orderflow:check")
+    client = redis_client(redis_url, name="orderflow:check")
     try:
         await within(REDIS, redact_url(redis_url), client.execute("PING"), seconds)
     finally:

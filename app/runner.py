@@ -34,7 +34,7 @@ from orderflow.contracts.mail import EMAIL_QUEUE
 from orderflow.contracts.payment import WEBHOOK_QUEUE
 from orderflow.db import make_engine
 from orderflow.errors import OrderflowError
-from orderflow.redis_url import is_sentinel_url
+from orderflow.redis_url import is_cluster_url, is_sentinel_url
 from orderflow.settings import Settings
 from workers.bridge import run_bridge_workers
 from workers.queues import producer_for, queue_specs
@@ -65,9 +65,9 @@ def start_servers(settings: Settings, stack: AsyncExitStack) -> None:
             codec_endpoint(settings),
         )
     if settings.embedded_redis:
-        if is_sentinel_url(settings.redis_url):
+        if is_sentinel_url(settings.redis_url) or is_cluster_url(settings.redis_url):
             raise OrderflowError(
-                "ORDERFLOW_REDIS_URL is a Sentinel URL, which the embedded redis-server cannot"
+                "ORDERFLOW_REDIS_URL is a Sentinel URL or ORDERFLOW_REDIS_CLUSTER is on, which the embedded redis-server cannot"
                 " serve: set ORDERFLOW_EMBEDDED_REDIS=false"
             )
         procs.append(

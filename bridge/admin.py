@@ -14,10 +14,10 @@ from typing import Any
 
 from bullmq import Queue
 
+from bridge.connect import bullmq_connection, redis_client
 from bridge.dlq import DeadLetter, DeadLetterQueue
-from bridge.redis_client import Arg, RedisClient
+from bridge.redis_client import Arg
 from bridge.scripts import DEPTH_KEY, DEPTH_TYPES, Keys, clean_script
-from bridge.sentinel import bullmq_connection
 from bridge.specs import QueueSpec
 from orderflow.errors import OrderflowError
 
@@ -213,7 +213,9 @@ class QueueAdmin:
         self.spec = spec
         connection = bullmq_connection(redis_url)  # a Sentinel URL: a client following the primary
         self.queue = Queue(spec.name, {"connection": connection, "prefix": spec.prefix})
-        self.client = RedisClient(redis_url, name=f"orderflow:admin:{spec.name}")
+        self.client = redis_client(
+            redis_url, name=f"orderflow:admin:{spec.name}", prefix=spec.prefix
+        )
         self.dlq = DeadLetterQueue(spec, self.client)
         self.keys = Keys(spec.prefix, spec.name)
 

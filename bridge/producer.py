@@ -11,6 +11,7 @@ from typing import Any
 
 import msgpack
 
+from bridge.connect import redis_client
 from bridge.errors import InvalidJobOptionsError, PayloadRejectedError
 from bridge.guard import PayloadGuard
 from bridge.redis_client import Arg, PreparedCall, RedisClient, RedisReplyError
@@ -127,7 +128,10 @@ class QueueProducer:
     @classmethod
     def connect(cls, spec: QueueSpec, redis_url: str) -> QueueProducer:
         """A producer with its own connection (opened on first use)."""
-        return cls(spec, RedisClient(redis_url, name=f"orderflow:producer:{spec.name}"))
+        return cls(
+            spec,
+            redis_client(redis_url, name=f"orderflow:producer:{spec.name}", prefix=spec.prefix),
+        )
 
     def _command(
         self, name: str, data: Any, opts: Mapping[str, Any] | None, traced: bool = True

@@ -242,21 +242,24 @@ class RedisClient:
             if self.locator is not None:
                 self.locator.watch(self._switched)
                 self.host, self.port = await self.locator.primary()
-            loop = asyncio.get_running_loop()
-            _, new = await asyncio.wait_for(
-                loop.create_connection(
-                    _Protocol,
-                    self.host,
-                    self.port,
-                    ssl=self.tls,
-                    server_hostname=self.host if self.tls else None,
-                ),
-                CONNECT_SECONDS,
-            )
-            await self._setup(new)
+            new = await self._connect(self.host, self.port)
             new.drop_on_readonly = self.locator is not None
             self._proto = new
             return new
+
+    async def _connect(
+        self, host: str, port: int, factory: type[_Protocol] = _Protocol
+    ) -> _Protocol:
+        """A new connection to host:port, authenticated and with the scripts loaded."""
+        loop = asyncio.get_running_loop()
+        _, new = await asyncio.wait_for(
+            loop.create_connection(
+                factory, host, port, ssl=self.tls, server_hostname=host if self.tls else None
+            ),
+            CONNECT_SECONDS,
+        )
+        await self._setup(new)
+        return new
 
     def _switched(self) -> None:
         """Sentinel named a new primary: leave the old one now, the next call finds the new."""

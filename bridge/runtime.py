@@ -27,10 +27,11 @@ from bullmq import UnrecoverableError
 
 from bridge import backoffs
 from bridge.backoffs import BackoffStrategy, Failure
+from bridge.connect import redis_client
 from bridge.errors import JobTimeoutError, MalformedJobError, RetryLater
 from bridge.job import Job, Processor, job_from_hash
 from bridge.liveness import REDIS_FAILURES, Backoff, Liveness, RedisState
-from bridge.redis_client import RedisClient, RedisReplyError
+from bridge.redis_client import RedisReplyError
 from bridge.scripts import Call, WorkerScripts
 from bridge.specs import QueueSpec
 from bridge.tracing import InstrumentedProcessor
@@ -85,10 +86,12 @@ class BridgeWorker:
         self.name = name or f"orderflow:{spec.name}:{self.id[:8]}"
         # the full id in the connection names lets other workers see this one is alive; the main
         # one is named as Node BullMQ names a worker's, so Node tools (getWorkers, bull-board) list it
-        self.client = RedisClient(
-            redis_url, name=f"{node_worker_prefix(spec)}{self.name}:{self.id}"
+        self.client = redis_client(
+            redis_url, name=f"{node_worker_prefix(spec)}{self.name}:{self.id}", prefix=spec.prefix
         )
-        self.blocking = RedisClient(redis_url, name=f"{self.name}:{self.id}:blocking")
+        self.blocking = redis_client(
+            redis_url, name=f"{self.name}:{self.id}:blocking", prefix=spec.prefix
+        )
         self.scripts = WorkerScripts(self.client, spec, self.name)
         self.keys = self.scripts.keys
         self.processed = 0

@@ -143,3 +143,115 @@ def normalize_redis_url(url: str, password: str = "", sentinel_password: str = "
     if not user and not secret:
         return f"{scheme}://{host}"
     return f"{scheme}://{quote(unquote(user), safe='')}:{quote(secret, safe='')}@{host}"
+
+
+# Redis Cluster: `ORDERFLOW_REDIS_CLUSTER=true` with seed nodes in ORDERFLOW_REDIS_URL,
+# `redis://[USER:PASS@]h1:7000,h2:7001[/0]` (rediss:// for TLS), which the settings write as
+# `redis+cluster://...` so that every component sees from the URL alone that it is a cluster.
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+CLUSTER_SETTING = "ORDERFLOW_REDIS_CLUSTER"
+PREFIX_SETTING = "ORDERFLOW_QUEUE_PREFIX"
+
+
+@dataclass(frozen=True)
+class ClusterUrl:
+    """The seed nodes of a Redis Cluster and how to reach its nodes."""
+
+    nodes: tuple[tuple[str, int], ...]
+    tls: bool = False
+    password: str | None = None
+    username: str | None = None
+    options: tuple[tuple[str, str], ...] = ()  # other query options (ssl_ca_certs ...)
+
+    def option(self, name: str) -> str | None:
+        """A query option by name, or None."""
+        return dict(self.options).get(name)
+
+
+def is_cluster_url(url: str) -> bool:
+    """True for `redis+cluster://` and `rediss+cluster://` URLs."""
+    return url.partition("://")[0] in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str, setting: str = SETTING) -> ClusterUrl:
+    """Split a cluster URL (or a `redis://h1:p1,h2:p2` seed list); RedisUrlError naming
+    `setting`, never the URL, when it is wrong."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in (*CLUSTER_SCHEMES, "redis", "rediss"):
+        raise RedisUrlError(f"{setting} is not a redis:// URL of seed nodes")
+    rest, _, query = rest.partition("?")
+    userinfo, at, hosts_path = rest.rpartition("@")
+    if not at:
+        userinfo, hosts_path = "", rest
+    hosts, _, path = hosts_path.partition("/")
+    if path.strip("/") not in ("", "0"):
+        raise RedisUrlError(f"{setting}: a Redis Cluster has only database 0 ({CLUSTER_SETTING})")
+    nodes = tuple(_node(h, setting) for h in hosts.split(",") if h.strip())
+    if not nodes:
+        raise RedisUrlError(f"{setting} lists no seed node of the cluster")
+    user, _, secret = userinfo.partition(":")
+    fields = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    return ClusterUrl(
+        nodes=nodes,
+        tls=scheme.startswith("rediss"),
+        password=unquote(secret) or None,
+        username=unquote(user) or None,
+        options=tuple(sorted(fields.items())),
+    )
+
+
+def _node(entry: str, setting: str) -> tuple[str, int]:
+    host, colon, port = entry.strip().rpartition(":")
+    if not colon:
+        return entry.strip(), 6379
+    if not port.isdigit() or not host:
+        raise RedisUrlError(f"{setting}: a seed node is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def cluster_url(target: ClusterUrl) -> str:
+    """The `redis+cluster://` URL of `target`, its user and password percent-encoded."""
+    scheme = CLUSTER_SCHEMES[1] if target.tls else CLUSTER_SCHEMES[0]
+    auth = ""
+    if target.password or target.username:
+        auth = f"{quote(target.username or '', safe='')}:{quote(target.password or '', safe='')}@"
+    hosts = ",".join(f"{h}:{p}" for h, p in target.nodes)
+    tail = f"?{urlencode(dict(target.options), quote_via=quote, safe='')}" if target.options else ""
+    return f"{scheme}://{auth}{hosts}/0{tail}"
+
+
+def redact_cluster_url(url: str) -> str:
+    """A cluster URL without any password (safe to print)."""
+    try:
+        target = parse_cluster_url(url)
+    except RedisUrlError:
+        return "redis+cluster://(unreadable URL)"
+    scheme = CLUSTER_SCHEMES[1] if target.tls else CLUSTER_SCHEMES[0]
+    return f"{scheme}://" + ",".join(f"{h}:{p}" for h, p in target.nodes) + "/0"
+
+
+def hash_tag(key: str) -> str | None:
+    """The hash tag of a key as Redis Cluster reads it (what is between the first '{' and the
+    next '}', if not empty), or None: then the whole key is hashed."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1 : end] if end > start + 1 else None
+
+
+def check_cluster_prefix(prefix: str, setting: str = PREFIX_SETTING) -> None:
+    """RedisUrlError unless `prefix` carries a hash tag (every key of a queue in one slot)."""
+    if hash_tag(prefix) is None:
+        raise RedisUrlError(
+            f"{setting} must carry a hash tag on a Redis Cluster ({CLUSTER_SETTING}=true), e.g."
+            " {bull}: every key of a queue must live in one slot (BullMQ's rule; give Node"
+            " producers and bull-board the same prefix)"
+        )
+
+
+def normalize_cluster_url(url: str, password: str = "") -> str:
+    """The seed list (`redis://h1:p1,h2:p2` or `redis+cluster://...`) as a `redis+cluster://`
+    URL, `password` (if given) as the nodes' password."""
+    if is_sentinel_url(url):
+        raise RedisUrlError(f"{CLUSTER_SETTING}=true needs seed nodes in {SETTING}, not Sentinel")
+    target = parse_cluster_url(url)
+    return cluster_url(replace(target, password=password or target.password))

@@ -35,8 +35,12 @@ from orderflow.contracts.payment import (
 from orderflow.errors import GatewaySettingsError, InsecureSettingsError
 from orderflow.redis_url import (
     RedisUrlError,
+    check_cluster_prefix,
+    is_cluster_url,
     is_sentinel_url,
+    normalize_cluster_url,
     normalize_redis_url,
+    parse_cluster_url,
     parse_sentinel_url,
 )
 
@@ -173,6 +177,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     redis_password: str = ""  # the data nodes' (with Sentinel too)
     redis_sentinel_password: str = ""  # the Sentinels' own, when they want one (requirepass)
+    # or a Redis Cluster: redis_cluster=true, redis_url=redis://h1:7000,h2:7001 (seed nodes;
+    # written as redis+cluster://...), and a queue_prefix with a hash tag ({bull})
+    redis_cluster: bool = False
     embedded_redis: bool = True  # start a local redis-server (AOF on, noeviction)
     queue_prefix: str = "bull"  # BullMQ's default key prefix, shared with Node producers/consumers
     # Bridge queues: one group per queue (QueueSettings), the seed's numbers as defaults;
@@ -328,9 +335,14 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _encode_redis_url(self) -> Settings:
         try:
-            self.redis_url = normalize_redis_url(
-                self.redis_url, self.redis_password, self.redis_sentinel_password
-            )
+            if self.redis_cluster or is_cluster_url(self.redis_url):
+                self.redis_url = normalize_cluster_url(self.redis_url, self.redis_password)
+                self.redis_cluster = True
+                check_cluster_prefix(self.queue_prefix)
+            else:
+                self.redis_url = normalize_redis_url(
+                    self.redis_url, self.redis_password, self.redis_sentinel_password
+                )
         except RedisUrlError as error:  # names the setting, never the URL (it holds passwords)
             raise ValueError(str(error)) from None
         return self
@@ -340,6 +352,8 @@ class Settings(BaseSettings):
         """The data nodes' password, from either kind of URL (None without one)."""
         if is_sentinel_url(self.redis_url):
             return parse_sentinel_url(self.redis_url).password
+        if is_cluster_url(self.redis_url):
+            return parse_cluster_url(self.redis_url).password
         password = urlparse(self.redis_url).password
         return unquote(password) if password else None
 

@@ -34,7 +34,9 @@ def _append(marker: Path, job_id: str) -> None:
 
 
 async def main(config: dict[str, Any]) -> None:
-    settings = Settings(redis_url=config["redis_url"], smtp_port=config["smtp_port"])
+    settings = Settings(
+        redis_url=config["redis_url"], smtp_port=config["smtp_port"], queue_prefix=config["prefix"]
+    )
     spec = email_spec(settings).with_(
         prefix=config["prefix"], name=config["queue"], lock_duration_ms=config["lock_ms"],
         stalled_interval_ms=config["stalled_ms"], rate_limit=None,

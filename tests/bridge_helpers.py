@@ -13,9 +13,9 @@ from typing import Any
 from bullmq import Queue
 
 from app import embedded
+from bridge.connect import bullmq_connection
 from bridge.job import Job
 from bridge.runtime import BackoffStrategy, BridgeWorker
-from bridge.sentinel import bullmq_connection
 from bridge.specs import QueueSpec
 from orderflow.settings import Settings
 from tests.helpers import eventually
@@ -25,9 +25,11 @@ __all__ = ["OwnRedis", "bull_queue", "counts", "eventually", "running", "unique_
 
 
 def unique_spec(settings: Settings, **changes: Any) -> QueueSpec:
-    """The email spec under a prefix and queue name of this test's own."""
+    """The email spec under a prefix and queue name of this test's own (on a Redis Cluster the
+    prefix is a hash tag, as the cluster needs)."""
     tag = uuid.uuid4().hex[:10]
-    return email_spec(settings).with_(prefix=f"t{tag}", name=f"email-{tag}", **changes)
+    prefix = f"{{t{tag}}}" if settings.redis_cluster else f"t{tag}"
+    return email_spec(settings).with_(prefix=prefix, name=f"email-{tag}", **changes)
 
 
 @asynccontextmanager

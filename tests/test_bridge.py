@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from bullmq import UnrecoverableError
 
+from bridge.connect import redis_client
 from bridge.dlq import DeadLetterQueue
 from bridge.errors import PayloadRejectedError, RetryLater
 from bridge.job import Job
 from bridge.producer import BulkJob, QueueProducer
-from bridge.redis_client import RedisClient
 from bridge.runtime import BridgeWorker
 from bridge.specs import RateLimit
 from orderflow.settings import Settings
@@ -111,7 +111,7 @@ async def test_exponential_backoff_then_dlq_then_redrive(
             raise ConnectionError(f"smtp down for {job.id}")
         return "sent"
 
-    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+    dlq = DeadLetterQueue(spec, redis_client(redis_url, prefix=spec.prefix))
     async with running(spec, flaky, redis_url):
         await eventually(lambda: _dlq_has(dlq, 1), within=10)
         gaps = [b - a for a, b in itertools.pairwise(starts)]
@@ -145,7 +145,7 @@ async def test_the_dlq_keeps_a_job_its_remove_on_fail_removed_and_one_retried_th
     await producer.add("send-welcome", MAIL, {"jobId": "no-trace", "removeOnFail": True})
     await producer.add("send-welcome", MAIL, {"jobId": "twice"})
 
-    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+    dlq = DeadLetterQueue(spec, redis_client(redis_url, prefix=spec.prefix))
     queue = bull_queue(spec, redis_url)
     try:
         async with running(spec, _bounce, redis_url):
@@ -171,7 +171,7 @@ async def test_the_dlq_keeps_jobs_a_later_failure_trims_by_remove_on_fail_count(
     for job_id in ("first", "second", "third"):
         await producer.add("send-welcome", MAIL, {"jobId": job_id})
 
-    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+    dlq = DeadLetterQueue(spec, redis_client(redis_url, prefix=spec.prefix))
     queue = bull_queue(spec, redis_url)
     try:
         async with running(spec, _bounce, redis_url):
@@ -188,7 +188,7 @@ async def test_the_dlq_keeps_jobs_a_later_failure_trims_by_remove_on_fail_count(
 
 async def _failed_count(spec: Any, redis_url: str, n: int) -> bool:
     """n jobs have failed for good (the DLQ index is read raw: no prune)."""
-    client = RedisClient(redis_url)
+    client = redis_client(redis_url, prefix=spec.prefix)
     try:
         return int(await client.execute("ZCARD", spec.dlq_keys[1])) >= n
     finally:
@@ -213,7 +213,7 @@ async def test_unrecoverable_error_is_not_retried(settings: Settings, redis_url:
         calls.append(job.id)
         raise UnrecoverableError(f"mailbox of {job.id} does not exist")
 
-    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+    dlq = DeadLetterQueue(spec, redis_client(redis_url, prefix=spec.prefix))
     async with running(spec, refuse, redis_url):
         await eventually(lambda: _dlq_has(dlq, 1))
     # stopped, and the job sits in `failed` with nothing waiting or delayed: no retry can follow
@@ -241,7 +241,7 @@ async def test_job_timeout_fails_the_attempt(settings: Settings, redis_url: str)
             cancelled.append(job.id)
             raise
 
-    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+    dlq = DeadLetterQueue(spec, redis_client(redis_url, prefix=spec.prefix))
     async with running(spec, hang, redis_url):
         await eventually(lambda: _dlq_has(dlq, 1))
     [entry] = await dlq.list()
@@ -290,7 +290,7 @@ async def test_malformed_job_fails_clearly_and_worker_goes_on(
         done.append(job.id)
         return "ok"
 
-    dlq = DeadLetterQueue(spec, RedisClient(redis_url))
+    dlq = DeadLetterQueue(spec, redis_client(redis_url, prefix=spec.prefix))
     async with running(spec, ok, redis_url):
         await eventually(lambda: _completed(spec, redis_url, 1))
     [entry] = await dlq.list()
@@ -507,7 +507,7 @@ async def _one_job_and_its_dlq(
     spec = unique_spec(settings, rate_limit=None, attempts=1)
     producer = QueueProducer.connect(spec, redis_url)
     await producer.add("send-welcome", MAIL, {"jobId": job_id})
-    return spec, producer, DeadLetterQueue(spec, RedisClient(redis_url))
+    return spec, producer, DeadLetterQueue(spec, redis_client(redis_url, prefix=spec.prefix))
 
 
 async def _mailbox_gone(job: Job) -> None:

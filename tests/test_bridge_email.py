@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from app import embedded
 from app.smtp_sink import SmtpSink
+from bridge.connect import redis_client
 from bridge.dlq import DeadLetterQueue
 from bridge.job import Job
 from bridge.producer import QueueProducer
@@ -128,7 +129,7 @@ async def test_kill_9_mid_job_delivers_exactly_one_email(
     finally:
         child.kill()  # SIGKILL: no shutdown, the lock is left to expire
         await child.wait()
-    client = RedisClient(redis_url)
+    client = redis_client(redis_url, prefix=spec.prefix)
     async with running(spec, EmailProcessor(settings, spec, mail_engine), redis_url):
         await eventually(lambda: _completed(spec, redis_url, 1), within=15)
     deliveries = [m for m in sink.store.deliveries() if m.message_id == message_id_for(

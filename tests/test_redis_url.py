@@ -139,3 +139,36 @@ def test_sentinel_url_keeps_the_two_passwords_apart_and_errors_never_echo_them()
     with pytest.raises(ValueError) as err:
         Settings(redis_url="redis+sentinel://:hunter2secret@h:26379")
     assert "ORDERFLOW_REDIS_URL" in str(err.value) and "hunter2secret" not in str(err.value)
+
+
+def test_cluster_seed_lists_hash_tags_redirects_and_redaction() -> None:
+    from app.backends import redact_url
+    from bridge.cluster import Redirect, parse_redirect, slot_of
+    from orderflow.redis_url import hash_tag, normalize_cluster_url, parse_cluster_url
+
+    url = normalize_cluster_url("redis://app@h1:7000,[::1]:7001,h3/0?ssl_ca_certs=/ca.pem", HARD)
+    target = parse_cluster_url(url)
+    assert target.nodes == (("h1", 7000), ("::1", 7001), ("h3", 6379))
+    assert (target.password, target.username, target.option("ssl_ca_certs")) == (
+        HARD,
+        "app",
+        "/ca.pem",
+    )
+    assert HARD not in redact_url(url) and "p%23ss" not in redact_url(url)
+    assert redact_url(url).startswith("redis+cluster://h1:7000,")
+    assert [hash_tag(p) for p in ("{bull}", "bull", "{}x", "a{b}c{d}", "x}{y")] == [
+        "bull",
+        None,
+        None,
+        "b",
+        None,
+    ]
+    assert slot_of("{bull}") == slot_of("x{bull}y") != slot_of("{other}")
+    assert parse_redirect("MOVED 3999 127.0.0.1:6381") == Redirect(
+        "MOVED", 3999, ("127.0.0.1", 6381)
+    )
+    assert parse_redirect("ASK 1 [::1]:7000") == Redirect("ASK", 1, ("::1", 7000))
+    assert parse_redirect("TRYAGAIN Multiple keys request during rehashing of slot") == Redirect(
+        "TRYAGAIN"
+    )
+    assert parse_redirect("ERR wrong number of arguments") is None

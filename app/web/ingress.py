@@ -14,8 +14,8 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from bridge.connect import redis_client
 from bridge.errors import InvalidJobOptionsError, PayloadRejectedError
-from bridge.redis_client import RedisClient
 from bridge.scripts import rate_limit_script
 from orderflow.settings import Settings
 from payments import providers
@@ -118,7 +118,9 @@ class RateLimiter:
         window = settings.webhook_rate_window_seconds if window_seconds is None else window_seconds
         self.window_ms = window * 1000
         self.prefix = f"{settings.queue_prefix}:orderflow-{scope}-rate:"
-        self.client = RedisClient(settings.redis_url, name=f"orderflow:{scope}-rate")
+        self.client = redis_client(
+            settings.redis_url, name=f"orderflow:{scope}-rate", prefix=settings.queue_prefix
+        )
         self.script = self.client.register(rate_limit_script())
         self.failing = False
 

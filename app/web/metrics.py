@@ -34,6 +34,7 @@ from app.backends import (
     within,
 )
 from app.telemetry import GaugeReadings, Telemetry
+from bridge.connect import redis_client
 from bridge.dlq import DeadLetterQueue
 from bridge.redis_client import RedisClient
 from bridge.scripts import Keys
@@ -123,7 +124,9 @@ class MetricsReader:
     ) -> None:
         self.gauges = gauges
         self.specs = dict(specs)
-        self.client = RedisClient(redis_url, name="orderflow:metrics")
+        # on a Cluster: the slot of the queues' prefix (another one's keys follow MOVED)
+        prefix = next(iter(self.specs.values())).prefix if self.specs else ""
+        self.client = redis_client(redis_url, name="orderflow:metrics", prefix=prefix)
         self.redis_at = redact_url(redis_url)
         self.engine = read_only(engine) if engine is not None else None
         self.max_age = max_age

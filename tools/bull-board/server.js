@@ -45,11 +45,30 @@ function basicAuth(user, password) {
   };
 }
 
+// redis+cluster://[user:pass@]h1:p1,h2:p2/0 (how orderflow's settings write a Redis Cluster's
+// seed list, ORDERFLOW_REDIS_CLUSTER=true): an ioredis Cluster; the prefix carries a hash tag
+function connect(url) {
+  if (!/^rediss?\+cluster:\/\//.test(url)) return new IORedis(url, { maxRetriesPerRequest: null });
+  const rest = url.split("://")[1];
+  const at = rest.lastIndexOf("@");
+  const auth = at >= 0 ? rest.slice(0, at) : "";
+  const hosts = (at >= 0 ? rest.slice(at + 1) : rest).split("/")[0].split("?")[0];
+  const nodes = hosts.split(",").map((h) => {
+    const i = h.lastIndexOf(":");
+    return { host: h.slice(0, i), port: Number(h.slice(i + 1)) };
+  });
+  const [username, password] = auth ? auth.split(":").map(decodeURIComponent) : [];
+  const redisOptions = { maxRetriesPerRequest: null, username: username || undefined,
+                         password: password || undefined };
+  if (url.startsWith("rediss")) redisOptions.tls = {};
+  return new IORedis.Cluster(nodes, { redisOptions });
+}
+
 async function main() {
   const cfg = config();
   const host = process.env.BULL_BOARD_HOST || "127.0.0.1";
   const port = Number(process.env.BULL_BOARD_PORT || 3000);
-  const connection = new IORedis(cfg.redisUrl, { maxRetriesPerRequest: null });
+  const connection = connect(cfg.redisUrl);
   const queues = cfg.queues.map((name) => new Queue(name, { connection, prefix: cfg.prefix }));
 
   const serverAdapter = new ExpressAdapter();
