@@ -247,6 +247,26 @@ async def test_the_catalogue_check_does_not_queue_behind_a_worker_writing_the_da
     assert problem(answer, 422)["field"] == "items[1].sku"
 
 
+async def test_a_sku_added_after_an_order_was_refused_for_it_is_found_at_once(
+    api: httpx.AsyncClient, engine: Engine
+) -> None:
+    """The API trusts a SKU it found for a few seconds, never one it did not find."""
+    from sqlmodel import Session
+
+    from orderflow.db import Product
+
+    sku = f"NEW-{uuid.uuid4().hex[:6]}"
+    body = {"customer_id": "c-1", "email": "a@example.com", "items": [{"sku": sku, "quantity": 1}]}
+    refused = problem(await api.post("/api/v1/orders", json={**body, "order_id": new_id()}), 422)
+    assert refused["field"] == "items[0].sku"
+    with Session(engine) as session:
+        session.add(Product(sku=sku, name="new", price=12_000, on_hand=3))
+        session.commit()
+    again = await api.post("/api/v1/orders", json={**body, "order_id": new_id()})
+    assert again.status_code == 201, again.text
+    assert again.json()["status"] == "PENDING_PAYMENT"
+
+
 @pytest.mark.parametrize(
     "amount",
     ["90000", 900.5, 0, -1, 10**16, True],

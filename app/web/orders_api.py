@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import logging
 import re
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Response
@@ -67,6 +68,8 @@ log = logging.getLogger(__name__)
 
 STATE_WAIT_SECONDS = 5.0  # a new order's state is read this long at most, else 202
 PAYMENT_WAIT_SECONDS = 10.0  # the payment update's answer is awaited this long at most
+KNOWN_SKU_SECONDS = 5.0  # a SKU the catalogue had is not asked for again this long
+KNOWN_SKUS_KEPT = 10_000  # past this many, expired entries are dropped
 BACKEND_WAIT_SECONDS = 15.0  # any one call to Temporal or the database, then a 503
 PRODUCTS = table(Product)
 
@@ -79,6 +82,7 @@ class OrdersApi:
         # the API only reads the database: on SQLite its transactions take no write lock, so a
         # catalogue check never waits for a worker's write
         self.reads = reader(engine) if engine is not None else None
+        self._known_skus: dict[str, float] = {}  # SKU -> until when it is trusted as known
 
     async def call(self, what: str, work: Any, order_id: str = "") -> Any:
         """`await work`, its domain errors as problems and an unreachable backend as a 503.
@@ -113,17 +117,27 @@ class OrdersApi:
             raise
         return None
 
-    def check_lines(self, order_id: str, body: OrderCreate) -> None:
-        """422 naming the first line whose SKU the catalogue does not have."""
+    async def check_lines(self, order_id: str, body: OrderCreate) -> None:
+        """422 naming the first line whose SKU the catalogue does not have.
+
+        A SKU found in the catalogue is trusted for KNOWN_SKU_SECONDS without asking again
+        (the common case costs no thread hop and no query); one not found is always asked for,
+        so a product added a moment ago is found at once. A product removed within that time
+        passes this check and the order's own stock check rejects it (REJECTED, with its reason).
+        """
         if self.reads is None:
             return
-        with self.reads.connect() as conn:
-            wanted = {line.sku for line in body.items}
-            known = set(
-                conn.execute(select(PRODUCTS.c.sku).where(PRODUCTS.c.sku.in_(wanted))).scalars()
-            )
+        now = time.monotonic()
+        wanted = {line.sku for line in body.items}
+        unsure = {sku for sku in wanted if self._known_skus.get(sku, 0.0) <= now}
+        if unsure:
+            found = await asyncio.to_thread(self._catalogue_has, unsure)
+            for sku in found:
+                self._known_skus[sku] = now + KNOWN_SKU_SECONDS
+            if len(self._known_skus) > KNOWN_SKUS_KEPT:
+                self._known_skus = {k: t for k, t in self._known_skus.items() if t > now}
         for i, line in enumerate(body.items):
-            if line.sku not in known:
+            if self._known_skus.get(line.sku, 0.0) <= now:
                 raise ApiProblem(
                     422,
                     "unknown-sku",
@@ -132,6 +146,13 @@ class OrdersApi:
                     field=f"items[{i}].sku",
                     order_id=order_id,
                 )
+
+    def _catalogue_has(self, skus: set[str]) -> set[str]:
+        """Which of `skus` the catalogue has (a read-only transaction)."""
+        assert self.reads is not None
+        with self.reads.connect() as conn:
+            query = select(PRODUCTS.c.sku).where(PRODUCTS.c.sku.in_(skus))
+            return set(conn.execute(query).scalars())
 
     def check_currency(self, order_id: str, body: OrderCreate) -> None:
         """422 unless the order names no currency or the shop's."""
@@ -161,7 +182,7 @@ class OrdersApi:
         try:
             await self.call(
                 "checking the catalogue",
-                asyncio.to_thread(self.check_lines, order_id, body),
+                self.check_lines(order_id, body),
                 order_id,
             )
         except ApiProblem:
@@ -370,9 +391,7 @@ def _starting_routes(router: APIRouter, api: OrdersApi, orders: OrderClient) -> 
             **body.model_dump(include={"customer_id", "email", "items", "currency"})
         )
         api.check_currency(order_id, create)
-        await api.call(
-            "checking the catalogue", asyncio.to_thread(api.check_lines, order_id, create), order_id
-        )
+        await api.call("checking the catalogue", api.check_lines(order_id, create), order_id)
         work = orders.checkout(
             order_id,
             body.customer_id,
