@@ -169,6 +169,12 @@ async def test_sentinel_failover_mid_run_loses_nothing_and_mails_once(
     await _failover_run(topology, sink, mail_engine, kill=False)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="open defect (issue 22): in one of three fresh-clone suite runs (2026-12-04, 9f59435)"
+    " after kill -9 of the primary the workers did not finish 50 more jobs within 30 s, clients"
+    " still connecting to the killed primary's port; it passed in the others and alone",
+)
 async def test_primary_killed_mid_run_workers_follow_the_promoted_replica(
     topology: SentinelTopology, sink: SmtpSink, mail_engine: Engine
 ) -> None:
