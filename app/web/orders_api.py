@@ -7,15 +7,12 @@ error is `application/problem+json` (RFC 9457) naming the field and the order.
 
 # no `from __future__ import annotations`: FastAPI must see the local dependency types
 import asyncio
-import hashlib
-import hmac
 import logging
 import re
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
@@ -23,6 +20,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.client import OrderClient, policy_from_settings
+from app.web.api_auth import api_key_guard
 from app.web.api_models import (
     ORDER_ID,
     Accepted,
@@ -46,7 +44,6 @@ from app.web.api_problems import (
     problem_responses,
     unavailable,
 )
-from app.web.ingress import RateLimiter
 from orderflow.contracts.order import (
     OrderInput,
     OrderLine,
@@ -262,54 +259,6 @@ def _differences(started: OrderInput, body: OrderCreate) -> list[str]:
     if [(i.sku, i.quantity) for i in started.items] != [(i.sku, i.quantity) for i in body.items]:
         differs.append("items")
     return differs
-
-
-def api_key_guard(settings: Settings) -> Any:
-    """A dependency: the caller's key id (a digest prefix), or 401; then its rate budget."""
-    bearer = HTTPBearer(
-        auto_error=False,
-        scheme_name="ApiKey",
-        description="`Authorization: Bearer <key>`; the key's SHA-256 digest is one of"
-        " ORDERFLOW_API_KEY_HASHES.",
-    )
-    limiter = RateLimiter(
-        settings,
-        limit=settings.api_rate_limit,
-        window_seconds=settings.api_rate_window_seconds,
-        scope="api",
-    )
-
-    async def check(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> str:
-        given = credentials.credentials if credentials is not None else ""
-        digest = hashlib.sha256(given.encode()).hexdigest()
-        matched = False
-        for known in settings.api_keys:  # every digest compared: no early exit to time
-            matched |= hmac.compare_digest(digest, known)
-        if not given or not matched:
-            raise ApiProblem(
-                401,
-                "unauthorized",
-                "Unauthorized",
-                "an API key is required: `Authorization: Bearer <key>`"
-                if not given
-                else "this API key is not one of ORDERFLOW_API_KEY_HASHES",
-                headers={"WWW-Authenticate": 'Bearer realm="orderflow"'},
-            )
-        key_id = digest[:12]
-        if wait := await limiter.wait_seconds(key_id):
-            raise ApiProblem(
-                429,
-                "rate-limited",
-                "Too many requests",
-                f"key {key_id}…: over {settings.api_rate_limit} requests in"
-                f" {settings.api_rate_window_seconds}s; retry in {wait}s",
-                headers={"Retry-After": str(wait)},
-            )
-        return key_id
-
-    return check
 
 
 def orders_router(settings: Settings, orders: OrderClient, engine: Engine | None) -> APIRouter:
