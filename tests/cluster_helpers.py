@@ -12,6 +12,7 @@ import redis
 from redis.crc import key_slot
 
 from app import embedded
+from tests.helpers import wait_until
 
 MIGRATE_BATCH = 10  # keys per MIGRATE, as `redis-cli --cluster reshard` does (--cluster-pipeline)
 
@@ -114,16 +115,7 @@ class ClusterTopology:
         return source, target, moved
 
     def wait_until(self, check, what: str, within: float = 30) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + within
-        while True:
-            try:
-                if check():
-                    return
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.05)
+        wait_until(check, what, within, ignoring=(redis.RedisError,))
 
     def stop(self) -> None:
         for proc in self.procs.values():

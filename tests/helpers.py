@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -288,3 +289,23 @@ async def own_namespace(client: Client, name: str) -> Client:
         namespace=namespace,
         data_converter=client.data_converter,  # the suite's codec, as every client has
     )
+
+
+def wait_until(
+    check: Callable[[], object],
+    what: str,
+    within: float = 30,
+    ignoring: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Block until `check()` is truthy (errors in `ignoring` count as not yet), polling every
+    50 ms; AssertionError naming `what` after `within` seconds. For synchronous server setup."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if check():
+                return
+        except ignoring:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

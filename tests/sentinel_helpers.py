@@ -9,6 +9,7 @@ from pathlib import Path
 import redis
 
 from app import embedded
+from tests.helpers import wait_until
 
 MASTER = "mymaster"
 DOWN_AFTER_MS = 1000  # the Sentinel calls a silent primary down after this long (kill -9 test)
@@ -93,11 +94,7 @@ class SentinelTopology:
         return port
 
     def wait_until(self, check, what: str, within: float = 30) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + within
-        while not check():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.05)
+        wait_until(check, what, within, ignoring=())
 
     def stop(self) -> None:
         for proc in self.procs.values():
