@@ -17,7 +17,12 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError as RedisPyError
 
-from orderflow.redis_url import ClusterUrl, check_cluster_prefix, parse_cluster_url
+from orderflow.redis_url import (
+    ClusterUrl,
+    check_cluster_prefix,
+    parse_cluster_url,
+    redis_py_options,
+)
 
 LOOKUP_SECONDS = 2.0  # one seed node's answer to CLUSTER SLOTS: a dead one is skipped after this
 Address = tuple[str, int]
@@ -54,27 +59,12 @@ def slot_of(prefix: str) -> int:
     return int(key_slot(prefix.encode()))
 
 
-def _options(target: ClusterUrl) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if target.password:
-        options["password"] = target.password
-    if target.username:
-        options["username"] = target.username
-    if target.tls:
-        options["ssl"] = True
-        if ca := target.option("ssl_ca_certs"):
-            options["ssl_ca_certs"] = ca
-        if (reqs := target.option("ssl_cert_reqs")) is not None:
-            options["ssl_cert_reqs"] = reqs
-    return options
-
-
 def _cluster(target: ClusterUrl, **extra: Any) -> RedisCluster:
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
         socket_timeout=LOOKUP_SECONDS,
         socket_connect_timeout=LOOKUP_SECONDS,
-        **_options(target),
+        **redis_py_options(target),
         **extra,
     )
 

@@ -20,7 +20,12 @@ from redis.asyncio import Redis
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.exceptions import RedisError as RedisPyError
 
-from orderflow.redis_url import SentinelUrl, is_sentinel_url, parse_sentinel_url
+from orderflow.redis_url import (
+    SentinelUrl,
+    is_sentinel_url,
+    parse_sentinel_url,
+    redis_py_options,
+)
 
 # One question to one Sentinel: a dead one is skipped after this long, so a producer fails
 # fast (ConnectionError) rather than hanging while the Sentinels agree on a new primary
@@ -147,16 +152,7 @@ def bullmq_connection(redis_url: str) -> str | Redis:
         return redis_url
     target = parse_sentinel_url(redis_url)
     options: dict[str, Any] = {"decode_responses": True, "db": target.db}
-    if target.password:
-        options["password"] = target.password
-    if target.username:
-        options["username"] = target.username
-    if target.tls:
-        options["ssl"] = True
-        if ca := target.option("ssl_ca_certs"):
-            options["ssl_ca_certs"] = ca
-        if (reqs := target.option("ssl_cert_reqs")) is not None:
-            options["ssl_cert_reqs"] = reqs
+    options |= redis_py_options(target)
     sentinel = Sentinel(
         list(target.sentinels),
         sentinel_kwargs={

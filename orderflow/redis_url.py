@@ -10,6 +10,7 @@ setting and never echo the URL (it holds passwords).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -255,3 +256,19 @@ def normalize_cluster_url(url: str, password: str = "") -> str:
         raise RedisUrlError(f"{CLUSTER_SETTING}=true needs seed nodes in {SETTING}, not Sentinel")
     target = parse_cluster_url(url)
     return cluster_url(replace(target, password=password or target.password))
+
+
+def redis_py_options(target: SentinelUrl | ClusterUrl) -> dict[str, Any]:
+    """The data nodes' credentials and TLS as redis-py's keyword arguments (Sentinel, Cluster)."""
+    options: dict[str, Any] = {}
+    if target.password:
+        options["password"] = target.password
+    if target.username:
+        options["username"] = target.username
+    if target.tls:
+        options["ssl"] = True
+        if ca := target.option("ssl_ca_certs"):
+            options["ssl_ca_certs"] = ca
+        if (reqs := target.option("ssl_cert_reqs")) is not None:
+            options["ssl_cert_reqs"] = reqs
+    return options
